@@ -1,0 +1,253 @@
+//! A dev CA for one trust domain: X509-SVIDs for tests and the demo, plus an
+//! RSA key that signs JWT-SVIDs. Federation tests use one `DevCa` per domain.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::jwk::{Jwk, JwkSet, ThumbprintHash};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::DevError;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::svid::{Bundle, Svid};
+
+const CA_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca_key.pem";
+const JWT_KEY_FILE: &str = "jwt_key.pem";
+
+/// A CA and its keys. `Debug` prints no key.
+pub struct DevCa {
+    trust_domain: TrustDomain,
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+    key: KeyPair,
+    jwt_key_pem: String,
+    jwt_kid: String,
+}
+
+/// What to put in a leaf: tests use it to make deliberately bad SVIDs.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub uris: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub is_ca: bool,
+}
+
+impl LeafSpec {
+    /// A valid SVID leaf for `id`, valid from a minute ago for `ttl`.
+    pub fn svid(id: &SpiffeId, ttl: Duration) -> Self {
+        let now = SystemTime::now();
+        Self {
+            uris: vec![id.to_string()],
+            not_before: now - Duration::from_secs(60),
+            not_after: now + ttl,
+            is_ca: false,
+        }
+    }
+}
+
+impl DevCa {
+    /// A fresh CA (ECDSA P-256) and JWT key (RSA 2048) for `trust_domain`.
+    pub fn generate(trust_domain: &TrustDomain) -> Result<Self, DevError> {
+        let key = KeyPair::generate()?;
+        let cert = ca_params(trust_domain)?.self_signed(&key)?;
+        let jwt_key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;
+        Self::assemble(trust_domain.clone(), cert.pem(), key, jwt_key.serialize_pem())
+    }
+
+    /// Generates a CA and writes it to `dir` (`ca.pem`, `ca_key.pem`, `jwt_key.pem`).
+    pub fn init(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, DevError> {
+        let ca = Self::generate(trust_domain)?;
+        ca.save(dir)?;
+        Ok(ca)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), DevError> {
+        std::fs::create_dir_all(dir).map_err(|source| DevError::Io { path: dir.into(), source })?;
+        write_file(&dir.join(CA_FILE), self.cert_pem.as_bytes(), false)?;
+        write_file(&dir.join(CA_KEY_FILE), self.key.serialize_pem().as_bytes(), true)?;
+        write_file(&dir.join(JWT_KEY_FILE), self.jwt_key_pem.as_bytes(), true)
+    }
+
+    /// Loads a CA written by [`Self::init`]; its trust domain comes from the CA's URI SAN.
+    pub fn load(dir: &Path) -> Result<Self, DevError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| DevError::Io { path, source })
+        };
+        let cert_pem = read(CA_FILE)?;
+        let key = KeyPair::from_pem(&read(CA_KEY_FILE)?)?;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| DevError::NotACa(dir.into()))?;
+        let td = ca_trust_domain(&cert).ok_or_else(|| DevError::NotACa(dir.into()))?;
+        Self::assemble(td, cert_pem, key, read(JWT_KEY_FILE)?)
+    }
+
+    fn assemble(
+        trust_domain: TrustDomain,
+        cert_pem: String,
+        key: KeyPair,
+        jwt_key_pem: String,
+    ) -> Result<Self, DevError> {
+        let cert =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| DevError::NotACa("ca.pem".into()))?;
+        let encoding = EncodingKey::from_rsa_pem(jwt_key_pem.as_bytes())?;
+        let jwt_kid = Jwk::from_encoding_key(&encoding, Algorithm::RS256)?.thumbprint(ThumbprintHash::SHA256)?;
+        Ok(Self { trust_domain, cert, cert_pem, key, jwt_key_pem, jwt_kid })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The CA certificate in PEM (`svid_bundle.pem`).
+    pub fn bundle_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn bundle_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    pub fn bundle(&self) -> Result<Bundle, DevError> {
+        Ok(Bundle::from_der(&self.trust_domain, vec![self.cert.to_vec()])?)
+    }
+
+    /// Issues a valid X509-SVID for `id`.
+    pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, DevError> {
+        let (cert, key) = self.sign_leaf(&LeafSpec::svid(id, ttl))?;
+        Ok(Svid::from_der(vec![cert.to_vec()], key)?)
+    }
+
+    /// Signs a leaf as `spec` says, valid or not; returns the DER certificate
+    /// and its PKCS#8 key.
+    pub fn sign_leaf(&self, spec: &LeafSpec) -> Result<(CertificateDer<'static>, Vec<u8>), DevError> {
+        let leaf_key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.serial_number = Some(random_serial()?);
+        params.not_before = spec.not_before.into();
+        params.not_after = spec.not_after.into();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names =
+            spec.uris.iter().map(|u| Ia5String::try_from(u.as_str()).map(SanType::URI)).collect::<Result<_, _>>()?;
+        params.is_ca = if spec.is_ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_der(&self.cert, &self.key)?;
+        let cert = params.signed_by(&leaf_key, &issuer)?;
+        Ok((cert.der().clone(), leaf_key.serialize_der()))
+    }
+
+    /// Signs a JWT-SVID (RS256) for `id` and `audiences`.
+    pub fn jwt_svid(&self, id: &SpiffeId, audiences: &[String], ttl: Duration) -> Result<String, DevError> {
+        let now = unix_now();
+        let claims = serde_json::json!({
+            "sub": id.as_str(),
+            "aud": audiences,
+            "iat": now,
+            "exp": now + ttl.as_secs(),
+        });
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.jwt_kid.clone());
+        header.typ = Some("JWT".into());
+        let key = EncodingKey::from_rsa_pem(self.jwt_key_pem.as_bytes())?;
+        Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+    }
+
+    /// The JWT bundle: a JWKS with the public key, `kid` set.
+    pub fn jwt_bundle(&self) -> Result<JwkSet, DevError> {
+        let key = EncodingKey::from_rsa_pem(self.jwt_key_pem.as_bytes())?;
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256)?;
+        jwk.common.key_id = Some(self.jwt_kid.clone());
+        Ok(JwkSet { keys: vec![jwk] })
+    }
+
+    pub fn jwt_kid(&self) -> &str {
+        &self.jwt_kid
+    }
+
+    /// The PEM of the JWT signing key, for the Workload API server's validation.
+    pub(crate) fn jwt_key_pem(&self) -> &str {
+        &self.jwt_key_pem
+    }
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCa").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+fn ca_params(td: &TrustDomain) -> Result<CertificateParams, DevError> {
+    let mut params = CertificateParams::default();
+    params.serial_number = Some(random_serial()?);
+    params.distinguished_name.push(DnType::CommonName, format!("a2a-sidecar dev CA {td}"));
+    params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(td.id_string())?)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + Duration::from_secs(10 * 365 * 24 * 3600)).into();
+    Ok(params)
+}
+
+/// The trust domain named by a CA certificate's URI SAN (`spiffe://td`).
+fn ca_trust_domain(cert: &CertificateDer<'_>) -> Option<TrustDomain> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => TrustDomain::new(uri).ok(),
+        _ => None,
+    })
+}
+
+fn random_serial() -> Result<SerialNumber, DevError> {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| DevError::Serve("no randomness".into()))?;
+    bytes[0] &= 0x7f; // positive
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), DevError> {
+    use std::io::Write;
+    let io = |source| DevError::Io { path: path.into(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(contents).map_err(io)
+}
+
+/// Writes `svid` as spiffe-helper files in `out`: `svid.pem`, `svid_key.pem`, `svid_bundle.pem`.
+pub fn write_svid_files(out: &Path, svid: &Svid, bundle_pem: &str) -> Result<(), DevError> {
+    std::fs::create_dir_all(out).map_err(|source| DevError::Io { path: out.into(), source })?;
+    let chain: String = svid.chain().iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
+    let key = pem_encode("PRIVATE KEY", svid.private_key().secret_der());
+    write_file(&out.join("svid.pem"), chain.as_bytes(), false)?;
+    write_file(&out.join("svid_key.pem"), key.as_bytes(), true)?;
+    write_file(&out.join("svid_bundle.pem"), bundle_pem.as_bytes(), false)
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der))
+}

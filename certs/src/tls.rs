@@ -1,0 +1,167 @@
+//! rustls glue: serve the current SVID, verify peers by SPIFFE ID.
+//!
+//! The verifiers are written here rather than taken from `spiffe-rustls` so
+//! that each rejection carries a Layer 1 `reason` (for the audit event and
+//! metrics) and so that a peer is checked against the bundle of its *own*
+//! trust domain, which is what makes federation safe.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::NoServerSessionStorage;
+use rustls::{CertificateError, ClientConfig, OtherError, ServerConfig};
+
+use crate::pattern::IdPattern;
+use crate::rotation::IdentityWatch;
+use crate::spiffe_id::SpiffeId;
+
+mod client_verifier;
+mod resolver;
+mod server_verifier;
+
+pub use client_verifier::SpiffeClientVerifier;
+pub use resolver::SvidResolver;
+pub use server_verifier::SpiffeServerVerifier;
+
+/// The one crypto provider of the process: aws-lc-rs.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
+}
+
+/// Installs [`provider`] as the process default, for crates that ask for it.
+/// Safe to call more than once.
+pub fn install_default_provider() {
+    let _already_installed = provider().as_ref().clone().install_default();
+}
+
+/// Why a peer's certificate was refused: Layer 1 `reason` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    NotAllowed,
+    UntrustedChain,
+    NoClientCert,
+    BadSvid,
+    CertExpired,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAllowed => "not_allowed",
+            Self::UntrustedChain => "untrusted_chain",
+            Self::NoClientCert => "no_client_cert",
+            Self::BadSvid => "bad_svid",
+            Self::CertExpired => "cert_expired",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused peer certificate, carried inside the rustls error so the
+/// server can report the reason and (when it parsed) the claimed ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer certificate refused: {reason}")]
+pub struct PeerRejection {
+    pub reason: Reason,
+    pub peer: Option<SpiffeId>,
+}
+
+/// Decides whether a verified peer ID may connect (the live allow-list).
+pub trait PeerAuthorizer: Send + Sync + 'static {
+    fn authorize(&self, peer: &SpiffeId) -> bool;
+}
+
+impl<F: Fn(&SpiffeId) -> bool + Send + Sync + 'static> PeerAuthorizer for F {
+    fn authorize(&self, peer: &SpiffeId) -> bool {
+        self(peer)
+    }
+}
+
+impl PeerAuthorizer for IdPattern {
+    fn authorize(&self, peer: &SpiffeId) -> bool {
+        self.matches(peer)
+    }
+}
+
+impl PeerRejection {
+    pub(crate) fn new(reason: Reason, peer: Option<SpiffeId>) -> Self {
+        Self { reason, peer }
+    }
+}
+
+impl From<PeerRejection> for rustls::Error {
+    fn from(rejection: PeerRejection) -> Self {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(rejection))))
+    }
+}
+
+/// Finds why a handshake failed, looking through `io::Error` and rustls
+/// wrappers. `None` when it was not a certificate decision.
+pub fn rejection_of(err: &(dyn StdError + 'static)) -> Option<PeerRejection> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::NoCertificatesPresented => Some(PeerRejection::new(Reason::NoClientCert, None)),
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+                    inner.downcast_ref::<PeerRejection>().cloned()
+                }
+                _ => None,
+            };
+        }
+        if let Some(rejection) = e.downcast_ref::<PeerRejection>() {
+            return Some(rejection.clone());
+        }
+        current = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// Maps a webpki verdict on the chain to a Layer 1 reason.
+fn chain_reason(err: &rustls::Error) -> Reason {
+    match err {
+        rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            Reason::CertExpired
+        }
+        _ => Reason::UntrustedChain,
+    }
+}
+
+/// A server config for an mTLS listener: serves the current SVID, requires a
+/// client SVID from a trusted domain that `authorizer` accepts.
+///
+/// Session resumption is off: a resumed TLS 1.3 session would skip the client
+/// verifier, and with it the current bundle and expiry checks.
+pub fn server_config(
+    identity: IdentityWatch,
+    authorizer: Arc<dyn PeerAuthorizer>,
+) -> Result<ServerConfig, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(identity.clone(), authorizer)))
+        .with_cert_resolver(Arc::new(SvidResolver::new(identity)));
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// A client config for connecting to a peer sidecar whose SPIFFE ID must
+/// match `expected`; presents the current SVID.
+pub fn client_config(identity: IdentityWatch, expected: IdPattern) -> Result<ClientConfig, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(identity.clone(), expected)))
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(identity))))
+}

@@ -1,0 +1,98 @@
+//! Reading what a2a-sidecar needs out of X.509 certificates (with `x509-parser`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::spiffe_id::{IdError, SpiffeId};
+
+/// Why a certificate is not a usable X509-SVID leaf (X509-SVID spec, 4 and 5).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SvidError {
+    #[error("certificate is not valid DER X.509")]
+    Malformed,
+    #[error("certificate has no URI SAN")]
+    NoUriSan,
+    #[error("certificate has {0} URI SANs; an SVID has exactly one")]
+    MultipleUriSans(usize),
+    #[error("URI SAN is not a SPIFFE ID: {0}")]
+    BadId(IdError),
+    #[error("leaf certificate is a CA")]
+    IsCa,
+    #[error("leaf certificate lacks the digitalSignature key usage or has a CA key usage")]
+    KeyUsage,
+}
+
+/// The facts about an SVID leaf that policy and health need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafInfo {
+    pub id: SpiffeId,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// Serial number as colon-separated hex, as `openssl x509 -serial` prints it.
+    pub serial: String,
+}
+
+impl LeafInfo {
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        now > self.not_after
+    }
+}
+
+/// Parses an SVID leaf and checks it against the X509-SVID rules.
+pub fn parse_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| SvidError::Malformed)?;
+    let id = single_spiffe_id(&cert)?;
+    if cert.is_ca() {
+        return Err(SvidError::IsCa);
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if ku.value.digital_signature() && !ku.value.key_cert_sign() && !ku.value.crl_sign() => {}
+        Ok(_) => return Err(SvidError::KeyUsage),
+        Err(_) => return Err(SvidError::Malformed),
+    }
+    let validity = cert.validity();
+    Ok(LeafInfo {
+        id,
+        not_before: to_system_time(validity.not_before.timestamp()),
+        not_after: to_system_time(validity.not_after.timestamp()),
+        serial: cert.raw_serial_as_string(),
+    })
+}
+
+fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
+    let san = cert.subject_alternative_name().map_err(|_| SvidError::Malformed)?;
+    let uris: Vec<&str> = san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Err(SvidError::NoUriSan),
+        [uri] => uri.parse().map_err(SvidError::BadId),
+        more => Err(SvidError::MultipleUriSans(more.len())),
+    }
+}
+
+/// Splits concatenated DER certificates (the Workload API's bundle encoding).
+pub fn split_der_certs(mut der: &[u8]) -> Result<Vec<Vec<u8>>, SvidError> {
+    let mut certs = Vec::new();
+    while !der.is_empty() {
+        let (rest, _) = X509Certificate::from_der(der).map_err(|_| SvidError::Malformed)?;
+        let (cert, tail) = der.split_at(der.len() - rest.len());
+        certs.push(cert.to_vec());
+        der = tail;
+    }
+    Ok(certs)
+}
+
+fn to_system_time(unix: i64) -> SystemTime {
+    match u64::try_from(unix) {
+        Ok(secs) => UNIX_EPOCH + Duration::from_secs(secs),
+        Err(_) => UNIX_EPOCH,
+    }
+}
