@@ -1,1 +1,69 @@
-fn main() {}
+//! The `a2a-sidecar` binary: parse the command line, dispatch, map errors to
+//! exit codes (0 ok, 1 runtime failure, 2 bad configuration).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use proxy::cli::{Cli, Command};
+use proxy::config::{Config, LogFormat};
+
+const BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    certs::tls::install_default_provider();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
+            proxy::logging::init(config.telemetry.log_format);
+            tracing::info!(config = ?config, "configuration loaded");
+            match proxy::app::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "a2a-sidecar failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check => {
+            let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
+            match proxy::check::summarize(&config) {
+                Ok(summary) => {
+                    print!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(BAD_CONFIG)
+                }
+            }
+        }
+        Command::Probe { addr } => {
+            if proxy::probe::run(addr) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        #[cfg(feature = "dev")]
+        Command::Dev(dev) => {
+            proxy::logging::init(LogFormat::Text);
+            match proxy::dev::run(dev) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Loads the config or prints why not (naming file and field).
+fn load(path: Option<&std::path::Path>) -> Option<Config> {
+    let Some(path) = path else {
+        eprintln!("error: `--config` is required");
+        return None;
+    };
+    Config::load(path).map_err(|e| eprintln!("error: {e}")).ok()
+}

@@ -55,6 +55,15 @@ impl FilesSource {
         Ok(contents)
     }
 
+    /// Reads and parses the files once, now (for `check`).
+    pub fn load_now(&self) -> Result<Identity, FilesError> {
+        let contents = self
+            .paths()
+            .map(|path| std::fs::read(path).map_err(|source| FilesError::Read { path: path.clone(), source }))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.parse(&contents)
+    }
+
     fn paths(&self) -> impl Iterator<Item = &PathBuf> {
         let c = &self.config;
         [&c.cert, &c.key, &c.bundle].into_iter().chain(c.federated_bundles.values())

@@ -1,0 +1,88 @@
+//! Command line (DESIGN 1.1).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[cfg(feature = "dev")]
+use clap::Args;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "a2a-sidecar", version, about = "SPIFFE mTLS sidecar with layered identity policy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file for the default `run` command.
+    #[arg(long, global = true, env = "A2A_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (the default).
+    Run,
+    /// Load and validate the configuration, print a summary; exit 0 valid, 2 invalid.
+    Check,
+    /// Exit 0 iff the sidecar's /readyz answers 200 (a HEALTHCHECK without curl).
+    Probe {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        addr: SocketAddr,
+    },
+    /// Development tooling: dev CA, Workload API server.
+    #[cfg(feature = "dev")]
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// A dev CA for one trust domain.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// A SPIFFE Workload API server (gRPC on a Unix socket) that issues and rotates SVIDs: a stand-in for a SPIRE agent.
+    WorkloadApi(WorkloadApiArgs),
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA in DIR (ca.pem, ca_key.pem, jwt_key.pem).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        trust_domain: String,
+    },
+    /// Issue an X509-SVID into OUT as svid.pem, svid_key.pem, svid_bundle.pem.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Args)]
+pub struct WorkloadApiArgs {
+    /// The dev CA directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Unix socket path to serve on.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// The SPIFFE ID every caller receives.
+    #[arg(long)]
+    pub id: String,
+    /// SVID lifetime; a new SVID is pushed at half of it.
+    #[arg(long, default_value = "1m")]
+    pub ttl: String,
+    /// Other dev CA directories whose bundles are sent as federated bundles.
+    #[arg(long = "federate")]
+    pub federate: Vec<PathBuf>,
+}

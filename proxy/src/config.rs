@@ -1,0 +1,229 @@
+//! Configuration: YAML (DESIGN 1.2) parsed into typed values.
+//!
+//! Parse, don't validate: [`raw::RawConfig`] mirrors the file and rejects
+//! unknown fields; [`Config`] holds `SocketAddr`s, `Duration`s and SPIFFE
+//! IDs, so nothing downstream re-checks strings. Every error names the file
+//! and the field. Defaults are safe.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certs::source::FilesConfig;
+use certs::{SpiffeId, TrustDomain};
+
+mod env;
+pub mod raw;
+mod units;
+
+pub use env::{Env, MapEnv, ProcessEnv};
+pub use units::parse_duration;
+
+/// Static secrets that are refused: the sidecar's Entra identity is federated.
+const REFUSED_SECRETS: [&str; 2] = ["AZURE_CLIENT_SECRET", "GRAPH_CLIENT_SECRET"];
+
+/// Why a configuration cannot be used. Each message names the file and field.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("`{path}`: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("`{path}`: `{field}`: {why}")]
+    Invalid { path: PathBuf, field: String, why: String },
+    #[error(
+        "`{name}` is set: a2a-sidecar refuses static client secrets; use workload identity federation \
+         (`entra.federated_token_file` / AZURE_FEDERATED_TOKEN_FILE)"
+    )]
+    SecretRefused { name: &'static str },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub identity: IdentityConfig,
+    pub runtime: RuntimeConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Where the SVID comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityConfig {
+    /// A SPIFFE Workload API endpoint (`unix:///...`).
+    WorkloadApi {
+        endpoint: String,
+    },
+    Files(FilesConfig),
+    /// The in-process dev CA (feature `dev`).
+    Dev {
+        ca_dir: PathBuf,
+        id: SpiffeId,
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// `None` = one per CPU.
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads and validates `path`, with the process environment.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        Self::load_with_env(path, &ProcessEnv)
+    }
+
+    pub fn load_with_env(path: &Path, env: &dyn Env) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        Self::parse(path, &text, env)
+    }
+
+    /// Parses YAML `text`; `path` names the file in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str, env: &dyn Env) -> Result<Self, Error> {
+        if let Some(name) = REFUSED_SECRETS.into_iter().find(|name| env.get(name).is_some()) {
+            return Err(Error::SecretRefused { name });
+        }
+        let raw: raw::RawConfig = if text.trim().is_empty() {
+            raw::RawConfig::default()
+        } else {
+            serde_norway::from_str(text).map_err(|e| Error::Yaml { path: path.into(), message: e.to_string() })?
+        };
+        let ctx = Ctx { path, base: path.parent().unwrap_or(Path::new(".")), env };
+        Ok(Self {
+            path: path.into(),
+            identity: ctx.identity(raw.identity)?,
+            runtime: ctx.runtime(raw.runtime)?,
+            telemetry: ctx.telemetry(raw.telemetry)?,
+        })
+    }
+}
+
+/// What the conversion from raw values needs to name and resolve things.
+struct Ctx<'a> {
+    path: &'a Path,
+    base: &'a Path,
+    env: &'a dyn Env,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, field: &str, why: impl Into<String>) -> Error {
+        Error::Invalid { path: self.path.into(), field: field.into(), why: why.into() }
+    }
+
+    fn duration(&self, field: &str, value: Option<&str>, default: Duration) -> Result<Duration, Error> {
+        match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text).map_err(|why| self.invalid(field, why)),
+        }
+    }
+
+    /// Relative paths in the file are relative to the file.
+    fn resolve(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() { p } else { self.base.join(p) }
+    }
+
+    fn identity(&self, raw: raw::RawIdentity) -> Result<IdentityConfig, Error> {
+        let source = raw.source.as_deref().unwrap_or("workload_api");
+        let unused = |field: &str, set: bool| match set {
+            true => Err(self.invalid(field, format!("not used with `identity.source: {source}`"))),
+            false => Ok(()),
+        };
+        match source {
+            "workload_api" => {
+                unused("identity.files", raw.files.is_some())?;
+                unused("identity.dev", raw.dev.is_some())?;
+                let endpoint = raw.socket.or_else(|| self.env.get("SPIFFE_ENDPOINT_SOCKET")).ok_or_else(|| {
+                    self.invalid(
+                        "identity.socket",
+                        "required (or set SPIFFE_ENDPOINT_SOCKET) with `source: workload_api`",
+                    )
+                })?;
+                if !(endpoint.starts_with("unix:") || endpoint.starts_with("tcp:")) {
+                    return Err(
+                        self.invalid("identity.socket", format!("`{endpoint}` must start with `unix://` or `tcp://`"))
+                    );
+                }
+                Ok(IdentityConfig::WorkloadApi { endpoint })
+            }
+            "files" => {
+                unused("identity.socket", raw.socket.is_some())?;
+                unused("identity.dev", raw.dev.is_some())?;
+                let files = raw.files.ok_or_else(|| self.invalid("identity.files", "required with `source: files`"))?;
+                self.files(files).map(IdentityConfig::Files)
+            }
+            "dev" => {
+                unused("identity.socket", raw.socket.is_some())?;
+                unused("identity.files", raw.files.is_some())?;
+                if !cfg!(feature = "dev") {
+                    return Err(self.invalid("identity.source", "`dev` needs a build with the `dev` feature"));
+                }
+                let dev = raw.dev.ok_or_else(|| self.invalid("identity.dev", "required with `source: dev`"))?;
+                let id = dev.id.parse().map_err(|e| self.invalid("identity.dev.id", format!("`{}`: {e}", dev.id)))?;
+                let ttl = self.duration("identity.dev.ttl", dev.ttl.as_deref(), Duration::from_secs(3600))?;
+                Ok(IdentityConfig::Dev { ca_dir: self.resolve(dev.ca_dir), id, ttl })
+            }
+            other => Err(self.invalid("identity.source", format!("`{other}` is not one of workload_api, files, dev"))),
+        }
+    }
+
+    fn files(&self, raw: raw::RawFiles) -> Result<FilesConfig, Error> {
+        let federated_bundles = raw
+            .federated_bundles
+            .into_iter()
+            .map(|(td, path)| {
+                let field = format!("identity.files.federated_bundles.{td}");
+                let td = TrustDomain::new(&td).map_err(|e| self.invalid(&field, e.to_string()))?;
+                Ok((td, self.resolve(path)))
+            })
+            .collect::<Result<_, Error>>()?;
+        let poll =
+            self.duration("identity.files.poll_interval", raw.poll_interval.as_deref(), Duration::from_secs(1))?;
+        if poll.is_zero() {
+            return Err(self.invalid("identity.files.poll_interval", "must be greater than zero"));
+        }
+        Ok(FilesConfig {
+            cert: self.resolve(raw.cert),
+            key: self.resolve(raw.key),
+            bundle: self.resolve(raw.bundle),
+            federated_bundles,
+            poll_interval: poll,
+        })
+    }
+
+    fn runtime(&self, raw: raw::RawRuntime) -> Result<RuntimeConfig, Error> {
+        if raw.worker_threads == Some(0) {
+            return Err(self.invalid("runtime.worker_threads", "must be at least 1"));
+        }
+        Ok(RuntimeConfig { worker_threads: raw.worker_threads })
+    }
+
+    fn telemetry(&self, raw: raw::RawTelemetry) -> Result<TelemetryConfig, Error> {
+        let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:9090");
+        let listen = listen.parse().map_err(|_| {
+            self.invalid("telemetry.listen", format!("`{listen}` is not an address like 127.0.0.1:9090"))
+        })?;
+        let log_format = match raw.log_format.as_deref().unwrap_or("json") {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => return Err(self.invalid("telemetry.log_format", format!("`{other}` is not one of json, text"))),
+        };
+        Ok(TelemetryConfig { listen, log_format })
+    }
+}
+
+#[cfg(test)]
+mod tests;

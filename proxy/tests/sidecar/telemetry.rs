@@ -1,0 +1,62 @@
+//! `/readyz` follows the SVID: 503 before the first one, 200 after; the
+//! probe subcommand agrees; `/metrics` shows the SVID expiry.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::TrustDomain;
+use certs::dev::{DevCa, WorkloadApiServer, WorkloadApiServerConfig};
+use proxy::app::App;
+use proxy::config::{Config, MapEnv};
+
+use super::support::{bin, eventually, get};
+
+fn config(socket: &Path) -> Config {
+    let yaml = format!("identity: {{socket: 'unix://{}'}}\ntelemetry: {{listen: 127.0.0.1:0}}\n", socket.display());
+    Config::parse(Path::new("test.yaml"), &yaml, &MapEnv::default()).unwrap()
+}
+
+fn probe(addr: std::net::SocketAddr) -> Option<i32> {
+    bin().args(["probe", "--addr", &addr.to_string()]).output().unwrap().status.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_until_the_first_svid_then_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let app = App::start(config(&socket)).await.unwrap();
+    let addr = app.telemetry_addr;
+
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready: no svid yet\n"));
+    assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(1));
+
+    // The agent comes up after the sidecar: the source keeps retrying.
+    let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
+    let server_config = WorkloadApiServerConfig {
+        ca,
+        id: "spiffe://aim.example/budget-backend".parse().unwrap(),
+        ttl: Duration::from_secs(60),
+        federated: vec![],
+    };
+    let _agent = WorkloadApiServer::start(&socket, server_config).await.unwrap();
+    eventually(Duration::from_secs(20), "readyz 200", || async { (get(addr, "/readyz").await.0 == 200).then_some(()) })
+        .await;
+    assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(0));
+
+    let (status, metrics) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let expiry = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("a2a_svid_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no expiry metric in:\n{metrics}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(expiry > now && expiry < now + 120.0, "expiry {expiry} vs now {now}");
+    assert!(metrics.contains("a2a_svid_rotations_total 0"), "{metrics}");
+    assert_eq!(get(addr, "/nope").await.0, 404);
+
+    app.shutdown().await;
+}
