@@ -136,6 +136,13 @@ impl IdentityPublisher {
 }
 
 impl IdentityWatch {
+    /// A watch that always holds `identity` (one connection pool's SVID).
+    pub fn fixed(identity: Arc<Identity>) -> Self {
+        let (publisher, watch) = channel();
+        publisher.state.send_replace(IdentityState::Available(identity));
+        watch
+    }
+
     /// The current identity, if one is available.
     pub fn current(&self) -> Option<Arc<Identity>> {
         self.state.borrow().identity().cloned()

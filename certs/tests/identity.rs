@@ -2,7 +2,13 @@
 //! client, rotation under live TLS traffic, federation, and the files source.
 //! Real sockets only (127.0.0.1:0 and Unix sockets in a temp dir).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests and their helpers fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests and their helpers fail loudly"
+)]
 
 mod identity {
     pub mod federation;

@@ -1,7 +1,9 @@
 //! Wiring: builds the identity source, metrics and listeners from a
-//! [`Config`], runs them, and shuts them down.
+//! [`Config`], runs them, reloads what is hot on SIGHUP, and drains on
+//! SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,18 +12,30 @@ use certs::source::{self, FilesSource, SourceTask, SvidSource, WorkloadApiSource
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, IdentityConfig};
+use crate::allowlist::AllowList;
+use crate::config::{self, Config, IdentityConfig};
+use crate::connections;
+use crate::inbound::Inbound;
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::server;
 use crate::telemetry::Telemetry;
 
 /// A running sidecar. Dropping it stops its tasks; [`App::shutdown`] drains.
 pub struct App {
     pub telemetry_addr: SocketAddr,
+    pub inbound_addr: Option<SocketAddr>,
+    pub outbound_addr: Option<SocketAddr>,
     pub identity: IdentityWatch,
     pub metrics: Arc<Metrics>,
+    pub allowlist: Arc<AllowList>,
+    pub inbound: Option<Arc<Inbound>>,
+    config_path: PathBuf,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Listeners, which drain on shutdown.
+    servers: Vec<JoinHandle<()>>,
+    /// Followers, aborted on shutdown.
+    followers: Vec<JoinHandle<()>>,
     _source: SourceTask,
 }
 
@@ -30,35 +44,84 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let (identity, source_task) = source::spawn(identity_source(&config.identity)?);
         let metrics = Arc::new(Metrics::new().context("metrics registry")?);
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, _) = watch::channel(false);
+        let drain = config.runtime.drain_timeout;
+        let allowlist = AllowList::new(config.inbound.as_ref().map(|i| i.allowed_callers.clone()).unwrap_or_default());
+        let mut servers = Vec::new();
+        let mut followers = vec![tokio::spawn(metrics.as_ref().clone().follow_identity(identity.clone()))];
 
         let telemetry_listener = server::bind("telemetry.listen", config.telemetry.listen).await?;
         let telemetry_addr = telemetry_listener.local_addr()?;
         let telemetry = Arc::new(Telemetry { identity: identity.clone(), metrics: metrics.clone() });
         let handler = move |req| telemetry.clone().handle(req);
-        let tasks = vec![
-            tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown_rx)),
-            tokio::spawn(metrics.as_ref().clone().follow_identity(identity.clone())),
-        ];
-        tracing::info!(telemetry = %telemetry_addr, "a2a-sidecar started");
-        Ok(Self { telemetry_addr, identity, metrics, shutdown, tasks, _source: source_task })
+        servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
+
+        let (mut inbound_addr, mut inbound) = (None, None);
+        if let Some(cfg) = config.inbound.clone() {
+            let listener = server::bind("inbound.listen", cfg.listen).await?;
+            inbound_addr = Some(listener.local_addr()?);
+            let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone())?;
+            followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
+            servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
+            inbound = Some(server);
+        }
+        let mut outbound_addr = None;
+        if let Some(cfg) = config.outbound.clone() {
+            let listener = server::bind("outbound.listen", cfg.listen).await?;
+            outbound_addr = Some(listener.local_addr()?);
+            let server = Outbound::new(cfg, identity.clone(), metrics.clone());
+            servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
+        }
+        tracing::info!(
+            telemetry = %telemetry_addr,
+            inbound = ?inbound_addr,
+            outbound = ?outbound_addr,
+            "a2a-sidecar started"
+        );
+        Ok(Self {
+            telemetry_addr,
+            inbound_addr,
+            outbound_addr,
+            identity,
+            metrics,
+            allowlist,
+            inbound,
+            config_path: config.path,
+            shutdown,
+            servers,
+            followers,
+            _source: source_task,
+        })
     }
 
-    /// Stops accepting, lets in-flight requests finish, then returns.
+    /// Re-reads the config file and applies what can change at run time (the
+    /// allow-list). On error the running state stays as it was.
+    pub fn reload(&self) -> Result<(), config::Error> {
+        let config = Config::load(&self.config_path)?;
+        self.apply(&config);
+        Ok(())
+    }
+
+    /// Applies the hot parts of `config`.
+    pub fn apply(&self, config: &Config) {
+        let callers = config.inbound.as_ref().map(|i| i.allowed_callers.clone()).unwrap_or_default();
+        tracing::info!(allowed_callers = callers.len(), "configuration reloaded");
+        self.allowlist.replace(callers);
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain
+    /// timeout), then returns.
     pub async fn shutdown(mut self) {
         self.shutdown.send_replace(true);
-        // The first task is the telemetry server, which drains; the rest are followers.
-        let mut tasks = self.tasks.drain(..);
-        if let Some(server) = tasks.next() {
+        for server in self.servers.drain(..) {
             let _ = server.await;
         }
-        tasks.for_each(|t| t.abort());
     }
 }
 
 impl Drop for App {
     fn drop(&mut self) {
-        self.tasks.iter().for_each(JoinHandle::abort);
+        self.servers.iter().chain(&self.followers).for_each(JoinHandle::abort);
     }
 }
 
@@ -77,8 +140,8 @@ fn identity_source(config: &IdentityConfig) -> anyhow::Result<Box<dyn SvidSource
     })
 }
 
-/// Runs the sidecar until SIGTERM or SIGINT: builds the runtime
-/// (`runtime.worker_threads`), starts, waits, drains.
+/// Runs the sidecar until SIGTERM or SIGINT (reloading on SIGHUP): builds
+/// the runtime (`runtime.worker_threads`), starts, waits, drains.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = config.runtime.worker_threads {
@@ -86,21 +149,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let runtime = builder.enable_all().build().context("tokio runtime")?;
     runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let app = App::start(config).await?;
-        wait_for_signal().await?;
-        tracing::info!("shutting down");
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    if let Err(e) = app.reload() {
+                        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: draining in-flight requests");
         app.shutdown().await;
         Ok(())
     })
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

@@ -13,11 +13,13 @@ use certs::source::FilesConfig;
 use certs::{SpiffeId, TrustDomain};
 
 mod env;
+mod inbound;
 pub mod raw;
 mod units;
 
 pub use env::{Env, MapEnv, ProcessEnv};
-pub use units::parse_duration;
+pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig};
+pub use units::{parse_duration, parse_size};
 
 /// Static secrets that are refused: the sidecar's Entra identity is federated.
 const REFUSED_SECRETS: [&str; 2] = ["AZURE_CLIENT_SECRET", "GRAPH_CLIENT_SECRET"];
@@ -45,6 +47,10 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub runtime: RuntimeConfig,
     pub telemetry: TelemetryConfig,
+    /// `None`: no inbound listener (an egress-only sidecar).
+    pub inbound: Option<InboundConfig>,
+    /// `None`: no outbound listener.
+    pub outbound: Option<OutboundConfig>,
 }
 
 /// Where the SVID comes from.
@@ -67,6 +73,8 @@ pub enum IdentityConfig {
 pub struct RuntimeConfig {
     /// `None` = one per CPU.
     pub worker_threads: Option<usize>,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +116,8 @@ impl Config {
             identity: ctx.identity(raw.identity)?,
             runtime: ctx.runtime(raw.runtime)?,
             telemetry: ctx.telemetry(raw.telemetry)?,
+            inbound: raw.inbound.map(|i| ctx.inbound(i)).transpose()?,
+            outbound: raw.outbound.map(|o| ctx.outbound(o)).transpose()?,
         })
     }
 }
@@ -208,7 +218,9 @@ impl Ctx<'_> {
         if raw.worker_threads == Some(0) {
             return Err(self.invalid("runtime.worker_threads", "must be at least 1"));
         }
-        Ok(RuntimeConfig { worker_threads: raw.worker_threads })
+        let drain_timeout =
+            self.duration("runtime.drain_timeout", raw.drain_timeout.as_deref(), Duration::from_secs(10))?;
+        Ok(RuntimeConfig { worker_threads: raw.worker_threads, drain_timeout })
     }
 
     fn telemetry(&self, raw: raw::RawTelemetry) -> Result<TelemetryConfig, Error> {

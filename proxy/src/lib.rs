@@ -2,14 +2,23 @@
 //! front of every agent-to-agent call. `main.rs` parses the command line;
 //! everything else lives here so tests can run the app in-process.
 
+pub mod allowlist;
 pub mod app;
+pub mod body;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod connections;
+pub mod deny;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod headers;
+pub mod inbound;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
 pub mod probe;
+pub mod request_id;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;

@@ -3,7 +3,8 @@
 use std::time::UNIX_EPOCH;
 
 use certs::IdentityWatch;
-use prometheus::{Encoder, Gauge, IntCounter, Registry, TextEncoder};
+use policy::{Layer, Reason};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// The process's metrics. Cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
@@ -11,6 +12,8 @@ pub struct Metrics {
     registry: Registry,
     pub svid_expiry_timestamp_seconds: Gauge,
     pub svid_rotations_total: IntCounter,
+    requests_total: IntCounterVec,
+    tls_handshakes_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -19,8 +22,18 @@ impl Metrics {
         let svid_expiry_timestamp_seconds =
             Gauge::new("svid_expiry_timestamp_seconds", "Expiry of the current X509-SVID (unix seconds)")?;
         let svid_rotations_total = IntCounter::new("svid_rotations_total", "X509-SVIDs received after the first")?;
+        let requests_total = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by direction and outcome"),
+            &["direction", "decision", "layer", "reason"],
+        )?;
+        let tls_handshakes_total = IntCounterVec::new(
+            Opts::new("tls_handshakes_total", "TLS handshakes by direction and result (ok or a Layer 1 reason)"),
+            &["direction", "result"],
+        )?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
         registry.register(Box::new(svid_rotations_total.clone()))?;
+        registry.register(Box::new(requests_total.clone()))?;
+        registry.register(Box::new(tls_handshakes_total.clone()))?;
         #[cfg(target_os = "linux")]
         prometheus::default_registry()
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
@@ -28,7 +41,17 @@ impl Metrics {
                 prometheus::Error::AlreadyReg => Ok(()),
                 e => Err(e),
             })?;
-        Ok(Self { registry, svid_expiry_timestamp_seconds, svid_rotations_total })
+        Ok(Self { registry, svid_expiry_timestamp_seconds, svid_rotations_total, requests_total, tls_handshakes_total })
+    }
+
+    /// Counts one request outcome. Labels are bounded: fixed names only.
+    pub fn request(&self, direction: &'static str, layer: Layer, reason: Reason) {
+        let decision = if reason == Reason::Allowed { "allow" } else { "deny" };
+        self.requests_total.with_label_values(&[direction, decision, layer.as_str(), reason.as_str()]).inc();
+    }
+
+    pub fn tls_handshake(&self, direction: &'static str, result: &'static str) {
+        self.tls_handshakes_total.with_label_values(&[direction, result]).inc();
     }
 
     /// The text exposition: our metrics plus the process collector.

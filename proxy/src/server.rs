@@ -1,20 +1,24 @@
-//! A plain HTTP/1.1 accept loop with graceful shutdown, for the local
-//! listeners (telemetry now; mgmt later).
+//! Serving HTTP: a plain HTTP/1.1 accept loop for the local listeners
+//! (telemetry, mgmt), and the connection driver the proxy listeners share.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::UpgradeableConnection;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Reads a full request head within this time (slowloris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,4 +66,80 @@ pub async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, std::io:
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on `{field}` {addr}: {e}")))
+}
+
+/// What, besides the peer, can end a served connection.
+pub struct ConnectionEnds {
+    pub activity: Arc<crate::body::Activity>,
+    pub idle_timeout: Duration,
+    pub shutdown: watch::Receiver<bool>,
+    /// Cancelled when the peer may no longer be served: close at once.
+    pub closed: Option<CancellationToken>,
+    /// Drain the connection when this elapses (the peer's certificate expiry).
+    pub drain_after: Option<Duration>,
+}
+
+/// Serves one connection to completion. Idle time, shutdown and
+/// `drain_after` end it gracefully (in-flight requests finish, HTTP/2 gets a
+/// GOAWAY); `closed` drops it immediately.
+pub async fn drive<I, S>(connection: UpgradeableConnection<'_, I, S, TokioExecutor>, ends: ConnectionEnds)
+where
+    S: Service<Request<Incoming>, Response = Response<crate::body::Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let ConnectionEnds { activity, idle_timeout, mut shutdown, closed, drain_after } = ends;
+    let closed = closed.unwrap_or_default();
+    let expiry = async {
+        match drain_after {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(connection, expiry);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = closed.cancelled() => return,
+            () = activity.idle_for(idle_timeout), if !draining => {}
+            () = &mut expiry, if !draining => {}
+            _ = shutdown.wait_for(|stop| *stop), if !draining => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        draining = true;
+    }
+}
+
+/// Accepts on `listener` until `shutdown`, running `serve` for each
+/// connection; then waits up to `drain` for open connections to finish.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: watch::Receiver<bool>, drain: Duration, serve: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tracker = tokio_util::task::TaskTracker::new();
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tracker.spawn(serve(tcp, remote, shutdown.clone()));
+                }
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
+            },
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(connections = tracker.len(), "drain timeout: closing the remaining connections");
+    }
 }

@@ -1,11 +1,22 @@
-//! a2a-sidecar end to end: the binary's CLI contract, and the app running
-//! in-process against real sockets (Workload API over gRPC on a Unix socket,
-//! telemetry over HTTP on 127.0.0.1:0).
+//! a2a-sidecar end to end: the binary's CLI contract, and sidecars running
+//! in-process against real sockets (Workload API over gRPC on Unix sockets,
+//! mTLS and HTTP on 127.0.0.1:0, a real upstream app).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly"
+)]
 
 mod sidecar {
+    pub mod app;
     pub mod cli;
+    pub mod dataplane;
+    pub mod hostile;
+    pub mod mesh;
+    pub mod outbound;
     pub mod support;
     pub mod telemetry;
 }

@@ -15,6 +15,8 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    pub inbound: Option<RawInbound>,
+    pub outbound: Option<RawOutbound>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +51,7 @@ pub struct RawDevIdentity {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub worker_threads: Option<usize>,
+    pub drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,4 +59,50 @@ pub struct RawRuntime {
 pub struct RawTelemetry {
     pub listen: Option<String>,
     pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<String>,
+    pub tls_resumption: Option<bool>,
+    pub allow_semicolons: Option<bool>,
+    #[serde(default)]
+    pub allowed_callers: Vec<String>,
+    pub upstream_connect_timeout: Option<String>,
+    pub upstream_response_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbound {
+    pub listen: Option<String>,
+    pub allow_non_loopback: Option<bool>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_header_bytes: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: Option<RawRouteMatch>,
+    pub upstream: String,
+    pub server_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteMatch {
+    pub path_prefix: String,
 }

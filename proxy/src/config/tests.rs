@@ -40,7 +40,49 @@ fn files_paths_are_relative_to_the_config() {
 fn errors_name_the_file_and_field() {
     let cases = [
         ("identity: {socket: unix:///x, colour: blue}", "unknown field `colour`"),
-        ("inbound: {listen: 0.0.0.0:8443}", "unknown field `inbound`"),
+        ("colour: blue", "unknown field `colour`"),
+        ("identity: {socket: unix:///x}\ninbound: {listen: 0.0.0.0:8443}", "`inbound.upstream`: required"),
+        (
+            "identity: {socket: unix:///x}\ninbound: {upstream: 'https://app:1'}",
+            "`inbound.upstream`: `https://app:1`: must start with `http://`",
+        ),
+        ("identity: {socket: unix:///x}\ninbound: {upstream: 'http://app:1/x'}", "must not have a path"),
+        (
+            "identity: {socket: unix:///x}\ninbound: {upstream: 'http://a:1', allowed_callers: ['spiffe://*/x']}",
+            "`inbound.allowed_callers[0]`",
+        ),
+        (
+            "identity: {socket: unix:///x}\ninbound: {upstream: 'http://a:1', max_header_bytes: 4KiB}",
+            "`inbound.max_header_bytes`: must be at least",
+        ),
+        (
+            "identity: {socket: unix:///x}\ninbound: {upstream: 'http://a:1', header_timeout: fast}",
+            "`inbound.header_timeout`",
+        ),
+        (
+            "identity: {socket: unix:///x}\noutbound: {listen: '0.0.0.0:8080'}",
+            "`outbound.listen`: `0.0.0.0:8080` is not loopback",
+        ),
+        (
+            "identity: {socket: unix:///x}\noutbound: {routes: [{name: a, upstream: 'http://b:1', server_id: 'spiffe://td/b'}]}",
+            "`outbound.routes[0].upstream`",
+        ),
+        (
+            "identity: {socket: unix:///x}\noutbound: {routes: [{name: a, upstream: 'https://b:1', server_id: 'spiffe://td/b/'}]}",
+            "`outbound.routes[0].server_id`",
+        ),
+        (
+            "identity: {socket: unix:///x}\noutbound: {routes: [{name: 'a b', upstream: 'https://b:1', server_id: 'spiffe://td/b'}]}",
+            "`outbound.routes[0].name`",
+        ),
+        (
+            "identity: {socket: unix:///x}\noutbound: {routes: [{name: a, upstream: 'https://b', server_id: 'spiffe://td/b'}, {name: A, upstream: 'https://c', server_id: 'spiffe://td/c'}]}",
+            "`outbound.routes[1].name`: `a` is used",
+        ),
+        (
+            "identity: {socket: unix:///x}\noutbound: {routes: [{name: a, match: {path_prefix: x}, upstream: 'https://b', server_id: 'spiffe://td/b'}]}",
+            "`outbound.routes[0].match.path_prefix`",
+        ),
         ("identity: {source: spire}", "`identity.source`: `spire` is not one of"),
         ("identity: {source: files}", "`identity.files`: required"),
         ("identity: {socket: /run/agent.sock}", "`identity.socket`: `/run/agent.sock` must start with"),
@@ -73,4 +115,34 @@ fn static_client_secrets_are_refused() {
         let message = parse("", &env).unwrap_err().to_string();
         assert!(message.contains(name) && !message.contains("s3cr3t"), "{message}");
     }
+}
+
+#[test]
+fn inbound_and_outbound_defaults() {
+    let yaml = "identity: {socket: unix:///x}
+inbound: {upstream: 'http://127.0.0.1:8000', allowed_callers: ['spiffe://aim.example/ests/bp/*/aid/budget-report']}
+outbound:
+  allow_non_loopback: false
+  routes:
+    - {name: Budget-Backend, match: {path_prefix: /budget-backend/}, upstream: 'https://budget-backend:8443', server_id: 'spiffe://aim.example/**'}
+";
+    let config = parse(yaml, &MapEnv::default()).unwrap();
+    let inbound = config.inbound.unwrap();
+    assert_eq!(inbound.listen, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(inbound.upstream.as_str(), "127.0.0.1:8000");
+    assert_eq!(inbound.limits.header_timeout, Duration::from_secs(10));
+    assert_eq!(inbound.limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(inbound.limits.max_header_bytes, 32 * 1024);
+    assert!(!inbound.tls_resumption && !inbound.path_options.allow_semicolons);
+    assert_eq!(inbound.allowed_callers.len(), 1);
+    let outbound = config.outbound.unwrap();
+    assert_eq!(outbound.listen, "127.0.0.1:8080".parse().unwrap());
+    let route = &outbound.routes[0];
+    assert_eq!((route.name.as_str(), route.path_prefix.as_deref()), ("budget-backend", Some("/budget-backend")));
+    assert_eq!(route.upstream.as_str(), "budget-backend:8443");
+    assert_eq!(config.runtime.drain_timeout, Duration::from_secs(10));
+
+    let empty = parse("identity: {socket: unix:///x}\ninbound: {upstream: 'http://a'}", &MapEnv::default()).unwrap();
+    assert!(empty.inbound.unwrap().allowed_callers.is_empty(), "nobody is allowed by default");
+    assert!(parse("identity: {socket: unix:///x}", &MapEnv::default()).unwrap().inbound.is_none());
 }

@@ -20,9 +20,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     n.checked_mul(millis_per_unit).map(Duration::from_millis).ok_or_else(bad)
 }
 
+/// Parses a byte size: `8192`, `512B`, `32KiB`, `1MiB` (also `KB`/`MB` as powers of 1000).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("`{text}` is not a size like 32KiB, 1MiB or 8192");
+    let n: usize = number.parse().map_err(|_| bad())?;
+    let multiplier: usize = match unit {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(multiplier).ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("32KiB"), Ok(32 * 1024));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        for bad in ["", "KiB", "1.5KiB", "-1", "32 kib", "99999999999999999999MiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -56,3 +56,98 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// `(layer, reason)` of a deny body.
+    pub fn denied(&self) -> (String, String) {
+        let json = self.json();
+        assert_eq!(self.headers.get("x-denied-by").map(|v| v.to_str().unwrap()), Some("a2a-sidecar"), "{self:?}");
+        assert_eq!(json["request_id"].as_str(), self.headers.get("x-request-id").map(|v| v.to_str().unwrap()));
+        (json["layer"].as_str().unwrap().to_owned(), json["reason"].as_str().unwrap().to_owned())
+    }
+}
+
+/// Sends one plain HTTP/1.1 request (to an outbound listener).
+pub async fn http(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut request = hyper::Request::builder().method(method).uri(path).header("host", host);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = sender.send_request(request.body(Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
+    read_reply(response).await
+}
+
+pub async fn read_reply(response: hyper::Response<hyper::body::Incoming>) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body: text(&body) }
+}
+
+/// Opens mTLS to `addr` with `config`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("budget-backend").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+    // Under TLS 1.3 a refused client certificate shows up at the first read.
+    use tokio::io::AsyncWriteExt;
+    tls.flush().await?;
+    Ok(tls)
+}
+
+/// Writes `raw` on a fresh mTLS connection while reading, until the server
+/// closes it (or `within` passes); returns everything read. Reading runs
+/// alongside writing: a server may answer (431) and close mid-request.
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    raw: &[u8],
+    within: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = tls_connect(addr, config).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let raw = raw.to_vec();
+    let write = tokio::spawn(async move {
+        let _ = writer.write_all(&raw).await;
+        let _ = writer.flush().await;
+        // Keep the write half open until reading is done, so the server sees no early EOF.
+        std::future::pending::<()>().await;
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    write.abort();
+    text(&out)
+}
+
+/// Status codes of the HTTP/1.1 responses in a raw byte stream, in order.
+pub fn statuses(raw: &str) -> Vec<u16> {
+    raw.match_indices("HTTP/1.1 ").filter_map(|(i, _)| raw.get(i + 9..i + 12)?.parse().ok()).collect()
+}

@@ -1,0 +1,139 @@
+//! The outcome of evaluating a request: which layer decided and why.
+//! The names are the contract's `layer` and `reason` values (DESIGN 1.3).
+
+use std::fmt;
+
+/// The layer (or stage) that produced an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layer {
+    /// An allowed request: no layer denied.
+    None,
+    /// Request framing and paths, before any policy.
+    Http,
+    Mtls,
+    Rbac,
+    Oauth,
+    Risk,
+    Tags,
+    /// Outbound routing.
+    Route,
+    /// The target sidecar or the local app.
+    Upstream,
+    /// The sidecar's own identity.
+    Identity,
+}
+
+/// Why. Each belongs to one layer (see [`Reason::layer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Allowed,
+    // http
+    BadPath,
+    AbsoluteForm,
+    MethodNotAllowed,
+    // mtls (layer 1)
+    NotAllowed,
+    UntrustedChain,
+    NoClientCert,
+    BadSvid,
+    CertExpired,
+    // route
+    NoRoute,
+    // upstream
+    UpstreamUnavailable,
+    UpstreamIdentityMismatch,
+    UpstreamRejectedIdentity,
+    UpstreamError,
+    UpstreamTimeout,
+    // identity
+    NotReady,
+}
+
+/// A decision: allow, or deny by one layer for one reason, with the policy
+/// IDs that decided (empty for layers without policies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    pub layer: Layer,
+    pub reason: Reason,
+    pub policy_ids: Vec<String>,
+}
+
+impl Decision {
+    pub fn allow() -> Self {
+        Self { allow: true, layer: Layer::None, reason: Reason::Allowed, policy_ids: Vec::new() }
+    }
+
+    pub fn deny(reason: Reason) -> Self {
+        Self { allow: false, layer: reason.layer(), reason, policy_ids: Vec::new() }
+    }
+}
+
+impl Layer {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Http => "http",
+            Self::Mtls => "mtls",
+            Self::Rbac => "rbac",
+            Self::Oauth => "oauth",
+            Self::Risk => "risk",
+            Self::Tags => "tags",
+            Self::Route => "route",
+            Self::Upstream => "upstream",
+            Self::Identity => "identity",
+        }
+    }
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::BadPath => "bad_path",
+            Self::AbsoluteForm => "absolute_form",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NotAllowed => "not_allowed",
+            Self::UntrustedChain => "untrusted_chain",
+            Self::NoClientCert => "no_client_cert",
+            Self::BadSvid => "bad_svid",
+            Self::CertExpired => "cert_expired",
+            Self::NoRoute => "no_route",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamIdentityMismatch => "upstream_identity_mismatch",
+            Self::UpstreamRejectedIdentity => "upstream_rejected_identity",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::NotReady => "not_ready",
+        }
+    }
+
+    pub const fn layer(self) -> Layer {
+        match self {
+            Self::Allowed => Layer::None,
+            Self::BadPath | Self::AbsoluteForm | Self::MethodNotAllowed => Layer::Http,
+            Self::NotAllowed | Self::UntrustedChain | Self::NoClientCert | Self::BadSvid | Self::CertExpired => {
+                Layer::Mtls
+            }
+            Self::NoRoute => Layer::Route,
+            Self::UpstreamUnavailable
+            | Self::UpstreamIdentityMismatch
+            | Self::UpstreamRejectedIdentity
+            | Self::UpstreamError
+            | Self::UpstreamTimeout => Layer::Upstream,
+            Self::NotReady => Layer::Identity,
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

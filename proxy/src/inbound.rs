@@ -1,0 +1,256 @@
+//! The inbound listener: mTLS from peer sidecars, Layer 1 at the handshake
+//! and on every request, canonical paths, header hygiene, and forwarding to
+//! the local app with bodies, SSE and upgrades streamed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use certs::IdentityWatch;
+use certs::x509::LeafInfo;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use policy::{CanonicalPath, Reason};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::allowlist::AllowList;
+use crate::body::{self, Activity, Body, Tracked};
+use crate::config::InboundConfig;
+use crate::connections::Connections;
+use crate::deny;
+use crate::headers::{
+    self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_TRUST_DOMAIN,
+};
+use crate::metrics::Metrics;
+use crate::request_id::RequestIds;
+use crate::server::{self, ConnectionEnds};
+use crate::upstream::{self, AppClient};
+
+/// Connections are closed this long before the caller's certificate expires,
+/// so its sidecar reconnects with a fresh SVID instead of hitting `cert_expired`.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
+
+/// Everything the inbound side shares across connections.
+pub struct Inbound {
+    config: InboundConfig,
+    tls: TlsAcceptor,
+    allowlist: Arc<AllowList>,
+    connections: Arc<Connections>,
+    app: AppClient,
+    ids: RequestIds,
+    metrics: Arc<Metrics>,
+}
+
+/// What is known about one accepted connection.
+struct Conn {
+    peer: LeafInfo,
+    remote: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+impl Inbound {
+    pub fn new(
+        config: InboundConfig,
+        identity: IdentityWatch,
+        allowlist: Arc<AllowList>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, rustls::Error> {
+        let mut tls = certs::tls::server_config(identity, allowlist.clone())?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if config.tls_resumption {
+            tls.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+            tls.send_tls13_tickets = 2;
+        }
+        let app = AppClient::new(config.upstream_connect_timeout, config.upstream_response_timeout);
+        Ok(Arc::new(Self {
+            config,
+            tls: TlsAcceptor::from(Arc::new(tls)),
+            allowlist,
+            connections: Arc::new(Connections::default()),
+            app,
+            ids: RequestIds::new(),
+            metrics,
+        }))
+    }
+
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Accepts until `shutdown`, then drains connections for at most `drain`.
+    /// Accepts until `shutdown`, then drains connections for at most `drain`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>, drain: Duration) {
+        server::accept_loop(listener, shutdown, drain, |tcp, remote, shutdown| {
+            self.clone().connection(tcp, remote, shutdown)
+        })
+        .await;
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, shutdown: watch::Receiver<bool>) {
+        let limits = self.config.limits;
+        let tls = match tokio::time::timeout(limits.header_timeout, self.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let rejection = certs::tls::rejection_of(&e);
+                let reason = rejection.as_ref().map_or("handshake_error", |r| r.reason.as_str());
+                let caller = rejection.and_then(|r| r.peer).map(|p| p.to_string());
+                tracing::info!(%remote, caller, reason, "inbound handshake refused");
+                self.metrics.tls_handshake("inbound", reason);
+                return;
+            }
+            Err(_) => {
+                self.metrics.tls_handshake("inbound", "timeout");
+                return;
+            }
+        };
+        self.metrics.tls_handshake("inbound", "ok");
+        let (_, session) = tls.get_ref();
+        // Invariant: the verifier accepted a parsable SVID leaf, so this is present.
+        let Some(peer) =
+            session.peer_certificates().and_then(|c| c.first()).and_then(|c| certs::x509::parse_leaf(c).ok())
+        else {
+            return;
+        };
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let registration = self.connections.register(peer.id.clone());
+        let drain_after =
+            peer.not_after.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(EXPIRY_MARGIN);
+        let conn = Arc::new(Conn { peer, remote, activity: Activity::new() });
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+
+        let this = self.clone();
+        let served = conn.clone();
+        let service = service_fn(move |req| this.clone().request(req, served.clone()));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        let ends = ConnectionEnds {
+            activity: conn.activity.clone(),
+            idle_timeout: limits.idle_timeout,
+            shutdown,
+            closed: Some(registration.closed.clone()),
+            drain_after: Some(drain_after),
+        };
+        server::drive(connection, ends).await;
+        tracing::debug!(%remote, caller = %conn.peer.id, "inbound connection closed");
+    }
+
+    async fn request(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Arc<Conn>,
+    ) -> Result<Response<Body>, Infallible> {
+        let in_flight = conn.activity.begin();
+        let request_id = self.ids.next();
+        let mut response = match self.forward(request, &conn, &request_id).await {
+            Ok(response) => {
+                self.metrics.request("inbound", policy::Layer::None, Reason::Allowed);
+                response
+            }
+            Err(reason) => {
+                self.metrics.request("inbound", reason.layer(), reason);
+                tracing::debug!(caller = %conn.peer.id, %reason, request_id, "inbound request denied");
+                deny::response(reason, &request_id)
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        Ok(response.map(|body| Tracked::wrap(body, in_flight)))
+    }
+
+    /// The per-request pipeline: Layer 1 again, then framing and path checks,
+    /// then the app. Each phase maps its failure to a [`Reason`].
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        conn: &Conn,
+        request_id: &str,
+    ) -> Result<Response<Body>, Reason> {
+        if !self.allowlist.allows(&conn.peer.id) {
+            return Err(Reason::NotAllowed);
+        }
+        if conn.peer.is_expired_at(SystemTime::now()) {
+            return Err(Reason::CertExpired);
+        }
+        if request.method() == Method::CONNECT {
+            return Err(Reason::MethodNotAllowed);
+        }
+        let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
+        let uri = upstream_uri(&self.config.upstream, &path, request.uri().query())?;
+
+        let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
+            .then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, incoming) = request.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        self.set_headers(&mut parts.headers, conn, request_id, upgrade.is_some());
+        let outgoing = Request::from_parts(parts, body::without_spoofable_trailers(incoming));
+
+        let mut response = self.app.send(outgoing).await?;
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(downstream)) = (upgraded, upgrade) {
+            let upstream = hyper::upgrade::on(&mut response);
+            // Registered on its own: the HTTP connection ends once it is upgraded,
+            // and removing the caller from the allow-list must close this too.
+            let stream = self.connections.register(conn.peer.id.clone());
+            tokio::spawn(async move { upstream::tunnel(downstream, upstream, stream.closed.clone()).await });
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), upgraded);
+        Ok(response.map(http_body_util::BodyExt::boxed))
+    }
+
+    /// Header hygiene (DESIGN 1.3 "Forwarding"), then the identity headers.
+    fn set_headers(&self, h: &mut hyper::HeaderMap, conn: &Conn, request_id: &str, upgrade: bool) {
+        headers::strip_hop_by_hop(h, upgrade);
+        headers::strip_spoofable(h);
+        // The client sets Host from the upstream URI: a caller's Host never leaks a destination.
+        h.remove(header::HOST);
+        let set = |h: &mut hyper::HeaderMap, name, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        };
+        set(h, X_SPIFFE_CALLER_ID, conn.peer.id.as_str());
+        set(h, X_SPIFFE_TRUST_DOMAIN, conn.peer.id.trust_domain_name());
+        set(h, X_REQUEST_ID, request_id);
+        set(h, X_FORWARDED_FOR, &conn.remote.ip().to_string());
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
+}
+
+/// `inbound.upstream` + the canonical path re-encoded + the original query.
+fn upstream_uri(
+    authority: &hyper::http::uri::Authority,
+    path: &CanonicalPath,
+    query: Option<&str>,
+) -> Result<Uri, Reason> {
+    let mut path_and_query = path.encoded();
+    if let Some(q) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Reason::BadPath)
+}

@@ -1,0 +1,221 @@
+//! The outbound listener: plain HTTP from the local app on loopback, routed
+//! by `Host` (or an opt-in path prefix) to a peer sidecar over mTLS, the
+//! peer verified by its SPIFFE ID. One connection pool per route, renewed
+//! when our SVID rotates so peers always see the current certificate.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use certs::{Identity, IdentityWatch};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use policy::Reason;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::body::{Activity, Body, Tracked};
+use crate::config::{OutboundConfig, RouteConfig};
+use crate::deny;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::Metrics;
+use crate::request_id::RequestIds;
+use crate::server::{self, ConnectionEnds};
+use crate::upstream::sidecar::{RefusalMemo, SidecarConnector};
+use crate::upstream::{self};
+
+pub struct Outbound {
+    config: OutboundConfig,
+    routes: Vec<Route>,
+    identity: IdentityWatch,
+    ids: RequestIds,
+    metrics: Arc<Metrics>,
+}
+
+struct Route {
+    config: RouteConfig,
+    pools: ArcSwapOption<Pools>,
+}
+
+/// The pools of one route for one SVID: HTTP/2-capable, and HTTP/1.1 for upgrades.
+struct Pools {
+    identity: Arc<Identity>,
+    any: Client<SidecarConnector, Body>,
+    http1: Client<SidecarConnector, Body>,
+    refusals: RefusalMemo,
+}
+
+impl Outbound {
+    pub fn new(config: OutboundConfig, identity: IdentityWatch, metrics: Arc<Metrics>) -> Arc<Self> {
+        let routes = config.routes.iter().map(|r| Route { config: r.clone(), pools: ArcSwapOption::empty() }).collect();
+        Arc::new(Self { config, routes, identity, ids: RequestIds::new(), metrics })
+    }
+
+    /// Accepts until `shutdown`, then drains connections for at most `drain`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>, drain: Duration) {
+        server::accept_loop(listener, shutdown, drain, |tcp, remote, shutdown| {
+            self.clone().connection(tcp, remote, shutdown)
+        })
+        .await;
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, shutdown: watch::Receiver<bool>) {
+        let limits = self.config.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let activity = Activity::new();
+        let this = self.clone();
+        let tracked = activity.clone();
+        let service = service_fn(move |req| this.clone().request(req, tracked.clone()));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+        let ends =
+            ConnectionEnds { activity, idle_timeout: limits.idle_timeout, shutdown, closed: None, drain_after: None };
+        server::drive(connection, ends).await;
+        tracing::debug!(%remote, "outbound connection closed");
+    }
+
+    async fn request(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        activity: Arc<Activity>,
+    ) -> Result<Response<Body>, Infallible> {
+        let in_flight = activity.begin();
+        let request_id = self.ids.next();
+        let mut response = match self.forward(request, &request_id).await {
+            Ok(response) => {
+                self.metrics.request("outbound", policy::Layer::None, Reason::Allowed);
+                response
+            }
+            Err(reason) => {
+                self.metrics.request("outbound", reason.layer(), reason);
+                tracing::debug!(%reason, request_id, "outbound request failed");
+                deny::response(reason, &request_id)
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        Ok(response.map(|body| Tracked::wrap(body, in_flight)))
+    }
+
+    async fn forward(&self, mut request: Request<Incoming>, request_id: &str) -> Result<Response<Body>, Reason> {
+        if request.method() == Method::CONNECT {
+            return Err(Reason::MethodNotAllowed);
+        }
+        // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) would let the app pick any destination.
+        if request.version() < Version::HTTP_2 && request.uri().scheme().is_some() {
+            return Err(Reason::AbsoluteForm);
+        }
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let (route, path) = self.pick(host, request.uri().path()).ok_or(Reason::NoRoute)?;
+        let identity = self.identity.current().ok_or(Reason::NotReady)?;
+
+        let mut path_and_query = path.to_owned();
+        if let Some(q) = request.uri().query() {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        let uri = Uri::builder()
+            .scheme("https")
+            .authority(route.config.upstream.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Reason::BadPath)?;
+
+        let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
+            .then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, incoming) = request.into_parts();
+        parts.uri = uri;
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        parts.headers.remove(header::HOST);
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            parts.headers.insert(X_REQUEST_ID, id);
+        }
+        // The peer connection's protocol (h2 or HTTP/1.1) is chosen by ALPN, not by the app.
+        parts.version = Version::HTTP_11;
+        let outgoing = Request::from_parts(parts, http_body_util::BodyExt::boxed(incoming));
+
+        let pools = route.pools(&identity, &self.config)?;
+        let client = if upgrade.is_some() { &pools.http1 } else { &pools.any };
+        let mut response =
+            upstream::with_timeout(self.config.response_timeout, client.request(outgoing), Some(&pools.refusals))
+                .await?;
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(downstream)) = (upgraded, upgrade) {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(upstream::tunnel(downstream, upstream, Default::default()));
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), upgraded);
+        Ok(response.map(http_body_util::BodyExt::boxed))
+    }
+
+    /// Route by `Host` (port stripped, case-insensitive); else by opt-in path
+    /// prefix, which is stripped. Returns the route and the path to send.
+    fn pick<'p>(&self, host: &str, path: &'p str) -> Option<(&Route, &'p str)> {
+        let name = strip_port(host);
+        if let Some(route) = self.routes.iter().find(|r| r.config.name.eq_ignore_ascii_case(name)) {
+            return Some((route, path));
+        }
+        self.routes.iter().find_map(|route| {
+            let prefix = route.config.path_prefix.as_deref()?;
+            match path.strip_prefix(prefix)? {
+                "" => Some((route, "/")),
+                rest if rest.starts_with('/') => Some((route, rest)),
+                _ => None,
+            }
+        })
+    }
+}
+
+impl Route {
+    /// The pools for the current SVID, built on first use after each rotation.
+    fn pools(&self, identity: &Arc<Identity>, config: &OutboundConfig) -> Result<Arc<Pools>, Reason> {
+        if let Some(current) = self.pools.load_full().filter(|p| Arc::ptr_eq(&p.identity, identity)) {
+            return Ok(current);
+        }
+        let watch = IdentityWatch::fixed(identity.clone());
+        let refusals = RefusalMemo::default();
+        let build = |http1_only| {
+            SidecarConnector::new(watch.clone(), self.config.server_id.clone(), config.connect_timeout, http1_only)
+                .map(|connector| connector.with_refusals(refusals.clone()))
+                .map(|connector| {
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(std::time::Duration::from_secs(60))
+                        .pool_timer(TokioTimer::new())
+                        .timer(TokioTimer::new())
+                        .build(connector)
+                })
+                .map_err(|_| Reason::UpstreamError)
+        };
+        let pools = Arc::new(Pools { identity: identity.clone(), any: build(false)?, http1: build(true)?, refusals });
+        self.pools.store(Some(pools.clone()));
+        Ok(pools)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| h.trim_start_matches('['));
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}

@@ -1,0 +1,141 @@
+//! Hostile HTTP: smuggling attempts, bad paths, oversized heads and slow
+//! clients each get their documented outcome, and the app never sees an
+//! unevaluated or ambiguously framed request.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::mesh::{Mesh, REPORT};
+use super::support::{raw_exchange, statuses, tls_connect};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_never_reach_the_app_unevaluated() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: [(&str, String, &[u16]); 5] = [
+        // CL + TE: re-framed as chunked, and the connection closes after it.
+        (
+            "CL+TE",
+            format!(
+                "POST /clte HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            &[200],
+        ),
+        (
+            "two CLs",
+            format!("POST /cl2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!{smuggled}"),
+            &[400],
+        ),
+        (
+            "xchunked",
+            format!("POST /xte HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"),
+            &[400],
+        ),
+        (
+            "space before colon",
+            format!("POST /sp HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nhello{smuggled}"),
+            &[400],
+        ),
+        (
+            "bad chunk size",
+            format!(
+                "POST /chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n{smuggled}"
+            ),
+            &[],
+        ),
+    ];
+    for (name, raw, want) in cases {
+        let out = raw_exchange(mesh.inbound(), tls.clone(), raw.as_bytes(), Duration::from_secs(10)).await;
+        let got = statuses(&out);
+        if want.is_empty() {
+            // The body is broken mid-stream: whatever the answer, it is not a success.
+            assert!(got.iter().all(|s| *s >= 400), "{name}: {out}");
+        } else {
+            assert_eq!(got, want, "{name}: {out}");
+        }
+    }
+    let paths = mesh.app.paths();
+    assert!(!paths.iter().any(|p| p == "/smuggled"), "a smuggled request reached the app: {paths:?}");
+    for path in ["/cl2", "/xte", "/sp"] {
+        assert!(!paths.iter().any(|p| p == path), "{path} reached the app: {paths:?}");
+    }
+    // The re-framed request arrived with unambiguous framing (no Content-Length next to chunking).
+    let clte = mesh.app.seen().into_iter().find(|s| s.uri == "/clte").unwrap();
+    assert!(clte.header("content-length").is_none() || clte.header("transfer-encoding").is_none(), "{clte:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_and_targets() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    for path in [
+        "/a%2Fb",
+        "/a%2fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/../etc/passwd",
+        "/a/%2e%2e/%2e%2e/b",
+        "/a%00b",
+        "/a;jsessionid=1",
+        "/a%ffb",
+    ] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = raw_exchange(mesh.inbound(), tls.clone(), raw.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(statuses(&out), [400], "{path}: {out}");
+        assert!(out.contains(r#""reason":"bad_path""#) && out.contains(r#""layer":"http""#), "{path}: {out}");
+        assert!(out.to_ascii_lowercase().contains("x-denied-by: a2a-sidecar"), "{out}");
+    }
+    assert!(mesh.app.seen().is_empty(), "{:?}", mesh.app.paths());
+
+    // Absolute form never chooses the destination: the app gets the canonical path.
+    let raw =
+        b"GET http://evil.example:9999/x/../budget/read HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    let out = raw_exchange(mesh.inbound(), tls.clone(), raw, Duration::from_secs(5)).await;
+    assert_eq!(statuses(&out), [200], "{out}");
+    let seen = mesh.app.seen().pop().unwrap();
+    assert_eq!(seen.uri, "/budget/read");
+    assert_eq!(seen.header("host"), Some(mesh.app.addr.to_string().as_str()));
+
+    // Forwarded path is the judged one, re-encoded: the app decodes exactly what was judged.
+    let raw = b"GET /a/./b//c%20d/%252F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    raw_exchange(mesh.inbound(), tls.clone(), raw, Duration::from_secs(5)).await;
+    assert_eq!(mesh.app.seen().pop().unwrap().uri, "/a/b/c%20d/%252F");
+
+    let raw = b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n";
+    let out = raw_exchange(mesh.inbound(), tls, raw, Duration::from_secs(5)).await;
+    assert_eq!(statuses(&out), [405], "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_slow_clients_are_cut_off() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let big = "a".repeat(100 * 1024);
+    let raw = format!("GET /big-head HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let out = raw_exchange(mesh.inbound(), tls.clone(), raw.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(statuses(&out), [431], "{}", &out[..out.len().min(200)]);
+
+    // Slowloris: a head that never completes is cut off after header_timeout (1 s here).
+    let mut conn = tls_connect(mesh.inbound(), tls).await.unwrap();
+    conn.write_all(b"GET /slow-head HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // Trickle a byte now and then, as slowloris does; the deadline is for the whole head.
+            let _ = conn.write_all(b"X").await;
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the slow client was not cut off");
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off before the header timeout");
+    assert!(!mesh.app.paths().iter().any(|p| p == "/big-head" || p == "/slow-head"));
+}

@@ -1,0 +1,135 @@
+//! A small mesh on loopback: one CA, a Workload API server per workload,
+//! the test app behind an inbound sidecar (`budget-backend`), and outbound
+//! sidecars for `budget-report` (allowed) and `employee-menus` (not allowed).
+//! Every sidecar is built from YAML, like a real deployment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::dev::{DevCa, WorkloadApiServer, WorkloadApiServerConfig};
+use certs::{BundleSet, Identity, IdentityWatch, TrustDomain};
+use proxy::app::App;
+use proxy::config::Config;
+
+use super::app::TestApp;
+
+pub const BACKEND: &str = "spiffe://aim.example/budget-backend";
+pub const REPORT: &str = "spiffe://aim.example/budget-report";
+pub const MENUS: &str = "spiffe://aim.example/employee-menus";
+
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub ca: Arc<DevCa>,
+    pub app: Arc<TestApp>,
+    pub backend: App,
+    pub backend_config: PathBuf,
+    pub report: App,
+    pub menus: App,
+    _agents: Vec<WorkloadApiServer>,
+}
+
+impl Mesh {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
+        let mut agents = Vec::new();
+        for (name, id) in [("backend", BACKEND), ("report", REPORT), ("menus", MENUS)] {
+            let config = WorkloadApiServerConfig {
+                ca: ca.clone(),
+                id: id.parse().unwrap(),
+                ttl: Duration::from_secs(600),
+                federated: vec![],
+            };
+            agents.push(WorkloadApiServer::start(&dir.path().join(format!("{name}.sock")), config).await.unwrap());
+        }
+        let app = TestApp::start().await;
+
+        let backend_config = dir.path().join("backend.yaml");
+        std::fs::write(&backend_config, backend_yaml(&dir.path().join("backend.sock"), app.addr, &[REPORT])).unwrap();
+        let backend = start_app(Config::load(&backend_config).unwrap()).await;
+        let inbound = backend.inbound_addr.unwrap();
+
+        let closed_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let caller = |name: &str| {
+            let path = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(&path, caller_yaml(&dir.path().join(format!("{name}.sock")), inbound, closed_port)).unwrap();
+            Config::load(&path).unwrap()
+        };
+        let report = start_app(caller("report")).await;
+        let menus = start_app(caller("menus")).await;
+        Self { dir, ca, app, backend, backend_config, report, menus, _agents: agents }
+    }
+
+    /// Rewrites the backend's `allowed_callers` and reloads it (what SIGHUP does).
+    pub fn set_allowed(&self, callers: &[&str]) {
+        let socket = self.dir.path().join("backend.sock");
+        std::fs::write(&self.backend_config, backend_yaml(&socket, self.app.addr, callers)).unwrap();
+        self.backend.reload().unwrap();
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        self.backend.inbound_addr.unwrap()
+    }
+
+    /// A TLS client config presenting an SVID for `id` and expecting the backend.
+    pub fn client_tls(&self, id: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut config = certs::tls::client_config(self.identity(id), BACKEND.parse().unwrap()).unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    pub fn identity(&self, id: &str) -> IdentityWatch {
+        let svid = self.ca.issue(&id.parse().unwrap(), Duration::from_secs(600)).unwrap();
+        let mut bundles = BundleSet::default();
+        bundles.insert(self.ca.trust_domain().clone(), self.ca.bundle().unwrap());
+        IdentityWatch::fixed(Arc::new(Identity::new(svid, bundles).unwrap()))
+    }
+}
+
+async fn start_app(config: Config) -> App {
+    let mut app = App::start(config).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), app.identity.wait_ready()).await.unwrap();
+    app
+}
+
+pub fn backend_yaml(socket: &std::path::Path, upstream: SocketAddr, callers: &[&str]) -> String {
+    let callers: Vec<String> = callers.iter().map(|c| format!("'{c}'")).collect();
+    format!(
+        "identity: {{socket: 'unix://{}'}}
+telemetry: {{listen: '127.0.0.1:0', log_format: text}}
+runtime: {{drain_timeout: 5s}}
+inbound:
+  listen: '127.0.0.1:0'
+  upstream: 'http://{upstream}'
+  header_timeout: 1s
+  upstream_connect_timeout: 1s
+  upstream_response_timeout: 10s
+  allowed_callers: [{}]
+",
+        socket.display(),
+        callers.join(", ")
+    )
+}
+
+fn caller_yaml(socket: &std::path::Path, inbound: SocketAddr, closed_port: u16) -> String {
+    format!(
+        "identity: {{socket: 'unix://{}'}}
+telemetry: {{listen: '127.0.0.1:0', log_format: text}}
+outbound:
+  listen: '127.0.0.1:0'
+  connect_timeout: 1s
+  response_timeout: 10s
+  routes:
+    - {{name: budget-backend, upstream: 'https://{inbound}', server_id: '{BACKEND}'}}
+    - {{name: impostor-check, upstream: 'https://{inbound}', server_id: 'spiffe://aim.example/someone-else'}}
+    - {{name: down, upstream: 'https://127.0.0.1:{closed_port}', server_id: '{BACKEND}'}}
+    - {{name: by-prefix, match: {{path_prefix: /bb}}, upstream: 'https://{inbound}', server_id: 'spiffe://aim.example/*'}}
+",
+        socket.display()
+    )
+}
