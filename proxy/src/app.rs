@@ -72,10 +72,11 @@ impl App {
             let server = Outbound::new(cfg, identity.clone(), metrics.clone());
             servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
         }
+        let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(
             telemetry = %telemetry_addr,
-            inbound = ?inbound_addr,
-            outbound = ?outbound_addr,
+            inbound = %show(inbound_addr),
+            outbound = %show(outbound_addr),
             "a2a-sidecar started"
         );
         Ok(Self {

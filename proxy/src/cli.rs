@@ -28,6 +28,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         addr: SocketAddr,
     },
+    /// The embedded end-to-end demo: a whole mesh on loopback; exit 0 iff every case matched.
+    #[cfg(feature = "dev")]
+    Demo,
     /// Development tooling: dev CA, Workload API server.
     #[cfg(feature = "dev")]
     #[command(subcommand)]

@@ -9,6 +9,8 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod connections;
+#[cfg(feature = "dev")]
+pub mod demo;
 pub mod deny;
 #[cfg(feature = "dev")]
 pub mod dev;

@@ -46,6 +46,15 @@ fn main() -> ExitCode {
             }
         }
         #[cfg(feature = "dev")]
+        Command::Demo => match proxy::demo::run() {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: demo failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        #[cfg(feature = "dev")]
         Command::Dev(dev) => {
             proxy::logging::init(LogFormat::Text);
             match proxy::dev::run(dev) {

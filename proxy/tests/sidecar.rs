@@ -14,9 +14,11 @@ mod sidecar {
     pub mod app;
     pub mod cli;
     pub mod dataplane;
+    pub mod demo;
     pub mod hostile;
     pub mod mesh;
     pub mod outbound;
+    pub mod signals;
     pub mod support;
     pub mod telemetry;
 }

@@ -139,3 +139,36 @@ async fn oversized_heads_get_431_and_slow_clients_are_cut_off() {
     assert!(started.elapsed() >= Duration::from_millis(900), "cut off before the header timeout");
     assert!(!mesh.app.paths().iter().any(|p| p == "/big-head" || p == "/slow-head"));
 }
+
+/// A backend sidecar like the mesh's, with short limits.
+async fn short_limits_backend(mesh: &Mesh) -> proxy::app::App {
+    let yaml = super::mesh::backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT])
+        .replace("upstream_response_timeout: 10s", "upstream_response_timeout: 300ms\n  idle_timeout: 300ms");
+    let path = mesh.dir.path().join("short.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut app = proxy::app::App::start(proxy::config::Config::load(&path).unwrap()).await.unwrap();
+    app.identity.wait_ready().await.unwrap();
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_app_gets_504_and_idle_connections_are_closed() {
+    let mesh = Mesh::start().await;
+    let backend = short_limits_backend(&mesh).await;
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let raw = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    let started = Instant::now();
+    let out = raw_exchange(backend.inbound_addr.unwrap(), tls.clone(), raw, Duration::from_secs(1)).await;
+    assert_eq!(statuses(&out), [504], "{out}");
+    assert!(out.contains(r#""reason":"upstream_timeout""#) && out.contains(r#""layer":"upstream""#), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    mesh.app.release_slow.notify_waiters();
+
+    // Idle: one request, then nothing; the sidecar closes the connection.
+    let mut conn = tls_connect(backend.inbound_addr.unwrap(), tls).await.unwrap();
+    conn.write_all(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "idle connection still open");
+    assert_eq!(statuses(&String::from_utf8_lossy(&out)), [200]);
+}

@@ -68,3 +68,24 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
     assert_eq!((reply.status, reply.body.as_str()), (200, "slow done"));
     tokio::time::timeout(Duration::from_secs(10), draining).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_speak_http2_and_upgrades_use_http1() {
+    use hyper_util::client::legacy::connect::Connection;
+    use proxy::upstream::sidecar::SidecarConnector;
+    use tower_service::Service;
+
+    let mesh = Mesh::start().await;
+    let uri: hyper::Uri = format!("https://{}", mesh.inbound()).parse().unwrap();
+    for (http1_only, want_h2) in [(false, true), (true, false)] {
+        let mut connector = SidecarConnector::new(
+            mesh.identity(super::mesh::REPORT),
+            BACKEND.parse().unwrap(),
+            Duration::from_secs(2),
+            http1_only,
+        )
+        .unwrap();
+        let stream = connector.call(uri.clone()).await.unwrap();
+        assert_eq!(stream.connected().is_negotiated_h2(), want_h2, "http1_only: {http1_only}");
+    }
+}
