@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certs::dev::DevCa;
-use certs::{BundleSet, Identity, IdentityWatch, TrustDomain};
+use certs::{IdentityWatch, TrustDomain};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -249,10 +249,8 @@ where
 }
 
 fn client_tls(ca: &DevCa) -> Arc<rustls::ClientConfig> {
-    let svid = ca.issue(&CALLER.parse().unwrap(), Duration::from_secs(3600)).unwrap();
-    let mut bundles = BundleSet::default();
-    bundles.insert(ca.trust_domain().clone(), ca.bundle().unwrap());
-    let identity = IdentityWatch::fixed(Arc::new(Identity::new(svid, bundles).unwrap()));
+    let identity =
+        IdentityWatch::fixed(Arc::new(ca.identity(&CALLER.parse().unwrap(), Duration::from_secs(3600), &[]).unwrap()));
     let mut config = certs::tls::client_config(identity, BACKEND.parse().unwrap()).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)

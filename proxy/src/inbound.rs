@@ -13,8 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use policy::{CanonicalPath, Reason};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -85,7 +84,6 @@ impl Inbound {
     }
 
     /// Accepts until `shutdown`, then drains connections for at most `drain`.
-    /// Accepts until `shutdown`, then drains connections for at most `drain`.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>, drain: Duration) {
         server::accept_loop(listener, shutdown, drain, |tcp, remote, shutdown| {
             self.clone().connection(tcp, remote, shutdown)
@@ -124,17 +122,7 @@ impl Inbound {
             peer.not_after.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(EXPIRY_MARGIN);
         let conn = Arc::new(Conn { peer, remote, activity: Activity::new() });
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(limits.max_header_bytes);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
+        let builder = server::builder(&limits);
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
 
         let this = self.clone();

@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use policy::Reason;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -68,16 +67,7 @@ impl Outbound {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, shutdown: watch::Receiver<bool>) {
         let limits = self.config.limits;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(limits.max_header_bytes);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let builder = server::builder(&limits);
         let activity = Activity::new();
         let this = self.clone();
         let tracked = activity.clone();

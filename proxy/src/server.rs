@@ -68,6 +68,22 @@ pub async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, std::io:
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on `{field}` {addr}: {e}")))
 }
 
+/// An HTTP/1.1 + HTTP/2 connection builder with the listener's limits.
+pub fn builder(limits: &crate::config::HttpLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
 /// What, besides the peer, can end a served connection.
 pub struct ConnectionEnds {
     pub activity: Arc<crate::body::Activity>,

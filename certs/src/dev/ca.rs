@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 
 use super::DevError;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
-use crate::svid::{Bundle, Svid};
+use crate::svid::{Bundle, BundleSet, Identity, Svid};
 
 const CA_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca_key.pem";
@@ -124,6 +124,16 @@ impl DevCa {
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, DevError> {
         let (cert, key) = self.sign_leaf(&LeafSpec::svid(id, ttl))?;
         Ok(Svid::from_der(vec![cert.to_vec()], key)?)
+    }
+
+    /// A complete identity for `id`: a fresh SVID plus this CA's bundle and
+    /// those of `federated` (for tests, benches and static dev set-ups).
+    pub fn identity(&self, id: &SpiffeId, ttl: Duration, federated: &[&DevCa]) -> Result<Identity, DevError> {
+        let mut bundles = BundleSet::default();
+        for ca in std::iter::once(self).chain(federated.iter().copied()) {
+            bundles.insert(ca.trust_domain.clone(), ca.bundle()?);
+        }
+        Ok(Identity::new(self.issue(id, ttl)?, bundles)?)
     }
 
     /// Signs a leaf as `spec` says, valid or not; returns the DER certificate

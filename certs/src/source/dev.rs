@@ -7,7 +7,7 @@ use super::{BoxFuture, SvidSource};
 use crate::dev::{DevCa, DevError};
 use crate::rotation::IdentityPublisher;
 use crate::spiffe_id::SpiffeId;
-use crate::svid::{BundleSet, Identity};
+use crate::svid::Identity;
 
 #[derive(Debug, Clone)]
 pub struct DevSource {
@@ -29,12 +29,8 @@ impl DevSource {
     }
 
     fn issue(&self) -> Result<Identity, DevError> {
-        let svid = self.ca.issue(&self.id, self.ttl)?;
-        let mut bundles = BundleSet::default();
-        for ca in std::iter::once(&self.ca).chain(&self.federated) {
-            bundles.insert(ca.trust_domain().clone(), ca.bundle()?);
-        }
-        Ok(Identity::new(svid, bundles)?)
+        let federated: Vec<&DevCa> = self.federated.iter().map(Arc::as_ref).collect();
+        self.ca.identity(&self.id, self.ttl, &federated)
     }
 }
 

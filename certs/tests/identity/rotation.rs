@@ -104,11 +104,8 @@ async fn no_svid_yet_means_every_handshake_fails_closed() {
 async fn an_expired_svid_without_replacement_makes_the_identity_unavailable() {
     let ca = ca("a.test");
     let (publisher, watch) = certs::rotation::channel();
-    let svid = ca.issue(&id("spiffe://a.test/x"), Duration::from_secs(5)).unwrap();
-    let mut bundles = certs::BundleSet::default();
-    bundles.insert(ca.trust_domain().clone(), ca.bundle().unwrap());
     let watchdog = tokio::spawn(certs::rotation::IdentityPublisher::expire_stale(publisher.state_sender()));
-    publisher.publish(certs::Identity::new(svid, bundles).unwrap());
+    publisher.publish(ca.identity(&id("spiffe://a.test/x"), Duration::from_secs(5), &[]).unwrap());
     assert!(watch.is_ready());
     // The watchdog sleeps on the tokio clock until not_after (the wall clock is
     // not paused, so give it the SVID's lifetime plus a margin).

@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certs::dev::DevCa;
-use certs::rotation;
 use certs::tls::{self, PeerAuthorizer, PeerRejection};
-use certs::{BundleSet, IdPattern, Identity, IdentityWatch, SpiffeId, TrustDomain};
+use certs::{IdPattern, IdentityWatch, SpiffeId, TrustDomain};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,14 +27,7 @@ pub fn pattern(s: &str) -> IdPattern {
 
 /// An identity that never rotates, trusting `ca` and `federated`.
 pub fn static_identity(ca: &DevCa, spiffe_id: &str, federated: &[&DevCa]) -> IdentityWatch {
-    let svid = ca.issue(&id(spiffe_id), Duration::from_secs(3600)).unwrap();
-    let mut bundles = BundleSet::default();
-    for c in std::iter::once(ca).chain(federated.iter().copied()) {
-        bundles.insert(c.trust_domain().clone(), c.bundle().unwrap());
-    }
-    let (publisher, watch) = rotation::channel();
-    publisher.publish(Identity::new(svid, bundles).unwrap());
-    watch
+    IdentityWatch::fixed(Arc::new(ca.identity(&id(spiffe_id), Duration::from_secs(3600), federated).unwrap()))
 }
 
 /// Outcome of one handshake as the server saw it.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certs::dev::{DevCa, WorkloadApiServer, WorkloadApiServerConfig};
-use certs::{BundleSet, Identity, IdentityWatch, TrustDomain};
+use certs::{IdentityWatch, TrustDomain};
 use proxy::app::App;
 use proxy::config::Config;
 
@@ -84,10 +84,7 @@ impl Mesh {
     }
 
     pub fn identity(&self, id: &str) -> IdentityWatch {
-        let svid = self.ca.issue(&id.parse().unwrap(), Duration::from_secs(600)).unwrap();
-        let mut bundles = BundleSet::default();
-        bundles.insert(self.ca.trust_domain().clone(), self.ca.bundle().unwrap());
-        IdentityWatch::fixed(Arc::new(Identity::new(svid, bundles).unwrap()))
+        IdentityWatch::fixed(Arc::new(self.ca.identity(&id.parse().unwrap(), Duration::from_secs(600), &[]).unwrap()))
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certs::dev::{DevCa, write_svid_files};
-use certs::{BundleSet, Identity, IdentityWatch, TrustDomain};
+use certs::{IdentityWatch, TrustDomain};
 
 use super::app::TestApp;
 use super::mesh::{BACKEND, MENUS, REPORT};
@@ -27,10 +27,8 @@ inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{
 }
 
 fn client(ca: &DevCa, id: &str) -> Arc<rustls::ClientConfig> {
-    let svid = ca.issue(&id.parse().unwrap(), Duration::from_secs(600)).unwrap();
-    let mut bundles = BundleSet::default();
-    bundles.insert(ca.trust_domain().clone(), ca.bundle().unwrap());
-    let identity = IdentityWatch::fixed(Arc::new(Identity::new(svid, bundles).unwrap()));
+    let identity =
+        IdentityWatch::fixed(Arc::new(ca.identity(&id.parse().unwrap(), Duration::from_secs(600), &[]).unwrap()));
     let mut config = certs::tls::client_config(identity, BACKEND.parse().unwrap()).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
