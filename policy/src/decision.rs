@@ -37,6 +37,10 @@ pub enum Reason {
     NoClientCert,
     BadSvid,
     CertExpired,
+    // rbac (layer 2)
+    NoCallerPolicy,
+    NoMatchingRule,
+    RuleDenied,
     // route
     NoRoute,
     // upstream
@@ -98,6 +102,9 @@ impl Reason {
             Self::NoClientCert => "no_client_cert",
             Self::BadSvid => "bad_svid",
             Self::CertExpired => "cert_expired",
+            Self::NoCallerPolicy => "no_caller_policy",
+            Self::NoMatchingRule => "no_matching_rule",
+            Self::RuleDenied => "rule_denied",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamIdentityMismatch => "upstream_identity_mismatch",
@@ -115,6 +122,7 @@ impl Reason {
             Self::NotAllowed | Self::UntrustedChain | Self::NoClientCert | Self::BadSvid | Self::CertExpired => {
                 Layer::Mtls
             }
+            Self::NoCallerPolicy | Self::NoMatchingRule | Self::RuleDenied => Layer::Rbac,
             Self::NoRoute => Layer::Route,
             Self::UpstreamUnavailable
             | Self::UpstreamIdentityMismatch

@@ -2,9 +2,18 @@
 //!
 //! - [`path`]: the canonical form a request path is judged and forwarded in.
 //! - [`decision`]: the `layer` + `reason` outcome every request ends with.
+//! - [`reference`]: the reference prototype's policy YAML, enriched and validated.
+//! - [`compile`] + [`engine`]: that YAML compiled to Cedar, plus native Cedar
+//!   policies, evaluated per caller (Layer 2).
 
+pub mod compile;
 pub mod decision;
+pub mod engine;
 pub mod path;
+pub mod reference;
 
+pub use compile::CompileOptions;
 pub use decision::{Decision, Layer, Reason};
+pub use engine::{PolicyEngine, PolicyError, Source, Verdict};
 pub use path::{CanonicalPath, PathError, PathOptions};
+pub use reference::PolicyDoc;

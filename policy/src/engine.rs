@@ -1,0 +1,257 @@
+//! Layer 2: choose the caller's entry, evaluate its Cedar slice (compiled
+//! rules plus native policies), and say which policy decided and why.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
+    PolicySet, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use certs::SpiffeId;
+
+use crate::compile::{self, CompileOptions, SCHEMA};
+use crate::decision::{Decision, Reason};
+use crate::reference::{Entry, PolicyDoc, ReferenceError};
+
+/// Why a policy set cannot be built. The old policy stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("`{file}`: {source}")]
+    Reference { file: String, source: ReferenceError },
+    #[error("`{file}`: cedar: {message}")]
+    Cedar { file: String, message: String },
+    #[error("`{file}`: policy id `{id}` is used twice")]
+    DuplicateId { file: String, id: String },
+    #[error("cedar schema: {0}")]
+    Schema(String),
+}
+
+/// A policy source file's name and text (the engine does no I/O).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// The evaluation input for Layer 2.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub caller: &'a SpiffeId,
+    pub method: &'a str,
+    /// The canonical path, trailing slash ignored (`CanonicalPath::for_matching`).
+    pub path: &'a str,
+}
+
+/// The Layer 2 verdict and what later layers need from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// The caller's entry in the policy document.
+    pub entry: Option<usize>,
+    /// The rule that allowed the request, when a rule did (not `default_action`
+    /// or a native policy): its `require_jwt`, roles and tags apply next.
+    pub rule: Option<usize>,
+}
+
+/// A compiled, validated policy: immutable; swap a new one in to change it.
+pub struct PolicyEngine {
+    doc: PolicyDoc,
+    options: CompileOptions,
+    slices: Vec<Slice>,
+    exact: HashMap<String, usize>,
+    prefixes: HashMap<String, usize>,
+    native_ids: Vec<String>,
+    authorizer: Authorizer,
+    caller_type: EntityTypeName,
+    action: EntityUid,
+    resource: EntityUid,
+}
+
+struct Slice {
+    set: PolicySet,
+    rule_of: HashMap<PolicyId, usize>,
+}
+
+impl PolicyEngine {
+    /// Builds the engine from a reference YAML and native Cedar files. Every
+    /// policy is parsed and validated against the schema before anything is used.
+    pub fn build(
+        reference: &Source,
+        cedar: &[Source],
+        env: &dyn Fn(&str) -> Option<String>,
+        options: CompileOptions,
+    ) -> Result<Self, PolicyError> {
+        let doc = PolicyDoc::from_yaml(&reference.text, env)
+            .map_err(|source| PolicyError::Reference { file: reference.name.clone(), source })?;
+        let schema = Schema::from_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let validator = Validator::new(schema);
+        let native = native_policies(cedar, &validator)?;
+        let native_ids = native.iter().map(|p| p.id().to_string()).collect();
+
+        let mut slices = Vec::with_capacity(doc.entries.len());
+        for entry in &doc.entries {
+            slices.push(build_slice(&doc, entry, options, &native, &reference.name, &validator)?);
+        }
+        let (mut exact, mut prefixes) = (HashMap::new(), HashMap::new());
+        for (i, entry) in doc.entries.iter().enumerate() {
+            match &entry.selector {
+                crate::reference::Selector::Exact(id) => exact.insert(id.to_string(), i),
+                crate::reference::Selector::Prefix(p) => prefixes.insert(p.clone(), i),
+            };
+        }
+        let fixed = |s: &str| EntityUid::from_str(s).map_err(|e| PolicyError::Schema(e.to_string()));
+        Ok(Self {
+            doc,
+            options,
+            slices,
+            exact,
+            prefixes,
+            native_ids,
+            authorizer: Authorizer::new(),
+            caller_type: EntityTypeName::from_str("Caller").map_err(|e| PolicyError::Schema(e.to_string()))?,
+            action: fixed(r#"Action::"request""#)?,
+            resource: fixed(r#"Service::"app""#)?,
+        })
+    }
+
+    pub fn doc(&self) -> &PolicyDoc {
+        &self.doc
+    }
+
+    pub fn options(&self) -> CompileOptions {
+        self.options
+    }
+
+    /// IDs of the native Cedar policies, in load order.
+    pub fn native_ids(&self) -> &[String] {
+        &self.native_ids
+    }
+
+    /// The entry for `caller`: exact ID first, then each ancestor as a prefix.
+    pub fn entry_for(&self, caller: &SpiffeId) -> Option<(usize, &Entry)> {
+        let index = self.exact.get(caller.as_str()).copied().or_else(|| {
+            let mut id = caller.as_str();
+            loop {
+                if let Some(i) = self.prefixes.get(id) {
+                    return Some(*i);
+                }
+                id = id.rsplit_once('/').map(|(parent, _)| parent).filter(|p| p.len() > "spiffe:/".len())?;
+            }
+        })?;
+        self.doc.entries.get(index).map(|e| (index, e))
+    }
+
+    /// Layer 2 for one request.
+    pub fn decide(&self, request: Request<'_>) -> Verdict {
+        let Some((index, entry)) = self.entry_for(request.caller) else {
+            return Verdict { decision: Decision::deny(Reason::NoCallerPolicy), entry: None, rule: None };
+        };
+        let Some(slice) = self.slices.get(index) else {
+            return Verdict { decision: Decision::deny(Reason::NoCallerPolicy), entry: None, rule: None };
+        };
+        let path =
+            if self.options.case_insensitive_paths { request.path.to_lowercase() } else { request.path.to_owned() };
+        let context = Context::from_pairs([
+            ("method".to_owned(), RestrictedExpression::new_string(request.method.to_ascii_uppercase())),
+            ("path".to_owned(), RestrictedExpression::new_string(path)),
+            (
+                "trust_domain".to_owned(),
+                RestrictedExpression::new_string(request.caller.trust_domain_name().to_owned()),
+            ),
+            ("caller_policy".to_owned(), RestrictedExpression::new_string(entry.name.clone())),
+        ]);
+        let principal =
+            EntityUid::from_type_name_and_id(self.caller_type.clone(), EntityId::new(request.caller.as_str()));
+        let Ok(context) = context else { return error_verdict(index) };
+        let Ok(cedar_request) =
+            cedar_policy::Request::new(principal, self.action.clone(), self.resource.clone(), context, None)
+        else {
+            return error_verdict(index);
+        };
+        let response = self.authorizer.is_authorized(&cedar_request, &slice.set, &Entities::empty());
+        let policy_ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        match response.decision() {
+            CedarDecision::Allow => {
+                let rule = response.diagnostics().reason().find_map(|id| slice.rule_of.get(id).copied());
+                let decision = Decision { policy_ids, ..Decision::allow() };
+                Verdict { decision, entry: Some(index), rule }
+            }
+            CedarDecision::Deny if policy_ids.is_empty() => {
+                let decision = Decision {
+                    policy_ids: vec![compile::DEFAULT_ACTION_ID.to_owned()],
+                    ..Decision::deny(Reason::NoMatchingRule)
+                };
+                Verdict { decision, entry: Some(index), rule: None }
+            }
+            CedarDecision::Deny => {
+                let decision = Decision { policy_ids, ..Decision::deny(Reason::RuleDenied) };
+                Verdict { decision, entry: Some(index), rule: None }
+            }
+        }
+    }
+}
+
+/// A request Cedar could not even be asked about fails closed.
+fn error_verdict(entry: usize) -> Verdict {
+    Verdict { decision: Decision::deny(Reason::NoMatchingRule), entry: Some(entry), rule: None }
+}
+
+fn build_slice(
+    doc: &PolicyDoc,
+    entry: &Entry,
+    options: CompileOptions,
+    native: &[Policy],
+    file: &str,
+    validator: &Validator,
+) -> Result<Slice, PolicyError> {
+    let mut set = PolicySet::new();
+    let mut rule_of = HashMap::new();
+    let cedar_err = |message: String| PolicyError::Cedar { file: file.to_owned(), message };
+    for compiled in compile::compile_entry(doc, entry, options) {
+        let id = PolicyId::new(&compiled.id);
+        let policy = Policy::parse(Some(id.clone()), &compiled.text).map_err(|e| cedar_err(e.to_string()))?;
+        set.add(policy).map_err(|_| PolicyError::DuplicateId { file: file.to_owned(), id: compiled.id.clone() })?;
+        if let Some(rule) = compiled.rule {
+            rule_of.insert(id, rule);
+        }
+    }
+    validate(validator, &set, file)?;
+    for policy in native {
+        set.add(policy.clone())
+            .map_err(|_| PolicyError::DuplicateId { file: file.to_owned(), id: policy.id().to_string() })?;
+    }
+    Ok(Slice { set, rule_of })
+}
+
+/// Parses native `.cedar` files; each policy is named by its `@id`
+/// annotation, or `<file>#<n>` without one.
+fn native_policies(files: &[Source], validator: &Validator) -> Result<Vec<Policy>, PolicyError> {
+    let mut all = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for file in files {
+        let cedar_err = |message: String| PolicyError::Cedar { file: file.name.clone(), message };
+        let parsed = PolicySet::from_str(&file.text).map_err(|e| cedar_err(e.to_string()))?;
+        if parsed.templates().next().is_some() {
+            return Err(cedar_err("templates are not supported".into()));
+        }
+        validate(validator, &parsed, &file.name)?;
+        for (n, policy) in parsed.policies().enumerate() {
+            let name = policy.annotation("id").map_or_else(|| format!("{}#{n}", file.name), str::to_owned);
+            if !seen.insert(name.clone()) {
+                return Err(PolicyError::DuplicateId { file: file.name.clone(), id: name });
+            }
+            all.push(policy.new_id(PolicyId::new(name)));
+        }
+    }
+    Ok(all)
+}
+
+fn validate(validator: &Validator, set: &PolicySet, file: &str) -> Result<(), PolicyError> {
+    let result = validator.validate(set, ValidationMode::Strict);
+    if result.validation_passed() {
+        return Ok(());
+    }
+    let message = result.validation_errors().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    Err(PolicyError::Cedar { file: file.to_owned(), message })
+}
