@@ -41,6 +41,8 @@ pub enum Reason {
     NoCallerPolicy,
     NoMatchingRule,
     RuleDenied,
+    // oauth (layer 3)
+    JwksUnavailable,
     // route
     NoRoute,
     // upstream
@@ -105,6 +107,7 @@ impl Reason {
             Self::NoCallerPolicy => "no_caller_policy",
             Self::NoMatchingRule => "no_matching_rule",
             Self::RuleDenied => "rule_denied",
+            Self::JwksUnavailable => "jwks_unavailable",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamIdentityMismatch => "upstream_identity_mismatch",
@@ -123,6 +126,7 @@ impl Reason {
                 Layer::Mtls
             }
             Self::NoCallerPolicy | Self::NoMatchingRule | Self::RuleDenied => Layer::Rbac,
+            Self::JwksUnavailable => Layer::Oauth,
             Self::NoRoute => Layer::Route,
             Self::UpstreamUnavailable
             | Self::UpstreamIdentityMismatch

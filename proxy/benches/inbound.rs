@@ -67,10 +67,15 @@ fn main() {
     let server_rt = runtime(0, "sidecar");
     let (inbound_addr, ca) = server_rt.block_on(async {
         let ca = DevCa::init(&dir.path().join("ca"), &TrustDomain::new("bench.example").unwrap()).unwrap();
+        let policy = format!(
+            "version: '1'\ntrust_domain: bench.example\ndefault_action: deny\npolicies:\n  - {{name: caller, spiffe_id: '{CALLER}', rules: [{{path: /budget/read, methods: [GET], action: allow}}]}}\n"
+        );
+        std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
         let yaml = format!(
             "identity: {{source: dev, dev: {{ca_dir: '{}', id: '{BACKEND}', ttl: 1h}}}}
 telemetry: {{listen: '127.0.0.1:0'}}
 inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app_addr}', allowed_callers: ['{CALLER}']}}
+policy: {{file: policy.yaml}}
 ",
             dir.path().join("ca").display()
         );

@@ -18,6 +18,7 @@ use crate::connections;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
+use crate::policy_store::{self, PolicyStore};
 use crate::server;
 use crate::telemetry::Telemetry;
 
@@ -30,7 +31,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub allowlist: Arc<AllowList>,
     pub inbound: Option<Arc<Inbound>>,
+    pub policy: Option<Arc<PolicyStore>>,
     config_path: PathBuf,
+    env: Arc<dyn config::Env>,
     shutdown: watch::Sender<bool>,
     /// Listeners, which drain on shutdown.
     servers: Vec<JoinHandle<()>>,
@@ -56,11 +59,27 @@ impl App {
         let handler = move |req| telemetry.clone().handle(req);
         servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
 
+        let mut policy = None;
+        if let Some(cfg) = config.policy.clone() {
+            let engine = policy_store::load(&cfg, config.env.as_ref())?;
+            let store = PolicyStore::new(engine, metrics.clone());
+            followers.push(tokio::spawn(policy_store::watch(
+                store.clone(),
+                cfg,
+                config.env.clone(),
+                std::time::Duration::from_secs(1),
+            )));
+            policy = Some(store);
+        }
         let (mut inbound_addr, mut inbound) = (None, None);
         if let Some(cfg) = config.inbound.clone() {
             let listener = server::bind("inbound.listen", cfg.listen).await?;
             inbound_addr = Some(listener.local_addr()?);
-            let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone())?;
+            let (store, mode) = policy
+                .clone()
+                .zip(config.policy.as_ref().map(|p| p.mode))
+                .context("`policy` is required with `inbound`")?;
+            let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), store, mode)?;
             followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
             inbound = Some(server);
@@ -87,7 +106,9 @@ impl App {
             metrics,
             allowlist,
             inbound,
+            policy,
             config_path: config.path,
+            env: config.env,
             shutdown,
             servers,
             followers,
@@ -95,19 +116,18 @@ impl App {
         })
     }
 
-    /// Re-reads the config file and applies what can change at run time (the
-    /// allow-list). On error the running state stays as it was.
-    pub fn reload(&self) -> Result<(), config::Error> {
-        let config = Config::load(&self.config_path)?;
-        self.apply(&config);
-        Ok(())
-    }
-
-    /// Applies the hot parts of `config`.
-    pub fn apply(&self, config: &Config) {
+    /// Re-reads the config file and applies what can change at run time: the
+    /// allow-list and the policy. A config or policy that does not load
+    /// changes nothing.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = Config::load_with_env(&self.config_path, self.env.as_ref())?;
+        if let (Some(store), Some(cfg)) = (&self.policy, &config.policy) {
+            store.reload(cfg, self.env.as_ref())?;
+        }
         let callers = config.inbound.as_ref().map(|i| i.allowed_callers.clone()).unwrap_or_default();
         tracing::info!(allowed_callers = callers.len(), "configuration reloaded");
         self.allowlist.replace(callers);
+        Ok(())
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain

@@ -36,6 +36,19 @@ pub fn summarize(config: &Config) -> Result<String, String> {
             let _ = writeln!(out, "identity: dev CA {} issuing {id} every {ttl:?}", ca_dir.display());
         }
     }
+    out.push_str(&policy(config)?);
+    if let Some(inbound) = &config.inbound {
+        let _ = writeln!(
+            out,
+            "inbound: {} -> http://{} ({} allowed caller patterns)",
+            inbound.listen,
+            inbound.upstream,
+            inbound.allowed_callers.len()
+        );
+    }
+    if let Some(outbound) = &config.outbound {
+        let _ = writeln!(out, "outbound: {} ({} routes)", outbound.listen, outbound.routes.len());
+    }
     let threads = config.runtime.worker_threads.map_or("one per CPU".to_owned(), |n| n.to_string());
     let _ = writeln!(out, "runtime: worker_threads {threads}");
     let _ = writeln!(out, "telemetry: {} ({:?} logs)", config.telemetry.listen, config.telemetry.log_format);
@@ -46,4 +59,33 @@ pub fn summarize(config: &Config) -> Result<String, String> {
 fn humantime_utc(t: std::time::SystemTime) -> String {
     let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     format!("@{secs} (unix)")
+}
+
+/// Builds the policy (parse, enrich, validate, compile) and summarizes it.
+/// `run` calls this before starting: a bad policy is a configuration error.
+pub fn policy(config: &Config) -> Result<String, String> {
+    let mut out = String::new();
+    if let Some(policy) = &config.policy {
+        let engine = crate::policy_store::load(policy, config.env.as_ref()).map_err(|e| format!("policy: {e}"))?;
+        let doc = engine.doc();
+        let rules: usize = doc.entries.iter().map(|e| e.rules.len()).sum();
+        let _ = writeln!(
+            out,
+            "policy: {} (version {}, trust domain {}, default {:?}): {} caller entries, {rules} rules, {} native Cedar policies, mode {:?}",
+            policy.file.display(),
+            doc.version,
+            doc.trust_domain,
+            doc.default_action,
+            doc.entries.len(),
+            engine.native_ids().len(),
+            policy.mode,
+        );
+        if doc.entries.iter().any(|e| e.rules.iter().any(|r| r.require_jwt)) {
+            let _ = writeln!(
+                out,
+                "warning: rules with `require_jwt` answer 503 `jwks_unavailable` until JWT validation (Layer 3) is configured"
+            );
+        }
+    }
+    Ok(out)
 }

@@ -23,6 +23,15 @@ pub enum Command {
     Run,
     /// Load and validate the configuration, print a summary; exit 0 valid, 2 invalid.
     Check,
+    /// Which layer allows or denies a request and why, from the configuration alone; exit 0 if it would be forwarded, 1 if denied.
+    Explain {
+        #[arg(long)]
+        caller: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        path: String,
+    },
     /// Exit 0 iff the sidecar's /readyz answers 200 (a HEALTHCHECK without curl).
     Probe {
         #[arg(long, default_value = "127.0.0.1:9090")]

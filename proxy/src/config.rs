@@ -51,6 +51,28 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     /// `None`: no outbound listener.
     pub outbound: Option<OutboundConfig>,
+    /// Required with `inbound`.
+    pub policy: Option<PolicyConfig>,
+    /// The environment the config was read with; policy enrichment uses it on every reload.
+    pub env: std::sync::Arc<dyn Env>,
+}
+
+/// Layer 2 sources and how they apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// The reference YAML.
+    pub file: PathBuf,
+    /// Native Cedar policies, validated against the same schema.
+    pub cedar: Vec<PathBuf>,
+    pub mode: PolicyMode,
+    pub case_insensitive_paths: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    Enforce,
+    /// Layers 2-4 log what they would deny and forward anyway.
+    Shadow,
 }
 
 /// Where the SVID comes from.
@@ -116,8 +138,10 @@ impl Config {
             identity: ctx.identity(raw.identity)?,
             runtime: ctx.runtime(raw.runtime)?,
             telemetry: ctx.telemetry(raw.telemetry)?,
+            policy: ctx.policy(raw.policy, raw.inbound.is_some())?,
             inbound: raw.inbound.map(|i| ctx.inbound(i)).transpose()?,
             outbound: raw.outbound.map(|o| ctx.outbound(o)).transpose()?,
+            env: env.snapshot(),
         })
     }
 }
@@ -212,6 +236,29 @@ impl Ctx<'_> {
             federated_bundles,
             poll_interval: poll,
         })
+    }
+
+    fn policy(&self, raw: Option<raw::RawPolicyConfig>, inbound: bool) -> Result<Option<PolicyConfig>, Error> {
+        let Some(raw) = raw else {
+            return match inbound {
+                true => {
+                    Err(self.invalid("policy.file", "required with `inbound`: every request is checked against it"))
+                }
+                false => Ok(None),
+            };
+        };
+        let file = raw.file.ok_or_else(|| self.invalid("policy.file", "required (the reference policy YAML)"))?;
+        let mode = match raw.mode.as_deref().unwrap_or("enforce") {
+            "enforce" => PolicyMode::Enforce,
+            "shadow" => PolicyMode::Shadow,
+            other => return Err(self.invalid("policy.mode", format!("`{other}` is not one of enforce, shadow"))),
+        };
+        Ok(Some(PolicyConfig {
+            file: self.resolve(file),
+            cedar: raw.cedar.into_iter().map(|p| self.resolve(p)).collect(),
+            mode,
+            case_insensitive_paths: raw.case_insensitive_paths.unwrap_or(false),
+        }))
     }
 
     fn runtime(&self, raw: raw::RawRuntime) -> Result<RuntimeConfig, Error> {

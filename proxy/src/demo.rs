@@ -26,6 +26,21 @@ const TRUST_DOMAIN: &str = "aim.example";
 const BACKEND: &str = "spiffe://aim.example/budget-backend";
 const REPORT: &str = "spiffe://aim.example/budget-report";
 const MENUS: &str = "spiffe://aim.example/employee-menus";
+/// The backend's policy, in the reference prototype's format.
+const POLICY: &str = "version: '5.0'
+trust_domain: aim.example
+default_action: deny
+policies:
+  - name: budget-report
+    spiffe_id: spiffe://aim.example/budget-report
+    rules:
+      - {path: /budget/read, methods: [GET, POST], action: allow}
+      - {path: /budget/submit, methods: [POST], action: deny}
+  - name: employee-menus
+    spiffe_id: spiffe://aim.example/employee-menus
+    rules:
+      - {path: '/*', methods: ['*'], action: deny}
+";
 /// Short enough that SVIDs rotate (at half-life) while the demo runs.
 const SVID_TTL: Duration = Duration::from_secs(4);
 
@@ -70,6 +85,7 @@ impl Stack {
         }
         let (app_addr, app) = sample_app::start().await?;
 
+        std::fs::write(dir.path().join("policy.yaml"), POLICY)?;
         let backend_config = dir.path().join("budget-backend.yaml");
         std::fs::write(&backend_config, backend_yaml(dir.path(), app_addr, &[REPORT]))?;
         let backend = start_sidecar(Config::load(&backend_config)?).await?;
@@ -97,7 +113,7 @@ impl Stack {
     /// Rewrites the backend's allow-list and reloads it, as SIGHUP does.
     fn allow(&self, callers: &[&str]) -> anyhow::Result<()> {
         std::fs::write(&self.backend_config, backend_yaml(self._dir.path(), self.app_addr, callers))?;
-        Ok(self.backend.reload()?)
+        self.backend.reload()
     }
 
     /// One call through `caller`'s outbound sidecar.
@@ -105,11 +121,11 @@ impl Stack {
         &self,
         case: &'static str,
         caller: &'static str,
-        path: &str,
+        (method, path): (&str, &str),
         expected: &str,
     ) -> anyhow::Result<Outcome> {
         let started = Instant::now();
-        let (status, body) = get(self.outbound(caller)?, "budget-backend", path).await?;
+        let (status, body) = send(self.outbound(caller)?, method, "budget-backend", path).await?;
         let latency = started.elapsed();
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         let field = |k: &str, default: &str| json.get(k).and_then(|v| v.as_str()).unwrap_or(default).to_owned();
@@ -118,7 +134,7 @@ impl Stack {
         Ok(Outcome {
             case,
             caller,
-            request: format!("GET {path}"),
+            request: format!("{method} {path}"),
             expected: expected.into(),
             got: status.to_string(),
             layer,
@@ -135,15 +151,17 @@ pub async fn run_matrix(stack: &Stack, mut progress: impl FnMut(&Outcome)) -> an
         progress(&o);
         outcomes.push(o);
     };
-    record(stack.call("allowed caller reads", "budget-report", "/budget/read", "200").await?);
-    record(stack.call("caller not in the allow-list", "employee-menus", "/budget/read", "502").await?);
-    record(stack.call("encoded slash refused", "budget-report", "/budget%2Fread", "400").await?);
-    record(stack.call("dot-segments resolved first", "budget-report", "/admin/../budget/read", "200").await?);
+    record(stack.call("allowed caller reads", "budget-report", ("GET", "/budget/read"), "200").await?);
+    record(stack.call("caller not in the allow-list", "employee-menus", ("GET", "/budget/read"), "502").await?);
+    record(stack.call("RBAC deny rule", "budget-report", ("POST", "/budget/submit"), "403").await?);
+    record(stack.call("RBAC: no rule matches", "budget-report", ("GET", "/budget/admin"), "403").await?);
+    record(stack.call("encoded slash refused", "budget-report", ("GET", "/budget%2Fread"), "400").await?);
+    record(stack.call("dot-segments resolved first", "budget-report", ("GET", "/admin/../budget/read"), "200").await?);
 
     stack.allow(&[REPORT, MENUS])?;
-    record(stack.call("allow-list change, no restart", "employee-menus", "/budget/read", "200").await?);
+    record(stack.call("allow-list change: past mTLS", "employee-menus", ("GET", "/budget/read"), "403").await?);
     stack.allow(&[REPORT])?;
-    record(stack.call("removed again", "employee-menus", "/budget/read", "502").await?);
+    record(stack.call("removed again", "employee-menus", ("GET", "/budget/read"), "502").await?);
 
     // Traffic across SVID rotations: every SVID lives 4 s and is replaced at 2 s.
     let started = Instant::now();
@@ -152,7 +170,10 @@ pub async fn run_matrix(stack: &Stack, mut progress: impl FnMut(&Outcome)) -> an
     let (mut ok, mut total) = (0u32, 0u32);
     while started.elapsed() < SVID_TTL + Duration::from_millis(500) {
         total += 1;
-        if get(stack.outbound("budget-report")?, "budget-backend", "/budget/read").await.is_ok_and(|(s, _)| s == 200) {
+        if send(stack.outbound("budget-report")?, "GET", "budget-backend", "/budget/read")
+            .await
+            .is_ok_and(|(s, _)| s == 200)
+        {
             ok += 1;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -226,12 +247,16 @@ async fn start_sidecar(config: Config) -> anyhow::Result<App> {
     Ok(app)
 }
 
-/// One plain HTTP/1.1 GET.
-async fn get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// One plain HTTP/1.1 request.
+async fn send(addr: SocketAddr, method: &str, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let request = hyper::Request::get(path).header(hyper::header::HOST, host).body(Empty::<bytes::Bytes>::new())?;
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host)
+        .body(Empty::<bytes::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
@@ -251,6 +276,7 @@ inbound:
   listen: '127.0.0.1:0'
   upstream: 'http://{app}'
   allowed_callers: [{}]
+policy: {{file: policy.yaml}}
 ",
         socket(dir, BACKEND).display(),
         callers.join(", ")

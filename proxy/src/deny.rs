@@ -14,16 +14,21 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         Reason::Allowed => (StatusCode::OK, "ok"),
         Reason::BadPath | Reason::AbsoluteForm => (StatusCode::BAD_REQUEST, "bad_request"),
         Reason::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        Reason::NotAllowed | Reason::UntrustedChain | Reason::NoClientCert | Reason::BadSvid | Reason::CertExpired => {
-            (StatusCode::FORBIDDEN, "forbidden")
-        }
+        Reason::NotAllowed
+        | Reason::UntrustedChain
+        | Reason::NoClientCert
+        | Reason::BadSvid
+        | Reason::CertExpired
+        | Reason::NoCallerPolicy
+        | Reason::NoMatchingRule
+        | Reason::RuleDenied => (StatusCode::FORBIDDEN, "forbidden"),
         Reason::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
         Reason::UpstreamUnavailable
         | Reason::UpstreamIdentityMismatch
         | Reason::UpstreamRejectedIdentity
         | Reason::UpstreamError => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         Reason::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
-        Reason::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        Reason::NotReady | Reason::JwksUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     }
 }
 

@@ -21,13 +21,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::allowlist::AllowList;
 use crate::body::{self, Activity, Body, Tracked};
-use crate::config::InboundConfig;
+use crate::config::{InboundConfig, PolicyMode};
 use crate::connections::Connections;
 use crate::deny;
 use crate::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_TRUST_DOMAIN,
 };
 use crate::metrics::Metrics;
+use crate::policy_store::PolicyStore;
 use crate::request_id::RequestIds;
 use crate::server::{self, ConnectionEnds};
 use crate::upstream::{self, AppClient};
@@ -45,6 +46,8 @@ pub struct Inbound {
     app: AppClient,
     ids: RequestIds,
     metrics: Arc<Metrics>,
+    policy: Arc<PolicyStore>,
+    mode: PolicyMode,
 }
 
 /// What is known about one accepted connection.
@@ -60,6 +63,8 @@ impl Inbound {
         identity: IdentityWatch,
         allowlist: Arc<AllowList>,
         metrics: Arc<Metrics>,
+        policy: Arc<PolicyStore>,
+        mode: PolicyMode,
     ) -> Result<Arc<Self>, rustls::Error> {
         let mut tls = certs::tls::server_config(identity, allowlist.clone())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -76,6 +81,8 @@ impl Inbound {
             app,
             ids: RequestIds::new(),
             metrics,
+            policy,
+            mode,
         }))
     }
 
@@ -182,6 +189,7 @@ impl Inbound {
             return Err(Reason::MethodNotAllowed);
         }
         let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
+        self.layers(conn, request.method().as_str(), &path, request_id)?;
         let uri = upstream_uri(&self.config.upstream, &path, request.uri().query())?;
 
         let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
@@ -203,6 +211,42 @@ impl Inbound {
         }
         headers::strip_hop_by_hop(response.headers_mut(), upgraded);
         Ok(response.map(http_body_util::BodyExt::boxed))
+    }
+
+    /// Layers 2-4 on one snapshot of the policy. In shadow mode a deny is
+    /// logged and counted as `shadow_deny`, and the request goes on.
+    fn layers(&self, conn: &Conn, method: &str, path: &CanonicalPath, request_id: &str) -> Result<(), Reason> {
+        let loaded = self.policy.current();
+        let started = std::time::Instant::now();
+        let verdict =
+            loaded.engine.decide(policy::engine::Request { caller: &conn.peer.id, method, path: path.for_matching() });
+        self.metrics.policy_eval_duration_seconds.observe(started.elapsed().as_secs_f64());
+        if !verdict.decision.allow {
+            self.deny_or_shadow(verdict.decision.reason, &verdict.decision.policy_ids, conn, request_id)?;
+        }
+        let rule = verdict.entry.zip(verdict.rule).and_then(|(e, r)| loaded.engine.doc().entries.get(e)?.rules.get(r));
+        if rule.is_some_and(|r| r.require_jwt) {
+            // Layer 3 (JWT validation) is not built yet: a rule that needs a token fails closed.
+            self.deny_or_shadow(Reason::JwksUnavailable, &verdict.decision.policy_ids, conn, request_id)?;
+        }
+        Ok(())
+    }
+
+    fn deny_or_shadow(
+        &self,
+        reason: Reason,
+        policy_ids: &[String],
+        conn: &Conn,
+        request_id: &str,
+    ) -> Result<(), Reason> {
+        match self.mode {
+            PolicyMode::Enforce => Err(reason),
+            PolicyMode::Shadow => {
+                self.metrics.shadow_deny("inbound", reason.layer(), reason);
+                tracing::info!(caller = %conn.peer.id, %reason, ?policy_ids, request_id, "shadow_deny: forwarded anyway");
+                Ok(())
+            }
+        }
     }
 
     /// Header hygiene (DESIGN 1.3 "Forwarding"), then the identity headers.

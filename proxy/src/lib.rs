@@ -14,11 +14,13 @@ pub mod demo;
 pub mod deny;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod explain;
 pub mod headers;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod policy_store;
 pub mod probe;
 pub mod request_id;
 pub mod server;

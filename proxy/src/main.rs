@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
+            // A policy that does not load is a configuration error, as in `check`.
+            if let Err(e) = proxy::check::policy(&config) {
+                eprintln!("error: {e}");
+                return ExitCode::from(BAD_CONFIG);
+            }
             proxy::logging::init(config.telemetry.log_format);
             tracing::info!(config = ?config, "configuration loaded");
             match proxy::app::run(config) {
@@ -31,6 +36,20 @@ fn main() -> ExitCode {
                 Ok(summary) => {
                     print!("{summary}");
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(BAD_CONFIG)
+                }
+            }
+        }
+        Command::Explain { caller, method, path } => {
+            let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
+            match proxy::explain::explain(&config, &caller, &method, &path) {
+                Ok((text, forwarded)) => {
+                    print!("{text}");
+                    println!("result   {}", if forwarded { "forwarded to the app" } else { "denied" });
+                    if forwarded { ExitCode::SUCCESS } else { ExitCode::FAILURE }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

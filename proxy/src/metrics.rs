@@ -14,6 +14,8 @@ pub struct Metrics {
     pub svid_rotations_total: IntCounter,
     requests_total: IntCounterVec,
     tls_handshakes_total: IntCounterVec,
+    policy_reloads_total: IntCounterVec,
+    pub policy_eval_duration_seconds: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -30,6 +32,16 @@ impl Metrics {
             Opts::new("tls_handshakes_total", "TLS handshakes by direction and result (ok or a Layer 1 reason)"),
             &["direction", "result"],
         )?;
+        let policy_reloads_total = IntCounterVec::new(
+            Opts::new("policy_reloads_total", "Policy reloads by result (ok or error)"),
+            &["result"],
+        )?;
+        let policy_eval_duration_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("policy_eval_duration_seconds", "Layer 2 evaluation time")
+                .buckets(vec![0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_5, 0.001]),
+        )?;
+        registry.register(Box::new(policy_reloads_total.clone()))?;
+        registry.register(Box::new(policy_eval_duration_seconds.clone()))?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
         registry.register(Box::new(svid_rotations_total.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
@@ -41,7 +53,24 @@ impl Metrics {
                 prometheus::Error::AlreadyReg => Ok(()),
                 e => Err(e),
             })?;
-        Ok(Self { registry, svid_expiry_timestamp_seconds, svid_rotations_total, requests_total, tls_handshakes_total })
+        Ok(Self {
+            registry,
+            svid_expiry_timestamp_seconds,
+            svid_rotations_total,
+            requests_total,
+            tls_handshakes_total,
+            policy_reloads_total,
+            policy_eval_duration_seconds,
+        })
+    }
+
+    pub fn policy_reload(&self, result: &'static str) {
+        self.policy_reloads_total.with_label_values(&[result]).inc();
+    }
+
+    /// A deny that `policy.mode: shadow` let through.
+    pub fn shadow_deny(&self, direction: &'static str, layer: Layer, reason: Reason) {
+        self.requests_total.with_label_values(&[direction, "shadow_deny", layer.as_str(), reason.as_str()]).inc();
     }
 
     /// Counts one request outcome. Labels are bounded: fixed names only.

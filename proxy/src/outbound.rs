@@ -97,7 +97,11 @@ impl Outbound {
                 deny::response(reason, &request_id)
             }
         };
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
+        // A response from the peer keeps the peer's ID: it is the one in its
+        // deny body and in the target's audit trail.
+        if !response.headers().contains_key(X_REQUEST_ID)
+            && let Ok(id) = HeaderValue::from_str(&request_id)
+        {
             response.headers_mut().insert(X_REQUEST_ID, id);
         }
         Ok(response.map(|body| Tracked::wrap(body, in_flight)))

@@ -18,6 +18,7 @@ mod sidecar {
     pub mod hostile;
     pub mod mesh;
     pub mod outbound;
+    pub mod rbac;
     pub mod signals;
     pub mod support;
     pub mod telemetry;

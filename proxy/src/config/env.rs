@@ -1,9 +1,13 @@
 //! The environment, behind a trait so tests never touch the process's.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-pub trait Env {
+pub trait Env: std::fmt::Debug + Send + Sync {
     fn get(&self, name: &str) -> Option<String>;
+
+    /// An owned handle, kept by the config for later reloads (policy enrichment).
+    fn snapshot(&self) -> Arc<dyn Env>;
 }
 
 /// The real process environment. Empty values count as unset.
@@ -13,6 +17,10 @@ pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+
+    fn snapshot(&self) -> Arc<dyn Env> {
+        Arc::new(ProcessEnv)
     }
 }
 
@@ -30,5 +38,9 @@ impl MapEnv {
 impl Env for MapEnv {
     fn get(&self, name: &str) -> Option<String> {
         self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    fn snapshot(&self) -> Arc<dyn Env> {
+        Arc::new(self.clone())
     }
 }

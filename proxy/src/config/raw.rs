@@ -17,6 +17,17 @@ pub struct RawConfig {
     pub telemetry: RawTelemetry,
     pub inbound: Option<RawInbound>,
     pub outbound: Option<RawOutbound>,
+    pub policy: Option<RawPolicyConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyConfig {
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub cedar: Vec<PathBuf>,
+    pub mode: Option<String>,
+    pub case_insensitive_paths: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -160,3 +160,91 @@ fn sigterm_exits_0() {
     assert!(status.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+fn reference_config(dir: &std::path::Path) -> String {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/reference-policy/spiffe-rbac-policy.yaml");
+    write(
+        dir,
+        "sidecar.yaml",
+        &format!(
+            "identity: {{socket: unix:///x.sock}}
+inbound:
+  upstream: 'http://127.0.0.1:8000'
+  allowed_callers: ['spiffe://aim.microsoft.com/ests/bp/*/aid/*']
+policy: {{file: '{policy}'}}
+"
+        ),
+    )
+}
+
+fn reference_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for name in ["BUDGET_REPORT", "EMPLOYEE_MENUS", "BUDGET_APPROVAL", "ADMIN_CONTROL_PLANE"] {
+        let id = name.to_ascii_lowercase().replace('_', "-");
+        cmd.env(format!("SPIFFE_PREFIX_{name}"), format!("spiffe://aim.microsoft.com/ests/bp/b1/aid/{id}"));
+    }
+    cmd.env("SPIFFE_ID_GOOGLE_BUDGET_READER", "spiffe://gcp.aim.microsoft.com/ests/bp/g1/aid/google")
+        .env("ENTRA_ID_GOOGLE_BUDGET_READER", "11111111-0000-0000-0000-000000000001")
+        .env("SPIFFE_ID_GITHUB_BUDGET_READER", "spiffe://aim.microsoft.com/ests/bp/gh/aid/github")
+        .env("ENTRA_ID_GITHUB_BUDGET_READER", "11111111-0000-0000-0000-000000000002")
+}
+
+#[test]
+fn check_reports_the_samples_deployment_gaps_then_passes_with_them_filled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = reference_config(dir.path());
+    let out = run(&["check", "--config", &config]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for want in [
+        "entry (employee-menus) `spiffe_id_prefix`: shares its prefix with `budget-report`",
+        "set SPIFFE_PREFIX_EMPLOYEE_MENUS",
+        "federated_policies[0] (google-budget-reader) `spiffe_id`: holds the placeholder `<blueprint-oid>`",
+        "federated_policies[1] (github-budget-reader) `entra_agent_id`: holds the placeholder `<github-agent-oid>`: set ENTRA_ID_GITHUB_BUDGET_READER",
+        "spiffe-rbac-policy.yaml",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in {stderr}");
+    }
+    // `run` refuses to start for the same reasons.
+    assert_eq!(run(&["run", "--config", &config]).status.code(), Some(2));
+
+    let out = reference_env(bin().args(["check", "--config", &config])).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("6 caller entries, 10 rules"), "{summary}");
+}
+
+#[test]
+fn explain_names_the_deciding_layer_and_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = reference_config(dir.path());
+    let explain = |caller: &str, method: &str, path: &str| {
+        let out = reference_env(
+            bin().args(["explain", "--config", &config, "--caller", caller, "--method", method, "--path", path]),
+        )
+        .output()
+        .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let report = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report";
+    let (code, out, err) = explain(report, "POST", "/budget/submit");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("rbac     DENY  rule_denied (entry `budget-report`; policy ids: [budget-report/rules/1])"),
+        "{out}"
+    );
+    let (code, out, _) = explain(report, "GET", "/budget//read/");
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("canonical path `/budget/read`")
+            && out.contains("budget-report/rules/0")
+            && out.contains("requires a JWT (roles: Budget.Read)"),
+        "{out}"
+    );
+    let (code, out, _) = explain("spiffe://other.example/x", "GET", "/");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("mtls     DENY  not_allowed"), "{out}");
+    let (code, out, _) =
+        explain("spiffe://aim.microsoft.com/ests/bp/b1/aid/admin-control-plane", "GET", "/mgmt/health");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("result   forwarded"), "{out}");
+}

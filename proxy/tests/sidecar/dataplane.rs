@@ -36,7 +36,7 @@ async fn caller_identity_reaches_the_app_and_spoofed_headers_do_not() {
     let seen = mesh.app.seen().pop().unwrap();
     assert_eq!(seen.uri, "/budget/read?q=1");
     assert_eq!(seen.header("x-spiffe-caller-id"), Some(REPORT));
-    assert_eq!(seen.header("x-spiffe-trust-domain"), Some("aim.example"));
+    assert_eq!(seen.header("x-spiffe-trust-domain"), Some("aim.microsoft.com"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("authorization"), Some("Bearer passed-on"));

@@ -15,9 +15,36 @@ use proxy::config::Config;
 
 use super::app::TestApp;
 
-pub const BACKEND: &str = "spiffe://aim.example/budget-backend";
-pub const REPORT: &str = "spiffe://aim.example/budget-report";
-pub const MENUS: &str = "spiffe://aim.example/employee-menus";
+pub const TRUST_DOMAIN: &str = "aim.microsoft.com";
+pub const BACKEND: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-backend";
+pub const REPORT: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report";
+pub const MENUS: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus";
+
+/// The backend's policy in most tests: both callers may do anything, so the
+/// tests see Layer 1 and the HTTP handling alone.
+pub const OPEN_POLICY: &str = "version: '1'
+trust_domain: aim.microsoft.com
+default_action: deny
+policies:
+  - {name: budget-report, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report', rules: [{path: '/*', methods: ['*'], action: allow}]}
+  - {name: employee-menus, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus', rules: [{path: '/*', methods: ['*'], action: allow}]}
+";
+
+/// The reference sample, and the environment its deployment sets.
+pub fn reference_policy() -> (String, proxy::config::MapEnv) {
+    let yaml = include_str!("../../../examples/reference-policy/spiffe-rbac-policy.yaml").to_owned();
+    let mut env = proxy::config::MapEnv::default();
+    for name in ["budget-report", "employee-menus", "budget-approval", "admin-control-plane"] {
+        let key = name.to_ascii_uppercase().replace('-', "_");
+        env = env.with(&format!("SPIFFE_PREFIX_{key}"), &format!("spiffe://aim.microsoft.com/ests/bp/b1/aid/{name}"));
+    }
+    env = env
+        .with("SPIFFE_ID_GOOGLE_BUDGET_READER", "spiffe://gcp.aim.microsoft.com/ests/bp/g1/aid/google")
+        .with("ENTRA_ID_GOOGLE_BUDGET_READER", "11111111-0000-0000-0000-000000000001")
+        .with("SPIFFE_ID_GITHUB_BUDGET_READER", "spiffe://aim.microsoft.com/ests/bp/gh/aid/github")
+        .with("ENTRA_ID_GITHUB_BUDGET_READER", "11111111-0000-0000-0000-000000000002");
+    (yaml, env)
+}
 
 pub struct Mesh {
     pub dir: tempfile::TempDir,
@@ -25,6 +52,7 @@ pub struct Mesh {
     pub app: Arc<TestApp>,
     pub backend: App,
     pub backend_config: PathBuf,
+    pub policy_file: PathBuf,
     pub report: App,
     pub menus: App,
     _agents: Vec<WorkloadApiServer>,
@@ -32,8 +60,13 @@ pub struct Mesh {
 
 impl Mesh {
     pub async fn start() -> Self {
+        Self::start_with_policy(OPEN_POLICY, proxy::config::MapEnv::default()).await
+    }
+
+    /// A mesh whose backend enforces `policy` (reference YAML), enriched from `env`.
+    pub async fn start_with_policy(policy: &str, env: proxy::config::MapEnv) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
+        let ca = Arc::new(DevCa::generate(&TrustDomain::new(TRUST_DOMAIN).unwrap()).unwrap());
         let mut agents = Vec::new();
         for (name, id) in [("backend", BACKEND), ("report", REPORT), ("menus", MENUS)] {
             let config = WorkloadApiServerConfig {
@@ -46,9 +79,11 @@ impl Mesh {
         }
         let app = TestApp::start().await;
 
+        let policy_file = dir.path().join("policy.yaml");
+        std::fs::write(&policy_file, policy).unwrap();
         let backend_config = dir.path().join("backend.yaml");
         std::fs::write(&backend_config, backend_yaml(&dir.path().join("backend.sock"), app.addr, &[REPORT])).unwrap();
-        let backend = start_app(Config::load(&backend_config).unwrap()).await;
+        let backend = start_app(Config::load_with_env(&backend_config, &env).unwrap()).await;
         let inbound = backend.inbound_addr.unwrap();
 
         let closed_port = {
@@ -62,7 +97,7 @@ impl Mesh {
         };
         let report = start_app(caller("report")).await;
         let menus = start_app(caller("menus")).await;
-        Self { dir, ca, app, backend, backend_config, report, menus, _agents: agents }
+        Self { dir, ca, app, backend, backend_config, policy_file, report, menus, _agents: agents }
     }
 
     /// Rewrites the backend's `allowed_callers` and reloads it (what SIGHUP does).
@@ -107,6 +142,7 @@ inbound:
   upstream_connect_timeout: 1s
   upstream_response_timeout: 10s
   allowed_callers: [{}]
+policy: {{file: policy.yaml}}
 ",
         socket.display(),
         callers.join(", ")
@@ -123,9 +159,9 @@ outbound:
   response_timeout: 10s
   routes:
     - {{name: budget-backend, upstream: 'https://{inbound}', server_id: '{BACKEND}'}}
-    - {{name: impostor-check, upstream: 'https://{inbound}', server_id: 'spiffe://aim.example/someone-else'}}
+    - {{name: impostor-check, upstream: 'https://{inbound}', server_id: 'spiffe://aim.microsoft.com/someone-else'}}
     - {{name: down, upstream: 'https://127.0.0.1:{closed_port}', server_id: '{BACKEND}'}}
-    - {{name: by-prefix, match: {{path_prefix: /bb}}, upstream: 'https://{inbound}', server_id: 'spiffe://aim.example/*'}}
+    - {{name: by-prefix, match: {{path_prefix: /bb}}, upstream: 'https://{inbound}', server_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/*'}}
 ",
         socket.display()
     )

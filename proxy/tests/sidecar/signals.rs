@@ -21,6 +21,7 @@ fn config(dir: &std::path::Path, app: std::net::SocketAddr, caller: &str) -> Str
 telemetry: {{listen: '127.0.0.1:0', log_format: json}}
 runtime: {{drain_timeout: 10s, worker_threads: 1}}
 inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{caller}']}}
+policy: {{file: policy.yaml}}
 "
     )
     .replace("svid/", &format!("{}/svid/", dir.display()))
@@ -45,7 +46,8 @@ async fn get(addr: std::net::SocketAddr, tls: Arc<rustls::ClientConfig>, path: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_allow_list_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap();
+    let ca = DevCa::generate(&TrustDomain::new(super::mesh::TRUST_DOMAIN).unwrap()).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), super::mesh::OPEN_POLICY).unwrap();
     write_svid_files(
         &dir.path().join("svid"),
         &ca.issue(&BACKEND.parse().unwrap(), Duration::from_secs(600)).unwrap(),

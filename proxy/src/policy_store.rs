@@ -1,0 +1,104 @@
+//! The live Layer 2 policy: built from the files in `policy`, swapped
+//! atomically on a file change, SIGHUP or (later) the admin API. A policy
+//! that fails to parse, validate or compile never replaces the running one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use policy::{CompileOptions, PolicyEngine, PolicyError, Source};
+
+use crate::config::{Env, PolicyConfig};
+use crate::metrics::Metrics;
+
+/// Why the policy files could not be turned into an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// The engine in force and when it was loaded.
+pub struct Loaded {
+    pub engine: PolicyEngine,
+    pub loaded_at: SystemTime,
+    /// Increments with every accepted policy.
+    pub generation: u64,
+}
+
+pub struct PolicyStore {
+    current: ArcSwap<Loaded>,
+    metrics: Arc<Metrics>,
+}
+
+/// Reads the policy files and builds the engine (parse, enrich, validate, compile).
+pub fn load(config: &PolicyConfig, env: &dyn Env) -> Result<PolicyEngine, LoadError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|text| Source { name: path.display().to_string(), text })
+            .map_err(|source| LoadError::Read { path: path.to_owned(), source })
+    };
+    let reference = read(&config.file)?;
+    let cedar = config.cedar.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+    let options = CompileOptions { case_insensitive_paths: config.case_insensitive_paths };
+    Ok(PolicyEngine::build(&reference, &cedar, &|name| env.get(name), options)?)
+}
+
+impl PolicyStore {
+    pub fn new(engine: PolicyEngine, metrics: Arc<Metrics>) -> Arc<Self> {
+        let loaded = Loaded { engine, loaded_at: SystemTime::now(), generation: 1 };
+        Arc::new(Self { current: ArcSwap::from_pointee(loaded), metrics })
+    }
+
+    /// The policy in force: one consistent snapshot for a whole request.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// Builds a new engine from `config` and swaps it in; on error the
+    /// running policy stays and the error is logged and counted.
+    pub fn reload(&self, config: &PolicyConfig, env: &dyn Env) -> Result<(), LoadError> {
+        match load(config, env) {
+            Ok(engine) => {
+                let generation = self.current.load().generation + 1;
+                self.current.store(Arc::new(Loaded { engine, loaded_at: SystemTime::now(), generation }));
+                self.metrics.policy_reload("ok");
+                tracing::info!(generation, file = %config.file.display(), "policy reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.policy_reload("error");
+                tracing::error!(error = %e, "policy rejected; keeping the running policy");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What identifies a version of a file without reading it.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reloads the policy whenever one of its files changes (polled, which also
+/// sees Kubernetes' ConfigMap symlink swaps).
+pub async fn watch(store: Arc<PolicyStore>, config: PolicyConfig, env: Arc<dyn Env>, every: Duration) {
+    let files: Vec<PathBuf> = std::iter::once(config.file.clone()).chain(config.cedar.iter().cloned()).collect();
+    let stamps = |files: &[PathBuf]| files.iter().map(|f| stamp(f)).collect::<Vec<_>>();
+    let mut last = stamps(&files);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = stamps(&files);
+        if now != last {
+            last = now;
+            // Errors are logged and counted inside; the running policy stays.
+            let _ = store.reload(&config, env.as_ref());
+        }
+    }
+}

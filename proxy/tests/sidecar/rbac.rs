@@ -1,0 +1,132 @@
+//! Layer 2 through real sidecars: the reference policy's RBAC rows, shadow
+//! mode, and hot reload under traffic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::mesh::{Mesh, OPEN_POLICY, REPORT, reference_policy};
+use super::support::{eventually, get, http};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_policy_rbac_rows() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    let out = mesh.report.outbound_addr.unwrap();
+
+    // RBAC denies report's submit outright (rule 1).
+    let reply = http(out, "POST", "budget-backend", "/budget/submit", &[]).await;
+    assert_eq!((reply.status, reply.denied()), (403, ("rbac".into(), "rule_denied".into())));
+
+    // RBAC allows report's read (rule 0); the next layer (JWT) decides, not RBAC.
+    let reply = http(out, "GET", "budget-backend", "/budget/read", &[]).await;
+    let (layer, reason) = reply.denied();
+    assert_ne!(layer, "rbac", "RBAC allowed it");
+    assert_eq!((reply.status, layer.as_str(), reason.as_str()), (503, "oauth", "jwks_unavailable"));
+
+    // No rule for this path: default deny.
+    let reply = http(out, "GET", "budget-backend", "/budget/other", &[]).await;
+    assert_eq!((reply.status, reply.denied()), (403, ("rbac".into(), "no_matching_rule".into())));
+    assert!(mesh.app.seen().is_empty(), "nothing reached the app: {:?}", mesh.app.paths());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_logs_and_forwards() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    let yaml = std::fs::read_to_string(&mesh.backend_config)
+        .unwrap()
+        .replace("policy: {file: policy.yaml}", "policy: {file: policy.yaml, mode: shadow}");
+    std::fs::write(&mesh.backend_config, yaml).unwrap();
+    // The mode is read at start: restart the backend on the edited config.
+    let backend = proxy::app::App::start(
+        proxy::config::Config::load_with_env(&mesh.backend_config, &reference_policy().1).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut identity = backend.identity.clone();
+    identity.wait_ready().await.unwrap();
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let raw = b"POST /budget/submit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let reply = super::support::raw_exchange(backend.inbound_addr.unwrap(), tls, raw, Duration::from_secs(5)).await;
+    assert_eq!(super::support::statuses(&reply), [200], "{reply}");
+    assert_eq!(mesh.app.paths(), ["/budget/submit"]);
+    let metrics = get(backend.telemetry_addr, "/metrics").await.1;
+    assert!(
+        metrics.contains(
+            r#"a2a_requests_total{decision="shadow_deny",direction="inbound",layer="rbac",reason="rule_denied"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+fn policy_allowing(extra: &str) -> String {
+    OPEN_POLICY.replace(
+        "rules: [{path: '/*', methods: ['*'], action: allow}]}\n  - {name: employee-menus",
+        &format!("rules: [{{path: '/budget/read', methods: [GET], action: allow}}, {{path: '{extra}', methods: [GET], action: allow}}]}}\n  - {{name: employee-menus"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_swaps_under_traffic_fail_nothing_and_a_broken_file_changes_nothing() {
+    let mesh = Mesh::start_with_policy(&policy_allowing("/a"), Default::default()).await;
+    let out = mesh.report.outbound_addr.unwrap();
+    let (ok, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let traffic = {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.notified() => return,
+                    reply = http(out, "GET", "budget-backend", "/budget/read", &[]) => {
+                        let counter = if reply.status == 200 { &ok } else { &failed };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let store = mesh.backend.policy.clone().unwrap();
+    let first = store.current().generation;
+    for i in 0..20 {
+        let extra = if i % 2 == 0 { "/b" } else { "/a" };
+        std::fs::write(&mesh.policy_file, policy_allowing(extra)).unwrap();
+        mesh.backend.reload().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.current().generation, first + 20);
+    // The last policy allows /a (i = 19), not /b.
+    assert_eq!(http(out, "GET", "budget-backend", "/a", &[]).await.status, 200);
+    assert_eq!(http(out, "GET", "budget-backend", "/b", &[]).await.status, 403);
+
+    // A broken file is rejected; the running policy keeps serving.
+    std::fs::write(
+        &mesh.policy_file,
+        "version: '1'\ntrust_domain: aim.microsoft.com\ndefault_action: perhaps\npolicies: []\n",
+    )
+    .unwrap();
+    let err = mesh.backend.reload().unwrap_err().to_string();
+    assert!(err.contains("default_action"), "{err}");
+    assert_eq!(store.current().generation, first + 20);
+    assert_eq!(http(out, "GET", "budget-backend", "/a", &[]).await.status, 200);
+
+    stop.notify_one();
+    traffic.await.unwrap();
+    assert!(ok.load(Ordering::Relaxed) > 20, "traffic flowed");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed during the swaps");
+    let metrics = get(mesh.backend.telemetry_addr, "/metrics").await.1;
+    assert!(metrics.contains(r#"a2a_policy_reloads_total{result="error"}"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_policy_file_is_picked_up_by_the_watcher() {
+    let mesh = Mesh::start_with_policy(&policy_allowing("/a"), Default::default()).await;
+    let out = mesh.report.outbound_addr.unwrap();
+    assert_eq!(http(out, "GET", "budget-backend", "/c", &[]).await.status, 403);
+    std::fs::write(&mesh.policy_file, policy_allowing("/c")).unwrap();
+    eventually(Duration::from_secs(15), "the watcher reloads the policy", || async {
+        (http(out, "GET", "budget-backend", "/c", &[]).await.status == 200).then_some(())
+    })
+    .await;
+}
