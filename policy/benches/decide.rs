@@ -1,5 +1,6 @@
-//! Layer 2 decision cost, warm, with the reference policy, and with 1,000
-//! caller entries to show that per-caller slicing keeps it flat.
+//! Layer 2 decision cost with the reference policy, warm (decision cache)
+//! and uncached (Cedar every time), and with 1,000 caller entries to show
+//! that per-caller slicing keeps it flat.
 //!
 //!     cargo bench -p policy --bench decide
 
@@ -54,10 +55,16 @@ fn bench(c: &mut Criterion) {
     c.bench_function("reference: report GET /other (default deny)", |b| {
         b.iter(|| engine.decide(Request { caller: &report, method: "GET", path: "/other" }))
     });
+    c.bench_function("reference: report GET /budget/read, uncached (Cedar every time)", |b| {
+        b.iter(|| engine.decide_uncached(Request { caller: &report, method: "GET", path: "/budget/read" }))
+    });
     let big = thousand_callers();
     let agent: SpiffeId = format!("{BP}/agent-777").parse().unwrap();
     c.bench_function("1000 callers: agent-777 GET /budget/read", |b| {
         b.iter(|| big.decide(Request { caller: &agent, method: "GET", path: "/budget/read" }))
+    });
+    c.bench_function("1000 callers: agent-777 GET /budget/read, uncached", |b| {
+        b.iter(|| big.decide_uncached(Request { caller: &agent, method: "GET", path: "/budget/read" }))
     });
 }
 

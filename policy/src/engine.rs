@@ -2,7 +2,9 @@
 //! rules plus native policies), and say which policy decided and why.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName, EntityUid, Policy, PolicyId,
@@ -54,7 +56,12 @@ pub struct Verdict {
     pub rule: Option<usize>,
 }
 
-/// A compiled, validated policy: immutable; swap a new one in to change it.
+/// Decisions remembered per engine. Request paths are chosen by callers, so
+/// the cache is bounded: a flood of distinct paths only causes misses.
+const CACHE_CAPACITY: u64 = 65_536;
+
+/// A compiled, validated policy: immutable; swap a new one in to change it
+/// (a new engine also starts with an empty decision cache).
 pub struct PolicyEngine {
     doc: PolicyDoc,
     options: CompileOptions,
@@ -66,6 +73,16 @@ pub struct PolicyEngine {
     caller_type: EntityTypeName,
     action: EntityUid,
     resource: EntityUid,
+    cache: moka::sync::Cache<u64, Arc<Cached>>,
+}
+
+/// A remembered decision with the exact inputs it was made for: the key is
+/// only a hash, so a hit is checked against them.
+struct Cached {
+    caller: String,
+    method: String,
+    path: String,
+    verdict: Verdict,
 }
 
 struct Slice {
@@ -112,6 +129,7 @@ impl PolicyEngine {
             caller_type: EntityTypeName::from_str("Caller").map_err(|e| PolicyError::Schema(e.to_string()))?,
             action: fixed(r#"Action::"request""#)?,
             resource: fixed(r#"Service::"app""#)?,
+            cache: moka::sync::Cache::new(CACHE_CAPACITY),
         })
     }
 
@@ -142,8 +160,32 @@ impl PolicyEngine {
         self.doc.entries.get(index).map(|e| (index, e))
     }
 
-    /// Layer 2 for one request.
+    /// Layer 2 for one request. Decisions depend only on the caller, the
+    /// method and the canonical path, so a warm request skips Cedar.
     pub fn decide(&self, request: Request<'_>) -> Verdict {
+        let mut hasher = DefaultHasher::new();
+        (request.caller.as_str(), request.method, request.path).hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(hit) = self.cache.get(&key)
+            && hit.caller == request.caller.as_str()
+            && hit.method == request.method
+            && hit.path == request.path
+        {
+            return hit.verdict.clone();
+        }
+        let verdict = self.decide_uncached(request);
+        let cached = Cached {
+            caller: request.caller.as_str().to_owned(),
+            method: request.method.to_owned(),
+            path: request.path.to_owned(),
+            verdict: verdict.clone(),
+        };
+        self.cache.insert(key, Arc::new(cached));
+        verdict
+    }
+
+    /// Layer 2 evaluated by Cedar, bypassing the decision cache.
+    pub fn decide_uncached(&self, request: Request<'_>) -> Verdict {
         let Some((index, entry)) = self.entry_for(request.caller) else {
             return Verdict { decision: Decision::deny(Reason::NoCallerPolicy), entry: None, rule: None };
         };

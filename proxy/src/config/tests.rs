@@ -41,22 +41,31 @@ fn errors_name_the_file_and_field() {
     let cases = [
         ("identity: {socket: unix:///x, colour: blue}", "unknown field `colour`"),
         ("colour: blue", "unknown field `colour`"),
-        ("identity: {socket: unix:///x}\ninbound: {listen: 0.0.0.0:8443}", "`inbound.upstream`: required"),
+        ("identity: {socket: unix:///x}\ninbound: {upstream: 'http://a:1'}", "`policy.file`: required with `inbound`"),
+        ("identity: {socket: unix:///x}\npolicy: {cedar: [x.cedar]}", "`policy.file`: required"),
+        ("identity: {socket: unix:///x}\npolicy: {file: p.yaml, mode: audit}", "`policy.mode`: `audit` is not one of"),
         (
-            "identity: {socket: unix:///x}\ninbound: {upstream: 'https://app:1'}",
+            "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {listen: 0.0.0.0:8443}",
+            "`inbound.upstream`: required",
+        ),
+        (
+            "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'https://app:1'}",
             "`inbound.upstream`: `https://app:1`: must start with `http://`",
         ),
-        ("identity: {socket: unix:///x}\ninbound: {upstream: 'http://app:1/x'}", "must not have a path"),
         (
-            "identity: {socket: unix:///x}\ninbound: {upstream: 'http://a:1', allowed_callers: ['spiffe://*/x']}",
+            "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'http://app:1/x'}",
+            "must not have a path",
+        ),
+        (
+            "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'http://a:1', allowed_callers: ['spiffe://*/x']}",
             "`inbound.allowed_callers[0]`",
         ),
         (
-            "identity: {socket: unix:///x}\ninbound: {upstream: 'http://a:1', max_header_bytes: 4KiB}",
+            "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'http://a:1', max_header_bytes: 4KiB}",
             "`inbound.max_header_bytes`: must be at least",
         ),
         (
-            "identity: {socket: unix:///x}\ninbound: {upstream: 'http://a:1', header_timeout: fast}",
+            "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'http://a:1', header_timeout: fast}",
             "`inbound.header_timeout`",
         ),
         (
@@ -120,6 +129,7 @@ fn static_client_secrets_are_refused() {
 #[test]
 fn inbound_and_outbound_defaults() {
     let yaml = "identity: {socket: unix:///x}
+policy: {file: policy.yaml, cedar: [extra.cedar], mode: shadow}
 inbound: {upstream: 'http://127.0.0.1:8000', allowed_callers: ['spiffe://aim.example/ests/bp/*/aid/budget-report']}
 outbound:
   allow_non_loopback: false
@@ -142,7 +152,17 @@ outbound:
     assert_eq!(route.upstream.as_str(), "budget-backend:8443");
     assert_eq!(config.runtime.drain_timeout, Duration::from_secs(10));
 
-    let empty = parse("identity: {socket: unix:///x}\ninbound: {upstream: 'http://a'}", &MapEnv::default()).unwrap();
+    let policy = config.policy.unwrap();
+    assert_eq!(policy.file, PathBuf::from("/etc/a2a/policy.yaml"));
+    assert_eq!(policy.cedar, [PathBuf::from("/etc/a2a/extra.cedar")]);
+    assert_eq!(policy.mode, PolicyMode::Shadow);
+    assert!(!policy.case_insensitive_paths);
+
+    let empty = parse(
+        "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'http://a'}",
+        &MapEnv::default(),
+    )
+    .unwrap();
     assert!(empty.inbound.unwrap().allowed_callers.is_empty(), "nobody is allowed by default");
     assert!(parse("identity: {socket: unix:///x}", &MapEnv::default()).unwrap().inbound.is_none());
 }
