@@ -5,7 +5,7 @@
 pub mod ca;
 pub mod workload_api_server;
 
-pub use ca::{DevCa, LeafSpec, write_svid_files};
+pub use ca::{DevCa, JwtKey, LeafSpec, write_svid_files};
 pub use workload_api_server::{WorkloadApiServer, WorkloadApiServerConfig};
 
 /// Errors of the dev tooling.

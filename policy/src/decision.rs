@@ -42,6 +42,14 @@ pub enum Reason {
     NoMatchingRule,
     RuleDenied,
     // oauth (layer 3)
+    JwtRequired,
+    JwtInvalid,
+    JwtExpired,
+    JwtNotYetValid,
+    JwtWrongAudience,
+    JwtWrongIssuer,
+    JwtCallerMismatch,
+    InsufficientRoles,
     JwksUnavailable,
     // route
     NoRoute,
@@ -107,6 +115,14 @@ impl Reason {
             Self::NoCallerPolicy => "no_caller_policy",
             Self::NoMatchingRule => "no_matching_rule",
             Self::RuleDenied => "rule_denied",
+            Self::JwtRequired => "jwt_required",
+            Self::JwtInvalid => "jwt_invalid",
+            Self::JwtExpired => "jwt_expired",
+            Self::JwtNotYetValid => "jwt_not_yet_valid",
+            Self::JwtWrongAudience => "jwt_wrong_audience",
+            Self::JwtWrongIssuer => "jwt_wrong_issuer",
+            Self::JwtCallerMismatch => "jwt_caller_mismatch",
+            Self::InsufficientRoles => "insufficient_roles",
             Self::JwksUnavailable => "jwks_unavailable",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -126,7 +142,15 @@ impl Reason {
                 Layer::Mtls
             }
             Self::NoCallerPolicy | Self::NoMatchingRule | Self::RuleDenied => Layer::Rbac,
-            Self::JwksUnavailable => Layer::Oauth,
+            Self::JwtRequired
+            | Self::JwtInvalid
+            | Self::JwtExpired
+            | Self::JwtNotYetValid
+            | Self::JwtWrongAudience
+            | Self::JwtWrongIssuer
+            | Self::JwtCallerMismatch
+            | Self::InsufficientRoles
+            | Self::JwksUnavailable => Layer::Oauth,
             Self::NoRoute => Layer::Route,
             Self::UpstreamUnavailable
             | Self::UpstreamIdentityMismatch

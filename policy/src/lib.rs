@@ -9,6 +9,7 @@
 pub mod compile;
 pub mod decision;
 pub mod engine;
+pub mod jwt;
 pub mod path;
 pub mod reference;
 

@@ -15,8 +15,11 @@ use tokio::task::JoinHandle;
 use crate::allowlist::AllowList;
 use crate::config::{self, Config, IdentityConfig};
 use crate::connections;
+use crate::facts::http::HttpClient;
+use crate::facts::jwks::{Jwks, JwksSettings};
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
+use crate::oauth::Oauth;
 use crate::outbound::Outbound;
 use crate::policy_store::{self, PolicyStore};
 use crate::server;
@@ -32,6 +35,8 @@ pub struct App {
     pub allowlist: Arc<AllowList>,
     pub inbound: Option<Arc<Inbound>>,
     pub policy: Option<Arc<PolicyStore>>,
+    /// Layer 3; replaced when a reload changes the `jwt` section.
+    pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
     config_path: PathBuf,
     env: Arc<dyn config::Env>,
     shutdown: watch::Sender<bool>,
@@ -59,10 +64,21 @@ impl App {
         let handler = move |req| telemetry.clone().handle(req);
         servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
 
+        let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
+        if let Some(jwt) = &config.jwt {
+            let settings = JwksSettings {
+                discovery_url: format!("{}/{}/v2.0/.well-known/openid-configuration", jwt.authority, jwt.tenant_id),
+                refresh: jwt.refresh,
+                refetch_interval: jwt.refetch_interval,
+            };
+            let jwks = Jwks::new(settings, HttpClient::new()?, metrics.clone());
+            followers.push(tokio::spawn(jwks.clone().refresh_forever()));
+            oauth.store(Some(Arc::new(Oauth::new(jwt, jwks))));
+        }
         let mut policy = None;
         if let Some(cfg) = config.policy.clone() {
-            let engine = policy_store::load(&cfg, config.env.as_ref())?;
-            let store = PolicyStore::new(engine, metrics.clone());
+            let engine = policy_store::load(&cfg, config.env.as_ref(), config.jwt.as_ref())?;
+            let store = PolicyStore::new(engine, metrics.clone(), config.jwt.clone());
             followers.push(tokio::spawn(policy_store::watch(
                 store.clone(),
                 cfg,
@@ -79,7 +95,8 @@ impl App {
                 .clone()
                 .zip(config.policy.as_ref().map(|p| p.mode))
                 .context("`policy` is required with `inbound`")?;
-            let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), store, mode)?;
+            let server =
+                Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), store, mode, oauth.clone())?;
             followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
             inbound = Some(server);
@@ -107,6 +124,7 @@ impl App {
             allowlist,
             inbound,
             policy,
+            oauth,
             config_path: config.path,
             env: config.env,
             shutdown,
@@ -121,6 +139,11 @@ impl App {
     /// changes nothing.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = Config::load_with_env(&self.config_path, self.env.as_ref())?;
+        // Audiences and leeway apply at once (a new validator, an empty token
+        // cache); the signing keys stay with the running provider.
+        if let (Some(jwt), Some(current)) = (&config.jwt, self.oauth.load_full()) {
+            self.oauth.store(Some(Arc::new(Oauth::new(jwt, current.jwks().clone()))));
+        }
         if let (Some(store), Some(cfg)) = (&self.policy, &config.policy) {
             store.reload(cfg, self.env.as_ref())?;
         }

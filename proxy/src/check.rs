@@ -37,6 +37,17 @@ pub fn summarize(config: &Config) -> Result<String, String> {
         }
     }
     out.push_str(&policy(config)?);
+    if let Some(jwt) = &config.jwt {
+        let _ = writeln!(
+            out,
+            "jwt: tenant {} at {}, audiences [{}], leeway {:?}{}",
+            jwt.tenant_id,
+            jwt.authority,
+            jwt.audiences.join(", "),
+            jwt.leeway,
+            if jwt.allow_unbound_tokens { ", unbound tokens allowed" } else { "" }
+        );
+    }
     if let Some(inbound) = &config.inbound {
         let _ = writeln!(
             out,
@@ -66,7 +77,8 @@ fn humantime_utc(t: std::time::SystemTime) -> String {
 pub fn policy(config: &Config) -> Result<String, String> {
     let mut out = String::new();
     if let Some(policy) = &config.policy {
-        let engine = crate::policy_store::load(policy, config.env.as_ref()).map_err(|e| format!("policy: {e}"))?;
+        let engine = crate::policy_store::load(policy, config.env.as_ref(), config.jwt.as_ref())
+            .map_err(|e| format!("policy: {e}"))?;
         let doc = engine.doc();
         let rules: usize = doc.entries.iter().map(|e| e.rules.len()).sum();
         let _ = writeln!(
@@ -80,12 +92,6 @@ pub fn policy(config: &Config) -> Result<String, String> {
             engine.native_ids().len(),
             policy.mode,
         );
-        if doc.entries.iter().any(|e| e.rules.iter().any(|r| r.require_jwt)) {
-            let _ = writeln!(
-                out,
-                "warning: rules with `require_jwt` answer 503 `jwks_unavailable` until JWT validation (Layer 3) is configured"
-            );
-        }
     }
     Ok(out)
 }

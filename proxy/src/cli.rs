@@ -54,6 +54,40 @@ pub enum DevCommand {
     Ca(CaCommand),
     /// A SPIFFE Workload API server (gRPC on a Unix socket) that issues and rotates SVIDs: a stand-in for a SPIRE agent.
     WorkloadApi(WorkloadApiArgs),
+    /// A dev Entra stand-in: OIDC discovery and JWKS over HTTP, key rotation at run time.
+    Idp {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// Print an Entra-shaped RS256 access token signed by the dev IdP key in DIR.
+    Token(TokenArgs),
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Audience(s), comma-separated.
+    #[arg(long)]
+    pub aud: String,
+    /// Client ID (`azp`, or `appid` with --v1).
+    #[arg(long)]
+    pub azp: String,
+    /// Service principal object ID (`oid`); defaults to the client ID.
+    #[arg(long)]
+    pub oid: Option<String>,
+    #[arg(long, default_value = "")]
+    pub roles: String,
+    #[arg(long, default_value = "10m")]
+    pub ttl: String,
+    #[arg(long, default_value = "00000000-0000-0000-0000-000000000000")]
+    pub tid: String,
+    /// A v1 token (`sts.windows.net` issuer, `appid`).
+    #[arg(long)]
+    pub v1: bool,
 }
 
 #[cfg(feature = "dev")]

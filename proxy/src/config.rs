@@ -53,6 +53,8 @@ pub struct Config {
     pub outbound: Option<OutboundConfig>,
     /// Required with `inbound`.
     pub policy: Option<PolicyConfig>,
+    /// Layer 3; required when a policy rule has `require_jwt`.
+    pub jwt: Option<JwtSection>,
     /// The environment the config was read with; policy enrichment uses it on every reload.
     pub env: std::sync::Arc<dyn Env>,
 }
@@ -66,6 +68,21 @@ pub struct PolicyConfig {
     pub cedar: Vec<PathBuf>,
     pub mode: PolicyMode,
     pub case_insensitive_paths: bool,
+}
+
+/// Entra access-token validation (Layer 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSection {
+    pub tenant_id: String,
+    pub audiences: Vec<String>,
+    /// No trailing slash; `https://`, or `http://` on loopback.
+    pub authority: String,
+    pub leeway: Duration,
+    pub allow_unbound_tokens: bool,
+    /// Background JWKS refresh.
+    pub refresh: Duration,
+    /// At most one JWKS fetch per this interval for unknown `kid`s.
+    pub refetch_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +156,7 @@ impl Config {
             runtime: ctx.runtime(raw.runtime)?,
             telemetry: ctx.telemetry(raw.telemetry)?,
             policy: ctx.policy(raw.policy, raw.inbound.is_some())?,
+            jwt: raw.jwt.map(|j| ctx.jwt(j)).transpose()?,
             inbound: raw.inbound.map(|i| ctx.inbound(i)).transpose()?,
             outbound: raw.outbound.map(|o| ctx.outbound(o)).transpose()?,
             env: env.snapshot(),
@@ -261,6 +279,46 @@ impl Ctx<'_> {
         }))
     }
 
+    fn jwt(&self, raw: raw::RawJwt) -> Result<JwtSection, Error> {
+        let tenant_id = raw
+            .tenant_id
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.env.get("AZURE_TENANT_ID"))
+            .ok_or_else(|| self.invalid("jwt.tenant_id", "required (or set AZURE_TENANT_ID)"))?;
+        if !tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')) {
+            return Err(self.invalid("jwt.tenant_id", format!("`{tenant_id}` is not a tenant ID")));
+        }
+        let audiences = match raw.audiences {
+            Some(list) => list,
+            None => self
+                .env
+                .get("ENTRA_OAUTH2_AUDIENCE")
+                .map(|v| v.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect())
+                .unwrap_or_default(),
+        };
+        if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+            return Err(self.invalid(
+                "jwt.audiences",
+                "at least one non-empty audience is required (or set ENTRA_OAUTH2_AUDIENCE)",
+            ));
+        }
+        let authority = raw.authority.unwrap_or_else(|| "https://login.microsoftonline.com".into());
+        identity_endpoint(&authority).map_err(|why| self.invalid("jwt.authority", why))?;
+        Ok(JwtSection {
+            tenant_id,
+            audiences,
+            authority: authority.trim_end_matches('/').to_owned(),
+            leeway: self.duration("jwt.leeway", raw.leeway.as_deref(), Duration::from_secs(60))?,
+            allow_unbound_tokens: raw.allow_unbound_tokens.unwrap_or(false),
+            refresh: self.duration("jwt.refresh", raw.refresh.as_deref(), Duration::from_secs(3600))?,
+            refetch_interval: self.duration(
+                "jwt.refetch_interval",
+                raw.refetch_interval.as_deref(),
+                Duration::from_secs(300),
+            )?,
+        })
+    }
+
     fn runtime(&self, raw: raw::RawRuntime) -> Result<RuntimeConfig, Error> {
         if raw.worker_threads == Some(0) {
             return Err(self.invalid("runtime.worker_threads", "must be at least 1"));
@@ -281,6 +339,25 @@ impl Ctx<'_> {
             other => return Err(self.invalid("telemetry.log_format", format!("`{other}` is not one of json, text"))),
         };
         Ok(TelemetryConfig { listen, log_format })
+    }
+}
+
+/// Identity endpoints are `https://`; plain `http://` only on loopback
+/// (tests, the demo).
+pub fn identity_endpoint(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+            if host == "localhost" || ip.is_ok_and(|ip| ip.is_loopback()) {
+                Ok(())
+            } else {
+                Err(format!("`{url}` must be https:// (plain http:// is accepted on loopback only)"))
+            }
+        }
+        _ => Err(format!("`{url}` must be https://")),
     }
 }
 

@@ -21,7 +21,15 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         | Reason::CertExpired
         | Reason::NoCallerPolicy
         | Reason::NoMatchingRule
-        | Reason::RuleDenied => (StatusCode::FORBIDDEN, "forbidden"),
+        | Reason::RuleDenied
+        | Reason::JwtCallerMismatch
+        | Reason::InsufficientRoles => (StatusCode::FORBIDDEN, "forbidden"),
+        Reason::JwtRequired
+        | Reason::JwtInvalid
+        | Reason::JwtExpired
+        | Reason::JwtNotYetValid
+        | Reason::JwtWrongAudience
+        | Reason::JwtWrongIssuer => (StatusCode::UNAUTHORIZED, "unauthorized"),
         Reason::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
         Reason::UpstreamUnavailable
         | Reason::UpstreamIdentityMismatch
@@ -51,6 +59,16 @@ pub fn response(reason: Reason, request_id: &str) -> Response<Body> {
     headers.insert(X_DENIED_BY, HeaderValue::from_static("a2a-sidecar"));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID, id);
+    }
+    // RFC 6750 3: a missing token gets a bare challenge, a bad one `invalid_token`.
+    match reason {
+        Reason::JwtRequired => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        _ if status == StatusCode::UNAUTHORIZED => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        }
+        _ => {}
     }
     if reason == Reason::MethodNotAllowed {
         headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"));

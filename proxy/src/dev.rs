@@ -7,8 +7,9 @@ use anyhow::Context;
 use certs::dev::{DevCa, WorkloadApiServer, WorkloadApiServerConfig, write_svid_files};
 use certs::{SpiffeId, TrustDomain};
 
-use crate::cli::{CaCommand, DevCommand, WorkloadApiArgs};
+use crate::cli::{CaCommand, DevCommand, TokenArgs, WorkloadApiArgs};
 use crate::config::parse_duration;
+use crate::dev_idp::{DevIdp, TokenSpec};
 
 pub fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
@@ -20,7 +21,40 @@ pub fn run(command: DevCommand) -> anyhow::Result<()> {
         }
         DevCommand::Ca(CaCommand::Issue { dir, id, out, ttl }) => issue(&dir, &id, &out, &ttl),
         DevCommand::WorkloadApi(args) => workload_api(args),
+        DevCommand::Idp { dir, listen } => idp(&dir, listen),
+        DevCommand::Token(args) => token(args),
     }
+}
+
+fn idp(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    runtime.block_on(async {
+        let idp = DevIdp::open(dir)?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        idp.set_address(addr)?;
+        println!("dev idp on http://{addr} (discovery: http://{addr}/<tenant>/v2.0/.well-known/openid-configuration)");
+        tokio::select! {
+            () = idp.serve(listener) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let idp = DevIdp::open(&args.dir)?;
+    let spec = TokenSpec {
+        tenant: args.tid,
+        audiences: args.aud.split(',').map(str::to_owned).collect(),
+        oid: args.oid.unwrap_or_else(|| args.azp.clone()),
+        client_id: args.azp,
+        roles: args.roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+        ttl: parse_duration(&args.ttl).map_err(anyhow::Error::msg).context("--ttl")?,
+        v1: args.v1,
+    };
+    println!("{}", idp.token(&spec)?);
+    Ok(())
 }
 
 fn issue(dir: &Path, id: &str, out: &Path, ttl: &str) -> anyhow::Result<()> {

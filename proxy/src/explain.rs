@@ -51,7 +51,8 @@ pub fn explain(config: &Config, caller: &str, method: &str, path: &str) -> Resul
     );
 
     let policy = config.policy.as_ref().ok_or("`policy` is required with `inbound`")?;
-    let engine = crate::policy_store::load(policy, config.env.as_ref()).map_err(|e| e.to_string())?;
+    let engine =
+        crate::policy_store::load(policy, config.env.as_ref(), config.jwt.as_ref()).map_err(|e| e.to_string())?;
     let v = engine.decide(policy::engine::Request { caller: &caller, method, path: canonical.for_matching() });
     let entry = v.entry.and_then(|i| engine.doc().entries.get(i));
     let ids = v.decision.policy_ids.join(", ");
@@ -68,9 +69,7 @@ pub fn explain(config: &Config, caller: &str, method: &str, path: &str) -> Resul
                 &mut out,
                 "oauth",
                 false,
-                &format!(
-                    "jwks_unavailable: the rule requires a JWT (roles: {roles}) and JWT validation is not configured"
-                ),
+                &format!("jwt_required: the rule requires a bearer JWT (roles: {roles}) bound to this caller"),
             );
             Ok((out, false))
         }

@@ -28,6 +28,8 @@ use crate::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_TRUST_DOMAIN,
 };
 use crate::metrics::Metrics;
+use crate::oauth::Oauth;
+use crate::pipeline::{self, RequestFacts};
 use crate::policy_store::PolicyStore;
 use crate::request_id::RequestIds;
 use crate::server::{self, ConnectionEnds};
@@ -48,6 +50,7 @@ pub struct Inbound {
     metrics: Arc<Metrics>,
     policy: Arc<PolicyStore>,
     mode: PolicyMode,
+    oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
 }
 
 /// What is known about one accepted connection.
@@ -65,6 +68,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         policy: Arc<PolicyStore>,
         mode: PolicyMode,
+        oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
     ) -> Result<Arc<Self>, rustls::Error> {
         let mut tls = certs::tls::server_config(identity, allowlist.clone())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -83,6 +87,7 @@ impl Inbound {
             metrics,
             policy,
             mode,
+            oauth,
         }))
     }
 
@@ -189,7 +194,7 @@ impl Inbound {
             return Err(Reason::MethodNotAllowed);
         }
         let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
-        self.layers(conn, request.method().as_str(), &path, request_id)?;
+        self.layers(conn, &request, &path, request_id).await?;
         let uri = upstream_uri(&self.config.upstream, &path, request.uri().query())?;
 
         let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
@@ -215,21 +220,21 @@ impl Inbound {
 
     /// Layers 2-4 on one snapshot of the policy. In shadow mode a deny is
     /// logged and counted as `shadow_deny`, and the request goes on.
-    fn layers(&self, conn: &Conn, method: &str, path: &CanonicalPath, request_id: &str) -> Result<(), Reason> {
+    async fn layers(
+        &self,
+        conn: &Conn,
+        request: &Request<Incoming>,
+        path: &CanonicalPath,
+        request_id: &str,
+    ) -> Result<(), Reason> {
         let loaded = self.policy.current();
-        let started = std::time::Instant::now();
-        let verdict =
-            loaded.engine.decide(policy::engine::Request { caller: &conn.peer.id, method, path: path.for_matching() });
-        self.metrics.policy_eval_duration_seconds.observe(started.elapsed().as_secs_f64());
-        if !verdict.decision.allow {
-            self.deny_or_shadow(verdict.decision.reason, &verdict.decision.policy_ids, conn, request_id)?;
+        let oauth = self.oauth.load_full();
+        let facts =
+            RequestFacts { caller: &conn.peer.id, method: request.method().as_str(), path, headers: request.headers() };
+        match pipeline::evaluate(&loaded, oauth.as_deref(), facts, Some(&self.metrics)).await {
+            Ok(()) => Ok(()),
+            Err(denial) => self.deny_or_shadow(denial.reason, &denial.policy_ids, conn, request_id),
         }
-        let rule = verdict.entry.zip(verdict.rule).and_then(|(e, r)| loaded.engine.doc().entries.get(e)?.rules.get(r));
-        if rule.is_some_and(|r| r.require_jwt) {
-            // Layer 3 (JWT validation) is not built yet: a rule that needs a token fails closed.
-            self.deny_or_shadow(Reason::JwksUnavailable, &verdict.decision.policy_ids, conn, request_id)?;
-        }
-        Ok(())
     }
 
     fn deny_or_shadow(

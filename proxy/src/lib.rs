@@ -14,12 +14,17 @@ pub mod demo;
 pub mod deny;
 #[cfg(feature = "dev")]
 pub mod dev;
+#[cfg(feature = "dev")]
+pub mod dev_idp;
 pub mod explain;
+pub mod facts;
 pub mod headers;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;
+pub mod oauth;
 pub mod outbound;
+pub mod pipeline;
 pub mod policy_store;
 pub mod probe;
 pub mod request_id;

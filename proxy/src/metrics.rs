@@ -15,6 +15,7 @@ pub struct Metrics {
     requests_total: IntCounterVec,
     tls_handshakes_total: IntCounterVec,
     policy_reloads_total: IntCounterVec,
+    jwks_refresh_total: IntCounterVec,
     pub policy_eval_duration_seconds: prometheus::Histogram,
 }
 
@@ -40,6 +41,9 @@ impl Metrics {
             prometheus::HistogramOpts::new("policy_eval_duration_seconds", "Layer 2 evaluation time")
                 .buckets(vec![0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_5, 0.001]),
         )?;
+        let jwks_refresh_total =
+            IntCounterVec::new(Opts::new("jwks_refresh_total", "JWKS fetches by result (ok or error)"), &["result"])?;
+        registry.register(Box::new(jwks_refresh_total.clone()))?;
         registry.register(Box::new(policy_reloads_total.clone()))?;
         registry.register(Box::new(policy_eval_duration_seconds.clone()))?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
@@ -60,8 +64,13 @@ impl Metrics {
             requests_total,
             tls_handshakes_total,
             policy_reloads_total,
+            jwks_refresh_total,
             policy_eval_duration_seconds,
         })
+    }
+
+    pub fn jwks_refresh(&self, result: &'static str) {
+        self.jwks_refresh_total.with_label_values(&[result]).inc();
     }
 
     pub fn policy_reload(&self, result: &'static str) {

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use policy::{CompileOptions, PolicyEngine, PolicyError, Source};
 
-use crate::config::{Env, PolicyConfig};
+use crate::config::{Env, JwtSection, PolicyConfig};
 use crate::metrics::Metrics;
 
 /// Why the policy files could not be turned into an engine.
@@ -19,6 +19,8 @@ pub enum LoadError {
     Read { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error("`{file}`: {why}")]
+    Unverifiable { file: PathBuf, why: String },
 }
 
 /// The engine in force and when it was loaded.
@@ -32,10 +34,12 @@ pub struct Loaded {
 pub struct PolicyStore {
     current: ArcSwap<Loaded>,
     metrics: Arc<Metrics>,
+    jwt: Option<JwtSection>,
 }
 
-/// Reads the policy files and builds the engine (parse, enrich, validate, compile).
-pub fn load(config: &PolicyConfig, env: &dyn Env) -> Result<PolicyEngine, LoadError> {
+/// Reads the policy files and builds the engine (parse, enrich, validate,
+/// compile), and checks that its `require_jwt` rules can be enforced with `jwt`.
+pub fn load(config: &PolicyConfig, env: &dyn Env, jwt: Option<&JwtSection>) -> Result<PolicyEngine, LoadError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path)
             .map(|text| Source { name: path.display().to_string(), text })
@@ -44,13 +48,16 @@ pub fn load(config: &PolicyConfig, env: &dyn Env) -> Result<PolicyEngine, LoadEr
     let reference = read(&config.file)?;
     let cedar = config.cedar.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
     let options = CompileOptions { case_insensitive_paths: config.case_insensitive_paths };
-    Ok(PolicyEngine::build(&reference, &cedar, &|name| env.get(name), options)?)
+    let engine = PolicyEngine::build(&reference, &cedar, &|name| env.get(name), options)?;
+    crate::oauth::check_policy(engine.doc(), jwt)
+        .map_err(|why| LoadError::Unverifiable { file: config.file.clone(), why })?;
+    Ok(engine)
 }
 
 impl PolicyStore {
-    pub fn new(engine: PolicyEngine, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(engine: PolicyEngine, metrics: Arc<Metrics>, jwt: Option<JwtSection>) -> Arc<Self> {
         let loaded = Loaded { engine, loaded_at: SystemTime::now(), generation: 1 };
-        Arc::new(Self { current: ArcSwap::from_pointee(loaded), metrics })
+        Arc::new(Self { current: ArcSwap::from_pointee(loaded), metrics, jwt })
     }
 
     /// The policy in force: one consistent snapshot for a whole request.
@@ -61,7 +68,7 @@ impl PolicyStore {
     /// Builds a new engine from `config` and swaps it in; on error the
     /// running policy stays and the error is logged and counted.
     pub fn reload(&self, config: &PolicyConfig, env: &dyn Env) -> Result<(), LoadError> {
-        match load(config, env) {
+        match load(config, env, self.jwt.as_ref()) {
             Ok(engine) => {
                 let generation = self.current.load().generation + 1;
                 self.current.store(Arc::new(Loaded { engine, loaded_at: SystemTime::now(), generation }));

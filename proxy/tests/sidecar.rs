@@ -16,6 +16,7 @@ mod sidecar {
     pub mod dataplane;
     pub mod demo;
     pub mod hostile;
+    pub mod jwt;
     pub mod mesh;
     pub mod outbound;
     pub mod rbac;

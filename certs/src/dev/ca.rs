@@ -28,8 +28,62 @@ pub struct DevCa {
     cert: CertificateDer<'static>,
     cert_pem: String,
     key: KeyPair,
-    jwt_key_pem: String,
-    jwt_kid: String,
+    jwt_key: JwtKey,
+}
+
+/// An RS256 signing key with its `kid` (the RFC 7638 thumbprint): signs
+/// JWT-SVIDs for the dev CA and access tokens for the dev IdP.
+pub struct JwtKey {
+    pem: String,
+    kid: String,
+}
+
+impl JwtKey {
+    /// A fresh RSA 2048 key.
+    pub fn generate() -> Result<Self, DevError> {
+        Self::from_pem(KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?.serialize_pem())
+    }
+
+    pub fn from_pem(pem: String) -> Result<Self, DevError> {
+        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes())?;
+        let kid = Jwk::from_encoding_key(&encoding, Algorithm::RS256)?.thumbprint(ThumbprintHash::SHA256)?;
+        Ok(Self { pem, kid })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The private key in PEM, for writing to a dev directory. Never log it.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The public key as a JWK with `kid`, `alg` and `use: sig`.
+    pub fn jwk(&self) -> Result<Jwk, DevError> {
+        let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(self.pem.as_bytes())?, Algorithm::RS256)?;
+        jwk.common.key_id = Some(self.kid.clone());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        Ok(jwk)
+    }
+
+    /// Signs `claims` with an RS256 header naming this key.
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, DevError> {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("JWT".into());
+        self.sign_with_header(&header, claims)
+    }
+
+    /// Signs with a caller-made header (tests craft hostile headers with it).
+    pub fn sign_with_header(&self, header: &Header, claims: &serde_json::Value) -> Result<String, DevError> {
+        Ok(jsonwebtoken::encode(header, claims, &EncodingKey::from_rsa_pem(self.pem.as_bytes())?)?)
+    }
+
+    /// The public key in PEM (SubjectPublicKeyInfo).
+    pub fn public_pem(&self) -> Result<String, DevError> {
+        Ok(KeyPair::from_pem(&self.pem)?.public_key_pem())
+    }
 }
 
 /// What to put in a leaf: tests use it to make deliberately bad SVIDs.
@@ -59,8 +113,7 @@ impl DevCa {
     pub fn generate(trust_domain: &TrustDomain) -> Result<Self, DevError> {
         let key = KeyPair::generate()?;
         let cert = ca_params(trust_domain)?.self_signed(&key)?;
-        let jwt_key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;
-        Self::assemble(trust_domain.clone(), cert.pem(), key, jwt_key.serialize_pem())
+        Self::assemble(trust_domain.clone(), cert.pem(), key, JwtKey::generate()?)
     }
 
     /// Generates a CA and writes it to `dir` (`ca.pem`, `ca_key.pem`, `jwt_key.pem`).
@@ -74,7 +127,7 @@ impl DevCa {
         std::fs::create_dir_all(dir).map_err(|source| DevError::Io { path: dir.into(), source })?;
         write_file(&dir.join(CA_FILE), self.cert_pem.as_bytes(), false)?;
         write_file(&dir.join(CA_KEY_FILE), self.key.serialize_pem().as_bytes(), true)?;
-        write_file(&dir.join(JWT_KEY_FILE), self.jwt_key_pem.as_bytes(), true)
+        write_file(&dir.join(JWT_KEY_FILE), self.jwt_key.pem.as_bytes(), true)
     }
 
     /// Loads a CA written by [`Self::init`]; its trust domain comes from the CA's URI SAN.
@@ -87,20 +140,13 @@ impl DevCa {
         let key = KeyPair::from_pem(&read(CA_KEY_FILE)?)?;
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| DevError::NotACa(dir.into()))?;
         let td = ca_trust_domain(&cert).ok_or_else(|| DevError::NotACa(dir.into()))?;
-        Self::assemble(td, cert_pem, key, read(JWT_KEY_FILE)?)
+        Self::assemble(td, cert_pem, key, JwtKey::from_pem(read(JWT_KEY_FILE)?)?)
     }
 
-    fn assemble(
-        trust_domain: TrustDomain,
-        cert_pem: String,
-        key: KeyPair,
-        jwt_key_pem: String,
-    ) -> Result<Self, DevError> {
+    fn assemble(trust_domain: TrustDomain, cert_pem: String, key: KeyPair, jwt_key: JwtKey) -> Result<Self, DevError> {
         let cert =
             CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| DevError::NotACa("ca.pem".into()))?;
-        let encoding = EncodingKey::from_rsa_pem(jwt_key_pem.as_bytes())?;
-        let jwt_kid = Jwk::from_encoding_key(&encoding, Algorithm::RS256)?.thumbprint(ThumbprintHash::SHA256)?;
-        Ok(Self { trust_domain, cert, cert_pem, key, jwt_key_pem, jwt_kid })
+        Ok(Self { trust_domain, cert, cert_pem, key, jwt_key })
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -165,28 +211,27 @@ impl DevCa {
             "iat": now,
             "exp": now + ttl.as_secs(),
         });
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.jwt_kid.clone());
-        header.typ = Some("JWT".into());
-        let key = EncodingKey::from_rsa_pem(self.jwt_key_pem.as_bytes())?;
-        Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+        self.jwt_key.sign(&claims)
     }
 
     /// The JWT bundle: a JWKS with the public key, `kid` set.
     pub fn jwt_bundle(&self) -> Result<JwkSet, DevError> {
-        let key = EncodingKey::from_rsa_pem(self.jwt_key_pem.as_bytes())?;
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256)?;
-        jwk.common.key_id = Some(self.jwt_kid.clone());
-        Ok(JwkSet { keys: vec![jwk] })
+        Ok(JwkSet { keys: vec![self.jwt_key.jwk()?] })
     }
 
     pub fn jwt_kid(&self) -> &str {
-        &self.jwt_kid
+        self.jwt_key.kid()
     }
 
-    /// The PEM of the JWT signing key, for the Workload API server's validation.
-    pub(crate) fn jwt_key_pem(&self) -> &str {
-        &self.jwt_key_pem
+    /// The JWT-SVID signing key.
+    pub fn jwt_key(&self) -> &JwtKey {
+        &self.jwt_key
+    }
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKey").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 

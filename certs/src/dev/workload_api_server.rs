@@ -299,8 +299,7 @@ impl SpiffeWorkloadApi for Service {
 
 /// The public half of a CA's JWT key, as a PEM `DecodingKey` accepts.
 fn public_pem(ca: &DevCa) -> Result<String, Status> {
-    let key = rcgen::KeyPair::from_pem(ca.jwt_key_pem()).map_err(internal)?;
-    Ok(key.public_key_pem())
+    ca.jwt_key().public_pem().map_err(internal)
 }
 
 fn to_prost(value: serde_json::Value) -> prost_types::Value {

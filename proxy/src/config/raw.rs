@@ -18,6 +18,19 @@ pub struct RawConfig {
     pub inbound: Option<RawInbound>,
     pub outbound: Option<RawOutbound>,
     pub policy: Option<RawPolicyConfig>,
+    pub jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub tenant_id: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub authority: Option<String>,
+    pub leeway: Option<String>,
+    pub allow_unbound_tokens: Option<bool>,
+    pub refresh: Option<String>,
+    pub refetch_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -162,6 +162,13 @@ fn sigterm_exits_0() {
 }
 
 fn reference_config(dir: &std::path::Path) -> String {
+    reference_config_with(
+        dir,
+        "jwt: {tenant_id: aaaaaaaa-0000-4000-8000-000000000001, audiences: ['api://budget-backend']}\n",
+    )
+}
+
+fn reference_config_with(dir: &std::path::Path, extra: &str) -> String {
     let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/reference-policy/spiffe-rbac-policy.yaml");
     write(
         dir,
@@ -172,7 +179,7 @@ inbound:
   upstream: 'http://127.0.0.1:8000'
   allowed_callers: ['spiffe://aim.microsoft.com/ests/bp/*/aid/*']
 policy: {{file: '{policy}'}}
-"
+{extra}"
         ),
     )
 }
@@ -182,7 +189,9 @@ fn reference_env(cmd: &mut std::process::Command) -> &mut std::process::Command 
         let id = name.to_ascii_lowercase().replace('_', "-");
         cmd.env(format!("SPIFFE_PREFIX_{name}"), format!("spiffe://aim.microsoft.com/ests/bp/b1/aid/{id}"));
     }
-    cmd.env("SPIFFE_ID_GOOGLE_BUDGET_READER", "spiffe://gcp.aim.microsoft.com/ests/bp/g1/aid/google")
+    cmd.env("ENTRA_ID_BUDGET_REPORT", "00000000-0000-4000-8000-0000000000a1")
+        .env("ENTRA_ID_BUDGET_APPROVAL", "00000000-0000-4000-8000-0000000000a2")
+        .env("SPIFFE_ID_GOOGLE_BUDGET_READER", "spiffe://gcp.aim.microsoft.com/ests/bp/g1/aid/google")
         .env("ENTRA_ID_GOOGLE_BUDGET_READER", "11111111-0000-0000-0000-000000000001")
         .env("SPIFFE_ID_GITHUB_BUDGET_READER", "spiffe://aim.microsoft.com/ests/bp/gh/aid/github")
         .env("ENTRA_ID_GITHUB_BUDGET_READER", "11111111-0000-0000-0000-000000000002")
@@ -211,6 +220,25 @@ fn check_reports_the_samples_deployment_gaps_then_passes_with_them_filled() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let summary = text(&out.stdout);
     assert!(summary.contains("6 caller entries, 10 rules"), "{summary}");
+
+    // Rules that require a token need a `jwt` section, and a way to bind the token to the caller.
+    let no_jwt = reference_config_with(dir.path(), "");
+    let out = reference_env(bin().args(["check", "--config", &no_jwt])).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("entry `budget-report` rules[0] has `require_jwt` but the config has no `jwt` section")
+    );
+    let config = reference_config(dir.path());
+    let out = reference_env(bin().args(["check", "--config", &config]))
+        .env_remove("ENTRA_ID_BUDGET_REPORT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("neither `entra_agent_id` nor `entra_app_id`")
+            && text(&out.stderr).contains("ENTRA_ID_BUDGET_REPORT")
+    );
 }
 
 #[test]
@@ -237,7 +265,7 @@ fn explain_names_the_deciding_layer_and_policy() {
     assert!(
         out.contains("canonical path `/budget/read`")
             && out.contains("budget-report/rules/0")
-            && out.contains("requires a JWT (roles: Budget.Read)"),
+            && out.contains("requires a bearer JWT (roles: Budget.Read)"),
         "{out}"
     );
     let (code, out, _) = explain("spiffe://other.example/x", "GET", "/");

@@ -142,7 +142,8 @@ async fn oversized_heads_get_431_and_slow_clients_are_cut_off() {
 
 /// A backend sidecar like the mesh's, with short limits.
 async fn short_limits_backend(mesh: &Mesh) -> proxy::app::App {
-    let yaml = super::mesh::backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT])
+    let yaml = (super::mesh::backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT])
+        + &super::mesh::jwt_yaml(&mesh.idp.authority()))
         .replace("upstream_response_timeout: 10s", "upstream_response_timeout: 300ms\n  idle_timeout: 300ms");
     let path = mesh.dir.path().join("short.yaml");
     std::fs::write(&path, yaml).unwrap();

@@ -19,6 +19,12 @@ pub const TRUST_DOMAIN: &str = "aim.microsoft.com";
 pub const BACKEND: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-backend";
 pub const REPORT: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report";
 pub const MENUS: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus";
+pub const APPROVAL: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-approval";
+pub const TENANT: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+pub const AUDIENCE: &str = "api://budget-backend";
+/// Service principal object IDs (`oid`) of the callers' Entra agent identities.
+pub const REPORT_OID: &str = "00000000-0000-4000-8000-0000000000a1";
+pub const APPROVAL_OID: &str = "00000000-0000-4000-8000-0000000000a2";
 
 /// The backend's policy in most tests: both callers may do anything, so the
 /// tests see Layer 1 and the HTTP handling alone.
@@ -39,6 +45,8 @@ pub fn reference_policy() -> (String, proxy::config::MapEnv) {
         env = env.with(&format!("SPIFFE_PREFIX_{key}"), &format!("spiffe://aim.microsoft.com/ests/bp/b1/aid/{name}"));
     }
     env = env
+        .with("ENTRA_ID_BUDGET_REPORT", REPORT_OID)
+        .with("ENTRA_ID_BUDGET_APPROVAL", APPROVAL_OID)
         .with("SPIFFE_ID_GOOGLE_BUDGET_READER", "spiffe://gcp.aim.microsoft.com/ests/bp/g1/aid/google")
         .with("ENTRA_ID_GOOGLE_BUDGET_READER", "11111111-0000-0000-0000-000000000001")
         .with("SPIFFE_ID_GITHUB_BUDGET_READER", "spiffe://aim.microsoft.com/ests/bp/gh/aid/github")
@@ -55,6 +63,9 @@ pub struct Mesh {
     pub policy_file: PathBuf,
     pub report: App,
     pub menus: App,
+    pub approval: App,
+    pub idp: Arc<proxy::dev_idp::DevIdp>,
+    _idp_task: tokio::task::JoinHandle<()>,
     _agents: Vec<WorkloadApiServer>,
 }
 
@@ -65,10 +76,17 @@ impl Mesh {
 
     /// A mesh whose backend enforces `policy` (reference YAML), enriched from `env`.
     pub async fn start_with_policy(policy: &str, env: proxy::config::MapEnv) -> Self {
+        Self::start_full(policy, env, false).await
+    }
+
+    /// As [`Self::start_with_policy`]; `jwks_down` starts the IdP's JWKS endpoint down.
+    pub async fn start_full(policy: &str, env: proxy::config::MapEnv, jwks_down: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let (idp, _, idp_task) = proxy::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+        idp.set_jwks_down(jwks_down);
         let ca = Arc::new(DevCa::generate(&TrustDomain::new(TRUST_DOMAIN).unwrap()).unwrap());
         let mut agents = Vec::new();
-        for (name, id) in [("backend", BACKEND), ("report", REPORT), ("menus", MENUS)] {
+        for (name, id) in [("backend", BACKEND), ("report", REPORT), ("menus", MENUS), ("approval", APPROVAL)] {
             let config = WorkloadApiServerConfig {
                 ca: ca.clone(),
                 id: id.parse().unwrap(),
@@ -82,7 +100,10 @@ impl Mesh {
         let policy_file = dir.path().join("policy.yaml");
         std::fs::write(&policy_file, policy).unwrap();
         let backend_config = dir.path().join("backend.yaml");
-        std::fs::write(&backend_config, backend_yaml(&dir.path().join("backend.sock"), app.addr, &[REPORT])).unwrap();
+        let jwt = jwt_yaml(&idp.authority());
+        std::fs::write(dir.path().join("jwt.yaml"), &jwt).unwrap();
+        let backend_yaml = backend_yaml(&dir.path().join("backend.sock"), app.addr, &[REPORT, APPROVAL]) + &jwt;
+        std::fs::write(&backend_config, backend_yaml).unwrap();
         let backend = start_app(Config::load_with_env(&backend_config, &env).unwrap()).await;
         let inbound = backend.inbound_addr.unwrap();
 
@@ -97,13 +118,28 @@ impl Mesh {
         };
         let report = start_app(caller("report")).await;
         let menus = start_app(caller("menus")).await;
-        Self { dir, ca, app, backend, backend_config, policy_file, report, menus, _agents: agents }
+        let approval = start_app(caller("approval")).await;
+        Self {
+            dir,
+            ca,
+            app,
+            backend,
+            backend_config,
+            policy_file,
+            report,
+            menus,
+            approval,
+            idp,
+            _idp_task: idp_task,
+            _agents: agents,
+        }
     }
 
     /// Rewrites the backend's `allowed_callers` and reloads it (what SIGHUP does).
     pub fn set_allowed(&self, callers: &[&str]) {
         let socket = self.dir.path().join("backend.sock");
-        std::fs::write(&self.backend_config, backend_yaml(&socket, self.app.addr, callers)).unwrap();
+        let jwt = std::fs::read_to_string(self.dir.path().join("jwt.yaml")).unwrap();
+        std::fs::write(&self.backend_config, backend_yaml(&socket, self.app.addr, callers) + &jwt).unwrap();
         self.backend.reload().unwrap();
     }
 
@@ -146,6 +182,13 @@ policy: {{file: policy.yaml}}
 ",
         socket.display(),
         callers.join(", ")
+    )
+}
+
+/// The backend's `jwt` section, pointing at the dev IdP.
+pub fn jwt_yaml(authority: &str) -> String {
+    format!(
+        "jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}', '11111111-2222-3333-4444-555555555555'], authority: '{authority}'}}\n"
     )
 }
 

@@ -22,7 +22,7 @@ async fn reference_policy_rbac_rows() {
     let reply = http(out, "GET", "budget-backend", "/budget/read", &[]).await;
     let (layer, reason) = reply.denied();
     assert_ne!(layer, "rbac", "RBAC allowed it");
-    assert_eq!((reply.status, layer.as_str(), reason.as_str()), (503, "oauth", "jwks_unavailable"));
+    assert_eq!((reply.status, layer.as_str(), reason.as_str()), (401, "oauth", "jwt_required"));
 
     // No rule for this path: default deny.
     let reply = http(out, "GET", "budget-backend", "/budget/other", &[]).await;

@@ -1,0 +1,234 @@
+//! A dev stand-in for Entra ID's token-validation endpoints: OIDC discovery
+//! and a JWKS over HTTP, key rotation and an outage switch at run time, and
+//! Entra-shaped v1/v2 access tokens signed by its current key. Its keys live
+//! in a directory so `a2a-sidecar dev token` signs what `dev idp` serves.
+//!
+//! Routes: `GET /{tenant}/v2.0/.well-known/openid-configuration`,
+//! `GET /{tenant}/discovery/v2.0/keys`, and admin routes
+//! `POST /admin/rotate[?drop_old=true]`, `POST /admin/jwks/{down,up}`,
+//! `GET /admin/stats`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use certs::dev::{DevError, JwtKey};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+const KEY_FILE: &str = "idp_key.pem";
+const URL_FILE: &str = "idp_url";
+
+/// What to put in a token.
+#[derive(Debug, Clone)]
+pub struct TokenSpec {
+    pub tenant: String,
+    pub audiences: Vec<String>,
+    /// `azp` (v2) or `appid` (v1).
+    pub client_id: String,
+    /// The service principal object ID.
+    pub oid: String,
+    pub roles: Vec<String>,
+    pub ttl: Duration,
+    pub v1: bool,
+}
+
+pub struct DevIdp {
+    dir: PathBuf,
+    /// Published keys; the last one signs.
+    keys: RwLock<Vec<Arc<JwtKey>>>,
+    base_url: RwLock<String>,
+    jwks_down: AtomicBool,
+    jwks_fetches: AtomicU64,
+}
+
+impl DevIdp {
+    /// Loads the signing key from `dir`, creating one on first use.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, DevError> {
+        let io = |source| DevError::Io { path: dir.into(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join(KEY_FILE);
+        let key = match std::fs::read_to_string(&path) {
+            Ok(pem) => JwtKey::from_pem(pem)?,
+            Err(_) => {
+                let key = JwtKey::generate()?;
+                write_secret(&path, key.pem())?;
+                key
+            }
+        };
+        let base_url =
+            std::fs::read_to_string(dir.join(URL_FILE)).unwrap_or_else(|_| "https://login.microsoftonline.com".into());
+        Ok(Arc::new(Self {
+            dir: dir.into(),
+            keys: RwLock::new(vec![Arc::new(key)]),
+            base_url: RwLock::new(base_url.trim().to_owned()),
+            jwks_down: AtomicBool::new(false),
+            jwks_fetches: AtomicU64::new(0),
+        }))
+    }
+
+    /// The authority tokens are issued under (`http://127.0.0.1:PORT` once serving).
+    pub fn authority(&self) -> String {
+        self.base_url.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The signing key (`open` and `rotate` always leave one).
+    pub fn current_key(&self) -> Option<Arc<JwtKey>> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner).last().cloned()
+    }
+
+    /// A new signing key; the old one stays published unless `drop_old`.
+    pub fn rotate(&self, drop_old: bool) -> Result<String, DevError> {
+        let key = JwtKey::generate()?;
+        write_secret(&self.dir.join(KEY_FILE), key.pem())?;
+        let kid = key.kid().to_owned();
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        if drop_old {
+            keys.clear();
+        }
+        keys.push(Arc::new(key));
+        Ok(kid)
+    }
+
+    /// While down, discovery and the JWKS answer 503.
+    pub fn set_jwks_down(&self, down: bool) {
+        self.jwks_down.store(down, Ordering::SeqCst);
+    }
+
+    /// How many times the JWKS was served.
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// The claims of an Entra access token per `spec` (v1 or v2 shape).
+    pub fn claims(&self, spec: &TokenSpec) -> Value {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let aud = match spec.audiences.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let mut claims = json!({
+            "aud": aud,
+            "iat": now,
+            "nbf": now,
+            "exp": now + spec.ttl.as_secs(),
+            "tid": spec.tenant,
+            "oid": spec.oid,
+            "sub": spec.oid,
+            "roles": spec.roles,
+        });
+        if let Some(map) = claims.as_object_mut() {
+            if spec.v1 {
+                map.insert("iss".into(), json!(format!("https://sts.windows.net/{}/", spec.tenant)));
+                map.insert("appid".into(), json!(spec.client_id));
+                map.insert("ver".into(), json!("1.0"));
+            } else {
+                map.insert("iss".into(), json!(format!("{}/{}/v2.0", self.authority(), spec.tenant)));
+                map.insert("azp".into(), json!(spec.client_id));
+                map.insert("ver".into(), json!("2.0"));
+            }
+        }
+        claims
+    }
+
+    /// A signed token per `spec`.
+    pub fn token(&self, spec: &TokenSpec) -> Result<String, DevError> {
+        self.current_key().ok_or_else(|| DevError::Serve("no signing key".into()))?.sign(&self.claims(spec))
+    }
+
+    /// Records where it serves (tokens' issuer, and the directory for `dev token`).
+    pub fn set_address(&self, addr: SocketAddr) -> Result<(), DevError> {
+        let url = format!("http://{addr}");
+        std::fs::write(self.dir.join(URL_FILE), &url)
+            .map_err(|source| DevError::Io { path: self.dir.clone(), source })?;
+        *self.base_url.write().unwrap_or_else(PoisonError::into_inner) = url;
+        Ok(())
+    }
+
+    /// Serves on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        let (_never, shutdown) = tokio::sync::watch::channel(false);
+        let handler = move |req| self.clone().handle(req);
+        crate::server::serve_http1(listener, handler, shutdown).await;
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let down = self.jwks_down.load(Ordering::SeqCst);
+        let response = match (req.method(), segments.as_slice()) {
+            (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) if !down => {
+                let base = self.authority();
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "issuer": format!("{base}/{tenant}/v2.0"),
+                        "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+                        "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                    }),
+                )
+            }
+            (&Method::GET, [_, "discovery", "v2.0", "keys"]) if !down => {
+                self.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+                let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner).clone();
+                let jwks: Vec<Value> = keys.iter().filter_map(|k| serde_json::to_value(k.jwk().ok()?).ok()).collect();
+                json_response(StatusCode::OK, &json!({ "keys": jwks }))
+            }
+            (&Method::GET, [_, "v2.0", ".well-known", "openid-configuration"] | [_, "discovery", "v2.0", "keys"]) => {
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "temporarily_unavailable"}))
+            }
+            (&Method::POST, ["admin", "rotate"]) => {
+                let drop_old = req.uri().query().is_some_and(|q| q.contains("drop_old=true"));
+                match self.rotate(drop_old) {
+                    Ok(kid) => json_response(StatusCode::OK, &json!({ "kid": kid })),
+                    Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": e.to_string() })),
+                }
+            }
+            (&Method::POST, ["admin", "jwks", state @ ("down" | "up")]) => {
+                self.set_jwks_down(*state == "down");
+                json_response(StatusCode::OK, &json!({ "jwks": state }))
+            }
+            (&Method::GET, ["admin", "stats"]) => {
+                let kid = self.current_key().map(|k| k.kid().to_owned());
+                json_response(StatusCode::OK, &json!({ "jwks_fetches": self.jwks_fetches(), "kid": kid }))
+            }
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+        };
+        Ok(response)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), DevError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| DevError::Io { path: path.into(), source };
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)
+}
+
+/// Starts a dev IdP on 127.0.0.1:0 (tests, the demo).
+pub async fn start(dir: &Path) -> anyhow::Result<(Arc<DevIdp>, SocketAddr, tokio::task::JoinHandle<()>)> {
+    let idp = DevIdp::open(dir)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    idp.set_address(addr)?;
+    let task = tokio::spawn(idp.clone().serve(listener));
+    Ok((idp, addr, task))
+}

@@ -1,0 +1,6 @@
+//! Facts the layers need from outside the sidecar (signing keys now; risk
+//! and tags later), fetched in the background and served from memory so the
+//! request path never waits on a remote call when the caches are warm.
+
+pub mod http;
+pub mod jwks;

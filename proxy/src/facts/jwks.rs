@@ -1,0 +1,139 @@
+//! The tenant's signing keys: OIDC discovery, then the JWKS; fetched at
+//! start (retrying until it works), refreshed in the background, and
+//! refetched when a token names an unknown `kid` (at most once per
+//! `refetch_interval`, concurrent misses sharing one fetch). A failed fetch
+//! keeps the last good keys.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use policy::jwt::KeySet;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::http::{FetchError, HttpClient};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("discovery: {0}")]
+    Discovery(FetchError),
+    #[error("discovery document has no `jwks_uri`")]
+    NoJwksUri,
+    #[error("jwks: {0}")]
+    Keys(FetchError),
+    #[error("jwks: {0}")]
+    Parse(String),
+}
+
+/// Where the keys come from and how often.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    /// `{authority}/{tenant}/v2.0/.well-known/openid-configuration`
+    pub discovery_url: String,
+    pub refresh: Duration,
+    pub refetch_interval: Duration,
+}
+
+/// Status for `/mgmt/oauth-status` and health.
+#[derive(Debug, Clone, Default)]
+pub struct JwksStatus {
+    pub last_refresh: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
+pub struct Jwks {
+    settings: JwksSettings,
+    client: HttpClient,
+    keys: ArcSwapOption<KeySet>,
+    status: ArcSwap<JwksStatus>,
+    /// When an unknown `kid` last caused a fetch; the lock makes concurrent misses share one.
+    last_refetch: Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Jwks {
+    pub fn new(settings: JwksSettings, client: HttpClient, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            client,
+            keys: ArcSwapOption::empty(),
+            status: ArcSwap::from_pointee(JwksStatus::default()),
+            last_refetch: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// Installs keys obtained elsewhere (benchmarks, and a pre-loaded JWKS file).
+    pub fn set_keys(&self, keys: KeySet) {
+        self.keys.store(Some(Arc::new(keys)));
+    }
+
+    /// The keys in force; `None` until the first successful fetch.
+    pub fn keys(&self) -> Option<Arc<KeySet>> {
+        self.keys.load_full()
+    }
+
+    pub fn status(&self) -> Arc<JwksStatus> {
+        self.status.load_full()
+    }
+
+    /// One fetch: discovery, then the JWKS. Success replaces the keys; a
+    /// failure keeps them and is recorded.
+    pub async fn fetch(&self) -> Result<(), JwksError> {
+        let result = self.fetch_keys().await;
+        match &result {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), "jwks refreshed");
+                self.keys.store(Some(Arc::new(keys.clone())));
+                self.status.store(Arc::new(JwksStatus { last_refresh: Some(SystemTime::now()), last_error: None }));
+                self.metrics.jwks_refresh("ok");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "jwks fetch failed; keeping the last good keys");
+                let last_refresh = self.status.load().last_refresh;
+                self.status.store(Arc::new(JwksStatus { last_refresh, last_error: Some(e.to_string()) }));
+                self.metrics.jwks_refresh("error");
+            }
+        }
+        result.map(|_| ())
+    }
+
+    async fn fetch_keys(&self) -> Result<KeySet, JwksError> {
+        let discovery = self.client.get(&self.settings.discovery_url).await.map_err(JwksError::Discovery)?;
+        let doc: serde_json::Value = serde_json::from_slice(&discovery).map_err(|e| JwksError::Parse(e.to_string()))?;
+        let jwks_uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or(JwksError::NoJwksUri)?;
+        let jwks = self.client.get(jwks_uri).await.map_err(JwksError::Keys)?;
+        KeySet::from_jwks(&jwks).map_err(JwksError::Parse)
+    }
+
+    /// Fetches at start until it succeeds (with backoff), then every `refresh`.
+    pub async fn refresh_forever(self: Arc<Self>) {
+        let mut backoff = certs::source::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        while self.fetch().await.is_err() {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        loop {
+            tokio::time::sleep(self.settings.refresh).await;
+            let _ = self.fetch().await;
+        }
+    }
+
+    /// Called when a token names `kid` and the keys do not have it: fetches
+    /// again unless that happened within `refetch_interval`. Returns the keys
+    /// in force afterwards.
+    pub async fn refetch_for(&self, kid: &str) -> Option<Arc<KeySet>> {
+        let mut last = self.last_refetch.lock().await;
+        // Another request may have fetched while this one waited for the lock.
+        if let Some(keys) = self.keys().filter(|k| k.contains(kid)) {
+            return Some(keys);
+        }
+        if last.is_some_and(|at| at.elapsed() < self.settings.refetch_interval) {
+            return self.keys();
+        }
+        *last = Some(Instant::now());
+        let _ = self.fetch().await;
+        self.keys()
+    }
+}

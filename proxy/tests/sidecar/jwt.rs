@@ -1,0 +1,232 @@
+//! Layer 3 through real sidecars and the dev IdP over HTTP: the bad-token
+//! suite, the reference matrix's JWT rows, and key rotation.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use certs::dev::JwtKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use proxy::dev_idp::TokenSpec;
+use serde_json::{Value, json};
+
+use super::mesh::{APPROVAL_OID, AUDIENCE, Mesh, REPORT_OID, TENANT, reference_policy};
+use super::support::{Reply, eventually, http};
+
+fn spec(oid: &str, roles: &[&str]) -> TokenSpec {
+    TokenSpec {
+        tenant: TENANT.into(),
+        audiences: vec![AUDIENCE.into()],
+        client_id: format!("client-{oid}"),
+        oid: oid.into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        ttl: Duration::from_secs(600),
+        v1: false,
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+async fn call(mesh: &Mesh, method: &str, path: &str, token: Option<&str>) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    http(mesh.report.outbound_addr.unwrap(), method, "budget-backend", path, &headers).await
+}
+
+/// A token with arbitrary header and claims, signed by `key` (RS256 over the exact bytes).
+fn raw_token(key: &JwtKey, header: &Value, payload: &[u8]) -> String {
+    let message = format!("{}.{}", B64.encode(header.to_string()), B64.encode(payload));
+    let encoding = EncodingKey::from_rsa_pem(key.pem().as_bytes()).unwrap();
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &encoding, Algorithm::RS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_get_their_documented_outcome() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    let key = mesh.idp.current_key().unwrap();
+    let kid = key.kid().to_owned();
+    let good = mesh.idp.claims(&spec(REPORT_OID, &["Budget.Read"]));
+    let with = |changes: &[(&str, Value)], removed: &[&str]| {
+        let mut claims = good.clone();
+        let map = claims.as_object_mut().unwrap();
+        for (k, v) in changes {
+            map.insert((*k).to_owned(), v.clone());
+        }
+        for k in removed {
+            map.remove(*k);
+        }
+        key.sign(&claims).unwrap()
+    };
+    let attacker = JwtKey::generate().unwrap();
+    let rs256 = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+    let public_pem = key.public_pem().unwrap();
+    let hs256_with_public_key = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(public_pem.as_bytes())).unwrap()
+    };
+    let embedded_jwk = {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(attacker.kid().to_owned());
+        header.jwk = Some(attacker.jwk().unwrap());
+        header.jku = Some("http://127.0.0.1:1/evil-jwks".into());
+        attacker.sign_with_header(&header, &good).unwrap()
+    };
+    let valid = key.sign(&good).unwrap();
+    let truncated = valid[..valid.len() - 10].to_owned();
+    let none_alg =
+        format!("{}.{}.", B64.encode(json!({"alg": "none", "kid": kid}).to_string()), B64.encode(good.to_string()));
+    let other_tenant = "bbbbbbbb-0000-4000-8000-000000000002";
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("alg none", none_alg, 401, "jwt_invalid"),
+        ("HS256 keyed with the RSA public key", hs256_with_public_key, 401, "jwt_invalid"),
+        ("unknown kid", attacker.sign(&good).unwrap(), 401, "jwt_invalid"),
+        (
+            "missing kid",
+            raw_token(&key, &json!({"alg": "RS256", "typ": "JWT"}), good.to_string().as_bytes()),
+            401,
+            "jwt_invalid",
+        ),
+        ("attacker key in jwk / jku", embedded_jwk, 401, "jwt_invalid"),
+        ("expired", with(&[("exp", json!(now() - 3600))], &[]), 401, "jwt_expired"),
+        ("nbf in the future", with(&[("nbf", json!(now() + 3600))], &[]), 401, "jwt_not_yet_valid"),
+        ("missing exp", with(&[], &["exp"]), 401, "jwt_invalid"),
+        ("wrong iss", with(&[("iss", json!("https://evil.example/v2.0"))], &[]), 401, "jwt_wrong_issuer"),
+        (
+            "other tenant",
+            with(
+                &[("iss", json!(format!("https://sts.windows.net/{other_tenant}/"))), ("tid", json!(other_tenant))],
+                &[],
+            ),
+            401,
+            "jwt_wrong_issuer",
+        ),
+        ("wrong tid", with(&[("tid", json!(other_tenant))], &[]), 401, "jwt_wrong_issuer"),
+        (
+            "aud array without a configured value",
+            with(&[("aud", json!(["api://other", "api://third"]))], &[]),
+            401,
+            "jwt_wrong_audience",
+        ),
+        (
+            "another app's token (v2)",
+            mesh.idp.token(&spec(APPROVAL_OID, &["Budget.Read"])).unwrap(),
+            403,
+            "jwt_caller_mismatch",
+        ),
+        (
+            "another app's token (v1)",
+            mesh.idp.token(&TokenSpec { v1: true, ..spec(APPROVAL_OID, &["Budget.Read"]) }).unwrap(),
+            403,
+            "jwt_caller_mismatch",
+        ),
+        ("missing role", mesh.idp.token(&spec(REPORT_OID, &["Budget.Submit"])).unwrap(), 403, "insufficient_roles"),
+        ("truncated signature", truncated, 401, "jwt_invalid"),
+        ("non-JSON payload", raw_token(&key, &rs256, b"not json at all"), 401, "jwt_invalid"),
+    ];
+    for (name, token, status, reason) in cases {
+        let reply = call(&mesh, "GET", "/budget/read", Some(&token)).await;
+        assert_eq!((reply.status, reply.denied()), (status, ("oauth".into(), reason.into())), "{name}");
+        if status == 401 {
+            let challenge = reply.headers.get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(challenge.as_deref(), Some("Bearer error=\"invalid_token\""), "{name}");
+        }
+        assert!(!reply.body.contains(&token), "{name}: the token is echoed");
+    }
+
+    let accepted: Vec<(&str, String)> = vec![
+        ("valid", valid),
+        ("expired within the leeway", with(&[("exp", json!(now() - 30))], &[])),
+        ("aud array with one configured value", with(&[("aud", json!(["api://other", AUDIENCE]))], &[])),
+        (
+            "v1 token of the caller",
+            mesh.idp.token(&TokenSpec { v1: true, ..spec(REPORT_OID, &["Budget.Read"]) }).unwrap(),
+        ),
+        ("client-ID audience form", with(&[("aud", json!("11111111-2222-3333-4444-555555555555"))], &[])),
+    ];
+    for (name, token) in accepted {
+        let reply = call(&mesh, "GET", "/budget/read", Some(&token)).await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.body);
+    }
+    assert_eq!(mesh.app.paths().len(), 5, "only the accepted tokens reached the app");
+
+    let huge = "a".repeat(40 * 1024);
+    assert_eq!(call(&mesh, "GET", "/budget/read", Some(&huge)).await.status, 431);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_matrix_jwt_rows() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    let reply = call(&mesh, "GET", "/budget/read", None).await;
+    assert_eq!((reply.status, reply.denied()), (401, ("oauth".into(), "jwt_required".into())));
+    assert_eq!(reply.headers.get("www-authenticate").unwrap(), "Bearer");
+
+    let wrong_role = mesh.idp.token(&spec(REPORT_OID, &["Budget.Submit"])).unwrap();
+    let reply = call(&mesh, "GET", "/budget/read", Some(&wrong_role)).await;
+    assert_eq!((reply.status, reply.denied()), (403, ("oauth".into(), "insufficient_roles".into())));
+
+    let read = mesh.idp.token(&spec(REPORT_OID, &["Budget.Read"])).unwrap();
+    assert_eq!(call(&mesh, "GET", "/budget/read", Some(&read)).await.status, 200);
+
+    let submit = mesh.idp.token(&spec(APPROVAL_OID, &["Budget.Read", "Budget.Submit"])).unwrap();
+    let approval = mesh.approval.outbound_addr.unwrap();
+    let auth = format!("Bearer {submit}");
+    let reply = http(approval, "POST", "budget-backend", "/budget/submit", &[("authorization", &auth)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(http(approval, "GET", "budget-backend", "/budget/read", &[("authorization", &auth)]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_keys_are_fetched_once_and_bursts_share_one_fetch() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    let read = |mesh: &Mesh| mesh.idp.token(&spec(REPORT_OID, &["Budget.Read"])).unwrap();
+    // Warm: keys loaded at start.
+    let first = read(&mesh);
+    eventually(Duration::from_secs(10), "keys loaded", || async {
+        (call(&mesh, "GET", "/budget/read", Some(&first)).await.status == 200).then_some(())
+    })
+    .await;
+    let before = mesh.idp.jwks_fetches();
+
+    // Mid-traffic rotation: the first token with the new kid passes after one refetch.
+    mesh.idp.rotate(false).unwrap();
+    let rotated = read(&mesh);
+    assert_eq!(call(&mesh, "GET", "/budget/read", Some(&rotated)).await.status, 200);
+    assert_eq!(mesh.idp.jwks_fetches(), before + 1);
+    // The old key is still published: its tokens still pass, from the cache or not.
+    assert_eq!(call(&mesh, "GET", "/budget/read", Some(&first)).await.status, 200);
+
+    // A burst of unknown kids within the refetch interval causes no further fetch.
+    let attacker = JwtKey::generate().unwrap();
+    let forged = attacker.sign(&mesh.idp.claims(&spec(REPORT_OID, &["Budget.Read"]))).unwrap();
+    let burst: Vec<_> = (0..10).map(|_| call(&mesh, "GET", "/budget/read", Some(&forged))).collect();
+    for reply in futures_util::future::join_all(burst).await {
+        assert_eq!((reply.status, reply.denied().1), (401, "jwt_invalid".into()));
+    }
+    assert_eq!(mesh.idp.jwks_fetches(), before + 1, "rate limited: no fetch within refetch_interval");
+
+    // JWKS endpoint down: the last good keys keep working.
+    mesh.idp.set_jwks_down(true);
+    assert_eq!(call(&mesh, "GET", "/budget/read", Some(&read(&mesh))).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_never_loaded_is_503_until_the_endpoint_comes_up() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_full(&policy, env, true).await;
+    let token = mesh.idp.token(&spec(REPORT_OID, &["Budget.Read"])).unwrap();
+    let reply = call(&mesh, "GET", "/budget/read", Some(&token)).await;
+    assert_eq!((reply.status, reply.denied()), (503, ("oauth".into(), "jwks_unavailable".into())));
+    mesh.idp.set_jwks_down(false);
+    eventually(Duration::from_secs(20), "keys loaded once the endpoint is up", || async {
+        (call(&mesh, "GET", "/budget/read", Some(&token)).await.status == 200).then_some(())
+    })
+    .await;
+}
