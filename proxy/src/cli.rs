@@ -31,6 +31,12 @@ pub enum Command {
         method: String,
         #[arg(long)]
         path: String,
+        /// A bearer token to check against Layer 3 (with --jwks).
+        #[arg(long, requires = "jwks")]
+        token: Option<String>,
+        /// The tenant's JWKS document (no network is used).
+        #[arg(long, requires = "token")]
+        jwks: Option<PathBuf>,
     },
     /// Exit 0 iff the sidecar's /readyz answers 200 (a HEALTHCHECK without curl).
     Probe {

@@ -10,7 +10,13 @@ use crate::config::Config;
 
 /// The verdict of every layer for one request, as printable text, and
 /// whether the request would be forwarded.
-pub fn explain(config: &Config, caller: &str, method: &str, path: &str) -> Result<(String, bool), String> {
+pub fn explain(
+    config: &Config,
+    caller: &str,
+    method: &str,
+    path: &str,
+    token: Option<(&str, &std::path::Path)>,
+) -> Result<(String, bool), String> {
     let mut out = String::new();
     let caller: SpiffeId = caller.parse().map_err(|e| format!("--caller `{caller}`: {e}"))?;
     let _ = writeln!(out, "request  {method} {path} from {caller}");
@@ -62,8 +68,13 @@ pub fn explain(config: &Config, caller: &str, method: &str, path: &str) -> Resul
         return Ok((out, false));
     }
     let rule = entry.zip(v.rule).and_then(|(e, r)| e.rules.get(r));
-    match rule {
-        Some(r) if r.require_jwt => {
+    match (rule, entry, token) {
+        (Some(r), Some(entry), Some((token, jwks))) if r.require_jwt => {
+            let (allow, detail) = check_token(config, entry, r, token, jwks)?;
+            verdict(&mut out, "oauth", allow, &detail);
+            Ok((out, allow))
+        }
+        (Some(r), _, _) if r.require_jwt => {
             let roles = if r.required_roles.is_empty() { "none".into() } else { r.required_roles.join(", ") };
             verdict(
                 &mut out,
@@ -78,4 +89,37 @@ pub fn explain(config: &Config, caller: &str, method: &str, path: &str) -> Resul
             Ok((out, true))
         }
     }
+}
+
+/// Layer 3 offline: the token against a JWKS file and the `jwt` section.
+fn check_token(
+    config: &Config,
+    entry: &policy::reference::Entry,
+    rule: &policy::reference::Rule,
+    token: &str,
+    jwks: &std::path::Path,
+) -> Result<(bool, String), String> {
+    let jwt = config.jwt.as_ref().ok_or("--token needs a `jwt` section in the config")?;
+    let keys = std::fs::read(jwks).map_err(|e| format!("--jwks `{}`: {e}", jwks.display()))?;
+    let keys = policy::jwt::KeySet::from_jwks(&keys).map_err(|e| format!("--jwks `{}`: {e}", jwks.display()))?;
+    let settings =
+        policy::jwt::JwtConfig::new(&jwt.authority, &jwt.tenant_id, jwt.audiences.clone(), jwt.leeway.as_secs());
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let claims = match policy::jwt::verify(token, &keys, &settings, now) {
+        Ok(Some(claims)) => claims,
+        Ok(None) => return Ok((false, "jwt_invalid: the token's kid is not in the JWKS file".into())),
+        Err(e) => return Ok((false, e.to_string())),
+    };
+    let bound = policy::jwt::bound_to(&claims, entry.entra_agent_id.as_deref(), entry.entra_app_id.as_deref());
+    if bound == Some(false) || (bound.is_none() && !jwt.allow_unbound_tokens) {
+        return Ok((false, "jwt_caller_mismatch: the token is not the caller's (oid / azp)".into()));
+    }
+    if !policy::jwt::has_roles(&claims, &rule.required_roles) {
+        return Ok((
+            false,
+            format!("insufficient_roles: needs {:?}, token has {:?}", rule.required_roles, claims.roles),
+        ));
+    }
+    Ok((true, format!("valid token (kid {}, roles {:?})", claims.kid, claims.roles)))
 }

@@ -43,9 +43,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Explain { caller, method, path } => {
+        Command::Explain { caller, method, path, token, jwks } => {
             let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
-            match proxy::explain::explain(&config, &caller, &method, &path) {
+            let token = token.zip(jwks);
+            match proxy::explain::explain(
+                &config,
+                &caller,
+                &method,
+                &path,
+                token.as_ref().map(|(t, j)| (t.as_str(), j.as_path())),
+            ) {
                 Ok((text, forwarded)) => {
                     print!("{text}");
                     println!("result   {}", if forwarded { "forwarded to the app" } else { "denied" });

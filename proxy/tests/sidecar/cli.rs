@@ -276,3 +276,57 @@ fn explain_names_the_deciding_layer_and_policy() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("result   forwarded"), "{out}");
 }
+
+#[test]
+fn dev_token_is_entra_shaped_and_explain_checks_it_offline() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let idp = dir.path().join("idp");
+    let out = run(&[
+        "dev",
+        "token",
+        "--dir",
+        idp.to_str().unwrap(),
+        "--aud",
+        "api://budget-backend",
+        "--azp",
+        "client-1",
+        "--oid",
+        "00000000-0000-4000-8000-0000000000a1",
+        "--roles",
+        "Budget.Read",
+        "--tid",
+        "aaaaaaaa-0000-4000-8000-000000000001",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["azp"], "client-1");
+    assert_eq!(claims["oid"], "00000000-0000-4000-8000-0000000000a1");
+    assert_eq!(claims["roles"], serde_json::json!(["Budget.Read"]));
+    assert_eq!(claims["iss"], "https://login.microsoftonline.com/aaaaaaaa-0000-4000-8000-000000000001/v2.0");
+
+    // The same key, as a JWKS file, lets `explain` run Layer 3 with no network.
+    let key = certs::dev::JwtKey::from_pem(std::fs::read_to_string(idp.join("idp_key.pem")).unwrap()).unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({"keys": [key.jwk().unwrap()]}).to_string()).unwrap();
+    let config = reference_config(dir.path());
+    let report = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report";
+    let explain = |token: &str| {
+        let out =
+            reference_env(bin().args(["explain", "--config", &config, "--caller", report, "--path", "/budget/read"]))
+                .args(["--token", token, "--jwks", jwks.to_str().unwrap()])
+                .output()
+                .unwrap();
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, out) = explain(&token);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("oauth    allow valid token"), "{out}");
+    let (code, out) = explain(&format!("{token}x"));
+    assert_eq!(code, Some(1));
+    assert!(out.contains("oauth    DENY  jwt_invalid"), "{out}");
+}

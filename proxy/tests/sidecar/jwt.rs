@@ -230,3 +230,28 @@ async fn keys_never_loaded_is_503_until_the_endpoint_comes_up() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_keys_and_changed_audiences_invalidate_cached_tokens() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    let old = mesh.idp.token(&spec(REPORT_OID, &["Budget.Read"])).unwrap();
+    eventually(Duration::from_secs(10), "warm", || async {
+        (call(&mesh, "GET", "/budget/read", Some(&old)).await.status == 200).then_some(())
+    })
+    .await;
+
+    // The old key leaves the JWKS; the next refetch (for the new kid) drops it.
+    mesh.idp.rotate(true).unwrap();
+    let new = mesh.idp.token(&spec(REPORT_OID, &["Budget.Read"])).unwrap();
+    assert_eq!(call(&mesh, "GET", "/budget/read", Some(&new)).await.status, 200);
+    let reply = call(&mesh, "GET", "/budget/read", Some(&old)).await;
+    assert_eq!((reply.status, reply.denied().1), (401, "jwt_invalid".into()), "a cached token of a removed key");
+
+    // A reload that changes the audiences applies at once, cached tokens included.
+    let jwt = super::mesh::jwt_yaml(&mesh.idp.authority()).replace(AUDIENCE, "api://something-else");
+    std::fs::write(mesh.dir.path().join("jwt.yaml"), jwt).unwrap();
+    mesh.set_allowed(&[super::mesh::REPORT, super::mesh::APPROVAL]);
+    let reply = call(&mesh, "GET", "/budget/read", Some(&new)).await;
+    assert_eq!((reply.status, reply.denied().1), (401, "jwt_wrong_audience".into()));
+}
