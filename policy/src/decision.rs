@@ -51,6 +51,14 @@ pub enum Reason {
     JwtCallerMismatch,
     InsufficientRoles,
     JwksUnavailable,
+    // risk (layer 4a)
+    AgentDisabled,
+    HighRiskAgentBlocked,
+    RiskUnavailable,
+    // tags (layer 4b)
+    AgentTagMismatch,
+    MissingRequiredTag,
+    TagsUnavailable,
     // route
     NoRoute,
     // upstream
@@ -124,6 +132,12 @@ impl Reason {
             Self::JwtCallerMismatch => "jwt_caller_mismatch",
             Self::InsufficientRoles => "insufficient_roles",
             Self::JwksUnavailable => "jwks_unavailable",
+            Self::AgentDisabled => "agent_disabled",
+            Self::HighRiskAgentBlocked => "high_risk_agent_blocked",
+            Self::RiskUnavailable => "risk_unavailable",
+            Self::AgentTagMismatch => "agent_tag_mismatch",
+            Self::MissingRequiredTag => "missing_required_tag",
+            Self::TagsUnavailable => "tags_unavailable",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamIdentityMismatch => "upstream_identity_mismatch",
@@ -151,6 +165,8 @@ impl Reason {
             | Self::JwtCallerMismatch
             | Self::InsufficientRoles
             | Self::JwksUnavailable => Layer::Oauth,
+            Self::AgentDisabled | Self::HighRiskAgentBlocked | Self::RiskUnavailable => Layer::Risk,
+            Self::AgentTagMismatch | Self::MissingRequiredTag | Self::TagsUnavailable => Layer::Tags,
             Self::NoRoute => Layer::Route,
             Self::UpstreamUnavailable
             | Self::UpstreamIdentityMismatch

@@ -1,7 +1,7 @@
-//! The per-request decision path with warm caches, layers 1 to 3: the
+//! The per-request decision path with warm caches, layers 1 to 4: the
 //! allow-list and certificate-expiry check, path canonicalisation, Layer 2
-//! (reference policy) and Layer 3 (a valid RS256 token, verified once and
-//! then served from the token cache). No sockets: this is the CPU the
+//! (reference policy), Layer 3 (a valid RS256 token, verified once and then
+//! served from the token cache), and Layers 4a/4b from local facts. No sockets: this is the CPU the
 //! layers add to a request.
 //!
 //!     cargo bench -p proxy --bench pipeline
@@ -19,6 +19,7 @@ use policy::jwt::KeySet;
 use policy::{CanonicalPath, PathOptions};
 use proxy::allowlist::AllowList;
 use proxy::config::{JwtSection, MapEnv, PolicyConfig, PolicyMode};
+use proxy::facts::governance::Governor;
 use proxy::facts::http::HttpClient;
 use proxy::facts::jwks::{Jwks, JwksSettings};
 use proxy::metrics::Metrics;
@@ -71,6 +72,11 @@ fn bench(c: &mut Criterion) {
     let key = JwtKey::generate().unwrap();
     jwks.set_keys(KeySet::from_jwks(serde_json::json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap());
     let oauth = Oauth::new(&jwt, jwks);
+    let config =
+        proxy::config::Config::parse(std::path::Path::new("bench.yaml"), "identity: {socket: unix:///x}", &env)
+            .unwrap();
+    let governor = Governor::new(config.risk, config.tags);
+    // The sample's target tag is `finance`, and budget-report carries it.
 
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     let token = key
@@ -90,11 +96,11 @@ fn bench(c: &mut Criterion) {
         let path = CanonicalPath::parse("/budget/read", PathOptions::default()).unwrap();
         let facts = RequestFacts { caller: &caller, method: "GET", path: &path, headers: &headers };
         // Warm caches: nothing awaits, so the future completes on first poll.
-        let result = pipeline::evaluate(&loaded, Some(&oauth), facts, Some(&metrics)).now_or_never();
+        let result = pipeline::evaluate(&loaded, Some(&oauth), &governor, facts, Some(&metrics)).now_or_never();
         assert_eq!(result, Some(Ok(())));
     };
     run(); // warms the decision and token caches (one RSA verification)
-    c.bench_function("layers 1-3, reference policy, cached valid JWT", |b| b.iter(&mut run));
+    c.bench_function("layers 1-4, reference policy, cached valid JWT", |b| b.iter(&mut run));
 
     c.bench_function("RS256 verification alone (a token cache miss)", |b| {
         let keys = KeySet::from_jwks(serde_json::json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap();

@@ -13,8 +13,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::allowlist::AllowList;
+use crate::config::FactSource;
 use crate::config::{self, Config, IdentityConfig};
 use crate::connections;
+use crate::facts::governance::Governor;
 use crate::facts::http::HttpClient;
 use crate::facts::jwks::{Jwks, JwksSettings};
 use crate::inbound::Inbound;
@@ -37,6 +39,8 @@ pub struct App {
     pub policy: Option<Arc<PolicyStore>>,
     /// Layer 3; replaced when a reload changes the `jwt` section.
     pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
+    /// Layers 4a and 4b, with the operator's pushes.
+    pub governor: Arc<Governor>,
     config_path: PathBuf,
     env: Arc<dyn config::Env>,
     shutdown: watch::Sender<bool>,
@@ -64,6 +68,10 @@ impl App {
         let handler = move |req| telemetry.clone().handle(req);
         servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
 
+        if config.risk.source == FactSource::Graph || config.tags.source == FactSource::Graph {
+            anyhow::bail!("`risk.source: graph` / `tags.source: graph` are not available in this build yet");
+        }
+        let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone()));
         let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
         if let Some(jwt) = &config.jwt {
             let settings = JwksSettings {
@@ -95,8 +103,16 @@ impl App {
                 .clone()
                 .zip(config.policy.as_ref().map(|p| p.mode))
                 .context("`policy` is required with `inbound`")?;
-            let server =
-                Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), store, mode, oauth.clone())?;
+            let server = Inbound::new(
+                cfg,
+                identity.clone(),
+                allowlist.clone(),
+                metrics.clone(),
+                store,
+                mode,
+                oauth.clone(),
+                governor.clone(),
+            )?;
             followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
             inbound = Some(server);
@@ -125,6 +141,7 @@ impl App {
             inbound,
             policy,
             oauth,
+            governor,
             config_path: config.path,
             env: config.env,
             shutdown,

@@ -55,6 +55,10 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
     /// Layer 3; required when a policy rule has `require_jwt`.
     pub jwt: Option<JwtSection>,
+    /// Layer 4a.
+    pub risk: RiskSection,
+    /// Layer 4b.
+    pub tags: TagsSection,
     /// The environment the config was read with; policy enrichment uses it on every reload.
     pub env: std::sync::Arc<dyn Env>,
 }
@@ -68,6 +72,40 @@ pub struct PolicyConfig {
     pub cedar: Vec<PathBuf>,
     pub mode: PolicyMode,
     pub case_insensitive_paths: bool,
+}
+
+/// Where a layer 4 fact comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactSource {
+    /// Pushed through the admin API (risk) or the policy's `ca.agent_tag` (tags).
+    Local,
+    Graph,
+}
+
+/// What a layer does when its facts cannot be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    Deny,
+    Allow,
+}
+
+/// Layer 4a.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskSection {
+    pub source: FactSource,
+    pub blocked_levels: Vec<crate::facts::governance::RiskLevel>,
+    pub refresh: Duration,
+    pub on_unavailable: OnUnavailable,
+}
+
+/// Layer 4b.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagsSection {
+    pub source: FactSource,
+    pub attribute_set: String,
+    pub attribute: String,
+    pub ttl: Duration,
+    pub on_unavailable: OnUnavailable,
 }
 
 /// Entra access-token validation (Layer 3).
@@ -157,6 +195,8 @@ impl Config {
             telemetry: ctx.telemetry(raw.telemetry)?,
             policy: ctx.policy(raw.policy, raw.inbound.is_some())?,
             jwt: raw.jwt.map(|j| ctx.jwt(j)).transpose()?,
+            risk: ctx.risk(raw.risk.unwrap_or_default())?,
+            tags: ctx.tags(raw.tags.unwrap_or_default())?,
             inbound: raw.inbound.map(|i| ctx.inbound(i)).transpose()?,
             outbound: raw.outbound.map(|o| ctx.outbound(o)).transpose()?,
             env: env.snapshot(),
@@ -316,6 +356,49 @@ impl Ctx<'_> {
                 raw.refetch_interval.as_deref(),
                 Duration::from_secs(300),
             )?,
+        })
+    }
+
+    fn on_unavailable(&self, field: &str, value: Option<&str>) -> Result<OnUnavailable, Error> {
+        match value.unwrap_or("deny") {
+            "deny" => Ok(OnUnavailable::Deny),
+            "allow" => Ok(OnUnavailable::Allow),
+            other => Err(self.invalid(field, format!("`{other}` is not one of deny, allow"))),
+        }
+    }
+
+    fn risk(&self, raw: raw::RawRisk) -> Result<RiskSection, Error> {
+        let source = match raw.source.as_deref().unwrap_or("mgmt") {
+            "mgmt" => FactSource::Local,
+            "graph" => FactSource::Graph,
+            other => return Err(self.invalid("risk.source", format!("`{other}` is not one of mgmt, graph"))),
+        };
+        let blocked_levels = raw
+            .blocked_levels
+            .unwrap_or_else(|| vec!["high".into()])
+            .iter()
+            .map(|l| l.parse().map_err(|why| self.invalid("risk.blocked_levels", why)))
+            .collect::<Result<_, _>>()?;
+        Ok(RiskSection {
+            source,
+            blocked_levels,
+            refresh: self.duration("risk.refresh", raw.refresh.as_deref(), Duration::from_secs(60))?,
+            on_unavailable: self.on_unavailable("risk.on_unavailable", raw.on_unavailable.as_deref())?,
+        })
+    }
+
+    fn tags(&self, raw: raw::RawTags) -> Result<TagsSection, Error> {
+        let source = match raw.source.as_deref().unwrap_or("policy") {
+            "policy" => FactSource::Local,
+            "graph" => FactSource::Graph,
+            other => return Err(self.invalid("tags.source", format!("`{other}` is not one of policy, graph"))),
+        };
+        Ok(TagsSection {
+            source,
+            attribute_set: raw.attribute_set.unwrap_or_else(|| "AgentIdentity".into()),
+            attribute: raw.attribute.unwrap_or_else(|| "Department".into()),
+            ttl: self.duration("tags.ttl", raw.ttl.as_deref(), Duration::from_secs(300))?,
+            on_unavailable: self.on_unavailable("tags.on_unavailable", raw.on_unavailable.as_deref())?,
         })
     }
 

@@ -23,7 +23,13 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         | Reason::NoMatchingRule
         | Reason::RuleDenied
         | Reason::JwtCallerMismatch
-        | Reason::InsufficientRoles => (StatusCode::FORBIDDEN, "forbidden"),
+        | Reason::InsufficientRoles
+        | Reason::AgentDisabled
+        | Reason::HighRiskAgentBlocked
+        | Reason::RiskUnavailable
+        | Reason::AgentTagMismatch
+        | Reason::MissingRequiredTag
+        | Reason::TagsUnavailable => (StatusCode::FORBIDDEN, "forbidden"),
         Reason::JwtRequired
         | Reason::JwtInvalid
         | Reason::JwtExpired

@@ -2,5 +2,6 @@
 //! and tags later), fetched in the background and served from memory so the
 //! request path never waits on a remote call when the caches are warm.
 
+pub mod governance;
 pub mod http;
 pub mod jwks;

@@ -24,6 +24,7 @@ use crate::body::{self, Activity, Body, Tracked};
 use crate::config::{InboundConfig, PolicyMode};
 use crate::connections::Connections;
 use crate::deny;
+use crate::facts::governance::Governor;
 use crate::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_TRUST_DOMAIN,
 };
@@ -51,6 +52,7 @@ pub struct Inbound {
     policy: Arc<PolicyStore>,
     mode: PolicyMode,
     oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
+    governor: Arc<Governor>,
 }
 
 /// What is known about one accepted connection.
@@ -69,6 +71,7 @@ impl Inbound {
         policy: Arc<PolicyStore>,
         mode: PolicyMode,
         oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
+        governor: Arc<Governor>,
     ) -> Result<Arc<Self>, rustls::Error> {
         let mut tls = certs::tls::server_config(identity, allowlist.clone())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -88,6 +91,7 @@ impl Inbound {
             policy,
             mode,
             oauth,
+            governor,
         }))
     }
 
@@ -231,7 +235,7 @@ impl Inbound {
         let oauth = self.oauth.load_full();
         let facts =
             RequestFacts { caller: &conn.peer.id, method: request.method().as_str(), path, headers: request.headers() };
-        match pipeline::evaluate(&loaded, oauth.as_deref(), facts, Some(&self.metrics)).await {
+        match pipeline::evaluate(&loaded, oauth.as_deref(), &self.governor, facts, Some(&self.metrics)).await {
             Ok(()) => Ok(()),
             Err(denial) => self.deny_or_shadow(denial.reason, &denial.policy_ids, conn, request_id),
         }

@@ -1,11 +1,13 @@
-//! Layers 2 and 3 for one request, on one snapshot of the policy: RBAC, then
-//! the token the matched rule requires. Layer 1 (the allow-list and the
-//! caller's certificate) has already run at the handshake and per request.
+//! Layers 2 to 4 for one request, on one snapshot of the policy: RBAC, the
+//! token the matched rule requires, then risk and tags. Layer 1 (the
+//! allow-list and the caller's certificate) has already run at the
+//! handshake and per request.
 
 use certs::SpiffeId;
 use hyper::HeaderMap;
 use policy::{CanonicalPath, Reason};
 
+use crate::facts::governance::Governor;
 use crate::metrics::Metrics;
 use crate::oauth::{Oauth, Outcome};
 use crate::policy_store::Loaded;
@@ -26,11 +28,13 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// Layer 2, then Layer 3. `oauth` is `None` without a `jwt` section (a
-/// policy that needs tokens is refused at load time then; this fails closed anyway).
+/// Layer 2, Layer 3, then Layers 4a and 4b; the first deny wins. `oauth`
+/// is `None` without a `jwt` section (a policy that needs tokens is refused
+/// at load time then; this fails closed anyway).
 pub async fn evaluate(
     loaded: &Loaded,
     oauth: Option<&Oauth>,
+    governor: &Governor,
     request: RequestFacts<'_>,
     metrics: Option<&Metrics>,
 ) -> Result<(), Denial> {
@@ -47,19 +51,24 @@ pub async fn evaluate(
     if !verdict.decision.allow {
         return Err(Denial { reason: verdict.decision.reason, policy_ids });
     }
-    let entry = verdict.entry.and_then(|e| loaded.engine.doc().entries.get(e));
-    let (Some(entry), Some(rule)) = (entry, entry.zip(verdict.rule).and_then(|(e, r)| e.rules.get(r))) else {
-        return Ok(());
+    let Some(entry) = verdict.entry.and_then(|e| loaded.engine.doc().entries.get(e)) else {
+        return Err(Denial { reason: Reason::NoCallerPolicy, policy_ids });
     };
-    let outcome = match oauth {
-        Some(oauth) => oauth.check(request.headers, entry, rule).await,
-        None if rule.require_jwt => {
+    let rule = verdict.rule.and_then(|r| entry.rules.get(r));
+    let outcome = match (rule, oauth) {
+        (None, _) => Ok(Outcome::NotRequired),
+        (Some(rule), Some(oauth)) => oauth.check(request.headers, entry, rule).await,
+        (Some(rule), None) if rule.require_jwt => {
             Err(policy::jwt::JwtError { reason: Reason::JwksUnavailable, detail: "no jwt configuration" })
         }
-        None => Ok(Outcome::NotRequired),
+        (Some(_), None) => Ok(Outcome::NotRequired),
     };
-    match outcome {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Denial { reason: e.reason, policy_ids }),
-    }
+    let claims = match outcome {
+        Ok(Outcome::Valid(claims)) => Some(claims),
+        Ok(Outcome::NotRequired) => None,
+        Err(e) => return Err(Denial { reason: e.reason, policy_ids }),
+    };
+    governor
+        .check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref())
+        .map_err(|reason| Denial { reason, policy_ids })
 }

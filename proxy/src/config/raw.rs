@@ -19,6 +19,27 @@ pub struct RawConfig {
     pub outbound: Option<RawOutbound>,
     pub policy: Option<RawPolicyConfig>,
     pub jwt: Option<RawJwt>,
+    pub risk: Option<RawRisk>,
+    pub tags: Option<RawTags>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRisk {
+    pub source: Option<String>,
+    pub blocked_levels: Option<Vec<String>>,
+    pub refresh: Option<String>,
+    pub on_unavailable: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTags {
+    pub source: Option<String>,
+    pub attribute_set: Option<String>,
+    pub attribute: Option<String>,
+    pub ttl: Option<String>,
+    pub on_unavailable: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

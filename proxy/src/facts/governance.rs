@@ -1,0 +1,151 @@
+//! Layers 4a and 4b: the caller's risk level and tag. Values pushed by an
+//! operator (the `/mgmt` API) always win over the configured source (an
+//! operator's quarantine must not be overridden); the policy's `ca` fields
+//! supply the rest.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{PoisonError, RwLock};
+
+use certs::SpiffeId;
+use policy::Reason;
+use policy::jwt::Claims;
+use policy::reference::{Entry, Governance, Rule};
+
+use crate::config::{RiskSection, TagsSection};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RiskLevel {
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskLevel {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+}
+
+impl FromStr for RiskLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "low" => Ok(Self::Low),
+            "medium" => Ok(Self::Medium),
+            "high" => Ok(Self::High),
+            other => Err(format!("`{other}` is not one of low, medium, high")),
+        }
+    }
+}
+
+impl fmt::Display for RiskLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Operator pushes, by caller SPIFFE ID.
+#[derive(Debug, Default)]
+pub struct Pushes {
+    risk: RwLock<HashMap<String, RiskLevel>>,
+    tags: RwLock<HashMap<String, String>>,
+}
+
+impl Pushes {
+    /// Sets (or with `None` removes) the pushed risk level of `caller`.
+    pub fn set_risk(&self, caller: &SpiffeId, level: Option<RiskLevel>) {
+        let mut map = self.risk.write().unwrap_or_else(PoisonError::into_inner);
+        match level {
+            Some(level) => map.insert(caller.to_string(), level),
+            None => map.remove(caller.as_str()),
+        };
+    }
+
+    pub fn risk(&self, caller: &SpiffeId) -> Option<RiskLevel> {
+        self.risk.read().unwrap_or_else(PoisonError::into_inner).get(caller.as_str()).copied()
+    }
+
+    /// Sets (or with `None` removes) the pushed tag of `caller`.
+    pub fn set_tag(&self, caller: &SpiffeId, tag: Option<String>) {
+        let mut map = self.tags.write().unwrap_or_else(PoisonError::into_inner);
+        match tag {
+            Some(tag) => map.insert(caller.to_string(), tag),
+            None => map.remove(caller.as_str()),
+        };
+    }
+
+    pub fn tag(&self, caller: &SpiffeId) -> Option<String> {
+        self.tags.read().unwrap_or_else(PoisonError::into_inner).get(caller.as_str()).cloned()
+    }
+
+    pub fn risks(&self) -> HashMap<String, RiskLevel> {
+        self.risk.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn tags(&self) -> HashMap<String, String> {
+        self.tags.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Layers 4a and 4b for one request, after Layers 2 and 3 allowed it.
+pub struct Governor {
+    pub pushes: Pushes,
+    pub risk: RiskSection,
+    pub tags: TagsSection,
+}
+
+impl Governor {
+    pub fn new(risk: RiskSection, tags: TagsSection) -> Self {
+        Self { pushes: Pushes::default(), risk, tags }
+    }
+
+    /// The caller's risk level: a push, else `low` (source `mgmt`).
+    pub fn risk_of(&self, caller: &SpiffeId) -> RiskLevel {
+        self.pushes.risk(caller).unwrap_or(RiskLevel::Low)
+    }
+
+    /// The caller's tag: a push, else the policy's `ca.agent_tag`.
+    pub fn tag_of(&self, caller: &SpiffeId, entry: &Entry) -> String {
+        self.pushes.tag(caller).unwrap_or_else(|| entry.ca.agent_tag.clone())
+    }
+
+    /// 4a then 4b. Agent state and the target tag apply when
+    /// `admin_governance.enabled` (as in the reference); blocked risk levels
+    /// and a rule's `required_tags` always apply.
+    pub fn check(
+        &self,
+        governance: &Governance,
+        caller: &SpiffeId,
+        entry: &Entry,
+        rule: Option<&Rule>,
+        claims: Option<&Claims>,
+    ) -> Result<(), Reason> {
+        if governance.enabled && entry.ca.disabled {
+            return Err(Reason::AgentDisabled);
+        }
+        if self.risk.blocked_levels.contains(&self.risk_of(caller)) {
+            return Err(Reason::HighRiskAgentBlocked);
+        }
+        if governance.enabled && !entry.ca.skip_target_tag_check {
+            let tag = self.tag_of(caller, entry);
+            if tag.is_empty() || tag != governance.target_agent_tag {
+                return Err(Reason::AgentTagMismatch);
+            }
+        }
+        let required = rule.map(|r| &r.required_tags).filter(|t| !t.is_empty());
+        if let Some(required) = required {
+            let matched = claims.is_some_and(|c| required.iter().all(|(k, v)| c.strings.get(k) == Some(v)));
+            if !matched {
+                return Err(Reason::MissingRequiredTag);
+            }
+        }
+        Ok(())
+    }
+}
