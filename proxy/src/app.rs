@@ -19,7 +19,7 @@ use crate::connections;
 use crate::facts::governance::Governor;
 use crate::facts::http::HttpClient;
 use crate::facts::jwks::{Jwks, JwksSettings};
-use crate::inbound::Inbound;
+use crate::inbound::{Inbound, Layers};
 use crate::metrics::Metrics;
 use crate::oauth::Oauth;
 use crate::outbound::Outbound;
@@ -103,16 +103,8 @@ impl App {
                 .clone()
                 .zip(config.policy.as_ref().map(|p| p.mode))
                 .context("`policy` is required with `inbound`")?;
-            let server = Inbound::new(
-                cfg,
-                identity.clone(),
-                allowlist.clone(),
-                metrics.clone(),
-                store,
-                mode,
-                oauth.clone(),
-                governor.clone(),
-            )?;
+            let layers = Layers { policy: store, mode, oauth: oauth.clone(), governor: governor.clone() };
+            let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), layers)?;
             followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
             inbound = Some(server);

@@ -49,10 +49,16 @@ pub struct Inbound {
     app: AppClient,
     ids: RequestIds,
     metrics: Arc<Metrics>,
-    policy: Arc<PolicyStore>,
-    mode: PolicyMode,
-    oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
-    governor: Arc<Governor>,
+    layers: Layers,
+}
+
+/// The state layers 2-4 read on every request.
+pub struct Layers {
+    pub policy: Arc<PolicyStore>,
+    pub mode: PolicyMode,
+    /// Layer 3; replaced when a reload changes the `jwt` section.
+    pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
+    pub governor: Arc<Governor>,
 }
 
 /// What is known about one accepted connection.
@@ -68,10 +74,7 @@ impl Inbound {
         identity: IdentityWatch,
         allowlist: Arc<AllowList>,
         metrics: Arc<Metrics>,
-        policy: Arc<PolicyStore>,
-        mode: PolicyMode,
-        oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
-        governor: Arc<Governor>,
+        layers: Layers,
     ) -> Result<Arc<Self>, rustls::Error> {
         let mut tls = certs::tls::server_config(identity, allowlist.clone())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -88,10 +91,7 @@ impl Inbound {
             app,
             ids: RequestIds::new(),
             metrics,
-            policy,
-            mode,
-            oauth,
-            governor,
+            layers,
         }))
     }
 
@@ -231,11 +231,12 @@ impl Inbound {
         path: &CanonicalPath,
         request_id: &str,
     ) -> Result<(), Reason> {
-        let loaded = self.policy.current();
-        let oauth = self.oauth.load_full();
+        let Layers { policy, oauth, governor, .. } = &self.layers;
+        let loaded = policy.current();
+        let oauth = oauth.load_full();
         let facts =
             RequestFacts { caller: &conn.peer.id, method: request.method().as_str(), path, headers: request.headers() };
-        match pipeline::evaluate(&loaded, oauth.as_deref(), &self.governor, facts, Some(&self.metrics)).await {
+        match pipeline::evaluate(&loaded, oauth.as_deref(), governor, facts, Some(&self.metrics)).await {
             Ok(()) => Ok(()),
             Err(denial) => self.deny_or_shadow(denial.reason, &denial.policy_ids, conn, request_id),
         }
@@ -248,7 +249,7 @@ impl Inbound {
         conn: &Conn,
         request_id: &str,
     ) -> Result<(), Reason> {
-        match self.mode {
+        match self.layers.mode {
             PolicyMode::Enforce => Err(reason),
             PolicyMode::Shadow => {
                 self.metrics.shadow_deny("inbound", reason.layer(), reason);
