@@ -69,6 +69,7 @@ pub enum Reason {
     UpstreamTimeout,
     // identity
     NotReady,
+    TokenUnavailable,
 }
 
 /// A decision: allow, or deny by one layer for one reason, with the policy
@@ -145,6 +146,7 @@ impl Reason {
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NotReady => "not_ready",
+            Self::TokenUnavailable => "token_unavailable",
         }
     }
 
@@ -173,7 +175,7 @@ impl Reason {
             | Self::UpstreamRejectedIdentity
             | Self::UpstreamError
             | Self::UpstreamTimeout => Layer::Upstream,
-            Self::NotReady => Layer::Identity,
+            Self::NotReady | Self::TokenUnavailable => Layer::Identity,
         }
     }
 }

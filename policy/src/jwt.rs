@@ -81,6 +81,16 @@ impl KeySet {
         Ok(Self { keys })
     }
 
+    /// The verification key for `kid`.
+    pub fn get(&self, kid: &str) -> Option<&DecodingKey> {
+        self.keys.get(kid).map(Arc::as_ref)
+    }
+
+    /// Adds every key of `other` (a union of trusted issuers).
+    pub fn extend(&mut self, other: KeySet) {
+        self.keys.extend(other.keys);
+    }
+
     pub fn contains(&self, kid: &str) -> bool {
         self.keys.contains_key(kid)
     }

@@ -16,7 +16,9 @@ use crate::allowlist::AllowList;
 use crate::config::FactSource;
 use crate::config::{self, Config, IdentityConfig};
 use crate::connections;
+use crate::facts::entra_token::EntraTokens;
 use crate::facts::governance::Governor;
+use crate::facts::graph::Graph;
 use crate::facts::http::HttpClient;
 use crate::facts::jwks::{Jwks, JwksSettings};
 use crate::inbound::{Inbound, Layers};
@@ -68,10 +70,24 @@ impl App {
         let handler = move |req| telemetry.clone().handle(req);
         servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
 
-        if config.risk.source == FactSource::Graph || config.tags.source == FactSource::Graph {
-            anyhow::bail!("`risk.source: graph` / `tags.source: graph` are not available in this build yet");
-        }
-        let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone()));
+        let http = HttpClient::new()?;
+        let tokens = config.entra.as_ref().map(|entra| EntraTokens::new(entra, http.clone()));
+        let graph = match (&tokens, &config.entra) {
+            (Some(tokens), Some(entra))
+                if config.risk.source == FactSource::Graph || config.tags.source == FactSource::Graph =>
+            {
+                Some(Arc::new(Graph::new(
+                    &entra.graph_endpoint,
+                    tokens.clone(),
+                    http.clone(),
+                    (config.risk.refresh, config.tags.ttl),
+                    (config.tags.attribute_set.clone(), config.tags.attribute.clone()),
+                    metrics.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph));
         let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
         if let Some(jwt) = &config.jwt {
             let settings = JwksSettings {
@@ -79,7 +95,7 @@ impl App {
                 refresh: jwt.refresh,
                 refetch_interval: jwt.refetch_interval,
             };
-            let jwks = Jwks::new(settings, HttpClient::new()?, metrics.clone());
+            let jwks = Jwks::new(settings, http.clone(), metrics.clone());
             followers.push(tokio::spawn(jwks.clone().refresh_forever()));
             oauth.store(Some(Arc::new(Oauth::new(jwt, jwks))));
         }
@@ -113,7 +129,7 @@ impl App {
         if let Some(cfg) = config.outbound.clone() {
             let listener = server::bind("outbound.listen", cfg.listen).await?;
             outbound_addr = Some(listener.local_addr()?);
-            let server = Outbound::new(cfg, identity.clone(), metrics.clone());
+            let server = Outbound::new(cfg, identity.clone(), metrics.clone(), tokens.clone());
             servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
         }
         let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());

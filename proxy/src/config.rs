@@ -59,6 +59,8 @@ pub struct Config {
     pub risk: RiskSection,
     /// Layer 4b.
     pub tags: TagsSection,
+    /// The sidecar's own Entra identity (federated, no secret).
+    pub entra: Option<EntraSection>,
     /// The environment the config was read with; policy enrichment uses it on every reload.
     pub env: std::sync::Arc<dyn Env>,
 }
@@ -72,6 +74,26 @@ pub struct PolicyConfig {
     pub cedar: Vec<PathBuf>,
     pub mode: PolicyMode,
     pub case_insensitive_paths: bool,
+}
+
+/// Where the client assertion for the token exchange comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssertionSource {
+    /// A projected service-account token, re-read for every exchange (it rotates).
+    File(PathBuf),
+    /// A JWT-SVID from the Workload API for `audience`.
+    JwtSvid { endpoint: String, audience: String },
+}
+
+/// How the sidecar obtains its own Entra tokens: client credentials with a
+/// federated client assertion, never a stored secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraSection {
+    pub client_id: String,
+    pub tenant_id: String,
+    pub authority: String,
+    pub graph_endpoint: String,
+    pub assertion: AssertionSource,
 }
 
 /// Where a layer 4 fact comes from.
@@ -182,12 +204,35 @@ impl Config {
         if let Some(name) = REFUSED_SECRETS.into_iter().find(|name| env.get(name).is_some()) {
             return Err(Error::SecretRefused { name });
         }
-        let raw: raw::RawConfig = if text.trim().is_empty() {
+        let mut raw: raw::RawConfig = if text.trim().is_empty() {
             raw::RawConfig::default()
         } else {
             serde_norway::from_str(text).map_err(|e| Error::Yaml { path: path.into(), message: e.to_string() })?
         };
         let ctx = Ctx { path, base: path.parent().unwrap_or(Path::new(".")), env };
+        let entra = ctx.entra(raw.entra.take(), raw.jwt.as_ref(), &raw.identity)?;
+        let uses_graph = |source: &Option<String>| source.as_deref() == Some("graph");
+        if entra.is_none() {
+            let routes = raw.outbound.as_ref().map(|o| o.routes.as_slice()).unwrap_or_default();
+            if let Some(i) = routes.iter().position(|r| r.entra_token.is_some()) {
+                return Err(ctx.invalid(
+                    &format!("outbound.routes[{i}].entra_token"),
+                    "needs the `entra` section (the sidecar's own federated identity)",
+                ));
+            }
+            if raw.risk.as_ref().is_some_and(|r| uses_graph(&r.source)) {
+                return Err(ctx.invalid(
+                    "risk.source",
+                    "`graph` needs the `entra` section (the sidecar's own federated identity)",
+                ));
+            }
+            if raw.tags.as_ref().is_some_and(|t| uses_graph(&t.source)) {
+                return Err(ctx.invalid(
+                    "tags.source",
+                    "`graph` needs the `entra` section (the sidecar's own federated identity)",
+                ));
+            }
+        }
         Ok(Self {
             path: path.into(),
             identity: ctx.identity(raw.identity)?,
@@ -197,6 +242,7 @@ impl Config {
             jwt: raw.jwt.map(|j| ctx.jwt(j)).transpose()?,
             risk: ctx.risk(raw.risk.unwrap_or_default())?,
             tags: ctx.tags(raw.tags.unwrap_or_default())?,
+            entra,
             inbound: raw.inbound.map(|i| ctx.inbound(i)).transpose()?,
             outbound: raw.outbound.map(|o| ctx.outbound(o)).transpose()?,
             env: env.snapshot(),
@@ -357,6 +403,67 @@ impl Ctx<'_> {
                 Duration::from_secs(300),
             )?,
         })
+    }
+
+    fn entra(
+        &self,
+        raw: Option<raw::RawEntra>,
+        jwt: Option<&raw::RawJwt>,
+        identity: &raw::RawIdentity,
+    ) -> Result<Option<EntraSection>, Error> {
+        let Some(raw) = raw else { return Ok(None) };
+        if raw.client_secret.is_some() {
+            return Err(self.invalid(
+                "entra.client_secret",
+                "static client secrets are refused: use `federated_token_file` or `use_jwt_svid`",
+            ));
+        }
+        let client_id = raw
+            .client_id
+            .or_else(|| self.env.get("AZURE_CLIENT_ID"))
+            .ok_or_else(|| self.invalid("entra.client_id", "required (or set AZURE_CLIENT_ID)"))?;
+        let tenant_id = raw
+            .tenant_id
+            .or_else(|| jwt.and_then(|j| j.tenant_id.clone()))
+            .or_else(|| self.env.get("AZURE_TENANT_ID"))
+            .ok_or_else(|| self.invalid("entra.tenant_id", "required (or `jwt.tenant_id`, or AZURE_TENANT_ID)"))?;
+        let authority = raw
+            .authority
+            .or_else(|| jwt.and_then(|j| j.authority.clone()))
+            .unwrap_or_else(|| "https://login.microsoftonline.com".into());
+        identity_endpoint(&authority).map_err(|why| self.invalid("entra.authority", why))?;
+        let graph_endpoint = raw.graph_endpoint.unwrap_or_else(|| "https://graph.microsoft.com".into());
+        identity_endpoint(&graph_endpoint).map_err(|why| self.invalid("entra.graph_endpoint", why))?;
+        let file = raw.federated_token_file.or_else(|| self.env.get("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from));
+        let assertion = match (file, raw.use_jwt_svid.unwrap_or(false)) {
+            (Some(_), true) => {
+                return Err(
+                    self.invalid("entra.use_jwt_svid", "set `federated_token_file` or `use_jwt_svid`, not both")
+                );
+            }
+            (Some(file), false) => AssertionSource::File(self.resolve(file)),
+            (None, true) => {
+                let endpoint =
+                    identity.socket.clone().or_else(|| self.env.get("SPIFFE_ENDPOINT_SOCKET")).ok_or_else(|| {
+                        self.invalid("entra.use_jwt_svid", "needs the Workload API (`identity.socket`)")
+                    })?;
+                let audience = raw.jwt_svid_audience.unwrap_or_else(|| "api://AzureADTokenExchange".into());
+                AssertionSource::JwtSvid { endpoint, audience }
+            }
+            (None, false) => {
+                return Err(self.invalid(
+                    "entra.federated_token_file",
+                    "required (or AZURE_FEDERATED_TOKEN_FILE, or `use_jwt_svid: true`): identity is federated",
+                ));
+            }
+        };
+        Ok(Some(EntraSection {
+            client_id,
+            tenant_id,
+            authority: authority.trim_end_matches('/').to_owned(),
+            graph_endpoint: graph_endpoint.trim_end_matches('/').to_owned(),
+            assertion,
+        }))
     }
 
     fn on_unavailable(&self, field: &str, value: Option<&str>) -> Result<OnUnavailable, Error> {

@@ -42,7 +42,9 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         | Reason::UpstreamRejectedIdentity
         | Reason::UpstreamError => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         Reason::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
-        Reason::NotReady | Reason::JwksUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        Reason::NotReady | Reason::JwksUnavailable | Reason::TokenUnavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
     }
 }
 

@@ -4,9 +4,13 @@
 //! in a directory so `a2a-sidecar dev token` signs what `dev idp` serves.
 //!
 //! Routes: `GET /{tenant}/v2.0/.well-known/openid-configuration`,
-//! `GET /{tenant}/discovery/v2.0/keys`, and admin routes
+//! `GET /{tenant}/discovery/v2.0/keys`, `POST /{tenant}/oauth2/v2.0/token`
+//! (client credentials with a federated client assertion, verified against
+//! the trusted assertion keys), the Graph routes
+//! `GET /v1.0/identityProtection/riskyServicePrincipals/{id}` and
+//! `GET /v1.0/servicePrincipals/{id}`, and admin routes
 //! `POST /admin/rotate[?drop_old=true]`, `POST /admin/jwks/{down,up}`,
-//! `GET /admin/stats`.
+//! `POST /admin/graph/{ok,down,throttled,slow}`, `GET /admin/stats`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,8 +43,40 @@ pub struct TokenSpec {
     pub v1: bool,
 }
 
+/// How the Graph emulator behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphMode {
+    Ok,
+    /// 503 for every Graph call.
+    Down,
+    /// 429 with `Retry-After: 1`.
+    Throttled,
+    /// Answers after 3 s.
+    Slow,
+}
+
+/// An app registration: who its tokens say the caller is.
+#[derive(Debug, Clone)]
+pub struct AppRegistration {
+    pub oid: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Default)]
+struct GraphState {
+    /// By service principal object ID: (`riskLevel`, `riskState`).
+    risk: std::collections::HashMap<String, (String, String)>,
+    /// By object ID: `customSecurityAttributes`.
+    attributes: std::collections::HashMap<String, Value>,
+}
+
 pub struct DevIdp {
     dir: PathBuf,
+    apps: RwLock<std::collections::HashMap<String, AppRegistration>>,
+    assertion_keys: RwLock<policy::jwt::KeySet>,
+    graph: RwLock<GraphState>,
+    graph_mode: RwLock<GraphMode>,
+    graph_requests: AtomicU64,
     /// Published keys; the last one signs.
     keys: RwLock<Vec<Arc<JwtKey>>>,
     base_url: RwLock<String>,
@@ -66,6 +102,11 @@ impl DevIdp {
             std::fs::read_to_string(dir.join(URL_FILE)).unwrap_or_else(|_| "https://login.microsoftonline.com".into());
         Ok(Arc::new(Self {
             dir: dir.into(),
+            apps: RwLock::default(),
+            assertion_keys: RwLock::default(),
+            graph: RwLock::default(),
+            graph_mode: RwLock::new(GraphMode::Ok),
+            graph_requests: AtomicU64::new(0),
             keys: RwLock::new(vec![Arc::new(key)]),
             base_url: RwLock::new(base_url.trim().to_owned()),
             jwks_down: AtomicBool::new(false),
@@ -94,6 +135,51 @@ impl DevIdp {
         }
         keys.push(Arc::new(key));
         Ok(kid)
+    }
+
+    /// Registers an app: tokens issued to `client_id` carry `oid` and `roles`.
+    pub fn register_app(&self, client_id: &str, registration: AppRegistration) {
+        self.apps.write().unwrap_or_else(PoisonError::into_inner).insert(client_id.to_owned(), registration);
+    }
+
+    /// Trusts client assertions signed by these keys (a JWKS document: the
+    /// dev CA's JWT bundle, or a Kubernetes issuer's keys).
+    pub fn trust_assertion_keys(&self, jwks: &[u8]) -> Result<(), String> {
+        let keys = policy::jwt::KeySet::from_jwks(jwks)?;
+        self.assertion_keys.write().unwrap_or_else(PoisonError::into_inner).extend(keys);
+        Ok(())
+    }
+
+    /// Sets what Graph says of a service principal's risk (`None` = 404).
+    pub fn set_graph_risk(&self, oid: &str, risk: Option<(&str, &str)>) {
+        let mut graph = self.graph.write().unwrap_or_else(PoisonError::into_inner);
+        match risk {
+            Some((level, state)) => graph.risk.insert(oid.to_owned(), (level.to_owned(), state.to_owned())),
+            None => graph.risk.remove(oid),
+        };
+    }
+
+    /// Sets a service principal's custom security attribute.
+    pub fn set_graph_attribute(&self, oid: &str, set: &str, attribute: &str, value: &str) {
+        let mut graph = self.graph.write().unwrap_or_else(PoisonError::into_inner);
+        let attrs = graph.attributes.entry(oid.to_owned()).or_insert_with(|| json!({}));
+        if let Some(map) = attrs.as_object_mut() {
+            let entry = map
+                .entry(set.to_owned())
+                .or_insert_with(|| json!({"@odata.type": "#microsoft.graph.customSecurityAttributeValue"}));
+            if let Some(set) = entry.as_object_mut() {
+                set.insert(attribute.to_owned(), json!(value));
+            }
+        }
+    }
+
+    pub fn set_graph_mode(&self, mode: GraphMode) {
+        *self.graph_mode.write().unwrap_or_else(PoisonError::into_inner) = mode;
+    }
+
+    /// How many Graph calls arrived.
+    pub fn graph_requests(&self) -> u64 {
+        self.graph_requests.load(Ordering::SeqCst)
     }
 
     /// While down, discovery and the JWKS answer 503.
@@ -160,6 +246,15 @@ impl DevIdp {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path().to_owned();
+        if path.starts_with("/v1.0/") {
+            return Ok(self.graph(&req, &path).await);
+        }
+        if req.method() == Method::POST && path.ends_with("/oauth2/v2.0/token") {
+            let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
+            let body =
+                http_body_util::BodyExt::collect(req.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Ok(self.token_endpoint(&tenant, &body));
+        }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let down = self.jwks_down.load(Ordering::SeqCst);
         let response = match (req.method(), segments.as_slice()) {
@@ -191,6 +286,16 @@ impl DevIdp {
                     Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": e.to_string() })),
                 }
             }
+            (&Method::POST, ["admin", "graph", mode]) => {
+                let mode = match *mode {
+                    "down" => GraphMode::Down,
+                    "throttled" => GraphMode::Throttled,
+                    "slow" => GraphMode::Slow,
+                    _ => GraphMode::Ok,
+                };
+                self.set_graph_mode(mode);
+                json_response(StatusCode::OK, &json!({ "graph": format!("{mode:?}") }))
+            }
             (&Method::POST, ["admin", "jwks", state @ ("down" | "up")]) => {
                 self.set_jwks_down(*state == "down");
                 json_response(StatusCode::OK, &json!({ "jwks": state }))
@@ -203,6 +308,130 @@ impl DevIdp {
         };
         Ok(response)
     }
+}
+
+impl DevIdp {
+    /// Client credentials with a federated assertion: the assertion must be
+    /// an RS256 JWT from a trusted key for `api://AzureADTokenExchange`.
+    fn token_endpoint(&self, tenant: &str, body: &[u8]) -> Response<Full<Bytes>> {
+        let form: std::collections::HashMap<String, String> = String::from_utf8_lossy(body)
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (decode(k), decode(v)))
+            .collect();
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+        let error = |code: &str| json_response(StatusCode::BAD_REQUEST, &json!({ "error": code }));
+        if field("grant_type") != "client_credentials"
+            || field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        {
+            return error("unsupported_grant_type");
+        }
+        if form.contains_key("client_secret") {
+            return error("invalid_client");
+        }
+        if !self.assertion_valid(field("client_assertion")) {
+            return json_response(StatusCode::UNAUTHORIZED, &json!({ "error": "invalid_client" }));
+        }
+        let Some(app) = self.apps.read().unwrap_or_else(PoisonError::into_inner).get(field("client_id")).cloned()
+        else {
+            return error("unauthorized_client");
+        };
+        let audience = field("scope").trim_end_matches("/.default").to_owned();
+        let spec = TokenSpec {
+            tenant: tenant.to_owned(),
+            audiences: vec![audience],
+            client_id: field("client_id").to_owned(),
+            oid: app.oid,
+            roles: app.roles,
+            ttl: Duration::from_secs(3600),
+            v1: false,
+        };
+        match self.token(&spec) {
+            Ok(token) => json_response(
+                StatusCode::OK,
+                &json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 }),
+            ),
+            Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "server_error" })),
+        }
+    }
+
+    fn assertion_valid(&self, assertion: &str) -> bool {
+        let Ok(header) = jsonwebtoken::decode_header(assertion) else { return false };
+        let keys = self.assertion_keys.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(key) = header.kid.as_deref().and_then(|kid| keys.get(kid)) else { return false };
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&["api://AzureADTokenExchange"]);
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        jsonwebtoken::decode::<Value>(assertion, key, &validation).is_ok()
+    }
+
+    /// The Graph emulator: needs a token this IdP issued for Graph.
+    async fn graph(&self, req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
+        self.graph_requests.fetch_add(1, Ordering::SeqCst);
+        let mode = *self.graph_mode.read().unwrap_or_else(PoisonError::into_inner);
+        match mode {
+            GraphMode::Down => {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": {"code": "serviceUnavailable"}}),
+                );
+            }
+            GraphMode::Throttled => {
+                let mut r =
+                    json_response(StatusCode::TOO_MANY_REQUESTS, &json!({"error": {"code": "TooManyRequests"}}));
+                r.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+                return r;
+            }
+            GraphMode::Slow => tokio::time::sleep(Duration::from_secs(3)).await,
+            GraphMode::Ok => {}
+        }
+        if !self.graph_token_valid(req.headers()) {
+            return json_response(StatusCode::UNAUTHORIZED, &json!({"error": {"code": "InvalidAuthenticationToken"}}));
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let graph = self.graph.read().unwrap_or_else(PoisonError::into_inner);
+        match segments.as_slice() {
+            ["v1.0", "identityProtection", "riskyServicePrincipals", id] => match graph.risk.get(*id) {
+                Some((level, state)) => {
+                    json_response(StatusCode::OK, &json!({"id": id, "riskLevel": level, "riskState": state}))
+                }
+                None => json_response(StatusCode::NOT_FOUND, &json!({"error": {"code": "Request_ResourceNotFound"}})),
+            },
+            ["v1.0", "servicePrincipals", id] => {
+                let attrs = graph.attributes.get(*id).cloned().unwrap_or_else(|| json!({}));
+                json_response(StatusCode::OK, &json!({"id": id, "customSecurityAttributes": attrs}))
+            }
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": {"code": "BadRequest"}})),
+        }
+    }
+
+    fn graph_token_valid(&self, headers: &hyper::HeaderMap) -> bool {
+        let Some(token) = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return false };
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let Some(key) = keys.iter().find(|k| header.kid.as_deref() == Some(k.kid())) else { return false };
+        let Ok(jwk) = key.jwk() else { return false };
+        let Ok(decoding) = jsonwebtoken::DecodingKey::from_jwk(&jwk) else { return false };
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&["https://graph.microsoft.com".to_owned(), self.graph_audience()]);
+        jsonwebtoken::decode::<Value>(token, &decoding, &validation).is_ok()
+    }
+
+    /// Tokens for the Graph emulator carry its own URL as audience, like
+    /// Entra's tokens for `https://graph.microsoft.com/.default`.
+    fn graph_audience(&self) -> String {
+        self.authority()
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -2,6 +2,8 @@
 //! and tags later), fetched in the background and served from memory so the
 //! request path never waits on a remote call when the caches are warm.
 
+pub mod entra_token;
 pub mod governance;
+pub mod graph;
 pub mod http;
 pub mod jwks;

@@ -16,6 +16,7 @@ pub struct Metrics {
     tls_handshakes_total: IntCounterVec,
     policy_reloads_total: IntCounterVec,
     jwks_refresh_total: IntCounterVec,
+    graph_requests_total: IntCounterVec,
     pub policy_eval_duration_seconds: prometheus::Histogram,
 }
 
@@ -44,6 +45,11 @@ impl Metrics {
         let jwks_refresh_total =
             IntCounterVec::new(Opts::new("jwks_refresh_total", "JWKS fetches by result (ok or error)"), &["result"])?;
         registry.register(Box::new(jwks_refresh_total.clone()))?;
+        let graph_requests_total = IntCounterVec::new(
+            Opts::new("graph_requests_total", "Graph look-ups by api and result"),
+            &["api", "result"],
+        )?;
+        registry.register(Box::new(graph_requests_total.clone()))?;
         registry.register(Box::new(policy_reloads_total.clone()))?;
         registry.register(Box::new(policy_eval_duration_seconds.clone()))?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
@@ -65,8 +71,13 @@ impl Metrics {
             tls_handshakes_total,
             policy_reloads_total,
             jwks_refresh_total,
+            graph_requests_total,
             policy_eval_duration_seconds,
         })
+    }
+
+    pub fn graph_request(&self, api: &'static str, result: &'static str) {
+        self.graph_requests_total.with_label_values(&[api, result]).inc();
     }
 
     pub fn jwks_refresh(&self, result: &'static str) {

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::body::{Activity, Body, Tracked};
 use crate::config::{OutboundConfig, RouteConfig};
 use crate::deny;
+use crate::facts::entra_token::EntraTokens;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::request_id::RequestIds;
@@ -32,6 +33,8 @@ use crate::upstream::{self};
 
 pub struct Outbound {
     config: OutboundConfig,
+    /// The sidecar's own Entra tokens, for routes with `entra_token`.
+    tokens: Option<Arc<EntraTokens>>,
     routes: Vec<Route>,
     identity: IdentityWatch,
     ids: RequestIds,
@@ -52,9 +55,14 @@ struct Pools {
 }
 
 impl Outbound {
-    pub fn new(config: OutboundConfig, identity: IdentityWatch, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        config: OutboundConfig,
+        identity: IdentityWatch,
+        metrics: Arc<Metrics>,
+        tokens: Option<Arc<EntraTokens>>,
+    ) -> Arc<Self> {
         let routes = config.routes.iter().map(|r| Route { config: r.clone(), pools: ArcSwapOption::empty() }).collect();
-        Arc::new(Self { config, routes, identity, ids: RequestIds::new(), metrics })
+        Arc::new(Self { config, tokens, routes, identity, ids: RequestIds::new(), metrics })
     }
 
     /// Accepts until `shutdown`, then drains connections for at most `drain`.
@@ -142,6 +150,17 @@ impl Outbound {
         parts.uri = uri;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
         parts.headers.remove(header::HOST);
+        if let Some(scope) = &route.config.entra_scope
+            && !parts.headers.contains_key(header::AUTHORIZATION)
+        {
+            let tokens = self.tokens.as_ref().ok_or(Reason::TokenUnavailable)?;
+            let token = tokens.token(scope).await.map_err(|e| {
+                tracing::warn!(error = %e, route = route.config.name, "no entra token for the route");
+                Reason::TokenUnavailable
+            })?;
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Reason::TokenUnavailable)?;
+            parts.headers.insert(header::AUTHORIZATION, value);
+        }
         if let Ok(id) = HeaderValue::from_str(request_id) {
             parts.headers.insert(X_REQUEST_ID, id);
         }

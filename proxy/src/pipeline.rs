@@ -70,5 +70,6 @@ pub async fn evaluate(
     };
     governor
         .check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref())
+        .await
         .map_err(|reason| Denial { reason, policy_ids })
 }

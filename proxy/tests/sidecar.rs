@@ -15,6 +15,7 @@ mod sidecar {
     pub mod cli;
     pub mod dataplane;
     pub mod demo;
+    pub mod federation;
     pub mod governance;
     pub mod hostile;
     pub mod jwt;

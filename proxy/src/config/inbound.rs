@@ -58,6 +58,8 @@ pub struct RouteConfig {
     /// The target sidecar (`https://host:port`).
     pub upstream: Authority,
     pub server_id: IdPattern,
+    /// Attach the sidecar's own Entra token for this scope when the app sent none.
+    pub entra_scope: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -165,11 +167,19 @@ impl Ctx<'_> {
             .server_id
             .parse()
             .map_err(|e| self.invalid(&field("server_id"), format!("`{}`: {e}", raw.server_id)))?;
+        let entra_scope = match raw.entra_token {
+            Some(t) if t.scope.trim().is_empty() => {
+                return Err(self.invalid(&field("entra_token.scope"), "must not be empty"));
+            }
+            Some(t) => Some(t.scope),
+            None => None,
+        };
         Ok(RouteConfig {
             name,
             path_prefix,
             upstream: self.upstream(&field("upstream"), &raw.upstream, &Scheme::HTTPS)?,
             server_id,
+            entra_scope,
         })
     }
 

@@ -21,6 +21,21 @@ pub struct RawConfig {
     pub jwt: Option<RawJwt>,
     pub risk: Option<RawRisk>,
     pub tags: Option<RawTags>,
+    pub entra: Option<RawEntra>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntra {
+    pub client_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub authority: Option<String>,
+    pub graph_endpoint: Option<String>,
+    pub federated_token_file: Option<PathBuf>,
+    pub use_jwt_svid: Option<bool>,
+    pub jwt_svid_audience: Option<String>,
+    /// Parsed only to refuse it with a clear message.
+    pub client_secret: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +159,13 @@ pub struct RawRoute {
     pub match_: Option<RawRouteMatch>,
     pub upstream: String,
     pub server_id: String,
+    pub entra_token: Option<RawEntraToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntraToken {
+    pub scope: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,17 +6,20 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use certs::SpiffeId;
 use policy::Reason;
 use policy::jwt::Claims;
 use policy::reference::{Entry, Governance, Rule};
 
-use crate::config::{RiskSection, TagsSection};
+use crate::config::{FactSource, OnUnavailable, RiskSection, TagsSection};
+use crate::facts::graph::Graph;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RiskLevel {
+    /// Not at risk (Graph: no entry, or dismissed / remediated / confirmed safe).
+    None,
     Low,
     Medium,
     High,
@@ -25,6 +28,7 @@ pub enum RiskLevel {
 impl RiskLevel {
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::None => "none",
             Self::Low => "low",
             Self::Medium => "medium",
             Self::High => "high",
@@ -37,6 +41,7 @@ impl FromStr for RiskLevel {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "none" => Ok(Self::None),
             "low" => Ok(Self::Low),
             "medium" => Ok(Self::Medium),
             "high" => Ok(Self::High),
@@ -99,27 +104,45 @@ pub struct Governor {
     pub pushes: Pushes,
     pub risk: RiskSection,
     pub tags: TagsSection,
+    /// Present when a source is `graph`.
+    graph: Option<Arc<Graph>>,
 }
 
 impl Governor {
-    pub fn new(risk: RiskSection, tags: TagsSection) -> Self {
-        Self { pushes: Pushes::default(), risk, tags }
+    pub fn new(risk: RiskSection, tags: TagsSection, graph: Option<Arc<Graph>>) -> Self {
+        Self { pushes: Pushes::default(), risk, tags, graph }
     }
 
-    /// The caller's risk level: a push, else `low` (source `mgmt`).
-    pub fn risk_of(&self, caller: &SpiffeId) -> RiskLevel {
-        self.pushes.risk(caller).unwrap_or(RiskLevel::Low)
+    /// The caller's risk level: a push, else the source (`mgmt`: `low`;
+    /// `graph`: the agent's service principal). `None` = unknown.
+    pub async fn risk_of(&self, caller: &SpiffeId, entry: &Entry) -> Option<RiskLevel> {
+        if let Some(pushed) = self.pushes.risk(caller) {
+            return Some(pushed);
+        }
+        match (self.risk.source, &self.graph, entry.entra_agent_id.as_deref()) {
+            (FactSource::Local, _, _) => Some(RiskLevel::Low),
+            (FactSource::Graph, Some(graph), Some(oid)) => graph.risk(oid).await.ok(),
+            (FactSource::Graph, _, _) => None,
+        }
     }
 
-    /// The caller's tag: a push, else the policy's `ca.agent_tag`.
-    pub fn tag_of(&self, caller: &SpiffeId, entry: &Entry) -> String {
-        self.pushes.tag(caller).unwrap_or_else(|| entry.ca.agent_tag.clone())
+    /// The caller's tag: a push, else the source (`policy`: `ca.agent_tag`;
+    /// `graph`: the custom security attribute). `None` = unknown.
+    pub async fn tag_of(&self, caller: &SpiffeId, entry: &Entry) -> Option<String> {
+        if let Some(pushed) = self.pushes.tag(caller) {
+            return Some(pushed);
+        }
+        match (self.tags.source, &self.graph, entry.entra_agent_id.as_deref()) {
+            (FactSource::Local, _, _) => Some(entry.ca.agent_tag.clone()),
+            (FactSource::Graph, Some(graph), Some(oid)) => graph.tag(oid).await.ok(),
+            (FactSource::Graph, _, _) => None,
+        }
     }
 
     /// 4a then 4b. Agent state and the target tag apply when
     /// `admin_governance.enabled` (as in the reference); blocked risk levels
     /// and a rule's `required_tags` always apply.
-    pub fn check(
+    pub async fn check(
         &self,
         governance: &Governance,
         caller: &SpiffeId,
@@ -130,13 +153,20 @@ impl Governor {
         if governance.enabled && entry.ca.disabled {
             return Err(Reason::AgentDisabled);
         }
-        if self.risk.blocked_levels.contains(&self.risk_of(caller)) {
-            return Err(Reason::HighRiskAgentBlocked);
+        match self.risk_of(caller, entry).await {
+            Some(level) if self.risk.blocked_levels.contains(&level) => return Err(Reason::HighRiskAgentBlocked),
+            Some(_) => {}
+            None if self.risk.on_unavailable == OnUnavailable::Deny => return Err(Reason::RiskUnavailable),
+            None => tracing::warn!(caller = %caller, "risk unknown; allowed by risk.on_unavailable: allow"),
         }
         if governance.enabled && !entry.ca.skip_target_tag_check {
-            let tag = self.tag_of(caller, entry);
-            if tag.is_empty() || tag != governance.target_agent_tag {
-                return Err(Reason::AgentTagMismatch);
+            match self.tag_of(caller, entry).await {
+                Some(tag) if tag.is_empty() || tag != governance.target_agent_tag => {
+                    return Err(Reason::AgentTagMismatch);
+                }
+                Some(_) => {}
+                None if self.tags.on_unavailable == OnUnavailable::Deny => return Err(Reason::TagsUnavailable),
+                None => tracing::warn!(caller = %caller, "tag unknown; allowed by tags.on_unavailable: allow"),
             }
         }
         let required = rule.map(|r| &r.required_tags).filter(|t| !t.is_empty());

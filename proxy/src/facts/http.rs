@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Identity documents (discovery, JWKS) are small.
 const MAX_BODY: usize = 1 << 20;
@@ -30,7 +31,7 @@ pub enum FetchError {
 
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl HttpClient {
@@ -46,11 +47,42 @@ impl HttpClient {
 
     /// GETs `url`; only a 200 with a body under the size limit is a success.
     pub async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
+        self.send(url, hyper::Method::GET, None, Bytes::new()).await
+    }
+
+    /// GETs `url` with a bearer token (Graph).
+    pub async fn get_with_token(&self, url: &str, token: &str) -> Result<Bytes, FetchError> {
+        self.send(url, hyper::Method::GET, Some(token), Bytes::new()).await
+    }
+
+    /// POSTs a form (`application/x-www-form-urlencoded`), e.g. a token request.
+    pub async fn post_form(&self, url: &str, fields: &[(&str, &str)]) -> Result<Bytes, FetchError> {
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| {
+                format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC))
+            })
+            .collect();
+        self.send(url, hyper::Method::POST, None, Bytes::from(body.join("&"))).await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        method: hyper::Method,
+        token: Option<&str>,
+        body: Bytes,
+    ) -> Result<Bytes, FetchError> {
         let uri: hyper::Uri = url.parse().map_err(|_| FetchError::BadUrl(url.to_owned()))?;
-        let request = hyper::Request::get(uri)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        let mut request =
+            hyper::Request::builder().method(method.clone()).uri(uri).header(hyper::header::ACCEPT, "application/json");
+        if method == hyper::Method::POST {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(body)).map_err(|e| FetchError::Transport(e.to_string()))?;
         let attempt = async {
             let response = self.client.request(request).await.map_err(|e| FetchError::Transport(e.to_string()))?;
             if response.status() != hyper::StatusCode::OK {

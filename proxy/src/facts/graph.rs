@@ -1,0 +1,167 @@
+//! Microsoft Graph look-ups for Layers 4a/4b: a service principal's risk
+//! (`identityProtection/riskyServicePrincipals`) and its custom security
+//! attribute (the tag). Keyed by the policy's `entra_agent_id` only, never a
+//! value the caller chose; cached with a TTL (concurrent misses share one
+//! call); failures are not cached.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::entra_token::EntraTokens;
+use super::governance::RiskLevel;
+use super::http::{FetchError, HttpClient};
+use crate::metrics::Metrics;
+
+/// A look-up that takes longer counts as unavailable.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GraphError {
+    #[error("no Graph token: {0}")]
+    Token(String),
+    #[error("graph: {0}")]
+    Fetch(String),
+    #[error("graph: timed out")]
+    Timeout,
+    #[error("graph: the answer does not say")]
+    Unknown,
+}
+
+pub struct Graph {
+    endpoint: String,
+    tokens: Arc<EntraTokens>,
+    http: HttpClient,
+    risk: moka::future::Cache<String, RiskLevel>,
+    tags: moka::future::Cache<String, String>,
+    attribute_set: String,
+    attribute: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Graph {
+    pub fn new(
+        endpoint: &str,
+        tokens: Arc<EntraTokens>,
+        http: HttpClient,
+        (risk_ttl, tags_ttl): (Duration, Duration),
+        (attribute_set, attribute): (String, String),
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            tokens,
+            http,
+            risk: moka::future::Cache::builder().max_capacity(10_000).time_to_live(risk_ttl).build(),
+            tags: moka::future::Cache::builder().max_capacity(10_000).time_to_live(tags_ttl).build(),
+            attribute_set,
+            attribute,
+            metrics,
+        }
+    }
+
+    /// The risk of the service principal `oid` (`None` level when not at risk).
+    pub async fn risk(&self, oid: &str) -> Result<RiskLevel, Arc<GraphError>> {
+        let url = format!("{}/v1.0/identityProtection/riskyServicePrincipals/{oid}", self.endpoint);
+        self.risk.try_get_with(oid.to_owned(), async { self.lookup("risk", &url, parse_risk).await }).await
+    }
+
+    /// The tag (custom security attribute) of the service principal `oid`.
+    pub async fn tag(&self, oid: &str) -> Result<String, Arc<GraphError>> {
+        let url = format!("{}/v1.0/servicePrincipals/{oid}?$select=customSecurityAttributes", self.endpoint);
+        let (set, attribute) = (self.attribute_set.as_str(), self.attribute.as_str());
+        self.tags
+            .try_get_with(oid.to_owned(), async {
+                self.lookup("tags", &url, |body| parse_tag(body, set, attribute)).await
+            })
+            .await
+    }
+
+    async fn lookup<T>(
+        &self,
+        api: &'static str,
+        url: &str,
+        parse: impl Fn(Option<&[u8]>) -> Result<T, GraphError>,
+    ) -> Result<T, GraphError> {
+        let scope = format!("{}/.default", self.endpoint);
+        let attempt = async {
+            let token = self.tokens.token(&scope).await.map_err(|e| GraphError::Token(e.to_string()))?;
+            match self.http.get_with_token(url, &token).await {
+                Ok(body) => parse(Some(&body)),
+                Err(FetchError::Status(404)) => parse(None),
+                Err(e) => Err(GraphError::Fetch(e.to_string())),
+            }
+        };
+        let result = tokio::time::timeout(LOOKUP_TIMEOUT, attempt).await.unwrap_or(Err(GraphError::Timeout));
+        self.metrics.graph_request(api, if result.is_ok() { "ok" } else { "error" });
+        if let Err(e) = &result {
+            tracing::warn!(api, error = %e, "graph look-up failed");
+        }
+        result
+    }
+}
+
+/// `riskyServicePrincipals/{id}`: a bare object or `{"value": [...]}`; 404
+/// (or nothing) = not at risk; `hidden` = unknown; dismissed, remediated or
+/// confirmed safe = not at risk.
+fn parse_risk(body: Option<&[u8]>) -> Result<RiskLevel, GraphError> {
+    let Some(body) = body else { return Ok(RiskLevel::None) };
+    let json: Value = serde_json::from_slice(body).map_err(|_| GraphError::Unknown)?;
+    let item = match json.get("value") {
+        Some(Value::Array(items)) => match items.first() {
+            Some(item) => item.clone(),
+            None => return Ok(RiskLevel::None),
+        },
+        _ => json,
+    };
+    let state = item.get("riskState").and_then(Value::as_str).unwrap_or_default();
+    if matches!(state, "dismissed" | "remediated" | "confirmedSafe" | "none") {
+        return Ok(RiskLevel::None);
+    }
+    match item.get("riskLevel").and_then(Value::as_str) {
+        Some("low") => Ok(RiskLevel::Low),
+        Some("medium") => Ok(RiskLevel::Medium),
+        Some("high") => Ok(RiskLevel::High),
+        Some("none") => Ok(RiskLevel::None),
+        _ => Err(GraphError::Unknown),
+    }
+}
+
+/// `customSecurityAttributes.<set>.<attribute>`; `@odata.type` keys are
+/// metadata; a missing value is unknown.
+fn parse_tag(body: Option<&[u8]>, set: &str, attribute: &str) -> Result<String, GraphError> {
+    let json: Value = serde_json::from_slice(body.ok_or(GraphError::Unknown)?).map_err(|_| GraphError::Unknown)?;
+    json.get("customSecurityAttributes")
+        .and_then(|c| c.get(set))
+        .and_then(|s| s.get(attribute))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or(GraphError::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn risk_answers() {
+        let parse = |s: &str| parse_risk(Some(s.as_bytes())).ok();
+        assert_eq!(parse_risk(None).ok(), Some(RiskLevel::None));
+        assert_eq!(parse(r#"{"riskLevel":"high","riskState":"atRisk"}"#), Some(RiskLevel::High));
+        assert_eq!(parse(r#"{"value":[{"riskLevel":"medium","riskState":"atRisk"}]}"#), Some(RiskLevel::Medium));
+        assert_eq!(parse(r#"{"value":[]}"#), Some(RiskLevel::None));
+        assert_eq!(parse(r#"{"riskLevel":"high","riskState":"dismissed"}"#), Some(RiskLevel::None));
+        assert_eq!(parse(r#"{"riskLevel":"high","riskState":"confirmedSafe"}"#), Some(RiskLevel::None));
+        assert_eq!(parse(r#"{"riskLevel":"hidden","riskState":"atRisk"}"#), None);
+        assert_eq!(parse("not json"), None);
+    }
+
+    #[test]
+    fn tag_answers() {
+        let body = r##"{"customSecurityAttributes":{"AgentIdentity":{"@odata.type":"#microsoft.graph.customSecurityAttributeValue","Department":"finance"}}}"##;
+        assert_eq!(parse_tag(Some(body.as_bytes()), "AgentIdentity", "Department").ok().as_deref(), Some("finance"));
+        assert!(parse_tag(Some(br#"{"customSecurityAttributes":{}}"#), "AgentIdentity", "Department").is_err());
+        assert!(parse_tag(None, "AgentIdentity", "Department").is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The sidecar's own Entra identity: tokens obtained by federation (a
+//! re-read token file, or a JWT-SVID) attached to outbound calls and
+//! accepted by the target; Graph-sourced risk and tags with their failure
+//! modes.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use certs::SpiffeId;
+use certs::dev::JwtKey;
+use proxy::app::App;
+use proxy::config::Config;
+use proxy::dev_idp::{AppRegistration, GraphMode, TokenSpec};
+use proxy::facts::governance::RiskLevel;
+use serde_json::json;
+
+use super::mesh::{AUDIENCE, Mesh, REPORT, REPORT_OID, TENANT, reference_policy};
+use super::support::{eventually, http, read_reply, tls_connect};
+
+/// A Kubernetes-style issuer whose service-account tokens the IdP trusts.
+fn k8s_issuer(mesh: &Mesh) -> JwtKey {
+    let key = JwtKey::generate().unwrap();
+    mesh.idp.trust_assertion_keys(json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap();
+    key
+}
+
+fn service_account_token(key: &JwtKey) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    key.sign(&json!({"iss": "https://k8s.example", "sub": "system:serviceaccount:agents:report", "aud": ["api://AzureADTokenExchange"], "exp": now + 600, "iat": now}))
+        .unwrap()
+}
+
+fn register(mesh: &Mesh, client: &str, oid: &str, roles: &[&str]) {
+    mesh.idp.register_app(
+        client,
+        AppRegistration { oid: oid.into(), roles: roles.iter().map(|r| (*r).to_owned()).collect() },
+    );
+}
+
+async fn start(path: &Path, yaml: &str, env: &proxy::config::MapEnv) -> App {
+    std::fs::write(path, yaml).unwrap();
+    let mut app = App::start(Config::load_with_env(path, env).unwrap()).await.unwrap();
+    app.identity.wait_ready().await.unwrap();
+    app
+}
+
+/// An outbound sidecar for budget-report whose route attaches an Entra token.
+fn report_outbound_yaml(mesh: &Mesh, assertion: &str) -> String {
+    format!(
+        "identity: {{socket: 'unix://{dir}/report.sock'}}
+telemetry: {{listen: '127.0.0.1:0'}}
+outbound:
+  listen: '127.0.0.1:0'
+  routes:
+    - {{name: budget-backend, upstream: 'https://{inbound}', server_id: '{backend}', entra_token: {{scope: '{AUDIENCE}/.default'}}}}
+entra: {{client_id: report-client, tenant_id: '{TENANT}', authority: '{idp}', {assertion}}}
+",
+        dir = mesh.dir.path().display(),
+        inbound = mesh.inbound(),
+        backend = super::mesh::BACKEND,
+        idp = mesh.idp.authority(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_token_from_a_rotating_federated_token_file() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    register(&mesh, "report-client", REPORT_OID, &["Budget.Read"]);
+    let issuer = k8s_issuer(&mesh);
+    let token_file = mesh.dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, "not-a-token-yet").unwrap();
+    let yaml = report_outbound_yaml(&mesh, &format!("federated_token_file: '{}'", token_file.display()));
+    let outbound = start(&mesh.dir.path().join("report-entra.yaml"), &yaml, &Default::default()).await;
+    let out = outbound.outbound_addr.unwrap();
+
+    // The projected token is not valid yet: the sidecar's own failure, 503.
+    let reply = http(out, "GET", "budget-backend", "/budget/read", &[]).await;
+    assert_eq!((reply.status, reply.denied()), (503, ("identity".into(), "token_unavailable".into())));
+
+    // Kubernetes rotates the file: the next exchange reads the new one.
+    std::fs::write(&token_file, service_account_token(&issuer)).unwrap();
+    let reply = http(out, "GET", "budget-backend", "/budget/read", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = mesh.app.seen().pop().unwrap();
+    assert!(seen.header("authorization").is_some_and(|a| a.starts_with("Bearer ")));
+    // The token is cached: a second call needs no exchange, and the app's own Authorization wins.
+    assert_eq!(http(out, "GET", "budget-backend", "/budget/read", &[]).await.status, 200);
+    let reply = http(out, "GET", "budget-backend", "/budget/read", &[("authorization", "Bearer app-chosen")]).await;
+    assert_eq!(reply.denied().1, "jwt_invalid", "the app's header was kept, not replaced");
+
+    // No secret anywhere in the configuration.
+    assert!(!yaml.contains("secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_token_from_a_jwt_svid() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    register(&mesh, "report-client", REPORT_OID, &["Budget.Read"]);
+    // The IdP trusts the SPIFFE trust domain's JWT bundle (a federated credential on the app).
+    mesh.idp.trust_assertion_keys(serde_json::to_string(&mesh.ca.jwt_bundle().unwrap()).unwrap().as_bytes()).unwrap();
+    let yaml = report_outbound_yaml(&mesh, "use_jwt_svid: true");
+    let outbound = start(&mesh.dir.path().join("report-svid.yaml"), &yaml, &Default::default()).await;
+    let reply = http(outbound.outbound_addr.unwrap(), "GET", "budget-backend", "/budget/read", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+/// A backend like the mesh's, with Graph as the risk and tag source.
+fn graph_backend_yaml(mesh: &Mesh, token_file: &Path, on_unavailable: &str) -> String {
+    let base = std::fs::read_to_string(&mesh.backend_config)
+        .unwrap()
+        .replace("listen: '127.0.0.1:0'\n  upstream", "listen: '127.0.0.1:0'\n  upstream");
+    format!(
+        "{base}entra: {{client_id: backend-client, tenant_id: '{TENANT}', authority: '{idp}', graph_endpoint: '{idp}', federated_token_file: '{file}'}}
+risk: {{source: graph, refresh: 1s, on_unavailable: {on_unavailable}}}
+tags: {{source: graph, ttl: 1s, on_unavailable: {on_unavailable}}}
+",
+        idp = mesh.idp.authority(),
+        file = token_file.display()
+    )
+}
+
+async fn read_as_report(mesh: &Mesh, backend: &App, token: &str) -> (u16, String) {
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let io = hyper_util::rt::TokioIo::new(tls_connect(backend.inbound_addr.unwrap(), tls).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/budget/read")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let reply = read_reply(sender.send_request(req).await.unwrap()).await;
+    let reason = if reply.status == 200 { "allowed".to_owned() } else { reply.denied().1 };
+    (reply.status, reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_risk_and_tags_with_outages_and_pushes() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env.clone()).await;
+    register(&mesh, "backend-client", "backend-oid", &[]);
+    let issuer = k8s_issuer(&mesh);
+    let token_file = mesh.dir.path().join("backend-token");
+    std::fs::write(&token_file, service_account_token(&issuer)).unwrap();
+    let backend =
+        start(&mesh.dir.path().join("graph.yaml"), &graph_backend_yaml(&mesh, &token_file, "deny"), &env).await;
+    let token = mesh
+        .idp
+        .token(&TokenSpec {
+            tenant: TENANT.into(),
+            audiences: vec![AUDIENCE.into()],
+            client_id: "report-client".into(),
+            oid: REPORT_OID.into(),
+            roles: vec!["Budget.Read".into()],
+            ttl: Duration::from_secs(600),
+            v1: false,
+        })
+        .unwrap();
+    let report: SpiffeId = REPORT.parse().unwrap();
+    mesh.idp.set_graph_attribute(REPORT_OID, "AgentIdentity", "Department", "finance");
+    let until = |want: &'static str| {
+        let (mesh, backend, token) = (&mesh, &backend, token.clone());
+        async move {
+            eventually(Duration::from_secs(15), want, || {
+                let token = token.clone();
+                async move { (read_as_report(mesh, backend, &token).await.1 == want).then_some(()) }
+            })
+            .await
+        }
+    };
+
+    // Not in riskyServicePrincipals (404) and tagged finance: allowed.
+    assert_eq!(read_as_report(&mesh, &backend, &token).await, (200, "allowed".into()));
+    // Graph down: the cached values serve within their TTL...
+    mesh.idp.set_graph_mode(GraphMode::Down);
+    assert_eq!(read_as_report(&mesh, &backend, &token).await, (200, "allowed".into()));
+    // ...then the risk is unavailable and `on_unavailable: deny` applies.
+    until("risk_unavailable").await;
+    // A push wins over Graph: risk known, but the tag is still unavailable.
+    backend.governor.pushes.set_risk(&report, Some(RiskLevel::Low));
+    assert_eq!(read_as_report(&mesh, &backend, &token).await, (403, "tags_unavailable".into()));
+    backend.governor.pushes.set_tag(&report, Some("finance".into()));
+    assert_eq!(read_as_report(&mesh, &backend, &token).await, (200, "allowed".into()));
+    backend.governor.pushes.set_risk(&report, None);
+    backend.governor.pushes.set_tag(&report, None);
+
+    for mode in [GraphMode::Throttled, GraphMode::Slow] {
+        mesh.idp.set_graph_mode(mode);
+        until("risk_unavailable").await;
+    }
+
+    // Graph answers again: a high risk blocks, a dismissed one does not.
+    mesh.idp.set_graph_mode(GraphMode::Ok);
+    mesh.idp.set_graph_risk(REPORT_OID, Some(("high", "atRisk")));
+    until("high_risk_agent_blocked").await;
+    mesh.idp.set_graph_risk(REPORT_OID, Some(("high", "dismissed")));
+    until("allowed").await;
+    // A pushed quarantine overrides Graph's all-clear.
+    backend.governor.pushes.set_risk(&report, Some(RiskLevel::High));
+    assert_eq!(read_as_report(&mesh, &backend, &token).await, (403, "high_risk_agent_blocked".into()));
+    drop(backend);
+
+    // With `on_unavailable: allow`, an outage lets requests through.
+    let lenient =
+        start(&mesh.dir.path().join("graph-allow.yaml"), &graph_backend_yaml(&mesh, &token_file, "allow"), &env).await;
+    mesh.idp.set_graph_mode(GraphMode::Down);
+    assert_eq!(read_as_report(&mesh, &lenient, &token).await, (200, "allowed".into()));
+}
