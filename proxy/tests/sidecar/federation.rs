@@ -108,9 +108,7 @@ async fn outbound_token_from_a_jwt_svid() {
 
 /// A backend like the mesh's, with Graph as the risk and tag source.
 fn graph_backend_yaml(mesh: &Mesh, token_file: &Path, on_unavailable: &str) -> String {
-    let base = std::fs::read_to_string(&mesh.backend_config)
-        .unwrap()
-        .replace("listen: '127.0.0.1:0'\n  upstream", "listen: '127.0.0.1:0'\n  upstream");
+    let base = std::fs::read_to_string(&mesh.backend_config).unwrap();
     format!(
         "{base}entra: {{client_id: backend-client, tenant_id: '{TENANT}', authority: '{idp}', graph_endpoint: '{idp}', federated_token_file: '{file}'}}
 risk: {{source: graph, refresh: 1s, on_unavailable: {on_unavailable}}}
