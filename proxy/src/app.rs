@@ -87,6 +87,9 @@ impl App {
             }
             _ => None,
         };
+        if let Some(graph) = graph.clone().filter(|_| config.risk.source == FactSource::Graph) {
+            followers.push(tokio::spawn(graph.refresh_risk_forever(config.risk.refresh)));
+        }
         let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph));
         let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
         if let Some(jwt) = &config.jwt {

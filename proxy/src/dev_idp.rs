@@ -10,7 +10,11 @@
 //! `GET /v1.0/identityProtection/riskyServicePrincipals/{id}` and
 //! `GET /v1.0/servicePrincipals/{id}`, and admin routes
 //! `POST /admin/rotate[?drop_old=true]`, `POST /admin/jwks/{down,up}`,
-//! `POST /admin/graph/{ok,down,throttled,slow}`, `GET /admin/stats`.
+//! `POST /admin/graph/{ok,down,throttled,slow}`,
+//! `PUT|DELETE /admin/graph/risk/{oid}` (`{"riskLevel","riskState"}`),
+//! `PUT /admin/graph/attributes/{oid}` (`{"set","attribute","value"}`),
+//! `PUT /admin/apps/{client_id}` (`{"oid","roles"}`), `POST /admin/trust`
+//! (a JWKS whose keys may sign client assertions), `GET /admin/stats`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -249,6 +253,14 @@ impl DevIdp {
         if path.starts_with("/v1.0/") {
             return Ok(self.graph(&req, &path).await);
         }
+        if path.starts_with("/admin/") && matches!(*req.method(), Method::PUT | Method::DELETE)
+            || path == "/admin/trust"
+        {
+            let method = req.method().clone();
+            let body =
+                http_body_util::BodyExt::collect(req.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Ok(self.admin_state(&method, &path, &body));
+        }
         if req.method() == Method::POST && path.ends_with("/oauth2/v2.0/token") {
             let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
             let body =
@@ -352,6 +364,55 @@ impl DevIdp {
                 &json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 }),
             ),
             Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "server_error" })),
+        }
+    }
+
+    /// Run-time state for people driving `dev idp` over HTTP.
+    fn admin_state(&self, method: &Method, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
+        let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ok = || json_response(StatusCode::OK, &json!({"ok": true}));
+        let bad = |why: &str| json_response(StatusCode::BAD_REQUEST, &json!({"error": why}));
+        match (method, segments.as_slice()) {
+            (&Method::DELETE, ["admin", "graph", "risk", oid]) => {
+                self.set_graph_risk(oid, None);
+                ok()
+            }
+            (&Method::PUT, ["admin", "graph", "risk", oid]) => match (text("riskLevel"), text("riskState")) {
+                (Some(level), Some(state)) => {
+                    self.set_graph_risk(oid, Some((&level, &state)));
+                    ok()
+                }
+                _ => bad("need riskLevel and riskState"),
+            },
+            (&Method::PUT, ["admin", "graph", "attributes", oid]) => {
+                match (text("set"), text("attribute"), text("value")) {
+                    (Some(set), Some(attribute), Some(value)) => {
+                        self.set_graph_attribute(oid, &set, &attribute, &value);
+                        ok()
+                    }
+                    _ => bad("need set, attribute and value"),
+                }
+            }
+            (&Method::PUT, ["admin", "apps", client_id]) => {
+                let roles = json
+                    .get("roles")
+                    .and_then(Value::as_array)
+                    .map_or_else(Vec::new, |r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect());
+                match text("oid") {
+                    Some(oid) => {
+                        self.register_app(client_id, AppRegistration { oid, roles });
+                        ok()
+                    }
+                    None => bad("need oid"),
+                }
+            }
+            (&Method::POST, ["admin", "trust"]) => match self.trust_assertion_keys(body) {
+                Ok(()) => ok(),
+                Err(e) => bad(&e),
+            },
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
         }
     }
 

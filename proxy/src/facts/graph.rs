@@ -53,7 +53,9 @@ impl Graph {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             tokens,
             http,
-            risk: moka::future::Cache::builder().max_capacity(10_000).time_to_live(risk_ttl).build(),
+            // Refreshed in the background every `risk.refresh`; an entry outlives three
+            // failed refreshes before the risk counts as unknown.
+            risk: moka::future::Cache::builder().max_capacity(10_000).time_to_live(risk_ttl * 3).build(),
             tags: moka::future::Cache::builder().max_capacity(10_000).time_to_live(tags_ttl).build(),
             attribute_set,
             attribute,
@@ -65,6 +67,21 @@ impl Graph {
     pub async fn risk(&self, oid: &str) -> Result<RiskLevel, Arc<GraphError>> {
         let url = format!("{}/v1.0/identityProtection/riskyServicePrincipals/{oid}", self.endpoint);
         self.risk.try_get_with(oid.to_owned(), async { self.lookup("risk", &url, parse_risk).await }).await
+    }
+
+    /// Re-reads the risk of every cached agent every `interval`, so warm
+    /// requests never wait on Graph; a failed refresh keeps the last value.
+    pub async fn refresh_risk_forever(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            let oids: Vec<String> = self.risk.iter().map(|(oid, _)| oid.as_ref().clone()).collect();
+            for oid in oids {
+                let url = format!("{}/v1.0/identityProtection/riskyServicePrincipals/{oid}", self.endpoint);
+                if let Ok(level) = self.lookup("risk", &url, parse_risk).await {
+                    self.risk.insert(oid, level).await;
+                }
+            }
+        }
     }
 
     /// The tag (custom security attribute) of the service principal `oid`.

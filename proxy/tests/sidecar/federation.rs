@@ -191,10 +191,14 @@ async fn graph_risk_and_tags_with_outages_and_pushes() {
 
     // Graph answers again: a high risk blocks, a dismissed one does not.
     mesh.idp.set_graph_mode(GraphMode::Ok);
-    mesh.idp.set_graph_risk(REPORT_OID, Some(("high", "atRisk")));
+    // Set over the dev IdP's admin API, as a person driving `dev idp` would.
+    let admin = mesh.idp.authority().trim_start_matches("http://").parse().unwrap();
+    let risk_path = format!("/admin/graph/risk/{REPORT_OID}");
+    assert_eq!(put_json(admin, &risk_path, r#"{"riskLevel":"high","riskState":"atRisk"}"#).await, 200);
     until("high_risk_agent_blocked").await;
-    mesh.idp.set_graph_risk(REPORT_OID, Some(("high", "dismissed")));
+    assert_eq!(put_json(admin, &risk_path, r#"{"riskLevel":"high","riskState":"dismissed"}"#).await, 200);
     until("allowed").await;
+    assert_eq!(put_json(admin, &risk_path, r#"{"riskLevel":"high"}"#).await, 400);
     // A pushed quarantine overrides Graph's all-clear.
     backend.governor.pushes.set_risk(&report, Some(RiskLevel::High));
     assert_eq!(read_as_report(&mesh, &backend, &token).await, (403, "high_risk_agent_blocked".into()));
@@ -205,4 +209,15 @@ async fn graph_risk_and_tags_with_outages_and_pushes() {
         start(&mesh.dir.path().join("graph-allow.yaml"), &graph_backend_yaml(&mesh, &token_file, "allow"), &env).await;
     mesh.idp.set_graph_mode(GraphMode::Down);
     assert_eq!(read_as_report(&mesh, &lenient, &token).await, (200, "allowed".into()));
+}
+
+async fn put_json(addr: std::net::SocketAddr, path: &str, body: &'static str) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::put(path)
+        .header("host", "idp")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    sender.send_request(req).await.unwrap().status().as_u16()
 }
