@@ -96,7 +96,9 @@ fn bench(c: &mut Criterion) {
         let path = CanonicalPath::parse("/budget/read", PathOptions::default()).unwrap();
         let facts = RequestFacts { caller: &caller, method: "GET", path: &path, headers: &headers };
         // Warm caches: nothing awaits, so the future completes on first poll.
-        let result = pipeline::evaluate(&loaded, Some(&oauth), &governor, facts, Some(&metrics)).now_or_never();
+        let mut trace = pipeline::Trace::default();
+        let result =
+            pipeline::evaluate(&loaded, Some(&oauth), &governor, facts, Some(&metrics), &mut trace).now_or_never();
         assert_eq!(result, Some(Ok(())));
     };
     run(); // warms the decision and token caches (one RSA verification)

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::allowlist::AllowList;
+use crate::audit::AuditHub;
 use crate::config::FactSource;
 use crate::config::{self, Config, IdentityConfig};
 use crate::connections;
@@ -43,6 +44,7 @@ pub struct App {
     pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
     /// Layers 4a and 4b, with the operator's pushes.
     pub governor: Arc<Governor>,
+    pub audit: Arc<AuditHub>,
     config_path: PathBuf,
     env: Arc<dyn config::Env>,
     shutdown: watch::Sender<bool>,
@@ -70,6 +72,7 @@ impl App {
         let handler = move |req| telemetry.clone().handle(req);
         servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
 
+        let audit = AuditHub::new(config.audit.ring, config.audit.file.clone(), metrics.clone());
         let http = HttpClient::new()?;
         let tokens = config.entra.as_ref().map(|entra| EntraTokens::new(entra, http.clone()));
         let graph = match (&tokens, &config.entra) {
@@ -122,7 +125,8 @@ impl App {
                 .clone()
                 .zip(config.policy.as_ref().map(|p| p.mode))
                 .context("`policy` is required with `inbound`")?;
-            let layers = Layers { policy: store, mode, oauth: oauth.clone(), governor: governor.clone() };
+            let layers =
+                Layers { policy: store, mode, oauth: oauth.clone(), governor: governor.clone(), audit: audit.clone() };
             let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), layers)?;
             followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
@@ -153,6 +157,7 @@ impl App {
             policy,
             oauth,
             governor,
+            audit,
             config_path: config.path,
             env: config.env,
             shutdown,

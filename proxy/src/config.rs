@@ -61,6 +61,7 @@ pub struct Config {
     pub tags: TagsSection,
     /// The sidecar's own Entra identity (federated, no secret).
     pub entra: Option<EntraSection>,
+    pub audit: AuditSection,
     /// The environment the config was read with; policy enrichment uses it on every reload.
     pub env: std::sync::Arc<dyn Env>,
 }
@@ -74,6 +75,15 @@ pub struct PolicyConfig {
     pub cedar: Vec<PathBuf>,
     pub mode: PolicyMode,
     pub case_insensitive_paths: bool,
+}
+
+/// The audit trail's sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSection {
+    /// Events kept in memory (for `/mgmt/audit` and stream resumption).
+    pub ring: usize,
+    /// JSON lines appended here.
+    pub file: Option<PathBuf>,
 }
 
 /// Where the client assertion for the token exchange comes from.
@@ -245,6 +255,14 @@ impl Config {
             entra,
             inbound: raw.inbound.map(|i| ctx.inbound(i)).transpose()?,
             outbound: raw.outbound.map(|o| ctx.outbound(o)).transpose()?,
+            audit: AuditSection {
+                ring: match raw.audit.ring {
+                    Some(0) => return Err(ctx.invalid("audit.ring", "must be at least 1")),
+                    Some(n) => n,
+                    None => 1000,
+                },
+                file: raw.audit.file.map(|f| ctx.resolve(f)),
+            },
             env: env.snapshot(),
         })
     }

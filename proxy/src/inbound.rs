@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::allowlist::AllowList;
+use crate::audit::{AuditHub, Event};
 use crate::body::{self, Activity, Body, Tracked};
 use crate::config::{InboundConfig, PolicyMode};
 use crate::connections::Connections;
@@ -59,6 +60,16 @@ pub struct Layers {
     /// Layer 3; replaced when a reload changes the `jwt` section.
     pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
     pub governor: Arc<Governor>,
+    pub audit: Arc<AuditHub>,
+}
+
+/// What one request's audit event needs, filled as the request proceeds.
+#[derive(Debug, Default)]
+struct RequestLog {
+    trace: pipeline::Trace,
+    /// A deny that `policy.mode: shadow` let through.
+    shadow: Option<Reason>,
+    path: Option<String>,
 }
 
 /// What is known about one accepted connection.
@@ -162,18 +173,46 @@ impl Inbound {
         conn: Arc<Conn>,
     ) -> Result<Response<Body>, Infallible> {
         let in_flight = conn.activity.begin();
+        let started = std::time::Instant::now();
         let request_id = self.ids.next();
-        let mut response = match self.forward(request, &conn, &request_id).await {
-            Ok(response) => {
-                self.metrics.request("inbound", policy::Layer::None, Reason::Allowed);
-                response
-            }
+        let method = request.method().to_string();
+        let mut log = RequestLog { path: Some(request.uri().path().to_owned()), ..RequestLog::default() };
+        let (mut response, denied) = match self.forward(request, &conn, &request_id, &mut log).await {
+            Ok(response) => (response, None),
             Err(reason) => {
-                self.metrics.request("inbound", reason.layer(), reason);
                 tracing::debug!(caller = %conn.peer.id, %reason, request_id, "inbound request denied");
-                deny::response(reason, &request_id)
+                (deny::response(reason, &request_id), Some(reason))
             }
         };
+        let (decision, reason) = match (denied, log.shadow) {
+            (Some(reason), _) => ("deny", reason),
+            (None, Some(reason)) => ("shadow_deny", reason),
+            (None, None) => ("allow", Reason::Allowed),
+        };
+        if decision != "shadow_deny" {
+            self.metrics.request("inbound", reason.layer(), reason);
+        }
+        self.metrics.request_duration_seconds.with_label_values(&["inbound"]).observe(started.elapsed().as_secs_f64());
+        let trace = log.trace;
+        self.layers.audit.record(Event {
+            direction: "inbound",
+            request_id: Some(request_id.clone()),
+            caller_spiffe_id: Some(conn.peer.id.to_string()),
+            target: Some(self.config.upstream.to_string()),
+            method: Some(method),
+            path: log.path,
+            decision,
+            layer: reason.layer().as_str(),
+            reason: reason.as_str().to_owned(),
+            policy_ids: trace.policy_ids,
+            status: response.status().as_u16(),
+            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            jwt: trace.jwt,
+            risk_level: trace.risk_level,
+            caller_tag: trace.caller_tag,
+            policy_version: trace.policy_version,
+            ..Event::default()
+        });
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID, id);
         }
@@ -187,6 +226,7 @@ impl Inbound {
         mut request: Request<Incoming>,
         conn: &Conn,
         request_id: &str,
+        log: &mut RequestLog,
     ) -> Result<Response<Body>, Reason> {
         if !self.allowlist.allows(&conn.peer.id) {
             return Err(Reason::NotAllowed);
@@ -198,7 +238,8 @@ impl Inbound {
             return Err(Reason::MethodNotAllowed);
         }
         let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
-        self.layers(conn, &request, &path, request_id).await?;
+        log.path = Some(path.as_str().to_owned());
+        self.layers(conn, &request, &path, request_id, log).await?;
         let uri = upstream_uri(&self.config.upstream, &path, request.uri().query())?;
 
         let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
@@ -230,15 +271,22 @@ impl Inbound {
         request: &Request<Incoming>,
         path: &CanonicalPath,
         request_id: &str,
+        log: &mut RequestLog,
     ) -> Result<(), Reason> {
         let Layers { policy, oauth, governor, .. } = &self.layers;
         let loaded = policy.current();
         let oauth = oauth.load_full();
         let facts =
             RequestFacts { caller: &conn.peer.id, method: request.method().as_str(), path, headers: request.headers() };
-        match pipeline::evaluate(&loaded, oauth.as_deref(), governor, facts, Some(&self.metrics)).await {
+        let result =
+            pipeline::evaluate(&loaded, oauth.as_deref(), governor, facts, Some(&self.metrics), &mut log.trace).await;
+        match result {
             Ok(()) => Ok(()),
-            Err(denial) => self.deny_or_shadow(denial.reason, &denial.policy_ids, conn, request_id),
+            Err(denial) => {
+                self.deny_or_shadow(denial.reason, &denial.policy_ids, conn, request_id)?;
+                log.shadow = Some(denial.reason);
+                Ok(())
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod allowlist;
 pub mod app;
+pub mod audit;
 pub mod body;
 pub mod check;
 pub mod cli;

@@ -18,6 +18,8 @@ pub struct Metrics {
     jwks_refresh_total: IntCounterVec,
     graph_requests_total: IntCounterVec,
     pub policy_eval_duration_seconds: prometheus::Histogram,
+    pub audit_dropped: IntCounter,
+    pub request_duration_seconds: prometheus::HistogramVec,
 }
 
 impl Metrics {
@@ -51,6 +53,16 @@ impl Metrics {
         )?;
         registry.register(Box::new(graph_requests_total.clone()))?;
         registry.register(Box::new(policy_reloads_total.clone()))?;
+        let audit_dropped = IntCounter::new("audit_dropped_total", "Audit events a slow sink or subscriber lost")?;
+        registry.register(Box::new(audit_dropped.clone()))?;
+        let request_duration_seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("request_duration_seconds", "Time from request head to response head")
+                .buckets(vec![
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            &["direction"],
+        )?;
+        registry.register(Box::new(request_duration_seconds.clone()))?;
         registry.register(Box::new(policy_eval_duration_seconds.clone()))?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
         registry.register(Box::new(svid_rotations_total.clone()))?;
@@ -73,6 +85,8 @@ impl Metrics {
             jwks_refresh_total,
             graph_requests_total,
             policy_eval_duration_seconds,
+            audit_dropped,
+            request_duration_seconds,
         })
     }
 

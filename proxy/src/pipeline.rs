@@ -12,6 +12,17 @@ use crate::metrics::Metrics;
 use crate::oauth::{Oauth, Outcome};
 use crate::policy_store::Loaded;
 
+/// What the layers found, for the audit event (filled as they run).
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub entry: Option<String>,
+    pub policy_ids: Vec<String>,
+    pub jwt: crate::audit::JwtAudit,
+    pub risk_level: Option<String>,
+    pub caller_tag: Option<String>,
+    pub policy_version: Option<String>,
+}
+
 /// The first layer that denied, and the policies that decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -37,8 +48,10 @@ pub async fn evaluate(
     governor: &Governor,
     request: RequestFacts<'_>,
     metrics: Option<&Metrics>,
+    trace: &mut Trace,
 ) -> Result<(), Denial> {
     let started = std::time::Instant::now();
+    trace.policy_version = Some(format!("{}#{}", loaded.engine.doc().version, loaded.generation));
     let verdict = loaded.engine.decide(policy::engine::Request {
         caller: request.caller,
         method: request.method,
@@ -48,12 +61,15 @@ pub async fn evaluate(
         metrics.policy_eval_duration_seconds.observe(started.elapsed().as_secs_f64());
     }
     let policy_ids = verdict.decision.policy_ids;
+    trace.policy_ids.clone_from(&policy_ids);
+    trace.jwt.present = request.headers.contains_key(hyper::header::AUTHORIZATION);
     if !verdict.decision.allow {
         return Err(Denial { reason: verdict.decision.reason, policy_ids });
     }
     let Some(entry) = verdict.entry.and_then(|e| loaded.engine.doc().entries.get(e)) else {
         return Err(Denial { reason: Reason::NoCallerPolicy, policy_ids });
     };
+    trace.entry = Some(entry.name.clone());
     let rule = verdict.rule.and_then(|r| entry.rules.get(r));
     let outcome = match (rule, oauth) {
         (None, _) => Ok(Outcome::NotRequired),
@@ -64,12 +80,20 @@ pub async fn evaluate(
         (Some(_), None) => Ok(Outcome::NotRequired),
     };
     let claims = match outcome {
-        Ok(Outcome::Valid(claims)) => Some(claims),
+        Ok(Outcome::Valid(claims)) => {
+            trace.jwt.valid = true;
+            trace.jwt.azp = claims.client_id.clone();
+            trace.jwt.roles = claims.roles.clone();
+            Some(claims)
+        }
         Ok(Outcome::NotRequired) => None,
-        Err(e) => return Err(Denial { reason: e.reason, policy_ids }),
+        Err(e) => {
+            trace.jwt.error = Some(e.to_string());
+            return Err(Denial { reason: e.reason, policy_ids });
+        }
     };
     governor
-        .check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref())
+        .check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref(), trace)
         .await
         .map_err(|reason| Denial { reason, policy_ids })
 }

@@ -22,6 +22,15 @@ pub struct RawConfig {
     pub risk: Option<RawRisk>,
     pub tags: Option<RawTags>,
     pub entra: Option<RawEntra>,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub ring: Option<usize>,
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -149,18 +149,23 @@ impl Governor {
         entry: &Entry,
         rule: Option<&Rule>,
         claims: Option<&Claims>,
+        trace: &mut crate::pipeline::Trace,
     ) -> Result<(), Reason> {
         if governance.enabled && entry.ca.disabled {
             return Err(Reason::AgentDisabled);
         }
-        match self.risk_of(caller, entry).await {
+        let risk = self.risk_of(caller, entry).await;
+        trace.risk_level = Some(risk.map_or("unknown", RiskLevel::as_str).to_owned());
+        match risk {
             Some(level) if self.risk.blocked_levels.contains(&level) => return Err(Reason::HighRiskAgentBlocked),
             Some(_) => {}
             None if self.risk.on_unavailable == OnUnavailable::Deny => return Err(Reason::RiskUnavailable),
             None => tracing::warn!(caller = %caller, "risk unknown; allowed by risk.on_unavailable: allow"),
         }
         if governance.enabled && !entry.ca.skip_target_tag_check {
-            match self.tag_of(caller, entry).await {
+            let tag = self.tag_of(caller, entry).await;
+            trace.caller_tag.clone_from(&tag);
+            match tag {
                 Some(tag) if tag.is_empty() || tag != governance.target_agent_tag => {
                     return Err(Reason::AgentTagMismatch);
                 }

@@ -1,0 +1,202 @@
+//! The audit trail (DESIGN 1.6): one event per decision, admin mutation,
+//! policy reload and (aggregated) refused handshake, with a monotonically
+//! increasing `seq`. Sinks: an in-memory ring, a JSON-lines file written by
+//! its own task, and subscribers on a bounded broadcast channel — a slow
+//! subscriber loses events and learns how many; nobody slows the data path.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::metrics::Metrics;
+
+/// What the audit event says about the token. Never the token itself.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct JwtAudit {
+    pub present: bool,
+    pub valid: bool,
+    pub azp: Option<String>,
+    pub roles: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// One audit event (DESIGN 1.6).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Event {
+    pub seq: u64,
+    pub timestamp: String,
+    pub direction: &'static str,
+    pub request_id: Option<String>,
+    pub caller_spiffe_id: Option<String>,
+    pub target: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub decision: &'static str,
+    pub layer: &'static str,
+    pub reason: String,
+    pub policy_ids: Vec<String>,
+    pub status: u16,
+    pub latency_us: u64,
+    pub jwt: JwtAudit,
+    pub risk_level: Option<String>,
+    pub caller_tag: Option<String>,
+    pub policy_version: Option<String>,
+    /// Mgmt mutations: which key (by name, never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Event(Arc<Event>),
+    /// The subscriber fell behind and lost this many events.
+    Dropped(u64),
+}
+
+pub struct AuditHub {
+    seq: AtomicU64,
+    ring: Mutex<VecDeque<Arc<Event>>>,
+    capacity: usize,
+    live: broadcast::Sender<Arc<Event>>,
+    file: Option<mpsc::Sender<Arc<Event>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Subscriber queue length: a subscriber further behind than this loses events.
+const SUBSCRIBER_QUEUE: usize = 1024;
+
+impl AuditHub {
+    /// `file`: JSON lines appended by a background task (started here).
+    pub fn new(capacity: usize, file: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (live, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        let file = file.map(|path| {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(write_file(path, rx));
+            tx
+        });
+        Arc::new(Self {
+            seq: AtomicU64::new(0),
+            ring: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            live,
+            file,
+            metrics,
+        })
+    }
+
+    /// Stamps `event` with the next `seq` and the time, and delivers it.
+    pub fn record(&self, mut event: Event) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        event.seq = seq;
+        event.timestamp = rfc3339(SystemTime::now());
+        let event = Arc::new(event);
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            if ring.len() == self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(event.clone());
+        }
+        let _no_subscribers = self.live.send(event.clone());
+        if let Some(file) = &self.file
+            && file.try_send(event).is_err()
+        {
+            self.metrics.audit_dropped.inc();
+        }
+        seq
+    }
+
+    /// Newest first, filtered.
+    pub fn recent(&self, limit: usize, caller: Option<&str>, decision: Option<&str>) -> Vec<Arc<Event>> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter()
+            .rev()
+            .filter(|e| caller.is_none_or(|c| e.caller_spiffe_id.as_deref() == Some(c)))
+            .filter(|e| decision.is_none_or(|d| e.decision == d))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Events after `seq` still in the ring (for `Last-Event-ID`), oldest first.
+    pub fn since(&self, seq: u64) -> Vec<Arc<Event>> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter().filter(|e| e.seq > seq).cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.live.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Receives the next delivery for a subscriber, turning lag into a count.
+pub async fn next(rx: &mut broadcast::Receiver<Arc<Event>>, metrics: &Metrics) -> Option<Delivery> {
+    match rx.recv().await {
+        Ok(event) => Some(Delivery::Event(event)),
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            metrics.audit_dropped.inc_by(n);
+            Some(Delivery::Dropped(n))
+        }
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+async fn write_file(path: PathBuf, mut rx: mpsc::Receiver<Arc<Event>>) {
+    use tokio::io::AsyncWriteExt;
+    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
+    let Ok(mut file) = file else {
+        tracing::error!(path = %path.display(), "cannot open the audit file; audit events go to the ring and stream only");
+        return;
+    };
+    while let Some(event) = rx.recv().await {
+        let Ok(mut line) = serde_json::to_vec(event.as_ref()) else { continue };
+        line.push(b'\n');
+        if let Err(e) = file.write_all(&line).await {
+            tracing::error!(error = %e, "audit file write failed");
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, without a date-time dependency.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z", d.subsec_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        use std::time::Duration;
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_680_000_123);
+        assert_eq!(rfc3339(t), "2026-11-26T08:00:00.123Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
