@@ -3,7 +3,6 @@
 //! SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::allowlist::AllowList;
 use crate::audit::AuditHub;
 use crate::config::FactSource;
-use crate::config::{self, Config, IdentityConfig};
+use crate::config::{Config, IdentityConfig};
 use crate::connections;
 use crate::facts::entra_token::EntraTokens;
 use crate::facts::governance::Governor;
@@ -24,9 +23,12 @@ use crate::facts::http::HttpClient;
 use crate::facts::jwks::{Jwks, JwksSettings};
 use crate::inbound::{Inbound, Layers};
 use crate::metrics::Metrics;
+use crate::mgmt::state::{State, StateFile};
+use crate::mgmt::{self, Mgmt};
 use crate::oauth::Oauth;
 use crate::outbound::Outbound;
 use crate::policy_store::{self, PolicyStore};
+use crate::reload::Reloader;
 use crate::server;
 use crate::telemetry::Telemetry;
 
@@ -35,6 +37,7 @@ pub struct App {
     pub telemetry_addr: SocketAddr,
     pub inbound_addr: Option<SocketAddr>,
     pub outbound_addr: Option<SocketAddr>,
+    pub mgmt_addr: Option<SocketAddr>,
     pub identity: IdentityWatch,
     pub metrics: Arc<Metrics>,
     pub allowlist: Arc<AllowList>,
@@ -45,8 +48,7 @@ pub struct App {
     /// Layers 4a and 4b, with the operator's pushes.
     pub governor: Arc<Governor>,
     pub audit: Arc<AuditHub>,
-    config_path: PathBuf,
-    env: Arc<dyn config::Env>,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     /// Listeners, which drain on shutdown.
     servers: Vec<JoinHandle<()>>,
@@ -139,17 +141,53 @@ impl App {
             let server = Outbound::new(cfg, identity.clone(), metrics.clone(), tokens.clone());
             servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
         }
+        let state = match &config.mgmt {
+            Some(mgmt) => Some(Arc::new(StateFile::open(&mgmt.state_file).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
+        let reloader = Arc::new(Reloader {
+            config_path: config.path.clone(),
+            env: config.env.clone(),
+            oauth: oauth.clone(),
+            policy: policy.clone(),
+            allowlist: allowlist.clone(),
+            state: state.clone(),
+        });
+        let mut mgmt_addr = None;
+        if let (Some(section), Some(state)) = (&config.mgmt, state) {
+            apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor)?;
+            let listener = server::bind("mgmt.listen", section.listen).await?;
+            mgmt_addr = Some(listener.local_addr()?);
+            let ctx = mgmt::Context {
+                allowlist: allowlist.clone(),
+                governor: governor.clone(),
+                policy: policy.clone(),
+                policy_config: config.policy.clone(),
+                jwt: config.jwt.clone(),
+                oauth: oauth.clone(),
+                audit: audit.clone(),
+                identity: identity.clone(),
+                metrics: metrics.clone(),
+                state,
+                reloader: reloader.clone(),
+                started: std::time::Instant::now(),
+            };
+            servers.push(tokio::spawn(Mgmt::new(section, ctx).serve(listener, shutdown.subscribe())));
+        }
         let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(
             telemetry = %telemetry_addr,
             inbound = %show(inbound_addr),
             outbound = %show(outbound_addr),
+            mgmt = %show(mgmt_addr),
             "a2a-sidecar started"
         );
         Ok(Self {
             telemetry_addr,
             inbound_addr,
             outbound_addr,
+            mgmt_addr,
+            reloader,
             identity,
             metrics,
             allowlist,
@@ -158,8 +196,6 @@ impl App {
             oauth,
             governor,
             audit,
-            config_path: config.path,
-            env: config.env,
             shutdown,
             servers,
             followers,
@@ -167,23 +203,10 @@ impl App {
         })
     }
 
-    /// Re-reads the config file and applies what can change at run time: the
-    /// allow-list and the policy. A config or policy that does not load
-    /// changes nothing.
+    /// Re-reads the config file and applies what can change at run time
+    /// (SIGHUP; `POST /mgmt/reload` does the same).
     pub fn reload(&self) -> anyhow::Result<()> {
-        let config = Config::load_with_env(&self.config_path, self.env.as_ref())?;
-        // Audiences and leeway apply at once (a new validator, an empty token
-        // cache); the signing keys stay with the running provider.
-        if let (Some(jwt), Some(current)) = (&config.jwt, self.oauth.load_full()) {
-            self.oauth.store(Some(Arc::new(Oauth::new(jwt, current.jwks().clone()))));
-        }
-        if let (Some(store), Some(cfg)) = (&self.policy, &config.policy) {
-            store.reload(cfg, self.env.as_ref())?;
-        }
-        let callers = config.inbound.as_ref().map(|i| i.allowed_callers.clone()).unwrap_or_default();
-        tracing::info!(allowed_callers = callers.len(), "configuration reloaded");
-        self.allowlist.replace(callers);
-        Ok(())
+        self.reloader.reload()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain
@@ -246,4 +269,30 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         app.shutdown().await;
         Ok(())
     })
+}
+
+/// Re-applies what the admin API changed before the restart.
+fn apply_state(
+    state: &State,
+    config: &Config,
+    allowlist: &AllowList,
+    policy: Option<&Arc<PolicyStore>>,
+    governor: &Governor,
+) -> anyhow::Result<()> {
+    if let Some(ids) = &state.allowed_ids {
+        let patterns = ids.iter().map(|id| id.parse()).collect::<Result<Vec<certs::IdPattern>, _>>()?;
+        allowlist.replace(patterns);
+    }
+    if let (Some(yaml), Some(store), Some(cfg)) = (&state.policy_yaml, policy, &config.policy) {
+        let engine =
+            policy_store::build(yaml, "mgmt.state_file policy", cfg, config.env.as_ref(), config.jwt.as_ref())?;
+        store.install(engine);
+    }
+    for (id, level) in &state.risks {
+        governor.pushes.set_risk(&id.parse()?, Some(level.parse().map_err(anyhow::Error::msg)?));
+    }
+    for (id, tag) in &state.tags {
+        governor.pushes.set_tag(&id.parse()?, Some(tag.clone()));
+    }
+    Ok(())
 }

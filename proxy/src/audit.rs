@@ -46,6 +46,9 @@ pub struct Event {
     pub risk_level: Option<String>,
     pub caller_tag: Option<String>,
     pub policy_version: Option<String>,
+    /// The caller's policy entry name (bounded; for per-caller counters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_policy: Option<String>,
     /// Mgmt mutations: which key (by name, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
@@ -59,8 +62,18 @@ pub enum Delivery {
     Dropped(u64),
 }
 
+/// Decision counters for `GET /mgmt/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    total: u64,
+    allowed: u64,
+    denied: u64,
+    per_caller: std::collections::BTreeMap<String, [u64; 3]>,
+}
+
 pub struct AuditHub {
     seq: AtomicU64,
+    counters: Mutex<Counters>,
     ring: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
     live: broadcast::Sender<Arc<Event>>,
@@ -82,6 +95,7 @@ impl AuditHub {
         });
         Arc::new(Self {
             seq: AtomicU64::new(0),
+            counters: Mutex::default(),
             ring: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             live,
@@ -95,6 +109,20 @@ impl AuditHub {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         event.seq = seq;
         event.timestamp = rfc3339(SystemTime::now());
+        if event.direction != "mgmt" {
+            let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            let allowed = event.decision != "deny";
+            c.total += 1;
+            if allowed {
+                c.allowed += 1
+            } else {
+                c.denied += 1
+            }
+            let caller = event.caller_policy.clone().unwrap_or_else(|| "unknown".into());
+            let row = c.per_caller.entry(caller).or_default();
+            row[0] += 1;
+            row[usize::from(!allowed) + 1] += 1;
+        }
         let event = Arc::new(event);
         {
             let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
@@ -128,6 +156,17 @@ impl AuditHub {
     pub fn since(&self, seq: u64) -> Vec<Arc<Event>> {
         let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         ring.iter().filter(|e| e.seq > seq).cloned().collect()
+    }
+
+    /// `{total_requests, total_allowed, total_denied, per_caller}` (by policy entry name).
+    pub fn counters(&self) -> serde_json::Value {
+        let c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let per_caller: serde_json::Map<String, serde_json::Value> = c
+            .per_caller
+            .iter()
+            .map(|(k, [t, a, d])| (k.clone(), serde_json::json!({"total": t, "allowed": a, "denied": d})))
+            .collect();
+        serde_json::json!({"total_requests": c.total, "total_allowed": c.allowed, "total_denied": c.denied, "per_caller": per_caller})
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

@@ -62,6 +62,8 @@ pub struct Config {
     /// The sidecar's own Entra identity (federated, no secret).
     pub entra: Option<EntraSection>,
     pub audit: AuditSection,
+    /// The admin API; absent = none.
+    pub mgmt: Option<MgmtSection>,
     /// The environment the config was read with; policy enrichment uses it on every reload.
     pub env: std::sync::Arc<dyn Env>,
 }
@@ -75,6 +77,35 @@ pub struct PolicyConfig {
     pub cedar: Vec<PathBuf>,
     pub mode: PolicyMode,
     pub case_insensitive_paths: bool,
+}
+
+/// An admin API role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Viewer,
+    Admin,
+}
+
+/// An admin key, kept as its SHA-256 only. `Debug` prints the name and role.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    pub name: String,
+    pub role: Role,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKey").field("name", &self.name).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MgmtSection {
+    pub listen: SocketAddr,
+    pub keys: Vec<AdminKey>,
+    /// Accepted mutations, written before the 200 and re-applied on start.
+    pub state_file: PathBuf,
 }
 
 /// The audit trail's sinks.
@@ -263,6 +294,7 @@ impl Config {
                 },
                 file: raw.audit.file.map(|f| ctx.resolve(f)),
             },
+            mgmt: raw.mgmt.map(|m| ctx.mgmt(m)).transpose()?,
             env: env.snapshot(),
         })
     }
@@ -484,6 +516,50 @@ impl Ctx<'_> {
         }))
     }
 
+    fn mgmt(&self, raw: raw::RawMgmt) -> Result<MgmtSection, Error> {
+        let text = raw.listen.as_deref().unwrap_or("127.0.0.1:9443");
+        let listen: SocketAddr = text
+            .parse()
+            .map_err(|_| self.invalid("mgmt.listen", format!("`{text}` is not an address like 127.0.0.1:9443")))?;
+        if !listen.ip().is_loopback() {
+            return Err(self.invalid(
+                "mgmt.listen",
+                format!("`{listen}` is not loopback: a non-loopback admin listener needs mTLS, which this build does not offer yet"),
+            ));
+        }
+        if raw.keys.is_empty() {
+            return Err(self.invalid("mgmt.keys", "at least one key is required, even on loopback"));
+        }
+        let mut keys = Vec::new();
+        for (i, key) in raw.keys.into_iter().enumerate() {
+            let field = |f: &str| format!("mgmt.keys[{i}].{f}");
+            let role = match key.role.as_str() {
+                "admin" => Role::Admin,
+                "viewer" => Role::Viewer,
+                other => return Err(self.invalid(&field("role"), format!("`{other}` is not one of admin, viewer"))),
+            };
+            let sha256 = match (key.sha256, key.env) {
+                (Some(hex), None) => {
+                    parse_sha256(&hex).ok_or_else(|| self.invalid(&field("sha256"), "must be 64 hex digits"))?
+                }
+                (None, Some(var)) => {
+                    let value =
+                        self.env.get(&var).ok_or_else(|| self.invalid(&field("env"), format!("`{var}` is not set")))?;
+                    sha256(value.as_bytes())
+                }
+                _ => return Err(self.invalid(&field("sha256"), "set exactly one of `sha256` or `env`")),
+            };
+            if key.name.is_empty() {
+                return Err(self.invalid(&field("name"), "is required (audit events name the key)"));
+            }
+            keys.push(AdminKey { name: key.name, role, sha256 });
+        }
+        let state_file = raw
+            .state_file
+            .ok_or_else(|| self.invalid("mgmt.state_file", "required: admin changes must survive restarts"))?;
+        Ok(MgmtSection { listen, keys, state_file: self.resolve(state_file) })
+    }
+
     fn on_unavailable(&self, field: &str, value: Option<&str>) -> Result<OnUnavailable, Error> {
         match value.unwrap_or("deny") {
             "deny" => Ok(OnUnavailable::Deny),
@@ -548,6 +624,27 @@ impl Ctx<'_> {
         };
         Ok(TelemetryConfig { listen, log_format })
     }
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        *out.get_mut(i)? = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Identity endpoints are `https://`; plain `http://` only on loopback

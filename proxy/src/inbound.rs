@@ -211,6 +211,7 @@ impl Inbound {
             risk_level: trace.risk_level,
             caller_tag: trace.caller_tag,
             policy_version: trace.policy_version,
+            caller_policy: trace.entry,
             ..Event::default()
         });
         if let Ok(id) = HeaderValue::from_str(&request_id) {

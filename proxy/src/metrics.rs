@@ -19,6 +19,7 @@ pub struct Metrics {
     graph_requests_total: IntCounterVec,
     pub policy_eval_duration_seconds: prometheus::Histogram,
     pub audit_dropped: IntCounter,
+    mgmt_auth_failures: IntCounter,
     pub request_duration_seconds: prometheus::HistogramVec,
 }
 
@@ -55,6 +56,9 @@ impl Metrics {
         registry.register(Box::new(policy_reloads_total.clone()))?;
         let audit_dropped = IntCounter::new("audit_dropped_total", "Audit events a slow sink or subscriber lost")?;
         registry.register(Box::new(audit_dropped.clone()))?;
+        let mgmt_auth_failures =
+            IntCounter::new("mgmt_auth_failures_total", "Admin API requests with a missing or wrong key")?;
+        registry.register(Box::new(mgmt_auth_failures.clone()))?;
         let request_duration_seconds = prometheus::HistogramVec::new(
             prometheus::HistogramOpts::new("request_duration_seconds", "Time from request head to response head")
                 .buckets(vec![
@@ -86,12 +90,17 @@ impl Metrics {
             graph_requests_total,
             policy_eval_duration_seconds,
             audit_dropped,
+            mgmt_auth_failures,
             request_duration_seconds,
         })
     }
 
     pub fn graph_request(&self, api: &'static str, result: &'static str) {
         self.graph_requests_total.with_label_values(&[api, result]).inc();
+    }
+
+    pub fn mgmt_auth_failure(&self) {
+        self.mgmt_auth_failures.inc();
     }
 
     pub fn jwks_refresh(&self, result: &'static str) {

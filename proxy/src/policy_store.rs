@@ -40,17 +40,30 @@ pub struct PolicyStore {
 /// Reads the policy files and builds the engine (parse, enrich, validate,
 /// compile), and checks that its `require_jwt` rules can be enforced with `jwt`.
 pub fn load(config: &PolicyConfig, env: &dyn Env, jwt: Option<&JwtSection>) -> Result<PolicyEngine, LoadError> {
+    let text = std::fs::read_to_string(&config.file)
+        .map_err(|source| LoadError::Read { path: config.file.clone(), source })?;
+    build(&text, &config.file.display().to_string(), config, env, jwt)
+}
+
+/// As [`load`], with the reference YAML given (`PUT /mgmt/policy`); the
+/// native Cedar files still come from `config`.
+pub fn build(
+    yaml: &str,
+    name: &str,
+    config: &PolicyConfig,
+    env: &dyn Env,
+    jwt: Option<&JwtSection>,
+) -> Result<PolicyEngine, LoadError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path)
             .map(|text| Source { name: path.display().to_string(), text })
             .map_err(|source| LoadError::Read { path: path.to_owned(), source })
     };
-    let reference = read(&config.file)?;
+    let reference = Source { name: name.to_owned(), text: yaml.to_owned() };
     let cedar = config.cedar.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
     let options = CompileOptions { case_insensitive_paths: config.case_insensitive_paths };
     let engine = PolicyEngine::build(&reference, &cedar, &|name| env.get(name), options)?;
-    crate::oauth::check_policy(engine.doc(), jwt)
-        .map_err(|why| LoadError::Unverifiable { file: config.file.clone(), why })?;
+    crate::oauth::check_policy(engine.doc(), jwt).map_err(|why| LoadError::Unverifiable { file: name.into(), why })?;
     Ok(engine)
 }
 
@@ -63,6 +76,14 @@ impl PolicyStore {
     /// The policy in force: one consistent snapshot for a whole request.
     pub fn current(&self) -> Arc<Loaded> {
         self.current.load_full()
+    }
+
+    /// Swaps in an engine built elsewhere (`PUT /mgmt/policy`); returns its generation.
+    pub fn install(&self, engine: PolicyEngine) -> u64 {
+        let generation = self.current.load().generation + 1;
+        self.current.store(Arc::new(Loaded { engine, loaded_at: SystemTime::now(), generation }));
+        self.metrics.policy_reload("ok");
+        generation
     }
 
     /// Builds a new engine from `config` and swaps it in; on error the

@@ -24,6 +24,25 @@ pub struct RawConfig {
     pub entra: Option<RawEntra>,
     #[serde(default)]
     pub audit: RawAudit,
+    pub mgmt: Option<RawMgmt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMgmt {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: String,
+    pub role: String,
+    pub sha256: Option<String>,
+    pub env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

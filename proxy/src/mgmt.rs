@@ -1,0 +1,157 @@
+//! The admin API (`/mgmt`, DESIGN 1.5): route names and JSON shapes of the
+//! reference prototype, keys always required (the app shares the pod's
+//! loopback), every mutation persisted before its 200 and audited with the
+//! key's name.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::body::{self, Body};
+use crate::config::{AdminKey, MgmtSection, Role};
+
+mod routes;
+pub mod state;
+mod stream;
+
+pub use routes::Context;
+
+/// Failures from one address within this window count towards the limit.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+const MAX_FAILURES: u32 = 10;
+/// `PUT /mgmt/policy` bodies are at most this large.
+pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+
+pub struct Mgmt {
+    keys: Vec<AdminKey>,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    ctx: Context,
+}
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Mgmt {
+    pub fn new(section: &MgmtSection, ctx: Context) -> Arc<Self> {
+        Arc::new(Self { keys: section.keys.clone(), failures: Mutex::default(), ctx })
+    }
+
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        crate::server::accept_loop(listener, shutdown, Duration::from_secs(5), move |tcp, remote, shutdown| {
+            let this = self.clone();
+            async move {
+                let service = hyper::service::service_fn(move |req| this.clone().handle(req, remote));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                let mut shutdown = shutdown;
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let Some(route) = routes::Route::find(&path) else {
+            return Ok(error(StatusCode::NOT_FOUND, "not_found"));
+        };
+        if !route.methods().contains(&method) {
+            let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+            let allow = route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, v);
+            }
+            return Ok(response);
+        }
+        let caller = if route.open() {
+            None
+        } else {
+            match self.authenticate(&req, remote.ip()) {
+                Ok(caller) => Some(caller),
+                Err(response) => return Ok(response),
+            }
+        };
+        let write = method != Method::GET;
+        if write && caller.as_ref().is_some_and(|c| c.role != Role::Admin) {
+            return Ok(error(StatusCode::FORBIDDEN, "forbidden"));
+        }
+        Ok(routes::dispatch(&self.ctx, route, req, caller).await)
+    }
+
+    /// The key, compared in constant time over SHA-256 hashes; repeated
+    /// failures from one address are answered 429.
+    fn authenticate(&self, req: &Request<Incoming>, ip: IpAddr) -> Result<Caller, Response<Body>> {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = failures.entry(ip).or_insert((0, Instant::now()));
+        if entry.1.elapsed() > FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        if entry.0 >= MAX_FAILURES {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return Err(response);
+        }
+        let presented = req.headers().get("x-spiffe-admin-key").map(|v| crate::config::sha256(v.as_bytes()));
+        let matched = presented.and_then(|hash| {
+            // Every key is compared, so the time does not depend on which one matched.
+            self.keys.iter().fold(None, |found, key| {
+                let same = aws_lc_rs::constant_time::verify_slices_are_equal(&key.sha256, &hash).is_ok();
+                if same { Some(key) } else { found }
+            })
+        });
+        match matched {
+            Some(key) => Ok(Caller { name: key.name.clone(), role: key.role }),
+            None => {
+                entry.0 += 1;
+                self.ctx.metrics.mgmt_auth_failure();
+                Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
+            }
+        }
+    }
+}
+
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+pub fn error(status: StatusCode, code: &str) -> Response<Body> {
+    json_response(status, &json!({ "error": code }))
+}
+
+pub fn error_message(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(status, &json!({ "error": code, "message": message }))
+}
+
+/// Reads a request body up to `limit` bytes; `None` when larger.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Option<Bytes> {
+    let limited = http_body_util::Limited::new(req.into_body(), limit);
+    limited.collect().await.ok().map(|b| b.to_bytes())
+}

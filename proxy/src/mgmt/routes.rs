@@ -1,0 +1,429 @@
+//! The `/mgmt` routes and their JSON shapes (the reference prototype's).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use certs::{IdPattern, IdentityWatch, SpiffeId};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::state::StateFile;
+use super::{Caller, MAX_POLICY_BYTES, error, error_message, json_response, read_body};
+use crate::allowlist::AllowList;
+use crate::audit::{AuditHub, Event, rfc3339};
+use crate::body::Body;
+use crate::config::{FactSource, JwtSection, PolicyConfig};
+use crate::facts::governance::{Governor, RiskLevel};
+use crate::metrics::Metrics;
+use crate::oauth::Oauth;
+use crate::policy_store::PolicyStore;
+use crate::reload::Reloader;
+
+/// What the routes read and change.
+pub struct Context {
+    pub allowlist: Arc<AllowList>,
+    pub governor: Arc<Governor>,
+    pub policy: Option<Arc<PolicyStore>>,
+    pub policy_config: Option<PolicyConfig>,
+    pub jwt: Option<JwtSection>,
+    pub oauth: Arc<ArcSwapOption<Oauth>>,
+    pub audit: Arc<AuditHub>,
+    pub identity: IdentityWatch,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<StateFile>,
+    pub reloader: Arc<Reloader>,
+    pub started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Policy,
+    MtlsPolicy,
+    AgentRisk,
+    AgentTags,
+    OauthStatus,
+    CaPolicyEffective,
+    Metrics,
+    Audit,
+    AuditStream,
+    Reload,
+}
+
+impl Route {
+    pub fn find(path: &str) -> Option<Self> {
+        Some(match path.trim_end_matches('/') {
+            "/mgmt/health" => Self::Health,
+            "/mgmt/policy" => Self::Policy,
+            "/mgmt/mtls-policy" => Self::MtlsPolicy,
+            "/mgmt/agent-risk" => Self::AgentRisk,
+            "/mgmt/agent-tags" => Self::AgentTags,
+            "/mgmt/oauth-status" => Self::OauthStatus,
+            "/mgmt/ca-policy-effective" => Self::CaPolicyEffective,
+            "/mgmt/metrics" => Self::Metrics,
+            "/mgmt/audit" => Self::Audit,
+            "/mgmt/audit/stream" => Self::AuditStream,
+            "/mgmt/reload" => Self::Reload,
+            _ => return None,
+        })
+    }
+
+    pub fn methods(self) -> &'static [Method] {
+        match self {
+            Self::Policy | Self::MtlsPolicy | Self::AgentRisk | Self::AgentTags => &[Method::GET, Method::PUT],
+            Self::Reload => &[Method::POST],
+            _ => &[Method::GET],
+        }
+    }
+
+    /// `health` needs no key.
+    pub fn open(self) -> bool {
+        self == Self::Health
+    }
+}
+
+pub async fn dispatch(ctx: &Context, route: Route, req: Request<Incoming>, caller: Option<Caller>) -> Response<Body> {
+    let actor = caller.map(|c| c.name).unwrap_or_default();
+    let put = req.method() == Method::PUT;
+    match route {
+        Route::Health => health(ctx),
+        Route::Policy if put => put_policy(ctx, req, &actor).await,
+        Route::Policy => get_policy(ctx),
+        Route::MtlsPolicy if put => put_mtls(ctx, req, &actor).await,
+        Route::MtlsPolicy => mtls(ctx),
+        Route::AgentRisk if put => put_risk(ctx, req, &actor).await,
+        Route::AgentRisk => risks(ctx),
+        Route::AgentTags if put => put_tag(ctx, req, &actor).await,
+        Route::AgentTags => tags(ctx),
+        Route::OauthStatus => oauth_status(ctx),
+        Route::CaPolicyEffective => ca_effective(ctx),
+        Route::Metrics => json_response(StatusCode::OK, &ctx.audit.counters()),
+        Route::Audit => audit(ctx, &req),
+        Route::AuditStream => super::stream::stream(ctx, &req),
+        Route::Reload => match ctx.reloader.reload() {
+            Ok(()) => {
+                record(ctx, &actor, "POST", "/mgmt/reload", 200);
+                json_response(StatusCode::OK, &json!({"status": "reloaded"}))
+            }
+            Err(e) => error_message(StatusCode::BAD_REQUEST, "reload_failed", &format!("{e:#}")),
+        },
+    }
+}
+
+/// Every mutation is itself an audit event, naming the key (never the key).
+fn record(ctx: &Context, actor: &str, method: &str, path: &str, status: u16) {
+    ctx.audit.record(Event {
+        direction: "mgmt",
+        method: Some(method.into()),
+        path: Some(path.into()),
+        decision: "allow",
+        layer: "none",
+        reason: "admin_change".into(),
+        status,
+        actor: Some(actor.into()),
+        ..Event::default()
+    });
+}
+
+fn health(ctx: &Context) -> Response<Body> {
+    let current = ctx.identity.current();
+    let expiry = current.as_ref().map(|i| i.svid().not_after());
+    let ttl = expiry.and_then(|e| e.duration_since(SystemTime::now()).ok()).map(|d| d.as_secs());
+    let status = ctx.identity.status();
+    let healthy = ctx.identity.is_ready() && ctx.policy.is_some();
+    let loaded = ctx.policy.as_ref().map(|p| p.current());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": if healthy { "healthy" } else { "unhealthy" },
+            "policy_version": loaded.as_ref().map(|l| format!("{}#{}", l.engine.doc().version, l.generation)),
+            "policy_loaded_at": loaded.as_ref().map(|l| rfc3339(l.loaded_at)),
+            "uptime_seconds": ctx.started.elapsed().as_secs(),
+            "spire_agent_connected": status.connected,
+            "svid_expiry": expiry.map(rfc3339),
+            "svid_ttl_seconds": ttl,
+            "jwks": ctx.oauth.load_full().map(|o| {
+                let s = o.jwks().status();
+                json!({"last_refresh": s.last_refresh.map(rfc3339), "last_error": s.last_error})
+            }),
+        }),
+    )
+}
+
+fn etag(generation: u64) -> String {
+    format!("\"{generation}\"")
+}
+
+fn get_policy(ctx: &Context) -> Response<Body> {
+    let Some(store) = &ctx.policy else { return error(StatusCode::NOT_FOUND, "no_policy") };
+    let loaded = store.current();
+    let doc = loaded.engine.doc();
+    let entries: Vec<Value> = doc
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.name,
+                "federated": e.federated,
+                "selector": match &e.selector {
+                    policy::reference::Selector::Exact(id) => json!({"spiffe_id": id.as_str()}),
+                    policy::reference::Selector::Prefix(p) => json!({"spiffe_id_prefix": p}),
+                },
+                "entra_agent_id": e.entra_agent_id,
+                "ca": {"agent_state": if e.ca.disabled { "disabled" } else { "enabled" }, "agent_tag": e.ca.agent_tag,
+                       "skip_target_tag_check": e.ca.skip_target_tag_check},
+                "rules": e.rules.len(),
+            })
+        })
+        .collect();
+    let mut response = json_response(
+        StatusCode::OK,
+        &json!({
+            "policy": {
+                "version": doc.version,
+                "trust_domain": doc.trust_domain.as_str(),
+                "default_action": if doc.default_action == policy::reference::Action::Allow { "allow" } else { "deny" },
+                "admin_governance": {"enabled": doc.governance.enabled, "target_agent_tag": doc.governance.target_agent_tag,
+                                     "risk_enforcement": doc.governance.risk_enforcement},
+                "policies": entries,
+            },
+            "loaded_at": rfc3339(loaded.loaded_at),
+            "generation": loaded.generation,
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&etag(loaded.generation)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
+    let (Some(store), Some(config)) = (&ctx.policy, &ctx.policy_config) else {
+        return error(StatusCode::NOT_FOUND, "no_policy");
+    };
+    let if_match = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(body) = read_body(req, MAX_POLICY_BYTES).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    };
+    if let Some(expected) = if_match
+        && expected != "*"
+        && expected != etag(store.current().generation)
+    {
+        return error(StatusCode::PRECONDITION_FAILED, "precondition_failed");
+    }
+    let Ok(yaml) = String::from_utf8(body.to_vec()) else {
+        return error_message(StatusCode::BAD_REQUEST, "invalid_policy", "the body is not UTF-8");
+    };
+    let engine =
+        match crate::policy_store::build(&yaml, "PUT /mgmt/policy", config, ctx.reloader.env(), ctx.jwt.as_ref()) {
+            Ok(engine) => engine,
+            Err(e) => {
+                ctx.metrics.policy_reload("error");
+                return error_message(StatusCode::BAD_REQUEST, "invalid_policy", &e.to_string());
+            }
+        };
+    if let Err(e) = ctx.state.update(&format!("policy:{actor}"), |s| s.policy_yaml = Some(yaml)) {
+        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
+    }
+    let generation = store.install(engine);
+    record(ctx, actor, "PUT", "/mgmt/policy", 200);
+    let mut response = json_response(StatusCode::OK, &json!({"status": "updated", "generation": generation}));
+    if let Ok(v) = HeaderValue::from_str(&etag(generation)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+fn mtls(ctx: &Context) -> Response<Body> {
+    let ids: Vec<String> = ctx.allowlist.patterns().iter().map(ToString::to_string).collect();
+    json_response(StatusCode::OK, &json!({"mode": "allowlist", "count": ids.len(), "allowed_ids": ids}))
+}
+
+async fn json_body(req: Request<Incoming>) -> Result<(Value, bool), Response<Body>> {
+    let force = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "force=true"));
+    let body =
+        read_body(req, 64 * 1024).await.ok_or_else(|| error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))?;
+    let value = serde_json::from_slice(&body)
+        .map_err(|e| error_message(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()))?;
+    Ok((value, force))
+}
+
+async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
+    let (body, force) = match json_body(req).await {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    let Some(list) = body.get("allowed_ids").and_then(Value::as_array) else {
+        return error_message(StatusCode::BAD_REQUEST, "invalid_request", "`allowed_ids` must be a list");
+    };
+    let mut patterns = Vec::new();
+    for item in list {
+        let text = item.as_str().unwrap_or_default();
+        match text.parse::<IdPattern>() {
+            Ok(p) => patterns.push(p),
+            Err(e) => return error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{text}`: {e}")),
+        }
+    }
+    if patterns.is_empty() && !force {
+        return error_message(
+            StatusCode::BAD_REQUEST,
+            "empty_allowlist",
+            "an empty list refuses every caller: add ?force=true",
+        );
+    }
+    let ids: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+    if let Err(e) = ctx.state.update(&format!("mtls-policy:{actor}"), |s| s.allowed_ids = Some(ids)) {
+        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
+    }
+    ctx.allowlist.replace(patterns);
+    record(ctx, actor, "PUT", "/mgmt/mtls-policy", 200);
+    mtls(ctx)
+}
+
+fn risks(ctx: &Context) -> Response<Body> {
+    let risks: serde_json::Map<String, Value> =
+        ctx.governor.pushes.risks().into_iter().map(|(k, v)| (k, json!(v.as_str()))).collect();
+    json_response(StatusCode::OK, &json!({"count": risks.len(), "risks": risks, "default_level": "low"}))
+}
+
+fn caller_id(body: &Value) -> Result<SpiffeId, Response<Body>> {
+    let text = body.get("spiffe_id").and_then(Value::as_str).unwrap_or_default();
+    text.parse().map_err(|e| error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{text}`: {e}")))
+}
+
+async fn put_risk(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
+    let body = match json_body(req).await {
+        Ok((v, _)) => v,
+        Err(response) => return response,
+    };
+    let id = match caller_id(&body) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let level = match body.get("risk_level") {
+        Some(Value::Null) => None,
+        Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => s.parse::<RiskLevel>().ok(),
+        _ => {
+            return error_message(
+                StatusCode::BAD_REQUEST,
+                "invalid_risk_level",
+                "`risk_level` is low, medium, high or null",
+            );
+        }
+    };
+    let update = ctx.state.update(&format!("agent-risk:{actor}"), |s| match level {
+        Some(l) => {
+            s.risks.insert(id.to_string(), l.as_str().to_owned());
+        }
+        None => {
+            s.risks.remove(id.as_str());
+        }
+    });
+    if let Err(e) = update {
+        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
+    }
+    ctx.governor.pushes.set_risk(&id, level);
+    record(ctx, actor, "PUT", "/mgmt/agent-risk", 200);
+    risks(ctx)
+}
+
+fn tags(ctx: &Context) -> Response<Body> {
+    let tags = ctx.governor.pushes.tags();
+    let source = if ctx.governor.tags.source == FactSource::Graph { "graph" } else { "policy" };
+    json_response(StatusCode::OK, &json!({"count": tags.len(), "tags": tags, "source": source}))
+}
+
+async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
+    let body = match json_body(req).await {
+        Ok((v, _)) => v,
+        Err(response) => return response,
+    };
+    let id = match caller_id(&body) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let tag = match body.get("tag") {
+        Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => return error_message(StatusCode::BAD_REQUEST, "invalid_tag", "`tag` is a string or null"),
+    };
+    let update = ctx.state.update(&format!("agent-tags:{actor}"), |s| match &tag {
+        Some(t) => {
+            s.tags.insert(id.to_string(), t.clone());
+        }
+        None => {
+            s.tags.remove(id.as_str());
+        }
+    });
+    if let Err(e) = update {
+        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
+    }
+    ctx.governor.pushes.set_tag(&id, tag);
+    record(ctx, actor, "PUT", "/mgmt/agent-tags", 200);
+    tags(ctx)
+}
+
+fn oauth_status(ctx: &Context) -> Response<Body> {
+    let oauth = ctx.oauth.load_full();
+    let keys = oauth.as_ref().and_then(|o| o.jwks().keys());
+    let status = oauth.as_ref().map(|o| o.jwks().status());
+    let audiences = ctx.jwt.as_ref().map(|j| j.audiences.clone()).unwrap_or_default();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "config_loaded": oauth.is_some(),
+            "jwks_cached": keys.is_some(),
+            "last_jwks_refresh": status.as_ref().and_then(|s| s.last_refresh).map(rfc3339),
+            "last_error": status.and_then(|s| s.last_error.clone()),
+            "key_count": keys.map_or(0, |k| k.len()),
+            "tenant_id": ctx.jwt.as_ref().map(|j| j.tenant_id.clone()),
+            "audience": audiences.first(),
+            "audiences": audiences,
+        }),
+    )
+}
+
+fn ca_effective(ctx: &Context) -> Response<Body> {
+    let g = &ctx.governor;
+    let source =
+        |s: FactSource, local: &str| if s == FactSource::Graph { "graph".to_owned() } else { local.to_owned() };
+    let doc = ctx.policy.as_ref().map(|p| p.current());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "governance_enabled": doc.as_ref().map(|d| d.engine.doc().governance.enabled),
+            "target_agent_tag": doc.as_ref().map(|d| d.engine.doc().governance.target_agent_tag.clone()),
+            "risk": {
+                "source": source(g.risk.source, "mgmt"),
+                "blocked_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+                "on_unavailable": format!("{:?}", g.risk.on_unavailable).to_lowercase(),
+                "pushed": g.pushes.risks().len(),
+            },
+            "tags": {
+                "source": source(g.tags.source, "policy"),
+                "on_unavailable": format!("{:?}", g.tags.on_unavailable).to_lowercase(),
+                "pushed": g.pushes.tags().len(),
+            },
+            "state_last_change": ctx.state.get().last_change,
+            "state_last_change_at": ctx.state.get().last_change_at,
+        }),
+    )
+}
+
+fn audit(ctx: &Context, req: &Request<Incoming>) -> Response<Body> {
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_owned(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()))
+        .collect();
+    let get = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let limit = get("limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(10_000);
+    let entries = ctx.audit.recent(limit, get("spiffe_id"), get("decision"));
+    json_response(StatusCode::OK, &json!({"count": entries.len(), "entries": entries}))
+}

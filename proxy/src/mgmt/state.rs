@@ -1,0 +1,104 @@
+//! Admin changes that must survive a restart: written to `mgmt.state_file`
+//! (temp file, fsync, rename: a crash never leaves a torn file) before the
+//! admin API answers 200, and re-applied on start.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the admin API changed, with when and through which key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// An allow-list set through the API (overrides `inbound.allowed_callers`
+    /// until the config is reloaded, which is a more recent change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ids: Option<Vec<String>>,
+    /// A policy set through the API, as YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_yaml: Option<String>,
+    #[serde(default)]
+    pub risks: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// The last change: `<channel>:<key name>` and when (RFC 3339).
+    #[serde(default)]
+    pub last_change: Option<String>,
+    #[serde(default)]
+    pub last_change_at: Option<String>,
+}
+
+pub struct StateFile {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl StateFile {
+    /// Reads the file; a missing file is an empty state, a broken one an error.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let state = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("`{}`: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(format!("`{}`: {e}", path.display())),
+        };
+        Ok(Self { path: path.into(), state: Mutex::new(state) })
+    }
+
+    pub fn get(&self) -> State {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Applies `change` and persists the result; on a write error nothing changes.
+    pub fn update(&self, actor: &str, change: impl FnOnce(&mut State)) -> Result<(), String> {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = guard.clone();
+        change(&mut next);
+        next.last_change = Some(actor.to_owned());
+        next.last_change_at = Some(crate::audit::rfc3339(std::time::SystemTime::now()));
+        write_atomically(&self.path, &next)?;
+        *guard = next;
+        Ok(())
+    }
+}
+
+fn write_atomically(path: &Path, state: &State) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| format!("`{}`: {e}", path.display());
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(&bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_persist_and_a_torn_temp_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let file = StateFile::open(&path).unwrap();
+        file.update("agent-risk:ops", |s| {
+            s.risks.insert("spiffe://td/a".into(), "high".into());
+        })
+        .unwrap();
+        // A crash between writing the temp file and the rename leaves a partial temp file.
+        std::fs::write(path.with_extension("tmp"), br#"{"risks": {"spiffe://td/a": "lo"#).unwrap();
+        let reopened = StateFile::open(&path).unwrap().get();
+        assert_eq!(reopened.risks.get("spiffe://td/a").map(String::as_str), Some("high"));
+        assert_eq!(reopened.last_change.as_deref(), Some("agent-risk:ops"));
+        std::fs::write(&path, b"{ not json").unwrap();
+        assert!(StateFile::open(&path).is_err(), "a broken state file refuses to start");
+    }
+}
