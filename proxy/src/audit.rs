@@ -119,9 +119,9 @@ impl AuditHub {
                 c.denied += 1
             }
             let caller = event.caller_policy.clone().unwrap_or_else(|| "unknown".into());
-            let row = c.per_caller.entry(caller).or_default();
-            row[0] += 1;
-            row[usize::from(!allowed) + 1] += 1;
+            let [total, allowed_count, denied_count] = c.per_caller.entry(caller).or_default();
+            *total += 1;
+            if allowed { *allowed_count += 1 } else { *denied_count += 1 }
         }
         let event = Arc::new(event);
         {

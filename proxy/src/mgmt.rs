@@ -37,6 +37,35 @@ pub struct Mgmt {
     ctx: Context,
 }
 
+/// A refusal, turned into a JSON response at the edge.
+#[derive(Debug)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Option<String>,
+}
+
+impl Reject {
+    pub fn new(status: StatusCode, code: &'static str) -> Self {
+        Self { status, code, message: None }
+    }
+
+    pub fn with(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: Some(message.into()) }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = match self.message {
+            Some(message) => error_message(self.status, self.code, &message),
+            None => error(self.status, self.code),
+        };
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        response
+    }
+}
+
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -92,7 +121,7 @@ impl Mgmt {
         } else {
             match self.authenticate(&req, remote.ip()) {
                 Ok(caller) => Some(caller),
-                Err(response) => return Ok(response),
+                Err(reject) => return Ok(reject.into_response()),
             }
         };
         let write = method != Method::GET;
@@ -104,16 +133,14 @@ impl Mgmt {
 
     /// The key, compared in constant time over SHA-256 hashes; repeated
     /// failures from one address are answered 429.
-    fn authenticate(&self, req: &Request<Incoming>, ip: IpAddr) -> Result<Caller, Response<Body>> {
+    fn authenticate(&self, req: &Request<Incoming>, ip: IpAddr) -> Result<Caller, Reject> {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = failures.entry(ip).or_insert((0, Instant::now()));
         if entry.1.elapsed() > FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
         if entry.0 >= MAX_FAILURES {
-            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-            return Err(response);
+            return Err(Reject::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
         }
         let presented = req.headers().get("x-spiffe-admin-key").map(|v| crate::config::sha256(v.as_bytes()));
         let matched = presented.and_then(|hash| {
@@ -128,7 +155,7 @@ impl Mgmt {
             None => {
                 entry.0 += 1;
                 self.ctx.metrics.mgmt_auth_failure();
-                Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
+                Err(Reject::new(StatusCode::UNAUTHORIZED, "unauthorized"))
             }
         }
     }

@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::state::StateFile;
-use super::{Caller, MAX_POLICY_BYTES, error, error_message, json_response, read_body};
+use super::{Caller, MAX_POLICY_BYTES, Reject, error, error_message, json_response, read_body};
 use crate::allowlist::AllowList;
 use crate::audit::{AuditHub, Event, rfc3339};
 use crate::body::Body;
@@ -242,19 +242,20 @@ fn mtls(ctx: &Context) -> Response<Body> {
     json_response(StatusCode::OK, &json!({"mode": "allowlist", "count": ids.len(), "allowed_ids": ids}))
 }
 
-async fn json_body(req: Request<Incoming>) -> Result<(Value, bool), Response<Body>> {
+async fn json_body(req: Request<Incoming>) -> Result<(Value, bool), Reject> {
     let force = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "force=true"));
-    let body =
-        read_body(req, 64 * 1024).await.ok_or_else(|| error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))?;
+    let body = read_body(req, 64 * 1024)
+        .await
+        .ok_or_else(|| Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))?;
     let value = serde_json::from_slice(&body)
-        .map_err(|e| error_message(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()))?;
+        .map_err(|e| Reject::with(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
     Ok((value, force))
 }
 
 async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
     let (body, force) = match json_body(req).await {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(reject) => return reject.into_response(),
     };
     let Some(list) = body.get("allowed_ids").and_then(Value::as_array) else {
         return error_message(StatusCode::BAD_REQUEST, "invalid_request", "`allowed_ids` must be a list");
@@ -289,19 +290,19 @@ fn risks(ctx: &Context) -> Response<Body> {
     json_response(StatusCode::OK, &json!({"count": risks.len(), "risks": risks, "default_level": "low"}))
 }
 
-fn caller_id(body: &Value) -> Result<SpiffeId, Response<Body>> {
+fn caller_id(body: &Value) -> Result<SpiffeId, Reject> {
     let text = body.get("spiffe_id").and_then(Value::as_str).unwrap_or_default();
-    text.parse().map_err(|e| error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{text}`: {e}")))
+    text.parse().map_err(|e| Reject::with(StatusCode::BAD_REQUEST, "invalid_spiffe_id", format!("`{text}`: {e}")))
 }
 
 async fn put_risk(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
     let body = match json_body(req).await {
         Ok((v, _)) => v,
-        Err(response) => return response,
+        Err(reject) => return reject.into_response(),
     };
     let id = match caller_id(&body) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(reject) => return reject.into_response(),
     };
     let level = match body.get("risk_level") {
         Some(Value::Null) => None,
@@ -339,11 +340,11 @@ fn tags(ctx: &Context) -> Response<Body> {
 async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
     let body = match json_body(req).await {
         Ok((v, _)) => v,
-        Err(response) => return response,
+        Err(reject) => return reject.into_response(),
     };
     let id = match caller_id(&body) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(reject) => return reject.into_response(),
     };
     let tag = match body.get("tag") {
         Some(Value::Null) => None,
