@@ -25,7 +25,8 @@ mod stream;
 
 pub use routes::Context;
 
-/// Failures from one address within this window count towards the limit.
+/// Failures from one address within this window (since its last valid key)
+/// count towards the limit.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_FAILURES: u32 = 10;
 /// `PUT /mgmt/policy` bodies are at most this large.
@@ -151,7 +152,11 @@ impl Mgmt {
             })
         });
         match matched {
-            Some(key) => Ok(Caller { name: key.name.clone(), role: key.role }),
+            Some(key) => {
+                // Only a valid key resets the count; without one the limit holds.
+                *entry = (0, Instant::now());
+                Ok(Caller { name: key.name.clone(), role: key.role })
+            }
             None => {
                 entry.0 += 1;
                 self.ctx.metrics.mgmt_auth_failure();

@@ -20,6 +20,7 @@ mod sidecar {
     pub mod hostile;
     pub mod jwt;
     pub mod mesh;
+    pub mod mgmt;
     pub mod outbound;
     pub mod rbac;
     pub mod signals;

@@ -179,10 +179,25 @@ inbound:
   upstream_response_timeout: 10s
   allowed_callers: [{}]
 policy: {{file: policy.yaml}}
+mgmt:
+  listen: '127.0.0.1:0'
+  state_file: state.json
+  keys:
+    - {{name: ops, role: admin, sha256: '{}'}}
+    - {{name: portal, role: viewer, sha256: '{}'}}
 ",
         socket.display(),
-        callers.join(", ")
+        callers.join(", "),
+        hex(proxy::config::sha256(ADMIN_KEY.as_bytes())),
+        hex(proxy::config::sha256(VIEWER_KEY.as_bytes())),
     )
+}
+
+pub const ADMIN_KEY: &str = "admin-key-for-tests";
+pub const VIEWER_KEY: &str = "viewer-key-for-tests";
+
+fn hex(bytes: [u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The backend's `jwt` section, pointing at the dev IdP.

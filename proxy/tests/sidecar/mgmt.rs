@@ -1,0 +1,267 @@
+//! The admin API over real HTTP against a running sidecar: keys and roles,
+//! the reference routes and shapes, persistence across a restart, audit and
+//! its SSE stream.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use super::mesh::{ADMIN_KEY, MENUS, Mesh, REPORT, VIEWER_KEY};
+use super::support::http;
+
+/// (status, headers, JSON body)
+async fn call(
+    mesh_addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, Value) {
+    let tcp = tokio::net::TcpStream::connect(mesh_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "mgmt");
+    if let Some(key) = key {
+        req = req.header("x-spiffe-admin-key", key);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = Full::new(bytes::Bytes::from(body.unwrap_or_default().to_owned()));
+    let response = sender.send_request(req.body(body).unwrap()).await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_roles_and_route_shapes() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let gets = [
+        "/mgmt/policy",
+        "/mgmt/mtls-policy",
+        "/mgmt/agent-risk",
+        "/mgmt/agent-tags",
+        "/mgmt/oauth-status",
+        "/mgmt/ca-policy-effective",
+        "/mgmt/metrics",
+        "/mgmt/audit",
+    ];
+    for path in gets {
+        for key in [None, Some("wrong")] {
+            let (status, _, body) = call(mgmt, "GET", path, key, None, &[]).await;
+            assert_eq!((status, body), (401, serde_json::json!({"error": "unauthorized"})), "{path} {key:?}");
+        }
+        assert_eq!(call(mgmt, "GET", path, Some(VIEWER_KEY), None, &[]).await.0, 200, "{path}");
+        assert_eq!(call(mgmt, "GET", path, Some(ADMIN_KEY), None, &[]).await.0, 200, "{path}");
+    }
+    let (status, _, health) = call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "healthy");
+    assert!(health["spire_agent_connected"].as_bool().unwrap() && health["svid_ttl_seconds"].as_u64().unwrap() > 0);
+
+    let (status, _, _) = call(mgmt, "PUT", "/mgmt/agent-risk", Some(VIEWER_KEY), Some("{}"), &[]).await;
+    assert_eq!(status, 403, "viewer on a write");
+    assert_eq!(call(mgmt, "GET", "/mgmt/nope", Some(ADMIN_KEY), None, &[]).await.0, 404);
+    let (status, headers, _) = call(mgmt, "DELETE", "/mgmt/agent-risk", Some(ADMIN_KEY), None, &[]).await;
+    assert_eq!((status, headers.get("allow").unwrap().to_str().unwrap()), (405, "GET, PUT"));
+
+    let (_, _, mtls) = call(mgmt, "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(mtls["mode"], "allowlist");
+    assert_eq!(mtls["count"], 2);
+    let (_, headers, policy) = call(mgmt, "GET", "/mgmt/policy", Some(VIEWER_KEY), None, &[]).await;
+    assert!(headers.contains_key("etag") && policy["loaded_at"].is_string() && policy["policy"]["policies"].is_array());
+    let (_, _, oauth) = call(mgmt, "GET", "/mgmt/oauth-status", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(oauth["audience"], super::mesh::AUDIENCE);
+    assert!(oauth["audiences"].is_array() && oauth["config_loaded"].as_bool().unwrap());
+
+    // Repeated failures from one address: 429 with Retry-After.
+    let mut last = 0;
+    for _ in 0..12 {
+        last = call(mgmt, "GET", "/mgmt/audit", Some("guess"), None, &[]).await.0;
+    }
+    let (status, headers, _) = call(mgmt, "GET", "/mgmt/audit", Some(ADMIN_KEY), None, &[]).await;
+    assert_eq!((last, status), (429, 429));
+    assert_eq!(headers.get("retry-after").unwrap(), "60");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_apply_at_once_and_survive_a_restart() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let menus_out = mesh.menus.outbound_addr.unwrap();
+    assert_eq!(http(menus_out, "GET", "budget-backend", "/x", &[]).await.status, 502, "menus is not allowed yet");
+
+    // The allow-list: an empty list needs force; then menus is allowed on the next request.
+    let empty = r#"{"allowed_ids": []}"#;
+    assert_eq!(call(mgmt, "PUT", "/mgmt/mtls-policy", Some(ADMIN_KEY), Some(empty), &[]).await.0, 400);
+    let ids = format!(r#"{{"allowed_ids": ["{REPORT}", "{MENUS}"]}}"#);
+    let (status, _, body) = call(mgmt, "PUT", "/mgmt/mtls-policy", Some(ADMIN_KEY), Some(&ids), &[]).await;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(2)));
+    assert_eq!(http(menus_out, "GET", "budget-backend", "/x", &[]).await.status, 200);
+
+    // Risk and tags pushes, validated.
+    let bad = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "severe"}}"#);
+    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&bad), &[]).await.0, 400);
+    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some("{nope"), &[]).await.0, 400);
+    let high = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#);
+    let (status, _, risks) = call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&high), &[]).await;
+    assert_eq!(
+        (status, risks["risks"][REPORT].as_str(), risks["default_level"].as_str()),
+        (200, Some("high"), Some("low"))
+    );
+    let out = mesh.report.outbound_addr.unwrap();
+    assert_eq!(
+        http(out, "GET", "budget-backend", "/x", &[]).await.denied(),
+        ("risk".into(), "high_risk_agent_blocked".into())
+    );
+    let tag = format!(r#"{{"spiffe_id": "{MENUS}", "tag": "hr"}}"#);
+    let (status, _, tags) = call(mgmt, "PUT", "/mgmt/agent-tags", Some(ADMIN_KEY), Some(&tag), &[]).await;
+    assert_eq!((status, tags["tags"][MENUS].as_str(), tags["source"].as_str()), (200, Some("hr"), Some("policy")));
+
+    // The policy: a stale If-Match is 412, invalid YAML is 400 and the old policy stays.
+    let (_, headers, _) = call(mgmt, "GET", "/mgmt/policy", Some(ADMIN_KEY), None, &[]).await;
+    let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
+    let deny_menus = super::mesh::OPEN_POLICY.replace(
+        "{name: employee-menus, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus', rules: [{path: '/*', methods: ['*'], action: allow}]}",
+        "{name: employee-menus, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus', rules: [{path: '/*', methods: ['*'], action: deny}]}",
+    );
+    let stale = [("if-match", "\"999\"")];
+    assert_eq!(call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some(&deny_menus), &stale).await.0, 412);
+    let (status, _, body) = call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some("version: [broken"), &[]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_policy")));
+    assert_eq!(http(menus_out, "GET", "budget-backend", "/x", &[]).await.status, 200, "old policy still enforced");
+    let fresh = [("if-match", etag.as_str())];
+    assert_eq!(call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some(&deny_menus), &fresh).await.0, 200);
+    assert_eq!(
+        http(menus_out, "GET", "budget-backend", "/x", &[]).await.denied(),
+        ("rbac".into(), "rule_denied".into())
+    );
+    let big = "x".repeat(300 * 1024);
+    assert_eq!(call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some(&big), &[]).await.0, 413);
+
+    // Every mutation is audited with the key's name, never the key.
+    let (_, _, audit) = call(mgmt, "GET", "/mgmt/audit?limit=50", Some(VIEWER_KEY), None, &[]).await;
+    let mgmt_events: Vec<&Value> =
+        audit["entries"].as_array().unwrap().iter().filter(|e| e["direction"] == "mgmt").collect();
+    assert!(mgmt_events.len() >= 4 && mgmt_events.iter().all(|e| e["actor"] == "ops"), "{mgmt_events:?}");
+    assert!(!audit.to_string().contains(ADMIN_KEY));
+
+    // Restart on the same config and state file: everything is still in force.
+    let Mesh { backend, backend_config, .. } = mesh;
+    backend.shutdown().await;
+    let mut restarted = proxy::app::App::start(proxy::config::Config::load(&backend_config).unwrap()).await.unwrap();
+    restarted.identity.wait_ready().await.unwrap();
+    let mgmt2 = restarted.mgmt_addr.unwrap();
+    let (_, _, mtls) = call(mgmt2, "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(mtls["count"], 2);
+    let (_, _, risks) = call(mgmt2, "GET", "/mgmt/agent-risk", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(risks["risks"][REPORT], "high");
+    let (_, _, tags) = call(mgmt2, "GET", "/mgmt/agent-tags", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(tags["tags"][MENUS], "hr");
+    let (_, _, policy) = call(mgmt2, "GET", "/mgmt/policy", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(policy["generation"], 2, "the PUT policy was re-applied on start");
+    let (_, _, effective) = call(mgmt2, "GET", "/mgmt/ca-policy-effective", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(effective["state_last_change"], "policy:ops");
+}
+
+/// Reads SSE events (`id`, event name) from a stream until `n` audit events arrived.
+async fn read_events(body: &mut hyper::body::Incoming, n: usize) -> Vec<(u64, String)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while events.len() < n {
+            let frame = body.frame().await.unwrap().unwrap();
+            buffer.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default()));
+            while let Some(end) = buffer.find("\n\n") {
+                let chunk: String = buffer.drain(..end + 2).collect();
+                let id = chunk.lines().find_map(|l| l.strip_prefix("id: ")).and_then(|v| v.parse().ok());
+                let event = chunk.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default().to_owned();
+                if let Some(id) = id {
+                    events.push((id, event));
+                }
+            }
+        }
+    })
+    .await
+    .expect("events arrived");
+    events
+}
+
+async fn stream(mgmt: std::net::SocketAddr, last_id: Option<u64>) -> hyper::body::Incoming {
+    let tcp = tokio::net::TcpStream::connect(mgmt).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req =
+        hyper::Request::get("/mgmt/audit/stream").header("host", "m").header("x-spiffe-admin-key", VIEWER_KEY);
+    if let Some(id) = last_id {
+        req = req.header("last-event-id", id.to_string());
+    }
+    let response = sender.send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
+    assert_eq!(response.headers().get("content-type").unwrap(), "text/event-stream");
+    response.into_body()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_stream_delivers_in_order_and_resumes() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let out = mesh.report.outbound_addr.unwrap();
+    let mut body = stream(mgmt, None).await;
+    for i in 0..5 {
+        http(out, "GET", "budget-backend", &format!("/s/{i}"), &[]).await;
+    }
+    let first = read_events(&mut body, 5).await;
+    let ids: Vec<u64> = first.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    drop(body);
+
+    // While disconnected, three more; Last-Event-ID brings exactly those back first.
+    for i in 5..8 {
+        http(out, "GET", "budget-backend", &format!("/s/{i}"), &[]).await;
+    }
+    let last = *ids.last().unwrap();
+    let mut resumed = stream(mgmt, Some(last)).await;
+    let replay = read_events(&mut resumed, 3).await;
+    assert_eq!(replay.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [last + 1, last + 2, last + 3]);
+
+    // The audit query: newest first, filtered.
+    let (_, _, audit) = call(
+        mgmt,
+        "GET",
+        &format!("/mgmt/audit?limit=2&spiffe_id={REPORT}&decision=allow"),
+        Some(VIEWER_KEY),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(audit["count"], 2);
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(entries[0]["seq"].as_u64() > entries[1]["seq"].as_u64());
+    for field in [
+        "seq",
+        "timestamp",
+        "direction",
+        "request_id",
+        "caller_spiffe_id",
+        "method",
+        "path",
+        "decision",
+        "layer",
+        "reason",
+        "policy_ids",
+        "status",
+        "latency_us",
+        "jwt",
+        "policy_version",
+    ] {
+        assert!(entries[0].get(field).is_some(), "missing {field}");
+    }
+    let (_, _, metrics) = call(mgmt, "GET", "/mgmt/metrics", Some(VIEWER_KEY), None, &[]).await;
+    assert!(metrics["total_requests"].as_u64().unwrap() >= 8);
+    assert!(metrics["per_caller"]["budget-report"]["allowed"].as_u64().unwrap() >= 8, "{metrics}");
+}
