@@ -75,6 +75,10 @@ impl App {
         servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
 
         let audit = AuditHub::new(config.audit.ring, config.audit.file.clone(), metrics.clone());
+        let state = match &config.mgmt {
+            Some(mgmt) => Some(Arc::new(StateFile::open(&mgmt.state_file).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
         let http = HttpClient::new()?;
         let tokens = config.entra.as_ref().map(|entra| EntraTokens::new(entra, http.clone()));
         let graph = match (&tokens, &config.entra) {
@@ -110,12 +114,13 @@ impl App {
         let mut policy = None;
         if let Some(cfg) = config.policy.clone() {
             let engine = policy_store::load(&cfg, config.env.as_ref(), config.jwt.as_ref())?;
-            let store = PolicyStore::new(engine, metrics.clone(), config.jwt.clone());
+            let store = PolicyStore::new(engine, metrics.clone(), config.jwt.clone(), Some(audit.clone()));
             followers.push(tokio::spawn(policy_store::watch(
                 store.clone(),
                 cfg,
                 config.env.clone(),
                 std::time::Duration::from_secs(1),
+                state.clone(),
             )));
             policy = Some(store);
         }
@@ -138,13 +143,9 @@ impl App {
         if let Some(cfg) = config.outbound.clone() {
             let listener = server::bind("outbound.listen", cfg.listen).await?;
             outbound_addr = Some(listener.local_addr()?);
-            let server = Outbound::new(cfg, identity.clone(), metrics.clone(), tokens.clone());
+            let server = Outbound::new(cfg, identity.clone(), metrics.clone(), tokens.clone(), audit.clone());
             servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
         }
-        let state = match &config.mgmt {
-            Some(mgmt) => Some(Arc::new(StateFile::open(&mgmt.state_file).map_err(anyhow::Error::msg)?)),
-            None => None,
-        };
         let reloader = Arc::new(Reloader {
             config_path: config.path.clone(),
             env: config.env.clone(),

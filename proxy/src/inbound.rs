@@ -2,6 +2,7 @@
 //! and on every request, canonical paths, header hygiene, and forwarding to
 //! the local app with bodies, SSE and upgrades streamed.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +52,16 @@ pub struct Inbound {
     ids: RequestIds,
     metrics: Arc<Metrics>,
     layers: Layers,
+    /// Refused handshakes, aggregated so a flood cannot evict the audit ring.
+    refusals: std::sync::Mutex<Refusals>,
 }
+
+/// By (claimed caller, reason): when the last event was written, and how many
+/// refusals were folded since.
+type Refusals = HashMap<(String, &'static str), (Option<std::time::Instant>, u64)>;
+
+/// At most one audit event per claimed caller and reason in this window.
+const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The state layers 2-4 read on every request.
 pub struct Layers {
@@ -103,6 +113,7 @@ impl Inbound {
             ids: RequestIds::new(),
             metrics,
             layers,
+            refusals: std::sync::Mutex::default(),
         }))
     }
 
@@ -128,6 +139,7 @@ impl Inbound {
                 let caller = rejection.and_then(|r| r.peer).map(|p| p.to_string());
                 tracing::info!(%remote, caller, reason, "inbound handshake refused");
                 self.metrics.tls_handshake("inbound", reason);
+                self.audit_refusal(caller, reason);
                 return;
             }
             Err(_) => {
@@ -165,6 +177,39 @@ impl Inbound {
         };
         server::drive(connection, ends).await;
         tracing::debug!(%remote, caller = %conn.peer.id, "inbound connection closed");
+    }
+
+    /// Records a refused handshake: the first per caller and reason in each
+    /// window, with how many were folded into it.
+    fn audit_refusal(&self, caller: Option<String>, reason: &'static str) {
+        let key = (caller.clone().unwrap_or_default(), reason);
+        let folded = {
+            let mut refusals = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if refusals.len() > 4096 {
+                refusals.clear();
+            }
+            let entry = refusals.entry(key).or_insert((None, 0));
+            if entry.0.is_some_and(|at| at.elapsed() < REFUSAL_WINDOW) {
+                entry.1 += 1;
+                return;
+            }
+            let folded = entry.1;
+            *entry = (Some(std::time::Instant::now()), 0);
+            folded
+        };
+        self.layers.audit.record(Event {
+            direction: "inbound",
+            caller_spiffe_id: caller,
+            decision: "deny",
+            layer: "mtls",
+            reason: reason.to_owned(),
+            policy_ids: if folded > 0 {
+                vec![format!("+{folded} more refused in the last window")]
+            } else {
+                Vec::new()
+            },
+            ..Event::default()
+        });
     }
 
     async fn request(

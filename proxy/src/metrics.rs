@@ -20,6 +20,7 @@ pub struct Metrics {
     pub policy_eval_duration_seconds: prometheus::Histogram,
     pub audit_dropped: IntCounter,
     mgmt_auth_failures: IntCounter,
+    upstream_errors_total: IntCounterVec,
     pub request_duration_seconds: prometheus::HistogramVec,
 }
 
@@ -59,6 +60,11 @@ impl Metrics {
         let mgmt_auth_failures =
             IntCounter::new("mgmt_auth_failures_total", "Admin API requests with a missing or wrong key")?;
         registry.register(Box::new(mgmt_auth_failures.clone()))?;
+        let upstream_errors_total = IntCounterVec::new(
+            Opts::new("upstream_errors_total", "Upstream failures by kind (the reason)"),
+            &["kind"],
+        )?;
+        registry.register(Box::new(upstream_errors_total.clone()))?;
         let request_duration_seconds = prometheus::HistogramVec::new(
             prometheus::HistogramOpts::new("request_duration_seconds", "Time from request head to response head")
                 .buckets(vec![
@@ -91,6 +97,7 @@ impl Metrics {
             policy_eval_duration_seconds,
             audit_dropped,
             mgmt_auth_failures,
+            upstream_errors_total,
             request_duration_seconds,
         })
     }
@@ -118,6 +125,9 @@ impl Metrics {
 
     /// Counts one request outcome. Labels are bounded: fixed names only.
     pub fn request(&self, direction: &'static str, layer: Layer, reason: Reason) {
+        if layer == Layer::Upstream {
+            self.upstream_errors_total.with_label_values(&[reason.as_str()]).inc();
+        }
         let decision = if reason == Reason::Allowed { "allow" } else { "deny" };
         self.requests_total.with_label_values(&[direction, decision, layer.as_str(), reason.as_str()]).inc();
     }

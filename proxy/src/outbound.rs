@@ -20,6 +20,7 @@ use policy::Reason;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::audit::{AuditHub, Event};
 use crate::body::{Activity, Body, Tracked};
 use crate::config::{OutboundConfig, RouteConfig};
 use crate::deny;
@@ -33,6 +34,7 @@ use crate::upstream::{self};
 
 pub struct Outbound {
     config: OutboundConfig,
+    audit: Arc<AuditHub>,
     /// The sidecar's own Entra tokens, for routes with `entra_token`.
     tokens: Option<Arc<EntraTokens>>,
     routes: Vec<Route>,
@@ -60,9 +62,10 @@ impl Outbound {
         identity: IdentityWatch,
         metrics: Arc<Metrics>,
         tokens: Option<Arc<EntraTokens>>,
+        audit: Arc<AuditHub>,
     ) -> Arc<Self> {
         let routes = config.routes.iter().map(|r| Route { config: r.clone(), pools: ArcSwapOption::empty() }).collect();
-        Arc::new(Self { config, tokens, routes, identity, ids: RequestIds::new(), metrics })
+        Arc::new(Self { config, audit, tokens, routes, identity, ids: RequestIds::new(), metrics })
     }
 
     /// Accepts until `shutdown`, then drains connections for at most `drain`.
@@ -93,18 +96,33 @@ impl Outbound {
         activity: Arc<Activity>,
     ) -> Result<Response<Body>, Infallible> {
         let in_flight = activity.begin();
+        let started = std::time::Instant::now();
         let request_id = self.ids.next();
-        let mut response = match self.forward(request, &request_id).await {
-            Ok(response) => {
-                self.metrics.request("outbound", policy::Layer::None, Reason::Allowed);
-                response
-            }
+        let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+        let (mut response, reason) = match self.forward(request, &request_id).await {
+            Ok(response) => (response, Reason::Allowed),
             Err(reason) => {
-                self.metrics.request("outbound", reason.layer(), reason);
                 tracing::debug!(%reason, request_id, "outbound request failed");
-                deny::response(reason, &request_id)
+                (deny::response(reason, &request_id), reason)
             }
         };
+        self.metrics.request("outbound", reason.layer(), reason);
+        self.metrics.request_duration_seconds.with_label_values(&["outbound"]).observe(started.elapsed().as_secs_f64());
+        self.audit.record(Event {
+            direction: "outbound",
+            request_id: Some(request_id.clone()),
+            caller_spiffe_id: self.identity.current().map(|i| i.svid().id().to_string()),
+            target: host,
+            method: Some(method),
+            path: Some(path),
+            decision: if reason == Reason::Allowed { "allow" } else { "deny" },
+            layer: reason.layer().as_str(),
+            reason: reason.as_str().to_owned(),
+            status: response.status().as_u16(),
+            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ..Event::default()
+        });
         // A response from the peer keeps the peer's ID: it is the one in its
         // deny body and in the target's audit trail.
         if !response.headers().contains_key(X_REQUEST_ID)

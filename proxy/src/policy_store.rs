@@ -35,6 +35,7 @@ pub struct PolicyStore {
     current: ArcSwap<Loaded>,
     metrics: Arc<Metrics>,
     jwt: Option<JwtSection>,
+    audit: Option<Arc<crate::audit::AuditHub>>,
 }
 
 /// Reads the policy files and builds the engine (parse, enrich, validate,
@@ -68,9 +69,29 @@ pub fn build(
 }
 
 impl PolicyStore {
-    pub fn new(engine: PolicyEngine, metrics: Arc<Metrics>, jwt: Option<JwtSection>) -> Arc<Self> {
+    pub fn new(
+        engine: PolicyEngine,
+        metrics: Arc<Metrics>,
+        jwt: Option<JwtSection>,
+        audit: Option<Arc<crate::audit::AuditHub>>,
+    ) -> Arc<Self> {
         let loaded = Loaded { engine, loaded_at: SystemTime::now(), generation: 1 };
-        Arc::new(Self { current: ArcSwap::from_pointee(loaded), metrics, jwt })
+        Arc::new(Self { current: ArcSwap::from_pointee(loaded), metrics, jwt, audit })
+    }
+
+    /// Every reload, accepted or refused, is an audit event.
+    fn audit(&self, accepted: bool, version: Option<String>, channel: &str) {
+        if let Some(audit) = &self.audit {
+            audit.record(crate::audit::Event {
+                direction: "mgmt",
+                decision: if accepted { "allow" } else { "deny" },
+                layer: "none",
+                reason: if accepted { "policy_reloaded" } else { "policy_rejected" }.into(),
+                policy_version: version,
+                actor: Some(channel.to_owned()),
+                ..crate::audit::Event::default()
+            });
+        }
     }
 
     /// The policy in force: one consistent snapshot for a whole request.
@@ -83,6 +104,7 @@ impl PolicyStore {
         let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Loaded { engine, loaded_at: SystemTime::now(), generation }));
         self.metrics.policy_reload("ok");
+        self.audit(true, Some(format!("{}#{generation}", self.current.load().engine.doc().version)), "admin-api");
         generation
     }
 
@@ -95,11 +117,13 @@ impl PolicyStore {
                 self.current.store(Arc::new(Loaded { engine, loaded_at: SystemTime::now(), generation }));
                 self.metrics.policy_reload("ok");
                 tracing::info!(generation, file = %config.file.display(), "policy reloaded");
+                self.audit(true, Some(format!("{}#{generation}", self.current.load().engine.doc().version)), "config");
                 Ok(())
             }
             Err(e) => {
                 self.metrics.policy_reload("error");
                 tracing::error!(error = %e, "policy rejected; keeping the running policy");
+                self.audit(false, None, "config");
                 Err(e)
             }
         }
@@ -114,7 +138,13 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Reloads the policy whenever one of its files changes (polled, which also
 /// sees Kubernetes' ConfigMap symlink swaps).
-pub async fn watch(store: Arc<PolicyStore>, config: PolicyConfig, env: Arc<dyn Env>, every: Duration) {
+pub async fn watch(
+    store: Arc<PolicyStore>,
+    config: PolicyConfig,
+    env: Arc<dyn Env>,
+    every: Duration,
+    state: Option<Arc<crate::mgmt::state::StateFile>>,
+) {
     let files: Vec<PathBuf> = std::iter::once(config.file.clone()).chain(config.cedar.iter().cloned()).collect();
     let stamps = |files: &[PathBuf]| files.iter().map(|f| stamp(f)).collect::<Vec<_>>();
     let mut last = stamps(&files);
@@ -126,7 +156,14 @@ pub async fn watch(store: Arc<PolicyStore>, config: PolicyConfig, env: Arc<dyn E
         if now != last {
             last = now;
             // Errors are logged and counted inside; the running policy stays.
-            let _ = store.reload(&config, env.as_ref());
+            let reloaded = store.reload(&config, env.as_ref()).is_ok();
+            // The edited file is now the most recent change: drop an admin override.
+            if let (true, Some(state)) = (reloaded, &state)
+                && state.get().policy_yaml.is_some()
+                && let Err(e) = state.update("policy:file", |s| s.policy_yaml = None)
+            {
+                tracing::error!(error = %e, "cannot record the policy file change in the state file");
+            }
         }
     }
 }
