@@ -147,7 +147,8 @@ async fn mutations_apply_at_once_and_survive_a_restart() {
     // Every mutation is audited with the key's name, never the key.
     let (_, _, audit) = call(mgmt, "GET", "/mgmt/audit?limit=50", Some(VIEWER_KEY), None, &[]).await;
     let mgmt_events: Vec<&Value> =
-        audit["entries"].as_array().unwrap().iter().filter(|e| e["direction"] == "mgmt").collect();
+        audit["entries"].as_array().unwrap().iter().filter(|e| e["reason"] == "admin_change").collect();
+    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["reason"] == "policy_reloaded"));
     assert!(mgmt_events.len() >= 4 && mgmt_events.iter().all(|e| e["actor"] == "ops"), "{mgmt_events:?}");
     assert!(!audit.to_string().contains(ADMIN_KEY));
 
