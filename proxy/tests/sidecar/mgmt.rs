@@ -266,3 +266,103 @@ async fn audit_stream_delivers_in_order_and_resumes() {
     assert!(metrics["total_requests"].as_u64().unwrap() >= 8);
     assert!(metrics["per_caller"]["budget-report"]["allowed"].as_u64().unwrap() >= 8, "{metrics}");
 }
+
+/// The `a2a_*` samples of `/metrics`, parsed with a real Prometheus text parser.
+async fn scrape(addr: std::net::SocketAddr) -> Vec<prometheus_parse::Sample> {
+    let text = super::support::get(addr, "/metrics").await.1;
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+    scrape.samples.into_iter().filter(|s| s.metric.starts_with("a2a_")).collect()
+}
+
+fn counter(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_exposition_parses_and_counters_move_by_layer() {
+    let mesh = Mesh::start().await;
+    let telemetry = mesh.backend.telemetry_addr;
+    let before = scrape(telemetry).await;
+    let out = mesh.report.outbound_addr.unwrap();
+    for _ in 0..3 {
+        http(out, "GET", "budget-backend", "/ok", &[]).await;
+    }
+    http(out, "GET", "budget-backend", "/a%2Fb", &[]).await;
+    let after = scrape(telemetry).await;
+    let allowed = [("direction", "inbound"), ("decision", "allow"), ("layer", "none"), ("reason", "allowed")];
+    let bad_path = [("direction", "inbound"), ("decision", "deny"), ("layer", "http"), ("reason", "bad_path")];
+    assert_eq!(counter(&after, "a2a_requests_total", &allowed) - counter(&before, "a2a_requests_total", &allowed), 3.0);
+    assert_eq!(
+        counter(&after, "a2a_requests_total", &bad_path) - counter(&before, "a2a_requests_total", &bad_path),
+        1.0
+    );
+    for metric in [
+        "a2a_svid_expiry_timestamp_seconds",
+        "a2a_svid_rotations_total",
+        "a2a_tls_handshakes_total",
+        "a2a_policy_eval_duration_seconds_count",
+        "a2a_request_duration_seconds_count",
+        "a2a_audit_dropped_total",
+    ] {
+        assert!(after.iter().any(|s| s.metric == metric), "missing {metric}");
+    }
+    // Labels are bounded: no SPIFFE IDs and no raw paths.
+    assert!(after.iter().all(|s| s.labels.values().all(|v| !v.contains("spiffe://") && !v.starts_with('/'))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_told_what_it_lost_and_requests_keep_flowing() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    // A subscriber that stops reading, with a small receive window.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut stalled = socket.connect(mgmt).await.unwrap();
+    let request = format!("GET /mgmt/audit/stream HTTP/1.1\r\nHost: m\r\nX-Spiffe-Admin-Key: {VIEWER_KEY}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, request.as_bytes()).await.unwrap();
+    // Far more events than the subscriber queue and the socket buffers hold:
+    // pipelined requests straight to the inbound listener.
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let mut pipelined = "GET /flood HTTP/1.1\r\nHost: x\r\n\r\n".repeat(399);
+    pipelined.push_str("GET /flood HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    for _ in 0..6 {
+        let batch: Vec<_> = (0..5)
+            .map(|_| {
+                let (tls, raw, addr) = (tls.clone(), pipelined.clone(), mesh.inbound());
+                tokio::spawn(async move {
+                    let out = super::support::raw_exchange(addr, tls, raw.as_bytes(), Duration::from_secs(30)).await;
+                    assert_eq!(super::support::statuses(&out).len(), 400, "every request answered");
+                })
+            })
+            .collect();
+        for b in batch {
+            b.await.unwrap();
+        }
+    }
+
+    // When it reads again, it is told how many it lost.
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !text.contains("event: dropped") {
+            let n = tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await.unwrap();
+            assert!(n > 0, "stream closed");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("a dropped event");
+    assert!(text.contains("data: {\"dropped\": "), "{}", &text[text.find("event: dropped").unwrap()..][..60]);
+    let samples = scrape(mesh.backend.telemetry_addr).await;
+    assert!(counter(&samples, "a2a_audit_dropped_total", &[]) > 0.0, "the loss is counted");
+}
