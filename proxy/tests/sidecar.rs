@@ -13,6 +13,7 @@
 mod sidecar {
     pub mod app;
     pub mod cli;
+    pub mod compat;
     pub mod dataplane;
     pub mod demo;
     pub mod federation;

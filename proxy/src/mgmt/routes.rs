@@ -95,9 +95,15 @@ pub async fn dispatch(ctx: &Context, route: Route, req: Request<Incoming>, calle
         Route::MtlsPolicy if put => put_mtls(ctx, req, &actor).await,
         Route::MtlsPolicy => mtls(ctx),
         Route::AgentRisk if put => put_risk(ctx, req, &actor).await,
-        Route::AgentRisk => risks(ctx),
+        Route::AgentRisk => match query_param(&req, "spiffe_id") {
+            Some(id) => one_risk(ctx, &id),
+            None => risks(ctx),
+        },
         Route::AgentTags if put => put_tag(ctx, req, &actor).await,
-        Route::AgentTags => tags(ctx),
+        Route::AgentTags => match query_param(&req, "spiffe_id") {
+            Some(id) => one_tag(ctx, &id),
+            None => tags(ctx),
+        },
         Route::OauthStatus => oauth_status(ctx),
         Route::CaPolicyEffective => ca_effective(ctx),
         Route::Metrics => json_response(StatusCode::OK, &ctx.audit.counters()),
@@ -145,6 +151,8 @@ fn health(ctx: &Context) -> Response<Body> {
             "spire_agent_connected": status.connected,
             "svid_expiry": expiry.map(rfc3339),
             "svid_ttl_seconds": ttl,
+            "risk_enforcement_control_supported": true,
+            "entra_risk_enforcement_supported": ctx.governor.risk.source == FactSource::Graph,
             "jwks": ctx.oauth.load_full().map(|o| {
                 let s = o.jwks().status();
                 json!({"last_refresh": s.last_refresh.map(rfc3339), "last_error": s.last_error})
@@ -228,9 +236,20 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Respo
     if let Err(e) = ctx.state.update(&format!("policy:{actor}"), |s| s.policy_yaml = Some(yaml)) {
         return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
     }
+    let old_version = store.current().engine.doc().version.clone();
     let generation = store.install(engine);
     record(ctx, actor, "PUT", "/mgmt/policy", 200);
-    let mut response = json_response(StatusCode::OK, &json!({"status": "updated", "generation": generation}));
+    let loaded = store.current();
+    let mut response = json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "updated",
+            "old_version": old_version,
+            "new_version": loaded.engine.doc().version,
+            "loaded_at": rfc3339(loaded.loaded_at),
+            "generation": generation,
+        }),
+    );
     if let Ok(v) = HeaderValue::from_str(&etag(generation)) {
         response.headers_mut().insert(header::ETAG, v);
     }
@@ -276,18 +295,51 @@ async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Respons
         );
     }
     let ids: Vec<String> = patterns.iter().map(ToString::to_string).collect();
-    if let Err(e) = ctx.state.update(&format!("mtls-policy:{actor}"), |s| s.allowed_ids = Some(ids)) {
+    let old: Vec<String> = ctx.allowlist.patterns().iter().map(ToString::to_string).collect();
+    if let Err(e) = ctx.state.update(&format!("mtls-policy:{actor}"), |s| s.allowed_ids = Some(ids.clone())) {
         return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
     }
     ctx.allowlist.replace(patterns);
     record(ctx, actor, "PUT", "/mgmt/mtls-policy", 200);
-    mtls(ctx)
+    // The reference's PUT answer (old/new lists) plus the GET shape.
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "updated",
+            "old_allowed_ids": old, "old_count": old.len(),
+            "new_allowed_ids": ids, "new_count": ids.len(),
+            "mode": "allowlist", "allowed_ids": ids, "count": ids.len(),
+        }),
+    )
+}
+
+/// The level a caller without a push is reported at (the reference's `default_level`).
+const DEFAULT_RISK: &str = "low";
+
+fn risks_json(ctx: &Context) -> Value {
+    let risks: serde_json::Map<String, Value> =
+        ctx.governor.pushes.risks().into_iter().map(|(k, v)| (k, json!(v.as_str()))).collect();
+    json!({"count": risks.len(), "risks": risks, "default_level": DEFAULT_RISK})
 }
 
 fn risks(ctx: &Context) -> Response<Body> {
-    let risks: serde_json::Map<String, Value> =
-        ctx.governor.pushes.risks().into_iter().map(|(k, v)| (k, json!(v.as_str()))).collect();
-    json_response(StatusCode::OK, &json!({"count": risks.len(), "risks": risks, "default_level": "low"}))
+    json_response(StatusCode::OK, &risks_json(ctx))
+}
+
+fn one_risk(ctx: &Context, id: &str) -> Response<Body> {
+    let id = match id.parse::<SpiffeId>() {
+        Ok(id) => id,
+        Err(e) => return error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{id}`: {e}")),
+    };
+    let level = ctx.governor.pushes.risk(&id);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "spiffe_id": id.as_str(),
+            "risk_level": level.map_or(DEFAULT_RISK, RiskLevel::as_str),
+            "pushed": level.is_some(),
+        }),
+    )
 }
 
 fn caller_id(body: &Value) -> Result<SpiffeId, Reject> {
@@ -326,15 +378,53 @@ async fn put_risk(ctx: &Context, req: Request<Incoming>, actor: &str) -> Respons
     if let Err(e) = update {
         return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
     }
+    let previous = ctx.governor.pushes.risk(&id);
     ctx.governor.pushes.set_risk(&id, level);
     record(ctx, actor, "PUT", "/mgmt/agent-risk", 200);
-    risks(ctx)
+    // The reference's PUT answer plus the GET shape.
+    let mut body = risks_json(ctx);
+    merge(
+        &mut body,
+        json!({
+            "status": "updated",
+            "spiffe_id": id.as_str(),
+            "risk_level": level.map(RiskLevel::as_str),
+            "previous_level": previous.map_or(DEFAULT_RISK, RiskLevel::as_str),
+        }),
+    );
+    json_response(StatusCode::OK, &body)
+}
+
+/// Adds the fields of `extra` (an object) to `body` (an object).
+fn merge(body: &mut Value, extra: Value) {
+    if let (Value::Object(body), Value::Object(extra)) = (body, extra) {
+        body.extend(extra);
+    }
+}
+
+fn tag_source(ctx: &Context) -> &'static str {
+    if ctx.governor.tags.source == FactSource::Graph { "graph" } else { "policy" }
+}
+
+fn tags_json(ctx: &Context) -> Value {
+    let tags = ctx.governor.pushes.tags();
+    json!({"count": tags.len(), "tags": tags, "source": tag_source(ctx)})
 }
 
 fn tags(ctx: &Context) -> Response<Body> {
-    let tags = ctx.governor.pushes.tags();
-    let source = if ctx.governor.tags.source == FactSource::Graph { "graph" } else { "policy" };
-    json_response(StatusCode::OK, &json!({"count": tags.len(), "tags": tags, "source": source}))
+    json_response(StatusCode::OK, &tags_json(ctx))
+}
+
+fn one_tag(ctx: &Context, id: &str) -> Response<Body> {
+    let id = match id.parse::<SpiffeId>() {
+        Ok(id) => id,
+        Err(e) => return error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{id}`: {e}")),
+    };
+    let tag = ctx.governor.pushes.tag(&id);
+    json_response(
+        StatusCode::OK,
+        &json!({"spiffe_id": id.as_str(), "found": tag.is_some(), "tag": tag.unwrap_or_default(), "source": tag_source(ctx)}),
+    )
 }
 
 async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
@@ -362,9 +452,21 @@ async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response
     if let Err(e) = update {
         return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
     }
-    ctx.governor.pushes.set_tag(&id, tag);
+    let previous = ctx.governor.pushes.tag(&id);
+    ctx.governor.pushes.set_tag(&id, tag.clone());
     record(ctx, actor, "PUT", "/mgmt/agent-tags", 200);
-    tags(ctx)
+    // The reference's PUT answer plus the GET shape.
+    let mut body = tags_json(ctx);
+    merge(
+        &mut body,
+        json!({
+            "status": "updated",
+            "spiffe_id": id.as_str(),
+            "tag": tag,
+            "previous_tag": previous.unwrap_or_default(),
+        }),
+    );
+    json_response(StatusCode::OK, &body)
 }
 
 fn oauth_status(ctx: &Context) -> Response<Body> {
@@ -395,6 +497,11 @@ fn ca_effective(ctx: &Context) -> Response<Body> {
     json_response(
         StatusCode::OK,
         &json!({
+            // The reference portal reads these four.
+            "source": "ca_policy_cache",
+            "enabled": doc.as_ref().is_some_and(|d| d.engine.doc().governance.enabled),
+            "ready": doc.is_some(),
+            "blocked_risk_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
             "governance_enabled": doc.as_ref().map(|d| d.engine.doc().governance.enabled),
             "target_agent_tag": doc.as_ref().map(|d| d.engine.doc().governance.target_agent_tag.clone()),
             "risk": {
@@ -414,17 +521,19 @@ fn ca_effective(ctx: &Context) -> Response<Body> {
     )
 }
 
-fn audit(ctx: &Context, req: &Request<Incoming>) -> Response<Body> {
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .unwrap_or_default()
+/// The first value of `name` in the query string, percent-decoded.
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri()
+        .query()?
         .split('&')
         .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.to_owned(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned()))
-        .collect();
-    let get = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let limit = get("limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(10_000);
-    let entries = ctx.audit.recent(limit, get("spiffe_id"), get("decision"));
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+}
+
+fn audit(ctx: &Context, req: &Request<Incoming>) -> Response<Body> {
+    let limit = query_param(req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(10_000);
+    let (spiffe_id, decision) = (query_param(req, "spiffe_id"), query_param(req, "decision"));
+    let entries = ctx.audit.recent(limit, spiffe_id.as_deref(), decision.as_deref());
     json_response(StatusCode::OK, &json!({"count": entries.len(), "entries": entries}))
 }

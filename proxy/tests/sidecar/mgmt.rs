@@ -12,7 +12,7 @@ use super::mesh::{ADMIN_KEY, MENUS, Mesh, REPORT, VIEWER_KEY};
 use super::support::http;
 
 /// (status, headers, JSON body)
-async fn call(
+pub async fn call(
     mesh_addr: std::net::SocketAddr,
     method: &str,
     path: &str,
