@@ -173,7 +173,7 @@ impl App {
                 reloader: reloader.clone(),
                 started: std::time::Instant::now(),
             };
-            servers.push(tokio::spawn(Mgmt::new(section, ctx).serve(listener, shutdown.subscribe())));
+            servers.push(tokio::spawn(Mgmt::new(section, ctx)?.serve(listener, shutdown.subscribe())));
         }
         let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(

@@ -106,6 +106,9 @@ pub struct MgmtSection {
     pub keys: Vec<AdminKey>,
     /// Accepted mutations, written before the 200 and re-applied on start.
     pub state_file: PathBuf,
+    /// With this the listener is mTLS and only these SVIDs may connect
+    /// (required off loopback); a key is needed in addition.
+    pub tls_callers: Option<Vec<certs::IdPattern>>,
 }
 
 /// The audit trail's sinks.
@@ -521,10 +524,28 @@ impl Ctx<'_> {
         let listen: SocketAddr = text
             .parse()
             .map_err(|_| self.invalid("mgmt.listen", format!("`{text}` is not an address like 127.0.0.1:9443")))?;
-        if !listen.ip().is_loopback() {
+        let tls_callers = match raw.tls {
+            None => None,
+            Some(tls) if tls.allowed_callers.is_empty() => {
+                return Err(self.invalid("mgmt.tls.allowed_callers", "at least one admin client SPIFFE ID (pattern)"));
+            }
+            Some(tls) => Some(
+                tls.allowed_callers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        p.parse::<certs::IdPattern>()
+                            .map_err(|e| self.invalid(&format!("mgmt.tls.allowed_callers[{i}]"), format!("`{p}`: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        if !listen.ip().is_loopback() && tls_callers.is_none() {
             return Err(self.invalid(
                 "mgmt.listen",
-                format!("`{listen}` is not loopback: a non-loopback admin listener needs mTLS, which this build does not offer yet"),
+                format!(
+                    "`{listen}` is not loopback: set `mgmt.tls.allowed_callers` so admin clients need an SVID (mTLS)"
+                ),
             ));
         }
         if raw.keys.is_empty() {
@@ -557,7 +578,7 @@ impl Ctx<'_> {
         let state_file = raw
             .state_file
             .ok_or_else(|| self.invalid("mgmt.state_file", "required: admin changes must survive restarts"))?;
-        Ok(MgmtSection { listen, keys, state_file: self.resolve(state_file) })
+        Ok(MgmtSection { listen, keys, state_file: self.resolve(state_file), tls_callers })
     }
 
     fn on_unavailable(&self, field: &str, value: Option<&str>) -> Result<OnUnavailable, Error> {

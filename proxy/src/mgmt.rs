@@ -1,6 +1,6 @@
 //! The admin API (`/mgmt`, DESIGN 1.5): route names and JSON shapes of the
 //! reference prototype, keys always required (the app shares the pod's
-//! loopback), every mutation persisted before its 200 and audited with the
+//! loopback; mTLS in addition off loopback), every mutation persisted before its 200 and audited with the
 //! key's name.
 
 use std::collections::HashMap;
@@ -15,6 +15,9 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::body::{self, Body};
 use crate::config::{AdminKey, MgmtSection, Role};
@@ -31,10 +34,13 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_FAILURES: u32 = 10;
 /// `PUT /mgmt/policy` bodies are at most this large.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+/// The TLS handshake and then each request head must arrive within this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Mgmt {
     keys: Vec<AdminKey>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    tls: Option<TlsAcceptor>,
     ctx: Context,
 }
 
@@ -75,8 +81,20 @@ pub struct Caller {
 }
 
 impl Mgmt {
-    pub fn new(section: &MgmtSection, ctx: Context) -> Arc<Self> {
-        Arc::new(Self { keys: section.keys.clone(), failures: Mutex::default(), ctx })
+    /// With `mgmt.tls.allowed_callers` the listener is mTLS: the admin client
+    /// presents an SVID from a trusted domain matching one of them, and a key.
+    pub fn new(section: &MgmtSection, ctx: Context) -> Result<Arc<Self>, rustls::Error> {
+        let tls = match &section.tls_callers {
+            Some(patterns) => {
+                let patterns = patterns.clone();
+                let authorizer = move |peer: &certs::SpiffeId| patterns.iter().any(|p| p.matches(peer));
+                let mut config = certs::tls::server_config(ctx.identity.clone(), Arc::new(authorizer))?;
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(TlsAcceptor::from(Arc::new(config)))
+            }
+            None => None,
+        };
+        Ok(Arc::new(Self { keys: section.keys.clone(), failures: Mutex::default(), tls, ctx }))
     }
 
     pub async fn serve(
@@ -87,20 +105,33 @@ impl Mgmt {
         crate::server::accept_loop(listener, shutdown, Duration::from_secs(5), move |tcp, remote, shutdown| {
             let this = self.clone();
             async move {
-                let service = hyper::service::service_fn(move |req| this.clone().handle(req, remote));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-                tokio::pin!(conn);
-                let mut shutdown = shutdown;
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = shutdown.wait_for(|s| *s) => {}
+                match this.tls.clone() {
+                    None => this.serve_connection(tcp, remote, shutdown).await,
+                    Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => this.serve_connection(tls, remote, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
+                        Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
+                    },
                 }
             }
         })
         .await;
+    }
+
+    async fn serve_connection<I>(self: Arc<Self>, io: I, remote: SocketAddr, mut shutdown: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| self.clone().handle(req, remote));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, Infallible> {

@@ -34,6 +34,14 @@ pub struct RawMgmt {
     #[serde(default)]
     pub keys: Vec<RawKey>,
     pub state_file: Option<PathBuf>,
+    pub tls: Option<RawMgmtTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMgmtTls {
+    #[serde(default)]
+    pub allowed_callers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,6 +73,18 @@ fn errors_name_the_file_and_field() {
             "`outbound.listen`: `0.0.0.0:8080` is not loopback",
         ),
         (
+            "identity: {socket: unix:///x}\nmgmt: {listen: '0.0.0.0:9443', state_file: s.json, keys: [{name: a, role: admin, sha256: '00'}]}",
+            "`mgmt.listen`: `0.0.0.0:9443` is not loopback: set `mgmt.tls.allowed_callers`",
+        ),
+        (
+            "identity: {socket: unix:///x}\nmgmt: {listen: '0.0.0.0:9443', tls: {allowed_callers: []}}",
+            "`mgmt.tls.allowed_callers`: at least one",
+        ),
+        (
+            "identity: {socket: unix:///x}\nmgmt: {listen: '0.0.0.0:9443', tls: {allowed_callers: ['spiffe://td/a/**', 'nope']}}",
+            "`mgmt.tls.allowed_callers[1]`",
+        ),
+        (
             "identity: {socket: unix:///x}\noutbound: {routes: [{name: a, upstream: 'http://b:1', server_id: 'spiffe://td/b'}]}",
             "`outbound.routes[0].upstream`",
         ),

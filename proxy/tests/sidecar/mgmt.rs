@@ -366,3 +366,48 @@ async fn a_stalled_subscriber_is_told_what_it_lost_and_requests_keep_flowing() {
     let samples = scrape(mesh.backend.telemetry_addr).await;
     assert!(counter(&samples, "a2a_audit_dropped_total", &[]) > 0.0, "the loss is counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_admin_listener_needs_an_allowed_svid_and_a_key() {
+    use super::support::{read_reply, tls_connect};
+    let mesh = Mesh::start().await;
+    // A second sidecar on the backend's Workload API, admin listener on all
+    // addresses: mTLS for the admin SVID `REPORT` only.
+    let yaml = std::fs::read_to_string(&mesh.backend_config).unwrap().replace(
+        "mgmt:\n  listen: '127.0.0.1:0'\n  state_file: state.json",
+        &format!("mgmt:\n  listen: '0.0.0.0:0'\n  state_file: state2.json\n  tls: {{allowed_callers: ['{REPORT}']}}"),
+    );
+    assert!(yaml.contains("0.0.0.0:0"));
+    let path = mesh.dir.path().join("exposed.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut exposed = proxy::app::App::start(proxy::config::Config::load(&path).unwrap()).await.unwrap();
+    exposed.identity.wait_ready().await.unwrap();
+    let port = exposed.mgmt_addr.unwrap().port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    let get = |id: &'static str, key: Option<&'static str>| {
+        let tls = mesh.client_tls(id, &[b"http/1.1"]);
+        async move {
+            let io = TokioIo::new(tls_connect(addr, tls).await.ok()?);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+            tokio::spawn(conn);
+            let mut req = hyper::Request::get("/mgmt/mtls-policy").header("host", "mgmt");
+            if let Some(key) = key {
+                req = req.header("x-spiffe-admin-key", key);
+            }
+            let response = sender.send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()).await;
+            Some(read_reply(response.ok()?).await.status)
+        }
+    };
+    assert_eq!(get(REPORT, Some(VIEWER_KEY)).await, Some(200), "allowed SVID and a key");
+    assert_eq!(get(REPORT, None).await, Some(401), "the SVID alone is not enough");
+    assert_eq!(get(MENUS, Some(ADMIN_KEY)).await, None, "a key alone is not enough: the handshake fails");
+    // Plain HTTP to the TLS listener gets no HTTP answer.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/mgmt/health").header("host", "mgmt").body(Full::<bytes::Bytes>::default()).unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(15), sender.send_request(req)).await;
+    assert!(matches!(answered, Ok(Err(_))), "plain HTTP is not served");
+    exposed.shutdown().await;
+}
