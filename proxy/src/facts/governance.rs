@@ -113,6 +113,11 @@ impl Governor {
         Self { pushes: Pushes::default(), risk, tags, graph }
     }
 
+    /// How fresh the Graph risk and tag facts are (`None` without Graph).
+    pub fn graph_freshness(&self) -> Option<(super::graph::Freshness, super::graph::Freshness)> {
+        self.graph.as_ref().map(|g| g.freshness())
+    }
+
     /// The caller's risk level: a push, else the source (`mgmt`: `low`;
     /// `graph`: the agent's service principal). `None` = unknown.
     pub async fn risk_of(&self, caller: &SpiffeId, entry: &Entry) -> Option<RiskLevel> {

@@ -4,8 +4,8 @@
 //! value the caller chose; cached with a TTL (concurrent misses share one
 //! call); failures are not cached.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
@@ -29,8 +29,17 @@ pub enum GraphError {
     Unknown,
 }
 
+/// How fresh one kind of Graph fact is (for `/mgmt/health`).
+#[derive(Debug, Clone, Default)]
+pub struct Freshness {
+    pub last_success: Option<SystemTime>,
+    /// The last failure, if it came after the last success.
+    pub last_error: Option<String>,
+}
+
 pub struct Graph {
     endpoint: String,
+    freshness: Mutex<[Freshness; 2]>,
     tokens: Arc<EntraTokens>,
     http: HttpClient,
     risk: moka::future::Cache<String, RiskLevel>,
@@ -51,6 +60,7 @@ impl Graph {
     ) -> Self {
         Self {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
+            freshness: Mutex::default(),
             tokens,
             http,
             // Refreshed in the background every `risk.refresh`; an entry outlives three
@@ -95,6 +105,12 @@ impl Graph {
             .await
     }
 
+    /// Freshness of the risk and the tag look-ups.
+    pub fn freshness(&self) -> (Freshness, Freshness) {
+        let [risk, tags] = self.freshness.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        (risk, tags)
+    }
+
     async fn lookup<T>(
         &self,
         api: &'static str,
@@ -112,6 +128,15 @@ impl Graph {
         };
         let result = tokio::time::timeout(LOOKUP_TIMEOUT, attempt).await.unwrap_or(Err(GraphError::Timeout));
         self.metrics.graph_request(api, if result.is_ok() { "ok" } else { "error" });
+        {
+            let mut freshness = self.freshness.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(f) = freshness.get_mut(usize::from(api == "tags")) {
+                match &result {
+                    Ok(_) => *f = Freshness { last_success: Some(SystemTime::now()), last_error: None },
+                    Err(e) => f.last_error = Some(e.to_string()),
+                }
+            }
+        }
         if let Err(e) = &result {
             tracing::warn!(api, error = %e, "graph look-up failed");
         }

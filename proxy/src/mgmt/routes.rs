@@ -17,6 +17,7 @@ use crate::audit::{AuditHub, Event, rfc3339};
 use crate::body::Body;
 use crate::config::{FactSource, JwtSection, PolicyConfig};
 use crate::facts::governance::{Governor, RiskLevel};
+use crate::facts::graph::Freshness;
 use crate::metrics::Metrics;
 use crate::oauth::Oauth;
 use crate::policy_store::PolicyStore;
@@ -141,6 +142,7 @@ fn health(ctx: &Context) -> Response<Body> {
     let status = ctx.identity.status();
     let healthy = ctx.identity.is_ready() && ctx.policy.is_some();
     let loaded = ctx.policy.as_ref().map(|p| p.current());
+    let graph = ctx.governor.graph_freshness();
     json_response(
         StatusCode::OK,
         &json!({
@@ -157,8 +159,23 @@ fn health(ctx: &Context) -> Response<Body> {
                 let s = o.jwks().status();
                 json!({"last_refresh": s.last_refresh.map(rfc3339), "last_error": s.last_error})
             }),
+            "risk": freshness(ctx.governor.risk.source, "mgmt", graph.as_ref().map(|(risk, _)| risk)),
+            "tags": freshness(ctx.governor.tags.source, "policy", graph.as_ref().map(|(_, tags)| tags)),
         }),
     )
+}
+
+/// A fact's source and, from Graph, when it last answered; local facts
+/// (pushes, the policy file) are always current.
+fn freshness(source: FactSource, local: &str, graph: Option<&Freshness>) -> Value {
+    match (source, graph) {
+        (FactSource::Graph, Some(f)) => json!({
+            "source": "graph",
+            "last_success": f.last_success.map(rfc3339),
+            "last_error": f.last_error,
+        }),
+        _ => json!({"source": local}),
+    }
 }
 
 fn etag(generation: u64) -> String {

@@ -38,6 +38,8 @@ async fn the_reference_portal_requests_get_the_fields_it_reads() {
         ],
     );
 
+    assert_eq!((health["risk"]["source"].as_str(), health["tags"]["source"].as_str()), (Some("mgmt"), Some("policy")));
+
     // Policy: GET, then PUT the YAML as `application/x-yaml` (how the portal sends it).
     let (_, _, policy) = call(mgmt, "GET", "/mgmt/policy", key, None, &[]).await;
     has(&policy, &["policy", "loaded_at"]);

@@ -176,6 +176,11 @@ async fn graph_risk_and_tags_with_outages_and_pushes() {
     assert_eq!(read_as_report(&mesh, &backend, &token).await, (200, "allowed".into()));
     // ...then the risk is unavailable and `on_unavailable: deny` applies.
     until("risk_unavailable").await;
+    // `/mgmt/health` shows how fresh the Graph facts are.
+    let mgmt = backend.mgmt_addr.unwrap();
+    let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
+    assert_eq!(health["risk"]["source"], "graph");
+    assert!(health["risk"]["last_success"].is_string() && health["risk"]["last_error"].is_string(), "{health}");
     // A push wins over Graph: risk known, but the tag is still unavailable.
     backend.governor.pushes.set_risk(&report, Some(RiskLevel::Low));
     assert_eq!(read_as_report(&mesh, &backend, &token).await, (403, "tags_unavailable".into()));
