@@ -181,6 +181,7 @@ impl App {
             inbound = %show(inbound_addr),
             outbound = %show(outbound_addr),
             mgmt = %show(mgmt_addr),
+            config = %config.summary(),
             "a2a-sidecar started"
         );
         Ok(Self {

@@ -689,3 +689,49 @@ pub fn identity_endpoint(url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// The effective configuration for the start-up log line: every setting
+    /// an operator needs to see, and no secret (admin keys by name and role
+    /// only, the environment not at all).
+    pub fn summary(&self) -> serde_json::Value {
+        use serde_json::json;
+        let identity = match &self.identity {
+            IdentityConfig::WorkloadApi { endpoint } => json!({"source": "workload_api", "socket": endpoint}),
+            IdentityConfig::Files(files) => json!({"source": "files", "cert": files.cert}),
+            IdentityConfig::Dev { id, .. } => json!({"source": "dev", "id": id.as_str()}),
+        };
+        let patterns = |ps: &[certs::IdPattern]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
+        json!({
+            "file": self.path,
+            "identity": identity,
+            "inbound": self.inbound.as_ref().map(|i| json!({
+                "listen": i.listen.to_string(),
+                "upstream": i.upstream.to_string(),
+                "allowed_callers": patterns(&i.allowed_callers),
+            })),
+            "outbound": self.outbound.as_ref().map(|o| json!({
+                "listen": o.listen.to_string(),
+                "routes": o.routes.iter().map(|r| json!({
+                    "name": r.name,
+                    "upstream": r.upstream.to_string(),
+                    "server_id": r.server_id.to_string(),
+                    "entra_scope": r.entra_scope,
+                })).collect::<Vec<_>>(),
+            })),
+            "policy": self.policy.as_ref().map(|p| json!({"file": p.file, "cedar": p.cedar, "mode": format!("{:?}", p.mode)})),
+            "jwt": self.jwt.as_ref().map(|j| json!({"tenant_id": j.tenant_id, "audiences": j.audiences, "authority": j.authority})),
+            "entra": self.entra.as_ref().map(|e| json!({"client_id": e.client_id, "graph_endpoint": e.graph_endpoint})),
+            "risk": {"source": format!("{:?}", self.risk.source), "on_unavailable": format!("{:?}", self.risk.on_unavailable)},
+            "tags": {"source": format!("{:?}", self.tags.source), "on_unavailable": format!("{:?}", self.tags.on_unavailable)},
+            "mgmt": self.mgmt.as_ref().map(|m| json!({
+                "listen": m.listen.to_string(),
+                "mtls": m.tls_callers.as_deref().map(patterns),
+                "keys": m.keys.iter().map(|k| json!({"name": k.name, "role": format!("{:?}", k.role)})).collect::<Vec<_>>(),
+                "state_file": m.state_file,
+            })),
+            "audit": {"ring": self.audit.ring, "file": self.audit.file},
+            "telemetry": {"listen": self.telemetry.listen.to_string()},
+        })
+    }
+}

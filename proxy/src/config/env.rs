@@ -24,9 +24,15 @@ impl Env for ProcessEnv {
     }
 }
 
-/// A fixed map, for tests.
-#[derive(Debug, Clone, Default)]
+/// A fixed map, for tests. `Debug` shows the names, never the values.
+#[derive(Clone, Default)]
 pub struct MapEnv(pub HashMap<String, String>);
+
+impl std::fmt::Debug for MapEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
 
 impl MapEnv {
     pub fn with(mut self, name: &str, value: &str) -> Self {

@@ -178,3 +178,16 @@ outbound:
     assert!(empty.inbound.unwrap().allowed_callers.is_empty(), "nobody is allowed by default");
     assert!(parse("identity: {socket: unix:///x}", &MapEnv::default()).unwrap().inbound.is_none());
 }
+
+#[test]
+fn the_start_up_summary_and_debug_carry_no_secret() {
+    let yaml = "identity: {socket: unix:///x}
+mgmt: {state_file: s.json, keys: [{name: ops, role: admin, env: OPS_KEY}], tls: {allowed_callers: ['spiffe://td/admin']}}";
+    let env = MapEnv::default().with("OPS_KEY", "hunter2-admin-key");
+    let config = parse(yaml, &env).unwrap();
+    let summary = config.summary().to_string();
+    assert!(summary.contains("\"ops\"") && summary.contains("spiffe://td/admin"), "{summary}");
+    for text in [summary, format!("{config:?}")] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
