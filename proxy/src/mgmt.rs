@@ -32,6 +32,8 @@ pub use routes::Context;
 /// count towards the limit.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 const MAX_FAILURES: u32 = 10;
+/// Past this many addresses, expired failure counts are pruned.
+const MAX_TRACKED_ADDRESSES: usize = 4096;
 /// `PUT /mgmt/policy` bodies are at most this large.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
 /// The TLS handshake and then each request head must arrive within this.
@@ -167,6 +169,9 @@ impl Mgmt {
     /// failures from one address are answered 429.
     fn authenticate(&self, req: &Request<Incoming>, ip: IpAddr) -> Result<Caller, Reject> {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= MAX_TRACKED_ADDRESSES {
+            failures.retain(|_, (_, since)| since.elapsed() <= FAILURE_WINDOW);
+        }
         let entry = failures.entry(ip).or_insert((0, Instant::now()));
         if entry.1.elapsed() > FAILURE_WINDOW {
             *entry = (0, Instant::now());
