@@ -1,0 +1,109 @@
+//! The results: a markdown table and the JSON file of `--json`.
+
+use serde_json::{Value, json};
+
+use crate::load::Run;
+
+pub struct Result {
+    pub name: &'static str,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Sidecar CPU seconds per 10k requests and peak RSS; `None` for `direct`.
+    pub cpu_s_per_10k: Option<f64>,
+    pub rss_mib: Option<f64>,
+}
+
+impl Result {
+    pub fn new(name: &'static str, run: &Run, sidecar: Option<(f64, f64)>) -> Self {
+        let per_10k = |cpu: f64| if run.requests == 0 { 0.0 } else { cpu / run.requests as f64 * 10_000.0 };
+        Self {
+            name,
+            rps: run.rps(),
+            p50_ms: run.quantile_ms(0.5),
+            p99_ms: run.quantile_ms(0.99),
+            p999_ms: run.quantile_ms(0.999),
+            requests: run.requests,
+            errors: run.errors,
+            cpu_s_per_10k: sidecar.map(|(cpu, _)| per_10k(cpu)),
+            rss_mib: sidecar.map(|(_, rss)| rss),
+        }
+    }
+}
+
+pub struct Report {
+    results: Vec<Result>,
+    connections: usize,
+    pinned: bool,
+    token_bytes: usize,
+}
+
+impl Report {
+    pub fn new(results: Vec<Result>, connections: usize, pinned: bool, token_bytes: usize) -> Self {
+        Self { results, connections, pinned, token_bytes }
+    }
+
+    fn direct(&self) -> Option<&Result> {
+        self.results.iter().find(|r| r.name == "direct")
+    }
+
+    pub fn markdown(&self) -> String {
+        let topology = if self.pinned { "app + sidecars on CPU 0, load on CPU 1" } else { "unpinned" };
+        let mut out = format!(
+            "\nclosed loop, {} keep-alive connections, {}-byte Bearer JWT on every request, {topology}\n\n",
+            self.connections, self.token_bytes
+        );
+        out.push_str("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | vs direct | CPU s/10k | RSS MiB | errors |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let dash = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
+        for r in &self.results {
+            let direct = self.direct();
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                dash(direct.map(|d| r.p99_ms - d.p99_ms), 3),
+                dash(direct.map(|d| r.rps / d.rps.max(f64::EPSILON)), 2),
+                dash(r.cpu_s_per_10k, 3),
+                dash(r.rss_mib, 1),
+                r.errors,
+            ));
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        let direct_p99 = self.direct().map(|d| d.p99_ms);
+        let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        json!({
+            "machine": {
+                "cpus": cpus,
+                "os": std::env::consts::OS,
+                "arch": std::env::consts::ARCH,
+                "kernel": kernel.trim(),
+                "pinned": self.pinned,
+                "connections": self.connections,
+                "token_bytes": self.token_bytes,
+            },
+            "scenarios": self.results.iter().map(|r| json!({
+                "name": r.name,
+                "rps": r.rps,
+                "p50_ms": r.p50_ms,
+                "p99_ms": r.p99_ms,
+                "p999_ms": r.p999_ms,
+                "added_p99_ms": direct_p99.map(|d| r.p99_ms - d),
+                "requests": r.requests,
+                "errors": r.errors,
+                "cpu_s_per_10k": r.cpu_s_per_10k,
+                "rss_mib": r.rss_mib,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,153 @@
+//! The scenarios: each target is started by the harness on loopback, with
+//! its own dev CA (identity `source: dev` in the sidecars) and the dev IdP
+//! for Layer 3.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::dev::DevCa;
+use certs::{IdentityWatch, TrustDomain};
+use proxy::dev_idp::{DevIdp, TokenSpec};
+
+use crate::load::{RequestSpec, Target};
+use crate::sidecar::Sidecar;
+
+const TRUST_DOMAIN: &str = "bench.example";
+const BACKEND: &str = "spiffe://bench.example/budget-backend";
+const CALLER: &str = "spiffe://bench.example/budget-report";
+const CALLER_OID: &str = "00000000-0000-4000-8000-0000000000b1";
+const TENANT: &str = "bbbbbbbb-0000-4000-8000-000000000001";
+const AUDIENCE: &str = "api://budget-backend";
+
+/// Layer 1 plus the smallest Layer 2 (a policy is required with `inbound`).
+const POLICY_L1: &str = "version: '5.0'
+trust_domain: bench.example
+default_action: deny
+policies:
+  - {name: budget-report, spiffe_id: 'spiffe://bench.example/budget-report', rules: [{path: '/*', methods: ['*'], action: allow}]}
+";
+
+/// Every layer: RBAC, a required JWT bound to the caller with a role, agent
+/// state, risk and the finance tag (the reference policy's shape).
+const POLICY_ALL: &str = "version: '5.0'
+trust_domain: bench.example
+default_action: deny
+admin_governance: {enabled: true, target_agent_tag: finance}
+policies:
+  - name: budget-report
+    spiffe_id: 'spiffe://bench.example/budget-report'
+    entra_agent_id: '00000000-0000-4000-8000-0000000000b1'
+    ca: {agent_state: enabled, agent_tag: finance}
+    rules:
+      - {path: /budget/read, methods: [GET, POST], action: allow, require_jwt: true, required_roles: [Budget.Read]}
+      - {path: /budget/submit, methods: [POST], action: deny}
+";
+
+pub const NAMES: [&str; 5] = ["direct", "inbound-l1", "inbound-all", "chain", "handshake"];
+
+/// Everything the scenarios run against, started once.
+pub struct Stack {
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+    pub app: SocketAddr,
+    pub l1: Sidecar,
+    pub all: Sidecar,
+    pub caller: Sidecar,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub request: RequestSpec,
+    _idp: Arc<DevIdp>,
+}
+
+impl Stack {
+    /// `cpu`: where the app and the sidecars run (the load goes elsewhere).
+    pub fn start(cpu: Option<usize>) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("a2a-bench").tempdir()?;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(1).thread_name("bench-app").enable_all();
+        if let Some(cpu) = cpu {
+            builder.on_thread_start(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+            });
+        }
+        let runtime = builder.build()?;
+        let (app, idp) = runtime.block_on(async {
+            let (app, _) = proxy::demo::sample_app::start().await?;
+            let (idp, _, _) = proxy::dev_idp::start(&dir.path().join("idp")).await?;
+            anyhow::Ok((app, idp))
+        })?;
+        let ca_dir = dir.path().join("ca");
+        let ca = DevCa::init(&ca_dir, &TrustDomain::new(TRUST_DOMAIN)?)?;
+
+        let write = |name: &str, text: &str| -> anyhow::Result<std::path::PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        write("policy-l1.yaml", POLICY_L1)?;
+        write("policy-all.yaml", POLICY_ALL)?;
+        let l1 = Sidecar::spawn(&write("l1.yaml", &backend_yaml(&ca_dir, app, "policy-l1.yaml", None))?, cpu)?;
+        let jwt = format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
+        let all =
+            Sidecar::spawn(&write("all.yaml", &backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt)))?, cpu)?;
+        let target = all.inbound.ok_or_else(|| anyhow::anyhow!("the backend sidecar has no inbound address"))?;
+        let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&ca_dir, target))?, cpu)?;
+
+        let token = idp.token(&TokenSpec {
+            tenant: TENANT.into(),
+            audiences: vec![AUDIENCE.into()],
+            client_id: "budget-report-app".into(),
+            oid: CALLER_OID.into(),
+            roles: vec!["Budget.Read".into()],
+            ttl: Duration::from_secs(3600),
+            v1: false,
+        })?;
+        let identity = IdentityWatch::fixed(Arc::new(ca.identity(&CALLER.parse()?, Duration::from_secs(3600), &[])?));
+        let mut tls = certs::tls::client_config(identity, BACKEND.parse()?)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let request = RequestSpec { host: "budget-backend", path: "/budget/read", bearer: token.into() };
+        Ok(Self { _dir: dir, _runtime: runtime, app, l1, all, caller, tls: Arc::new(tls), request, _idp: idp })
+    }
+
+    /// The target of scenario `name`, whether each request opens a connection,
+    /// and the sidecars whose CPU and memory count.
+    pub fn scenario(&self, name: &str) -> Option<(Target, bool, Vec<&Sidecar>)> {
+        let mtls = |s: &Sidecar| s.inbound.map(|a| Target::Mtls(a, self.tls.clone()));
+        Some(match name {
+            "direct" => (Target::Plain(self.app), false, vec![]),
+            "inbound-l1" => (mtls(&self.l1)?, false, vec![&self.l1]),
+            "inbound-all" => (mtls(&self.all)?, false, vec![&self.all]),
+            "chain" => (Target::Plain(self.caller.outbound?), false, vec![&self.caller, &self.all]),
+            "handshake" => (mtls(&self.l1)?, true, vec![&self.l1]),
+            _ => return None,
+        })
+    }
+}
+
+fn backend_yaml(ca_dir: &Path, app: SocketAddr, policy: &str, jwt: Option<&str>) -> String {
+    format!(
+        "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{BACKEND}', ttl: 1h}}}}
+runtime: {{worker_threads: 1}}
+telemetry: {{listen: '127.0.0.1:0', log_format: text}}
+inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{CALLER}']}}
+policy: {{file: {policy}}}
+{jwt}",
+        ca = ca_dir.display(),
+        jwt = jwt.unwrap_or_default()
+    )
+}
+
+fn caller_yaml(ca_dir: &Path, target: SocketAddr) -> String {
+    format!(
+        "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{CALLER}', ttl: 1h}}}}
+runtime: {{worker_threads: 1}}
+telemetry: {{listen: '127.0.0.1:0', log_format: text}}
+outbound:
+  listen: '127.0.0.1:0'
+  routes:
+    - {{name: budget-backend, upstream: 'https://{target}', server_id: '{BACKEND}'}}
+",
+        ca = ca_dir.display()
+    )
+}

@@ -1,0 +1,96 @@
+//! A sidecar under test runs as its own process (this binary re-executed as
+//! `a2a-bench sidecar <config>`), so its CPU time and peak RSS can be read
+//! from `/proc` apart from the load generator's.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Kernel clock ticks per second for `/proc/<pid>/stat` times: `USER_HZ`,
+/// which is 100 on every Linux ABI.
+const USER_HZ: f64 = 100.0;
+
+pub struct Sidecar {
+    child: Child,
+    pub inbound: Option<SocketAddr>,
+    pub outbound: Option<SocketAddr>,
+}
+
+impl Sidecar {
+    /// Starts the sidecar for `config`; returns once it serves (its SVID loaded).
+    pub fn spawn(config: &Path, cpu: Option<usize>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating a2a-bench")?;
+        let mut command = Command::new(exe);
+        command.arg("sidecar").arg(config);
+        if let Some(cpu) = cpu {
+            command.arg("--cpu").arg(cpu.to_string());
+        }
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let stdout = child.stdout.take().context("sidecar stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let mut words = line.split_whitespace();
+        if words.next() != Some("ready") {
+            let _ = child.kill();
+            anyhow::bail!("sidecar for {} did not start: {line:?}", config.display());
+        }
+        let addr = |w: Option<&str>| w.and_then(|w| w.parse().ok());
+        let (inbound, outbound) = (addr(words.next()), addr(words.next()));
+        Ok(Self { child, inbound, outbound })
+    }
+
+    /// User + system CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the `(comm)`, which may itself hold spaces: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
+        fields.iter().sum::<f64>() / USER_HZ
+    }
+
+    /// Peak resident set size (`VmHWM`) in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `sidecar` mode: one runtime worker (the config's `runtime.worker_threads`,
+/// default 1), optionally pinned; prints `ready <inbound> <outbound>`.
+pub fn serve(config: &Path, cpu: Option<usize>) -> anyhow::Result<()> {
+    certs::tls::install_default_provider();
+    let config = proxy::config::Config::load(config)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(config.runtime.worker_threads.unwrap_or(1)).enable_all();
+    if let Some(cpu) = cpu {
+        builder.on_thread_start(move || {
+            core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+        });
+    }
+    builder.build()?.block_on(async {
+        let mut app = proxy::app::App::start(config).await?;
+        tokio::time::timeout(Duration::from_secs(30), app.identity.wait_ready()).await?.context("no SVID")?;
+        let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        println!("ready {} {}", show(app.inbound_addr), show(app.outbound_addr));
+        // Until the harness kills it.
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
