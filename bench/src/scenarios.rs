@@ -88,9 +88,9 @@ impl Stack {
         write("policy-l1.yaml", POLICY_L1)?;
         write("policy-all.yaml", POLICY_ALL)?;
         let l1 = Sidecar::spawn(&write("l1.yaml", &backend_yaml(&ca_dir, app, "policy-l1.yaml", None))?, cpu)?;
-        let jwt = format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
-        let all =
-            Sidecar::spawn(&write("all.yaml", &backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt)))?, cpu)?;
+        let jwt =
+            format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
+        let all = Sidecar::spawn(&write("all.yaml", &backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt)))?, cpu)?;
         let target = all.inbound.ok_or_else(|| anyhow::anyhow!("the backend sidecar has no inbound address"))?;
         let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&ca_dir, target))?, cpu)?;
 
