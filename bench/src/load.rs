@@ -1,8 +1,13 @@
-//! The load generator: closed loop over a fixed number of connections
-//! (HTTP/1.1 keep-alive, or a new connection per request to measure the
-//! handshake), for a fixed duration or request count. Latencies go into an
-//! HDR histogram in microseconds. Failures are counted, never fatal: a
-//! failed connection is re-opened.
+//! The load generator over a fixed number of connections (HTTP/1.1
+//! keep-alive, HTTP/2 with several streams each, or a new connection per
+//! request to measure the handshake), for a fixed duration or request count.
+//!
+//! Closed loop (max throughput): each worker sends its next request when the
+//! previous response is read. Open loop (`rate`): each worker has a schedule
+//! of intended send times and latency is measured from the *intended* time,
+//! so a stalled server is charged for the requests it delayed (no coordinated
+//! omission). Latencies go into an HDR histogram in microseconds. Failures are
+//! counted, never fatal: a failed connection is re-opened.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// Where requests go.
 #[derive(Clone)]
@@ -29,6 +34,16 @@ pub struct Shape {
     /// Stop after this many requests (whichever comes first).
     pub max_requests: Option<u64>,
     pub new_connection_per_request: bool,
+    /// HTTP/2: this many concurrent streams per connection (`None` = HTTP/1.1).
+    pub h2_streams: Option<usize>,
+    /// Open loop at this many requests/s in total (`None` = closed loop).
+    pub rate: Option<f64>,
+}
+
+impl Shape {
+    fn workers(&self) -> usize {
+        self.connections.max(1) * self.h2_streams.unwrap_or(1).max(1)
+    }
 }
 
 /// The request every scenario sends: same path, same Bearer token.
@@ -63,11 +78,33 @@ pub async fn run(target: &Target, request: &RequestSpec, shape: Shape) -> anyhow
     let started = Instant::now();
     let deadline = started + shape.duration;
     let budget = Arc::new(AtomicU64::new(shape.max_requests.unwrap_or(u64::MAX)));
+    let workers = shape.workers();
+    let streams = shape.h2_streams.unwrap_or(1).max(1);
+    let target = &alpn(target, shape.h2_streams.is_some());
+    // Open loop: each worker sends every `interval`, together `rate` per second.
+    let interval = shape.rate.map(|rate| Duration::from_secs_f64(workers as f64 / rate.max(1.0)));
     let mut tasks = Vec::new();
-    for _ in 0..shape.connections.max(1) {
-        let (target, request, budget) = (target.clone(), request.clone(), budget.clone());
-        let latency = Histogram::new_from(&template);
-        tasks.push(tokio::spawn(async move { connection(&target, &request, shape, deadline, &budget, latency).await }));
+    for connection in 0..shape.connections.max(1) {
+        // HTTP/2 workers of one connection share it; HTTP/1.1 workers own theirs.
+        let shared = match shape.h2_streams {
+            Some(_) => match connect(target, true).await {
+                Ok(Sender::H2(sender)) => Some(sender),
+                _ => None,
+            },
+            None => None,
+        };
+        for stream in 0..streams {
+            let (target, request, budget) = (target.clone(), request.clone(), budget.clone());
+            let latency = Histogram::new_from(&template);
+            let sender = shared.clone().map(Sender::H2);
+            // Spread the workers' schedules over one interval.
+            let offset = interval.map(|i| i.mul_f64((connection * streams + stream) as f64 / workers as f64));
+            let schedule = interval.zip(offset).map(|(i, o)| (started + o, i));
+            tasks.push(tokio::spawn(async move {
+                let worker = Worker { target: &target, request: &request, shape, deadline, budget: &budget };
+                worker.run(sender, schedule, latency).await
+            }));
+        }
     }
     let mut run = Run { requests: 0, errors: 0, elapsed: Duration::ZERO, latency: template };
     for task in tasks {
@@ -81,83 +118,145 @@ pub async fn run(target: &Target, request: &RequestSpec, shape: Shape) -> anyhow
     Ok(run)
 }
 
-/// One connection's closed loop: the next request leaves when the previous
-/// response has been read.
-async fn connection(
-    target: &Target,
-    request: &RequestSpec,
+struct Worker<'a> {
+    target: &'a Target,
+    request: &'a RequestSpec,
     shape: Shape,
     deadline: Instant,
-    budget: &AtomicU64,
-    mut latency: Histogram<u64>,
-) -> (u64, u64, Histogram<u64>) {
-    let (mut requests, mut errors) = (0, 0);
-    let mut sender: Option<SendRequest<Empty<bytes::Bytes>>> = None;
-    while Instant::now() < deadline && take(budget) {
-        let t = Instant::now();
-        if sender.is_none() || shape.new_connection_per_request {
-            sender = connect(target).await.ok();
+    budget: &'a AtomicU64,
+}
+
+impl Worker<'_> {
+    /// Sends until the deadline or the request budget; `schedule` = (first
+    /// intended send time, interval) in open loop.
+    async fn run(
+        &self,
+        mut sender: Option<Sender>,
+        mut schedule: Option<(Instant, Duration)>,
+        mut latency: Histogram<u64>,
+    ) -> (u64, u64, Histogram<u64>) {
+        let (mut requests, mut errors) = (0, 0);
+        let h2 = self.shape.h2_streams.is_some();
+        while Instant::now() < self.deadline && take(self.budget) {
+            let t = match &mut schedule {
+                Some((next, interval)) => {
+                    let intended = *next;
+                    *next += *interval;
+                    wait_until(intended).await;
+                    intended
+                }
+                None => Instant::now(),
+            };
+            if sender.is_none() || self.shape.new_connection_per_request {
+                sender = connect(self.target, h2).await.ok();
+            }
+            let ok = match sender.as_mut() {
+                Some(s) => s.send(self.request).await,
+                None => false,
+            };
+            if ok {
+                requests += 1;
+                let _ = latency.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+            } else {
+                errors += 1;
+                sender = None;
+            }
         }
-        let ok = match sender.as_mut() {
-            Some(s) => send(s, request).await,
-            None => false,
-        };
-        if ok {
-            requests += 1;
-            let _ = latency.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
-        } else {
-            errors += 1;
-            sender = None;
-        }
+        (requests, errors, latency)
     }
-    (requests, errors, latency)
+}
+
+/// Tokio timers have millisecond resolution, which would add up to 1 ms
+/// to every open-loop latency: sleep to just before `t`, then yield until it.
+async fn wait_until(t: Instant) {
+    const TIMER_SLACK: Duration = Duration::from_micros(1500);
+    if let Some(early) = t.checked_sub(TIMER_SLACK)
+        && early > Instant::now()
+    {
+        tokio::time::sleep_until(early.into()).await;
+    }
+    while Instant::now() < t {
+        tokio::task::yield_now().await;
+    }
 }
 
 fn take(budget: &AtomicU64) -> bool {
     budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
 }
 
-async fn send(sender: &mut SendRequest<Empty<bytes::Bytes>>, spec: &RequestSpec) -> bool {
-    if sender.ready().await.is_err() {
-        return false;
-    }
-    let Ok(request) = hyper::Request::get(spec.path)
-        .header("host", spec.host)
-        .header("authorization", format!("Bearer {}", spec.bearer))
-        .body(Empty::new())
-    else {
-        return false;
-    };
-    match sender.send_request(request).await {
-        Ok(response) => {
-            let ok = response.status() == hyper::StatusCode::OK;
-            response.into_body().collect().await.is_ok() && ok
+enum Sender {
+    H1(http1::SendRequest<Empty<bytes::Bytes>>),
+    H2(http2::SendRequest<Empty<bytes::Bytes>>),
+}
+
+impl Sender {
+    async fn send(&mut self, spec: &RequestSpec) -> bool {
+        let Ok(request) = hyper::Request::get(spec.path)
+            .header("host", spec.host)
+            .header("authorization", format!("Bearer {}", spec.bearer))
+            .body(Empty::new())
+        else {
+            return false;
+        };
+        let response = match self {
+            Self::H1(s) => match s.ready().await {
+                Ok(()) => s.send_request(request).await,
+                Err(e) => Err(e),
+            },
+            Self::H2(s) => match s.ready().await {
+                Ok(()) => s.send_request(request).await,
+                Err(e) => Err(e),
+            },
+        };
+        match response {
+            Ok(response) => {
+                let ok = response.status() == hyper::StatusCode::OK;
+                response.into_body().collect().await.is_ok() && ok
+            }
+            Err(_) => false,
         }
-        Err(_) => false,
     }
 }
 
-async fn connect(target: &Target) -> anyhow::Result<SendRequest<Empty<bytes::Bytes>>> {
+/// The target with the ALPN protocol of the run (`h2` or `http/1.1`).
+fn alpn(target: &Target, h2: bool) -> Target {
+    match target {
+        Target::Plain(addr) => Target::Plain(*addr),
+        Target::Mtls(addr, tls) => {
+            let mut tls = (**tls).clone();
+            tls.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+            Target::Mtls(*addr, Arc::new(tls))
+        }
+    }
+}
+
+async fn connect(target: &Target, h2: bool) -> anyhow::Result<Sender> {
     let addr = match target {
         Target::Plain(addr) | Target::Mtls(addr, _) => *addr,
     };
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     match target {
-        Target::Plain(_) => handshake(TokioIo::new(tcp)).await,
+        Target::Plain(_) => handshake(TokioIo::new(tcp), h2).await,
         Target::Mtls(_, tls) => {
             let name = rustls::pki_types::ServerName::try_from("backend")?;
             let stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
-            handshake(TokioIo::new(stream)).await
+            handshake(TokioIo::new(stream), h2).await
         }
     }
 }
 
-async fn handshake<I>(io: I) -> anyhow::Result<SendRequest<Empty<bytes::Bytes>>>
+async fn handshake<I>(io: I, h2: bool) -> anyhow::Result<Sender>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(conn);
-    Ok(sender)
+    if h2 {
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(sender))
+    }
 }

@@ -33,6 +33,13 @@ struct Cli {
     /// App and sidecars on CPU 0, the load generator on CPU 1.
     #[arg(long)]
     pin: bool,
+    /// Open loop at this many requests/s in total, latency measured from
+    /// the intended send times (default: closed loop, max throughput).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 with this many concurrent streams per connection.
+    #[arg(long)]
+    h2_streams: Option<usize>,
     /// Only these scenarios (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -50,6 +57,28 @@ enum Command {
         #[arg(long)]
         cpu: Option<usize>,
     },
+}
+
+/// SVID rotations and accepted policy reloads of the `rotation` sidecar so far.
+async fn rotation_counters(stack: &scenarios::Stack) -> (f64, f64) {
+    let rotations = stack.rotating.counter("a2a_svid_rotations_total", "").await.unwrap_or(0.0);
+    let reloads = stack.rotating.counter("a2a_policy_reloads_total", "result=\"ok\"").await.unwrap_or(0.0);
+    (rotations, reloads)
+}
+
+/// Rewrites the `rotation` sidecar's policy file (same rules, new version)
+/// every few seconds until aborted; the sidecar's file watcher reloads it.
+async fn rewrite_policy(path: PathBuf) {
+    let mut interval = tokio::time::interval(scenarios::ROTATION_POLICY_EVERY);
+    interval.tick().await;
+    for n in 1.. {
+        interval.tick().await;
+        // Written to a temp file and renamed, as a config-management tool would.
+        let temp = path.with_extension("tmp");
+        if std::fs::write(&temp, scenarios::rotating_policy(n)).is_ok() {
+            let _ = std::fs::rename(&temp, &path);
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,20 +107,48 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for name in names {
         let Some((target, new_connection_per_request, sidecars)) = stack.scenario(name) else { continue };
-        let mut shape = load::Shape { connections, duration: warmup, max_requests, new_connection_per_request };
+        let mut shape = load::Shape {
+            connections,
+            duration: warmup,
+            max_requests,
+            new_connection_per_request,
+            h2_streams: cli.h2_streams.filter(|_| !new_connection_per_request),
+            rate: cli.rate,
+        };
         if !warmup.is_zero() {
             client.block_on(load::run(&target, &stack.request, shape))?;
         }
+        let rotation = name == "rotation";
+        // Long enough for SVID rotations and a policy reload, unless --tiny.
+        let seconds = if rotation && !cli.tiny { seconds.max(6) } else { seconds };
         shape.duration = Duration::from_secs(seconds);
         eprint!("\r{name:<12} c={connections} {seconds}s ...");
+        let before = client.block_on(rotation_counters(&stack));
         let cpu_before: f64 = sidecars.iter().map(|s| s.cpu_seconds()).sum();
-        let run = client.block_on(load::run(&target, &stack.request, shape))?;
+        let run = client.block_on(async {
+            let reloads = rotation.then(|| tokio::spawn(rewrite_policy(stack.rotating_policy.clone())));
+            let run = load::run(&target, &stack.request, shape).await;
+            if let Some(task) = reloads {
+                task.abort();
+            }
+            run
+        })?;
         let cpu = sidecars.iter().map(|s| s.cpu_seconds()).sum::<f64>() - cpu_before;
         let rss = sidecars.iter().map(|s| s.peak_rss_mib()).sum::<f64>();
+        let after = client.block_on(rotation_counters(&stack));
         eprintln!("\r{name:<12} {:>9.0} req/s  p99 {:.3} ms  errors {}", run.rps(), run.quantile_ms(0.99), run.errors);
-        results.push(report::Result::new(name, &run, (!sidecars.is_empty()).then_some((cpu, rss))));
+        let mut result = report::Result::new(name, &run, (!sidecars.is_empty()).then_some((cpu, rss)));
+        if rotation {
+            result.rotations = Some((after.0 - before.0, after.1 - before.1));
+        }
+        results.push(result);
     }
-    let report = report::Report::new(results, connections, pin, stack.request.bearer.len());
+    let mode = match (cli.rate, cli.h2_streams) {
+        (Some(rate), _) => format!("open loop at {rate} req/s"),
+        (None, Some(streams)) => format!("closed loop, HTTP/2 x {streams} streams per connection"),
+        (None, None) => "closed loop, HTTP/1.1 keep-alive".to_owned(),
+    };
+    let report = report::Report::new(results, (connections, mode), pin, stack.request.bearer.len());
     println!("{}", report.markdown());
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.json())?)?;

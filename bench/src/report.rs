@@ -15,6 +15,8 @@ pub struct Result {
     /// Sidecar CPU seconds per 10k requests and peak RSS; `None` for `direct`.
     pub cpu_s_per_10k: Option<f64>,
     pub rss_mib: Option<f64>,
+    /// `rotation` only: SVID rotations and policy reloads during the run.
+    pub rotations: Option<(f64, f64)>,
 }
 
 impl Result {
@@ -30,6 +32,7 @@ impl Result {
             errors: run.errors,
             cpu_s_per_10k: sidecar.map(|(cpu, _)| per_10k(cpu)),
             rss_mib: sidecar.map(|(_, rss)| rss),
+            rotations: None,
         }
     }
 }
@@ -37,13 +40,14 @@ impl Result {
 pub struct Report {
     results: Vec<Result>,
     connections: usize,
+    mode: String,
     pinned: bool,
     token_bytes: usize,
 }
 
 impl Report {
-    pub fn new(results: Vec<Result>, connections: usize, pinned: bool, token_bytes: usize) -> Self {
-        Self { results, connections, pinned, token_bytes }
+    pub fn new(results: Vec<Result>, (connections, mode): (usize, String), pinned: bool, token_bytes: usize) -> Self {
+        Self { results, connections, mode, pinned, token_bytes }
     }
 
     fn direct(&self) -> Option<&Result> {
@@ -53,21 +57,22 @@ impl Report {
     pub fn markdown(&self) -> String {
         let topology = if self.pinned { "app + sidecars on CPU 0, load on CPU 1" } else { "unpinned" };
         let mut out = format!(
-            "\nclosed loop, {} keep-alive connections, {}-byte Bearer JWT on every request, {topology}\n\n",
-            self.connections, self.token_bytes
+            "\n{}, {} connections, {}-byte Bearer JWT on every request, {topology}\n\n",
+            self.mode, self.connections, self.token_bytes
         );
-        out.push_str("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | vs direct | CPU s/10k | RSS MiB | errors |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | vs direct | CPU s/10k | RSS MiB | errors |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let dash = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
         for r in &self.results {
             let direct = self.direct();
             out.push_str(&format!(
-                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
                 r.name,
                 r.rps,
                 r.p50_ms,
                 r.p99_ms,
                 r.p999_ms,
+                dash(direct.map(|d| r.p50_ms - d.p50_ms), 3),
                 dash(direct.map(|d| r.p99_ms - d.p99_ms), 3),
                 dash(direct.map(|d| r.rps / d.rps.max(f64::EPSILON)), 2),
                 dash(r.cpu_s_per_10k, 3),
@@ -75,11 +80,19 @@ impl Report {
                 r.errors,
             ));
         }
+        for r in &self.results {
+            if let Some((rotations, reloads)) = r.rotations {
+                out.push_str(&format!(
+                    "\n`{}`: {rotations} SVID rotations and {reloads} policy reloads during the run, {} errors\n",
+                    r.name, r.errors
+                ));
+            }
+        }
         out
     }
 
     pub fn json(&self) -> Value {
-        let direct_p99 = self.direct().map(|d| d.p99_ms);
+        let direct = self.direct().map(|d| (d.p50_ms, d.p99_ms));
         let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         json!({
@@ -89,6 +102,7 @@ impl Report {
                 "arch": std::env::consts::ARCH,
                 "kernel": kernel.trim(),
                 "pinned": self.pinned,
+                "mode": self.mode,
                 "connections": self.connections,
                 "token_bytes": self.token_bytes,
             },
@@ -98,11 +112,14 @@ impl Report {
                 "p50_ms": r.p50_ms,
                 "p99_ms": r.p99_ms,
                 "p999_ms": r.p999_ms,
-                "added_p99_ms": direct_p99.map(|d| r.p99_ms - d),
+                "added_p50_ms": direct.map(|(p50, _)| r.p50_ms - p50),
+                "added_p99_ms": direct.map(|(_, p99)| r.p99_ms - p99),
                 "requests": r.requests,
                 "errors": r.errors,
                 "cpu_s_per_10k": r.cpu_s_per_10k,
                 "rss_mib": r.rss_mib,
+                "svid_rotations": r.rotations.map(|(n, _)| n),
+                "policy_reloads": r.rotations.map(|(_, n)| n),
             })).collect::<Vec<_>>(),
         })
     }

@@ -45,7 +45,12 @@ policies:
       - {path: /budget/submit, methods: [POST], action: deny}
 ";
 
-pub const NAMES: [&str; 5] = ["direct", "inbound-l1", "inbound-all", "chain", "handshake"];
+pub const NAMES: [&str; 6] = ["direct", "inbound-l1", "inbound-all", "chain", "handshake", "rotation"];
+
+/// In `rotation`, the SVID lives 4 s (renewed at half-life: every 2 s) and
+/// the policy file is rewritten every 5 s.
+pub const ROTATION_SVID_TTL: &str = "4s";
+pub const ROTATION_POLICY_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything the scenarios run against, started once.
 pub struct Stack {
@@ -55,6 +60,8 @@ pub struct Stack {
     pub l1: Sidecar,
     pub all: Sidecar,
     pub caller: Sidecar,
+    pub rotating: Sidecar,
+    pub rotating_policy: std::path::PathBuf,
     pub tls: Arc<rustls::ClientConfig>,
     pub request: RequestSpec,
     _idp: Arc<DevIdp>,
@@ -87,10 +94,15 @@ impl Stack {
         };
         write("policy-l1.yaml", POLICY_L1)?;
         write("policy-all.yaml", POLICY_ALL)?;
-        let l1 = Sidecar::spawn(&write("l1.yaml", &backend_yaml(&ca_dir, app, "policy-l1.yaml", None))?, cpu)?;
+        let rotating_policy = write("policy-rotating.yaml", POLICY_ALL)?;
+        let l1 = backend_yaml(&ca_dir, app, "policy-l1.yaml", None, "1h");
+        let l1 = Sidecar::spawn(&write("l1.yaml", &l1)?, cpu)?;
         let jwt =
             format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
-        let all = Sidecar::spawn(&write("all.yaml", &backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt)))?, cpu)?;
+        let all = backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt), "1h");
+        let all = Sidecar::spawn(&write("all.yaml", &all)?, cpu)?;
+        let rotating = backend_yaml(&ca_dir, app, "policy-rotating.yaml", Some(&jwt), ROTATION_SVID_TTL);
+        let rotating = Sidecar::spawn(&write("rotating.yaml", &rotating)?, cpu)?;
         let target = all.inbound.ok_or_else(|| anyhow::anyhow!("the backend sidecar has no inbound address"))?;
         let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&ca_dir, target))?, cpu)?;
 
@@ -107,7 +119,19 @@ impl Stack {
         let mut tls = certs::tls::client_config(identity, BACKEND.parse()?)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let request = RequestSpec { host: "budget-backend", path: "/budget/read", bearer: token.into() };
-        Ok(Self { _dir: dir, _runtime: runtime, app, l1, all, caller, tls: Arc::new(tls), request, _idp: idp })
+        Ok(Self {
+            _dir: dir,
+            _runtime: runtime,
+            app,
+            l1,
+            all,
+            caller,
+            rotating,
+            rotating_policy,
+            tls: Arc::new(tls),
+            request,
+            _idp: idp,
+        })
     }
 
     /// The target of scenario `name`, whether each request opens a connection,
@@ -120,14 +144,20 @@ impl Stack {
             "inbound-all" => (mtls(&self.all)?, false, vec![&self.all]),
             "chain" => (Target::Plain(self.caller.outbound?), false, vec![&self.caller, &self.all]),
             "handshake" => (mtls(&self.l1)?, true, vec![&self.l1]),
+            "rotation" => (mtls(&self.rotating)?, false, vec![&self.rotating]),
             _ => return None,
         })
     }
 }
 
-fn backend_yaml(ca_dir: &Path, app: SocketAddr, policy: &str, jwt: Option<&str>) -> String {
+/// A new version of the rotating policy, same rules (`n` makes the file differ).
+pub fn rotating_policy(n: u32) -> String {
+    POLICY_ALL.replacen("version: '5.0'", &format!("version: '5.{n}'"), 1)
+}
+
+fn backend_yaml(ca_dir: &Path, app: SocketAddr, policy: &str, jwt: Option<&str>, ttl: &str) -> String {
     format!(
-        "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{BACKEND}', ttl: 1h}}}}
+        "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{BACKEND}', ttl: {ttl}}}}}
 runtime: {{worker_threads: 1}}
 telemetry: {{listen: '127.0.0.1:0', log_format: text}}
 inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{CALLER}']}}

@@ -18,6 +18,7 @@ pub struct Sidecar {
     child: Child,
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
+    pub telemetry: Option<SocketAddr>,
 }
 
 impl Sidecar {
@@ -39,8 +40,8 @@ impl Sidecar {
             anyhow::bail!("sidecar for {} did not start: {line:?}", config.display());
         }
         let addr = |w: Option<&str>| w.and_then(|w| w.parse().ok());
-        let (inbound, outbound) = (addr(words.next()), addr(words.next()));
-        Ok(Self { child, inbound, outbound })
+        let (inbound, outbound, telemetry) = (addr(words.next()), addr(words.next()), addr(words.next()));
+        Ok(Self { child, inbound, outbound, telemetry })
     }
 
     /// User + system CPU seconds used so far.
@@ -50,6 +51,28 @@ impl Sidecar {
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
         let fields: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
         fields.iter().sum::<f64>() / USER_HZ
+    }
+
+    /// A counter from the sidecar's Prometheus `/metrics` (summed over labels
+    /// matching `labels`, e.g. `result="ok"`).
+    pub async fn counter(&self, name: &str, labels: &str) -> Option<f64> {
+        use http_body_util::BodyExt;
+        let addr = self.telemetry?;
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
+        tokio::spawn(conn);
+        let request = hyper::Request::get("/metrics")
+            .header("host", "telemetry")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let body = sender.send_request(request).await.ok()?.into_body().collect().await.ok()?.to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        let values = text.lines().filter(|l| l.starts_with(name) && l.contains(labels)).filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name).then(|| value.parse::<f64>().ok()).flatten()
+        });
+        Some(values.sum())
     }
 
     /// Peak resident set size (`VmHWM`) in MiB.
@@ -88,7 +111,7 @@ pub fn serve(config: &Path, cpu: Option<usize>) -> anyhow::Result<()> {
         let mut app = proxy::app::App::start(config).await?;
         tokio::time::timeout(Duration::from_secs(30), app.identity.wait_ready()).await?.context("no SVID")?;
         let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
-        println!("ready {} {}", show(app.inbound_addr), show(app.outbound_addr));
+        println!("ready {} {} {}", show(app.inbound_addr), show(app.outbound_addr), app.telemetry_addr);
         // Until the harness kills it.
         std::future::pending::<()>().await;
         Ok(())
