@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod load;
+mod peers;
 mod report;
 mod scenarios;
 mod sidecar;
@@ -99,7 +100,8 @@ fn main() -> anyhow::Result<()> {
     let names: Vec<&str> =
         scenarios::NAMES.into_iter().filter(|n| cli.only.is_empty() || cli.only.iter().any(|o| o == n)).collect();
 
-    let stack = scenarios::Stack::start(pin.then_some(0))?;
+    let with_peers = cli.only.is_empty() || cli.only.iter().any(|o| o == "nginx");
+    let stack = scenarios::Stack::start(pin.then_some(0), with_peers)?;
     if pin {
         core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
     }

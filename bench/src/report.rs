@@ -80,6 +80,19 @@ impl Report {
                 r.errors,
             ));
         }
+        if let Some(nginx) = self.results.iter().find(|r| r.name == "nginx") {
+            out.push_str("\nvs nginx (same run):");
+            for r in self.results.iter().filter(|r| r.name.starts_with("inbound")) {
+                let cpu = r.cpu_s_per_10k.zip(nginx.cpu_s_per_10k).map(|(a, b)| a / b.max(f64::EPSILON));
+                out.push_str(&format!(
+                    " `{}` {:.2}x req/s, {}x CPU per request;",
+                    r.name,
+                    r.rps / nginx.rps.max(f64::EPSILON),
+                    cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"))
+                ));
+            }
+            out.push('\n');
+        }
         for r in &self.results {
             if let Some((rotations, reloads)) = r.rotations {
                 out.push_str(&format!(

@@ -45,7 +45,7 @@ policies:
       - {path: /budget/submit, methods: [POST], action: deny}
 ";
 
-pub const NAMES: [&str; 6] = ["direct", "inbound-l1", "inbound-all", "chain", "handshake", "rotation"];
+pub const NAMES: [&str; 7] = ["direct", "inbound-l1", "inbound-all", "chain", "handshake", "rotation", "nginx"];
 
 /// In `rotation`, the SVID lives 4 s (renewed at half-life: every 2 s) and
 /// the policy file is rewritten every 5 s.
@@ -62,6 +62,8 @@ pub struct Stack {
     pub caller: Sidecar,
     pub rotating: Sidecar,
     pub rotating_policy: std::path::PathBuf,
+    /// Present when nginx is installed (and not skipped).
+    pub nginx: Option<Sidecar>,
     pub tls: Arc<rustls::ClientConfig>,
     pub request: RequestSpec,
     _idp: Arc<DevIdp>,
@@ -69,7 +71,7 @@ pub struct Stack {
 
 impl Stack {
     /// `cpu`: where the app and the sidecars run (the load goes elsewhere).
-    pub fn start(cpu: Option<usize>) -> anyhow::Result<Self> {
+    pub fn start(cpu: Option<usize>, with_peers: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("a2a-bench").tempdir()?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(1).thread_name("bench-app").enable_all();
@@ -115,6 +117,11 @@ impl Stack {
             ttl: Duration::from_secs(3600),
             v1: false,
         })?;
+        let nginx = if with_peers {
+            crate::peers::nginx(dir.path(), &ca, BACKEND, app, cpu).map_err(|e| eprintln!("skipping nginx: {e:#}")).ok()
+        } else {
+            None
+        };
         let identity = IdentityWatch::fixed(Arc::new(ca.identity(&CALLER.parse()?, Duration::from_secs(3600), &[])?));
         let mut tls = certs::tls::client_config(identity, BACKEND.parse()?)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -128,6 +135,7 @@ impl Stack {
             caller,
             rotating,
             rotating_policy,
+            nginx,
             tls: Arc::new(tls),
             request,
             _idp: idp,
@@ -145,6 +153,10 @@ impl Stack {
             "chain" => (Target::Plain(self.caller.outbound?), false, vec![&self.caller, &self.all]),
             "handshake" => (mtls(&self.l1)?, true, vec![&self.l1]),
             "rotation" => (mtls(&self.rotating)?, false, vec![&self.rotating]),
+            "nginx" => {
+                let nginx = self.nginx.as_ref()?;
+                (mtls(nginx)?, false, vec![nginx])
+            }
             _ => return None,
         })
     }

@@ -44,6 +44,11 @@ impl Sidecar {
         Ok(Self { child, inbound, outbound, telemetry })
     }
 
+    /// A peer proxy's process (nginx, ...), measured the same way.
+    pub fn peer(child: Child, listen: SocketAddr) -> Self {
+        Self { child, inbound: Some(listen), outbound: None, telemetry: None }
+    }
+
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
