@@ -41,6 +41,9 @@ struct Cli {
     /// HTTP/2 with this many concurrent streams per connection.
     #[arg(long)]
     h2_streams: Option<usize>,
+    /// Repetitions in shuffled order, medians reported (default 3; 1 with --quick).
+    #[arg(long)]
+    repeat: Option<u32>,
     /// Only these scenarios (comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -58,6 +61,85 @@ enum Command {
         #[arg(long)]
         cpu: Option<usize>,
     },
+}
+
+/// The load of one run, the same for every scenario.
+struct Plan {
+    connections: usize,
+    seconds: u64,
+    warmup: Duration,
+    max_requests: Option<u64>,
+    tiny: bool,
+    h2_streams: Option<usize>,
+    rate: Option<f64>,
+}
+
+/// Another process using more than this share of a CPU during a run marks it disturbed.
+const DISTURBED_CPU_SHARE: f64 = 0.15;
+
+/// One warm-up and one measured run of scenario `name`.
+fn measure(
+    stack: &scenarios::Stack,
+    client: &tokio::runtime::Runtime,
+    name: &'static str,
+    plan: &Plan,
+) -> anyhow::Result<Option<report::Result>> {
+    let Some((target, new_connection_per_request, sidecars)) = stack.scenario(name) else { return Ok(None) };
+    let mut shape = load::Shape {
+        connections: plan.connections,
+        duration: plan.warmup,
+        max_requests: plan.max_requests,
+        new_connection_per_request,
+        h2_streams: plan.h2_streams.filter(|_| !new_connection_per_request),
+        rate: plan.rate,
+    };
+    if !plan.warmup.is_zero() {
+        client.block_on(load::run(&target, &stack.request, shape))?;
+    }
+    let rotation = name == "rotation";
+    // Long enough for SVID rotations and a policy reload, unless --tiny.
+    let seconds = if rotation && !plan.tiny { plan.seconds.max(6) } else { plan.seconds };
+    shape.duration = Duration::from_secs(seconds);
+    eprint!("\r{name:<12} c={} {seconds}s ...", plan.connections);
+    let before = client.block_on(rotation_counters(stack));
+    let cpu_before: f64 = sidecars.iter().map(|s| s.cpu_seconds()).sum();
+    let others_before = sidecar::cpu_outside(&stack.processes());
+    let run = client.block_on(async {
+        let reloads = rotation.then(|| tokio::spawn(rewrite_policy(stack.rotating_policy.clone())));
+        let run = load::run(&target, &stack.request, shape).await;
+        if let Some(task) = reloads {
+            task.abort();
+        }
+        run
+    })?;
+    let others = sidecar::cpu_outside(&stack.processes()) - others_before;
+    let cpu = sidecars.iter().map(|s| s.cpu_seconds()).sum::<f64>() - cpu_before;
+    let rss = sidecars.iter().map(|s| s.peak_rss_mib()).sum::<f64>();
+    let after = client.block_on(rotation_counters(stack));
+    let disturbed = others / run.elapsed.as_secs_f64().max(f64::EPSILON) > DISTURBED_CPU_SHARE;
+    eprintln!(
+        "\r{name:<12} {:>9.0} req/s  p99 {:.3} ms  errors {}{}",
+        run.rps(),
+        run.quantile_ms(0.99),
+        run.errors,
+        if disturbed { format!("  (disturbed: other processes used {others:.2} CPU s)") } else { String::new() }
+    );
+    let mut result = report::Result::new(name, &run, (!sidecars.is_empty()).then_some((cpu, rss)));
+    result.disturbed = disturbed;
+    if rotation {
+        result.rotations = Some((after.0 - before.0, after.1 - before.1));
+    }
+    Ok(Some(result))
+}
+
+/// Fisher-Yates with a xorshift generator: the order only needs to vary.
+fn shuffle(items: &mut [&'static str], seed: &mut u64) {
+    for i in (1..items.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        items.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
 }
 
 /// SVID rotations and accepted policy reloads of the `rotation` sidecar so far.
@@ -106,50 +188,32 @@ fn main() -> anyhow::Result<()> {
         core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
     }
     let client = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut results = Vec::new();
-    for name in names {
-        let Some((target, new_connection_per_request, sidecars)) = stack.scenario(name) else { continue };
-        let mut shape = load::Shape {
-            connections,
-            duration: warmup,
-            max_requests,
-            new_connection_per_request,
-            h2_streams: cli.h2_streams.filter(|_| !new_connection_per_request),
-            rate: cli.rate,
-        };
-        if !warmup.is_zero() {
-            client.block_on(load::run(&target, &stack.request, shape))?;
+    let plan =
+        Plan { connections, seconds, warmup, max_requests, tiny: cli.tiny, h2_streams: cli.h2_streams, rate: cli.rate };
+    let repeat = cli.repeat.unwrap_or(if cli.quick || cli.tiny { 1 } else { 3 }).max(1);
+    let mut runs: Vec<(&str, Vec<report::Result>)> = names.iter().map(|n| (*n, Vec::new())).collect();
+    let mut order = names.clone();
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+    for round in 0..repeat {
+        if round > 0 {
+            shuffle(&mut order, &mut seed);
         }
-        let rotation = name == "rotation";
-        // Long enough for SVID rotations and a policy reload, unless --tiny.
-        let seconds = if rotation && !cli.tiny { seconds.max(6) } else { seconds };
-        shape.duration = Duration::from_secs(seconds);
-        eprint!("\r{name:<12} c={connections} {seconds}s ...");
-        let before = client.block_on(rotation_counters(&stack));
-        let cpu_before: f64 = sidecars.iter().map(|s| s.cpu_seconds()).sum();
-        let run = client.block_on(async {
-            let reloads = rotation.then(|| tokio::spawn(rewrite_policy(stack.rotating_policy.clone())));
-            let run = load::run(&target, &stack.request, shape).await;
-            if let Some(task) = reloads {
-                task.abort();
+        for name in &order {
+            if let Some(result) = measure(&stack, &client, name, &plan)?
+                && let Some((_, results)) = runs.iter_mut().find(|(n, _)| n == name)
+            {
+                results.push(result);
             }
-            run
-        })?;
-        let cpu = sidecars.iter().map(|s| s.cpu_seconds()).sum::<f64>() - cpu_before;
-        let rss = sidecars.iter().map(|s| s.peak_rss_mib()).sum::<f64>();
-        let after = client.block_on(rotation_counters(&stack));
-        eprintln!("\r{name:<12} {:>9.0} req/s  p99 {:.3} ms  errors {}", run.rps(), run.quantile_ms(0.99), run.errors);
-        let mut result = report::Result::new(name, &run, (!sidecars.is_empty()).then_some((cpu, rss)));
-        if rotation {
-            result.rotations = Some((after.0 - before.0, after.1 - before.1));
         }
-        results.push(result);
     }
+    let results: Vec<report::Result> = runs.into_iter().filter_map(|(_, rs)| report::Result::median(rs)).collect();
     let mode = match (cli.rate, cli.h2_streams) {
         (Some(rate), _) => format!("open loop at {rate} req/s"),
         (None, Some(streams)) => format!("closed loop, HTTP/2 x {streams} streams per connection"),
         (None, None) => "closed loop, HTTP/1.1 keep-alive".to_owned(),
     };
+    let mode = if repeat > 1 { format!("{mode}, median of {repeat} shuffled repetitions") } else { mode };
     let report = report::Report::new(results, (connections, mode), pin, stack.request.bearer.len());
     println!("{}", report.markdown());
     if let Some(path) = &cli.json {

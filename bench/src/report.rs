@@ -17,6 +17,8 @@ pub struct Result {
     pub rss_mib: Option<f64>,
     /// `rotation` only: SVID rotations and policy reloads during the run.
     pub rotations: Option<(f64, f64)>,
+    /// Other processes used a noticeable share of a CPU during the run.
+    pub disturbed: bool,
 }
 
 impl Result {
@@ -33,7 +35,32 @@ impl Result {
             cpu_s_per_10k: sidecar.map(|(cpu, _)| per_10k(cpu)),
             rss_mib: sidecar.map(|(_, rss)| rss),
             rotations: None,
+            disturbed: false,
         }
+    }
+
+    /// The median of repetitions (request and error counts, rotations
+    /// summed; RSS the largest; disturbed if any was).
+    pub fn median(runs: Vec<Self>) -> Option<Self> {
+        fn median_of(runs: &[Result], f: impl Fn(&Result) -> f64) -> f64 {
+            let mut values: Vec<f64> = runs.iter().map(f).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or_default()
+        }
+        let first = runs.first()?;
+        Some(Self {
+            name: first.name,
+            rps: median_of(&runs, |r| r.rps),
+            p50_ms: median_of(&runs, |r| r.p50_ms),
+            p99_ms: median_of(&runs, |r| r.p99_ms),
+            p999_ms: median_of(&runs, |r| r.p999_ms),
+            requests: runs.iter().map(|r| r.requests).sum(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            cpu_s_per_10k: first.cpu_s_per_10k.map(|_| median_of(&runs, |r| r.cpu_s_per_10k.unwrap_or_default())),
+            rss_mib: runs.iter().filter_map(|r| r.rss_mib).reduce(f64::max),
+            rotations: runs.iter().filter_map(|r| r.rotations).reduce(|a, b| (a.0 + b.0, a.1 + b.1)),
+            disturbed: runs.iter().any(|r| r.disturbed),
+        })
     }
 }
 
@@ -67,7 +94,7 @@ impl Report {
             let direct = self.direct();
             out.push_str(&format!(
                 "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
-                r.name,
+                if r.disturbed { format!("{} (disturbed)", r.name) } else { r.name.to_owned() },
                 r.rps,
                 r.p50_ms,
                 r.p99_ms,
@@ -131,6 +158,7 @@ impl Report {
                 "errors": r.errors,
                 "cpu_s_per_10k": r.cpu_s_per_10k,
                 "rss_mib": r.rss_mib,
+                "disturbed": r.disturbed,
                 "svid_rotations": r.rotations.map(|(n, _)| n),
                 "policy_reloads": r.rotations.map(|(_, n)| n),
             })).collect::<Vec<_>>(),

@@ -142,6 +142,13 @@ impl Stack {
         })
     }
 
+    /// Every process the harness started (for telling its CPU from others').
+    pub fn processes(&self) -> Vec<&Sidecar> {
+        let mut all = vec![&self.l1, &self.all, &self.caller, &self.rotating];
+        all.extend(self.nginx.as_ref());
+        all
+    }
+
     /// The target of scenario `name`, whether each request opens a connection,
     /// and the sidecars whose CPU and memory count.
     pub fn scenario(&self, name: &str) -> Option<(Target, bool, Vec<&Sidecar>)> {

@@ -51,11 +51,7 @@ impl Sidecar {
 
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the `(comm)`, which may itself hold spaces: state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let fields: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
-        fields.iter().sum::<f64>() / USER_HZ
+        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
 
     /// A counter from the sidecar's Prometheus `/metrics` (summed over labels
@@ -91,6 +87,34 @@ impl Sidecar {
             .unwrap_or(0.0);
         kib / 1024.0
     }
+}
+
+fn process_cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // Fields after the `(comm)`, which may itself hold spaces: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
+    fields.iter().sum::<f64>() / USER_HZ
+}
+
+/// CPU seconds the whole machine has been busy, minus this process and
+/// `ours`: what other processes used (compare two readings).
+pub fn cpu_outside(ours: &[&Sidecar]) -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // `cpu  user nice system idle iowait irq softirq steal ...`: busy = all but idle and iowait.
+    let busy: f64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum();
+    let own = process_cpu_seconds("/proc/self/stat") + ours.iter().map(|s| s.cpu_seconds()).sum::<f64>();
+    busy / USER_HZ - own
 }
 
 impl Drop for Sidecar {
