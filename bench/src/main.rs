@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
     let names: Vec<&str> =
         scenarios::NAMES.into_iter().filter(|n| cli.only.is_empty() || cli.only.iter().any(|o| o == n)).collect();
 
-    let with_peers = cli.only.is_empty() || cli.only.iter().any(|o| o == "nginx");
+    let with_peers = cli.only.is_empty() || cli.only.iter().any(|o| scenarios::PEERS.contains(&o.as_str()));
     let stack = scenarios::Stack::start(pin.then_some(0), with_peers)?;
     if pin {
         core_affinity::set_for_current(core_affinity::CoreId { id: 1 });

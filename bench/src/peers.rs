@@ -11,19 +11,15 @@ use certs::dev::DevCa;
 use crate::sidecar::Sidecar;
 
 const NGINX_CONF: &str = include_str!("../peers/nginx.conf.template");
+const HAPROXY_CONF: &str = include_str!("../peers/haproxy.cfg.template");
 
 /// nginx terminating mTLS (`ssl_verify_client on`, the dev CA's bundle) in
 /// front of the app, one worker, pinned like the sidecars.
 pub fn nginx(dir: &Path, ca: &DevCa, server_id: &str, app: SocketAddr, cpu: Option<usize>) -> anyhow::Result<Sidecar> {
-    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| anyhow::anyhow!("nginx is not installed (bench/peers/install.sh)"))?;
-    let certs = dir.join("nginx-certs");
-    certs::dev::write_svid_files(&certs, &ca.issue(&server_id.parse()?, Duration::from_secs(3600))?, ca.bundle_pem())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let binary = find(&["/usr/sbin/nginx", "/usr/bin/nginx"], "nginx")?;
     let run = dir.join("nginx-run");
     std::fs::create_dir_all(&run)?;
+    let (certs, port) = prepare(dir, "nginx", ca, server_id)?;
     let conf = NGINX_CONF
         .replace("{run}", &run.display().to_string())
         .replace("{certs}", &certs.display().to_string())
@@ -31,8 +27,59 @@ pub fn nginx(dir: &Path, ca: &DevCa, server_id: &str, app: SocketAddr, cpu: Opti
         .replace("{app}", &app.to_string());
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
+    let args =
+        ["-c".into(), conf_path.into_os_string(), "-p".into(), run.into_os_string(), "-e".into(), "stderr".into()];
+    start("nginx", binary, &args, port, cpu)
+}
+
+/// HAProxy terminating mTLS (`verify required`) in front of the app, one thread.
+pub fn haproxy(
+    dir: &Path,
+    ca: &DevCa,
+    server_id: &str,
+    app: SocketAddr,
+    cpu: Option<usize>,
+) -> anyhow::Result<Sidecar> {
+    let binary = find(&["/usr/sbin/haproxy", "/usr/bin/haproxy"], "haproxy")?;
+    let (certs, port) = prepare(dir, "haproxy", ca, server_id)?;
+    // HAProxy wants the certificate and its key in one file.
+    let combined = [std::fs::read(certs.join("svid.pem"))?, std::fs::read(certs.join("svid_key.pem"))?].concat();
+    std::fs::write(certs.join("svid_combined.pem"), combined)?;
+    let conf = HAPROXY_CONF
+        .replace("{certs}", &certs.display().to_string())
+        .replace("{port}", &port.to_string())
+        .replace("{app}", &app.to_string());
+    let conf_path = dir.join("haproxy.cfg");
+    std::fs::write(&conf_path, conf)?;
+    start("haproxy", binary, &["-f".into(), conf_path.into_os_string(), "-db".into()], port, cpu)
+}
+
+fn find(candidates: &[&'static str], name: &str) -> anyhow::Result<&'static str> {
+    candidates
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| anyhow::anyhow!("{name} is not installed (bench/peers/install.sh)"))
+}
+
+/// The peer's SVID files (as spiffe-helper would write them) and a free port.
+fn prepare(dir: &Path, name: &str, ca: &DevCa, server_id: &str) -> anyhow::Result<(std::path::PathBuf, u16)> {
+    let certs = dir.join(format!("{name}-certs"));
+    certs::dev::write_svid_files(&certs, &ca.issue(&server_id.parse()?, Duration::from_secs(3600))?, ca.bundle_pem())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    Ok((certs, port))
+}
+
+/// Starts `binary` (pinned with taskset, which execs it: the child's pid is
+/// the peer's) and waits until it listens on `port`.
+fn start(
+    name: &str,
+    binary: &str,
+    args: &[std::ffi::OsString],
+    port: u16,
+    cpu: Option<usize>,
+) -> anyhow::Result<Sidecar> {
     let mut command = match cpu {
-        // taskset execs nginx: the child's pid is nginx's.
         Some(cpu) => {
             let mut c = Command::new("taskset");
             c.args(["-c", &cpu.to_string(), binary]);
@@ -40,21 +87,12 @@ pub fn nginx(dir: &Path, ca: &DevCa, server_id: &str, app: SocketAddr, cpu: Opti
         }
         None => Command::new(binary),
     };
-    let child = command
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(&run)
-        .args(["-e", "stderr"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let child = command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let peer = Sidecar::peer(child, addr);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nginx did not start listening (see {})", run.display());
+        anyhow::ensure!(Instant::now() < deadline, "{name} did not start listening on {addr}");
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(peer)

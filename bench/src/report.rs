@@ -107,14 +107,14 @@ impl Report {
                 r.errors,
             ));
         }
-        if let Some(nginx) = self.results.iter().find(|r| r.name == "nginx") {
-            out.push_str("\nvs nginx (same run):");
+        for peer in self.results.iter().filter(|r| crate::scenarios::PEERS.contains(&r.name)) {
+            out.push_str(&format!("\nvs {} (same run):", peer.name));
             for r in self.results.iter().filter(|r| r.name.starts_with("inbound")) {
-                let cpu = r.cpu_s_per_10k.zip(nginx.cpu_s_per_10k).map(|(a, b)| a / b.max(f64::EPSILON));
+                let cpu = r.cpu_s_per_10k.zip(peer.cpu_s_per_10k).map(|(a, b)| a / b.max(f64::EPSILON));
                 out.push_str(&format!(
                     " `{}` {:.2}x req/s, {}x CPU per request;",
                     r.name,
-                    r.rps / nginx.rps.max(f64::EPSILON),
+                    r.rps / peer.rps.max(f64::EPSILON),
                     cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"))
                 ));
             }

@@ -45,7 +45,9 @@ policies:
       - {path: /budget/submit, methods: [POST], action: deny}
 ";
 
-pub const NAMES: [&str; 7] = ["direct", "inbound-l1", "inbound-all", "chain", "handshake", "rotation", "nginx"];
+pub const NAMES: [&str; 8] =
+    ["direct", "inbound-l1", "inbound-all", "chain", "handshake", "rotation", "nginx", "haproxy"];
+pub const PEERS: [&str; 2] = ["nginx", "haproxy"];
 
 /// In `rotation`, the SVID lives 4 s (renewed at half-life: every 2 s) and
 /// the policy file is rewritten every 5 s.
@@ -62,8 +64,9 @@ pub struct Stack {
     pub caller: Sidecar,
     pub rotating: Sidecar,
     pub rotating_policy: std::path::PathBuf,
-    /// Present when nginx is installed (and not skipped).
+    /// Present when installed (and not skipped).
     pub nginx: Option<Sidecar>,
+    pub haproxy: Option<Sidecar>,
     pub tls: Arc<rustls::ClientConfig>,
     pub request: RequestSpec,
     _idp: Arc<DevIdp>,
@@ -117,10 +120,16 @@ impl Stack {
             ttl: Duration::from_secs(3600),
             v1: false,
         })?;
-        let nginx = if with_peers {
-            crate::peers::nginx(dir.path(), &ca, BACKEND, app, cpu).map_err(|e| eprintln!("skipping nginx: {e:#}")).ok()
+        let peer = |name: &str, started: anyhow::Result<Sidecar>| {
+            started.map_err(|e| eprintln!("skipping {name}: {e:#}")).ok()
+        };
+        let (nginx, haproxy) = if with_peers {
+            (
+                peer("nginx", crate::peers::nginx(dir.path(), &ca, BACKEND, app, cpu)),
+                peer("haproxy", crate::peers::haproxy(dir.path(), &ca, BACKEND, app, cpu)),
+            )
         } else {
-            None
+            (None, None)
         };
         let identity = IdentityWatch::fixed(Arc::new(ca.identity(&CALLER.parse()?, Duration::from_secs(3600), &[])?));
         let mut tls = certs::tls::client_config(identity, BACKEND.parse()?)?;
@@ -136,6 +145,7 @@ impl Stack {
             rotating,
             rotating_policy,
             nginx,
+            haproxy,
             tls: Arc::new(tls),
             request,
             _idp: idp,
@@ -146,6 +156,7 @@ impl Stack {
     pub fn processes(&self) -> Vec<&Sidecar> {
         let mut all = vec![&self.l1, &self.all, &self.caller, &self.rotating];
         all.extend(self.nginx.as_ref());
+        all.extend(self.haproxy.as_ref());
         all
     }
 
@@ -160,9 +171,9 @@ impl Stack {
             "chain" => (Target::Plain(self.caller.outbound?), false, vec![&self.caller, &self.all]),
             "handshake" => (mtls(&self.l1)?, true, vec![&self.l1]),
             "rotation" => (mtls(&self.rotating)?, false, vec![&self.rotating]),
-            "nginx" => {
-                let nginx = self.nginx.as_ref()?;
-                (mtls(nginx)?, false, vec![nginx])
+            "nginx" | "haproxy" => {
+                let peer = if name == "nginx" { self.nginx.as_ref()? } else { self.haproxy.as_ref()? };
+                (mtls(peer)?, false, vec![peer])
             }
             _ => return None,
         })
