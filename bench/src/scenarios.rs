@@ -45,9 +45,19 @@ policies:
       - {path: /budget/submit, methods: [POST], action: deny}
 ";
 
-pub const NAMES: [&str; 8] =
-    ["direct", "inbound-l1", "inbound-all", "chain", "handshake", "rotation", "nginx", "haproxy"];
-pub const PEERS: [&str; 2] = ["nginx", "haproxy"];
+pub const NAMES: [&str; 10] = [
+    "direct",
+    "inbound-l1",
+    "inbound-all",
+    "chain",
+    "handshake",
+    "rotation",
+    "nginx",
+    "haproxy",
+    "envoy",
+    "envoy-authz",
+];
+pub const PEERS: [&str; 4] = ["nginx", "haproxy", "envoy", "envoy-authz"];
 
 /// In `rotation`, the SVID lives 4 s (renewed at half-life: every 2 s) and
 /// the policy file is rewritten every 5 s.
@@ -67,6 +77,8 @@ pub struct Stack {
     /// Present when installed (and not skipped).
     pub nginx: Option<Sidecar>,
     pub haproxy: Option<Sidecar>,
+    pub envoy: Option<Sidecar>,
+    pub envoy_authz: Option<Sidecar>,
     pub tls: Arc<rustls::ClientConfig>,
     pub request: RequestSpec,
     _idp: Arc<DevIdp>,
@@ -123,14 +135,14 @@ impl Stack {
         let peer = |name: &str, started: anyhow::Result<Sidecar>| {
             started.map_err(|e| eprintln!("skipping {name}: {e:#}")).ok()
         };
-        let (nginx, haproxy) = if with_peers {
-            (
-                peer("nginx", crate::peers::nginx(dir.path(), &ca, BACKEND, app, cpu)),
-                peer("haproxy", crate::peers::haproxy(dir.path(), &ca, BACKEND, app, cpu)),
-            )
-        } else {
-            (None, None)
-        };
+        let (mut nginx, mut haproxy, mut envoy, mut envoy_authz) = (None, None, None, None);
+        if with_peers {
+            nginx = peer("nginx", crate::peers::nginx(dir.path(), &ca, BACKEND, app, cpu));
+            haproxy = peer("haproxy", crate::peers::haproxy(dir.path(), &ca, BACKEND, app, cpu));
+            envoy = peer("envoy", crate::peers::envoy(dir.path(), &ca, BACKEND, app, cpu, None));
+            let authz = envoy_authz_spec(&runtime, &idp, &token)?;
+            envoy_authz = peer("envoy-authz", crate::peers::envoy(dir.path(), &ca, BACKEND, app, cpu, Some(&authz)));
+        }
         let identity = IdentityWatch::fixed(Arc::new(ca.identity(&CALLER.parse()?, Duration::from_secs(3600), &[])?));
         let mut tls = certs::tls::client_config(identity, BACKEND.parse()?)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -146,6 +158,8 @@ impl Stack {
             rotating_policy,
             nginx,
             haproxy,
+            envoy,
+            envoy_authz,
             tls: Arc::new(tls),
             request,
             _idp: idp,
@@ -157,6 +171,8 @@ impl Stack {
         let mut all = vec![&self.l1, &self.all, &self.caller, &self.rotating];
         all.extend(self.nginx.as_ref());
         all.extend(self.haproxy.as_ref());
+        all.extend(self.envoy.as_ref());
+        all.extend(self.envoy_authz.as_ref());
         all
     }
 
@@ -171,13 +187,40 @@ impl Stack {
             "chain" => (Target::Plain(self.caller.outbound?), false, vec![&self.caller, &self.all]),
             "handshake" => (mtls(&self.l1)?, true, vec![&self.l1]),
             "rotation" => (mtls(&self.rotating)?, false, vec![&self.rotating]),
-            "nginx" | "haproxy" => {
-                let peer = if name == "nginx" { self.nginx.as_ref()? } else { self.haproxy.as_ref()? };
+            "nginx" | "haproxy" | "envoy" | "envoy-authz" => {
+                let peer = match name {
+                    "nginx" => self.nginx.as_ref()?,
+                    "haproxy" => self.haproxy.as_ref()?,
+                    "envoy" => self.envoy.as_ref()?,
+                    _ => self.envoy_authz.as_ref()?,
+                };
                 (mtls(peer)?, false, vec![peer])
             }
             _ => return None,
         })
     }
+}
+
+/// Envoy's `jwt_authn` gets the IdP's current JWKS inline and the token's issuer.
+fn envoy_authz_spec(
+    runtime: &tokio::runtime::Runtime,
+    idp: &DevIdp,
+    token: &str,
+) -> anyhow::Result<crate::peers::EnvoyAuthz> {
+    use base64::Engine;
+    let authority: SocketAddr = idp.authority().trim_start_matches("http://").parse()?;
+    let jwks = runtime
+        .block_on(crate::sidecar::http_get(authority, &format!("/{TENANT}/discovery/v2.0/keys")))
+        .ok_or_else(|| anyhow::anyhow!("the dev IdP served no JWKS"))?;
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
+    Ok(crate::peers::EnvoyAuthz {
+        issuer: claims.get("iss").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned(),
+        audience: AUDIENCE.to_owned(),
+        jwks: String::from_utf8(jwks.to_vec())?,
+        caller: CALLER.to_owned(),
+    })
 }
 
 /// A new version of the rotating policy, same rules (`n` makes the file differ).

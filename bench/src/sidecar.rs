@@ -57,16 +57,7 @@ impl Sidecar {
     /// A counter from the sidecar's Prometheus `/metrics` (summed over labels
     /// matching `labels`, e.g. `result="ok"`).
     pub async fn counter(&self, name: &str, labels: &str) -> Option<f64> {
-        use http_body_util::BodyExt;
-        let addr = self.telemetry?;
-        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
-        tokio::spawn(conn);
-        let request = hyper::Request::get("/metrics")
-            .header("host", "telemetry")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .ok()?;
-        let body = sender.send_request(request).await.ok()?.into_body().collect().await.ok()?.to_bytes();
+        let body = http_get(self.telemetry?, "/metrics").await?;
         let text = String::from_utf8_lossy(&body);
         let values = text.lines().filter(|l| l.starts_with(name) && l.contains(labels)).filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -87,6 +78,23 @@ impl Sidecar {
             .unwrap_or(0.0);
         kib / 1024.0
     }
+}
+
+/// A plain HTTP/1.1 GET on loopback; the body when the answer is 200.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.ok()?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    if response.status() != hyper::StatusCode::OK {
+        return None;
+    }
+    Some(response.into_body().collect().await.ok()?.to_bytes())
 }
 
 fn process_cpu_seconds(stat_path: &str) -> f64 {
