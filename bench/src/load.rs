@@ -191,13 +191,16 @@ enum Sender {
 
 impl Sender {
     async fn send(&mut self, spec: &RequestSpec) -> bool {
-        let Ok(request) = hyper::Request::get(spec.path)
-            .header("host", spec.host)
-            .header("authorization", format!("Bearer {}", spec.bearer))
-            .body(Empty::new())
-        else {
-            return false;
-        };
+        self.status(spec).await == Some(hyper::StatusCode::OK)
+    }
+
+    /// The response status (body read); an empty `bearer` sends no `Authorization`.
+    async fn status(&mut self, spec: &RequestSpec) -> Option<hyper::StatusCode> {
+        let mut request = hyper::Request::get(spec.path).header("host", spec.host);
+        if !spec.bearer.is_empty() {
+            request = request.header("authorization", format!("Bearer {}", spec.bearer));
+        }
+        let request = request.body(Empty::new()).ok()?;
         let response = match self {
             Self::H1(s) => match s.ready().await {
                 Ok(()) => s.send_request(request).await,
@@ -208,14 +211,17 @@ impl Sender {
                 Err(e) => Err(e),
             },
         };
-        match response {
-            Ok(response) => {
-                let ok = response.status() == hyper::StatusCode::OK;
-                response.into_body().collect().await.is_ok() && ok
-            }
-            Err(_) => false,
-        }
+        let response = response.ok()?;
+        let status = response.status();
+        response.into_body().collect().await.ok()?;
+        Some(status)
     }
+}
+
+/// One request's status: checks that a target enforces what it claims to.
+pub async fn probe(target: &Target, spec: &RequestSpec) -> Option<hyper::StatusCode> {
+    let target = alpn(target, false);
+    connect(&target, false).await.ok()?.status(spec).await
 }
 
 /// The target with the ALPN protocol of the run (`h2` or `http/1.1`).

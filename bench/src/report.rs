@@ -110,7 +110,9 @@ impl Report {
         for peer in self.results.iter().filter(|r| crate::scenarios::PEERS.contains(&r.name)) {
             out.push_str(&format!("\nvs {} (same run):", peer.name));
             for r in self.results.iter().filter(|r| r.name.starts_with("inbound")) {
-                let cpu = r.cpu_s_per_10k.zip(peer.cpu_s_per_10k).map(|(a, b)| a / b.max(f64::EPSILON));
+                // (`-` when the run was too short to measure the peer's CPU)
+                let peer_cpu = peer.cpu_s_per_10k.filter(|c| *c > 0.0);
+                let cpu = r.cpu_s_per_10k.zip(peer_cpu).map(|(a, b)| a / b);
                 out.push_str(&format!(
                     " `{}` {:.2}x req/s, {}x CPU per request;",
                     r.name,
