@@ -20,21 +20,22 @@ pub struct Telemetry {
     pub metrics: Arc<Metrics>,
 }
 
-impl Telemetry {
-    /// Why the sidecar is not ready, or `None` when it is.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
-        match self.identity.state() {
-            certs::IdentityState::Initializing => Some("no svid yet"),
-            certs::IdentityState::Unavailable(_) => Some("svid expired"),
-            certs::IdentityState::Available(_) if !self.identity.is_ready() => Some("svid expired"),
-            certs::IdentityState::Available(_) => None,
-        }
+/// Why the sidecar is not ready, or `None` when it is: local state only
+/// (`/readyz`, and `/mgmt/health` reports the same).
+pub fn not_ready_reason(identity: &IdentityWatch) -> Option<&'static str> {
+    match identity.state() {
+        certs::IdentityState::Initializing => Some("no svid yet"),
+        certs::IdentityState::Unavailable(_) => Some("svid expired"),
+        certs::IdentityState::Available(_) if !identity.is_ready() => Some("svid expired"),
+        certs::IdentityState::Available(_) => None,
     }
+}
 
+impl Telemetry {
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let response = match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-            (&Method::GET | &Method::HEAD, "/readyz") => match self.not_ready_reason() {
+            (&Method::GET | &Method::HEAD, "/readyz") => match not_ready_reason(&self.identity) {
                 None => text(StatusCode::OK, "ready\n".into()),
                 Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
             },

@@ -140,13 +140,15 @@ fn health(ctx: &Context) -> Response<Body> {
     let expiry = current.as_ref().map(|i| i.svid().not_after());
     let ttl = expiry.and_then(|e| e.duration_since(SystemTime::now()).ok()).map(|d| d.as_secs());
     let status = ctx.identity.status();
-    let healthy = ctx.identity.is_ready() && ctx.policy.is_some();
+    // The same truth as `/readyz` (a configured policy is always loaded: a bad one refuses to start).
+    let not_ready = crate::telemetry::not_ready_reason(&ctx.identity);
     let loaded = ctx.policy.as_ref().map(|p| p.current());
     let graph = ctx.governor.graph_freshness();
     json_response(
         StatusCode::OK,
         &json!({
-            "status": if healthy { "healthy" } else { "unhealthy" },
+            "status": if not_ready.is_none() { "healthy" } else { "unhealthy" },
+            "reason": not_ready,
             "policy_version": loaded.as_ref().map(|l| format!("{}#{}", l.engine.doc().version, l.generation)),
             "policy_loaded_at": loaded.as_ref().map(|l| rfc3339(l.loaded_at)),
             "uptime_seconds": ctx.started.elapsed().as_secs(),

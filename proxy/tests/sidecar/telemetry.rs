@@ -1,5 +1,5 @@
 //! `/readyz` follows the SVID: 503 before the first one, 200 after; the
-//! probe subcommand agrees; `/metrics` shows the SVID expiry.
+//! probe subcommand and `/mgmt/health` agree; `/metrics` shows the SVID expiry.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +12,16 @@ use proxy::config::{Config, MapEnv};
 
 use super::support::{bin, eventually, get};
 
+/// No inbound and no policy (an egress-only sidecar), with an admin listener.
 fn config(socket: &Path) -> Config {
-    let yaml = format!("identity: {{socket: 'unix://{}'}}\ntelemetry: {{listen: 127.0.0.1:0}}\n", socket.display());
+    let state = socket.with_file_name("state.json");
+    let yaml = format!(
+        "identity: {{socket: 'unix://{}'}}\ntelemetry: {{listen: 127.0.0.1:0}}
+mgmt: {{listen: '127.0.0.1:0', state_file: '{}', keys: [{{name: ops, role: admin, sha256: '{}'}}]}}\n",
+        socket.display(),
+        state.display(),
+        "0".repeat(64)
+    );
     Config::parse(Path::new("test.yaml"), &yaml, &MapEnv::default()).unwrap()
 }
 
@@ -32,6 +40,9 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     let (status, body) = get(addr, "/readyz").await;
     assert_eq!((status, body.as_str()), (503, "not ready: no svid yet\n"));
     assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(1));
+    let mgmt = app.mgmt_addr.unwrap();
+    let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
+    assert_eq!((health["status"].as_str(), health["reason"].as_str()), (Some("unhealthy"), Some("no svid yet")));
 
     // The agent comes up after the sidecar: the source keeps retrying.
     let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
@@ -45,6 +56,9 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     eventually(Duration::from_secs(20), "readyz 200", || async { (get(addr, "/readyz").await.0 == 200).then_some(()) })
         .await;
     assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(0));
+    // Healthy without a policy: this sidecar has no inbound, so it needs none.
+    let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
+    assert_eq!((health["status"].as_str(), &health["reason"]), (Some("healthy"), &serde_json::Value::Null), "{health}");
 
     let (status, metrics) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
