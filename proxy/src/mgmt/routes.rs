@@ -346,9 +346,9 @@ fn risks(ctx: &Context) -> Response<Body> {
 }
 
 fn one_risk(ctx: &Context, id: &str) -> Response<Body> {
-    let id = match id.parse::<SpiffeId>() {
+    let id = match parse_id(id) {
         Ok(id) => id,
-        Err(e) => return error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{id}`: {e}")),
+        Err(reject) => return reject.into_response(),
     };
     let level = ctx.governor.pushes.risk(&id);
     json_response(
@@ -361,8 +361,13 @@ fn one_risk(ctx: &Context, id: &str) -> Response<Body> {
     )
 }
 
+/// The `spiffe_id` of a PUT body.
 fn caller_id(body: &Value) -> Result<SpiffeId, Reject> {
-    let text = body.get("spiffe_id").and_then(Value::as_str).unwrap_or_default();
+    parse_id(body.get("spiffe_id").and_then(Value::as_str).unwrap_or_default())
+}
+
+/// A SPIFFE ID from the admin client: 400 `invalid_spiffe_id` naming it.
+fn parse_id(text: &str) -> Result<SpiffeId, Reject> {
     text.parse().map_err(|e| Reject::with(StatusCode::BAD_REQUEST, "invalid_spiffe_id", format!("`{text}`: {e}")))
 }
 
@@ -435,9 +440,9 @@ fn tags(ctx: &Context) -> Response<Body> {
 }
 
 fn one_tag(ctx: &Context, id: &str) -> Response<Body> {
-    let id = match id.parse::<SpiffeId>() {
+    let id = match parse_id(id) {
         Ok(id) => id,
-        Err(e) => return error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{id}`: {e}")),
+        Err(reject) => return reject.into_response(),
     };
     let tag = ctx.governor.pushes.tag(&id);
     json_response(

@@ -76,6 +76,10 @@ async fn the_reference_portal_requests_get_the_fields_it_reads() {
     let query = format!("/mgmt/agent-risk?spiffe_id={REPORT}");
     let (_, _, one) = call(mgmt, "GET", &query, key, None, &[]).await;
     assert_eq!((one["spiffe_id"].as_str(), one["risk_level"].as_str()), (Some(REPORT), Some("medium")));
+    for route in ["agent-risk", "agent-tags"] {
+        let (status, _, err) = call(mgmt, "GET", &format!("/mgmt/{route}?spiffe_id=nope"), key, None, &[]).await;
+        assert_eq!((status, err["error"].as_str()), (400, Some("invalid_spiffe_id")), "{route}");
+    }
 
     // Tags: PUT {spiffe_id, tag}, GET all, GET ?spiffe_id=.
     let body = serde_json::json!({"spiffe_id": MENUS, "tag": "finance"}).to_string();
