@@ -101,7 +101,7 @@ fn measure(
     let seconds = if rotation && !plan.tiny { plan.seconds.max(6) } else { plan.seconds };
     shape.duration = Duration::from_secs(seconds);
     eprint!("\r{name:<12} c={} {seconds}s ...", plan.connections);
-    let before = client.block_on(rotation_counters(stack));
+    let before = if rotation { client.block_on(rotation_counters(stack)) } else { None };
     let cpu_before: f64 = sidecars.iter().map(|s| s.cpu_seconds()).sum();
     let others_before = sidecar::cpu_outside(&stack.processes());
     let run = client.block_on(async {
@@ -115,7 +115,7 @@ fn measure(
     let others = sidecar::cpu_outside(&stack.processes()) - others_before;
     let cpu = sidecars.iter().map(|s| s.cpu_seconds()).sum::<f64>() - cpu_before;
     let rss = sidecars.iter().map(|s| s.peak_rss_mib()).sum::<f64>();
-    let after = client.block_on(rotation_counters(stack));
+    let after = if rotation { client.block_on(rotation_counters(stack)) } else { None };
     // `/proc` counts in 10 ms ticks: a very short run needs an absolute floor too.
     let disturbed = others >= 0.05 && others / run.elapsed.as_secs_f64().max(f64::EPSILON) > DISTURBED_CPU_SHARE;
     eprintln!(
@@ -127,9 +127,8 @@ fn measure(
     );
     let mut result = report::Result::new(name, &run, (!sidecars.is_empty()).then_some((cpu, rss)));
     result.disturbed = disturbed;
-    if rotation {
-        result.rotations = Some((after.0 - before.0, after.1 - before.1));
-    }
+    // `None` (null in the JSON) for other scenarios, or when the sidecar's /metrics could not be read.
+    result.rotations = before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1));
     Ok(Some(result))
 }
 
@@ -144,10 +143,10 @@ fn shuffle(items: &mut [&'static str], seed: &mut u64) {
 }
 
 /// SVID rotations and accepted policy reloads of the `rotation` sidecar so far.
-async fn rotation_counters(stack: &scenarios::Stack) -> (f64, f64) {
-    let rotations = stack.rotating.counter("a2a_svid_rotations_total", "").await.unwrap_or(0.0);
-    let reloads = stack.rotating.counter("a2a_policy_reloads_total", "result=\"ok\"").await.unwrap_or(0.0);
-    (rotations, reloads)
+async fn rotation_counters(stack: &scenarios::Stack) -> Option<(f64, f64)> {
+    let rotations = stack.rotating.counter("a2a_svid_rotations_total", &[]).await?;
+    let reloads = stack.rotating.counter("a2a_policy_reloads_total", &[("result", "ok")]).await?;
+    Some((rotations, reloads))
 }
 
 /// Rewrites the `rotation` sidecar's policy file (same rules, new version)

@@ -54,16 +54,20 @@ impl Sidecar {
         process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
 
-    /// A counter from the sidecar's Prometheus `/metrics` (summed over labels
-    /// matching `labels`, e.g. `result="ok"`).
-    pub async fn counter(&self, name: &str, labels: &str) -> Option<f64> {
+    /// A counter from the sidecar's Prometheus `/metrics`, summed over the
+    /// series whose labels include `labels`.
+    pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let body = http_get(self.telemetry?, "/metrics").await?;
         let text = String::from_utf8_lossy(&body);
-        let values = text.lines().filter(|l| l.starts_with(name) && l.contains(labels)).filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name).then(|| value.parse::<f64>().ok()).flatten()
-        });
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+        let values = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            });
         Some(values.sum())
     }
 
