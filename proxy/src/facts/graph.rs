@@ -39,7 +39,8 @@ pub struct Freshness {
 
 pub struct Graph {
     endpoint: String,
-    freshness: Mutex<[Freshness; 2]>,
+    /// Of the risk and the tag look-ups.
+    freshness: Mutex<(Freshness, Freshness)>,
     tokens: Arc<EntraTokens>,
     http: HttpClient,
     risk: moka::future::Cache<String, RiskLevel>,
@@ -107,8 +108,7 @@ impl Graph {
 
     /// Freshness of the risk and the tag look-ups.
     pub fn freshness(&self) -> (Freshness, Freshness) {
-        let [risk, tags] = self.freshness.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        (risk, tags)
+        self.freshness.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     async fn lookup<T>(
@@ -130,11 +130,10 @@ impl Graph {
         self.metrics.graph_request(api, if result.is_ok() { "ok" } else { "error" });
         {
             let mut freshness = self.freshness.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(f) = freshness.get_mut(usize::from(api == "tags")) {
-                match &result {
-                    Ok(_) => *f = Freshness { last_success: Some(SystemTime::now()), last_error: None },
-                    Err(e) => f.last_error = Some(e.to_string()),
-                }
+            let f = if api == "tags" { &mut freshness.1 } else { &mut freshness.0 };
+            match &result {
+                Ok(_) => *f = Freshness { last_success: Some(SystemTime::now()), last_error: None },
+                Err(e) => f.last_error = Some(e.to_string()),
             }
         }
         if let Err(e) = &result {
