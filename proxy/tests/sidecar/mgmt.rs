@@ -87,6 +87,9 @@ async fn keys_roles_and_route_shapes() {
     let (status, headers, _) = call(mgmt, "GET", "/mgmt/audit", Some(ADMIN_KEY), None, &[]).await;
     assert_eq!((last, status), (429, 429));
     assert_eq!(headers.get("retry-after").unwrap(), "60");
+    // ...and counted: a missing and a wrong key on each of the 8 GET routes, then 10 guesses until the limit.
+    let failures = counter(&scrape(mesh.backend.telemetry_addr).await, "a2a_mgmt_auth_failures_total", &[]);
+    assert_eq!(failures, 26.0, "failures counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
