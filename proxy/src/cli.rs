@@ -45,7 +45,15 @@ pub enum Command {
     },
     /// The embedded end-to-end demo: a whole mesh on loopback; exit 0 iff every case matched.
     #[cfg(feature = "dev")]
-    Demo,
+    Demo {
+        /// After the matrix, leave the whole stack up and print its addresses, the admin key and curl commands.
+        #[arg(long)]
+        keep_running: bool,
+        /// With --keep-running: where to write the stack's addresses as `export` lines
+        /// (default: demo.env in the demo's directory).
+        #[arg(long, requires = "keep_running")]
+        env_file: Option<std::path::PathBuf>,
+    },
     /// Development tooling: dev CA, Workload API server.
     #[cfg(feature = "dev")]
     #[command(subcommand)]

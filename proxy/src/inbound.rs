@@ -131,15 +131,16 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, shutdown: watch::Receiver<bool>) {
         let limits = self.config.limits;
-        let tls = match tokio::time::timeout(limits.header_timeout, self.tls.accept(tcp)).await {
+        let tls = match tokio::time::timeout(limits.header_timeout, self.tls.accept(tcp).into_fallible()).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
+            Ok(Err((e, tcp))) => {
                 let rejection = certs::tls::rejection_of(&e);
                 let reason = rejection.as_ref().map_or("handshake_error", |r| r.reason.as_str());
                 let caller = rejection.and_then(|r| r.peer).map(|p| p.to_string());
                 tracing::info!(%remote, caller, reason, "inbound handshake refused");
                 self.metrics.tls_handshake("inbound", reason);
                 self.audit_refusal(caller, reason);
+                lingering_close(tcp).await;
                 return;
             }
             Err(_) => {
@@ -389,4 +390,30 @@ fn upstream_uri(
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| Reason::BadPath)
+}
+
+/// Closes a refused connection so the caller reads our alert.
+///
+/// Under TLS 1.3 the client may already have sent its first request when our
+/// alert goes out; closing with that data unread makes the kernel send a
+/// reset, which can destroy the alert before the client reads it, and the
+/// caller's sidecar could not say `upstream_rejected_identity`. So: FIN after
+/// the alert, then discard what still arrives (bounded in time and bytes).
+async fn lingering_close(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LINGER: Duration = Duration::from_secs(1);
+    const MAX_DISCARD: usize = 64 * 1024;
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let discard = async {
+        let (mut buf, mut total) = ([0u8; 4096], 0);
+        while total < MAX_DISCARD {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }

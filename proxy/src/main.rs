@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             }
         }
         #[cfg(feature = "dev")]
-        Command::Demo => match proxy::demo::run() {
+        Command::Demo { keep_running, env_file } => match proxy::demo::run(keep_running, env_file) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {

@@ -4,7 +4,18 @@
 async fn every_demo_case_matches() {
     let stack = proxy::demo::Stack::start().await.unwrap();
     let outcomes = proxy::demo::run_matrix(&stack, |_| {}).await.unwrap();
-    assert!(outcomes.len() >= 7);
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.matched()).collect();
     assert!(failed.is_empty(), "{failed:#?}");
+    // Each layer denies at least once (Layer 1 refuses the handshake, which the caller's sidecar reports).
+    for (layer, reason) in [
+        ("upstream", "upstream_rejected_identity"),
+        ("rbac", "rule_denied"),
+        ("oauth", "jwt_required"),
+        ("oauth", "insufficient_roles"),
+        ("risk", "high_risk_agent_blocked"),
+        ("tags", "agent_tag_mismatch"),
+    ] {
+        assert!(outcomes.iter().any(|o| o.layer == layer && o.reason == reason), "no {layer}/{reason}");
+    }
+    assert!(outcomes.iter().filter(|o| o.reason == "allowed").count() >= 8);
 }
