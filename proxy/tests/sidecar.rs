@@ -16,6 +16,7 @@ mod sidecar {
     pub mod compat;
     pub mod dataplane;
     pub mod demo;
+    pub mod docs;
     pub mod federation;
     pub mod governance;
     pub mod hostile;

@@ -1,0 +1,116 @@
+//! The documentation's `curl` examples, run against `a2a-sidecar demo
+//! --keep-running` (the real binary). In a ```sh block, a `curl` line that
+//! uses the demo's `$A2A_*` variables must end with `# <status>`: the status
+//! it gets from the demo's stack. Files run in order README.md, docs/*.md
+//! (sorted), each top to bottom, so each file leaves the stack as it found it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::support::bin;
+
+struct Example {
+    at: String,
+    command: String,
+    status: u16,
+}
+
+fn examples() -> Vec<Example> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.sort();
+    files.insert(0, root.join("README.md"));
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let (mut in_sh, mut pending, mut start) = (false, String::new(), 0);
+        for (i, line) in text.lines().enumerate() {
+            if line.starts_with("```") {
+                in_sh = line == "```sh" && !in_sh;
+                continue;
+            }
+            if !in_sh {
+                continue;
+            }
+            if pending.is_empty() {
+                if !line.starts_with("curl ") {
+                    continue;
+                }
+                start = i + 1;
+            }
+            if let Some(head) = line.strip_suffix('\\') {
+                pending.push_str(head);
+                continue;
+            }
+            pending.push_str(line);
+            let command = std::mem::take(&mut pending);
+            if !command.contains("$A2A_") {
+                continue;
+            }
+            let at = format!("{name}:{start}");
+            let status = command
+                .split_once(" # ")
+                .and_then(|(_, comment)| comment.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("{at}: a demo curl example must end with `# <status>`"));
+            out.push(Example { at, command, status });
+        }
+    }
+    out
+}
+
+/// Stops the demo (SIGTERM, so it cleans up) when the test ends, passed or not.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+    }
+}
+
+#[test]
+fn documented_curl_examples_work_against_the_demo() {
+    let examples = examples();
+    assert!(examples.len() >= 15, "only {} demo curl examples found", examples.len());
+    assert!(Command::new("curl").arg("--version").output().is_ok(), "curl is needed (.ci/run installs it)");
+
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("demo.env");
+    let mut demo = Demo(
+        bin()
+            .args(["demo", "--keep-running", "--env-file"])
+            .arg(&env_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !env_file.exists() {
+        assert!(demo.0.try_wait().unwrap().is_none(), "the demo exited before its stack was up");
+        assert!(Instant::now() < deadline, "the demo did not come up within 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut failures = Vec::new();
+    for example in &examples {
+        let rest = example.command.trim_start_matches("curl ");
+        let script = format!(". '{}'; curl -o /dev/null -w '%{{http_code}}' --max-time 3 {rest}", env_file.display());
+        let output = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+        let got = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if got != example.status.to_string() {
+            failures.push(format!("{}: expected {}, got {got:?}: {}", example.at, example.status, example.command));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
