@@ -74,6 +74,10 @@ pub enum DevCommand {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// The base URL clients reach it at, which also makes the tokens' issuer
+        /// (default: `http://<listen address>`); e.g. behind a port forward in a container.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Print an Entra-shaped RS256 access token signed by the dev IdP key in DIR.
     Token(TokenArgs),

@@ -21,19 +21,20 @@ pub fn run(command: DevCommand) -> anyhow::Result<()> {
         }
         DevCommand::Ca(CaCommand::Issue { dir, id, out, ttl }) => issue(&dir, &id, &out, &ttl),
         DevCommand::WorkloadApi(args) => workload_api(args),
-        DevCommand::Idp { dir, listen } => idp(&dir, listen),
+        DevCommand::Idp { dir, listen, url } => idp(&dir, listen, url),
         DevCommand::Token(args) => token(args),
     }
 }
 
-fn idp(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+fn idp(dir: &Path, listen: std::net::SocketAddr, url: Option<String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
         let idp = DevIdp::open(dir)?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        idp.set_address(addr)?;
-        println!("dev idp on http://{addr} (discovery: http://{addr}/<tenant>/v2.0/.well-known/openid-configuration)");
+        let url = url.unwrap_or_else(|| format!("http://{addr}"));
+        idp.set_url(url.trim_end_matches('/'))?;
+        println!("dev idp on {addr}, as {url} (discovery: {url}/<tenant>/v2.0/.well-known/openid-configuration)");
         tokio::select! {
             () = idp.serve(listener) => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -146,10 +146,19 @@ impl DevIdp {
         self.apps.write().unwrap_or_else(PoisonError::into_inner).insert(client_id.to_owned(), registration);
     }
 
-    /// Trusts client assertions signed by these keys (a JWKS document: the
-    /// dev CA's JWT bundle, or a Kubernetes issuer's keys).
+    /// Trusts client assertions signed by these keys: a JWKS document (the
+    /// dev CA's JWT bundle, a Kubernetes issuer's keys) or a SPIFFE bundle
+    /// (SPIRE's `bundle show -format spiffe`), of which only the JWT-SVID
+    /// keys (`"use": "jwt-svid"`) count.
     pub fn trust_assertion_keys(&self, jwks: &[u8]) -> Result<(), String> {
-        let keys = policy::jwt::KeySet::from_jwks(jwks)?;
+        let mut doc: Value = serde_json::from_slice(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
+        if let Some(keys) = doc.get_mut("keys").and_then(Value::as_array_mut) {
+            keys.retain(|k| k.get("use").and_then(Value::as_str) != Some("x509-svid"));
+            for key in keys.iter_mut().filter(|k| k.get("use").and_then(Value::as_str) == Some("jwt-svid")) {
+                key["use"] = json!("sig");
+            }
+        }
+        let keys = policy::jwt::KeySet::from_jwks(doc.to_string().as_bytes())?;
         self.assertion_keys.write().unwrap_or_else(PoisonError::into_inner).extend(keys);
         Ok(())
     }
@@ -234,10 +243,14 @@ impl DevIdp {
 
     /// Records where it serves (tokens' issuer, and the directory for `dev token`).
     pub fn set_address(&self, addr: SocketAddr) -> Result<(), DevError> {
-        let url = format!("http://{addr}");
+        self.set_url(&format!("http://{addr}"))
+    }
+
+    /// Records the base URL clients reach it at (when that is not its listen address).
+    pub fn set_url(&self, url: &str) -> Result<(), DevError> {
         std::fs::write(self.dir.join(URL_FILE), &url)
             .map_err(|source| DevError::Io { path: self.dir.clone(), source })?;
-        *self.base_url.write().unwrap_or_else(PoisonError::into_inner) = url;
+        *self.base_url.write().unwrap_or_else(PoisonError::into_inner) = url.to_owned();
         Ok(())
     }
 
@@ -521,4 +534,24 @@ pub async fn start(dir: &Path) -> anyhow::Result<(Arc<DevIdp>, SocketAddr, tokio
     idp.set_address(addr)?;
     let task = tokio::spawn(idp.clone().serve(listener));
     Ok((idp, addr, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusts_the_jwt_keys_of_a_spiffe_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let idp = DevIdp::open(dir.path()).unwrap();
+        let key = JwtKey::generate().unwrap();
+        let mut jwk = serde_json::to_value(key.jwk().unwrap()).unwrap();
+        jwk["use"] = json!("jwt-svid");
+        let x509 = json!({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "x5c": ["AA"]});
+        let bundle = json!({"keys": [x509, jwk], "spiffe_sequence": 1});
+        idp.trust_assertion_keys(bundle.to_string().as_bytes()).unwrap();
+        let trusted = idp.assertion_keys.read().unwrap();
+        assert!(trusted.contains(key.kid()));
+        assert_eq!(trusted.len(), 1);
+    }
 }

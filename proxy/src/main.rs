@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use proxy::cli::{Cli, Command};
-use proxy::config::{Config, LogFormat};
+use proxy::config::Config;
 
 const BAD_CONFIG: u8 = 2;
 
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         },
         #[cfg(feature = "dev")]
         Command::Dev(dev) => {
-            proxy::logging::init(LogFormat::Text);
+            proxy::logging::init(proxy::config::LogFormat::Text);
             match proxy::dev::run(dev) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Static checks of the deployment files, for CI machines without Docker.
+
+- docker/docker-compose.yml: parses; every service has an image; references
+  (depends_on, network_mode: service:X, named volumes) resolve; bind-mounted
+  files exist; `docker compose config` too when the plugin is installed.
+- Every sidecar in the compose file and in k8s/: its config, laid out as the
+  container sees it (mounted files, environment), passes `a2a-sidecar check`.
+- docker/spire/*.conf parse as HCL and agree on the trust domain.
+- docker/Dockerfile: production stage non-root, without the `dev` feature,
+  with a HEALTHCHECK that runs `a2a-sidecar probe`.
+
+Usage: docker/check.py PATH-TO-a2a-sidecar
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import hcl2
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+SIDECAR_IMAGES = ("a2a-sidecar:", "ghcr.io/example/a2a-sidecar:")
+# ConfigMaps the k8s manifests expect to be created from repository files.
+EXTERNAL_CONFIGMAPS = {
+    "budget-backend-policy": {"spiffe-rbac-policy.yaml": ROOT / "examples/reference-policy/spiffe-rbac-policy.yaml"},
+}
+
+failures = []
+
+
+def fail(where, why):
+    failures.append(f"{where}: {why}")
+
+
+def interpolate(value):
+    """Compose variable interpolation: ${X}, ${X:-default}, ${X:?error}."""
+
+    def one(m):
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        return arg if op == ":-" else f"check-{name.lower()}"
+
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", one, str(value))
+
+
+def sidecar_check(binary, where, files, env, config_path):
+    """Lays `files` ({container path: text}) out under a temp root and runs `check`."""
+    with tempfile.TemporaryDirectory(prefix="a2a-check-") as root:
+        for path, text in files.items():
+            target = Path(root) / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("SPIFFE_", "ENTRA_", "AZURE_", "A2A_"))}
+        config = Path(root) / config_path.lstrip("/")
+        run = subprocess.run([binary, "check", "--config", str(config)], env={**clean, **env}, capture_output=True, text=True)
+        if run.returncode != 0:
+            fail(where, f"`a2a-sidecar check` exit {run.returncode}:\n{run.stdout}{run.stderr}")
+        else:
+            print(f"ok   {where}: a2a-sidecar check")
+
+
+def check_compose(binary):
+    path = DOCKER / "docker-compose.yml"
+    doc = yaml.safe_load(path.read_text())
+    services, volumes = doc.get("services", {}), set((doc.get("volumes") or {}).keys())
+    for name, svc in services.items():
+        where = f"docker-compose.yml services.{name}"
+        if "image" not in svc and "build" not in svc:
+            fail(where, "no image or build")
+        deps = svc.get("depends_on", {})
+        for dep in deps if isinstance(deps, (list, dict)) else []:
+            if dep not in services:
+                fail(where, f"depends_on unknown service `{dep}`")
+        mode = svc.get("network_mode", "")
+        if mode.startswith("service:") and mode.split(":", 1)[1] not in services:
+            fail(where, f"network_mode names unknown service `{mode}`")
+        if mode and "ports" in svc:
+            fail(where, "ports on a service that shares another's network namespace")
+        files = {}
+        for mount in svc.get("volumes", []):
+            source, target = mount.split(":")[:2]
+            if source.startswith((".", "/")):
+                host = (DOCKER / source).resolve() if source.startswith(".") else Path(source)
+                if source.startswith(".") and not host.exists():
+                    fail(where, f"bind mount source `{source}` does not exist")
+                elif host.is_file() and source.startswith("."):
+                    files[target] = host.read_text()
+            elif source not in volumes:
+                fail(where, f"volume `{source}` is not declared")
+        if str(svc.get("image", "")).startswith(SIDECAR_IMAGES):
+            env = {k: interpolate(v) for k, v in (svc.get("environment") or {}).items()}
+            sidecar_check(binary, where, files, env, "/etc/a2a-sidecar/config.yaml")
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        run = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
+                             env={**os.environ, "A2A_ADMIN_KEY": os.environ.get("A2A_ADMIN_KEY", "check")})
+        if run.returncode != 0:
+            fail("docker-compose.yml", f"docker compose config: {run.stderr}")
+        else:
+            print("ok   docker-compose.yml: docker compose config")
+    else:
+        print("skip docker compose config (no compose plugin here); the checks above ran")
+    print(f"ok   docker-compose.yml: {len(services)} services parse and resolve")
+
+
+def check_k8s(binary):
+    for path in sorted((ROOT / "k8s").glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
+        for d in docs:
+            for key in ("apiVersion", "kind", "metadata"):
+                if key not in d:
+                    fail(f"{path.name}", f"a document without `{key}`")
+            if d.get("kind") != "Deployment":
+                continue
+            pod = d["spec"]["template"]["spec"]
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for c in pod["containers"]:
+                if not str(c.get("image", "")).startswith(SIDECAR_IMAGES):
+                    continue
+                where = f"{path.name} {d['metadata']['name']}/{c['name']}"
+                for probe in ("readinessProbe", "livenessProbe"):
+                    if probe not in c:
+                        fail(where, f"no {probe}")
+                files = {}
+                for m in c.get("volumeMounts", []):
+                    volume = volumes.get(m["name"])
+                    if volume is None:
+                        fail(where, f"volumeMount `{m['name']}` has no volume")
+                        continue
+                    cm = (volume.get("configMap") or {}).get("name")
+                    if cm in configmaps:
+                        for key, text in configmaps[cm].items():
+                            files[f"{m['mountPath']}/{key}"] = text
+                    elif cm in EXTERNAL_CONFIGMAPS:
+                        for key, source in EXTERNAL_CONFIGMAPS[cm].items():
+                            files[f"{m['mountPath']}/{key}"] = source.read_text()
+                    elif cm:
+                        fail(where, f"ConfigMap `{cm}` is neither in the manifest nor known to come from a file")
+                env = {e["name"]: e.get("value", f"check-{e['name'].lower()}") for e in c.get("env", [])}
+                args = c.get("args", [])
+                config = args[args.index("--config") + 1] if "--config" in args else "/etc/a2a-sidecar/config.yaml"
+                sidecar_check(binary, where, files, env, config)
+
+
+def check_spire():
+    domains = {}
+    for path in sorted((DOCKER / "spire").glob("*.conf")):
+        try:
+            conf = hcl2.loads(path.read_text())
+        except Exception as e:  # noqa: BLE001 - any parse error is the finding
+            fail(path.name, f"not valid HCL: {e}")
+            continue
+        section = (conf.get("server") or conf.get("agent") or [{}])[0]
+        domains[path.name] = section.get("trust_domain")
+        if not conf.get("plugins"):
+            fail(path.name, "no plugins block")
+        print(f"ok   spire/{path.name}: HCL parses")
+    if len(set(domains.values())) != 1:
+        fail("spire/*.conf", f"trust domains differ: {domains}")
+
+
+def check_dockerfile():
+    text = (DOCKER / "Dockerfile").read_text()
+    final = text[text.rindex("\nFROM "):]
+    for needle, why in [
+        ("USER nonroot", "the production stage must run as non-root"),
+        ('HEALTHCHECK', "no HEALTHCHECK"),
+        ('"probe"', "the HEALTHCHECK must use `a2a-sidecar probe`"),
+    ]:
+        if needle not in final:
+            fail("Dockerfile (last stage)", why)
+    if "--no-default-features" not in text:
+        fail("Dockerfile", "the production binary must be built without the `dev` feature")
+    print("ok   Dockerfile: non-root, HEALTHCHECK probe, no dev feature")
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    binary = sys.argv[1]
+    check_compose(binary)
+    check_k8s(binary)
+    check_spire()
+    check_dockerfile()
+    if failures:
+        print("\n".join(["", "FAILED:"] + failures), file=sys.stderr)
+        sys.exit(1)
+    print("deployment files: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
