@@ -4,7 +4,7 @@
 - docker/docker-compose.yml: parses; every service has an image; references
   (depends_on, network_mode: service:X, named volumes) resolve; bind-mounted
   files exist; `docker compose config` too when the plugin is installed.
-- Every sidecar in the compose file and in k8s/: its config, laid out as the
+- Every sidecar in the compose file and in docker/k8s/: its config, laid out as the
   container sees it (mounted files, environment), passes `a2a-sidecar check`.
 - docker/spire/*.conf parse as HCL and agree on the trust domain.
 - docker/Dockerfile: production stage non-root, without the `dev` feature,
@@ -111,7 +111,10 @@ def check_compose(binary):
 
 
 def check_k8s(binary):
-    for path in sorted((ROOT / "k8s").glob("*.yaml")):
+    manifests = sorted((DOCKER / "k8s").glob("*.yaml"))
+    if not manifests:
+        fail("docker/k8s", "no manifests")
+    for path in manifests:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
         for d in docs:

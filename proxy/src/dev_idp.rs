@@ -248,7 +248,7 @@ impl DevIdp {
 
     /// Records the base URL clients reach it at (when that is not its listen address).
     pub fn set_url(&self, url: &str) -> Result<(), DevError> {
-        std::fs::write(self.dir.join(URL_FILE), &url)
+        std::fs::write(self.dir.join(URL_FILE), url)
             .map_err(|source| DevError::Io { path: self.dir.clone(), source })?;
         *self.base_url.write().unwrap_or_else(PoisonError::into_inner) = url.to_owned();
         Ok(())
