@@ -118,10 +118,15 @@ impl AuditHub {
             } else {
                 c.denied += 1
             }
-            let caller = event.caller_policy.clone().unwrap_or_else(|| "unknown".into());
-            let [total, allowed_count, denied_count] = c.per_caller.entry(caller).or_default();
-            *total += 1;
-            if allowed { *allowed_count += 1 } else { *denied_count += 1 }
+            let caller = event.caller_policy.as_deref().unwrap_or("unknown");
+            // Look up before inserting: the name is only copied the first time.
+            if !c.per_caller.contains_key(caller) {
+                c.per_caller.insert(caller.to_owned(), [0; 3]);
+            }
+            if let Some([total, allowed_count, denied_count]) = c.per_caller.get_mut(caller) {
+                *total += 1;
+                if allowed { *allowed_count += 1 } else { *denied_count += 1 }
+            }
         }
         let event = Arc::new(event);
         {

@@ -238,7 +238,7 @@ impl Inbound {
         if decision != "shadow_deny" {
             self.metrics.request("inbound", reason.layer(), reason);
         }
-        self.metrics.request_duration_seconds.with_label_values(&["inbound"]).observe(started.elapsed().as_secs_f64());
+        self.metrics.request_duration("inbound", started.elapsed().as_secs_f64());
         let trace = log.trace;
         self.layers.audit.record(Event {
             direction: "inbound",

@@ -108,7 +108,7 @@ impl Outbound {
             }
         };
         self.metrics.request("outbound", reason.layer(), reason);
-        self.metrics.request_duration_seconds.with_label_values(&["outbound"]).observe(started.elapsed().as_secs_f64());
+        self.metrics.request_duration("outbound", started.elapsed().as_secs_f64());
         self.audit.record(Event {
             direction: "outbound",
             request_id: Some(request_id.clone()),
