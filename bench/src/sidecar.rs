@@ -141,9 +141,14 @@ impl Drop for Sidecar {
 pub fn serve(config: &Path, cpu: Option<usize>) -> anyhow::Result<()> {
     certs::tls::install_default_provider();
     let config = proxy::config::Config::load(config)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(config.runtime.worker_threads.unwrap_or(1)).enable_all();
+    let runtime = proxy::config::RuntimeConfig {
+        worker_threads: config.runtime.worker_threads.or(Some(1)),
+        ..config.runtime.clone()
+    };
+    let mut builder = proxy::app::runtime_builder(&runtime);
     if let Some(cpu) = cpu {
+        // Every thread of the process: the one driving the runtime and any it starts.
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
         builder.on_thread_start(move || {
             core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
         });

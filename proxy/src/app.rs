@@ -242,14 +242,28 @@ fn identity_source(config: &IdentityConfig) -> anyhow::Result<Box<dyn SvidSource
     })
 }
 
+/// The runtime for `runtime.worker_threads`: with one thread, tokio's
+/// current-thread scheduler (tasks run on the thread that drives the
+/// runtime: no cross-thread wake-ups or work-stealing bookkeeping, like a
+/// one-worker nginx or Envoy); otherwise the multi-thread scheduler.
+pub fn runtime_builder(config: &crate::config::RuntimeConfig) -> tokio::runtime::Builder {
+    let mut builder = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all();
+    builder
+}
+
 /// Runs the sidecar until SIGTERM or SIGINT (reloading on SIGHUP): builds
 /// the runtime (`runtime.worker_threads`), starts, waits, drains.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.runtime.worker_threads {
-        builder.worker_threads(n);
-    }
-    let runtime = builder.enable_all().build().context("tokio runtime")?;
+    let runtime = runtime_builder(&config.runtime).build().context("tokio runtime")?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
