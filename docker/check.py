@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Static checks of the deployment files, for CI machines without Docker.
 
-- docker/docker-compose.yml: parses; every service has an image; references
-  (depends_on, network_mode: service:X, named volumes) resolve; bind-mounted
-  files exist; `docker compose config` too when the plugin is installed.
+- docker/docker-compose.yml: parses; validates against the Compose
+  specification's JSON schema (the copy shipped in the docker-compose 1.29.2
+  wheel, passed with --compose-schema-wheel; the top-level `name`, newer than
+  that schema, is checked separately); every service has an image;
+  references (depends_on, network_mode: service:X, named volumes) resolve;
+  bind-mounted files exist; `docker compose config` too when the plugin is
+  installed.
 - Every sidecar in the compose file and in docker/k8s/: its config, laid out as the
   container sees it (mounted files, environment), passes `a2a-sidecar check`.
 - docker/spire/*.conf parse as HCL and agree on the trust domain.
 - docker/Dockerfile: production stage non-root, without the `dev` feature,
   with a HEALTHCHECK that runs `a2a-sidecar probe`.
 
-Usage: docker/check.py PATH-TO-a2a-sidecar
+Usage: docker/check.py PATH-TO-a2a-sidecar [--compose-schema-wheel WHEEL]
 """
 
 import os
@@ -19,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import hcl2
@@ -67,9 +72,28 @@ def sidecar_check(binary, where, files, env, config_path):
             print(f"ok   {where}: a2a-sidecar check")
 
 
-def check_compose(binary):
+def check_compose_schema(doc, wheel):
+    """Validates against the Compose spec schema inside a docker-compose wheel."""
+    import jsonschema
+
+    with zipfile.ZipFile(wheel) as z:
+        schema = yaml.safe_load(z.read("compose/config/compose_spec.json"))
+    doc = dict(doc)
+    name = doc.pop("name", None)
+    if name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", str(name)):
+        fail("docker-compose.yml", f"project name `{name}` is not a valid Compose project name")
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(doc))
+    for e in errors:
+        fail("docker-compose.yml " + ".".join(str(p) for p in e.path), e.message)
+    if not errors:
+        print("ok   docker-compose.yml: Compose spec schema")
+
+
+def check_compose(binary, schema_wheel):
     path = DOCKER / "docker-compose.yml"
     doc = yaml.safe_load(path.read_text())
+    if schema_wheel:
+        check_compose_schema(doc, schema_wheel)
     services, volumes = doc.get("services", {}), set((doc.get("volumes") or {}).keys())
     for name, svc in services.items():
         where = f"docker-compose.yml services.{name}"
@@ -186,10 +210,16 @@ def check_dockerfile():
 
 
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    schema_wheel = None
+    if "--compose-schema-wheel" in args:
+        i = args.index("--compose-schema-wheel")
+        schema_wheel = args[i + 1] if i + 1 < len(args) else sys.exit(__doc__)
+        del args[i : i + 2]
+    if len(args) != 1:
         sys.exit(__doc__)
-    binary = sys.argv[1]
-    check_compose(binary)
+    binary = args[0]
+    check_compose(binary, schema_wheel)
     check_k8s(binary)
     check_spire()
     check_dockerfile()
