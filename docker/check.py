@@ -8,6 +8,7 @@
   references (depends_on, network_mode: service:X, named volumes) resolve;
   bind-mounted files exist; `docker compose config` too when the plugin is
   installed.
+- docker/k8s/*.yaml: Kubernetes 1.30's schemas, strict (`kubernetes-validate`).
 - Every sidecar in the compose file and in docker/k8s/: its config, laid out as the
   container sees it (mounted files, environment), passes `a2a-sidecar check`.
 - docker/spire/*.conf parse as HCL and agree on the trust domain.
@@ -134,10 +135,26 @@ def check_compose(binary, schema_wheel):
     print(f"ok   docker-compose.yml: {len(services)} services parse and resolve")
 
 
+def check_k8s_schema(manifests):
+    """Kubernetes' own OpenAPI schemas (the `kubernetes-validate` package), strict: unknown fields fail."""
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    if not tool.exists():
+        print("skip Kubernetes schema validation (kubernetes-validate is not installed beside this python)")
+        return
+    for path in manifests:
+        run = subprocess.run([str(tool), "--strict", "-k", "1.30.0", str(path)], capture_output=True, text=True)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("ERROR")]
+        if run.returncode != 0 or errors:
+            fail(f"k8s/{path.name}", "\n".join(errors) or run.stderr)
+        else:
+            print(f"ok   k8s/{path.name}: Kubernetes 1.30 schemas (strict)")
+
+
 def check_k8s(binary):
     manifests = sorted((DOCKER / "k8s").glob("*.yaml"))
     if not manifests:
         fail("docker/k8s", "no manifests")
+    check_k8s_schema(manifests)
     for path in manifests:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
