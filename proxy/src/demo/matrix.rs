@@ -345,7 +345,12 @@ impl Table {
                     eprint!("\r\x1b[2K");
                 }
                 let mark = if o.matched() { "" } else { "  <- MISMATCH: got " };
-                let got = o.got.split(' ').next().unwrap_or_default();
+                // The status; cases without one (the rotation run) say whether they held.
+                let got = match o.got.split(' ').next() {
+                    Some(status) if status.parse::<u16>().is_ok() => status,
+                    _ if o.matched() => "ok",
+                    _ => "fail",
+                };
                 println!(
                     "{:<34} {:<20} {:<28} {:<50} {:<5} {:<9} {:<28} {:>7.1}ms{mark}{}",
                     o.case,
