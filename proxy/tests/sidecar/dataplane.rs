@@ -228,3 +228,33 @@ async fn ready_or_closed<B: hyper::body::Body + 'static>(
     let _ = sender.ready().await;
     sender
 }
+
+/// A refused caller that sends its request right after its side of the
+/// TLS 1.3 handshake still reads the refusal (the alert), not a reset: that
+/// is what lets its sidecar answer `upstream_rejected_identity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_caller_reads_the_alert_even_with_its_request_in_flight() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(MENUS, &[b"http/1.1"]);
+    for attempt in 0..20 {
+        let tcp = tokio::net::TcpStream::connect(mesh.inbound()).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("budget-backend").unwrap();
+        // Our side of the handshake completes: the server judges the certificate afterwards.
+        let mut stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.unwrap();
+        let request = b"GET /budget/read HTTP/1.1\r\nhost: x\r\n\r\n";
+        let sent = async {
+            stream.write_all(request).await?;
+            stream.flush().await?;
+            // The refusal is on its way; the caller goes on writing (an h2 client
+            // sends its preface, settings and first request in a row) before reading.
+            stream.get_ref().0.readable().await?;
+            stream.write_all(request).await?;
+            stream.flush().await?;
+            let mut buf = [0u8; 64];
+            stream.read(&mut buf).await
+        };
+        let err = sent.await.expect_err("the caller is not on the allow-list");
+        let alert = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+        assert!(matches!(alert, Some(rustls::Error::AlertReceived(_))), "attempt {attempt}: {err:?}");
+    }
+}
