@@ -91,19 +91,19 @@ pub async fn dispatch(ctx: &Context, route: Route, req: Request<Incoming>, calle
     let put = req.method() == Method::PUT;
     match route {
         Route::Health => health(ctx),
-        Route::Policy if put => put_policy(ctx, req, &actor).await,
+        Route::Policy if put => put_policy(ctx, req, &actor).await.unwrap_or_else(Reject::into_response),
         Route::Policy => get_policy(ctx),
-        Route::MtlsPolicy if put => put_mtls(ctx, req, &actor).await,
+        Route::MtlsPolicy if put => put_mtls(ctx, req, &actor).await.unwrap_or_else(Reject::into_response),
         Route::MtlsPolicy => mtls(ctx),
-        Route::AgentRisk if put => put_risk(ctx, req, &actor).await,
+        Route::AgentRisk if put => put_risk(ctx, req, &actor).await.unwrap_or_else(Reject::into_response),
         Route::AgentRisk => match query_param(&req, "spiffe_id") {
-            Some(id) => one_risk(ctx, &id),
-            None => risks(ctx),
+            Some(id) => one_risk(ctx, &id).unwrap_or_else(Reject::into_response),
+            None => json_response(StatusCode::OK, &risks_json(ctx)),
         },
-        Route::AgentTags if put => put_tag(ctx, req, &actor).await,
+        Route::AgentTags if put => put_tag(ctx, req, &actor).await.unwrap_or_else(Reject::into_response),
         Route::AgentTags => match query_param(&req, "spiffe_id") {
-            Some(id) => one_tag(ctx, &id),
-            None => tags(ctx),
+            Some(id) => one_tag(ctx, &id).unwrap_or_else(Reject::into_response),
+            None => json_response(StatusCode::OK, &tags_json(ctx)),
         },
         Route::OauthStatus => oauth_status(ctx),
         Route::CaPolicyEffective => ca_effective(ctx),
@@ -227,34 +227,28 @@ fn get_policy(ctx: &Context) -> Response<Body> {
     response
 }
 
-async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
+async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
     let (Some(store), Some(config)) = (&ctx.policy, &ctx.policy_config) else {
-        return error(StatusCode::NOT_FOUND, "no_policy");
+        return Err(Reject::new(StatusCode::NOT_FOUND, "no_policy"));
     };
     let if_match = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let Some(body) = read_body(req, MAX_POLICY_BYTES).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    };
+    let body = read_body(req, MAX_POLICY_BYTES)
+        .await
+        .ok_or_else(|| Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))?;
     if let Some(expected) = if_match
         && expected != "*"
         && expected != etag(store.current().generation)
     {
-        return error(StatusCode::PRECONDITION_FAILED, "precondition_failed");
+        return Err(Reject::new(StatusCode::PRECONDITION_FAILED, "precondition_failed"));
     }
-    let Ok(yaml) = String::from_utf8(body.to_vec()) else {
-        return error_message(StatusCode::BAD_REQUEST, "invalid_policy", "the body is not UTF-8");
-    };
-    let engine =
-        match crate::policy_store::build(&yaml, "PUT /mgmt/policy", config, ctx.reloader.env(), ctx.jwt.as_ref()) {
-            Ok(engine) => engine,
-            Err(e) => {
-                ctx.metrics.policy_reload("error");
-                return error_message(StatusCode::BAD_REQUEST, "invalid_policy", &e.to_string());
-            }
-        };
-    if let Err(e) = ctx.state.update(&format!("policy:{actor}"), |s| s.policy_yaml = Some(yaml)) {
-        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
-    }
+    let yaml = String::from_utf8(body.to_vec())
+        .map_err(|_| Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", "the body is not UTF-8"))?;
+    let engine = crate::policy_store::build(&yaml, "PUT /mgmt/policy", config, ctx.reloader.env(), ctx.jwt.as_ref())
+        .map_err(|e| {
+            ctx.metrics.policy_reload("error");
+            Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
+        })?;
+    persist(ctx, &format!("policy:{actor}"), |s| s.policy_yaml = Some(yaml))?;
     let old_version = store.current().engine.doc().version.clone();
     let generation = store.install(engine);
     record(ctx, actor, "PUT", "/mgmt/policy", 200);
@@ -272,7 +266,22 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Respo
     if let Ok(v) = HeaderValue::from_str(&etag(generation)) {
         response.headers_mut().insert(header::ETAG, v);
     }
-    response
+    Ok(response)
+}
+
+/// Writes a change to the state file before it takes effect: 500 if it cannot.
+fn persist(ctx: &Context, change: &str, apply: impl FnOnce(&mut super::state::State)) -> Result<(), Reject> {
+    ctx.state
+        .update(change, apply)
+        .map_err(|e| Reject::with(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", e))
+}
+
+/// A push per caller in the state file: set, or removed by `None`.
+fn set_or_remove(map: &mut std::collections::BTreeMap<String, String>, id: &SpiffeId, value: Option<&str>) {
+    match value {
+        Some(value) => map.insert(id.to_string(), value.to_owned()),
+        None => map.remove(id.as_str()),
+    };
 }
 
 fn mtls(ctx: &Context) -> Response<Body> {
@@ -290,38 +299,34 @@ async fn json_body(req: Request<Incoming>) -> Result<(Value, bool), Reject> {
     Ok((value, force))
 }
 
-async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
-    let (body, force) = match json_body(req).await {
-        Ok(v) => v,
-        Err(reject) => return reject.into_response(),
-    };
-    let Some(list) = body.get("allowed_ids").and_then(Value::as_array) else {
-        return error_message(StatusCode::BAD_REQUEST, "invalid_request", "`allowed_ids` must be a list");
-    };
-    let mut patterns = Vec::new();
-    for item in list {
-        let text = item.as_str().unwrap_or_default();
-        match text.parse::<IdPattern>() {
-            Ok(p) => patterns.push(p),
-            Err(e) => return error_message(StatusCode::BAD_REQUEST, "invalid_spiffe_id", &format!("`{text}`: {e}")),
-        }
-    }
+async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
+    let (body, force) = json_body(req).await?;
+    let list = body
+        .get("allowed_ids")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Reject::with(StatusCode::BAD_REQUEST, "invalid_request", "`allowed_ids` must be a list"))?;
+    let patterns = list
+        .iter()
+        .map(|item| {
+            let text = item.as_str().unwrap_or_default();
+            text.parse::<IdPattern>()
+                .map_err(|e| Reject::with(StatusCode::BAD_REQUEST, "invalid_spiffe_id", format!("`{text}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if patterns.is_empty() && !force {
-        return error_message(
+        return Err(Reject::with(
             StatusCode::BAD_REQUEST,
             "empty_allowlist",
             "an empty list refuses every caller: add ?force=true",
-        );
+        ));
     }
     let ids: Vec<String> = patterns.iter().map(ToString::to_string).collect();
     let old: Vec<String> = ctx.allowlist.patterns().iter().map(ToString::to_string).collect();
-    if let Err(e) = ctx.state.update(&format!("mtls-policy:{actor}"), |s| s.allowed_ids = Some(ids.clone())) {
-        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
-    }
+    persist(ctx, &format!("mtls-policy:{actor}"), |s| s.allowed_ids = Some(ids.clone()))?;
     ctx.allowlist.replace(patterns);
     record(ctx, actor, "PUT", "/mgmt/mtls-policy", 200);
     // The reference's PUT answer (old/new lists) plus the GET shape.
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &json!({
             "status": "updated",
@@ -329,7 +334,7 @@ async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Respons
             "new_allowed_ids": ids, "new_count": ids.len(),
             "mode": "allowlist", "allowed_ids": ids, "count": ids.len(),
         }),
-    )
+    ))
 }
 
 /// The level a caller without a push is reported at (the reference's `default_level`).
@@ -341,24 +346,17 @@ fn risks_json(ctx: &Context) -> Value {
     json!({"count": risks.len(), "risks": risks, "default_level": DEFAULT_RISK})
 }
 
-fn risks(ctx: &Context) -> Response<Body> {
-    json_response(StatusCode::OK, &risks_json(ctx))
-}
-
-fn one_risk(ctx: &Context, id: &str) -> Response<Body> {
-    let id = match parse_id(id) {
-        Ok(id) => id,
-        Err(reject) => return reject.into_response(),
-    };
+fn one_risk(ctx: &Context, id: &str) -> Result<Response<Body>, Reject> {
+    let id = parse_id(id)?;
     let level = ctx.governor.pushes.risk(&id);
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &json!({
             "spiffe_id": id.as_str(),
             "risk_level": level.map_or(DEFAULT_RISK, RiskLevel::as_str),
             "pushed": level.is_some(),
         }),
-    )
+    ))
 }
 
 /// The `spiffe_id` of a PUT body.
@@ -371,37 +369,21 @@ fn parse_id(text: &str) -> Result<SpiffeId, Reject> {
     text.parse().map_err(|e| Reject::with(StatusCode::BAD_REQUEST, "invalid_spiffe_id", format!("`{text}`: {e}")))
 }
 
-async fn put_risk(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
-    let body = match json_body(req).await {
-        Ok((v, _)) => v,
-        Err(reject) => return reject.into_response(),
-    };
-    let id = match caller_id(&body) {
-        Ok(id) => id,
-        Err(reject) => return reject.into_response(),
-    };
+async fn put_risk(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
+    let (body, _) = json_body(req).await?;
+    let id = caller_id(&body)?;
     let level = match body.get("risk_level") {
         Some(Value::Null) => None,
         Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => s.parse::<RiskLevel>().ok(),
         _ => {
-            return error_message(
+            return Err(Reject::with(
                 StatusCode::BAD_REQUEST,
                 "invalid_risk_level",
                 "`risk_level` is low, medium, high or null",
-            );
+            ));
         }
     };
-    let update = ctx.state.update(&format!("agent-risk:{actor}"), |s| match level {
-        Some(l) => {
-            s.risks.insert(id.to_string(), l.as_str().to_owned());
-        }
-        None => {
-            s.risks.remove(id.as_str());
-        }
-    });
-    if let Err(e) = update {
-        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
-    }
+    persist(ctx, &format!("agent-risk:{actor}"), |s| set_or_remove(&mut s.risks, &id, level.map(RiskLevel::as_str)))?;
     let previous = ctx.governor.pushes.risk(&id);
     ctx.governor.pushes.set_risk(&id, level);
     record(ctx, actor, "PUT", "/mgmt/agent-risk", 200);
@@ -416,7 +398,7 @@ async fn put_risk(ctx: &Context, req: Request<Incoming>, actor: &str) -> Respons
             "previous_level": previous.map_or(DEFAULT_RISK, RiskLevel::as_str),
         }),
     );
-    json_response(StatusCode::OK, &body)
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// Adds the fields of `extra` (an object) to `body` (an object).
@@ -435,47 +417,24 @@ fn tags_json(ctx: &Context) -> Value {
     json!({"count": tags.len(), "tags": tags, "source": tag_source(ctx)})
 }
 
-fn tags(ctx: &Context) -> Response<Body> {
-    json_response(StatusCode::OK, &tags_json(ctx))
-}
-
-fn one_tag(ctx: &Context, id: &str) -> Response<Body> {
-    let id = match parse_id(id) {
-        Ok(id) => id,
-        Err(reject) => return reject.into_response(),
-    };
+fn one_tag(ctx: &Context, id: &str) -> Result<Response<Body>, Reject> {
+    let id = parse_id(id)?;
     let tag = ctx.governor.pushes.tag(&id);
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &json!({"spiffe_id": id.as_str(), "found": tag.is_some(), "tag": tag.unwrap_or_default(), "source": tag_source(ctx)}),
-    )
+    ))
 }
 
-async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response<Body> {
-    let body = match json_body(req).await {
-        Ok((v, _)) => v,
-        Err(reject) => return reject.into_response(),
-    };
-    let id = match caller_id(&body) {
-        Ok(id) => id,
-        Err(reject) => return reject.into_response(),
-    };
+async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
+    let (body, _) = json_body(req).await?;
+    let id = caller_id(&body)?;
     let tag = match body.get("tag") {
         Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        _ => return error_message(StatusCode::BAD_REQUEST, "invalid_tag", "`tag` is a string or null"),
+        _ => return Err(Reject::with(StatusCode::BAD_REQUEST, "invalid_tag", "`tag` is a string or null")),
     };
-    let update = ctx.state.update(&format!("agent-tags:{actor}"), |s| match &tag {
-        Some(t) => {
-            s.tags.insert(id.to_string(), t.clone());
-        }
-        None => {
-            s.tags.remove(id.as_str());
-        }
-    });
-    if let Err(e) = update {
-        return error_message(StatusCode::INTERNAL_SERVER_ERROR, "state_write_failed", &e);
-    }
+    persist(ctx, &format!("agent-tags:{actor}"), |s| set_or_remove(&mut s.tags, &id, tag.as_deref()))?;
     let previous = ctx.governor.pushes.tag(&id);
     ctx.governor.pushes.set_tag(&id, tag.clone());
     record(ctx, actor, "PUT", "/mgmt/agent-tags", 200);
@@ -490,7 +449,7 @@ async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Response
             "previous_tag": previous.unwrap_or_default(),
         }),
     );
-    json_response(StatusCode::OK, &body)
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 fn oauth_status(ctx: &Context) -> Response<Body> {
