@@ -3,9 +3,11 @@
 //! Production images are built without this feature.
 
 pub mod ca;
+pub mod poll;
 pub mod workload_api_server;
 
 pub use ca::{DevCa, JwtKey, LeafSpec, write_svid_files};
+pub use poll::eventually;
 pub use workload_api_server::{WorkloadApiServer, WorkloadApiServerConfig};
 
 /// Errors of the dev tooling.

@@ -1,7 +1,6 @@
 //! Shared helpers: CAs, static identities, a TLS echo server that records
 //! why it refused each handshake, and polling with a deadline.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,18 +118,4 @@ pub fn allow_all() -> Arc<dyn PeerAuthorizer> {
     Arc::new(|_: &SpiffeId| true)
 }
 
-/// Polls `check` until it returns `Some`, failing after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use certs::dev::eventually;

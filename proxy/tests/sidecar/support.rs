@@ -1,6 +1,5 @@
 //! Helpers: the binary, HTTP GETs, polling with a deadline.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -41,21 +40,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, text(&body))
 }
 
-/// Polls `check` until it returns `Some`, failing after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use certs::dev::eventually;
 
 /// A response read whole.
 #[derive(Debug)]
