@@ -357,7 +357,9 @@ async fn a_stalled_subscriber_is_told_what_it_lost_and_requests_keep_flowing() {
     let mut text = String::new();
     tokio::time::timeout(Duration::from_secs(20), async {
         let mut buf = vec![0u8; 64 * 1024];
-        while !text.contains("event: dropped") {
+        // The whole `dropped` event: it may arrive split across reads.
+        let complete = |text: &str| text.find("event: dropped").is_some_and(|at| text[at..].contains("\n\n"));
+        while !complete(&text) {
             let n = tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await.unwrap();
             assert!(n > 0, "stream closed");
             text.push_str(&String::from_utf8_lossy(&buf[..n]));
