@@ -32,8 +32,10 @@ pub struct Event {
     pub timestamp: String,
     pub direction: &'static str,
     pub request_id: Option<String>,
-    pub caller_spiffe_id: Option<String>,
-    pub target: Option<String>,
+    /// Shared with the connection (inbound) that computed it once.
+    pub caller_spiffe_id: Option<Arc<str>>,
+    /// Shared with the listener that computed it once (inbound).
+    pub target: Option<Arc<str>>,
     pub method: Option<String>,
     pub path: Option<String>,
     pub decision: &'static str,

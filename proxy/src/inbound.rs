@@ -49,6 +49,8 @@ pub struct Inbound {
     allowlist: Arc<AllowList>,
     connections: Arc<Connections>,
     app: AppClient,
+    /// `config.upstream` for audit events, formatted once.
+    target: Arc<str>,
     ids: RequestIds,
     metrics: Arc<Metrics>,
     layers: Layers,
@@ -85,6 +87,8 @@ struct RequestLog {
 /// What is known about one accepted connection.
 struct Conn {
     peer: LeafInfo,
+    /// `peer.id` for audit events, formatted once per connection.
+    caller: Arc<str>,
     remote: SocketAddr,
     activity: Arc<Activity>,
 }
@@ -105,6 +109,7 @@ impl Inbound {
         }
         let app = AppClient::new(config.upstream_connect_timeout, config.upstream_response_timeout);
         Ok(Arc::new(Self {
+            target: Arc::from(config.upstream.as_str()),
             config,
             tls: TlsAcceptor::from(Arc::new(tls)),
             allowlist,
@@ -160,7 +165,8 @@ impl Inbound {
         let registration = self.connections.register(peer.id.clone());
         let drain_after =
             peer.not_after.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(EXPIRY_MARGIN);
-        let conn = Arc::new(Conn { peer, remote, activity: Activity::new() });
+        let caller = Arc::from(peer.id.as_str());
+        let conn = Arc::new(Conn { peer, caller, remote, activity: Activity::new() });
 
         let builder = server::builder(&limits);
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
@@ -200,7 +206,7 @@ impl Inbound {
         };
         self.layers.audit.record(Event {
             direction: "inbound",
-            caller_spiffe_id: caller,
+            caller_spiffe_id: caller.map(Arc::from),
             decision: "deny",
             layer: "mtls",
             reason: reason.to_owned(),
@@ -222,7 +228,9 @@ impl Inbound {
         let started = std::time::Instant::now();
         let request_id = self.ids.next();
         let method = request.method().to_string();
-        let mut log = RequestLog { path: Some(request.uri().path().to_owned()), ..RequestLog::default() };
+        // The audit event carries the canonical path; the raw one only if it never got that far.
+        let uri = request.uri().clone();
+        let mut log = RequestLog::default();
         let (mut response, denied) = match self.forward(request, &conn, &request_id, &mut log).await {
             Ok(response) => (response, None),
             Err(reason) => {
@@ -243,10 +251,10 @@ impl Inbound {
         self.layers.audit.record(Event {
             direction: "inbound",
             request_id: Some(request_id.clone()),
-            caller_spiffe_id: Some(conn.peer.id.to_string()),
-            target: Some(self.config.upstream.to_string()),
+            caller_spiffe_id: Some(conn.caller.clone()),
+            target: Some(self.target.clone()),
             method: Some(method),
-            path: log.path,
+            path: log.path.or_else(|| Some(uri.path().to_owned())),
             decision,
             layer: reason.layer().as_str(),
             reason: reason.as_str().to_owned(),

@@ -112,8 +112,8 @@ impl Outbound {
         self.audit.record(Event {
             direction: "outbound",
             request_id: Some(request_id.clone()),
-            caller_spiffe_id: self.identity.current().map(|i| i.svid().id().to_string()),
-            target: host,
+            caller_spiffe_id: self.identity.current().map(|i| Arc::from(i.svid().id().as_str())),
+            target: host.map(Arc::from),
             method: Some(method),
             path: Some(path),
             decision: if reason == Reason::Allowed { "allow" } else { "deny" },
