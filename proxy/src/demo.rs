@@ -246,10 +246,6 @@ async fn keep_up(stack: &Stack, env_file: Option<PathBuf>) -> anyhow::Result<()>
     let env = stack.environment()?;
     let exports: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
     let path = env_file.unwrap_or_else(|| stack.dir().join("demo.env"));
-    // Written whole, then renamed, so a reader polling for it never sees half of it.
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, &exports).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "\nThe stack stays up; Ctrl-C stops it. Its configs are in {dir}.\n\
          Environment (also in {env_path}; `source` it in another shell):\n\n{exports}\n\
@@ -267,6 +263,11 @@ async fn keep_up(stack: &Stack, env_file: Option<PathBuf>) -> anyhow::Result<()>
         env_path = path.display(),
         report = REPORT.id,
     );
+    // Written after the instructions are printed, whole and then renamed: a
+    // script polling for the file never sees half of it, nor misses the text.
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, &exports).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

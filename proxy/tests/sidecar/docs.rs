@@ -97,7 +97,7 @@ fn documented_curl_examples_work_against_the_demo() {
         bin()
             .args(["demo", "--keep-running", "--env-file"])
             .arg(&env_file)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("demo.out")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -107,6 +107,17 @@ fn documented_curl_examples_work_against_the_demo() {
         assert!(demo.0.try_wait().unwrap().is_none(), "the demo exited before its stack was up");
         assert!(Instant::now() < deadline, "the demo did not come up within 120 s");
         std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // What it printed: the matrix passed, then how to reach the stack (the same values as the file).
+    let printed = std::fs::read_to_string(dir.path().join("demo.out")).unwrap();
+    let exported = std::fs::read_to_string(&env_file).unwrap();
+    assert!(printed.contains(", 0 failed"), "{printed}");
+    for line in exported.lines().filter(|l| l.contains("A2A_ADMIN_KEY") || l.contains("A2A_MGMT")) {
+        assert!(printed.contains(line), "not printed: {line}");
+    }
+    for command in ["/mgmt/health", "/mgmt/agent-risk", "/mgmt/audit/stream", "/metrics", "$A2A_REPORT/budget/read"] {
+        assert!(printed.lines().any(|l| l.starts_with("curl ") && l.contains(command)), "no curl for {command}");
     }
 
     let mut failures = Vec::new();
