@@ -47,7 +47,7 @@ pub struct Event {
     pub jwt: JwtAudit,
     pub risk_level: Option<String>,
     pub caller_tag: Option<String>,
-    pub policy_version: Option<String>,
+    pub policy_version: Option<Arc<str>>,
     /// The caller's policy entry name (bounded; for per-caller counters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller_policy: Option<String>,

@@ -20,7 +20,7 @@ pub struct Trace {
     pub jwt: crate::audit::JwtAudit,
     pub risk_level: Option<String>,
     pub caller_tag: Option<String>,
-    pub policy_version: Option<String>,
+    pub policy_version: Option<std::sync::Arc<str>>,
 }
 
 /// The first layer that denied, and the policies that decided.
@@ -51,7 +51,7 @@ pub async fn evaluate(
     trace: &mut Trace,
 ) -> Result<(), Denial> {
     let started = std::time::Instant::now();
-    trace.policy_version = Some(format!("{}#{}", loaded.engine.doc().version, loaded.generation));
+    trace.policy_version = Some(loaded.label.clone());
     let verdict = loaded.engine.decide(policy::engine::Request {
         caller: request.caller,
         method: request.method,
@@ -60,14 +60,15 @@ pub async fn evaluate(
     if let Some(metrics) = metrics {
         metrics.policy_eval_duration_seconds.observe(started.elapsed().as_secs_f64());
     }
-    let policy_ids = verdict.decision.policy_ids;
-    trace.policy_ids.clone_from(&policy_ids);
+    // Kept in the trace (the audit event); a denial copies them (the deny path only).
+    trace.policy_ids = verdict.decision.policy_ids;
+    let deny = |reason: Reason, trace: &Trace| Denial { reason, policy_ids: trace.policy_ids.clone() };
     trace.jwt.present = request.headers.contains_key(hyper::header::AUTHORIZATION);
     if !verdict.decision.allow {
-        return Err(Denial { reason: verdict.decision.reason, policy_ids });
+        return Err(deny(verdict.decision.reason, trace));
     }
     let Some(entry) = verdict.entry.and_then(|e| loaded.engine.doc().entries.get(e)) else {
-        return Err(Denial { reason: Reason::NoCallerPolicy, policy_ids });
+        return Err(deny(Reason::NoCallerPolicy, trace));
     };
     trace.entry = Some(entry.name.clone());
     let rule = verdict.rule.and_then(|r| entry.rules.get(r));
@@ -89,11 +90,10 @@ pub async fn evaluate(
         Ok(Outcome::NotRequired) => None,
         Err(e) => {
             trace.jwt.error = Some(e.to_string());
-            return Err(Denial { reason: e.reason, policy_ids });
+            return Err(deny(e.reason, trace));
         }
     };
-    governor
-        .check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref(), trace)
-        .await
-        .map_err(|reason| Denial { reason, policy_ids })
+    let governed =
+        governor.check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref(), trace);
+    governed.await.map_err(|reason| deny(reason, trace))
 }

@@ -29,6 +29,15 @@ pub struct Loaded {
     pub loaded_at: SystemTime,
     /// Increments with every accepted policy.
     pub generation: u64,
+    /// `<document version>#<generation>`, for health and audit events.
+    pub label: Arc<str>,
+}
+
+impl Loaded {
+    pub fn new(engine: PolicyEngine, generation: u64) -> Self {
+        let label = Arc::from(format!("{}#{generation}", engine.doc().version));
+        Self { engine, loaded_at: SystemTime::now(), generation, label }
+    }
 }
 
 pub struct PolicyStore {
@@ -75,12 +84,12 @@ impl PolicyStore {
         jwt: Option<JwtSection>,
         audit: Option<Arc<crate::audit::AuditHub>>,
     ) -> Arc<Self> {
-        let loaded = Loaded { engine, loaded_at: SystemTime::now(), generation: 1 };
+        let loaded = Loaded::new(engine, 1);
         Arc::new(Self { current: ArcSwap::from_pointee(loaded), metrics, jwt, audit })
     }
 
     /// Every reload, accepted or refused, is an audit event.
-    fn audit(&self, accepted: bool, version: Option<String>, channel: &str) {
+    fn audit(&self, accepted: bool, version: Option<Arc<str>>, channel: &str) {
         if let Some(audit) = &self.audit {
             audit.record(crate::audit::Event {
                 direction: "mgmt",
@@ -101,10 +110,11 @@ impl PolicyStore {
 
     /// Swaps in an engine built elsewhere (`PUT /mgmt/policy`); returns its generation.
     pub fn install(&self, engine: PolicyEngine) -> u64 {
-        let generation = self.current.load().generation + 1;
-        self.current.store(Arc::new(Loaded { engine, loaded_at: SystemTime::now(), generation }));
+        let loaded = Arc::new(Loaded::new(engine, self.current.load().generation + 1));
+        let generation = loaded.generation;
+        self.current.store(loaded.clone());
         self.metrics.policy_reload("ok");
-        self.audit(true, Some(format!("{}#{generation}", self.current.load().engine.doc().version)), "admin-api");
+        self.audit(true, Some(loaded.label.clone()), "admin-api");
         generation
     }
 
@@ -113,11 +123,11 @@ impl PolicyStore {
     pub fn reload(&self, config: &PolicyConfig, env: &dyn Env) -> Result<(), LoadError> {
         match load(config, env, self.jwt.as_ref()) {
             Ok(engine) => {
-                let generation = self.current.load().generation + 1;
-                self.current.store(Arc::new(Loaded { engine, loaded_at: SystemTime::now(), generation }));
+                let loaded = Arc::new(Loaded::new(engine, self.current.load().generation + 1));
+                self.current.store(loaded.clone());
                 self.metrics.policy_reload("ok");
-                tracing::info!(generation, file = %config.file.display(), "policy reloaded");
-                self.audit(true, Some(format!("{}#{generation}", self.current.load().engine.doc().version)), "config");
+                tracing::info!(generation = loaded.generation, file = %config.file.display(), "policy reloaded");
+                self.audit(true, Some(loaded.label.clone()), "config");
                 Ok(())
             }
             Err(e) => {

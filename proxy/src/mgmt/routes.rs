@@ -149,7 +149,7 @@ fn health(ctx: &Context) -> Response<Body> {
         &json!({
             "status": if not_ready.is_none() { "healthy" } else { "unhealthy" },
             "reason": not_ready,
-            "policy_version": loaded.as_ref().map(|l| format!("{}#{}", l.engine.doc().version, l.generation)),
+            "policy_version": loaded.as_ref().map(|l| l.label.clone()),
             "policy_loaded_at": loaded.as_ref().map(|l| rfc3339(l.loaded_at)),
             "uptime_seconds": ctx.started.elapsed().as_secs(),
             "spire_agent_connected": status.connected,
