@@ -2,6 +2,7 @@
 //! The names are the contract's `layer` and `reason` values (DESIGN 1.3).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The layer (or stage) that produced an outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,22 +74,23 @@ pub enum Reason {
 }
 
 /// A decision: allow, or deny by one layer for one reason, with the policy
-/// IDs that decided (empty for layers without policies).
+/// IDs that decided (empty for layers without policies). The IDs are shared:
+/// a cached decision is handed out on every request without copying them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allow: bool,
     pub layer: Layer,
     pub reason: Reason,
-    pub policy_ids: Vec<String>,
+    pub policy_ids: Arc<[String]>,
 }
 
 impl Decision {
     pub fn allow() -> Self {
-        Self { allow: true, layer: Layer::None, reason: Reason::Allowed, policy_ids: Vec::new() }
+        Self { allow: true, layer: Layer::None, reason: Reason::Allowed, policy_ids: Arc::default() }
     }
 
     pub fn deny(reason: Reason) -> Self {
-        Self { allow: false, layer: reason.layer(), reason, policy_ids: Vec::new() }
+        Self { allow: false, layer: reason.layer(), reason, policy_ids: Arc::default() }
     }
 }
 

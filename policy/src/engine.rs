@@ -201,7 +201,7 @@ impl PolicyEngine {
                 "trust_domain".to_owned(),
                 RestrictedExpression::new_string(request.caller.trust_domain_name().to_owned()),
             ),
-            ("caller_policy".to_owned(), RestrictedExpression::new_string(entry.name.clone())),
+            ("caller_policy".to_owned(), RestrictedExpression::new_string(entry.name.to_string())),
         ]);
         let principal =
             EntityUid::from_type_name_and_id(self.caller_type.clone(), EntityId::new(request.caller.as_str()));
@@ -212,7 +212,7 @@ impl PolicyEngine {
             return error_verdict(index);
         };
         let response = self.authorizer.is_authorized(&cedar_request, &slice.set, &Entities::empty());
-        let policy_ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        let policy_ids: Arc<[String]> = response.diagnostics().reason().map(ToString::to_string).collect();
         match response.decision() {
             CedarDecision::Allow => {
                 let rule = response.diagnostics().reason().find_map(|id| slice.rule_of.get(id).copied());
@@ -221,7 +221,7 @@ impl PolicyEngine {
             }
             CedarDecision::Deny if policy_ids.is_empty() => {
                 let decision = Decision {
-                    policy_ids: vec![compile::DEFAULT_ACTION_ID.to_owned()],
+                    policy_ids: Arc::new([compile::DEFAULT_ACTION_ID.to_owned()]),
                     ..Decision::deny(Reason::NoMatchingRule)
                 };
                 Verdict { decision, entry: Some(index), rule: None }

@@ -40,9 +40,10 @@ pub struct Claims {
     pub kid: String,
     pub exp: u64,
     pub oid: Option<String>,
-    /// `azp` (v2) or `appid` (v1).
-    pub client_id: Option<String>,
-    pub roles: Vec<String>,
+    /// `azp` (v2) or `appid` (v1). Shared with the audit events of the
+    /// requests that present this (cached) token, like `roles`.
+    pub client_id: Option<Arc<str>>,
+    pub roles: Arc<[String]>,
     /// Every string-valued claim, for `required_tags`.
     pub strings: HashMap<String, String>,
 }
@@ -179,13 +180,13 @@ pub fn verify(token: &str, keys: &KeySet, config: &JwtConfig, now: u64) -> Resul
     }
     let roles = match claims.get("roles") {
         Some(Value::Array(roles)) => roles.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        _ => Vec::new(),
+        _ => Arc::default(),
     };
     Ok(Some(Claims {
         kid,
         exp,
         oid: string("oid").map(str::to_owned),
-        client_id: string("azp").or_else(|| string("appid")).map(str::to_owned),
+        client_id: string("azp").or_else(|| string("appid")).map(Arc::from),
         roles,
         strings: claims.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect(),
     }))

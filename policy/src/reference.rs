@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use certs::{SpiffeId, TrustDomain};
 
@@ -106,12 +107,13 @@ pub struct Rule {
 /// One caller policy (domestic or federated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub name: String,
+    /// Shared with the audit events of the requests it decides, like `entra_agent_id`.
+    pub name: Arc<str>,
     pub selector: Selector,
     pub federated: bool,
     pub trust_domain: TrustDomain,
     /// The agent's service principal object ID (`oid`), when known.
-    pub entra_agent_id: Option<String>,
+    pub entra_agent_id: Option<Arc<str>>,
     /// Its client ID (`azp` / `appid`), when known.
     pub entra_app_id: Option<String>,
     pub description: String,

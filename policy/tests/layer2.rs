@@ -55,7 +55,7 @@ type Case<'a> = (String, &'a str, &'a str, bool, &'a str, Vec<&'a str>);
 fn decide(engine: &PolicyEngine, caller: &str, method: &str, path: &str) -> Outcome {
     let caller: SpiffeId = caller.parse().unwrap();
     let v = engine.decide(Request { caller: &caller, method, path });
-    (v.decision.allow, v.decision.reason.as_str(), v.decision.policy_ids, v.rule)
+    (v.decision.allow, v.decision.reason.as_str(), v.decision.policy_ids.to_vec(), v.rule)
 }
 
 #[test]

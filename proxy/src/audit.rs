@@ -20,8 +20,8 @@ use crate::metrics::Metrics;
 pub struct JwtAudit {
     pub present: bool,
     pub valid: bool,
-    pub azp: Option<String>,
-    pub roles: Vec<String>,
+    pub azp: Option<Arc<str>>,
+    pub roles: Arc<[String]>,
     pub error: Option<String>,
 }
 
@@ -41,16 +41,16 @@ pub struct Event {
     pub decision: &'static str,
     pub layer: &'static str,
     pub reason: String,
-    pub policy_ids: Vec<String>,
+    pub policy_ids: Arc<[String]>,
     pub status: u16,
     pub latency_us: u64,
     pub jwt: JwtAudit,
-    pub risk_level: Option<String>,
+    pub risk_level: Option<&'static str>,
     pub caller_tag: Option<String>,
     pub policy_version: Option<Arc<str>>,
     /// The caller's policy entry name (bounded; for per-caller counters).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub caller_policy: Option<String>,
+    pub caller_policy: Option<Arc<str>>,
     /// Mgmt mutations: which key (by name, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
@@ -215,9 +215,8 @@ async fn write_file(path: PathBuf, mut rx: mpsc::Receiver<Arc<Event>>) {
 
 /// RFC 3339 UTC with milliseconds (`2026-11-26T08:00:00.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     // Saturating at both ends: before 1970 reads as the epoch, after 9999 as its last instant
     // (an expiry comes from a certificate, so it must not be able to panic the formatter).
     let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();

@@ -7,6 +7,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_DENIED_BY: HeaderName = HeaderName::from_static("x-denied-by");
 pub const X_SPIFFE_CALLER_ID: HeaderName = HeaderName::from_static("x-spiffe-caller-id");
 pub const X_SPIFFE_TRUST_DOMAIN: HeaderName = HeaderName::from_static("x-spiffe-trust-domain");
+pub const X_SPIFFE_ENTRA_AGENT_ID: HeaderName = HeaderName::from_static("x-spiffe-entra-agent-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

@@ -28,7 +28,8 @@ use crate::connections::Connections;
 use crate::deny;
 use crate::facts::governance::Governor;
 use crate::headers::{
-    self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_TRUST_DOMAIN,
+    self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_ENTRA_AGENT_ID,
+    X_SPIFFE_TRUST_DOMAIN,
 };
 use crate::metrics::Metrics;
 use crate::oauth::Oauth;
@@ -89,8 +90,9 @@ struct Conn {
     peer: LeafInfo,
     /// `peer.id` for audit events, formatted once per connection.
     caller: Arc<str>,
-    remote: SocketAddr,
     activity: Arc<Activity>,
+    /// The identity headers every forwarded request gets, built once per connection.
+    forwarded: [(header::HeaderName, Option<HeaderValue>); 3],
 }
 
 impl Inbound {
@@ -166,7 +168,13 @@ impl Inbound {
         let drain_after =
             peer.not_after.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(EXPIRY_MARGIN);
         let caller = Arc::from(peer.id.as_str());
-        let conn = Arc::new(Conn { peer, caller, remote, activity: Activity::new() });
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        let forwarded = [
+            (X_SPIFFE_CALLER_ID, value(peer.id.as_str())),
+            (X_SPIFFE_TRUST_DOMAIN, value(peer.id.trust_domain_name())),
+            (X_FORWARDED_FOR, value(&remote.ip().to_string())),
+        ];
+        let conn = Arc::new(Conn { peer, caller, activity: Activity::new(), forwarded });
 
         let builder = server::builder(&limits);
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
@@ -211,9 +219,9 @@ impl Inbound {
             layer: "mtls",
             reason: reason.to_owned(),
             policy_ids: if folded > 0 {
-                vec![format!("+{folded} more refused in the last window")]
+                Arc::new([format!("+{folded} more refused in the last window")])
             } else {
-                Vec::new()
+                Arc::default()
             },
             ..Event::default()
         });
@@ -302,7 +310,8 @@ impl Inbound {
         let (mut parts, incoming) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        self.set_headers(&mut parts.headers, conn, request_id, upgrade.is_some());
+        let agent_id = log.trace.entra_agent_id.as_deref();
+        self.set_headers(&mut parts.headers, conn, request_id, agent_id, upgrade.is_some());
         let outgoing = Request::from_parts(parts, body::without_spoofable_trailers(incoming));
 
         let mut response = self.app.send(outgoing).await?;
@@ -363,20 +372,30 @@ impl Inbound {
     }
 
     /// Header hygiene (DESIGN 1.3 "Forwarding"), then the identity headers.
-    fn set_headers(&self, h: &mut hyper::HeaderMap, conn: &Conn, request_id: &str, upgrade: bool) {
+    fn set_headers(
+        &self,
+        h: &mut hyper::HeaderMap,
+        conn: &Conn,
+        request_id: &str,
+        entra_agent_id: Option<&str>,
+        upgrade: bool,
+    ) {
         headers::strip_hop_by_hop(h, upgrade);
         headers::strip_spoofable(h);
         // The client sets Host from the upstream URI: a caller's Host never leaks a destination.
         h.remove(header::HOST);
-        let set = |h: &mut hyper::HeaderMap, name, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name, v);
+        for (name, value) in &conn.forwarded {
+            if let Some(value) = value {
+                h.insert(name, value.clone());
             }
-        };
-        set(h, X_SPIFFE_CALLER_ID, conn.peer.id.as_str());
-        set(h, X_SPIFFE_TRUST_DOMAIN, conn.peer.id.trust_domain_name());
-        set(h, X_REQUEST_ID, request_id);
-        set(h, X_FORWARDED_FOR, &conn.remote.ip().to_string());
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            h.insert(X_REQUEST_ID, id);
+        }
+        // The caller's entry names its Entra agent (the policy's word, never the caller's).
+        if let Some(id) = entra_agent_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            h.insert(X_SPIFFE_ENTRA_AGENT_ID, id);
+        }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     }
 }

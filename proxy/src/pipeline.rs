@@ -3,6 +3,8 @@
 //! allow-list and the caller's certificate) has already run at the
 //! handshake and per request.
 
+use std::sync::Arc;
+
 use certs::SpiffeId;
 use hyper::HeaderMap;
 use policy::{CanonicalPath, Reason};
@@ -15,19 +17,22 @@ use crate::policy_store::Loaded;
 /// What the layers found, for the audit event (filled as they run).
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
-    pub entry: Option<String>,
-    pub policy_ids: Vec<String>,
+    /// The caller's policy entry name.
+    pub entry: Option<Arc<str>>,
+    /// That entry's `entra_agent_id`, for the app (`X-Spiffe-Entra-Agent-Id`).
+    pub entra_agent_id: Option<Arc<str>>,
+    pub policy_ids: Arc<[String]>,
     pub jwt: crate::audit::JwtAudit,
-    pub risk_level: Option<String>,
+    pub risk_level: Option<&'static str>,
     pub caller_tag: Option<String>,
-    pub policy_version: Option<std::sync::Arc<str>>,
+    pub policy_version: Option<Arc<str>>,
 }
 
 /// The first layer that denied, and the policies that decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
     pub reason: Reason,
-    pub policy_ids: Vec<String>,
+    pub policy_ids: Arc<[String]>,
 }
 
 /// What the request needs from the layers: who, what, and the headers (for the token).
@@ -60,7 +65,7 @@ pub async fn evaluate(
     if let Some(metrics) = metrics {
         metrics.policy_eval_duration_seconds.observe(started.elapsed().as_secs_f64());
     }
-    // Kept in the trace (the audit event); a denial copies them (the deny path only).
+    // Shared by the cached decision, the trace (the audit event) and a denial.
     trace.policy_ids = verdict.decision.policy_ids;
     let deny = |reason: Reason, trace: &Trace| Denial { reason, policy_ids: trace.policy_ids.clone() };
     trace.jwt.present = request.headers.contains_key(hyper::header::AUTHORIZATION);
@@ -71,6 +76,7 @@ pub async fn evaluate(
         return Err(deny(Reason::NoCallerPolicy, trace));
     };
     trace.entry = Some(entry.name.clone());
+    trace.entra_agent_id.clone_from(&entry.entra_agent_id);
     let rule = verdict.rule.and_then(|r| entry.rules.get(r));
     let outcome = match (rule, oauth) {
         (None, _) => Ok(Outcome::NotRequired),

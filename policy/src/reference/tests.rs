@@ -61,7 +61,7 @@ fn the_samples_load_with_their_environment() {
     assert_eq!(doc.default_action, Action::Deny);
     assert!(doc.governance.enabled);
     assert_eq!(doc.governance.target_agent_tag, "finance");
-    let names: Vec<&str> = doc.entries.iter().map(|e| e.name.as_str()).collect();
+    let names: Vec<&str> = doc.entries.iter().map(|e| &*e.name).collect();
     assert_eq!(
         names,
         [

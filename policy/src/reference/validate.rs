@@ -1,6 +1,8 @@
 //! Raw YAML to [`PolicyDoc`]: every problem is collected, each naming the
 //! entry, the field and why.
 
+use std::sync::Arc;
+
 use certs::{SpiffeId, TrustDomain};
 
 use super::raw::{RawEntry, RawPolicy, RawRule};
@@ -117,7 +119,7 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
             p.add(label, "entra_agent_id", format!("holds the placeholder `{ph}`: set ENTRA_ID_{env}"));
             None
         }
-        None => Some(e.entra_agent_id).filter(|v| !v.is_empty()),
+        None => Some(e.entra_agent_id).filter(|v| !v.is_empty()).map(Arc::from),
     };
     let entra_app_id = Some(e.entra_app_id).filter(|v| !v.is_empty());
     let disabled = match e.ca.agent_state.as_deref() {
@@ -134,7 +136,7 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
         return None;
     }
     Some(Entry {
-        name: e.name,
+        name: e.name.into(),
         selector: selector?,
         federated,
         trust_domain: trust_domain?,

@@ -160,7 +160,7 @@ impl Governor {
             return Err(Reason::AgentDisabled);
         }
         let risk = self.risk_of(caller, entry).await;
-        trace.risk_level = Some(risk.map_or("unknown", RiskLevel::as_str).to_owned());
+        trace.risk_level = Some(risk.map_or("unknown", RiskLevel::as_str));
         match risk {
             Some(level) if self.risk.blocked_levels.contains(&level) => return Err(Reason::HighRiskAgentBlocked),
             Some(_) => {}

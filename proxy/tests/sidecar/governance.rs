@@ -38,6 +38,12 @@ async fn risk_tags_and_agent_state_rows_of_the_reference_matrix() {
     let pushes = &mesh.backend.governor.pushes;
     let token = token(&mesh, &[]);
     assert_eq!(read(&mesh, &token).await.status, 200, "finance tag, low risk");
+    // The app learns the caller's Entra agent from its policy entry, never from the caller.
+    let auth = format!("Bearer {token}");
+    let spoofed = [("authorization", auth.as_str()), ("x-spiffe-entra-agent-id", "attacker-chosen")];
+    let reply = http(mesh.report.outbound_addr.unwrap(), "GET", "budget-backend", "/budget/read", &spoofed).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(mesh.app.seen().pop().unwrap().header("x-spiffe-entra-agent-id"), Some(REPORT_OID));
 
     pushes.set_risk(&report, Some(RiskLevel::High));
     let reply = read(&mesh, &token).await;
@@ -62,7 +68,7 @@ async fn risk_tags_and_agent_state_rows_of_the_reference_matrix() {
     mesh.set_allowed(&[REPORT, super::mesh::APPROVAL]);
     let reply = read(&mesh, &token).await;
     assert_eq!((reply.status, reply.denied()), (403, ("risk".into(), "agent_disabled".into())));
-    assert_eq!(mesh.app.paths().len(), 4, "only the allowed requests reached the app");
+    assert_eq!(mesh.app.paths().len(), 5, "only the allowed requests reached the app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
