@@ -104,6 +104,24 @@ impl Metrics {
                 prometheus::Error::AlreadyReg => Ok(()),
                 e => Err(e),
             })?;
+        // Bounded label sets start at 0, so every documented series is scrapeable
+        // (and `rate()`/`increase()` alerts work) before its first event.
+        for kind in [
+            Reason::UpstreamUnavailable,
+            Reason::UpstreamIdentityMismatch,
+            Reason::UpstreamRejectedIdentity,
+            Reason::UpstreamError,
+            Reason::UpstreamTimeout,
+        ] {
+            upstream_errors_total.with_label_values(&[kind.as_str()]);
+        }
+        for result in ["ok", "error"] {
+            policy_reloads_total.with_label_values(&[result]);
+            jwks_refresh_total.with_label_values(&[result]);
+            for api in ["risk", "tags"] {
+                graph_requests_total.with_label_values(&[api, result]);
+            }
+        }
         let hot = [
             HotSeries::new(&requests_total, &request_duration_seconds, "inbound"),
             HotSeries::new(&requests_total, &request_duration_seconds, "outbound"),

@@ -316,6 +316,11 @@ async fn prometheus_exposition_parses_and_counters_move_by_layer() {
         "a2a_policy_eval_duration_seconds_count",
         "a2a_request_duration_seconds_count",
         "a2a_audit_dropped_total",
+        // Present at 0 before their first event (bounded label sets are pre-created).
+        "a2a_upstream_errors_total",
+        "a2a_policy_reloads_total",
+        "a2a_jwks_refresh_total",
+        "a2a_graph_requests_total",
     ] {
         assert!(after.iter().any(|s| s.metric == metric), "missing {metric}");
     }
