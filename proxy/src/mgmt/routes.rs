@@ -108,7 +108,7 @@ pub async fn dispatch(ctx: &Context, route: Route, req: Request<Incoming>, calle
         Route::OauthStatus => oauth_status(ctx),
         Route::CaPolicyEffective => ca_effective(ctx),
         Route::Metrics => json_response(StatusCode::OK, &ctx.audit.counters()),
-        Route::Audit => audit(ctx, &req),
+        Route::Audit => audit(ctx, &req).unwrap_or_else(Reject::into_response),
         Route::AuditStream => super::stream::stream(ctx, &req),
         Route::Reload => match ctx.reloader.reload() {
             Ok(()) => {
@@ -514,9 +514,19 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
         .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
 }
 
-fn audit(ctx: &Context, req: &Request<Incoming>) -> Response<Body> {
-    let limit = query_param(req, "limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(10_000);
-    let (spiffe_id, decision) = (query_param(req, "spiffe_id"), query_param(req, "decision"));
+/// `?limit=` (default 100, at most 10 000), `?spiffe_id=`, `?decision=`; a
+/// malformed filter is a 400, not a silently different answer.
+fn audit(ctx: &Context, req: &Request<Incoming>) -> Result<Response<Body>, Reject> {
+    let bad = |message: &str| Reject::with(StatusCode::BAD_REQUEST, "invalid_query", message);
+    let limit = match query_param(req, "limit") {
+        None => 100,
+        Some(l) => l.parse::<usize>().map_err(|_| bad("`limit` is a non-negative integer"))?.min(10_000),
+    };
+    let decision = query_param(req, "decision");
+    if decision.as_deref().is_some_and(|d| !matches!(d, "allow" | "deny" | "shadow_deny")) {
+        return Err(bad("`decision` is allow, deny or shadow_deny"));
+    }
+    let spiffe_id = query_param(req, "spiffe_id");
     let entries = ctx.audit.recent(limit, spiffe_id.as_deref(), decision.as_deref());
-    json_response(StatusCode::OK, &json!({"count": entries.len(), "entries": entries}))
+    Ok(json_response(StatusCode::OK, &json!({"count": entries.len(), "entries": entries})))
 }

@@ -244,6 +244,10 @@ async fn audit_stream_delivers_in_order_and_resumes() {
     )
     .await;
     assert_eq!(audit["count"], 2);
+    for bad in ["/mgmt/audit?limit=ten", "/mgmt/audit?limit=-1", "/mgmt/audit?decision=maybe"] {
+        let (status, _, body) = call(mgmt, "GET", bad, Some(VIEWER_KEY), None, &[]).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_query")), "{bad}: {body}");
+    }
     let entries = audit["entries"].as_array().unwrap();
     assert!(entries[0]["seq"].as_u64() > entries[1]["seq"].as_u64());
     for field in [
