@@ -1,4 +1,5 @@
-//! `/readyz` follows the SVID: 503 before the first one, 200 after; the
+//! `/readyz` follows the SVID: 503 before the first one, 200 after (egress
+//! answers 503 `not_ready` until then); the
 //! probe subcommand and `/mgmt/health` agree; `/metrics` shows the SVID expiry.
 
 use std::path::Path;
@@ -10,13 +11,15 @@ use certs::dev::{DevCa, WorkloadApiServer, WorkloadApiServerConfig};
 use proxy::app::App;
 use proxy::config::{Config, MapEnv};
 
-use super::support::{bin, eventually, get};
+use super::support::{bin, eventually, get, http};
 
-/// No inbound and no policy (an egress-only sidecar), with an admin listener.
+/// No inbound and no policy (an egress-only sidecar, its one route to a closed
+/// port), with an admin listener.
 fn config(socket: &Path) -> Config {
     let state = socket.with_file_name("state.json");
     let yaml = format!(
         "identity: {{socket: 'unix://{}'}}\ntelemetry: {{listen: 127.0.0.1:0}}
+outbound: {{listen: 127.0.0.1:0, routes: [{{name: budget-backend, upstream: 'https://127.0.0.1:1', server_id: 'spiffe://aim.example/budget-backend'}}]}}
 mgmt: {{listen: '127.0.0.1:0', state_file: '{}', keys: [{{name: ops, role: admin, sha256: '{}'}}]}}\n",
         socket.display(),
         state.display(),
@@ -43,6 +46,10 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     let mgmt = app.mgmt_addr.unwrap();
     let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
     assert_eq!((health["status"].as_str(), health["reason"].as_str()), (Some("unhealthy"), Some("no svid yet")));
+    // Egress without an SVID is the sidecar's own failure, never blamed on the target.
+    let outbound = app.outbound_addr.unwrap();
+    let reply = http(outbound, "GET", "budget-backend", "/x", &[]).await;
+    assert_eq!((reply.status, reply.denied()), (503, ("identity".into(), "not_ready".into())));
 
     // The agent comes up after the sidecar: the source keeps retrying.
     let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
@@ -59,6 +66,8 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     // Healthy without a policy: this sidecar has no inbound, so it needs none.
     let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
     assert_eq!((health["status"].as_str(), &health["reason"]), (Some("healthy"), &serde_json::Value::Null), "{health}");
+    let reply = http(outbound, "GET", "budget-backend", "/x", &[]).await;
+    assert_eq!((reply.status, reply.denied()), (502, ("upstream".into(), "upstream_unavailable".into())));
 
     let (status, metrics) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
