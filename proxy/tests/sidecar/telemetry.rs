@@ -1,6 +1,6 @@
 //! `/readyz` follows the SVID: 503 before the first one, 200 after (egress
-//! answers 503 `not_ready` until then); the
-//! probe subcommand and `/mgmt/health` agree; `/metrics` shows the SVID expiry.
+//! answers 503 `not_ready` until then); the probe subcommand and
+//! `/mgmt/health` agree; `/metrics` shows the SVID expiry.
 
 use std::path::Path;
 use std::sync::Arc;
