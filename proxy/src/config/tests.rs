@@ -191,3 +191,34 @@ mgmt: {state_file: s.json, keys: [{name: ops, role: admin, env: OPS_KEY}], tls: 
         assert!(!text.contains("hunter2"), "{text}");
     }
 }
+
+#[test]
+fn the_reference_deployments_environment_fills_jwt_and_entra() {
+    let env = MapEnv::default()
+        .with("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock")
+        .with("AZURE_TENANT_ID", "11111111-2222-3333-4444-555555555555")
+        .with("ENTRA_OAUTH2_AUDIENCE", "api://budget-backend, 99999999-0000-0000-0000-000000000001")
+        .with("AZURE_CLIENT_ID", "budget-backend-client")
+        .with("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token");
+    let config = parse("jwt: {}\nentra: {}", &env).unwrap();
+    let jwt = config.jwt.unwrap();
+    assert_eq!(jwt.tenant_id, "11111111-2222-3333-4444-555555555555");
+    assert_eq!(jwt.audiences, ["api://budget-backend", "99999999-0000-0000-0000-000000000001"]);
+    let entra = config.entra.unwrap();
+    assert_eq!((entra.client_id.as_str(), entra.tenant_id.as_str()), ("budget-backend-client", jwt.tenant_id.as_str()));
+    assert_eq!(
+        entra.assertion,
+        AssertionSource::File(PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token"))
+    );
+
+    // The file wins over the environment.
+    let config = parse("jwt: {tenant_id: from-file, audiences: [a]}\nentra: {client_id: c}", &env).unwrap();
+    assert_eq!((config.jwt.unwrap().tenant_id.as_str(), config.entra.unwrap().client_id.as_str()), ("from-file", "c"));
+
+    // Neither: the error names the field and the variable.
+    let socket_only = MapEnv::default().with("SPIFFE_ENDPOINT_SOCKET", "unix:///x.sock");
+    let missing = parse("jwt: {audiences: [a]}", &socket_only).unwrap_err().to_string();
+    assert!(missing.contains("`jwt.tenant_id`") && missing.contains("AZURE_TENANT_ID"), "{missing}");
+    let missing = parse("jwt: {tenant_id: t}", &socket_only).unwrap_err().to_string();
+    assert!(missing.contains("`jwt.audiences`") && missing.contains("ENTRA_OAUTH2_AUDIENCE"), "{missing}");
+}
