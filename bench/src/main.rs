@@ -31,6 +31,10 @@ struct Cli {
     /// Seconds per measured run (overrides --quick).
     #[arg(long)]
     seconds: Option<u64>,
+    /// A fixed request count: each run ends after this many requests in total
+    /// (`--seconds` still caps it; without it, an hour).
+    #[arg(long)]
+    requests: Option<u64>,
     /// App and sidecars on CPU 0, the load generator on CPU 1.
     #[arg(long)]
     pin: bool,
@@ -100,7 +104,10 @@ fn measure(
     // Long enough for SVID rotations and a policy reload, unless --tiny.
     let seconds = if rotation && !plan.tiny { plan.seconds.max(6) } else { plan.seconds };
     shape.duration = Duration::from_secs(seconds);
-    eprint!("\r{name:<12} c={} {seconds}s ...", plan.connections);
+    match plan.max_requests {
+        Some(n) => eprint!("\r{name:<12} c={} {n} requests (at most {seconds}s) ...", plan.connections),
+        None => eprint!("\r{name:<12} c={} {seconds}s ...", plan.connections),
+    }
     let before = if rotation { client.block_on(rotation_counters(stack)) } else { None };
     let cpu_before: f64 = sidecars.iter().map(|s| s.cpu_seconds()).sum();
     let others_before = sidecar::cpu_outside(&stack.processes());
@@ -176,8 +183,15 @@ fn main() -> anyhow::Result<()> {
     }
     let (connections, seconds, warmup, max_requests) = match (cli.tiny, cli.quick) {
         (true, _) => (2, 10, Duration::ZERO, Some(300)),
-        (false, true) => (cli.connections, cli.seconds.unwrap_or(2), Duration::from_millis(500), None),
-        (false, false) => (cli.connections, cli.seconds.unwrap_or(10), Duration::from_secs(2), None),
+        (false, quick) => {
+            let default_seconds = match (cli.requests, quick) {
+                (Some(_), _) => 3600,
+                (None, true) => 2,
+                (None, false) => 10,
+            };
+            let warmup = if quick { Duration::from_millis(500) } else { Duration::from_secs(2) };
+            (cli.connections, cli.seconds.unwrap_or(default_seconds), warmup, cli.requests)
+        }
     };
     let names: Vec<&str> =
         scenarios::NAMES.into_iter().filter(|n| cli.only.is_empty() || cli.only.iter().any(|o| o == n)).collect();
@@ -224,6 +238,10 @@ fn main() -> anyhow::Result<()> {
         (Some(rate), _) => format!("open loop at {rate} req/s"),
         (None, Some(streams)) => format!("closed loop, HTTP/2 x {streams} streams per connection"),
         (None, None) => "closed loop, HTTP/1.1 keep-alive".to_owned(),
+    };
+    let mode = match max_requests {
+        Some(n) => format!("{mode}, {n} requests per run"),
+        None => mode,
     };
     let mode = if repeat > 1 { format!("{mode}, median of {repeat} shuffled repetitions") } else { mode };
     let report = report::Report::new(results, (connections, mode), pin, stack.request.bearer.len());
