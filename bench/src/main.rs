@@ -124,7 +124,10 @@ fn wait_for_quiet(stack: &scenarios::Stack) {
             return;
         }
         if std::time::Instant::now() >= deadline {
-            eprintln!("\rthe machine is still busy ({:.0}% of a CPU outside the harness): measuring anyway", share * 100.0);
+            eprintln!(
+                "\rthe machine is still busy ({:.0}% of a CPU outside the harness): measuring anyway",
+                share * 100.0
+            );
             return;
         }
         if !said {
