@@ -171,13 +171,25 @@ fn health(ctx: &Context) -> Response<Body> {
 /// (pushes, the policy file) are always current.
 fn freshness(source: FactSource, local: &str, graph: Option<&Freshness>) -> Value {
     match (source, graph) {
-        (FactSource::Graph, Some(f)) => json!({
-            "source": "graph",
-            "last_success": f.last_success.map(rfc3339),
-            "last_error": f.last_error,
-        }),
+        (FactSource::Graph, Some(f)) => {
+            let mut state = graph_state(Some(f));
+            state.insert("source".into(), "graph".into());
+            Value::Object(state)
+        }
         _ => json!({"source": local}),
     }
+}
+
+/// When Graph last answered a look-up, how long ago, and the failure since
+/// then, if any (all `null` for a local source).
+fn graph_state(graph: Option<&Freshness>) -> serde_json::Map<String, Value> {
+    let last_success = graph.and_then(|f| f.last_success);
+    let age = last_success.map(|at| SystemTime::now().duration_since(at).unwrap_or_default().as_secs());
+    let mut state = serde_json::Map::new();
+    state.insert("last_success".into(), json!(last_success.map(rfc3339)));
+    state.insert("age_seconds".into(), json!(age));
+    state.insert("last_error".into(), json!(graph.and_then(|f| f.last_error.clone())));
+    state
 }
 
 fn etag(generation: u64) -> String {
@@ -477,6 +489,14 @@ fn ca_effective(ctx: &Context) -> Response<Body> {
     let source =
         |s: FactSource, local: &str| if s == FactSource::Graph { "graph".to_owned() } else { local.to_owned() };
     let doc = ctx.policy.as_ref().map(|p| p.current());
+    let graph = g.graph_freshness();
+    let from_graph = |s: FactSource, f: Option<&Freshness>| graph_state(f.filter(|_| s == FactSource::Graph));
+    let with_state = |mut fact: Value, state: serde_json::Map<String, Value>| {
+        if let Value::Object(fields) = &mut fact {
+            fields.extend(state);
+        }
+        fact
+    };
     json_response(
         StatusCode::OK,
         &json!({
@@ -487,17 +507,17 @@ fn ca_effective(ctx: &Context) -> Response<Body> {
             "blocked_risk_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
             "governance_enabled": doc.as_ref().map(|d| d.engine.doc().governance.enabled),
             "target_agent_tag": doc.as_ref().map(|d| d.engine.doc().governance.target_agent_tag.clone()),
-            "risk": {
+            "risk": with_state(json!({
                 "source": source(g.risk.source, "mgmt"),
                 "blocked_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
                 "on_unavailable": format!("{:?}", g.risk.on_unavailable).to_lowercase(),
                 "pushed": g.pushes.risks().len(),
-            },
-            "tags": {
+            }), from_graph(g.risk.source, graph.as_ref().map(|(risk, _)| risk))),
+            "tags": with_state(json!({
                 "source": source(g.tags.source, "policy"),
                 "on_unavailable": format!("{:?}", g.tags.on_unavailable).to_lowercase(),
                 "pushed": g.pushes.tags().len(),
-            },
+            }), from_graph(g.tags.source, graph.as_ref().map(|(_, tags)| tags))),
             "state_last_change": ctx.state.get().last_change,
             "state_last_change_at": ctx.state.get().last_change_at,
         }),

@@ -181,6 +181,11 @@ async fn graph_risk_and_tags_with_outages_and_pushes() {
     let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
     assert_eq!(health["risk"]["source"], "graph");
     assert!(health["risk"]["last_success"].is_string() && health["risk"]["last_error"].is_string(), "{health}");
+    let viewer = Some(super::mesh::VIEWER_KEY);
+    let (_, _, effective) = super::mgmt::call(mgmt, "GET", "/mgmt/ca-policy-effective", viewer, None, &[]).await;
+    let risk = &effective["risk"];
+    assert_eq!(risk["source"], "graph", "{effective}");
+    assert!(risk["last_error"].is_string() && risk["age_seconds"].is_u64(), "age and last error: {effective}");
     // A push wins over Graph: risk known, but the tag is still unavailable.
     backend.governor.pushes.set_risk(&report, Some(RiskLevel::Low));
     assert_eq!(read_as_report(&mesh, &backend, &token).await, (403, "tags_unavailable".into()));
