@@ -199,44 +199,93 @@ fn etag(generation: u64) -> String {
 fn get_policy(ctx: &Context) -> Response<Body> {
     let Some(store) = &ctx.policy else { return error(StatusCode::NOT_FOUND, "no_policy") };
     let loaded = store.current();
-    let doc = loaded.engine.doc();
-    let entries: Vec<Value> = doc
-        .entries
-        .iter()
-        .map(|e| {
-            json!({
-                "name": e.name,
-                "federated": e.federated,
-                "selector": match &e.selector {
-                    policy::reference::Selector::Exact(id) => json!({"spiffe_id": id.as_str()}),
-                    policy::reference::Selector::Prefix(p) => json!({"spiffe_id_prefix": p}),
-                },
-                "entra_agent_id": e.entra_agent_id,
-                "ca": {"agent_state": if e.ca.disabled { "disabled" } else { "enabled" }, "agent_tag": e.ca.agent_tag,
-                       "skip_target_tag_check": e.ca.skip_target_tag_check},
-                "rules": e.rules.len(),
-            })
-        })
-        .collect();
-    let mut response = json_response(
-        StatusCode::OK,
-        &json!({
-            "policy": {
-                "version": doc.version,
-                "trust_domain": doc.trust_domain.as_str(),
-                "default_action": if doc.default_action == policy::reference::Action::Allow { "allow" } else { "deny" },
-                "admin_governance": {"enabled": doc.governance.enabled, "target_agent_tag": doc.governance.target_agent_tag,
-                                     "risk_enforcement": doc.governance.risk_enforcement},
-                "policies": entries,
-            },
-            "loaded_at": rfc3339(loaded.loaded_at),
-            "generation": loaded.generation,
-        }),
-    );
+    let body = json!({
+        "policy": policy_json(loaded.engine.doc()),
+        "loaded_at": rfc3339(loaded.loaded_at),
+        "generation": loaded.generation,
+    });
+    let mut response = json_response(StatusCode::OK, &body);
     if let Ok(v) = HeaderValue::from_str(&etag(loaded.generation)) {
         response.headers_mut().insert(header::ETAG, v);
     }
     response
+}
+
+/// The effective policy (after environment enrichment) in the reference
+/// YAML's own shape and field names, so a client of the reference reads it
+/// as it reads the file.
+fn policy_json(doc: &policy::reference::PolicyDoc) -> Value {
+    let (federated, domestic): (Vec<_>, Vec<_>) = doc.entries.iter().partition(|e| e.federated);
+    json!({
+        "version": doc.version,
+        "trust_domain": doc.trust_domain.as_str(),
+        "default_action": action_str(doc.default_action),
+        "admin_governance": {
+            "enabled": doc.governance.enabled,
+            "target_agent_tag": doc.governance.target_agent_tag,
+            "risk_enforcement": doc.governance.risk_enforcement,
+        },
+        "policies": domestic.into_iter().map(entry_json).collect::<Vec<_>>(),
+        "federated_policies": federated.into_iter().map(entry_json).collect::<Vec<_>>(),
+    })
+}
+
+fn entry_json(e: &policy::reference::Entry) -> Value {
+    use policy::reference::{Methods, RulePath, Selector};
+    let mut entry = serde_json::Map::new();
+    entry.insert("name".into(), json!(e.name));
+    match &e.selector {
+        Selector::Exact(id) => entry.insert("spiffe_id".into(), json!(id.as_str())),
+        Selector::Prefix(prefix) => entry.insert("spiffe_id_prefix".into(), json!(prefix)),
+    };
+    if e.federated {
+        entry.insert("trust_domain".into(), json!(e.trust_domain.as_str()));
+    }
+    if let Some(id) = &e.entra_agent_id {
+        entry.insert("entra_agent_id".into(), json!(id));
+    }
+    if let Some(id) = &e.entra_app_id {
+        entry.insert("entra_app_id".into(), json!(id));
+    }
+    entry.insert("description".into(), json!(e.description));
+    entry.insert(
+        "ca".into(),
+        json!({
+            "agent_state": if e.ca.disabled { "disabled" } else { "enabled" },
+            "agent_tag": e.ca.agent_tag,
+            "skip_target_tag_check": e.ca.skip_target_tag_check,
+        }),
+    );
+    let rules: Vec<Value> = e
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
+                "path": match &r.path {
+                    RulePath::Any => "/*".to_owned(),
+                    RulePath::Exact(path) => path.clone(),
+                    RulePath::Under(prefix) => format!("{prefix}/*"),
+                },
+                "methods": match &r.methods {
+                    Methods::Any => vec!["*".to_owned()],
+                    Methods::Listed(methods) => methods.clone(),
+                },
+                "action": action_str(r.action),
+                "require_jwt": r.require_jwt,
+                "required_roles": r.required_roles,
+                "required_tags": r.required_tags,
+            })
+        })
+        .collect();
+    entry.insert("rules".into(), json!(rules));
+    Value::Object(entry)
+}
+
+fn action_str(action: policy::reference::Action) -> &'static str {
+    match action {
+        policy::reference::Action::Allow => "allow",
+        policy::reference::Action::Deny => "deny",
+    }
 }
 
 async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::mesh::{ADMIN_KEY, MENUS, Mesh, OPEN_POLICY, REPORT};
+use super::mesh::{ADMIN_KEY, MENUS, Mesh, OPEN_POLICY, REPORT, reference_policy};
 use super::mgmt::call;
 
 fn has(body: &Value, fields: &[&str]) {
@@ -104,4 +104,42 @@ async fn the_reference_portal_requests_get_the_fields_it_reads() {
     has(&oauth, &["config_loaded"]);
     let (_, _, effective) = call(mgmt, "GET", "/mgmt/ca-policy-effective", key, None, &[]).await;
     has(&effective, &["source", "enabled", "ready", "blocked_risk_levels"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_policy_answers_in_the_reference_yamls_shape_and_round_trips() {
+    let (yaml, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&yaml, env).await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let key = Some(ADMIN_KEY);
+    let (_, _, got) = call(mgmt, "GET", "/mgmt/policy", key, None, &[]).await;
+    let policy = &got["policy"];
+
+    // Every entry and rule of the file, under the file's own field names.
+    let file: Value = serde_norway::from_str(&yaml).unwrap();
+    for list in ["policies", "federated_policies"] {
+        let (want, have) = (file[list].as_array().unwrap(), policy[list].as_array().unwrap());
+        assert_eq!(want.len(), have.len(), "{list}: {policy}");
+        for (w, h) in want.iter().zip(have) {
+            assert_eq!(w["name"], h["name"]);
+            assert!(h.get("spiffe_id").or_else(|| h.get("spiffe_id_prefix")).is_some(), "{h}");
+            let (w_rules, h_rules) = (w["rules"].as_array().unwrap(), h["rules"].as_array().unwrap());
+            assert_eq!(w_rules.len(), h_rules.len(), "{}", h["name"]);
+            for (wr, hr) in w_rules.iter().zip(h_rules) {
+                assert_eq!((&wr["path"], &wr["action"]), (&hr["path"], &hr["action"]), "{}", h["name"]);
+                has(hr, &["methods", "require_jwt", "required_roles", "required_tags"]);
+            }
+        }
+    }
+    // The enriched IDs show (the file holds placeholders and a shared prefix).
+    let google = &policy["federated_policies"][0];
+    assert_eq!(google["spiffe_id"], "spiffe://gcp.aim.microsoft.com/ests/bp/g1/aid/google", "{google}");
+    assert_eq!(policy["policies"][0]["entra_agent_id"], super::mesh::REPORT_OID);
+
+    // What GET answers, PUT takes back (JSON is YAML), and it decides the same.
+    let body = policy.to_string();
+    let (status, _, put) = call(mgmt, "PUT", "/mgmt/policy", key, Some(&body), &[]).await;
+    assert_eq!(status, 200, "{put}");
+    let (_, _, again) = call(mgmt, "GET", "/mgmt/policy", key, None, &[]).await;
+    assert_eq!(&again["policy"], policy);
 }
