@@ -74,7 +74,7 @@ impl App {
         let handler = move |req| telemetry.clone().handle(req);
         servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
 
-        let audit = AuditHub::new(config.audit.ring, config.audit.file.clone(), metrics.clone());
+        let audit = AuditHub::new(config.audit.ring, audit_sinks(&config.audit)?, metrics.clone());
         let state = match &config.mgmt {
             Some(mgmt) => Some(Arc::new(StateFile::open(&mgmt.state_file).map_err(anyhow::Error::msg)?)),
             None => None,
@@ -225,6 +225,24 @@ impl Drop for App {
     fn drop(&mut self) {
         self.servers.iter().chain(&self.followers).for_each(JoinHandle::abort);
     }
+}
+
+/// The audit trail's JSON-lines sinks. The file is opened now, so a path
+/// the sidecar cannot write refuses to start instead of losing the trail.
+fn audit_sinks(config: &crate::config::AuditSection) -> anyhow::Result<Vec<(String, crate::audit::SinkWriter)>> {
+    let mut sinks: Vec<(String, crate::audit::SinkWriter)> = Vec::new();
+    if let Some(path) = &config.file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open `audit.file` {}", path.display()))?;
+        sinks.push((path.display().to_string(), Box::new(tokio::fs::File::from_std(file))));
+    }
+    if config.stdout {
+        sinks.push(("stdout".to_owned(), Box::new(tokio::io::stdout())));
+    }
+    Ok(sinks)
 }
 
 fn identity_source(config: &IdentityConfig) -> anyhow::Result<Box<dyn SvidSource>> {

@@ -1,11 +1,11 @@
 //! The audit trail (DESIGN 1.6): one event per decision, admin mutation,
 //! policy reload and (aggregated) refused handshake, with a monotonically
-//! increasing `seq`. Sinks: an in-memory ring, a JSON-lines file written by
-//! its own task, and subscribers on a bounded broadcast channel — a slow
-//! subscriber loses events and learns how many; nobody slows the data path.
+//! increasing `seq`. Sinks: an in-memory ring, JSON lines to a file and/or
+//! stdout (each written by its own task), and subscribers on a bounded
+//! broadcast channel — a slow sink or subscriber loses events (counted, and a
+//! subscriber learns how many); nobody slows the data path.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
@@ -79,29 +79,40 @@ pub struct AuditHub {
     ring: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
     live: broadcast::Sender<Arc<Event>>,
-    file: Option<mpsc::Sender<Arc<Event>>>,
+    /// The JSON-lines writers (file, stdout).
+    sinks: Vec<mpsc::Sender<Arc<Event>>>,
     metrics: Arc<Metrics>,
 }
+
+/// Where a JSON-lines sink writes: an opened file or the process's stdout.
+pub type SinkWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// Events a JSON-lines sink may fall behind by before it loses some.
+const SINK_QUEUE: usize = 4096;
 
 /// Subscriber queue length: a subscriber further behind than this loses events.
 const SUBSCRIBER_QUEUE: usize = 1024;
 
 impl AuditHub {
-    /// `file`: JSON lines appended by a background task (started here).
-    pub fn new(capacity: usize, file: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// `sinks`: each gets every event as a JSON line, from a background task
+    /// of its own (started here).
+    pub fn new(capacity: usize, sinks: Vec<(String, SinkWriter)>, metrics: Arc<Metrics>) -> Arc<Self> {
         let (live, _) = broadcast::channel(SUBSCRIBER_QUEUE);
-        let file = file.map(|path| {
-            let (tx, rx) = mpsc::channel(4096);
-            tokio::spawn(write_file(path, rx));
-            tx
-        });
+        let sinks = sinks
+            .into_iter()
+            .map(|(name, writer)| {
+                let (tx, rx) = mpsc::channel(SINK_QUEUE);
+                tokio::spawn(write_lines(name, writer, rx));
+                tx
+            })
+            .collect();
         Arc::new(Self {
             seq: AtomicU64::new(0),
             counters: Mutex::default(),
             ring: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             live,
-            file,
+            sinks,
             metrics,
         })
     }
@@ -139,10 +150,10 @@ impl AuditHub {
             ring.push_back(event.clone());
         }
         let _no_subscribers = self.live.send(event.clone());
-        if let Some(file) = &self.file
-            && file.try_send(event).is_err()
-        {
-            self.metrics.audit_dropped.inc();
+        for sink in &self.sinks {
+            if sink.try_send(event.clone()).is_err() {
+                self.metrics.audit_dropped.inc();
+            }
         }
         seq
     }
@@ -197,18 +208,18 @@ pub async fn next(rx: &mut broadcast::Receiver<Arc<Event>>, metrics: &Metrics) -
     }
 }
 
-async fn write_file(path: PathBuf, mut rx: mpsc::Receiver<Arc<Event>>) {
+/// Writes each event as one JSON line, flushing whenever it has caught up.
+async fn write_lines(name: String, mut writer: SinkWriter, mut rx: mpsc::Receiver<Arc<Event>>) {
     use tokio::io::AsyncWriteExt;
-    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
-    let Ok(mut file) = file else {
-        tracing::error!(path = %path.display(), "cannot open the audit file; audit events go to the ring and stream only");
-        return;
-    };
     while let Some(event) = rx.recv().await {
         let Ok(mut line) = serde_json::to_vec(event.as_ref()) else { continue };
         line.push(b'\n');
-        if let Err(e) = file.write_all(&line).await {
-            tracing::error!(error = %e, "audit file write failed");
+        let mut written = writer.write_all(&line).await;
+        if written.is_ok() && rx.is_empty() {
+            written = writer.flush().await;
+        }
+        if let Err(e) = written {
+            tracing::error!(sink = %name, error = %e, "audit write failed");
         }
     }
 }

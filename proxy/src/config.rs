@@ -118,6 +118,8 @@ pub struct AuditSection {
     pub ring: usize,
     /// JSON lines appended here.
     pub file: Option<PathBuf>,
+    /// JSON lines on stdout too (logs go to stderr).
+    pub stdout: bool,
 }
 
 /// Where the client assertion for the token exchange comes from.
@@ -296,6 +298,7 @@ impl Config {
                     None => 1000,
                 },
                 file: raw.audit.file.map(|f| ctx.resolve(f)),
+                stdout: raw.audit.stdout.unwrap_or(false),
             },
             mgmt: raw.mgmt.map(|m| ctx.mgmt(m)).transpose()?,
             env: env.snapshot(),
@@ -730,7 +733,7 @@ impl Config {
                 "keys": m.keys.iter().map(|k| json!({"name": k.name, "role": format!("{:?}", k.role)})).collect::<Vec<_>>(),
                 "state_file": m.state_file,
             })),
-            "audit": {"ring": self.audit.ring, "file": self.audit.file},
+            "audit": {"ring": self.audit.ring, "file": self.audit.file, "stdout": self.audit.stdout},
             "telemetry": {"listen": self.telemetry.listen.to_string()},
         })
     }

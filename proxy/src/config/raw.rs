@@ -58,6 +58,7 @@ pub struct RawKey {
 pub struct RawAudit {
     pub ring: Option<usize>,
     pub file: Option<PathBuf>,
+    pub stdout: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

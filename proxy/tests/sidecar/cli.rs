@@ -50,6 +50,18 @@ fn static_client_secret_refuses_to_start() {
 }
 
 #[test]
+fn an_audit_file_it_cannot_open_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml =
+        "identity: {socket: unix:///x}\ntelemetry: {listen: '127.0.0.1:0'}\naudit: {file: no-such-dir/audit.jsonl}\n";
+    let config = write(dir.path(), "sidecar.yaml", yaml);
+    let out = bin().args(["run", "--config", &config]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`audit.file`") && stderr.contains("no-such-dir/audit.jsonl"), "{stderr}");
+}
+
+#[test]
 fn socket_comes_from_spiffe_endpoint_socket() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(dir.path(), "sidecar.yaml", "telemetry: {log_format: text}\n");

@@ -1,5 +1,6 @@
 //! The real binary under signals: SIGHUP re-reads the allow-list, SIGTERM
 //! lets an in-flight request finish, refuses new connections and exits 0.
+//! Its audit trail reaches the file and stdout sinks (logs go to stderr).
 
 use std::io::BufRead;
 use std::process::Stdio;
@@ -22,9 +23,21 @@ telemetry: {{listen: '127.0.0.1:0', log_format: json}}
 runtime: {{drain_timeout: 10s, worker_threads: 1}}
 inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{caller}']}}
 policy: {{file: policy.yaml}}
+audit: {{file: audit.jsonl, stdout: true}}
 "
     )
     .replace("svid/", &format!("{}/svid/", dir.display()))
+}
+
+/// The lines `from` prints, as they come.
+fn read_lines(from: impl std::io::Read + Send + 'static) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
 fn client(ca: &DevCa, id: &str) -> Arc<rustls::ClientConfig> {
@@ -58,15 +71,14 @@ async fn sighup_reloads_the_allow_list_and_sigterm_drains() {
     let config_path = dir.path().join("sidecar.yaml");
     std::fs::write(&config_path, config(dir.path(), app.addr, REPORT)).unwrap();
 
-    let mut child =
-        bin().args(["run", "--config", config_path.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let mut child = bin()
+        .args(["run", "--config", config_path.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = read_lines(child.stderr.take().unwrap());
+    let mut stdout = read_lines(child.stdout.take().unwrap());
     let inbound: std::net::SocketAddr = loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.recv()).await.unwrap().expect("exited early");
         if line.contains("a2a-sidecar started") {
@@ -81,6 +93,24 @@ async fn sighup_reloads_the_allow_list_and_sigterm_drains() {
     })
     .await;
     assert_eq!(get(inbound, menus.clone(), "/menus-before").await, None, "menus is not allowed yet");
+
+    // The request's audit event, as a JSON line in the file and on stdout; stdout carries nothing else.
+    let audited = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|e| e["path"] == "/one" && e["decision"] == "allow")
+    };
+    let audit_file = dir.path().join("audit.jsonl");
+    eventually(Duration::from_secs(10), "the audit file has the request", || {
+        let text = std::fs::read_to_string(&audit_file).unwrap_or_default();
+        async move { text.lines().any(audited).then_some(()) }
+    })
+    .await;
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), stdout.recv()).await.unwrap().expect("stdout open");
+        assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "not a JSON line on stdout: {line}");
+        if audited(&line) {
+            break;
+        }
+    }
 
     // SIGHUP with an edited config: menus in, report out.
     std::fs::write(&config_path, config(dir.path(), app.addr, MENUS)).unwrap();
