@@ -13,6 +13,7 @@
 mod identity {
     pub mod federation;
     pub mod files;
+    pub mod resumption;
     pub mod rotation;
     pub mod support;
     pub mod workload_api;

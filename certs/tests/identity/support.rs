@@ -47,7 +47,10 @@ impl Drop for TlsServer {
 
 impl TlsServer {
     pub async fn start(identity: IdentityWatch, authorizer: Arc<dyn PeerAuthorizer>) -> Self {
-        let config = tls::server_config(identity, authorizer).unwrap();
+        Self::start_with(tls::server_config(identity, authorizer).unwrap()).await
+    }
+
+    pub async fn start_with(config: rustls::ServerConfig) -> Self {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -88,6 +91,16 @@ pub async fn connect(config: Arc<rustls::ClientConfig>, addr: std::net::SocketAd
     stream.read_exact(&mut buf).await?;
     let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first().cloned()).unwrap();
     Ok(certs::x509::parse_leaf(&leaf).unwrap().serial)
+}
+
+/// Connects, reads `ok`, and says whether the handshake was full or resumed.
+pub async fn handshake_kind(config: Arc<rustls::ClientConfig>, addr: std::net::SocketAddr) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("sidecar.invalid").unwrap();
+    let mut stream = TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let mut buf = [0u8; 2];
+    stream.read_exact(&mut buf).await.unwrap();
+    stream.get_ref().1.handshake_kind().unwrap()
 }
 
 pub fn client(identity: IdentityWatch, expected: &str) -> Arc<rustls::ClientConfig> {

@@ -1,0 +1,28 @@
+//! TLS session resumption is off on the mTLS listeners: a resumed TLS 1.3
+//! session does not run the client verifier again, so it would skip the
+//! current bundle, allow-list and expiry checks.
+
+use rustls::HandshakeKind;
+
+use super::support::{TlsServer, allow_all, ca, client, handshake_kind, static_identity};
+
+#[tokio::test]
+async fn every_connection_gets_a_full_handshake_and_is_verified_again() {
+    let ca = ca("aim.example");
+    let server_identity = static_identity(&ca, "spiffe://aim.example/backend", &[]);
+    let client = client(static_identity(&ca, "spiffe://aim.example/report", &[]), "spiffe://aim.example/backend");
+    let server = TlsServer::start(server_identity.clone(), allow_all()).await;
+    for _ in 0..3 {
+        assert_eq!(handshake_kind(client.clone(), server.addr).await, HandshakeKind::Full);
+    }
+    assert_eq!(server.seen.lock().unwrap().len(), 3, "the verifier ran for each connection");
+
+    // The same client resumes against a listener with resumption on (what
+    // `inbound.tls_resumption: true` sets up): the check above would see it.
+    let mut config = certs::tls::server_config(server_identity, allow_all()).unwrap();
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
+    config.send_tls13_tickets = 2;
+    let resuming = TlsServer::start_with(config).await;
+    assert_eq!(handshake_kind(client.clone(), resuming.addr).await, HandshakeKind::Full);
+    assert_eq!(handshake_kind(client, resuming.addr).await, HandshakeKind::Resumed);
+}
