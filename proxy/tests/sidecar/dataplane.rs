@@ -148,6 +148,24 @@ async fn sse_streams_and_large_bodies_flow_both_ways() {
     assert_eq!(down.len(), 8 << 20);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_sse_stream_ends_when_its_caller_is_removed() {
+    let mesh = Mesh::start().await;
+    let tcp = tokio::net::TcpStream::connect(mesh.report.outbound_addr.unwrap()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/sse").header("host", "budget-backend").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+
+    // The app keeps the stream open; the caller leaves the allow-list.
+    mesh.set_allowed(&[MENUS]);
+    let next = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("the stream was cut");
+    assert!(!matches!(next, Some(Ok(_))), "nothing more reaches a removed caller: {next:?}");
+    mesh.app.release_sse.notify_one();
+}
+
 /// Sends an upgrade request through the outbound sidecar; returns the raw stream after `101`.
 async fn open_upgrade(outbound: std::net::SocketAddr) -> tokio::net::TcpStream {
     let mut tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
