@@ -3,6 +3,7 @@
 //! SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -156,6 +157,7 @@ impl App {
         });
         let mut mgmt_addr = None;
         if let (Some(section), Some(state)) = (&config.mgmt, state) {
+            drop_overrides_older_than_files(&state, &config)?;
             apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor)?;
             let listener = server::bind("mgmt.listen", section.listen).await?;
             mgmt_addr = Some(listener.local_addr()?);
@@ -303,6 +305,44 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         app.shutdown().await;
         Ok(())
     })
+}
+
+/// The most recent change wins, whatever its channel: a config or policy
+/// file edited after an admin override (even while the sidecar was down)
+/// replaces it, as a SIGHUP or the policy watcher would have while running.
+/// A changed config counts as a reload: both overrides go.
+fn drop_overrides_older_than_files(state: &StateFile, config: &Config) -> anyhow::Result<()> {
+    use crate::mgmt::state::fingerprint;
+    let current = state.get();
+    let changed =
+        |recorded: &Option<String>, now: Option<String>| recorded.as_ref().is_some_and(|r| Some(r) != now.as_ref());
+    let config_changed = changed(&current.config_sha256, fingerprint([config.path.as_path()]));
+    let policy_files = config.policy.iter().flat_map(|p| std::iter::once(&p.file).chain(&p.cedar));
+    let policy_changed =
+        config_changed || changed(&current.policy_sha256, fingerprint(policy_files.map(PathBuf::as_path)));
+    let drop_ids = config_changed && current.allowed_ids.is_some();
+    let drop_policy = policy_changed && current.policy_yaml.is_some();
+    if drop_ids {
+        tracing::warn!(
+            "the config file changed after the allow-list was set through /mgmt: the file's allow-list applies"
+        );
+    }
+    if drop_policy {
+        tracing::warn!("the policy files changed after a policy was set through /mgmt: the files' policy applies");
+    }
+    if drop_ids || drop_policy {
+        state
+            .update("start:files", |s| {
+                if drop_ids {
+                    (s.allowed_ids, s.config_sha256) = (None, None);
+                }
+                if drop_policy {
+                    (s.policy_yaml, s.policy_sha256) = (None, None);
+                }
+            })
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 /// Re-applies what the admin API changed before the restart.

@@ -170,7 +170,7 @@ pub async fn watch(
             // The edited file is now the most recent change: drop an admin override.
             if let (true, Some(state)) = (reloaded, &state)
                 && state.get().policy_yaml.is_some()
-                && let Err(e) = state.update("policy:file", |s| s.policy_yaml = None)
+                && let Err(e) = state.update("policy:file", |s| (s.policy_yaml, s.policy_sha256) = (None, None))
             {
                 tracing::error!(error = %e, "cannot record the policy file change in the state file");
             }

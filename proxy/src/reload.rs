@@ -45,8 +45,8 @@ impl Reloader {
         if let Some(state) = &self.state {
             state
                 .update("reload:config", |s| {
-                    s.allowed_ids = None;
-                    s.policy_yaml = None;
+                    (s.allowed_ids, s.config_sha256) = (None, None);
+                    (s.policy_yaml, s.policy_sha256) = (None, None);
                 })
                 .map_err(anyhow::Error::msg)?;
         }

@@ -1,5 +1,6 @@
 //! The `/mgmt` routes and their JSON shapes (the reference prototype's).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -309,7 +310,12 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
             ctx.metrics.policy_reload("error");
             Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
         })?;
-    persist(ctx, &format!("policy:{actor}"), |s| s.policy_yaml = Some(yaml))?;
+    let files = std::iter::once(&config.file).chain(&config.cedar).map(PathBuf::as_path);
+    let policy_sha256 = super::state::fingerprint(files);
+    persist(ctx, &format!("policy:{actor}"), |s| {
+        s.policy_yaml = Some(yaml);
+        s.policy_sha256 = policy_sha256;
+    })?;
     let old_version = store.current().engine.doc().version.clone();
     let generation = store.install(engine);
     record(ctx, actor, "PUT", "/mgmt/policy", 200);
@@ -383,7 +389,11 @@ async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<
     }
     let ids: Vec<String> = patterns.iter().map(ToString::to_string).collect();
     let old: Vec<String> = ctx.allowlist.patterns().iter().map(ToString::to_string).collect();
-    persist(ctx, &format!("mtls-policy:{actor}"), |s| s.allowed_ids = Some(ids.clone()))?;
+    let config_sha256 = super::state::fingerprint([ctx.reloader.config_path.as_path()]);
+    persist(ctx, &format!("mtls-policy:{actor}"), |s| {
+        s.allowed_ids = Some(ids.clone());
+        s.config_sha256 = config_sha256;
+    })?;
     ctx.allowlist.replace(patterns);
     record(ctx, actor, "PUT", "/mgmt/mtls-policy", 200);
     // The reference's PUT answer (old/new lists) plus the GET shape.

@@ -20,6 +20,14 @@ pub struct State {
     /// A policy set through the API, as YAML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_yaml: Option<String>,
+    /// [`fingerprint`] of the config file when `allowed_ids` was set: a
+    /// config edited since, even while the sidecar was down, is the more
+    /// recent change and wins at the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
+    /// [`fingerprint`] of the policy files when `policy_yaml` was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_sha256: Option<String>,
     #[serde(default)]
     pub risks: BTreeMap<String, String>,
     #[serde(default)]
@@ -29,6 +37,18 @@ pub struct State {
     pub last_change: Option<String>,
     #[serde(default)]
     pub last_change_at: Option<String>,
+}
+
+/// SHA-256 (hex) of the files' contents, in order; `None` if one cannot be read.
+pub fn fingerprint<'a>(files: impl IntoIterator<Item = &'a Path>) -> Option<String> {
+    let mut all = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(file).ok()?;
+        // Length-prefixed, so moving bytes from one file to the next changes the result.
+        all.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        all.extend_from_slice(&bytes);
+    }
+    Some(crate::config::sha256(&all).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub struct StateFile {

@@ -156,7 +156,7 @@ async fn mutations_apply_at_once_and_survive_a_restart() {
     assert!(!audit.to_string().contains(ADMIN_KEY));
 
     // Restart on the same config and state file: everything is still in force.
-    let Mesh { backend, backend_config, .. } = mesh;
+    let Mesh { backend, backend_config, policy_file, .. } = mesh;
     backend.shutdown().await;
     let mut restarted = proxy::app::App::start(proxy::config::Config::load(&backend_config).unwrap()).await.unwrap();
     restarted.identity.wait_ready().await.unwrap();
@@ -171,6 +171,30 @@ async fn mutations_apply_at_once_and_survive_a_restart() {
     assert_eq!(policy["generation"], 2, "the PUT policy was re-applied on start");
     let (_, _, effective) = call(mgmt2, "GET", "/mgmt/ca-policy-effective", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(effective["state_last_change"], "policy:ops");
+
+    // Files edited while the sidecar is down are the more recent change. The
+    // policy file: its policy replaces the PUT one; the API allow-list stays.
+    restarted.shutdown().await;
+    std::fs::write(&policy_file, super::mesh::OPEN_POLICY.replacen("version: '1'", "version: '7'", 1)).unwrap();
+    let restart = || async {
+        let mut app = proxy::app::App::start(proxy::config::Config::load(&backend_config).unwrap()).await.unwrap();
+        app.identity.wait_ready().await.unwrap();
+        app
+    };
+    let allowed = |mtls: &Value, id: &str| mtls["allowed_ids"].as_array().unwrap().iter().any(|a| a == id);
+    let third = restart().await;
+    let mgmt3 = third.mgmt_addr.unwrap();
+    let (_, _, policy) = call(mgmt3, "GET", "/mgmt/policy", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(policy["policy"]["version"], "7", "the edited file replaced the PUT policy");
+    let (_, _, mtls) = call(mgmt3, "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
+    assert!(allowed(&mtls, MENUS), "the config did not change: {mtls}");
+    // The config file: like a reload, its allow-list replaces the API's.
+    third.shutdown().await;
+    let config = std::fs::read_to_string(&backend_config).unwrap();
+    std::fs::write(&backend_config, config + "# edited while the sidecar was down\n").unwrap();
+    let fourth = restart().await;
+    let (_, _, mtls) = call(fourth.mgmt_addr.unwrap(), "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
+    assert!(!allowed(&mtls, MENUS) && allowed(&mtls, REPORT), "the config's allow-list: {mtls}");
 }
 
 /// Reads SSE events (`id`, event name) from a stream until `n` audit events arrived.
