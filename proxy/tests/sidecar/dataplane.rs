@@ -117,13 +117,7 @@ async fn sse_streams_and_large_bodies_flow_both_ways() {
     let outbound = mesh.report.outbound_addr.unwrap();
 
     // SSE: the first event arrives while the app is still holding the stream open.
-    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/sse").header("host", "budget-backend").body(Empty::<bytes::Bytes>::new()).unwrap();
-    let mut body = sender.send_request(req).await.unwrap().into_body();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
-    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    let mut body = open_sse(outbound).await;
     mesh.app.release_sse.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "data: second\n\n");
@@ -151,19 +145,26 @@ async fn sse_streams_and_large_bodies_flow_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_sse_stream_ends_when_its_caller_is_removed() {
     let mesh = Mesh::start().await;
-    let tcp = tokio::net::TcpStream::connect(mesh.report.outbound_addr.unwrap()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/sse").header("host", "budget-backend").body(Empty::<bytes::Bytes>::new()).unwrap();
-    let mut body = sender.send_request(req).await.unwrap().into_body();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
-    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    let mut body = open_sse(mesh.report.outbound_addr.unwrap()).await;
 
     // The app keeps the stream open; the caller leaves the allow-list.
     mesh.set_allowed(&[MENUS]);
     let next = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("the stream was cut");
     assert!(!matches!(next, Some(Ok(_))), "nothing more reaches a removed caller: {next:?}");
     mesh.app.release_sse.notify_one();
+}
+
+/// Opens the app's `/sse` through the outbound sidecar; returns the body once
+/// its first event arrived (the app holds the stream open until `release_sse`).
+async fn open_sse(outbound: std::net::SocketAddr) -> hyper::body::Incoming {
+    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/sse").header("host", "budget-backend").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    body
 }
 
 /// Sends an upgrade request through the outbound sidecar; returns the raw stream after `101`.
