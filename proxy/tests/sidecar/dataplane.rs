@@ -117,7 +117,7 @@ async fn sse_streams_and_large_bodies_flow_both_ways() {
     let outbound = mesh.report.outbound_addr.unwrap();
 
     // SSE: the first event arrives while the app is still holding the stream open.
-    let mut body = open_sse(outbound).await;
+    let body = open_sse(outbound).await;
     mesh.app.release_sse.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "data: second\n\n");
