@@ -29,14 +29,17 @@ pub struct JwtAudit {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Event {
     pub seq: u64,
-    pub timestamp: String,
+    /// RFC 3339, formatted only when the event is written or sent.
+    pub timestamp: Timestamp,
     pub direction: &'static str,
     pub request_id: Option<String>,
     /// Shared with the connection (inbound) that computed it once.
     pub caller_spiffe_id: Option<Arc<str>>,
     /// Shared with the listener that computed it once (inbound).
     pub target: Option<Arc<str>>,
-    pub method: Option<String>,
+    /// A standard method is a constant (no copy per request).
+    #[serde(serialize_with = "method_name")]
+    pub method: Option<hyper::Method>,
     pub path: Option<String>,
     pub decision: &'static str,
     pub layer: &'static str,
@@ -54,6 +57,29 @@ pub struct Event {
     /// Mgmt mutations: which key (by name, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+}
+
+fn method_name<S: serde::Serializer>(method: &Option<hyper::Method>, serializer: S) -> Result<S::Ok, S::Error> {
+    match method {
+        Some(method) => serializer.serialize_str(method.as_str()),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// When an event was recorded; serialized as RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Default for Timestamp {
+    fn default() -> Self {
+        Self(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&rfc3339(self.0))
+    }
 }
 
 /// What a subscriber receives.
@@ -121,7 +147,7 @@ impl AuditHub {
     pub fn record(&self, mut event: Event) -> u64 {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         event.seq = seq;
-        event.timestamp = rfc3339(SystemTime::now());
+        event.timestamp = Timestamp(SystemTime::now());
         if event.direction != "mgmt" {
             let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
             let allowed = event.decision != "deny";

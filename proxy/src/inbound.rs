@@ -235,7 +235,7 @@ impl Inbound {
         let in_flight = conn.activity.begin();
         let started = std::time::Instant::now();
         let request_id = self.ids.next();
-        let method = request.method().to_string();
+        let method = request.method().clone();
         // The audit event carries the canonical path; the raw one only if it never got that far.
         let uri = request.uri().clone();
         let mut log = RequestLog::default();

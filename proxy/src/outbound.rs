@@ -98,7 +98,7 @@ impl Outbound {
         let in_flight = activity.begin();
         let started = std::time::Instant::now();
         let request_id = self.ids.next();
-        let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
         let (mut response, reason) = match self.forward(request, &request_id).await {
             Ok(response) => (response, Reason::Allowed),

@@ -125,7 +125,7 @@ pub async fn dispatch(ctx: &Context, route: Route, req: Request<Incoming>, calle
 fn record(ctx: &Context, actor: &str, method: &str, path: &str, status: u16) {
     ctx.audit.record(Event {
         direction: "mgmt",
-        method: Some(method.into()),
+        method: method.parse().ok(),
         path: Some(path.into()),
         decision: "allow",
         layer: "none",
