@@ -43,7 +43,7 @@ pub struct Event {
     pub path: Option<String>,
     pub decision: &'static str,
     pub layer: &'static str,
-    pub reason: String,
+    pub reason: &'static str,
     pub policy_ids: Arc<[String]>,
     pub status: u16,
     pub latency_us: u64,

@@ -217,7 +217,7 @@ impl Inbound {
             caller_spiffe_id: caller.map(Arc::from),
             decision: "deny",
             layer: "mtls",
-            reason: reason.to_owned(),
+            reason,
             policy_ids: if folded > 0 {
                 Arc::new([format!("+{folded} more refused in the last window")])
             } else {
@@ -256,16 +256,19 @@ impl Inbound {
         }
         self.metrics.request_duration("inbound", started.elapsed().as_secs_f64());
         let trace = log.trace;
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
         self.layers.audit.record(Event {
             direction: "inbound",
-            request_id: Some(request_id.clone()),
+            request_id: Some(request_id),
             caller_spiffe_id: Some(conn.caller.clone()),
             target: Some(self.target.clone()),
             method: Some(method),
             path: log.path.or_else(|| Some(uri.path().to_owned())),
             decision,
             layer: reason.layer().as_str(),
-            reason: reason.as_str().to_owned(),
+            reason: reason.as_str(),
             policy_ids: trace.policy_ids,
             status: response.status().as_u16(),
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -276,9 +279,6 @@ impl Inbound {
             caller_policy: trace.entry,
             ..Event::default()
         });
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(X_REQUEST_ID, id);
-        }
         Ok(response.map(|body| Tracked::wrap(body, in_flight)))
     }
 

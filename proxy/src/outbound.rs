@@ -109,20 +109,6 @@ impl Outbound {
         };
         self.metrics.request("outbound", reason.layer(), reason);
         self.metrics.request_duration("outbound", started.elapsed().as_secs_f64());
-        self.audit.record(Event {
-            direction: "outbound",
-            request_id: Some(request_id.clone()),
-            caller_spiffe_id: self.identity.current().map(|i| Arc::from(i.svid().id().as_str())),
-            target: host.map(Arc::from),
-            method: Some(method),
-            path: Some(path),
-            decision: if reason == Reason::Allowed { "allow" } else { "deny" },
-            layer: reason.layer().as_str(),
-            reason: reason.as_str().to_owned(),
-            status: response.status().as_u16(),
-            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            ..Event::default()
-        });
         // A response from the peer keeps the peer's ID: it is the one in its
         // deny body and in the target's audit trail.
         if !response.headers().contains_key(X_REQUEST_ID)
@@ -130,6 +116,20 @@ impl Outbound {
         {
             response.headers_mut().insert(X_REQUEST_ID, id);
         }
+        self.audit.record(Event {
+            direction: "outbound",
+            request_id: Some(request_id),
+            caller_spiffe_id: self.identity.current().map(|i| Arc::from(i.svid().id().as_str())),
+            target: host.map(Arc::from),
+            method: Some(method),
+            path: Some(path),
+            decision: if reason == Reason::Allowed { "allow" } else { "deny" },
+            layer: reason.layer().as_str(),
+            reason: reason.as_str(),
+            status: response.status().as_u16(),
+            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ..Event::default()
+        });
         Ok(response.map(|body| Tracked::wrap(body, in_flight)))
     }
 

@@ -95,7 +95,7 @@ impl PolicyStore {
                 direction: "mgmt",
                 decision: if accepted { "allow" } else { "deny" },
                 layer: "none",
-                reason: if accepted { "policy_reloaded" } else { "policy_rejected" }.into(),
+                reason: if accepted { "policy_reloaded" } else { "policy_rejected" },
                 policy_version: version,
                 actor: Some(channel.to_owned()),
                 ..crate::audit::Event::default()

@@ -129,7 +129,7 @@ fn record(ctx: &Context, actor: &str, method: &str, path: &str, status: u16) {
         path: Some(path.into()),
         decision: "allow",
         layer: "none",
-        reason: "admin_change".into(),
+        reason: "admin_change",
         status,
         actor: Some(actor.into()),
         ..Event::default()
