@@ -169,15 +169,17 @@ impl Governor {
         }
         if governance.enabled && !entry.ca.skip_target_tag_check {
             let tag = self.tag_of(caller, entry).await;
-            trace.caller_tag.clone_from(&tag);
-            match tag {
-                Some(tag) if tag.is_empty() || tag != governance.target_agent_tag => {
-                    return Err(Reason::AgentTagMismatch);
+            let verdict = match &tag {
+                Some(tag) if tag.is_empty() || *tag != governance.target_agent_tag => Err(Reason::AgentTagMismatch),
+                Some(_) => Ok(()),
+                None if self.tags.on_unavailable == OnUnavailable::Deny => Err(Reason::TagsUnavailable),
+                None => {
+                    tracing::warn!(caller = %caller, "tag unknown; allowed by tags.on_unavailable: allow");
+                    Ok(())
                 }
-                Some(_) => {}
-                None if self.tags.on_unavailable == OnUnavailable::Deny => return Err(Reason::TagsUnavailable),
-                None => tracing::warn!(caller = %caller, "tag unknown; allowed by tags.on_unavailable: allow"),
-            }
+            };
+            trace.caller_tag = tag;
+            verdict?;
         }
         let required = rule.map(|r| &r.required_tags).filter(|t| !t.is_empty());
         if let Some(required) = required {
