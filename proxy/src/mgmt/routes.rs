@@ -310,11 +310,9 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
             ctx.metrics.policy_reload("error");
             Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
         })?;
-    let files = std::iter::once(&config.file).chain(&config.cedar).map(PathBuf::as_path);
-    let policy_sha256 = super::state::fingerprint(files);
     persist(ctx, &format!("policy:{actor}"), |s| {
         s.policy_yaml = Some(yaml);
-        s.policy_sha256 = policy_sha256;
+        record_files(ctx, s);
     })?;
     let old_version = store.current().engine.doc().version.clone();
     let generation = store.install(engine);
@@ -337,6 +335,17 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
 }
 
 /// Writes a change to the state file before it takes effect: 500 if it cannot.
+/// With an allow-list or policy override, what the config and policy files
+/// held at the time: files edited later, even while the sidecar is down, are
+/// the more recent change at the next start.
+fn record_files(ctx: &Context, state: &mut super::state::State) {
+    use super::state::fingerprint;
+    state.config_sha256 = fingerprint([ctx.reloader.config_path.as_path()]);
+    if let Some(config) = &ctx.policy_config {
+        state.policy_sha256 = fingerprint(std::iter::once(&config.file).chain(&config.cedar).map(PathBuf::as_path));
+    }
+}
+
 fn persist(ctx: &Context, change: &str, apply: impl FnOnce(&mut super::state::State)) -> Result<(), Reject> {
     ctx.state
         .update(change, apply)
@@ -389,10 +398,9 @@ async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<
     }
     let ids: Vec<String> = patterns.iter().map(ToString::to_string).collect();
     let old: Vec<String> = ctx.allowlist.patterns().iter().map(ToString::to_string).collect();
-    let config_sha256 = super::state::fingerprint([ctx.reloader.config_path.as_path()]);
     persist(ctx, &format!("mtls-policy:{actor}"), |s| {
         s.allowed_ids = Some(ids.clone());
-        s.config_sha256 = config_sha256;
+        record_files(ctx, s);
     })?;
     ctx.allowlist.replace(patterns);
     record(ctx, actor, "PUT", "/mgmt/mtls-policy", 200);

@@ -20,12 +20,12 @@ pub struct State {
     /// A policy set through the API, as YAML.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_yaml: Option<String>,
-    /// [`fingerprint`] of the config file when `allowed_ids` was set: a
-    /// config edited since, even while the sidecar was down, is the more
-    /// recent change and wins at the next start.
+    /// [`fingerprint`] of the config file at the last override (allow-list or
+    /// policy): a config edited since, even while the sidecar was down, is
+    /// the more recent change and wins at the next start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_sha256: Option<String>,
-    /// [`fingerprint`] of the policy files when `policy_yaml` was set.
+    /// [`fingerprint`] of the policy files at the last override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_sha256: Option<String>,
     #[serde(default)]
