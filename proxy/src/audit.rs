@@ -128,7 +128,7 @@ impl AuditHub {
             .into_iter()
             .map(|(name, writer)| {
                 let (tx, rx) = mpsc::channel(SINK_QUEUE);
-                tokio::spawn(write_lines(name, writer, rx));
+                tokio::spawn(write_lines(name, writer, rx, metrics.clone()));
                 tx
             })
             .collect();
@@ -235,8 +235,11 @@ pub async fn next(rx: &mut broadcast::Receiver<Arc<Event>>, metrics: &Metrics) -
 }
 
 /// Writes each event as one JSON line, flushing whenever it has caught up.
-async fn write_lines(name: String, mut writer: SinkWriter, mut rx: mpsc::Receiver<Arc<Event>>) {
+/// A failing sink (a full disk, a closed stdout) is logged when it starts
+/// and when it recovers, not once per event; its lost events are counted.
+async fn write_lines(name: String, mut writer: SinkWriter, mut rx: mpsc::Receiver<Arc<Event>>, metrics: Arc<Metrics>) {
     use tokio::io::AsyncWriteExt;
+    let mut failing = false;
     while let Some(event) = rx.recv().await {
         let Ok(mut line) = serde_json::to_vec(event.as_ref()) else { continue };
         line.push(b'\n');
@@ -244,8 +247,19 @@ async fn write_lines(name: String, mut writer: SinkWriter, mut rx: mpsc::Receive
         if written.is_ok() && rx.is_empty() {
             written = writer.flush().await;
         }
-        if let Err(e) = written {
-            tracing::error!(sink = %name, error = %e, "audit write failed");
+        match written {
+            Err(e) => {
+                metrics.audit_dropped.inc();
+                if !failing {
+                    tracing::error!(sink = %name, error = %e, "audit write failed; events are lost until it recovers");
+                }
+                failing = true;
+            }
+            Ok(()) if failing => {
+                tracing::info!(sink = %name, "audit writes recovered");
+                failing = false;
+            }
+            Ok(()) => {}
         }
     }
 }
@@ -267,6 +281,49 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink whose every write fails (a closed stdout, a full disk).
+    struct Broken;
+
+    impl tokio::io::AsyncWrite for Broken {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("closed")))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_loses_events_countably_and_the_rest_goes_on() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let hub = AuditHub::new(10, vec![("broken".into(), Box::new(Broken))], metrics.clone());
+        for _ in 0..3 {
+            hub.record(Event { direction: "inbound", ..Event::default() });
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while metrics.audit_dropped.get() < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "dropped: {}", metrics.audit_dropped.get());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(metrics.audit_dropped.get(), 3);
+        assert_eq!(hub.recent(10, None, None).len(), 3, "the ring still has every event");
+    }
 
     #[test]
     fn rfc3339_dates() {
