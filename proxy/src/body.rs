@@ -92,19 +92,25 @@ impl Drop for InFlight {
 }
 
 /// A body that keeps its request counted as in flight until it ends.
-pub struct Tracked {
-    inner: Body,
+pub struct Tracked<B> {
+    inner: B,
     _in_flight: InFlight,
 }
 
-impl Tracked {
-    /// `inner`, boxed again, holding `in_flight` until it ends.
-    pub fn wrap(inner: Body, in_flight: InFlight) -> Body {
+impl<B> Tracked<B>
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin + Send + Sync + 'static,
+{
+    /// `inner` holding `in_flight` until it ends, boxed once.
+    pub fn wrap(inner: B, in_flight: InFlight) -> Body {
         Self { inner, _in_flight: in_flight }.boxed()
     }
 }
 
-impl HttpBody for Tracked {
+impl<B> HttpBody for Tracked<B>
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -239,11 +239,12 @@ impl Inbound {
         // The audit event carries the canonical path; the raw one only if it never got that far.
         let uri = request.uri().clone();
         let mut log = RequestLog::default();
+        // The request counts as in flight until its response body ends.
         let (mut response, denied) = match self.forward(request, &conn, &request_id, &mut log).await {
-            Ok(response) => (response, None),
+            Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight)), None),
             Err(reason) => {
                 tracing::debug!(caller = %conn.peer.id, %reason, request_id, "inbound request denied");
-                (deny::response(reason, &request_id), Some(reason))
+                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight)), Some(reason))
             }
         };
         let (decision, reason) = match (denied, log.shadow) {
@@ -279,7 +280,7 @@ impl Inbound {
             caller_policy: trace.entry,
             ..Event::default()
         });
-        Ok(response.map(|body| Tracked::wrap(body, in_flight)))
+        Ok(response)
     }
 
     /// The per-request pipeline: Layer 1 again, then framing and path checks,
@@ -290,7 +291,7 @@ impl Inbound {
         conn: &Conn,
         request_id: &str,
         log: &mut RequestLog,
-    ) -> Result<Response<Body>, Reason> {
+    ) -> Result<Response<Incoming>, Reason> {
         if !self.allowlist.allows(&conn.peer.id) {
             return Err(Reason::NotAllowed);
         }
@@ -324,7 +325,7 @@ impl Inbound {
             tokio::spawn(async move { upstream::tunnel(downstream, upstream, stream.closed.clone()).await });
         }
         headers::strip_hop_by_hop(response.headers_mut(), upgraded);
-        Ok(response.map(http_body_util::BodyExt::boxed))
+        Ok(response)
     }
 
     /// Layers 2-4 on one snapshot of the policy. In shadow mode a deny is

@@ -100,11 +100,12 @@ impl Outbound {
         let request_id = self.ids.next();
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+        // The request counts as in flight until its response body ends.
         let (mut response, reason) = match self.forward(request, &request_id).await {
-            Ok(response) => (response, Reason::Allowed),
+            Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight)), Reason::Allowed),
             Err(reason) => {
                 tracing::debug!(%reason, request_id, "outbound request failed");
-                (deny::response(reason, &request_id), reason)
+                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight)), reason)
             }
         };
         self.metrics.request("outbound", reason.layer(), reason);
@@ -130,10 +131,10 @@ impl Outbound {
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             ..Event::default()
         });
-        Ok(response.map(|body| Tracked::wrap(body, in_flight)))
+        Ok(response)
     }
 
-    async fn forward(&self, mut request: Request<Incoming>, request_id: &str) -> Result<Response<Body>, Reason> {
+    async fn forward(&self, mut request: Request<Incoming>, request_id: &str) -> Result<Response<Incoming>, Reason> {
         if request.method() == Method::CONNECT {
             return Err(Reason::MethodNotAllowed);
         }
@@ -197,7 +198,7 @@ impl Outbound {
             tokio::spawn(upstream::tunnel(downstream, upstream, Default::default()));
         }
         headers::strip_hop_by_hop(response.headers_mut(), upgraded);
-        Ok(response.map(http_body_util::BodyExt::boxed))
+        Ok(response)
     }
 
     /// Route by `Host` (port stripped, case-insensitive); else by opt-in path
