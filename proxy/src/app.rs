@@ -3,7 +3,6 @@
 //! SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -312,14 +311,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// replaces it, as a SIGHUP or the policy watcher would have while running.
 /// A changed config counts as a reload: both overrides go.
 fn drop_overrides_older_than_files(state: &StateFile, config: &Config) -> anyhow::Result<()> {
-    use crate::mgmt::state::fingerprint;
     let current = state.get();
-    let changed =
-        |recorded: &Option<String>, now: Option<String>| recorded.as_ref().is_some_and(|r| Some(r) != now.as_ref());
-    let config_changed = changed(&current.config_sha256, fingerprint([config.path.as_path()]));
-    let policy_files = config.policy.iter().flat_map(|p| std::iter::once(&p.file).chain(&p.cedar));
-    let policy_changed =
-        config_changed || changed(&current.policy_sha256, fingerprint(policy_files.map(PathBuf::as_path)));
+    let (config_now, policy_now) = crate::mgmt::state::file_fingerprints(&config.path, config.policy.as_ref());
+    let changed = |recorded: &Option<String>, now: Option<String>| recorded.is_some() && *recorded != now;
+    let config_changed = changed(&current.config_sha256, config_now);
+    let policy_changed = config_changed || changed(&current.policy_sha256, policy_now);
     let drop_ids = config_changed && current.allowed_ids.is_some();
     let drop_policy = policy_changed && current.policy_yaml.is_some();
     if drop_ids {

@@ -79,6 +79,13 @@ pub struct PolicyConfig {
     pub case_insensitive_paths: bool,
 }
 
+impl PolicyConfig {
+    /// Every file the policy is read from: the reference YAML, then the native Cedar files.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.file.as_path()).chain(self.cedar.iter().map(PathBuf::as_path))
+    }
+}
+
 /// An admin API role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

@@ -155,7 +155,7 @@ pub async fn watch(
     every: Duration,
     state: Option<Arc<crate::mgmt::state::StateFile>>,
 ) {
-    let files: Vec<PathBuf> = std::iter::once(config.file.clone()).chain(config.cedar.iter().cloned()).collect();
+    let files: Vec<PathBuf> = config.files().map(PathBuf::from).collect();
     let stamps = |files: &[PathBuf]| files.iter().map(|f| stamp(f)).collect::<Vec<_>>();
     let mut last = stamps(&files);
     let mut tick = tokio::time::interval(every);

@@ -1,6 +1,5 @@
 //! The `/mgmt` routes and their JSON shapes (the reference prototype's).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -174,8 +173,8 @@ fn freshness(source: FactSource, local: &str, graph: Option<&Freshness>) -> Valu
     match (source, graph) {
         (FactSource::Graph, Some(f)) => {
             let mut state = graph_state(Some(f));
-            state.insert("source".into(), "graph".into());
-            Value::Object(state)
+            merge(&mut state, json!({"source": "graph"}));
+            state
         }
         _ => json!({"source": local}),
     }
@@ -183,14 +182,13 @@ fn freshness(source: FactSource, local: &str, graph: Option<&Freshness>) -> Valu
 
 /// When Graph last answered a look-up, how long ago, and the failure since
 /// then, if any (all `null` for a local source).
-fn graph_state(graph: Option<&Freshness>) -> serde_json::Map<String, Value> {
+fn graph_state(graph: Option<&Freshness>) -> Value {
     let last_success = graph.and_then(|f| f.last_success);
-    let age = last_success.map(|at| SystemTime::now().duration_since(at).unwrap_or_default().as_secs());
-    let mut state = serde_json::Map::new();
-    state.insert("last_success".into(), json!(last_success.map(rfc3339)));
-    state.insert("age_seconds".into(), json!(age));
-    state.insert("last_error".into(), json!(graph.and_then(|f| f.last_error.clone())));
-    state
+    json!({
+        "last_success": last_success.map(rfc3339),
+        "age_seconds": last_success.map(|at| SystemTime::now().duration_since(at).unwrap_or_default().as_secs()),
+        "last_error": graph.and_then(|f| f.last_error.as_deref()),
+    })
 }
 
 fn etag(generation: u64) -> String {
@@ -334,18 +332,15 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
     Ok(response)
 }
 
-/// Writes a change to the state file before it takes effect: 500 if it cannot.
 /// With an allow-list or policy override, what the config and policy files
 /// held at the time: files edited later, even while the sidecar is down, are
 /// the more recent change at the next start.
 fn record_files(ctx: &Context, state: &mut super::state::State) {
-    use super::state::fingerprint;
-    state.config_sha256 = fingerprint([ctx.reloader.config_path.as_path()]);
-    if let Some(config) = &ctx.policy_config {
-        state.policy_sha256 = fingerprint(std::iter::once(&config.file).chain(&config.cedar).map(PathBuf::as_path));
-    }
+    (state.config_sha256, state.policy_sha256) =
+        super::state::file_fingerprints(&ctx.reloader.config_path, ctx.policy_config.as_ref());
 }
 
+/// Writes a change to the state file before it takes effect: 500 if it cannot.
 fn persist(ctx: &Context, change: &str, apply: impl FnOnce(&mut super::state::State)) -> Result<(), Reject> {
     ctx.state
         .update(change, apply)
@@ -558,12 +553,19 @@ fn ca_effective(ctx: &Context) -> Response<Body> {
     let doc = ctx.policy.as_ref().map(|p| p.current());
     let graph = g.graph_freshness();
     let from_graph = |s: FactSource, f: Option<&Freshness>| graph_state(f.filter(|_| s == FactSource::Graph));
-    let with_state = |mut fact: Value, state: serde_json::Map<String, Value>| {
-        if let Value::Object(fields) = &mut fact {
-            fields.extend(state);
-        }
-        fact
-    };
+    let mut risk = json!({
+        "source": source(g.risk.source, "mgmt"),
+        "blocked_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+        "on_unavailable": format!("{:?}", g.risk.on_unavailable).to_lowercase(),
+        "pushed": g.pushes.risks().len(),
+    });
+    merge(&mut risk, from_graph(g.risk.source, graph.as_ref().map(|(risk, _)| risk)));
+    let mut tags = json!({
+        "source": source(g.tags.source, "policy"),
+        "on_unavailable": format!("{:?}", g.tags.on_unavailable).to_lowercase(),
+        "pushed": g.pushes.tags().len(),
+    });
+    merge(&mut tags, from_graph(g.tags.source, graph.as_ref().map(|(_, tags)| tags)));
     json_response(
         StatusCode::OK,
         &json!({
@@ -574,17 +576,8 @@ fn ca_effective(ctx: &Context) -> Response<Body> {
             "blocked_risk_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
             "governance_enabled": doc.as_ref().map(|d| d.engine.doc().governance.enabled),
             "target_agent_tag": doc.as_ref().map(|d| d.engine.doc().governance.target_agent_tag.clone()),
-            "risk": with_state(json!({
-                "source": source(g.risk.source, "mgmt"),
-                "blocked_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
-                "on_unavailable": format!("{:?}", g.risk.on_unavailable).to_lowercase(),
-                "pushed": g.pushes.risks().len(),
-            }), from_graph(g.risk.source, graph.as_ref().map(|(risk, _)| risk))),
-            "tags": with_state(json!({
-                "source": source(g.tags.source, "policy"),
-                "on_unavailable": format!("{:?}", g.tags.on_unavailable).to_lowercase(),
-                "pushed": g.pushes.tags().len(),
-            }), from_graph(g.tags.source, graph.as_ref().map(|(_, tags)| tags))),
+            "risk": risk,
+            "tags": tags,
             "state_last_change": ctx.state.get().last_change,
             "state_last_change_at": ctx.state.get().last_change_at,
         }),

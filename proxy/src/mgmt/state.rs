@@ -51,6 +51,15 @@ pub fn fingerprint<'a>(files: impl IntoIterator<Item = &'a Path>) -> Option<Stri
     Some(crate::config::sha256(&all).iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// [`fingerprint`]s of the config file and of the policy files (if any), as
+/// they are now: what `config_sha256` and `policy_sha256` record.
+pub fn file_fingerprints(
+    config: &Path,
+    policy: Option<&crate::config::PolicyConfig>,
+) -> (Option<String>, Option<String>) {
+    (fingerprint([config]), policy.and_then(|p| fingerprint(p.files())))
+}
+
 pub struct StateFile {
     path: PathBuf,
     state: Mutex<State>,
