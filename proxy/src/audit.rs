@@ -316,11 +316,8 @@ mod tests {
         for _ in 0..3 {
             hub.record(Event { direction: "inbound", ..Event::default() });
         }
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while metrics.audit_dropped.get() < 3 {
-            assert!(tokio::time::Instant::now() < deadline, "dropped: {}", metrics.audit_dropped.get());
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let lost = || async { (metrics.audit_dropped.get() >= 3).then_some(()) };
+        certs::dev::eventually(std::time::Duration::from_secs(10), "three lost events counted", lost).await;
         assert_eq!(metrics.audit_dropped.get(), 3);
         assert_eq!(hub.recent(10, None, None).len(), 3, "the ring still has every event");
     }
