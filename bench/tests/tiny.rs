@@ -46,6 +46,24 @@ fn repetitions_are_summed_and_reported_as_medians() {
     run_and_check(&["--repeat", "3", "--only", "direct,inbound-all,handshake"], 900);
 }
 
+/// `--requests N`: a fixed request count per run instead of a duration
+/// (outside `--tiny`, so the harness's wait for a quiet machine runs too).
+#[test]
+fn a_fixed_request_count_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("results.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_a2a-bench"))
+        .args(["--quick", "--requests", "500", "--only", "direct", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("500 requests per run"));
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let direct = &results["scenarios"][0];
+    assert_eq!((direct["requests"].as_u64(), direct["errors"].as_u64()), (Some(500), Some(0)), "{direct}");
+}
+
 fn run_and_check(args: &[&str], requests: u64) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("results.json");
