@@ -76,6 +76,11 @@ impl CanonicalPath {
         &self.text
     }
 
+    /// [`Self::as_str`], owned, without a copy.
+    pub fn into_string(self) -> String {
+        self.text
+    }
+
     /// The form policy matches on: without a trailing slash (except `/`).
     pub fn for_matching(&self) -> &str {
         match self.text.strip_suffix('/') {

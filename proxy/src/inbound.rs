@@ -302,9 +302,11 @@ impl Inbound {
             return Err(Reason::MethodNotAllowed);
         }
         let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
-        log.path = Some(path.as_str().to_owned());
-        self.layers(conn, &request, &path, request_id, log).await?;
-        let uri = upstream_uri(&self.config.upstream, &path, request.uri().query())?;
+        let judged = self.layers(conn, &request, &path, request_id, log).await;
+        let uri = judged.and_then(|()| upstream_uri(&self.config.upstream, &path, request.uri().query()));
+        // From here the audit event carries the canonical path, allowed or not.
+        log.path = Some(path.into_string());
+        let uri = uri?;
 
         let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
             .then(|| hyper::upgrade::on(&mut request));

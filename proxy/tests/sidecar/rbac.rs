@@ -134,3 +134,16 @@ async fn an_edited_policy_file_is_picked_up_by_the_watcher() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_event_names_the_path_that_was_judged() {
+    let mesh = Mesh::start_with_policy(&policy_allowing("/a"), Default::default()).await;
+    let out = mesh.report.outbound_addr.unwrap();
+    for (path, status) in [("/x/../budget/read", 200), ("/x/../admin", 403), ("/a%2Fb", 400)] {
+        assert_eq!(http(out, "GET", "budget-backend", path, &[]).await.status, status, "{path}");
+    }
+    let events = mesh.backend.audit.recent(3, Some(REPORT), None);
+    let paths: Vec<(&str, &str)> = events.iter().rev().map(|e| (e.path.as_deref().unwrap(), e.reason)).collect();
+    // Canonical once it could be judged, allowed or denied; as received when it could not.
+    assert_eq!(paths, [("/budget/read", "allowed"), ("/admin", "no_matching_rule"), ("/a%2Fb", "bad_path")]);
+}
