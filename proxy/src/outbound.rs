@@ -101,7 +101,9 @@ impl Outbound {
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
         // The request counts as in flight until its response body ends.
-        let (mut response, reason) = match self.forward(request, &request_id).await {
+        // One snapshot of our identity for the connection and the audit event (it may rotate meanwhile).
+        let identity = self.identity.current();
+        let (mut response, reason) = match self.forward(request, &request_id, identity.as_ref()).await {
             Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight)), Reason::Allowed),
             Err(reason) => {
                 tracing::debug!(%reason, request_id, "outbound request failed");
@@ -120,7 +122,7 @@ impl Outbound {
         self.audit.record(Event {
             direction: "outbound",
             request_id: Some(request_id),
-            caller_spiffe_id: self.identity.current().map(|i| Arc::from(i.svid().id().as_str())),
+            caller_spiffe_id: identity.map(|i| Arc::from(i.svid().id().as_str())),
             target: host.map(Arc::from),
             method: Some(method),
             path: Some(path),
@@ -134,7 +136,12 @@ impl Outbound {
         Ok(response)
     }
 
-    async fn forward(&self, mut request: Request<Incoming>, request_id: &str) -> Result<Response<Incoming>, Reason> {
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        request_id: &str,
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<Response<Incoming>, Reason> {
         if request.method() == Method::CONNECT {
             return Err(Reason::MethodNotAllowed);
         }
@@ -149,7 +156,7 @@ impl Outbound {
             .or_else(|| request.uri().authority().map(|a| a.as_str()))
             .unwrap_or_default();
         let (route, path) = self.pick(host, request.uri().path()).ok_or(Reason::NoRoute)?;
-        let identity = self.identity.current().ok_or(Reason::NotReady)?;
+        let identity = identity.ok_or(Reason::NotReady)?;
 
         let mut path_and_query = path.to_owned();
         if let Some(q) = request.uri().query() {
@@ -187,7 +194,7 @@ impl Outbound {
         parts.version = Version::HTTP_11;
         let outgoing = Request::from_parts(parts, http_body_util::BodyExt::boxed(incoming));
 
-        let pools = route.pools(&identity, &self.config)?;
+        let pools = route.pools(identity, &self.config)?;
         let client = if upgrade.is_some() { &pools.http1 } else { &pools.any };
         let mut response =
             upstream::with_timeout(self.config.response_timeout, client.request(outgoing), Some(&pools.refusals))
