@@ -26,11 +26,12 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-/// Streams `body` on, dropping identity headers from its trailers.
-pub fn without_spoofable_trailers(body: Incoming) -> Body {
-    body.map_frame(|frame| match frame.into_trailers() {
+/// Streams `body` on, dropping identity (and, unless allowed, underscore)
+/// headers from its trailers.
+pub fn without_spoofable_trailers(body: Incoming, allow_underscores: bool) -> Body {
+    body.map_frame(move |frame| match frame.into_trailers() {
         Ok(mut trailers) => {
-            crate::headers::strip_spoofable_trailers(&mut trailers);
+            crate::headers::sanitize_trailers(&mut trailers, allow_underscores);
             Frame::trailers(trailers)
         }
         Err(frame) => frame,

@@ -18,7 +18,7 @@ pub mod raw;
 mod units;
 
 pub use env::{Env, MapEnv, ProcessEnv};
-pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig};
+pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig, Upgrades};
 pub use units::{parse_duration, parse_size};
 
 /// Static secrets that are refused: the sidecar's Entra identity is federated.

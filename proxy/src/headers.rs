@@ -1,7 +1,13 @@
-//! Header hygiene (DESIGN 1.3 "Forwarding").
+//! Header hygiene (DESIGN 1.3 "Forwarding"): what never crosses the sidecar.
+//!
+//! Header names are compared after mapping `_` to `-`, because CGI/WSGI-style
+//! servers map both to the same variable (`x_spiffe_caller_id` and
+//! `x-spiffe-caller-id` are both `HTTP_X_SPIFFE_CALLER_ID`); and by default
+//! a request header whose name contains `_` is dropped outright, as nginx
+//! does (`inbound.allow_underscore_headers`).
 
-use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{HeaderMap, Method, Version};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_DENIED_BY: HeaderName = HeaderName::from_static("x-denied-by");
@@ -11,119 +17,140 @@ pub const X_SPIFFE_ENTRA_AGENT_ID: HeaderName = HeaderName::from_static("x-spiff
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones proxies still see.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
+/// Hop-by-hop headers (RFC 9110 7.6.1), the legacy ones proxies still see,
+/// and `HTTP2-Settings` (only meaningful with an `h2c` upgrade, which is
+/// never forwarded).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
 ];
 
-/// Removes hop-by-hop headers and every header named in `Connection`. For an
-/// upgrade that is being forwarded, `Upgrade` and `Connection: upgrade` stay.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+/// Headers that let a caller override the method a framework acts on: a
+/// caller allowed `POST` could otherwise perform `DELETE`.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// How a caller's headers are cleaned before they reach the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hygiene {
+    /// Forward an `Upgrade` that was accepted (see [`websocket_upgrade`]).
+    pub keep_upgrade: bool,
+    /// `inbound.allow_underscore_headers`: keep names with `_` (those that
+    /// map onto a header the sidecar strips or sets are dropped anyway).
+    pub allow_underscores: bool,
+}
+
+/// True for the one upgrade the sidecar forwards: an HTTP/1.1 `GET` with
+/// `Connection: upgrade` and exactly one `Upgrade` header whose value is the
+/// single token `websocket`. Anything else (`h2c` above all: it would turn
+/// the connection into a raw tunnel to the app, past every later request's
+/// policy check) is stripped and the request forwarded as an ordinary one.
+pub fn websocket_upgrade(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11 && method == Method::GET && single_websocket(headers) && connection_has_upgrade(headers)
+}
+
+/// True when a `101` response switches to WebSocket and nothing else.
+pub fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    single_websocket(headers)
+}
+
+fn single_websocket(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    matches!((values.next(), values.next()), (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+}
+
+fn connection_has_upgrade(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers (and `HTTP2-Settings`) and every header named
+/// in `Connection`, comparing names with `_` read as `-`. An accepted
+/// upgrade keeps `Upgrade` and gets `Connection: upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+    // Usually empty (`Connection: keep-alive` or `close` name nothing more): no allocation.
+    let named: Vec<String> = connection_tokens(headers)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| same_name(t, h)))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let hop =
+        |name: &str| HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)).any(|h| same_name(name, h));
+    remove_where(headers, hop);
     if let Some(upgrade) = upgrade {
         headers.insert(header::UPGRADE, upgrade);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
-/// Removes everything a caller must not be able to assert to the app:
-/// identity headers (`x-spiffe-*` / `x_spiffe_*`, any case), request IDs,
-/// client-cert and forwarding headers. Header names are already lower case.
-pub fn strip_spoofable(headers: &mut HeaderMap) {
-    let spoofable: Vec<HeaderName> = headers.keys().filter(|name| is_spoofable(name.as_str())).cloned().collect();
-    for name in spoofable {
+/// Inbound request hygiene: hop-by-hop headers, then everything a caller
+/// must not be able to assert to the app ([`is_spoofable`]), method
+/// overrides, and (unless allowed) every name containing `_`.
+pub fn sanitize_request(headers: &mut HeaderMap, hygiene: Hygiene) {
+    strip_hop_by_hop(headers, hygiene.keep_upgrade);
+    remove_where(headers, |name| caller_must_not_send(name, hygiene.allow_underscores));
+}
+
+/// Trailers never carry identity, overrides or (unless allowed) underscore names.
+pub fn sanitize_trailers(trailers: &mut HeaderMap, allow_underscores: bool) {
+    remove_where(trailers, |name| {
+        caller_must_not_send(name, allow_underscores) || HOP_BY_HOP.iter().any(|h| same_name(name, h))
+    });
+}
+
+fn caller_must_not_send(name: &str, allow_underscores: bool) -> bool {
+    if is_spoofable(name) || METHOD_OVERRIDES.iter().any(|m| same_name(name, m)) {
+        return true;
+    }
+    name.contains('_') && (!allow_underscores || ["content-length", "host"].iter().any(|h| same_name(name, h)))
+}
+
+/// Identity, request-ID, client-cert and forwarding headers, any case, `_`
+/// read as `-`. Header names are already lower case.
+pub fn is_spoofable(name: &str) -> bool {
+    starts_with_name(name, "x-spiffe-")
+        || starts_with_name(name, "x-forwarded-")
+        || ["x-request-id", "forwarded", "x-forwarded-client-cert"].iter().any(|n| same_name(name, n))
+}
+
+/// Removes every header whose name `doomed` says, without allocating when
+/// there is none (the common case).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    if !headers.keys().any(|name| doomed(name.as_str())) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|name| doomed(name.as_str())).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
 }
 
-fn is_spoofable(name: &str) -> bool {
-    name.starts_with("x-spiffe-")
-        || name.starts_with("x_spiffe_")
-        || name.starts_with("x-forwarded-")
-        || name.starts_with("x_forwarded_")
-        || matches!(name, "x-request-id" | "x_request_id" | "x-forwarded-client-cert" | "forwarded" | "x-forwarded-for")
+/// `name == target`, any case, `_` read as `-` on both sides.
+fn same_name(name: &str, target: &str) -> bool {
+    name.len() == target.len() && starts_with_name(name, target)
 }
 
-/// True for an HTTP/1.1 upgrade request (WebSocket): `Connection: upgrade` and an `Upgrade` header.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Trailers never carry identity: the same names are dropped from them.
-pub fn strip_spoofable_trailers(trailers: &mut HeaderMap) {
-    strip_spoofable(trailers);
+/// `name.starts_with(prefix)`, any case, `_` read as `-` on both sides.
+fn starts_with_name(name: &str, prefix: &str) -> bool {
+    let fold = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(n, p)| fold(n) == fold(p))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn spoofable_and_hop_by_hop_headers_are_removed() {
-        let mut h = map(&[
-            ("X-Spiffe-Caller-Id", "spiffe://evil/x"),
-            ("x_spiffe_caller_id", "spiffe://evil/y"),
-            ("X-SPIFFE-Trust-Domain", "evil"),
-            ("x-request-id", "abc"),
-            ("x-forwarded-for", "1.2.3.4"),
-            ("X-Forwarded-Host", "evil"),
-            ("x_forwarded_proto", "http"),
-            ("forwarded", "for=1.2.3.4"),
-            ("x-forwarded-client-cert", "Hash=..."),
-            ("connection", "keep-alive, X-Custom-Hop"),
-            ("x-custom-hop", "1"),
-            ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("transfer-encoding", "chunked"),
-            ("authorization", "Bearer t"),
-            ("x-app", "kept"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        strip_spoofable(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["authorization", "x-app"]);
-    }
-
-    #[test]
-    fn upgrades_keep_their_headers() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
-        assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get("upgrade").unwrap(), "websocket");
-        assert_eq!(h.get("connection").unwrap(), "upgrade");
-        assert!(h.contains_key("sec-websocket-key"));
-        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
-    }
-}
+mod tests;

@@ -308,18 +308,26 @@ impl Inbound {
         log.path = Some(path.into_string());
         let uri = uri?;
 
-        let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
-            .then(|| hyper::upgrade::on(&mut request));
+        // Only WebSocket is ever forwarded; any other `Upgrade` (h2c above all) is stripped.
+        let upgrade = (self.config.upgrades.websocket
+            && headers::websocket_upgrade(request.method(), request.version(), request.headers()))
+        .then(|| hyper::upgrade::on(&mut request));
         let (mut parts, incoming) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let agent_id = log.trace.entra_agent_id.as_deref();
         self.set_headers(&mut parts.headers, conn, request_id, agent_id, upgrade.is_some());
-        let outgoing = Request::from_parts(parts, body::without_spoofable_trailers(incoming));
+        let trailers = body::without_spoofable_trailers(incoming, self.config.allow_underscore_headers);
+        let outgoing = Request::from_parts(parts, trailers);
 
         let mut response = self.app.send(outgoing).await?;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(downstream)) = (upgraded, upgrade) {
+        if upgraded {
+            // A switch the caller did not (or may not) ask for would be a raw tunnel to the app.
+            let Some(downstream) = upgrade.filter(|_| headers::switches_to_websocket(response.headers())) else {
+                tracing::warn!(caller = %conn.peer.id, request_id, "the app switched protocols unasked; refused");
+                return Err(Reason::UpstreamError);
+            };
             let upstream = hyper::upgrade::on(&mut response);
             // Registered on its own: the HTTP connection ends once it is upgraded,
             // and removing the caller from the allow-list must close this too.
@@ -383,8 +391,9 @@ impl Inbound {
         entra_agent_id: Option<&str>,
         upgrade: bool,
     ) {
-        headers::strip_hop_by_hop(h, upgrade);
-        headers::strip_spoofable(h);
+        let hygiene =
+            headers::Hygiene { keep_upgrade: upgrade, allow_underscores: self.config.allow_underscore_headers };
+        headers::sanitize_request(h, hygiene);
         // The client sets Host from the upstream URI: a caller's Host never leaks a destination.
         h.remove(header::HOST);
         for (name, value) in &conn.forwarded {

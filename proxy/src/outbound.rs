@@ -170,7 +170,8 @@ impl Outbound {
             .build()
             .map_err(|_| Reason::BadPath)?;
 
-        let upgrade = (request.version() == Version::HTTP_11 && headers::is_upgrade(request.headers()))
+        // As inbound: only a WebSocket upgrade travels; anything else is an ordinary request.
+        let upgrade = headers::websocket_upgrade(request.method(), request.version(), request.headers())
             .then(|| hyper::upgrade::on(&mut request));
         let (mut parts, incoming) = request.into_parts();
         parts.uri = uri;
@@ -200,7 +201,11 @@ impl Outbound {
             upstream::with_timeout(self.config.response_timeout, client.request(outgoing), Some(&pools.refusals))
                 .await?;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(downstream)) = (upgraded, upgrade) {
+        if upgraded {
+            let Some(downstream) = upgrade.filter(|_| headers::switches_to_websocket(response.headers())) else {
+                tracing::warn!(route = route.config.name, request_id, "the peer switched protocols unasked; refused");
+                return Err(Reason::UpstreamError);
+            };
             let upstream = hyper::upgrade::on(&mut response);
             tokio::spawn(upstream::tunnel(downstream, upstream, Default::default()));
         }

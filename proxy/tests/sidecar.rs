@@ -28,4 +28,5 @@ mod sidecar {
     pub mod signals;
     pub mod support;
     pub mod telemetry;
+    pub mod upgrades;
 }

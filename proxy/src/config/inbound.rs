@@ -33,11 +33,23 @@ pub struct InboundConfig {
     pub limits: HttpLimits,
     pub tls_resumption: bool,
     pub path_options: PathOptions,
+    /// Request headers whose names contain `_` reach the app (off: dropped, as nginx does).
+    pub allow_underscore_headers: bool,
+    /// Which `Upgrade` requests are forwarded (`inbound.upgrades`).
+    pub upgrades: Upgrades,
     /// Layer 1 allow-list; empty = nobody.
     pub allowed_callers: Vec<IdPattern>,
     pub upstream_connect_timeout: Duration,
     /// Time until the app's response head.
     pub upstream_response_timeout: Duration,
+}
+
+/// The protocols a request may switch to on its way to the app. Only
+/// WebSocket exists: an `h2c` upgrade would turn the connection into a raw
+/// tunnel past every later request's policy check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgrades {
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +93,8 @@ impl Ctx<'_> {
             limits: self.limits("inbound", raw.header_timeout, raw.idle_timeout, raw.max_header_bytes)?,
             tls_resumption: raw.tls_resumption.unwrap_or(false),
             path_options: PathOptions { allow_semicolons: raw.allow_semicolons.unwrap_or(false) },
+            allow_underscore_headers: raw.allow_underscore_headers.unwrap_or(false),
+            upgrades: self.upgrades(raw.upgrades)?,
             allowed_callers,
             upstream_connect_timeout: self.duration(
                 "inbound.upstream_connect_timeout",
@@ -93,6 +107,23 @@ impl Ctx<'_> {
                 Duration::from_secs(30),
             )?,
         })
+    }
+
+    /// `inbound.upgrades`: `[websocket]` by default, `[]` for none.
+    fn upgrades(&self, raw: Option<Vec<String>>) -> Result<Upgrades, Error> {
+        let mut upgrades = Upgrades { websocket: false };
+        for (i, protocol) in raw.unwrap_or_else(|| vec!["websocket".into()]).iter().enumerate() {
+            match protocol.to_ascii_lowercase().as_str() {
+                "websocket" => upgrades.websocket = true,
+                _ => {
+                    return Err(self.invalid(
+                        &format!("inbound.upgrades[{i}]"),
+                        format!("`{protocol}` cannot be forwarded: only `websocket` is supported"),
+                    ));
+                }
+            }
+        }
+        Ok(upgrades)
     }
 
     pub(super) fn outbound(&self, raw: RawOutbound) -> Result<OutboundConfig, Error> {

@@ -168,6 +168,8 @@ pub struct RawInbound {
     pub max_header_bytes: Option<String>,
     pub tls_resumption: Option<bool>,
     pub allow_semicolons: Option<bool>,
+    pub allow_underscore_headers: Option<bool>,
+    pub upgrades: Option<Vec<String>>,
     #[serde(default)]
     pub allowed_callers: Vec<String>,
     pub upstream_connect_timeout: Option<String>,

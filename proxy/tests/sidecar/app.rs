@@ -143,3 +143,67 @@ impl TestApp {
 fn text(s: &'static str) -> Response<Body> {
     Response::new(Full::new(Bytes::from_static(s.as_bytes())).boxed())
 }
+
+/// An app that switches protocols whenever asked (as Hypercorn does for
+/// `h2c`), or on every request with `always`, then answers every chunk it
+/// reads through the "tunnel". It records each request head it parsed.
+pub struct SwitchingApp {
+    pub addr: SocketAddr,
+    pub heads: Mutex<Vec<String>>,
+}
+
+impl SwitchingApp {
+    pub async fn start(always: bool) -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = Arc::new(Self { addr: listener.local_addr().unwrap(), heads: Mutex::new(Vec::new()) });
+        let serving = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                tokio::spawn(serving.clone().connection(tcp, always));
+            }
+        });
+        app
+    }
+
+    async fn connection(self: Arc<Self>, mut tcp: tokio::net::TcpStream, always: bool) {
+        loop {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            self.heads.lock().unwrap().push(head.clone());
+            let upgrade = head.lines().find_map(|l| l.strip_prefix("upgrade:")).map(|v| v.trim().to_owned());
+            if upgrade.is_some() || always {
+                let token = upgrade.unwrap_or_else(|| "h2c".into());
+                let reply =
+                    format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {token}\r\n\r\n");
+                if tcp.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    let answer = format!("tunnel saw {n} bytes: {}", String::from_utf8_lossy(&buf[..n]));
+                    if n == 0 || tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            let body = "ordinary";
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if tcp.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}

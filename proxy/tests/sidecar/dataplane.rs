@@ -277,3 +277,41 @@ async fn a_refused_caller_reads_the_alert_even_with_its_request_in_flight() {
         assert!(matches!(alert, Some(rustls::Error::AlertReceived(_))), "attempt {attempt}: {err:?}");
     }
 }
+
+/// Sent straight to the inbound by a direct mTLS client (no outbound sidecar
+/// in between to clean anything): identity, forwarding and request-ID
+/// headers with mixed `-`/`_` separators, underscore names and method
+/// overrides never reach the app; a CGI/WSGI app would read each of them as
+/// the header the sidecar sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disguised_identity_underscore_and_override_headers_never_reach_the_app() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let raw = "POST /budget/write HTTP/1.1\r\nHost: x\r\n\
+        x-spiffe_caller_id: spiffe://aim.example/admin\r\n\
+        x_spiffe-caller-id: spiffe://aim.example/admin\r\n\
+        X-Spiffe-Caller_Id: spiffe://aim.example/admin\r\n\
+        x-forwarded_for: 10.0.0.1\r\n\
+        x-request_id: attacker-chosen\r\n\
+        x_forwarded_client_cert: Hash=evil\r\n\
+        my_custom_header: 1\r\n\
+        X-HTTP-Method-Override: DELETE\r\n\
+        X-HTTP-Method: DELETE\r\n\
+        X-Method-Override: DELETE\r\n\
+        X-App: kept\r\n\
+        Content-Length: 0\r\nConnection: close\r\n\r\n";
+    let out = raw_exchange(mesh.inbound(), tls, raw.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(statuses(&out), [200], "{out}");
+    let seen = mesh.app.seen().pop().unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.header("x-app"), Some("kept"));
+    assert_eq!(seen.header("x-spiffe-caller-id"), Some(REPORT));
+    for (name, value) in &seen.headers {
+        assert!(!name.contains('_'), "{name}: {value} reached the app");
+        assert!(!name.contains("method"), "{name}: {value} reached the app");
+        assert!(
+            !["spiffe://aim.example/admin", "10.0.0.1", "attacker-chosen", "Hash=evil"].contains(&value.as_str()),
+            "{name}: {value} reached the app"
+        );
+    }
+}

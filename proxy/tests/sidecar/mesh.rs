@@ -224,3 +224,18 @@ outbound:
         socket.display()
     )
 }
+
+impl Mesh {
+    /// Another backend sidecar (the backend's SVID, both callers allowed, the
+    /// open policy) in front of `upstream`, with `inbound_extra` added to its
+    /// `inbound` section (YAML lines indented by two spaces).
+    pub async fn sidecar_for(&self, name: &str, upstream: SocketAddr, inbound_extra: &str) -> App {
+        let yaml = backend_yaml(&self.dir.path().join("backend.sock"), upstream, &[REPORT, APPROVAL])
+            .replace("  header_timeout: 1s\n", &format!("  header_timeout: 1s\n{inbound_extra}"))
+            .replace("state_file: state.json", &format!("state_file: {name}-state.json"))
+            + &jwt_yaml(&self.idp.authority());
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        start_app(Config::load(&path).unwrap()).await
+    }
+}
