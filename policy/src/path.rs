@@ -4,7 +4,8 @@
 //! re-encoded, so the app never decodes something the sidecar did not judge:
 //! percent-decoded exactly once, dot-segments resolved, duplicate slashes
 //! merged; one trailing slash is kept for forwarding but ignored for
-//! matching. Anything ambiguous is refused (`bad_path`).
+//! matching. Anything ambiguous is refused (`bad_path`), and so is a decoded
+//! control character (C0, DEL, C1).
 
 use std::fmt;
 
@@ -21,6 +22,8 @@ pub enum PathError {
     Backslash,
     #[error("path has a NUL")]
     Nul,
+    #[error("path has a control character")]
+    ControlCharacter,
     #[error("path has a malformed percent-escape")]
     BadEscape,
     #[error("path is not UTF-8 once decoded")]
@@ -61,6 +64,11 @@ impl CanonicalPath {
         let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| PathError::InvalidUtf8)?;
         if decoded.contains('\0') {
             return Err(PathError::Nul);
+        }
+        // `%0A`/`%0D` split log lines and headers an app may build from the
+        // path, `%09` and DEL slip past naive matching: none belongs in a path.
+        if decoded.chars().any(char::is_control) {
+            return Err(PathError::ControlCharacter);
         }
         if decoded.contains('\\') {
             return Err(PathError::Backslash);

@@ -80,6 +80,10 @@ async fn bad_paths_and_targets() {
         "/a%00b",
         "/a;jsessionid=1",
         "/a%ffb",
+        "/a%0Ab",
+        "/a%0d%0aX-Injected:%20yes",
+        "/a%09b",
+        "/a%7Fb",
     ] {
         let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let out = raw_exchange(mesh.inbound(), tls.clone(), raw.as_bytes(), Duration::from_secs(5)).await;
