@@ -158,10 +158,16 @@ pub fn server_config(
 
 /// A client config for connecting to a peer sidecar whose SPIFFE ID must
 /// match `expected`; presents the current SVID.
+///
+/// Session resumption is off here too: against a peer that resumes, a
+/// resumed session would skip our server verifier (the current bundle, the
+/// target's expiry and its SPIFFE ID).
 pub fn client_config(identity: IdentityWatch, expected: IdPattern) -> Result<ClientConfig, rustls::Error> {
-    Ok(ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(identity.clone(), expected)))
-        .with_client_cert_resolver(Arc::new(SvidResolver::new(identity))))
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(identity)));
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }

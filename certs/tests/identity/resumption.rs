@@ -2,6 +2,8 @@
 //! session does not run the client verifier again, so it would skip the
 //! current bundle, allow-list and expiry checks.
 
+use std::sync::Arc;
+
 use rustls::HandshakeKind;
 
 use super::support::{TlsServer, allow_all, ca, client, handshake_kind, static_identity};
@@ -17,12 +19,21 @@ async fn every_connection_gets_a_full_handshake_and_is_verified_again() {
     }
     assert_eq!(server.seen.lock().unwrap().len(), 3, "the verifier ran for each connection");
 
-    // The same client resumes against a listener with resumption on (what
-    // `inbound.tls_resumption: true` sets up): the check above would see it.
+    // A client that keeps sessions resumes against a listener with resumption
+    // on (what `inbound.tls_resumption: true` sets up): the check above would see it.
     let mut config = certs::tls::server_config(server_identity, allow_all()).unwrap();
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
     config.send_tls13_tickets = 2;
     let resuming = TlsServer::start_with(config).await;
-    assert_eq!(handshake_kind(client.clone(), resuming.addr).await, HandshakeKind::Full);
-    assert_eq!(handshake_kind(client, resuming.addr).await, HandshakeKind::Resumed);
+    let mut keeping = client.as_ref().clone();
+    keeping.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let keeping = Arc::new(keeping);
+    assert_eq!(handshake_kind(keeping.clone(), resuming.addr).await, HandshakeKind::Full);
+    assert_eq!(handshake_kind(keeping, resuming.addr).await, HandshakeKind::Resumed);
+
+    // The sidecar's own outbound client never resumes, even against that peer,
+    // so our server verifier runs on every connection.
+    for _ in 0..3 {
+        assert_eq!(handshake_kind(client.clone(), resuming.addr).await, HandshakeKind::Full);
+    }
 }
