@@ -1,9 +1,10 @@
 //! Admin changes that must survive a restart: written to `mgmt.state_file`
-//! (temp file, fsync, rename: a crash never leaves a torn file) before the
+//! (random temp file, fsync, rename: a crash never leaves a torn file) before the
 //! admin API answers 200, and re-applied on start.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -93,17 +94,26 @@ impl StateFile {
     }
 }
 
+/// Temp file (random name beside the target, created with `O_EXCL` so a
+/// planted symlink is never followed, mode 0600), fsync, rename, fsync of
+/// the directory: a crash leaves the old file or the new one, never a torn one.
 fn write_atomically(path: &Path, state: &State) -> Result<(), String> {
     let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| format!("`{}`: {e}", path.display());
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".a2a-state-")
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(&bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    if let Ok(dir) = std::fs::File::open(dir) {
         let _ = dir.sync_all();
     }
     Ok(())
@@ -129,5 +139,43 @@ mod tests {
         assert_eq!(reopened.last_change.as_deref(), Some("agent-risk:ops"));
         std::fs::write(&path, b"{ not json").unwrap();
         assert!(StateFile::open(&path).is_err(), "a broken state file refuses to start");
+    }
+
+    #[test]
+    fn the_file_is_private_and_a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // What the old fixed temp name (`state.tmp`) would have written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        let file = StateFile::open(&path).unwrap();
+        file.update("agent-tags:ops", |s| {
+            s.tags.insert("spiffe://td/a".into(), "finance".into());
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        // Nothing but the state file, the planted link and the victim is left behind.
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        names.sort();
+        assert_eq!(names, ["state.json", "state.tmp", "victim"]);
+    }
+
+    #[test]
+    fn a_state_file_named_like_a_temp_file_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.tmp");
+        let file = StateFile::open(&path).unwrap();
+        for level in ["low", "high"] {
+            file.update("agent-risk:ops", |s| {
+                s.risks.insert("spiffe://td/a".into(), level.into());
+            })
+            .unwrap();
+        }
+        let reopened = StateFile::open(&path).unwrap().get();
+        assert_eq!(reopened.risks.get("spiffe://td/a").map(String::as_str), Some("high"));
     }
 }
