@@ -86,6 +86,13 @@ pub struct DevIdp {
     base_url: RwLock<String>,
     jwks_down: AtomicBool,
     jwks_fetches: AtomicU64,
+    /// The token endpoint's `expires_in` (tests set hostile values).
+    expires_in: RwLock<Value>,
+    /// Token requests for these scopes wait until released (tests of slow exchanges).
+    held_scopes: RwLock<std::collections::HashSet<String>>,
+    released: tokio::sync::Notify,
+    /// Token requests waiting in a held scope now.
+    waiting: AtomicU64,
 }
 
 impl DevIdp {
@@ -115,6 +122,10 @@ impl DevIdp {
             base_url: RwLock::new(base_url.trim().to_owned()),
             jwks_down: AtomicBool::new(false),
             jwks_fetches: AtomicU64::new(0),
+            expires_in: RwLock::new(json!(3600)),
+            held_scopes: RwLock::default(),
+            released: tokio::sync::Notify::new(),
+            waiting: AtomicU64::new(0),
         }))
     }
 
@@ -205,6 +216,46 @@ impl DevIdp {
         self.jwks_fetches.load(Ordering::SeqCst)
     }
 
+    /// What the token endpoint answers as `expires_in` (a number, a string, anything).
+    pub fn set_token_expires_in(&self, value: Value) {
+        *self.expires_in.write().unwrap_or_else(PoisonError::into_inner) = value;
+    }
+
+    /// Holds (or releases) token requests for `scope` until released.
+    pub fn hold_scope(&self, scope: &str, held: bool) {
+        let mut scopes = self.held_scopes.write().unwrap_or_else(PoisonError::into_inner);
+        if held {
+            scopes.insert(scope.to_owned());
+        } else {
+            scopes.remove(scope);
+            self.released.notify_waiters();
+        }
+    }
+
+    /// How many token requests wait in a held scope now.
+    pub fn held_requests(&self) -> u64 {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Waits while token requests for `scope` are held.
+    async fn wait_unless_held(&self, scope: &str) {
+        let mut counted = false;
+        loop {
+            let released = self.released.notified();
+            if !self.held_scopes.read().unwrap_or_else(PoisonError::into_inner).contains(scope) {
+                break;
+            }
+            if !counted {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                counted = true;
+            }
+            released.await;
+        }
+        if counted {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     /// The claims of an Entra access token per `spec` (v1 or v2 shape).
     pub fn claims(&self, spec: &TokenSpec) -> Value {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
@@ -278,6 +329,13 @@ impl DevIdp {
             let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
             let body =
                 http_body_util::BodyExt::collect(req.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            let scope = String::from_utf8_lossy(&body)
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == "scope")
+                .map(|(_, v)| decode(v))
+                .unwrap_or_default();
+            self.wait_unless_held(&scope).await;
             return Ok(self.token_endpoint(&tenant, &body));
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -374,7 +432,11 @@ impl DevIdp {
         match self.token(&spec) {
             Ok(token) => json_response(
                 StatusCode::OK,
-                &json!({ "access_token": token, "token_type": "Bearer", "expires_in": 3600 }),
+                &json!({
+                    "access_token": token,
+                    "token_type": "Bearer",
+                    "expires_in": self.expires_in.read().unwrap_or_else(PoisonError::into_inner).clone(),
+                }),
             ),
             Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "server_error" })),
         }

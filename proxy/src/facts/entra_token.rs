@@ -1,20 +1,24 @@
 //! The sidecar's own Entra tokens: OAuth client credentials with a federated
 //! client assertion (a projected service-account token re-read for every
 //! exchange, or a JWT-SVID), cached per scope until shortly before expiry.
-//! One exchange runs at a time; requests waiting for it share its result.
+//! Concurrent requests for one scope share one exchange; scopes never wait
+//! for each other.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::Mutex;
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::http::{FetchError, HttpClient};
 use crate::config::{AssertionSource, EntraSection};
 
 /// Tokens are renewed this long before they expire.
 const RENEW_BEFORE: Duration = Duration::from_secs(60);
+/// A token is never kept longer than this, whatever `expires_in` says
+/// (Entra issues 60-90 minutes; a hostile or broken endpoint may say anything).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// When `expires_in` is missing or unreadable.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Scopes are configured (routes, Graph), so this is generous.
+const MAX_SCOPES: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -28,12 +32,28 @@ pub enum TokenError {
     NoToken,
 }
 
+/// A token and how long it may be used.
+#[derive(Clone)]
+struct Token {
+    value: Arc<str>,
+    use_for: Duration,
+}
+
+/// Each token expires from the cache at its own time.
+struct UseFor;
+
+impl moka::Expiry<String, Token> for UseFor {
+    fn expire_after_create(&self, _scope: &String, token: &Token, _created: Instant) -> Option<Duration> {
+        Some(token.use_for)
+    }
+}
+
 pub struct EntraTokens {
     token_url: String,
     client_id: String,
     assertion: AssertionSource,
     http: HttpClient,
-    cache: Mutex<HashMap<String, (Arc<str>, Instant)>>,
+    cache: moka::future::Cache<String, Token>,
     exchanges: std::sync::atomic::AtomicU64,
 }
 
@@ -44,7 +64,7 @@ impl EntraTokens {
             client_id: section.client_id.clone(),
             assertion: section.assertion.clone(),
             http,
-            cache: Mutex::new(HashMap::new()),
+            cache: moka::future::Cache::builder().max_capacity(MAX_SCOPES).expire_after(UseFor).build(),
             exchanges: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -55,12 +75,12 @@ impl EntraTokens {
     }
 
     /// An access token for `scope` (e.g. `https://graph.microsoft.com/.default`).
-    pub async fn token(&self, scope: &str) -> Result<Arc<str>, TokenError> {
-        let mut cache = self.cache.lock().await;
-        if let Some((token, until)) = cache.get(scope).filter(|(_, until)| Instant::now() < *until) {
-            let _ = until;
-            return Ok(token.clone());
-        }
+    pub async fn token(&self, scope: &str) -> Result<Arc<str>, Arc<TokenError>> {
+        let token = self.cache.try_get_with_by_ref(scope, self.exchange(scope)).await?;
+        Ok(token.value)
+    }
+
+    async fn exchange(&self, scope: &str) -> Result<Token, TokenError> {
         let assertion = self.assertion().await?;
         self.exchanges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fields = [
@@ -72,11 +92,8 @@ impl EntraTokens {
         ];
         let body = self.http.post_form(&self.token_url, &fields).await.map_err(TokenError::Endpoint)?;
         let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| TokenError::NoToken)?;
-        let token: Arc<str> = json.get("access_token").and_then(|v| v.as_str()).ok_or(TokenError::NoToken)?.into();
-        let lifetime = Duration::from_secs(json.get("expires_in").and_then(|v| v.as_u64()).unwrap_or(300));
-        let until = Instant::now() + lifetime.saturating_sub(RENEW_BEFORE);
-        cache.insert(scope.to_owned(), (token.clone(), until));
-        Ok(token)
+        let value: Arc<str> = json.get("access_token").and_then(|v| v.as_str()).ok_or(TokenError::NoToken)?.into();
+        Ok(Token { value, use_for: lifetime(json.get("expires_in")).saturating_sub(RENEW_BEFORE) })
     }
 
     /// The client assertion, fresh for each exchange.
@@ -99,3 +116,17 @@ impl EntraTokens {
         }
     }
 }
+
+/// `expires_in` (seconds, a number or, from Entra's v1 endpoint, a string),
+/// capped at [`MAX_LIFETIME`].
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    let seconds = match expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    };
+    seconds.map_or(DEFAULT_LIFETIME, |s| Duration::from_secs(s).min(MAX_LIFETIME))
+}
+
+#[cfg(all(test, feature = "dev"))]
+mod tests;
