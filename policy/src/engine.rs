@@ -56,9 +56,14 @@ pub struct Verdict {
     pub rule: Option<usize>,
 }
 
-/// Decisions remembered per engine. Request paths are chosen by callers, so
-/// the cache is bounded: a flood of distinct paths only causes misses.
-const CACHE_CAPACITY: u64 = 65_536;
+/// Bytes of decisions remembered per engine. Request paths are chosen by
+/// callers, so the cache is bounded by what its entries weigh, not by their
+/// number: a flood of distinct (long) paths only causes misses.
+pub const CACHE_BYTES: u64 = 8 << 20;
+/// A longer path is decided by Cedar every time, never remembered.
+pub const MAX_CACHED_PATH: usize = 1024;
+/// What an entry costs besides its strings (moka's node, the `Arc`, headers).
+const ENTRY_OVERHEAD: usize = 160;
 
 /// A compiled, validated policy: immutable; swap a new one in to change it
 /// (a new engine also starts with an empty decision cache).
@@ -83,6 +88,15 @@ struct Cached {
     method: String,
     path: String,
     verdict: Verdict,
+}
+
+impl Cached {
+    /// Approximate bytes held by one entry.
+    fn weight(_key: &u64, entry: &Arc<Self>) -> u32 {
+        let ids: usize = entry.verdict.decision.policy_ids.iter().map(String::len).sum();
+        let bytes = ENTRY_OVERHEAD + entry.caller.len() + entry.method.len() + entry.path.len() + ids;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
 }
 
 struct Slice {
@@ -129,7 +143,7 @@ impl PolicyEngine {
             caller_type: EntityTypeName::from_str("Caller").map_err(|e| PolicyError::Schema(e.to_string()))?,
             action: fixed(r#"Action::"request""#)?,
             resource: fixed(r#"Service::"app""#)?,
-            cache: moka::sync::Cache::new(CACHE_CAPACITY),
+            cache: moka::sync::Cache::builder().max_capacity(CACHE_BYTES).weigher(Cached::weight).build(),
         })
     }
 
@@ -174,6 +188,9 @@ impl PolicyEngine {
             return hit.verdict.clone();
         }
         let verdict = self.decide_uncached(request);
+        if request.path.len() > MAX_CACHED_PATH {
+            return verdict;
+        }
         let cached = Cached {
             caller: request.caller.as_str().to_owned(),
             method: request.method.to_owned(),
@@ -182,6 +199,12 @@ impl PolicyEngine {
         };
         self.cache.insert(key, Arc::new(cached));
         verdict
+    }
+
+    /// Entries and approximate bytes in the decision cache (after pending evictions).
+    pub fn cache_usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
     }
 
     /// Layer 2 evaluated by Cedar, bypassing the decision cache.

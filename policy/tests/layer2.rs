@@ -283,3 +283,26 @@ proptest! {
         }
     }
 }
+
+/// One allowed caller sending distinct long paths cannot grow the decision
+/// cache past its byte budget (an entry-count bound let 65,536 paths of up to
+/// 32 KiB each pile up), and a very long path is never remembered.
+#[test]
+fn the_decision_cache_is_bounded_by_bytes() {
+    let engine = engine(&one_entry("deny", "      - {path: '/*', methods: ['*'], action: allow}\n"));
+    let caller = "spiffe://td.example/a";
+    let segment = "x".repeat(1000);
+    for i in 0..20_000 {
+        assert!(decide(&engine, caller, "GET", &format!("/{i}/{segment}")).0);
+    }
+    let (entries, bytes) = engine.cache_usage();
+    assert!(bytes <= policy::engine::CACHE_BYTES, "{bytes} bytes in {entries} entries");
+    assert!(entries > 1000, "the cache still works: {entries} entries");
+
+    let long = "y".repeat(policy::engine::MAX_CACHED_PATH + 1);
+    let before = engine.cache_usage().0;
+    for i in 0..100 {
+        assert!(decide(&engine, caller, "GET", &format!("/{i}{long}")).0);
+    }
+    assert_eq!(engine.cache_usage().0, before, "long paths are not remembered");
+}
