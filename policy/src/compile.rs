@@ -1,15 +1,18 @@
 //! The reference YAML compiled to Cedar.
 //!
-//! Cedar has no rule order, so "first matching rule wins" is encoded by
-//! guarding rule `i` with the negation of every earlier rule's condition: at
-//! most one rule of an entry can be satisfied for a request. `default_action:
-//! allow` becomes a permit guarded by the negation of every rule. Each entry
-//! compiles to its own slice, so evaluation cost does not grow with the
-//! number of callers.
+//! Cedar has no rule order, so every rule, allow or deny, compiles to a
+//! `permit` of its own condition, tagged with its index; the engine picks
+//! the lowest-indexed satisfied rule and applies its action ("first
+//! matching rule wins"), and `default_action` when none is satisfied. The
+//! text is linear in the rules: guarding rule `i` with the negation of every
+//! earlier rule instead grew with their square and, past ~35 rules, nested
+//! deeper than Cedar's evaluator allows (those rules silently never
+//! matched). Each entry compiles to its own slice, so evaluation cost does
+//! not grow with the number of callers.
 
 use std::fmt::Write as _;
 
-use crate::reference::{Action, Entry, Methods, PolicyDoc, RulePath};
+use crate::reference::{Entry, Methods, RulePath};
 
 /// The schema every policy (compiled or native) is validated against.
 pub const SCHEMA: &str = r#"
@@ -50,34 +53,33 @@ pub fn rule_id(entry: &str, index: usize) -> String {
     format!("{entry}/rules/{index}")
 }
 
-/// Compiles one entry's rules (and its default) to Cedar source.
-pub fn compile_entry(doc: &PolicyDoc, entry: &Entry, options: CompileOptions) -> Vec<CompiledPolicy> {
+/// Bytes of Cedar a whole policy document may compile to: compiling and
+/// validating more would hold a thread for seconds. The reference sample
+/// needs about 6 KiB; a 256 KiB `PUT /mgmt/policy` body at most about 1 MiB.
+pub const MAX_CEDAR_BYTES: usize = 2 << 20;
+
+/// Compiles one entry's rules to Cedar source, or says how many bytes that
+/// would take when it is more than `budget` (nothing is built then).
+pub fn compile_entry(entry: &Entry, options: CompileOptions, budget: usize) -> Result<Vec<CompiledPolicy>, usize> {
     let conditions: Vec<String> = entry.rules.iter().map(|r| condition(&r.methods, &r.path, options)).collect();
-    let none_before = |i: usize| -> String { conditions.iter().take(i).map(|c| format!(" && !({c})")).collect() };
-    let mut out = Vec::with_capacity(entry.rules.len() + 1);
-    for (i, rule) in entry.rules.iter().enumerate() {
+    let needed = conditions.iter().fold(0usize, |total, c| total.saturating_add(PER_POLICY + c.len()));
+    if needed > budget {
+        return Err(needed);
+    }
+    let mut out = Vec::with_capacity(conditions.len());
+    for (i, cond) in conditions.iter().enumerate() {
         let id = rule_id(&entry.name, i);
-        let effect = match rule.action {
-            Action::Allow => "permit",
-            Action::Deny => "forbid",
-        };
-        let cond = conditions.get(i).map_or("false", String::as_str);
         let text = format!(
-            "@id(\"{}\")\n{effect}(principal, action == Action::\"request\", resource)\nwhen {{ {cond}{} }};",
-            escape(&id),
-            none_before(i)
+            "@id(\"{}\")\npermit(principal, action == Action::\"request\", resource)\nwhen {{ {cond} }};",
+            escape(&id)
         );
         out.push(CompiledPolicy { id, rule: Some(i), text });
     }
-    if doc.default_action == Action::Allow {
-        let text = format!(
-            "@id(\"{DEFAULT_ACTION_ID}\")\npermit(principal, action == Action::\"request\", resource)\nwhen {{ true{} }};",
-            none_before(entry.rules.len())
-        );
-        out.push(CompiledPolicy { id: DEFAULT_ACTION_ID.to_owned(), rule: None, text });
-    }
-    out
+    Ok(out)
 }
+
+/// The text of a compiled rule besides its condition, with room for its ID.
+const PER_POLICY: usize = 128;
 
 fn condition(methods: &Methods, path: &RulePath, options: CompileOptions) -> String {
     let methods = match methods {

@@ -14,7 +14,7 @@ use certs::SpiffeId;
 
 use crate::compile::{self, CompileOptions, SCHEMA};
 use crate::decision::{Decision, Reason};
-use crate::reference::{Entry, PolicyDoc, ReferenceError};
+use crate::reference::{Action, Entry, PolicyDoc, ReferenceError};
 
 /// Why a policy set cannot be built. The old policy stays in force.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +27,12 @@ pub enum PolicyError {
     DuplicateId { file: String, id: String },
     #[error("cedar schema: {0}")]
     Schema(String),
+    #[error(
+        "`{file}`: entry `{entry}`: the policy compiles to more than {} MiB of Cedar (this entry alone needs {bytes} bytes): \
+         use fewer or shorter rules",
+        compile::MAX_CEDAR_BYTES >> 20
+    )]
+    TooLarge { file: String, entry: String, bytes: usize },
 }
 
 /// A policy source file's name and text (the engine does no I/O).
@@ -121,8 +127,15 @@ impl PolicyEngine {
         let native_ids = native.iter().map(|p| p.id().to_string()).collect();
 
         let mut slices = Vec::with_capacity(doc.entries.len());
+        let mut budget = compile::MAX_CEDAR_BYTES;
         for entry in &doc.entries {
-            slices.push(build_slice(&doc, entry, options, &native, &reference.name, &validator)?);
+            let compiled = compile::compile_entry(entry, options, budget).map_err(|needed| PolicyError::TooLarge {
+                file: reference.name.clone(),
+                entry: entry.name.to_string(),
+                bytes: needed,
+            })?;
+            budget -= compiled.iter().map(|c| c.text.len()).sum::<usize>().min(budget);
+            slices.push(build_slice(compiled, &native, &reference.name, &validator)?);
         }
         let (mut exact, mut prefixes) = (HashMap::new(), HashMap::new());
         for (i, entry) in doc.entries.iter().enumerate() {
@@ -235,25 +248,62 @@ impl PolicyEngine {
             return error_verdict(index);
         };
         let response = self.authorizer.is_authorized(&cedar_request, &slice.set, &Entities::empty());
-        let policy_ids: Arc<[String]> = response.diagnostics().reason().map(ToString::to_string).collect();
+        // A policy that cannot be evaluated must not let a later rule (or a
+        // permit) decide in its place: any error denies.
+        if response.diagnostics().errors().next().is_some() {
+            return error_verdict(index);
+        }
+        let satisfied = || response.diagnostics().reason();
         match response.decision() {
-            CedarDecision::Allow => {
-                let rule = response.diagnostics().reason().find_map(|id| slice.rule_of.get(id).copied());
-                let decision = Decision { policy_ids, ..Decision::allow() };
-                Verdict { decision, entry: Some(index), rule }
-            }
-            CedarDecision::Deny if policy_ids.is_empty() => {
+            // Only a native `forbid` can deny in Cedar: it wins over every rule.
+            CedarDecision::Deny if satisfied().next().is_some() => {
                 let decision = Decision {
-                    policy_ids: Arc::new([compile::DEFAULT_ACTION_ID.to_owned()]),
-                    ..Decision::deny(Reason::NoMatchingRule)
+                    policy_ids: satisfied().map(ToString::to_string).collect(),
+                    ..Decision::deny(Reason::RuleDenied)
                 };
                 Verdict { decision, entry: Some(index), rule: None }
             }
-            CedarDecision::Deny => {
-                let decision = Decision { policy_ids, ..Decision::deny(Reason::RuleDenied) };
-                Verdict { decision, entry: Some(index), rule: None }
+            CedarDecision::Deny => self.default_action(index),
+            CedarDecision::Allow => {
+                // First matching rule wins; native permits allow when no rule matched.
+                let first = satisfied()
+                    .filter_map(|id| slice.rule_of.get(id).map(|rule| (*rule, id)))
+                    .min_by_key(|(rule, _)| *rule);
+                match first {
+                    Some((rule, id)) if entry.rules.get(rule).is_some_and(|r| r.action == Action::Deny) => {
+                        let decision =
+                            Decision { policy_ids: Arc::new([id.to_string()]), ..Decision::deny(Reason::RuleDenied) };
+                        Verdict { decision, entry: Some(index), rule: None }
+                    }
+                    Some((rule, id)) => {
+                        let native = satisfied().filter(|p| !slice.rule_of.contains_key(*p)).map(ToString::to_string);
+                        let policy_ids = std::iter::once(id.to_string()).chain(native).collect();
+                        Verdict {
+                            decision: Decision { policy_ids, ..Decision::allow() },
+                            entry: Some(index),
+                            rule: Some(rule),
+                        }
+                    }
+                    None => {
+                        let decision = Decision {
+                            policy_ids: satisfied().map(ToString::to_string).collect(),
+                            ..Decision::allow()
+                        };
+                        Verdict { decision, entry: Some(index), rule: None }
+                    }
+                }
             }
         }
+    }
+
+    /// No rule and no native policy decided: `default_action` does.
+    fn default_action(&self, index: usize) -> Verdict {
+        let policy_ids: Arc<[String]> = Arc::new([compile::DEFAULT_ACTION_ID.to_owned()]);
+        let decision = match self.doc.default_action {
+            Action::Allow => Decision { policy_ids, ..Decision::allow() },
+            Action::Deny => Decision { policy_ids, ..Decision::deny(Reason::NoMatchingRule) },
+        };
+        Verdict { decision, entry: Some(index), rule: None }
     }
 }
 
@@ -263,9 +313,7 @@ fn error_verdict(entry: usize) -> Verdict {
 }
 
 fn build_slice(
-    doc: &PolicyDoc,
-    entry: &Entry,
-    options: CompileOptions,
+    compiled: Vec<compile::CompiledPolicy>,
     native: &[Policy],
     file: &str,
     validator: &Validator,
@@ -273,7 +321,7 @@ fn build_slice(
     let mut set = PolicySet::new();
     let mut rule_of = HashMap::new();
     let cedar_err = |message: String| PolicyError::Cedar { file: file.to_owned(), message };
-    for compiled in compile::compile_entry(doc, entry, options) {
+    for compiled in compiled {
         let id = PolicyId::new(&compiled.id);
         let policy = Policy::parse(Some(id.clone()), &compiled.text).map_err(|e| cedar_err(e.to_string()))?;
         set.add(policy).map_err(|_| PolicyError::DuplicateId { file: file.to_owned(), id: compiled.id.clone() })?;

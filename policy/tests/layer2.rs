@@ -306,3 +306,52 @@ fn the_decision_cache_is_bounded_by_bytes() {
     }
     assert_eq!(engine.cache_usage().0, before, "long paths are not remembered");
 }
+
+fn many_rules(entries: usize, rules: usize, path_len: usize) -> String {
+    let mut yaml = format!("{HEAD}default_action: deny\npolicies:\n");
+    for e in 0..entries {
+        yaml.push_str(&format!("  - name: e{e}\n    spiffe_id: 'spiffe://td.example/e{e}'\n    rules:\n"));
+        for r in 0..rules {
+            let path = format!("/{r}/{}", "p".repeat(path_len));
+            yaml.push_str(&format!("      - {{path: '{path}', methods: [GET], action: allow}}\n"));
+        }
+    }
+    yaml
+}
+
+/// Rules per entry and the compiled Cedar are bounded, and a document past
+/// either bound is refused naming the entry, before any Cedar is built.
+#[test]
+fn policies_that_would_compile_to_too_much_cedar_are_refused() {
+    let err = engine_with(&many_rules(1, 257, 1), &[], CompileOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("e0") && err.contains("`rules`") && err.contains("at most 256"), "{err}");
+
+    // Only a policy file can be this large (a PUT body is at most 256 KiB).
+    let yaml = many_rules(30, 256, 300);
+    let err = engine_with(&yaml, &[], CompileOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("MiB of Cedar") && err.contains("entry `e"), "{err}");
+}
+
+/// Every rule of a full entry is reachable and first-match-wins holds to the
+/// last one. The earlier encoding guarded each rule with the negation of all
+/// earlier ones: its text grew with the square of the rules, a 256 KiB
+/// document asked for hundreds of MB of Cedar, and past ~35 rules Cedar's
+/// evaluator refused the nesting, so those rules silently never matched.
+#[test]
+fn a_full_entry_decides_by_its_first_matching_rule() {
+    let mut rules = String::new();
+    for r in 0..256 {
+        let rule = match r {
+            200 => "{path: '/x/*', methods: ['*'], action: deny}".to_owned(),
+            254 => "{path: '/x/y', methods: [GET], action: allow}".to_owned(),
+            _ => format!("{{path: '/{r}/p', methods: [GET], action: allow}}"),
+        };
+        rules.push_str(&format!("      - {rule}\n"));
+    }
+    let e = engine(&one_entry("deny", &rules));
+    let a = "spiffe://td.example/a";
+    assert_eq!(decide(&e, a, "GET", "/255/p"), (true, "allowed", vec!["a/rules/255".into()], Some(255)));
+    assert_eq!(decide(&e, a, "GET", "/40/p"), (true, "allowed", vec!["a/rules/40".into()], Some(40)));
+    assert_eq!(decide(&e, a, "GET", "/x/y"), (false, "rule_denied", vec!["a/rules/200".into()], None));
+    assert_eq!(decide(&e, a, "POST", "/255/p"), (false, "no_matching_rule", vec!["default_action".into()], None));
+}

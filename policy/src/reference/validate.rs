@@ -9,6 +9,9 @@ use super::raw::{RawEntry, RawPolicy, RawRule};
 use super::{Action, Ca, Entry, Governance, Methods, PolicyDoc, Problem, Rule, RulePath, Selector, env_name};
 use crate::path::{CanonicalPath, PathOptions};
 
+/// Rules in one entry (see the check in [`entry`]).
+pub const MAX_RULES_PER_ENTRY: usize = 256;
+
 const RISK_ENFORCEMENT: [&str; 4] = ["sts", "data_plane", "sts_and_data_plane", "off"];
 
 struct Problems(Vec<Problem>);
@@ -131,6 +134,12 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
         }
     };
     let ca = Ca { disabled, agent_tag: e.ca.agent_tag, skip_target_tag_check: e.ca.skip_target_tag_check };
+    if e.rules.len() > MAX_RULES_PER_ENTRY {
+        // First-match-wins compiles rule `i` with the negation of every earlier
+        // rule: the Cedar text grows with the square of the rule count.
+        p.add(label, "rules", format!("{} rules; at most {MAX_RULES_PER_ENTRY} per entry", e.rules.len()));
+        return None;
+    }
     let rules: Vec<Rule> = e.rules.iter().enumerate().filter_map(|(j, r)| rule(p, label, j, r)).collect();
     if p.0.len() != before {
         return None;
