@@ -18,6 +18,7 @@ pub mod raw;
 mod validate;
 
 pub use raw::RawPolicy;
+pub use validate::is_guid;
 
 /// One problem found in a policy file: which entry, which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -93,6 +93,8 @@ pub struct DevIdp {
     released: tokio::sync::Notify,
     /// Token requests waiting in a held scope now.
     waiting: AtomicU64,
+    /// What discovery says `jwks_uri` is, instead of this IdP's own.
+    jwks_uri: RwLock<Option<String>>,
 }
 
 impl DevIdp {
@@ -126,6 +128,7 @@ impl DevIdp {
             held_scopes: RwLock::default(),
             released: tokio::sync::Notify::new(),
             waiting: AtomicU64::new(0),
+            jwks_uri: RwLock::new(None),
         }))
     }
 
@@ -230,6 +233,11 @@ impl DevIdp {
             scopes.remove(scope);
             self.released.notify_waiters();
         }
+    }
+
+    /// Makes discovery point `jwks_uri` at `uri` (`None`: this IdP's own keys).
+    pub fn set_jwks_uri(&self, uri: Option<String>) {
+        *self.jwks_uri.write().unwrap_or_else(PoisonError::into_inner) = uri;
     }
 
     /// How many token requests wait in a held scope now.
@@ -347,7 +355,8 @@ impl DevIdp {
                     StatusCode::OK,
                     &json!({
                         "issuer": format!("{base}/{tenant}/v2.0"),
-                        "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+                        "jwks_uri": self.jwks_uri.read().unwrap_or_else(PoisonError::into_inner).clone()
+                            .unwrap_or_else(|| format!("{base}/{tenant}/discovery/v2.0/keys")),
                         "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
                         "id_token_signing_alg_values_supported": ["RS256"],
                     }),

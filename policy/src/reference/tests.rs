@@ -136,6 +136,14 @@ fn invalid_documents_name_entry_field_and_why() {
             "`rules[0].action`: must be `allow` or `deny`, got `permit`",
         ),
         (&entry("spiffe_id: 'spiffe://td.example/a', ca: {agent_state: paused}"), "`ca.agent_state`"),
+        (
+            &entry("spiffe_id: 'spiffe://td.example/a', entra_agent_id: '../users/x?$select=y'"),
+            "`entra_agent_id`: `../users/x?$select=y` is not an Entra object ID (a GUID",
+        ),
+        (
+            &entry("spiffe_id: 'spiffe://td.example/a', entra_agent_id: '00000000-0000-0000-0000-00000000000g'"),
+            "is not an Entra object ID",
+        ),
         (&entry("spiffe_id: 'spiffe://td.example/a', colour: red"), "unknown field `colour`"),
         (&format!("{head}policies:\n  - {{spiffe_id: 'spiffe://td.example/a'}}"), "policies[0] `name`: is required"),
         (

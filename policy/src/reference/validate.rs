@@ -82,6 +82,13 @@ fn governance(p: &mut Problems, raw: super::raw::RawGovernance) -> Governance {
     Governance { enabled: raw.enabled, target_agent_tag: raw.target_agent_tag, risk_enforcement }
 }
 
+/// `8-4-4-4-12` hex digits: an Entra object or client ID.
+pub fn is_guid(value: &str) -> bool {
+    let groups: Vec<&str> = value.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The first `<...>` in `value`: the reference's deploy-time placeholders.
 fn placeholder(value: &str) -> Option<&str> {
     let rest = value.get(value.find('<')?..)?;
@@ -120,6 +127,18 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
     let entra_agent_id = match placeholder(&e.entra_agent_id) {
         Some(ph) => {
             p.add(label, "entra_agent_id", format!("holds the placeholder `{ph}`: set ENTRA_ID_{env}"));
+            None
+        }
+        // It keys Graph look-ups (a URL path segment) and binds tokens by `oid`.
+        None if !e.entra_agent_id.is_empty() && !is_guid(&e.entra_agent_id) => {
+            p.add(
+                label,
+                "entra_agent_id",
+                format!(
+                    "`{}` is not an Entra object ID (a GUID like 00000000-0000-0000-0000-000000000000)",
+                    e.entra_agent_id
+                ),
+            );
             None
         }
         None => Some(e.entra_agent_id).filter(|v| !v.is_empty()).map(Arc::from),

@@ -27,6 +27,8 @@ pub enum GraphError {
     Timeout,
     #[error("graph: the answer does not say")]
     Unknown,
+    #[error("graph: `entra_agent_id` is not an object ID")]
+    NotAnObjectId,
 }
 
 /// How fresh one kind of Graph fact is (for `/mgmt/health`).
@@ -76,8 +78,20 @@ impl Graph {
 
     /// The risk of the service principal `oid` (`None` level when not at risk).
     pub async fn risk(&self, oid: &str) -> Result<RiskLevel, Arc<GraphError>> {
-        let url = format!("{}/v1.0/identityProtection/riskyServicePrincipals/{oid}", self.endpoint);
+        let url = self.url("identityProtection/riskyServicePrincipals", oid, "")?;
         self.risk.try_get_with(oid.to_owned(), async { self.lookup("risk", &url, parse_risk).await }).await
+    }
+
+    /// `{endpoint}/v1.0/{collection}/{oid}{query}`. The policy validates
+    /// `entra_agent_id` as a GUID; checked and encoded here as well, so no
+    /// value can ever reach another Graph path or query.
+    fn url(&self, collection: &str, oid: &str, query: &str) -> Result<String, Arc<GraphError>> {
+        if !policy::reference::is_guid(oid) {
+            return Err(Arc::new(GraphError::NotAnObjectId));
+        }
+        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-');
+        let oid = percent_encoding::utf8_percent_encode(oid, SEGMENT);
+        Ok(format!("{}/v1.0/{collection}/{oid}{query}", self.endpoint))
     }
 
     /// Re-reads the risk of every cached agent every `interval`, so warm
@@ -87,7 +101,7 @@ impl Graph {
             tokio::time::sleep(interval).await;
             let oids: Vec<String> = self.risk.iter().map(|(oid, _)| oid.as_ref().clone()).collect();
             for oid in oids {
-                let url = format!("{}/v1.0/identityProtection/riskyServicePrincipals/{oid}", self.endpoint);
+                let Ok(url) = self.url("identityProtection/riskyServicePrincipals", &oid, "") else { continue };
                 if let Ok(level) = self.lookup("risk", &url, parse_risk).await {
                     self.risk.insert(oid, level).await;
                 }
@@ -97,7 +111,7 @@ impl Graph {
 
     /// The tag (custom security attribute) of the service principal `oid`.
     pub async fn tag(&self, oid: &str) -> Result<String, Arc<GraphError>> {
-        let url = format!("{}/v1.0/servicePrincipals/{oid}?$select=customSecurityAttributes", self.endpoint);
+        let url = self.url("servicePrincipals", oid, "?$select=customSecurityAttributes")?;
         let (set, attribute) = (self.attribute_set.as_str(), self.attribute.as_str());
         self.tags
             .try_get_with(oid.to_owned(), async {
@@ -204,5 +218,34 @@ mod tests {
         assert_eq!(parse_tag(Some(body.as_bytes()), "AgentIdentity", "Department").ok().as_deref(), Some("finance"));
         assert!(parse_tag(Some(br#"{"customSecurityAttributes":{}}"#), "AgentIdentity", "Department").is_err());
         assert!(parse_tag(None, "AgentIdentity", "Department").is_err());
+    }
+
+    #[test]
+    fn only_object_ids_reach_a_graph_url() {
+        let graph = Graph::new(
+            "https://graph.example",
+            EntraTokens::new(
+                &crate::config::EntraSection {
+                    client_id: "c".into(),
+                    tenant_id: "t".into(),
+                    authority: "https://login.example".into(),
+                    graph_endpoint: "https://graph.example".into(),
+                    assertion: crate::config::AssertionSource::File("token".into()),
+                },
+                HttpClient::new().unwrap(),
+            ),
+            HttpClient::new().unwrap(),
+            (Duration::from_secs(60), Duration::from_secs(60)),
+            ("AgentIdentity".into(), "Department".into()),
+            Arc::new(Metrics::new().unwrap()),
+        );
+        let oid = "00000000-0000-4000-8000-0000000000a1";
+        assert_eq!(
+            graph.url("servicePrincipals", oid, "?$select=x").unwrap(),
+            format!("https://graph.example/v1.0/servicePrincipals/{oid}?$select=x")
+        );
+        for hostile in ["../users/x", "a?$select=b", "x/y", "", "00000000-0000-4000-8000-0000000000a1/../x"] {
+            assert!(graph.url("servicePrincipals", hostile, "").is_err(), "{hostile}");
+        }
     }
 }

@@ -21,6 +21,8 @@ pub enum JwksError {
     Discovery(FetchError),
     #[error("discovery document has no `jwks_uri`")]
     NoJwksUri,
+    #[error("discovery document's `jwks_uri`: {0}")]
+    InsecureJwksUri(String),
     #[error("jwks: {0}")]
     Keys(FetchError),
     #[error("jwks: {0}")]
@@ -104,6 +106,9 @@ impl Jwks {
         let discovery = self.client.get(&self.settings.discovery_url).await.map_err(JwksError::Discovery)?;
         let doc: serde_json::Value = serde_json::from_slice(&discovery).map_err(|e| JwksError::Parse(e.to_string()))?;
         let jwks_uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or(JwksError::NoJwksUri)?;
+        // The discovery document names where the keys are: the same rule as
+        // for the configured endpoints (https, plain http on loopback only).
+        crate::config::identity_endpoint(jwks_uri).map_err(JwksError::InsecureJwksUri)?;
         let jwks = self.client.get(jwks_uri).await.map_err(JwksError::Keys)?;
         KeySet::from_jwks(&jwks).map_err(JwksError::Parse)
     }
@@ -135,5 +140,28 @@ impl Jwks {
         *last = Some(Instant::now());
         let _ = self.fetch().await;
         self.keys()
+    }
+}
+
+#[cfg(all(test, feature = "dev"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_jwks_uri_off_loopback_must_be_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let (idp, _, _task) = crate::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+        let settings = JwksSettings {
+            discovery_url: format!("{}/t/v2.0/.well-known/openid-configuration", idp.authority()),
+            refresh: Duration::from_secs(3600),
+            refetch_interval: Duration::from_secs(300),
+        };
+        let jwks = Jwks::new(settings, HttpClient::new().unwrap(), Arc::new(Metrics::new().unwrap()));
+        assert!(jwks.fetch().await.is_ok(), "{:?}", jwks.status());
+
+        idp.set_jwks_uri(Some("http://keys.example/t/discovery/v2.0/keys".into()));
+        let err = jwks.fetch().await.unwrap_err().to_string();
+        assert!(err.contains("jwks_uri") && err.contains("https://"), "{err}");
+        assert!(jwks.keys().is_some(), "the last good keys stay");
     }
 }
