@@ -29,7 +29,7 @@ use crate::oauth::Oauth;
 use crate::outbound::Outbound;
 use crate::policy_store::{self, PolicyStore};
 use crate::reload::Reloader;
-use crate::server;
+use crate::server::{self, Listener};
 use crate::telemetry::Telemetry;
 
 /// A running sidecar. Dropping it stops its tasks; [`App::shutdown`] drains.
@@ -68,7 +68,15 @@ impl App {
         let mut servers = Vec::new();
         let mut followers = vec![tokio::spawn(metrics.as_ref().clone().follow_identity(identity.clone()))];
 
-        let telemetry_listener = server::bind("telemetry.listen", config.telemetry.listen).await?;
+        let local = crate::config::LOCAL_MAX_CONNECTIONS;
+        let max_connections = config.limits.max_connections;
+        let telemetry_listener = Listener::bind(
+            "telemetry.listen",
+            config.telemetry.listen,
+            local,
+            Some(metrics.open_connections("telemetry")),
+        )
+        .await?;
         let telemetry_addr = telemetry_listener.local_addr()?;
         let telemetry = Arc::new(Telemetry { identity: identity.clone(), metrics: metrics.clone() });
         let handler = move |req| telemetry.clone().handle(req);
@@ -126,7 +134,13 @@ impl App {
         }
         let (mut inbound_addr, mut inbound) = (None, None);
         if let Some(cfg) = config.inbound.clone() {
-            let listener = server::bind("inbound.listen", cfg.listen).await?;
+            let listener = Listener::bind(
+                "inbound.listen",
+                cfg.listen,
+                max_connections,
+                Some(metrics.open_connections("inbound")),
+            )
+            .await?;
             inbound_addr = Some(listener.local_addr()?);
             let (store, mode) = policy
                 .clone()
@@ -141,7 +155,13 @@ impl App {
         }
         let mut outbound_addr = None;
         if let Some(cfg) = config.outbound.clone() {
-            let listener = server::bind("outbound.listen", cfg.listen).await?;
+            let listener = Listener::bind(
+                "outbound.listen",
+                cfg.listen,
+                max_connections,
+                Some(metrics.open_connections("outbound")),
+            )
+            .await?;
             outbound_addr = Some(listener.local_addr()?);
             let server = Outbound::new(cfg, identity.clone(), metrics.clone(), tokens.clone(), audit.clone());
             servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
@@ -158,7 +178,8 @@ impl App {
         if let (Some(section), Some(state)) = (&config.mgmt, state) {
             drop_overrides_older_than_files(&state, &config)?;
             apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor)?;
-            let listener = server::bind("mgmt.listen", section.listen).await?;
+            let listener =
+                Listener::bind("mgmt.listen", section.listen, local, Some(metrics.open_connections("mgmt"))).await?;
             mgmt_addr = Some(listener.local_addr()?);
             let ctx = mgmt::Context {
                 allowlist: allowlist.clone(),

@@ -64,6 +64,7 @@ pub struct Config {
     pub audit: AuditSection,
     /// The admin API; absent = none.
     pub mgmt: Option<MgmtSection>,
+    pub limits: LimitsConfig,
     /// The environment the config was read with; policy enrichment uses it on every reload.
     pub env: std::sync::Arc<dyn Env>,
 }
@@ -229,6 +230,17 @@ pub struct RuntimeConfig {
     pub drain_timeout: Duration,
 }
 
+/// Process-wide limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Connections each proxy listener (inbound, outbound) holds at once;
+    /// more wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+}
+
+/// Connections the local admin listeners (mgmt, telemetry) hold at once.
+pub const LOCAL_MAX_CONNECTIONS: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -308,6 +320,13 @@ impl Config {
                 stdout: raw.audit.stdout.unwrap_or(false),
             },
             mgmt: raw.mgmt.map(|m| ctx.mgmt(m)).transpose()?,
+            limits: LimitsConfig {
+                max_connections: match raw.limits.max_connections {
+                    Some(0) => return Err(ctx.invalid("limits.max_connections", "must be at least 1")),
+                    Some(n) => n,
+                    None => 4096,
+                },
+            },
             env: env.snapshot(),
         })
     }

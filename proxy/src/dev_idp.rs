@@ -317,6 +317,7 @@ impl DevIdp {
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
         let (_never, shutdown) = tokio::sync::watch::channel(false);
         let handler = move |req| self.clone().handle(req);
+        let listener = crate::server::Listener::new(listener, "dev idp", crate::config::LOCAL_MAX_CONNECTIONS, None);
         crate::server::serve_http1(listener, handler, shutdown).await;
     }
 

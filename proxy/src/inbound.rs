@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use policy::{CanonicalPath, Reason};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -129,7 +129,12 @@ impl Inbound {
     }
 
     /// Accepts until `shutdown`, then drains connections for at most `drain`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>, drain: Duration) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: crate::server::Listener,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
         server::accept_loop(listener, shutdown, drain, |tcp, remote, shutdown| {
             self.clone().connection(tcp, remote, shutdown)
         })
@@ -138,7 +143,8 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, shutdown: watch::Receiver<bool>) {
         let limits = self.config.limits;
-        let tls = match tokio::time::timeout(limits.header_timeout, self.tls.accept(tcp).into_fallible()).await {
+        let handshake = self.tls.accept(tcp).into_fallible();
+        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err((e, tcp))) => {
                 let rejection = certs::tls::rejection_of(&e);
@@ -147,7 +153,8 @@ impl Inbound {
                 tracing::info!(%remote, caller, reason, "inbound handshake refused");
                 self.metrics.tls_handshake("inbound", reason);
                 self.audit_refusal(caller, reason);
-                lingering_close(tcp).await;
+                // The caller reads our alert instead of a reset (see `server::linger`).
+                server::linger(tcp).await;
                 return;
             }
             Err(_) => {
@@ -182,7 +189,8 @@ impl Inbound {
         let this = self.clone();
         let served = conn.clone();
         let service = service_fn(move |req| this.clone().request(req, served.clone()));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        let io = TokioIo::new(server::Lingering::new(tls));
+        let connection = builder.serve_connection_with_upgrades(io, service);
         let ends = ConnectionEnds {
             activity: conn.activity.clone(),
             idle_timeout: limits.idle_timeout,
@@ -429,30 +437,4 @@ fn upstream_uri(
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| Reason::BadPath)
-}
-
-/// Closes a refused connection so the caller reads our alert.
-///
-/// Under TLS 1.3 the client may already have sent its first request when our
-/// alert goes out; closing with that data unread makes the kernel send a
-/// reset, which can destroy the alert before the client reads it, and the
-/// caller's sidecar could not say `upstream_rejected_identity`. So: FIN after
-/// the alert, then discard what still arrives (bounded in time and bytes).
-async fn lingering_close(mut tcp: TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const LINGER: Duration = Duration::from_secs(1);
-    const MAX_DISCARD: usize = 64 * 1024;
-    if tcp.shutdown().await.is_err() {
-        return;
-    }
-    let discard = async {
-        let (mut buf, mut total) = ([0u8; 4096], 0);
-        while total < MAX_DISCARD {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, discard).await;
 }

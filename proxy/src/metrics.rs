@@ -22,6 +22,7 @@ pub struct Metrics {
     mgmt_auth_failures: IntCounter,
     upstream_errors_total: IntCounterVec,
     request_duration_seconds: prometheus::HistogramVec,
+    open_connections: prometheus::IntGaugeVec,
     /// `[inbound, outbound]`.
     hot: [HotSeries; 2],
 }
@@ -92,6 +93,14 @@ impl Metrics {
             &["direction"],
         )?;
         registry.register(Box::new(request_duration_seconds.clone()))?;
+        let open_connections = prometheus::IntGaugeVec::new(
+            Opts::new("open_connections", "Connections each listener holds now (capped by limits.max_connections)"),
+            &["listener"],
+        )?;
+        registry.register(Box::new(open_connections.clone()))?;
+        for listener in ["inbound", "outbound", "mgmt", "telemetry"] {
+            open_connections.with_label_values(&[listener]);
+        }
         registry.register(Box::new(policy_eval_duration_seconds.clone()))?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
         registry.register(Box::new(svid_rotations_total.clone()))?;
@@ -141,6 +150,7 @@ impl Metrics {
             mgmt_auth_failures,
             upstream_errors_total,
             request_duration_seconds,
+            open_connections,
         })
     }
 
@@ -150,6 +160,11 @@ impl Metrics {
             "outbound" => Some(&self.hot[1]),
             _ => None,
         }
+    }
+
+    /// The gauge of connections `listener` holds.
+    pub fn open_connections(&self, listener: &'static str) -> prometheus::IntGauge {
+        self.open_connections.with_label_values(&[listener])
     }
 
     pub fn graph_request(&self, api: &'static str, result: &'static str) {

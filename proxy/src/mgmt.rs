@@ -36,8 +36,10 @@ const MAX_FAILURES: u32 = 10;
 const MAX_TRACKED_ADDRESSES: usize = 4096;
 /// `PUT /mgmt/policy` bodies are at most this large.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
-/// The TLS handshake and then each request head must arrive within this.
+/// Each request head must arrive within this.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The TLS handshake (mTLS off loopback) must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Mgmt {
     keys: Vec<AdminKey>,
@@ -101,7 +103,7 @@ impl Mgmt {
 
     pub async fn serve(
         self: Arc<Self>,
-        listener: tokio::net::TcpListener,
+        listener: crate::server::Listener,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         crate::server::accept_loop(listener, shutdown, Duration::from_secs(5), move |tcp, remote, shutdown| {
@@ -109,7 +111,7 @@ impl Mgmt {
             async move {
                 match this.tls.clone() {
                     None => this.serve_connection(tcp, remote, shutdown).await,
-                    Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => this.serve_connection(tls, remote, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
                         Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
@@ -128,7 +130,7 @@ impl Mgmt {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            .serve_connection(hyper_util::rt::TokioIo::new(crate::server::Lingering::new(io)), service);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}

@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use policy::Reason;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::audit::{AuditHub, Event};
@@ -69,7 +69,12 @@ impl Outbound {
     }
 
     /// Accepts until `shutdown`, then drains connections for at most `drain`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>, drain: Duration) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: crate::server::Listener,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
         server::accept_loop(listener, shutdown, drain, |tcp, remote, shutdown| {
             self.clone().connection(tcp, remote, shutdown)
         })
@@ -83,7 +88,7 @@ impl Outbound {
         let this = self.clone();
         let tracked = activity.clone();
         let service = service_fn(move |req| this.clone().request(req, tracked.clone()));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(server::Lingering::new(tcp)), service);
         let ends =
             ConnectionEnds { activity, idle_timeout: limits.idle_timeout, shutdown, closed: None, drain_after: None };
         server::drive(connection, ends).await;

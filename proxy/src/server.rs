@@ -1,5 +1,7 @@
 //! Serving HTTP: a plain HTTP/1.1 accept loop for the local listeners
 //! (telemetry, mgmt), and the connection driver the proxy listeners share.
+//! Every listener caps its open connections and backs off when `accept`
+//! fails ([`Listener`]); served connections close lingering ([`Lingering`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,9 +18,14 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::UpgradeableConnection;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+mod linger;
+mod listener;
+
+pub use linger::{Lingering, linger};
+pub use listener::{Listener, Slot};
 
 /// Reads a full request head within this time (slowloris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +33,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves `handler` on `listener` until `shutdown` turns true, then drains.
-pub async fn serve_http1<H, F>(listener: TcpListener, handler: H, mut shutdown: watch::Receiver<bool>)
+pub async fn serve_http1<H, F>(listener: Listener, handler: H, mut shutdown: watch::Receiver<bool>)
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>> + Send + 'static,
@@ -34,21 +41,15 @@ where
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
+            (tcp, peer, slot) = listener.accept() => {
                 let service = service_fn(handler.clone());
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(tcp), service);
+                    .serve_connection(TokioIo::new(Lingering::new(tcp)), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -59,13 +60,6 @@ where
     }
     drop(listener);
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
-}
-
-/// Binds `addr`, naming the config field on failure.
-pub async fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, std::io::Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on `{field}` {addr}: {e}")))
 }
 
 /// An HTTP/1.1 + HTTP/2 connection builder with the listener's limits.
@@ -133,8 +127,9 @@ where
 }
 
 /// Accepts on `listener` until `shutdown`, running `serve` for each
-/// connection; then waits up to `drain` for open connections to finish.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: watch::Receiver<bool>, drain: Duration, serve: F)
+/// connection (holding its slot under the listener's cap); then waits up to
+/// `drain` for open connections to finish.
+pub async fn accept_loop<F, Fut>(listener: Listener, shutdown: watch::Receiver<bool>, drain: Duration, serve: F)
 where
     F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -143,13 +138,13 @@ where
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, remote)) => {
-                    let _ = tcp.set_nodelay(true);
-                    tracker.spawn(serve(tcp, remote, shutdown.clone()));
-                }
-                Err(e) => tracing::debug!(error = %e, "accept failed"),
-            },
+            (tcp, remote, slot) = listener.accept() => {
+                let connection = serve(tcp, remote, shutdown.clone());
+                tracker.spawn(async move {
+                    let _slot = slot;
+                    connection.await;
+                });
+            }
             _ = stop.wait_for(|stop| *stop) => break,
         }
     }

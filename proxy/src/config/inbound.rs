@@ -11,6 +11,9 @@ use policy::PathOptions;
 use super::raw::{RawInbound, RawOutbound, RawRoute};
 use super::{Ctx, Error, parse_size};
 
+/// `inbound.handshake_timeout` unless set (or the header timeout, if shorter).
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// hyper's smallest read buffer; a smaller head limit cannot be enforced.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -31,6 +34,9 @@ pub struct InboundConfig {
     /// The local app, plain HTTP: only scheme and authority are used.
     pub upstream: Authority,
     pub limits: HttpLimits,
+    /// The TLS handshake must finish within this (shorter than the header
+    /// timeout: an unauthenticated peer holds a connection slot meanwhile).
+    pub handshake_timeout: Duration,
     pub tls_resumption: bool,
     pub path_options: PathOptions,
     /// Request headers whose names contain `_` reach the app (off: dropped, as nginx does).
@@ -87,10 +93,25 @@ impl Ctx<'_> {
                 p.parse().map_err(|e| self.invalid(&format!("inbound.allowed_callers[{i}]"), format!("`{p}`: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        let limits = self.limits("inbound", raw.header_timeout, raw.idle_timeout, raw.max_header_bytes)?;
+        let handshake_timeout = match raw.handshake_timeout.as_deref() {
+            None => DEFAULT_HANDSHAKE_TIMEOUT.min(limits.header_timeout),
+            Some(text) => {
+                let timeout = self.duration("inbound.handshake_timeout", Some(text), DEFAULT_HANDSHAKE_TIMEOUT)?;
+                if timeout.is_zero() || timeout > limits.header_timeout {
+                    return Err(self.invalid(
+                        "inbound.handshake_timeout",
+                        format!("`{text}` must be more than zero and at most `inbound.header_timeout`"),
+                    ));
+                }
+                timeout
+            }
+        };
         Ok(InboundConfig {
             listen: self.addr("inbound.listen", raw.listen.as_deref(), "0.0.0.0:8443")?,
             upstream: self.upstream("inbound.upstream", &upstream, &Scheme::HTTP)?,
-            limits: self.limits("inbound", raw.header_timeout, raw.idle_timeout, raw.max_header_bytes)?,
+            limits,
+            handshake_timeout,
             tls_resumption: raw.tls_resumption.unwrap_or(false),
             path_options: PathOptions { allow_semicolons: raw.allow_semicolons.unwrap_or(false) },
             allow_underscore_headers: raw.allow_underscore_headers.unwrap_or(false),

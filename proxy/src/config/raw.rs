@@ -25,6 +25,14 @@ pub struct RawConfig {
     #[serde(default)]
     pub audit: RawAudit,
     pub mgmt: Option<RawMgmt>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +172,7 @@ pub struct RawInbound {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub header_timeout: Option<String>,
+    pub handshake_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_header_bytes: Option<String>,
     pub tls_resumption: Option<bool>,

@@ -128,5 +128,6 @@ fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
     seconds.map_or(DEFAULT_LIFETIME, |s| Duration::from_secs(s).min(MAX_LIFETIME))
 }
 
-#[cfg(all(test, feature = "dev"))]
+#[cfg(test)]
+#[cfg(feature = "dev")]
 mod tests;

@@ -143,7 +143,8 @@ impl Jwks {
     }
 }
 
-#[cfg(all(test, feature = "dev"))]
+#[cfg(test)]
+#[cfg(feature = "dev")]
 mod tests {
     use super::*;
 

@@ -342,3 +342,56 @@ fn dev_token_is_entra_shaped_and_explain_checks_it_offline() {
     assert_eq!(code, Some(1));
     assert!(out.contains("oauth    DENY  jwt_invalid"), "{out}");
 }
+
+/// CPU time (user + system, in clock ticks) the process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are the 12th and 13th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors, `accept` fails at once for every pending
+/// connection: the listener backs off instead of spinning a core.
+#[test]
+fn accept_backs_off_when_out_of_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "sidecar.yaml",
+        &format!(
+            "identity: {{socket: unix://{}/none.sock}}\ntelemetry: {{listen: 127.0.0.1:0}}\noutbound: {{listen: 127.0.0.1:0}}\n",
+            dir.path().display()
+        ),
+    );
+    let bin = env!("CARGO_BIN_EXE_a2a-sidecar");
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" run --config \"$1\"", bin, &config])
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("a2a-sidecar started") {
+        line.clear();
+        assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap(), 0, "exited before starting");
+    }
+    let port = line.split("\"outbound\":\"127.0.0.1:").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+
+    // More connections than it has descriptors: the rest wait in the backlog and accept fails.
+    let held: Vec<std::net::TcpStream> = (0..100).filter_map(|_| std::net::TcpStream::connect(addr).ok()).collect();
+    assert!(held.len() > 64, "{}", held.len());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A spinning accept loop burns a whole core: ~200 ticks in 2 s.
+    assert!(used < 50, "{used} clock ticks in 2 s while out of descriptors");
+}

@@ -177,3 +177,73 @@ async fn slow_app_gets_504_and_idle_connections_are_closed() {
     assert!(closed.is_ok(), "idle connection still open");
     assert_eq!(statuses(&String::from_utf8_lossy(&out)), [200]);
 }
+
+/// An oversized head is answered 431 every time, also when the caller keeps
+/// writing: the sidecar reads and discards what is left for a bounded time
+/// before it closes (nginx's lingering close), instead of closing with
+/// unread data, which makes the kernel send a reset that can destroy the
+/// 431 before the caller reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_is_answered_431_not_reset() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let head = format!("GET /big-head HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(16 << 20));
+    for attempt in 0..3 {
+        let mut conn = tls_connect(mesh.inbound(), tls.clone()).await.unwrap();
+        // Like most clients, write the whole request before reading: the
+        // server answers after its 32 KiB limit, while the client still
+        // writes (16 MiB is more than the socket buffers hold).
+        let written = tokio::time::timeout(Duration::from_secs(10), conn.write_all(head.as_bytes())).await;
+        assert!(matches!(written, Ok(Ok(()))), "attempt {attempt}: the request could not be written: {written:?}");
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "attempt {attempt}: no answer and no close");
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 431"), "attempt {attempt}: {read:?} {}", &out[..out.len().min(200)]);
+    }
+}
+
+/// `limits.max_connections` caps what one listener holds: more connections
+/// wait in the kernel's backlog (their handshake does not progress) until
+/// one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_holds_at_most_max_connections() {
+    let mesh = Mesh::start().await;
+    let sidecar = mesh.sidecar_with("capped", mesh.app.addr, "", "limits: {max_connections: 2}\n").await;
+    let inbound = sidecar.inbound_addr.unwrap();
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let first = tls_connect(inbound, tls.clone()).await.unwrap();
+    let _second = tls_connect(inbound, tls.clone()).await.unwrap();
+    let open = || async {
+        let text = super::support::get(sidecar.telemetry_addr, "/metrics").await.1;
+        text.lines().find(|l| l.starts_with("a2a_open_connections{listener=\"inbound\"}")).map(str::to_owned)
+    };
+    let line = super::support::eventually(Duration::from_secs(10), "open connections reported", open).await;
+    assert!(line.ends_with(" 2"), "{line}");
+
+    let third = tokio::spawn(tls_connect(inbound, tls.clone()));
+    // Held in the backlog: the handshake cannot complete while both slots are taken.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third connection was accepted past the cap");
+    drop(first);
+    let third = tokio::time::timeout(Duration::from_secs(10), third).await.expect("never accepted").unwrap();
+    assert!(third.is_ok(), "{third:?}");
+}
+
+/// An unauthenticated peer that never finishes its handshake holds its slot
+/// for `inbound.handshake_timeout`, not for the (longer) header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_cut_at_the_handshake_timeout() {
+    let mesh = Mesh::start().await;
+    // A header timeout far longer than the test's deadline: only the handshake timeout can act.
+    let yaml = mesh
+        .sidecar_yaml("handshake", mesh.app.addr)
+        .replace("  header_timeout: 1s\n", "  header_timeout: 60s\n  handshake_timeout: 300ms\n");
+    let sidecar = mesh.start_sidecar("handshake", &yaml).await;
+    let mut tcp = tokio::net::TcpStream::connect(sidecar.inbound_addr.unwrap()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    let metrics = super::support::get(sidecar.telemetry_addr, "/metrics").await.1;
+    assert!(metrics.contains("a2a_tls_handshakes_total{direction=\"inbound\",result=\"timeout\"} 1"), "{metrics}");
+}

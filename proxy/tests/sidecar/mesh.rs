@@ -230,10 +230,27 @@ impl Mesh {
     /// open policy) in front of `upstream`, with `inbound_extra` added to its
     /// `inbound` section (YAML lines indented by two spaces).
     pub async fn sidecar_for(&self, name: &str, upstream: SocketAddr, inbound_extra: &str) -> App {
-        let yaml = backend_yaml(&self.dir.path().join("backend.sock"), upstream, &[REPORT, APPROVAL])
+        self.sidecar_with(name, upstream, inbound_extra, "").await
+    }
+
+    /// As [`Self::sidecar_for`], with `top_extra` (whole top-level sections) added.
+    pub async fn sidecar_with(&self, name: &str, upstream: SocketAddr, inbound_extra: &str, top_extra: &str) -> App {
+        let yaml = self
+            .sidecar_yaml(name, upstream)
             .replace("  header_timeout: 1s\n", &format!("  header_timeout: 1s\n{inbound_extra}"))
+            + top_extra;
+        self.start_sidecar(name, &yaml).await
+    }
+
+    /// The YAML of [`Self::sidecar_for`], to edit.
+    pub fn sidecar_yaml(&self, name: &str, upstream: SocketAddr) -> String {
+        backend_yaml(&self.dir.path().join("backend.sock"), upstream, &[REPORT, APPROVAL])
             .replace("state_file: state.json", &format!("state_file: {name}-state.json"))
-            + &jwt_yaml(&self.idp.authority());
+            + &jwt_yaml(&self.idp.authority())
+    }
+
+    /// Starts a sidecar from `yaml` (written to `<name>.yaml` in the mesh's directory).
+    pub async fn start_sidecar(&self, name: &str, yaml: &str) -> App {
         let path = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, yaml).unwrap();
         start_app(Config::load(&path).unwrap()).await

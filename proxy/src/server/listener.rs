@@ -1,0 +1,108 @@
+//! Accepting connections: at most `max_connections` open at once per
+//! listener (more wait in the kernel's backlog until one closes, as with
+//! HAProxy's `maxconn`), and a back-off when `accept` itself fails: out of
+//! file descriptors (`EMFILE`), retrying at once would spin a core while
+//! nothing can be accepted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The first pause after a failed `accept`; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A bound TCP listener with a connection cap.
+pub struct Listener {
+    inner: TcpListener,
+    /// The config field it was bound from, for logs.
+    field: &'static str,
+    slots: Arc<Semaphore>,
+    open: Option<IntGauge>,
+}
+
+/// An accepted connection's place under the cap; freed when dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Option<IntGauge>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.dec();
+        }
+    }
+}
+
+impl Listener {
+    /// Binds `addr`, naming the config field on failure. `open` counts the
+    /// connections this listener holds (`a2a_open_connections`).
+    pub async fn bind(
+        field: &'static str,
+        addr: SocketAddr,
+        max_connections: usize,
+        open: Option<IntGauge>,
+    ) -> Result<Self, std::io::Error> {
+        let inner = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on `{field}` {addr}: {e}")))?;
+        Ok(Self::new(inner, field, max_connections, open))
+    }
+
+    /// A listener bound elsewhere (the dev emulators).
+    pub fn new(inner: TcpListener, field: &'static str, max_connections: usize, open: Option<IntGauge>) -> Self {
+        let slots = Arc::new(Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+        Self { inner, field, slots, open }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// The next connection, once a slot is free. Cancel-safe.
+    pub async fn accept(&self) -> (TcpStream, SocketAddr, Slot) {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::warn!(listener = self.field, "connection limit reached; new connections wait");
+                // Invariant: the semaphore is never closed, so this only waits.
+                let Ok(permit) = self.slots.clone().acquire_owned().await else { return std::future::pending().await };
+                permit
+            }
+        };
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.inner.accept().await {
+                Ok((tcp, remote)) => {
+                    if backoff > MIN_BACKOFF {
+                        tracing::info!(listener = self.field, "accepting again");
+                    }
+                    let _ = tcp.set_nodelay(true);
+                    if let Some(open) = &self.open {
+                        open.inc();
+                    }
+                    return (tcp, remote, Slot { _permit: permit, open: self.open.clone() });
+                }
+                // One connection's failure: the next may be fine.
+                Err(e) if is_per_connection(&e) => tracing::debug!(listener = self.field, error = %e, "accept failed"),
+                Err(e) => {
+                    if backoff == MIN_BACKOFF {
+                        tracing::warn!(listener = self.field, error = %e, "accept failed; backing off");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+}
