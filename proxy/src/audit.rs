@@ -57,6 +57,21 @@ pub struct Event {
     /// Mgmt mutations: which key (by name, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// A refused handshake: the ID an unverified certificate claims (anyone
+    /// can claim any ID, so it is never `caller_spiffe_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_spiffe_id: Option<Arc<str>>,
+    /// A refused handshake: the peer's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<std::net::IpAddr>,
+    /// A refused handshake: similar refusals folded into this event since
+    /// the previous one (same source and reason, or over the global budget).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn method_name<S: serde::Serializer>(method: &Option<hyper::Method>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -2,7 +2,6 @@
 //! and on every request, canonical paths, header hygiene, and forwarding to
 //! the local app with bodies, SSE and upgrades streamed.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::oauth::Oauth;
 use crate::pipeline::{self, RequestFacts};
 use crate::policy_store::PolicyStore;
+use crate::refusals::{Refusal, Refusals};
 use crate::request_id::RequestIds;
 use crate::server::{self, ConnectionEnds};
 use crate::upstream::{self, AppClient};
@@ -56,15 +56,8 @@ pub struct Inbound {
     metrics: Arc<Metrics>,
     layers: Layers,
     /// Refused handshakes, aggregated so a flood cannot evict the audit ring.
-    refusals: std::sync::Mutex<Refusals>,
+    refusals: Refusals,
 }
-
-/// By (claimed caller, reason): when the last event was written, and how many
-/// refusals were folded since.
-type Refusals = HashMap<(String, &'static str), (Option<std::time::Instant>, u64)>;
-
-/// At most one audit event per claimed caller and reason in this window.
-const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The state layers 2-4 read on every request.
 pub struct Layers {
@@ -110,6 +103,7 @@ impl Inbound {
             tls.send_tls13_tickets = 2;
         }
         let app = AppClient::new(config.upstream_connect_timeout, config.upstream_response_timeout);
+        let audit = layers.audit.clone();
         Ok(Arc::new(Self {
             target: Arc::from(config.upstream.as_str()),
             config,
@@ -120,7 +114,7 @@ impl Inbound {
             ids: RequestIds::new(),
             metrics,
             layers,
-            refusals: std::sync::Mutex::default(),
+            refusals: Refusals::new(audit),
         }))
     }
 
@@ -149,10 +143,15 @@ impl Inbound {
             Ok(Err((e, tcp))) => {
                 let rejection = certs::tls::rejection_of(&e);
                 let reason = rejection.as_ref().map_or("handshake_error", |r| r.reason.as_str());
-                let caller = rejection.and_then(|r| r.peer).map(|p| p.to_string());
-                tracing::info!(%remote, caller, reason, "inbound handshake refused");
+                tracing::debug!(%remote, reason, "inbound handshake refused");
                 self.metrics.tls_handshake("inbound", reason);
-                self.audit_refusal(caller, reason);
+                self.refusals.record(Refusal {
+                    source: remote.ip(),
+                    reason,
+                    peer: rejection.as_ref().and_then(|r| r.peer.as_ref()),
+                    // Only `not_allowed` comes after the chain verified.
+                    verified: rejection.as_ref().is_some_and(|r| r.reason == certs::tls::Reason::NotAllowed),
+                });
                 // The caller reads our alert instead of a reset (see `server::linger`).
                 server::linger(tcp).await;
                 return;
@@ -200,39 +199,6 @@ impl Inbound {
         };
         server::drive(connection, ends).await;
         tracing::debug!(%remote, caller = %conn.peer.id, "inbound connection closed");
-    }
-
-    /// Records a refused handshake: the first per caller and reason in each
-    /// window, with how many were folded into it.
-    fn audit_refusal(&self, caller: Option<String>, reason: &'static str) {
-        let key = (caller.clone().unwrap_or_default(), reason);
-        let folded = {
-            let mut refusals = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if refusals.len() > 4096 {
-                refusals.clear();
-            }
-            let entry = refusals.entry(key).or_insert((None, 0));
-            if entry.0.is_some_and(|at| at.elapsed() < REFUSAL_WINDOW) {
-                entry.1 += 1;
-                return;
-            }
-            let folded = entry.1;
-            *entry = (Some(std::time::Instant::now()), 0);
-            folded
-        };
-        self.layers.audit.record(Event {
-            direction: "inbound",
-            caller_spiffe_id: caller.map(Arc::from),
-            decision: "deny",
-            layer: "mtls",
-            reason,
-            policy_ids: if folded > 0 {
-                Arc::new([format!("+{folded} more refused in the last window")])
-            } else {
-                Arc::default()
-            },
-            ..Event::default()
-        });
     }
 
     async fn request(

@@ -29,6 +29,7 @@ pub mod outbound;
 pub mod pipeline;
 pub mod policy_store;
 pub mod probe;
+pub mod refusals;
 pub mod reload;
 pub mod request_id;
 pub mod server;

@@ -19,6 +19,7 @@ mod sidecar {
     pub mod docs;
     pub mod federation;
     pub mod governance;
+    pub mod handshakes;
     pub mod hostile;
     pub mod jwt;
     pub mod mesh;

@@ -1,0 +1,111 @@
+//! Refused handshakes in the audit trail, without letting a flood of them
+//! evict the trail or forge it.
+//!
+//! Before its chain is verified, a certificate's SPIFFE ID is only a claim:
+//! anyone can mint a self-signed certificate naming any ID. So a refusal
+//! names the caller (`caller_spiffe_id`) only when the chain verified and
+//! the ID was merely not allowed; otherwise the ID is `claimed_spiffe_id`.
+//! Refusals are aggregated by source address and reason (one event per
+//! window, the rest counted in the next one as `suppressed`), all of them
+//! share a global budget of events per second, and each is logged at debug
+//! level only: `a2a_tls_handshakes_total` counts every one.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use certs::SpiffeId;
+
+use crate::audit::{AuditHub, Event};
+
+/// At most one event per source address and reason in this window.
+const WINDOW: Duration = Duration::from_secs(10);
+/// Refusal events per second across all sources, with this burst.
+const RATE: f64 = 5.0;
+const BURST: f64 = 20.0;
+/// Sources tracked at once; a quiet one is forgotten after a minute.
+const MAX_SOURCES: u64 = 4096;
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// One source's refusals of one reason.
+#[derive(Debug, Default)]
+struct Window {
+    emitted_at: Option<Instant>,
+    /// Refusals since the last event.
+    folded: u64,
+}
+
+/// A token bucket.
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    at: Instant,
+}
+
+pub struct Refusals {
+    by_source: moka::sync::Cache<(IpAddr, &'static str), Arc<Mutex<Window>>>,
+    budget: Mutex<Budget>,
+    audit: Arc<AuditHub>,
+}
+
+/// One refused handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal<'a> {
+    pub source: IpAddr,
+    pub reason: &'static str,
+    /// The ID the peer's certificate names, if it parsed.
+    pub peer: Option<&'a SpiffeId>,
+    /// The chain verified (the ID is genuine; it was only not allowed).
+    pub verified: bool,
+}
+
+impl Refusals {
+    pub fn new(audit: Arc<AuditHub>) -> Self {
+        Self {
+            by_source: moka::sync::Cache::builder().max_capacity(MAX_SOURCES).time_to_idle(FORGET_AFTER).build(),
+            budget: Mutex::new(Budget { tokens: BURST, at: Instant::now() }),
+            audit,
+        }
+    }
+
+    /// Records `refusal`: an audit event if its source's window and the
+    /// global budget allow, else it is counted into the next one.
+    pub fn record(&self, refusal: Refusal<'_>) {
+        let window = self.by_source.get_with((refusal.source, refusal.reason), Arc::default);
+        let suppressed = {
+            let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
+            if w.emitted_at.is_some_and(|at| at.elapsed() < WINDOW) || !self.spend() {
+                w.folded += 1;
+                return;
+            }
+            w.emitted_at = Some(Instant::now());
+            std::mem::take(&mut w.folded)
+        };
+        let id = refusal.peer.map(|id| Arc::<str>::from(id.as_str()));
+        tracing::info!(source = %refusal.source, reason = refusal.reason, suppressed, "inbound handshake refused");
+        self.audit.record(Event {
+            direction: "inbound",
+            caller_spiffe_id: id.clone().filter(|_| refusal.verified),
+            claimed_spiffe_id: id.filter(|_| !refusal.verified),
+            peer_addr: Some(refusal.source),
+            decision: "deny",
+            layer: "mtls",
+            reason: refusal.reason,
+            suppressed,
+            ..Event::default()
+        });
+    }
+
+    /// Takes a token from the global budget, if one is left.
+    fn spend(&self) -> bool {
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        budget.tokens = (budget.tokens + now.duration_since(budget.at).as_secs_f64() * RATE).min(BURST);
+        budget.at = now;
+        if budget.tokens < 1.0 {
+            return false;
+        }
+        budget.tokens -= 1.0;
+        true
+    }
+}

@@ -1,0 +1,110 @@
+//! Refused handshakes in the audit trail: a flood of forged certificates
+//! (a fresh self-signed URI SAN per handshake) neither evicts the trail nor
+//! makes real agents look like they fail mTLS.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certs::dev::DevCa;
+use certs::{Identity, TrustDomain};
+use serde_json::Value;
+
+use super::mesh::{ADMIN_KEY, BACKEND, Mesh, REPORT, TRUST_DOMAIN};
+use super::mgmt::call;
+use super::support::{eventually, get, http};
+
+/// A client that presents `identity`'s SVID (whatever its CA) and verifies
+/// the backend with the mesh's real bundle.
+fn presenting(mesh: &Mesh, identity: &Identity) -> Arc<rustls::ClientConfig> {
+    let verifier = certs::tls::SpiffeServerVerifier::new(mesh.identity(REPORT), BACKEND.parse().unwrap());
+    let mut config = rustls::ClientConfig::builder_with_provider(certs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(identity.svid().chain().to_vec(), identity.svid().private_key().clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// One handshake from `source` (any 127.x address), its result ignored.
+async fn handshake_from(source: IpAddr, server: SocketAddr, config: Arc<rustls::ClientConfig>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(server).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("budget-backend").unwrap();
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let _ = tls.read(&mut [0u8; 64]).await;
+    }
+}
+
+async fn audit(mesh: &Mesh, query: &str) -> Vec<Value> {
+    let (status, _, body) =
+        call(mesh.backend.mgmt_addr.unwrap(), "GET", &format!("/mgmt/audit?{query}"), Some(ADMIN_KEY), None, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    body["entries"].as_array().unwrap().clone()
+}
+
+async fn handshakes_counted(mesh: &Mesh, result: &str, n: u64) {
+    let metric = format!("a2a_tls_handshakes_total{{direction=\"inbound\",result=\"{result}\"}} {n}");
+    let counted = || async { get(mesh.backend.telemetry_addr, "/metrics").await.1.contains(&metric).then_some(()) };
+    eventually(Duration::from_secs(10), &metric, counted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_certificates_neither_evicts_nor_forges_the_audit_trail() {
+    let mesh = Mesh::start().await;
+    let reply = http(mesh.report.outbound_addr.unwrap(), "GET", "budget-backend", "/before-the-flood", &[]).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    let forger = DevCa::generate(&TrustDomain::new(TRUST_DOMAIN).unwrap()).unwrap();
+    let local = IpAddr::from([127, 0, 0, 1]);
+    for i in 0..300 {
+        // Half claim a real agent's ID, half a fresh one each time.
+        let id = if i % 2 == 0 { REPORT.to_owned() } else { format!("spiffe://{TRUST_DOMAIN}/forged/{i}") };
+        let identity = forger.identity(&id.parse().unwrap(), Duration::from_secs(600), &[]).unwrap();
+        handshake_from(local, mesh.inbound(), presenting(&mesh, &identity)).await;
+    }
+    handshakes_counted(&mesh, "untrusted_chain", 300).await;
+
+    let entries = audit(&mesh, "limit=10000").await;
+    assert!(entries.iter().any(|e| e["path"] == "/before-the-flood"), "the flood evicted the trail");
+    let refusals: Vec<&Value> = entries.iter().filter(|e| e["layer"] == "mtls").collect();
+    assert_eq!(refusals.len(), 1, "one event per source and reason in the window: {:?}", refusals.get(..2));
+    let event = refusals[0];
+    assert_eq!(event["reason"], "untrusted_chain");
+    assert_eq!(event["caller_spiffe_id"], Value::Null, "an unverified ID is never the caller: {event}");
+    assert!(event["claimed_spiffe_id"].as_str().unwrap().starts_with(&format!("spiffe://{TRUST_DOMAIN}/")), "{event}");
+    assert_eq!(event["peer_addr"], "127.0.0.1");
+    // Filtering by the real agent's ID finds no refusal made in its name.
+    let report = audit(&mesh, &format!("spiffe_id={REPORT}")).await;
+    assert!(report.iter().all(|e| e["layer"] != "mtls"), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_from_many_sources_share_one_budget() {
+    let mesh = Mesh::start().await;
+    let forger = DevCa::generate(&TrustDomain::new(TRUST_DOMAIN).unwrap()).unwrap();
+    let configs: Vec<_> = (0..100)
+        .map(|i| {
+            let id = format!("spiffe://{TRUST_DOMAIN}/forged/{i}").parse().unwrap();
+            presenting(&mesh, &forger.identity(&id, Duration::from_secs(600), &[]).unwrap())
+        })
+        .collect();
+    let sources = configs.len() as u64;
+    let started = Instant::now();
+    for (i, config) in configs.into_iter().enumerate() {
+        handshake_from(IpAddr::from([127, 0, 1, i as u8 + 1]), mesh.inbound(), config).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    handshakes_counted(&mesh, "untrusted_chain", sources).await;
+    let refusals = audit(&mesh, "limit=10000").await.into_iter().filter(|e| e["layer"] == "mtls").count();
+    // A burst of 20, then 5 a second: never one event per source.
+    let bound = 20.0 + 5.0 * elapsed + 1.0;
+    assert!(refusals >= 1 && (refusals as f64) <= bound, "{refusals} events in {elapsed:.1} s");
+    assert!((refusals as u64) < sources, "{refusals}");
+}
