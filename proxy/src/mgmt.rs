@@ -3,7 +3,6 @@
 //! loopback; mTLS in addition off loopback), every mutation persisted before its 200 and audited with the
 //! key's name.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,12 +27,14 @@ mod stream;
 
 pub use routes::Context;
 
-/// Failures from one address within this window (since its last valid key)
-/// count towards the limit.
+/// An address's failures are forgotten after this long without one (and
+/// when it presents a valid key).
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-const MAX_FAILURES: u32 = 10;
-/// Past this many addresses, expired failure counts are pruned.
-const MAX_TRACKED_ADDRESSES: usize = 4096;
+/// Failures before an address is slowed down.
+const FREE_FAILURES: u32 = 10;
+/// The first back-off; it doubles with each further failure up to the window.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_TRACKED_ADDRESSES: u64 = 4096;
 /// `PUT /mgmt/policy` bodies are at most this large.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
 /// Each request head must arrive within this.
@@ -43,9 +44,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Mgmt {
     keys: Vec<AdminKey>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: moka::sync::Cache<IpAddr, Arc<Mutex<Failures>>>,
     tls: Option<TlsAcceptor>,
     ctx: Context,
+}
+
+/// Failed key checks from one address.
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+    /// Further failures get 429 until then.
+    slowed_until: Option<Instant>,
 }
 
 /// A refusal, turned into a JSON response at the edge.
@@ -54,15 +63,17 @@ pub struct Reject {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: Option<String>,
+    /// Seconds, for a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl Reject {
     pub fn new(status: StatusCode, code: &'static str) -> Self {
-        Self { status, code, message: None }
+        Self { status, code, message: None, retry_after: None }
     }
 
     pub fn with(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: Some(message.into()) }
+        Self { status, code, message: Some(message.into()), retry_after: None }
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -70,8 +81,8 @@ impl Reject {
             Some(message) => error_message(self.status, self.code, &message),
             None => error(self.status, self.code),
         };
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -98,7 +109,9 @@ impl Mgmt {
             }
             None => None,
         };
-        Ok(Arc::new(Self { keys: section.keys.clone(), failures: Mutex::default(), tls, ctx }))
+        let failures =
+            moka::sync::Cache::builder().max_capacity(MAX_TRACKED_ADDRESSES).time_to_idle(FAILURE_WINDOW).build();
+        Ok(Arc::new(Self { keys: section.keys.clone(), failures, tls, ctx }))
     }
 
     pub async fn serve(
@@ -167,20 +180,12 @@ impl Mgmt {
         Ok(routes::dispatch(&self.ctx, route, req, caller).await)
     }
 
-    /// The key, compared in constant time over SHA-256 hashes; repeated
-    /// failures from one address are answered 429.
+    /// The key, compared in constant time over SHA-256 hashes. A valid key
+    /// always passes (the local app must not be able to lock the operator
+    /// out by failing on purpose); only failed attempts are slowed: after
+    /// [`FREE_FAILURES`] from one address, each further one is answered 429
+    /// for a back-off that doubles (1 s, 2 s, ... up to a minute).
     fn authenticate(&self, req: &Request<Incoming>, ip: IpAddr) -> Result<Caller, Reject> {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        if failures.len() >= MAX_TRACKED_ADDRESSES {
-            failures.retain(|_, (_, since)| since.elapsed() <= FAILURE_WINDOW);
-        }
-        let entry = failures.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() > FAILURE_WINDOW {
-            *entry = (0, Instant::now());
-        }
-        if entry.0 >= MAX_FAILURES {
-            return Err(Reject::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
-        }
         let presented = req.headers().get("x-spiffe-admin-key").map(|v| crate::config::sha256(v.as_bytes()));
         let matched = presented.and_then(|hash| {
             // Every key is compared, so the time does not depend on which one matched.
@@ -189,18 +194,26 @@ impl Mgmt {
                 if same { Some(key) } else { found }
             })
         });
-        match matched {
-            Some(key) => {
-                // Only a valid key resets the count; without one the limit holds.
-                *entry = (0, Instant::now());
-                Ok(Caller { name: key.name.clone(), role: key.role })
-            }
-            None => {
-                entry.0 += 1;
-                self.ctx.metrics.mgmt_auth_failure();
-                Err(Reject::new(StatusCode::UNAUTHORIZED, "unauthorized"))
-            }
+        if let Some(key) = matched {
+            self.failures.invalidate(&ip);
+            return Ok(Caller { name: key.name.clone(), role: key.role });
         }
+        self.ctx.metrics.mgmt_auth_failure();
+        let failures = self.failures.get_with(ip, Arc::default);
+        let mut failures = failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if let Some(until) = failures.slowed_until.filter(|until| *until > now) {
+            let wait = until.duration_since(now).as_secs_f64().ceil();
+            let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
+            reject.retry_after = Some((wait as u64).max(1));
+            return Err(reject);
+        }
+        failures.count = failures.count.saturating_add(1);
+        if let Some(beyond) = failures.count.checked_sub(FREE_FAILURES) {
+            let backoff = FIRST_BACKOFF.saturating_mul(1 << beyond.min(6)).min(FAILURE_WINDOW);
+            failures.slowed_until = Some(now + backoff);
+        }
+        Err(Reject::new(StatusCode::UNAUTHORIZED, "unauthorized"))
     }
 }
 

@@ -79,17 +79,25 @@ async fn keys_roles_and_route_shapes() {
     assert_eq!(oauth["audience"], super::mesh::AUDIENCE);
     assert!(oauth["audiences"].is_array() && oauth["config_loaded"].as_bool().unwrap());
 
-    // Repeated failures from one address: 429 with Retry-After.
-    let mut last = 0;
-    for _ in 0..12 {
-        last = call(mgmt, "GET", "/mgmt/audit", Some("guess"), None, &[]).await.0;
+    // Repeated failures from one address: slowed with 429 and Retry-After...
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..13 {
+        let (status, headers, _) = call(mgmt, "GET", "/mgmt/audit", Some("guess"), None, &[]).await;
+        statuses.push(status);
+        retry_after = retry_after.or_else(|| headers.get("retry-after").map(|v| v.to_str().unwrap().to_owned()));
     }
-    let (status, headers, _) = call(mgmt, "GET", "/mgmt/audit", Some(ADMIN_KEY), None, &[]).await;
-    assert_eq!((last, status), (429, 429));
-    assert_eq!(headers.get("retry-after").unwrap(), "60");
-    // ...and counted: a missing and a wrong key on each of the 8 GET routes, then 10 guesses until the limit.
+    assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+    assert_eq!(statuses[10..], [429; 3], "{statuses:?}");
+    let retry_after: u64 = retry_after.expect("Retry-After on the 429").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // ...but a valid key from the same address always passes: whatever shares the
+    // loopback (the app itself) cannot lock the operator out by failing on purpose.
+    assert_eq!(call(mgmt, "GET", "/mgmt/audit", Some(ADMIN_KEY), None, &[]).await.0, 200);
+    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some("{}"), &[]).await.0, 400);
+    // Every missing or wrong key is counted: 2 on each of the 8 GET routes, then 13 guesses.
     let failures = counter(&scrape(mesh.backend.telemetry_addr).await, "a2a_mgmt_auth_failures_total", &[]);
-    assert_eq!(failures, 26.0, "failures counted");
+    assert_eq!(failures, 29.0, "failures counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
