@@ -1,9 +1,10 @@
 //! The audit trail (DESIGN 1.6): one event per decision, admin mutation,
 //! policy reload and (aggregated) refused handshake, with a monotonically
 //! increasing `seq`. Sinks: an in-memory ring, JSON lines to a file and/or
-//! stdout (each written by its own task), and subscribers on a bounded
-//! broadcast channel — a slow sink or subscriber loses events (counted, and a
-//! subscriber learns how many); nobody slows the data path.
+//! stdout (each written by its own task), and live subscribers, each with a
+//! bounded queue ([`subscribers`]) — a slow sink or subscriber loses events
+//! (counted when lost, and a subscriber learns how many); nobody slows the
+//! data path.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +12,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+
+mod subscribers;
+
+pub use subscribers::{Next, STALL_LIMIT, Subscription};
 
 /// What the audit event says about the token. Never the token itself.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -97,14 +102,6 @@ impl Serialize for Timestamp {
     }
 }
 
-/// What a subscriber receives.
-#[derive(Debug, Clone)]
-pub enum Delivery {
-    Event(Arc<Event>),
-    /// The subscriber fell behind and lost this many events.
-    Dropped(u64),
-}
-
 /// Decision counters for `GET /mgmt/metrics`.
 #[derive(Debug, Default)]
 struct Counters {
@@ -119,7 +116,7 @@ pub struct AuditHub {
     counters: Mutex<Counters>,
     ring: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
-    live: broadcast::Sender<Arc<Event>>,
+    live: Arc<subscribers::Subscribers>,
     /// The JSON-lines writers (file, stdout).
     sinks: Vec<mpsc::Sender<Arc<Event>>>,
     metrics: Arc<Metrics>,
@@ -131,14 +128,10 @@ pub type SinkWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 /// Events a JSON-lines sink may fall behind by before it loses some.
 const SINK_QUEUE: usize = 4096;
 
-/// Subscriber queue length: a subscriber further behind than this loses events.
-const SUBSCRIBER_QUEUE: usize = 1024;
-
 impl AuditHub {
     /// `sinks`: each gets every event as a JSON line, from a background task
     /// of its own (started here).
     pub fn new(capacity: usize, sinks: Vec<(String, SinkWriter)>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let (live, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         let sinks = sinks
             .into_iter()
             .map(|(name, writer)| {
@@ -152,7 +145,7 @@ impl AuditHub {
             counters: Mutex::default(),
             ring: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
-            live,
+            live: subscribers::Subscribers::new(metrics.audit_subscribers.clone()),
             sinks,
             metrics,
         })
@@ -190,7 +183,7 @@ impl AuditHub {
             }
             ring.push_back(event.clone());
         }
-        let _no_subscribers = self.live.send(event.clone());
+        self.live.send(&event, &self.metrics);
         for sink in &self.sinks {
             if sink.try_send(event.clone()).is_err() {
                 self.metrics.audit_dropped.inc();
@@ -228,24 +221,9 @@ impl AuditHub {
         serde_json::json!({"total_requests": c.total, "total_allowed": c.allowed, "total_denied": c.denied, "per_caller": per_caller})
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.live.subscribe()
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-}
-
-/// Receives the next delivery for a subscriber, turning lag into a count.
-pub async fn next(rx: &mut broadcast::Receiver<Arc<Event>>, metrics: &Metrics) -> Option<Delivery> {
-    match rx.recv().await {
-        Ok(event) => Some(Delivery::Event(event)),
-        Err(broadcast::error::RecvError::Lagged(n)) => {
-            metrics.audit_dropped.inc_by(n);
-            Some(Delivery::Dropped(n))
-        }
-        Err(broadcast::error::RecvError::Closed) => None,
+    /// A live subscription to every event recorded from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.live.add()
     }
 }
 

@@ -19,6 +19,7 @@ pub struct Metrics {
     graph_requests_total: IntCounterVec,
     pub policy_eval_duration_seconds: prometheus::Histogram,
     pub audit_dropped: IntCounter,
+    pub audit_subscribers: prometheus::IntGauge,
     mgmt_auth_failures: IntCounter,
     upstream_errors_total: IntCounterVec,
     request_duration_seconds: prometheus::HistogramVec,
@@ -77,6 +78,8 @@ impl Metrics {
         registry.register(Box::new(policy_reloads_total.clone()))?;
         let audit_dropped = IntCounter::new("audit_dropped_total", "Audit events a slow sink or subscriber lost")?;
         registry.register(Box::new(audit_dropped.clone()))?;
+        let audit_subscribers = prometheus::IntGauge::new("audit_subscribers", "Live audit stream subscribers")?;
+        registry.register(Box::new(audit_subscribers.clone()))?;
         let mgmt_auth_failures =
             IntCounter::new("mgmt_auth_failures_total", "Admin API requests with a missing or wrong key")?;
         registry.register(Box::new(mgmt_auth_failures.clone()))?;
@@ -147,6 +150,7 @@ impl Metrics {
             graph_requests_total,
             policy_eval_duration_seconds,
             audit_dropped,
+            audit_subscribers,
             mgmt_auth_failures,
             upstream_errors_total,
             request_duration_seconds,

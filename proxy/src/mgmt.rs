@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, Body};
 use crate::config::{AdminKey, MgmtSection, Role};
@@ -139,7 +140,10 @@ impl Mgmt {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = hyper::service::service_fn(move |req| self.clone().handle(req, remote));
+        // Cancelled to close the connection from a handler (a stalled audit stream).
+        let cut = CancellationToken::new();
+        let handler_cut = cut.clone();
+        let service = hyper::service::service_fn(move |req| self.clone().handle(req, remote, handler_cut.clone()));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
@@ -148,10 +152,16 @@ impl Mgmt {
         tokio::select! {
             _ = conn.as_mut() => {}
             _ = shutdown.wait_for(|s| *s) => {}
+            () = cut.cancelled() => {}
         }
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Result<Response<Body>, Infallible> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        connection: CancellationToken,
+    ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let Some(route) = routes::Route::find(&path) else {
@@ -177,7 +187,7 @@ impl Mgmt {
         if write && caller.as_ref().is_some_and(|c| c.role != Role::Admin) {
             return Ok(error(StatusCode::FORBIDDEN, "forbidden"));
         }
-        Ok(routes::dispatch(&self.ctx, route, req, caller).await)
+        Ok(routes::dispatch(&self.ctx, route, req, caller, connection).await)
     }
 
     /// The key, compared in constant time over SHA-256 hashes. A valid key

@@ -86,7 +86,14 @@ impl Route {
     }
 }
 
-pub async fn dispatch(ctx: &Context, route: Route, req: Request<Incoming>, caller: Option<Caller>) -> Response<Body> {
+/// `connection` closes the caller's connection (for a stalled audit stream).
+pub async fn dispatch(
+    ctx: &Context,
+    route: Route,
+    req: Request<Incoming>,
+    caller: Option<Caller>,
+    connection: tokio_util::sync::CancellationToken,
+) -> Response<Body> {
     let actor = caller.map(|c| c.name).unwrap_or_default();
     let put = req.method() == Method::PUT;
     match route {
@@ -109,7 +116,7 @@ pub async fn dispatch(ctx: &Context, route: Route, req: Request<Incoming>, calle
         Route::CaPolicyEffective => ca_effective(ctx),
         Route::Metrics => json_response(StatusCode::OK, &ctx.audit.counters()),
         Route::Audit => audit(ctx, &req).unwrap_or_else(Reject::into_response),
-        Route::AuditStream => super::stream::stream(ctx, &req),
+        Route::AuditStream => super::stream::stream(ctx, &req, connection),
         Route::Reload => match ctx.reloader.reload() {
             Ok(()) => {
                 record(ctx, &actor, "POST", "/mgmt/reload", 200);

@@ -1,8 +1,14 @@
 //! `GET /mgmt/audit/stream`: server-sent events, `id:` = the event's `seq`.
 //! `Last-Event-ID` replays what the ring still holds; a subscriber that falls
 //! behind gets `event: dropped` with the count; comments keep idle proxies
-//! from closing the stream.
+//! from closing the stream. A subscriber that takes nothing for
+//! [`STALL_LIMIT`] is told (a last `dropped` event with `"disconnected":
+//! true`, delivered if it reads again within a grace period) and its
+//! connection is closed: a stalled reader never holds its stream forever.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,60 +16,129 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::audit::{self, Delivery, Event};
+use crate::audit::{Event, Next, STALL_LIMIT};
 use crate::body::Body;
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Frames the body holds before the subscriber counts as behind.
+const BODY_QUEUE: usize = 64;
+/// How long a stalled subscriber has to read its last word before its
+/// connection is closed.
+const GRACE: Duration = Duration::from_secs(5);
 
-pub fn stream(ctx: &Context, req: &Request<Incoming>) -> Response<Body> {
+/// `connection` closes the subscriber's connection (a stall cannot be ended
+/// by finishing the body: a reader that never reads never takes the end).
+pub fn stream(ctx: &Context, req: &Request<Incoming>, connection: CancellationToken) -> Response<Body> {
     let last =
         req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     // Subscribe before reading the ring, so nothing falls between the two.
-    let mut live = ctx.audit.subscribe();
+    let live = ctx.audit.subscribe();
     let replay = last.map(|seq| ctx.audit.since(seq)).unwrap_or_default();
-    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(64);
-    let audit = ctx.audit.clone();
+    let (frames, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
+    let (last_word, last_word_rx) = oneshot::channel::<Bytes>();
     tokio::spawn(async move {
-        let send = |text: String| {
-            let tx = tx.clone();
-            async move { tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_ok() }
-        };
-        let mut last_sent = last.unwrap_or(0);
-        for event in replay {
-            last_sent = event.seq;
-            if !send(sse(&event)).await {
-                return;
-            }
-        }
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        heartbeat.tick().await;
-        loop {
-            let text = tokio::select! {
-                delivery = audit::next(&mut live, audit.metrics()) => match delivery {
-                    Some(Delivery::Event(event)) if event.seq > last_sent => {
-                        last_sent = event.seq;
-                        sse(&event)
-                    }
-                    Some(Delivery::Event(_)) => continue,
-                    Some(Delivery::Dropped(n)) => format!("event: dropped\ndata: {{\"dropped\": {n}}}\n\n"),
-                    None => return,
-                },
-                _ = heartbeat.tick() => ": heartbeat\n\n".to_owned(),
-            };
-            if !send(text).await {
-                return;
-            }
+        // The subscription ends here (`feed` owns it): the hub stops counting for it.
+        let lost = feed(live, replay, last.unwrap_or(0), &frames).await;
+        if let Some(lost) = lost {
+            let _ = last_word.send(Bytes::from(dropped(lost, true)));
+            tokio::time::sleep(GRACE).await;
+            connection.cancel();
         }
     });
-    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    let feed = Feed { frames: rx, last_word: Some(last_word_rx), done: false };
+    let body = StreamBody::new(feed).boxed();
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// Sends the replay, then live events and heartbeats, until the subscriber
+/// leaves (`None`) or stalls (`Some(events lost)`).
+async fn feed(
+    mut live: crate::audit::Subscription,
+    replay: Vec<std::sync::Arc<Event>>,
+    mut last_sent: u64,
+    frames: &mpsc::Sender<Bytes>,
+) -> Option<u64> {
+    for event in replay {
+        last_sent = event.seq;
+        match send(frames, sse(&event)).await {
+            Some(true) => {}
+            Some(false) => return None,
+            None => return Some(live.take_lost()),
+        }
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    loop {
+        let text = tokio::select! {
+            next = live.next() => match next {
+                Next::Event(event) if event.seq > last_sent => {
+                    last_sent = event.seq;
+                    sse(&event)
+                }
+                Next::Event(_) => continue,
+                Next::Dropped(n) => dropped(n, false),
+                Next::Cut(n) => return Some(n),
+                Next::Closed => return None,
+            },
+            _ = heartbeat.tick() => ": heartbeat\n\n".to_owned(),
+        };
+        match send(frames, text).await {
+            Some(true) => {}
+            Some(false) => return None,
+            None => return Some(live.take_lost()),
+        }
+    }
+}
+
+/// `Some(true)` sent, `Some(false)` the subscriber left, `None` it took
+/// nothing for [`STALL_LIMIT`].
+async fn send(frames: &mpsc::Sender<Bytes>, text: String) -> Option<bool> {
+    match tokio::time::timeout(STALL_LIMIT, frames.send(Bytes::from(text))).await {
+        Ok(sent) => Some(sent.is_ok()),
+        Err(_) => None,
+    }
+}
+
+/// The body: queued frames, unless a last word arrives, which goes next and ends it.
+struct Feed {
+    frames: mpsc::Receiver<Bytes>,
+    last_word: Option<oneshot::Receiver<Bytes>>,
+    done: bool,
+}
+
+impl Stream for Feed {
+    type Item = Result<Frame<Bytes>, hyper::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(last_word) = self.last_word.as_mut() {
+            match Pin::new(last_word).poll(cx) {
+                Poll::Ready(Ok(text)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Ok(Frame::data(text))));
+                }
+                Poll::Ready(Err(_)) => self.last_word = None,
+                Poll::Pending => {}
+            }
+        }
+        self.frames.poll_recv(cx).map(|frame| frame.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+fn dropped(n: u64, disconnected: bool) -> String {
+    let disconnected = if disconnected { ", \"disconnected\": true" } else { "" };
+    format!("event: dropped\ndata: {{\"dropped\": {n}{disconnected}}}\n\n")
 }
 
 fn sse(event: &Event) -> String {

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::mesh::{ADMIN_KEY, MENUS, Mesh, REPORT, VIEWER_KEY};
-use super::support::http;
+use super::support::{eventually, http};
 
 /// (status, headers, JSON body)
 pub async fn call(
@@ -411,6 +411,54 @@ async fn a_stalled_subscriber_is_told_what_it_lost_and_requests_keep_flowing() {
     assert!(text.contains("data: {\"dropped\": "), "{}", &text[text.find("event: dropped").unwrap()..][..60]);
     let samples = scrape(mesh.backend.telemetry_addr).await;
     assert!(counter(&samples, "a2a_audit_dropped_total", &[]) > 0.0, "the loss is counted");
+}
+
+/// A subscriber that never reads again: its losses are counted when they
+/// happen (not when it next reads), and after `STALL_LIMIT` of taking
+/// nothing it leaves the hub, is told (a last `dropped` event, delivered if
+/// it reads within the grace period) and its connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_is_counted_at_once_then_told_and_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start().await;
+    let (mgmt, telemetry) = (mesh.backend.mgmt_addr.unwrap(), mesh.backend.telemetry_addr);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut stalled = socket.connect(mgmt).await.unwrap();
+    let request = format!("GET /mgmt/audit/stream HTTP/1.1\r\nHost: m\r\nX-Spiffe-Admin-Key: {VIEWER_KEY}\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let gauge = |want: f64| async move {
+        let samples = scrape(telemetry).await;
+        (counter(&samples, "a2a_audit_subscribers", &[]) == want).then_some(())
+    };
+    eventually(Duration::from_secs(10), "subscribed", || gauge(1.0)).await;
+
+    // Traffic goes on, far more than its queue and the socket buffers hold, while it reads nothing.
+    let audit = mesh.backend.audit.clone();
+    let traffic = tokio::spawn(async move {
+        for i in 0.. {
+            audit.record(proxy::audit::Event {
+                direction: "inbound",
+                path: Some(format!("/flood/{i}")),
+                ..Default::default()
+            });
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let counted = || async { (counter(&scrape(telemetry).await, "a2a_audit_dropped_total", &[]) > 0.0).then_some(()) };
+    eventually(Duration::from_secs(10), "losses counted without a read", counted).await;
+    let limit = proxy::audit::STALL_LIMIT + Duration::from_secs(20);
+    eventually(limit, "the stalled subscriber left the hub", || gauge(0.0)).await;
+    traffic.abort();
+
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    let text = String::from_utf8_lossy(&out);
+    let last = text.rfind("event: dropped").map(|at| &text[at..]).unwrap_or_default();
+    assert!(last.contains("\"disconnected\": true"), "no last word: {}", &text[text.len().saturating_sub(200)..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
