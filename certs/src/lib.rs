@@ -8,6 +8,7 @@
 //! - [`dev`] (feature `dev`): a dev CA and a real Workload API server.
 
 pub mod pattern;
+pub(crate) mod proto;
 pub mod rotation;
 pub mod source;
 pub mod spiffe_id;
@@ -19,6 +20,6 @@ pub mod x509;
 pub mod dev;
 
 pub use pattern::{IdPattern, PatternError};
-pub use rotation::{IdentityState, IdentityWatch, SourceStatus};
+pub use rotation::{IdentityState, IdentityWatch, RejectedBundle, SourceStatus};
 pub use spiffe_id::{IdError, SpiffeId, TrustDomain};
 pub use svid::{Bundle, BundleSet, Identity, MaterialError, Svid};

@@ -33,6 +33,17 @@ pub struct SourceStatus {
     pub last_update: Option<SystemTime>,
     /// SVIDs accepted after the first one.
     pub rotations: u64,
+    /// Federated bundles of the last update that were skipped (empty or
+    /// unparsable); the SVID and the other bundles were used.
+    pub rejected_bundles: Vec<RejectedBundle>,
+}
+
+/// A federated bundle that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedBundle {
+    /// As the source named it (e.g. `spiffe://gcp.example`).
+    pub trust_domain: String,
+    pub error: String,
 }
 
 /// The writing side, handed to a source.
@@ -69,6 +80,11 @@ pub fn channel() -> (IdentityPublisher, IdentityWatch) {
 impl IdentityPublisher {
     /// Makes `identity` current.
     pub fn publish(&self, identity: Identity) {
+        self.publish_with(identity, Vec::new());
+    }
+
+    /// Makes `identity` current; `rejected` federated bundles were left out of it.
+    pub fn publish_with(&self, identity: Identity, rejected: Vec<RejectedBundle>) {
         let identity = Arc::new(identity);
         tracing::info!(
             spiffe_id = %identity.svid().id(),
@@ -78,7 +94,7 @@ impl IdentityPublisher {
             "svid updated"
         );
         let was_available = self.state.borrow().identity().is_some();
-        self.state.send_replace(IdentityState::Available(identity));
+        // Status first: whoever wakes on the new state reads the matching status.
         self.status.send_modify(|s| {
             s.connected = true;
             s.last_error = None;
@@ -86,7 +102,9 @@ impl IdentityPublisher {
             if was_available {
                 s.rotations += 1;
             }
+            s.rejected_bundles = rejected;
         });
+        self.state.send_replace(IdentityState::Available(identity));
     }
 
     /// Records a failure; the current SVID, if any, stays in service.

@@ -12,6 +12,8 @@ pub struct Metrics {
     registry: Registry,
     pub svid_expiry_timestamp_seconds: Gauge,
     pub svid_rotations_total: IntCounter,
+    /// Federated bundles the last identity update had to leave out.
+    pub federated_bundles_rejected: prometheus::IntGauge,
     requests_total: IntCounterVec,
     tls_handshakes_total: IntCounterVec,
     policy_reloads_total: IntCounterVec,
@@ -51,6 +53,11 @@ impl Metrics {
         let svid_expiry_timestamp_seconds =
             Gauge::new("svid_expiry_timestamp_seconds", "Expiry of the current X509-SVID (unix seconds)")?;
         let svid_rotations_total = IntCounter::new("svid_rotations_total", "X509-SVIDs received after the first")?;
+        let federated_bundles_rejected = prometheus::IntGauge::new(
+            "federated_bundles_rejected",
+            "Federated bundles of the last identity update that were empty or unparsable (left out)",
+        )?;
+        registry.register(Box::new(federated_bundles_rejected.clone()))?;
         let requests_total = IntCounterVec::new(
             Opts::new("requests_total", "Requests by direction and outcome"),
             &["direction", "decision", "layer", "reason"],
@@ -143,6 +150,7 @@ impl Metrics {
             registry,
             svid_expiry_timestamp_seconds,
             svid_rotations_total,
+            federated_bundles_rejected,
             requests_total,
             tls_handshakes_total,
             policy_reloads_total,
@@ -241,6 +249,8 @@ impl Metrics {
                     self.svid_rotations_total.inc();
                 }
                 last_serial = Some(svid.serial().to_owned());
+                let rejected = identity.status().rejected_bundles.len();
+                self.federated_bundles_rejected.set(i64::try_from(rejected).unwrap_or(i64::MAX));
             }
             if !identity.changed().await {
                 return;

@@ -21,10 +21,7 @@ use tonic::{Request, Response, Status};
 use super::{DevCa, DevError};
 use crate::spiffe_id::SpiffeId;
 
-#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used, reason = "generated code")]
-mod pb {
-    tonic::include_proto!("_");
-}
+use crate::proto as pb;
 
 use pb::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 
@@ -52,6 +49,8 @@ pub struct WorkloadApiServer {
 
 struct State {
     config: WorkloadApiServerConfig,
+    /// Federated bundles sent as given (tests of broken ones), by name.
+    raw_federated: std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
     x509: watch::Sender<pb::X509svidResponse>,
     rotate: Notify,
     stopped: watch::Receiver<bool>,
@@ -68,9 +67,10 @@ impl WorkloadApiServer {
             _ => {}
         }
         let listener = UnixListener::bind(socket).map_err(io)?;
-        let (x509, _) = watch::channel(x509_response(&config)?);
+        let (x509, _) = watch::channel(x509_response(&config, &Default::default())?);
         let (stopped_tx, stopped) = watch::channel(false);
-        let state = Arc::new(State { config, x509, rotate: Notify::new(), stopped });
+        let raw_federated = std::sync::Mutex::default();
+        let state = Arc::new(State { config, raw_federated, x509, rotate: Notify::new(), stopped });
 
         let rotation = tokio::spawn(rotate_forever(state.clone()));
         let mut shutdown = stopped_tx.subscribe();
@@ -92,6 +92,16 @@ impl WorkloadApiServer {
     /// Issues and pushes a new SVID now.
     pub fn rotate_now(&self) {
         self.state.rotate.notify_one();
+    }
+
+    /// From the next push on, sends `der` as the federated bundle `name`
+    /// (`spiffe://<td>`) as is, however broken; `None` stops sending it.
+    pub fn set_federated_raw(&self, name: &str, der: Option<Vec<u8>>) {
+        let mut raw = self.state.raw_federated.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match der {
+            Some(der) => raw.insert(name.to_owned(), der),
+            None => raw.remove(name),
+        };
     }
 
     /// Serial of the SVID currently being served.
@@ -139,7 +149,8 @@ async fn rotate_forever(state: Arc<State>) {
             () = tokio::time::sleep(half_life) => {}
             () = state.rotate.notified() => {}
         }
-        match x509_response(&state.config) {
+        let raw = state.raw_federated.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        match x509_response(&state.config, &raw) {
             Ok(response) => {
                 state.x509.send_replace(response);
             }
@@ -148,7 +159,10 @@ async fn rotate_forever(state: Arc<State>) {
     }
 }
 
-fn x509_response(config: &WorkloadApiServerConfig) -> Result<pb::X509svidResponse, DevError> {
+fn x509_response(
+    config: &WorkloadApiServerConfig,
+    raw_federated: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<pb::X509svidResponse, DevError> {
     let svid = config.ca.issue(&config.id, config.ttl)?;
     let key = svid.private_key().secret_der().to_vec();
     Ok(pb::X509svidResponse {
@@ -164,6 +178,7 @@ fn x509_response(config: &WorkloadApiServerConfig) -> Result<pb::X509svidRespons
             .federated
             .iter()
             .map(|ca| (ca.trust_domain().id_string(), ca.bundle_der().to_vec()))
+            .chain(raw_federated.iter().map(|(name, der)| (name.clone(), der.clone())))
             .collect(),
     })
 }

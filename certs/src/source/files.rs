@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{BoxFuture, SvidSource};
-use crate::rotation::IdentityPublisher;
+use crate::rotation::{IdentityPublisher, RejectedBundle};
 use crate::spiffe_id::TrustDomain;
 use crate::svid::{Bundle, BundleSet, Identity, MaterialError, Svid};
 
@@ -22,6 +22,8 @@ pub enum FilesError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("`{path}`: {source}")]
     Material { path: PathBuf, source: MaterialError },
+    #[error("federated bundle for `{}`: {}", .0.trust_domain, .0.error)]
+    Federated(RejectedBundle),
 }
 
 /// Paths of the SVID files.
@@ -45,49 +47,76 @@ impl FilesSource {
         Self { config }
     }
 
-    async fn read_all(&self) -> Result<Vec<Vec<u8>>, FilesError> {
-        let mut contents = Vec::new();
-        for path in self.paths() {
+    /// The SVID files (required), then each federated bundle (read or why not).
+    async fn read_all(&self) -> Result<Contents, FilesError> {
+        let mut required = Vec::new();
+        for path in [&self.config.cert, &self.config.key, &self.config.bundle] {
             let bytes =
                 tokio::fs::read(path).await.map_err(|source| FilesError::Read { path: path.clone(), source })?;
-            contents.push(bytes);
+            required.push(bytes);
         }
-        Ok(contents)
+        let mut federated = Vec::new();
+        for path in self.config.federated_bundles.values() {
+            federated.push(tokio::fs::read(path).await.map_err(|e| format!("cannot read `{}`: {e}", path.display())));
+        }
+        Ok(Contents { required, federated })
     }
 
-    /// Reads and parses the files once, now (for `check`).
+    /// Reads and parses the files once, now (for `check`): a federated
+    /// bundle that cannot be used is an error here.
     pub fn load_now(&self) -> Result<Identity, FilesError> {
-        let contents = self
-            .paths()
-            .map(|path| std::fs::read(path).map_err(|source| FilesError::Read { path: path.clone(), source }))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.parse(&contents)
-    }
-
-    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
         let c = &self.config;
-        [&c.cert, &c.key, &c.bundle].into_iter().chain(c.federated_bundles.values())
+        let read =
+            |path: &PathBuf| std::fs::read(path).map_err(|source| FilesError::Read { path: path.clone(), source });
+        let required = [&c.cert, &c.key, &c.bundle].into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
+        let federated = c.federated_bundles.values().map(read).collect::<Result<Vec<_>, _>>()?;
+        let contents = Contents { required, federated: federated.into_iter().map(Ok).collect() };
+        let (identity, rejected) = self.parse(&contents)?;
+        match rejected.into_iter().next() {
+            None => Ok(identity),
+            Some(bad) => Err(FilesError::Federated(bad)),
+        }
     }
 
-    /// Builds the identity from file contents in [`Self::paths`] order.
-    fn parse(&self, contents: &[Vec<u8>]) -> Result<Identity, FilesError> {
+    /// Builds the identity; a federated bundle that cannot be used is left
+    /// out and returned (the SVID must not stop rotating over it).
+    fn parse(&self, contents: &Contents) -> Result<(Identity, Vec<RejectedBundle>), FilesError> {
         let c = &self.config;
         fn material(path: &std::path::Path) -> impl FnOnce(MaterialError) -> FilesError + '_ {
             move |source| FilesError::Material { path: path.to_path_buf(), source }
         }
-        let [cert, key, bundle, federated @ ..] = contents else {
-            // Invariant: read_all returns one entry per path, and there are at least three.
+        let [cert, key, bundle] = contents.required.as_slice() else {
+            // Invariant: read_all reads exactly the three SVID files.
             return Err(FilesError::Material { path: c.cert.clone(), source: MaterialError::EmptyChain });
         };
         let svid = Svid::from_pem(cert, key).map_err(material(&c.cert))?;
         let own = svid.id().trust_domain();
         let mut bundles = BundleSet::default();
         bundles.insert(own.clone(), Bundle::from_pem(&own, bundle).map_err(material(&c.bundle))?);
-        for ((td, path), pem) in c.federated_bundles.iter().zip(federated) {
-            bundles.insert(td.clone(), Bundle::from_pem(td, pem).map_err(material(path))?);
+        let mut rejected = Vec::new();
+        for ((td, path), pem) in c.federated_bundles.iter().zip(&contents.federated) {
+            let parsed = pem
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|pem| Bundle::from_pem(td, pem).map_err(|e| format!("`{}`: {e}", path.display())));
+            match parsed {
+                Ok(bundle) if *td != own => bundles.insert(td.clone(), bundle),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(trust_domain = %td, %error, "federated bundle skipped");
+                    rejected.push(RejectedBundle { trust_domain: td.to_string(), error });
+                }
+            }
         }
-        Identity::new(svid, bundles).map_err(material(&c.key))
+        Ok((Identity::new(svid, bundles).map_err(material(&c.key))?, rejected))
     }
+}
+
+/// What the files held at one look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Contents {
+    required: Vec<Vec<u8>>,
+    federated: Vec<Result<Vec<u8>, String>>,
 }
 
 impl SvidSource for FilesSource {
@@ -97,7 +126,7 @@ impl SvidSource for FilesSource {
 
     fn run(self: Box<Self>, publisher: IdentityPublisher) -> BoxFuture {
         Box::pin(async move {
-            let mut last_seen: Option<Vec<Vec<u8>>> = None;
+            let mut last_seen: Option<Contents> = None;
             let mut tick = tokio::time::interval(self.config.poll_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -113,7 +142,7 @@ impl SvidSource for FilesSource {
                     continue;
                 }
                 match self.parse(&contents) {
-                    Ok(identity) => publisher.publish(identity),
+                    Ok((identity, rejected)) => publisher.publish_with(identity, rejected),
                     Err(e) => publisher.failed(&e, true),
                 }
                 last_seen = Some(contents);

@@ -1,24 +1,37 @@
-//! SVIDs streamed from a SPIFFE Workload API (a SPIRE agent), via the `spiffe` crate.
+//! SVIDs streamed from a SPIFFE Workload API (a SPIRE agent).
+//!
+//! The `FetchX509SVID` stream is read with our own gRPC client (the
+//! connection is the `spiffe` crate's): its responses are converted here so
+//! that one empty or unparsable *federated* bundle is skipped and reported
+//! instead of failing the whole update, which would keep our SVID from
+//! rotating until it expired. Only the SVID and its own domain's bundle are
+//! required.
 
-use futures_util::StreamExt;
-use spiffe::{WorkloadApiClient, X509Context};
+use spiffe::transport::Endpoint;
 
 use super::{Backoff, BoxFuture, SvidSource};
-use crate::rotation::IdentityPublisher;
+use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use crate::proto::{X509svidRequest, X509svidResponse};
+use crate::rotation::{IdentityPublisher, RejectedBundle};
 use crate::spiffe_id::TrustDomain;
 use crate::svid::{Bundle, BundleSet, Identity, MaterialError, Svid};
+use crate::x509;
 
-/// Why one Workload API session ended.
+/// Why one Workload API session ended or one update was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadApiError {
+    #[error("workload api endpoint: {0}")]
+    Endpoint(String),
+    #[error("workload api: cannot connect: {0}")]
+    Connect(String),
     #[error("workload api: {0}")]
-    Api(#[from] spiffe::WorkloadApiError),
+    Status(#[from] tonic::Status),
     #[error("workload api stream ended")]
     StreamEnded,
     #[error("workload api sent no svid")]
     NoSvid,
-    #[error("workload api sent a bundle for an invalid trust domain `{0}`")]
-    BadTrustDomain(String),
+    #[error("workload api sent an svid chain that does not parse: {0}")]
+    Chain(x509::SvidError),
     #[error(transparent)]
     Material(#[from] MaterialError),
 }
@@ -41,17 +54,28 @@ impl WorkloadApiSource {
         self
     }
 
-    async fn session(&self, publisher: &IdentityPublisher, backoff: &mut Backoff) -> Result<(), WorkloadApiError> {
-        let client = match &self.endpoint {
-            Some(endpoint) => WorkloadApiClient::connect_to(endpoint).await?,
-            None => WorkloadApiClient::connect_env().await?,
+    fn endpoint(&self) -> Result<Endpoint, WorkloadApiError> {
+        let text = match &self.endpoint {
+            Some(text) => text.clone(),
+            None => std::env::var("SPIFFE_ENDPOINT_SOCKET")
+                .map_err(|_| WorkloadApiError::Endpoint("SPIFFE_ENDPOINT_SOCKET is not set".into()))?,
         };
-        let mut stream = client.stream_x509_contexts().await?;
+        Endpoint::parse(&text).map_err(|e| WorkloadApiError::Endpoint(format!("`{text}`: {e}")))
+    }
+
+    async fn session(&self, publisher: &IdentityPublisher, backoff: &mut Backoff) -> Result<(), WorkloadApiError> {
+        let channel = spiffe::transport::connect(&self.endpoint()?)
+            .await
+            .map_err(|e| WorkloadApiError::Connect(e.to_string()))?;
+        let mut request = tonic::Request::new(X509svidRequest {});
+        // SPIRE refuses Workload API calls without it (SSRF protection).
+        request.metadata_mut().insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
+        let mut stream = SpiffeWorkloadApiClient::new(channel).fetch_x509svid(request).await?.into_inner();
         publisher.set_connected(true);
-        while let Some(update) = stream.next().await {
+        while let Some(response) = stream.message().await? {
             backoff.reset();
-            match update.map_err(WorkloadApiError::from).and_then(|ctx| identity_from_context(&ctx)) {
-                Ok(identity) => publisher.publish(identity),
+            match identity_from_response(&response) {
+                Ok((identity, rejected)) => publisher.publish_with(identity, rejected),
                 // A bad update is skipped: the current SVID stays until a good one arrives.
                 Err(e) => publisher.failed(&e, true),
             }
@@ -78,16 +102,39 @@ impl SvidSource for WorkloadApiSource {
     }
 }
 
-/// Converts the `spiffe` crate's context into our identity (default SVID).
-pub fn identity_from_context(ctx: &X509Context) -> Result<Identity, WorkloadApiError> {
-    let svid = ctx.default_svid().ok_or(WorkloadApiError::NoSvid)?;
-    let chain = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
-    let svid = Svid::from_der(chain, svid.private_key().as_bytes().to_vec())?;
+/// The default (first) SVID with its own domain's bundle, plus every
+/// federated bundle that parses; those that do not are returned, not fatal.
+pub fn identity_from_response(
+    response: &X509svidResponse,
+) -> Result<(Identity, Vec<RejectedBundle>), WorkloadApiError> {
+    let entry = response.svids.first().ok_or(WorkloadApiError::NoSvid)?;
+    let chain = x509::split_der_certs(&entry.x509_svid).map_err(WorkloadApiError::Chain)?;
+    let svid = Svid::from_der(chain, entry.x509_svid_key.clone())?;
+    let own = svid.id().trust_domain();
     let mut bundles = BundleSet::default();
-    for (td, bundle) in ctx.bundle_set().iter() {
-        let td = TrustDomain::new(td.as_str()).map_err(|_| WorkloadApiError::BadTrustDomain(td.to_string()))?;
-        let authorities = bundle.authorities().iter().map(|c| c.as_bytes().to_vec()).collect();
-        bundles.insert(td.clone(), Bundle::from_der(&td, authorities)?);
+    bundles.insert(own.clone(), Bundle::from_concatenated_der(&own, &entry.bundle)?);
+    let mut rejected = Vec::new();
+    for (name, der) in &response.federated_bundles {
+        match federated_bundle(name, der, &own) {
+            // The own domain's bundle comes with the SVID; a second one is never trusted.
+            Ok(None) => {}
+            Ok(Some((td, bundle))) => bundles.insert(td, bundle),
+            Err(error) => {
+                tracing::warn!(trust_domain = %name, %error, "federated bundle skipped");
+                rejected.push(RejectedBundle { trust_domain: name.clone(), error });
+            }
+        }
     }
-    Ok(Identity::new(svid, bundles)?)
+    Ok((Identity::new(svid, bundles)?, rejected))
+}
+
+/// A federated bundle keyed by `spiffe://<td>` (or a bare trust domain
+/// name); `None` for an entry of our own domain, which is ignored.
+fn federated_bundle(name: &str, der: &[u8], own: &TrustDomain) -> Result<Option<(TrustDomain, Bundle)>, String> {
+    let td = TrustDomain::new(name.strip_prefix("spiffe://").unwrap_or(name)).map_err(|e| e.to_string())?;
+    if td == *own {
+        return Ok(None);
+    }
+    let bundle = Bundle::from_concatenated_der(&td, der).map_err(|e| e.to_string())?;
+    Ok(Some((td, bundle)))
 }

@@ -74,6 +74,50 @@ async fn stream_pushes_rotated_svids() {
     assert_eq!(watch.status().rotations, 1);
 }
 
+/// An empty or unparsable federated bundle is skipped and reported; the SVID
+/// still rotates and the good bundles stay (one bad federated bundle used to
+/// fail every update, so our SVID would expire).
+#[tokio::test]
+async fn a_bad_federated_bundle_is_skipped_and_the_svid_still_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), Duration::from_secs(60)).await;
+    let (watch, _task) = source::spawn(Box::new(WorkloadApiSource::new(Some(server.endpoint()))));
+    let first = eventually(Duration::from_secs(10), "first svid", || {
+        let w = watch.clone();
+        async move { w.current() }
+    })
+    .await;
+    assert!(watch.status().rejected_bundles.is_empty());
+
+    server.set_federated_raw("spiffe://broken.test", Some(b"not a certificate".to_vec()));
+    server.set_federated_raw("spiffe://empty.test", Some(Vec::new()));
+    server.set_federated_raw("spiffe://a.test", Some(Vec::new()));
+    server.rotate_now();
+    let next = eventually(Duration::from_secs(10), "rotated svid despite bad bundles", || {
+        let w = watch.clone();
+        let old = first.svid().serial().to_owned();
+        async move { w.current().filter(|i| i.svid().serial() != old) }
+    })
+    .await;
+    let domains: Vec<String> = next.bundles().trust_domains().map(ToString::to_string).collect();
+    assert_eq!(domains, ["a.test", "b.test"], "the own bundle (never replaced by a federated entry) and the good one");
+    let mut rejected: Vec<String> = watch.status().rejected_bundles.iter().map(|r| r.trust_domain.clone()).collect();
+    rejected.sort();
+    assert_eq!(rejected, ["spiffe://broken.test", "spiffe://empty.test"]);
+    assert!(watch.status().rejected_bundles.iter().all(|r| !r.error.is_empty()));
+
+    // Fixed at the source: the report clears with the next update.
+    server.set_federated_raw("spiffe://broken.test", None);
+    server.set_federated_raw("spiffe://empty.test", None);
+    server.rotate_now();
+    let w = watch.clone();
+    eventually(Duration::from_secs(10), "report cleared", || {
+        let w = w.clone();
+        async move { w.status().rejected_bundles.is_empty().then_some(()) }
+    })
+    .await;
+}
+
 /// Speaks gRPC by hand (HTTP/2 over the Unix socket) without the
 /// `workload.spiffe.io` header: the server must answer INVALID_ARGUMENT.
 #[tokio::test]

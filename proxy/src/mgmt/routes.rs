@@ -160,6 +160,10 @@ fn health(ctx: &Context) -> Response<Body> {
             "policy_loaded_at": loaded.as_ref().map(|l| rfc3339(l.loaded_at)),
             "uptime_seconds": ctx.started.elapsed().as_secs(),
             "spire_agent_connected": status.connected,
+            // Federated bundles left out of the last update (the rest was used).
+            "rejected_bundles": status.rejected_bundles.iter()
+                .map(|r| json!({"trust_domain": r.trust_domain, "error": r.error}))
+                .collect::<Vec<_>>(),
             "svid_expiry": expiry.map(rfc3339),
             "svid_ttl_seconds": ttl,
             "risk_enforcement_control_supported": true,

@@ -83,3 +83,44 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
 
     app.shutdown().await;
 }
+
+/// A federated bundle the agent sends broken is left out and reported (in
+/// `/mgmt/health` and `a2a_federated_bundles_rejected`); the SVID keeps
+/// rotating and the sidecar stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_federated_bundle_is_reported_and_rotation_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
+    let server_config = WorkloadApiServerConfig {
+        ca,
+        id: "spiffe://aim.example/budget-backend".parse().unwrap(),
+        ttl: Duration::from_secs(60),
+        federated: vec![],
+    };
+    let agent = WorkloadApiServer::start(&socket, server_config).await.unwrap();
+    let mut app = App::start(config(&socket)).await.unwrap();
+    let first = app.identity.wait_ready().await.unwrap();
+
+    agent.set_federated_raw("spiffe://partner.example", Some(b"\x30\x03garbage".to_vec()));
+    agent.rotate_now();
+    let w = app.identity.clone();
+    let serial = first.svid().serial().to_owned();
+    eventually(Duration::from_secs(10), "rotated", || {
+        let w = w.clone();
+        let serial = serial.clone();
+        async move { w.current().filter(|i| i.svid().serial() != serial).map(|_| ()) }
+    })
+    .await;
+    let (_, _, health) = super::mgmt::call(app.mgmt_addr.unwrap(), "GET", "/mgmt/health", None, None, &[]).await;
+    assert_eq!(health["status"], "healthy", "{health}");
+    let rejected = health["rejected_bundles"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{health}");
+    assert_eq!(rejected[0]["trust_domain"], "spiffe://partner.example");
+    let telemetry = app.telemetry_addr;
+    let metric =
+        || async { get(telemetry, "/metrics").await.1.contains("a2a_federated_bundles_rejected 1").then_some(()) };
+    eventually(Duration::from_secs(10), "rejected bundles metric", metric).await;
+    assert_eq!(get(telemetry, "/readyz").await.0, 200);
+    app.shutdown().await;
+}
