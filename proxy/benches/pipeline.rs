@@ -57,8 +57,8 @@ fn bench(c: &mut Criterion) {
     };
     let policy =
         PolicyConfig { file: policy_file, cedar: vec![], mode: PolicyMode::Enforce, case_insensitive_paths: false };
-    let engine = load(&policy, &env, Some(&jwt)).unwrap();
-    let loaded = Loaded::new(engine, 1);
+    let (engine, _) = load(&policy, &env, Some(&jwt)).unwrap();
+    let loaded = Loaded::new(engine, PolicyMode::Enforce, 1);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = runtime.enter();

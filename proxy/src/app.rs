@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use certs::IdentityWatch;
 use certs::source::{self, FilesSource, SourceTask, SvidSource, WorkloadApiSource};
 use tokio::sync::watch;
@@ -28,7 +29,7 @@ use crate::mgmt::{self, Mgmt};
 use crate::oauth::Oauth;
 use crate::outbound::Outbound;
 use crate::policy_store::{self, PolicyStore};
-use crate::reload::Reloader;
+use crate::reload::{Handles, ReloadError, Reloader};
 use crate::server::{self, Listener};
 use crate::telemetry::Telemetry;
 
@@ -120,17 +121,22 @@ impl App {
             oauth.store(Some(Arc::new(Oauth::new(jwt, jwks))));
         }
         let mut policy = None;
-        if let Some(cfg) = config.policy.clone() {
-            let engine = policy_store::load(&cfg, config.env.as_ref(), config.jwt.as_ref())?;
-            let store = PolicyStore::new(engine, metrics.clone(), config.jwt.clone(), Some(audit.clone()));
-            followers.push(tokio::spawn(policy_store::watch(
-                store.clone(),
-                cfg,
-                config.env.clone(),
-                std::time::Duration::from_secs(1),
-                state.clone(),
-            )));
-            policy = Some(store);
+        if let Some(cfg) = &config.policy {
+            let (engine, fingerprint) = policy_store::load(cfg, config.env.as_ref(), config.jwt.as_ref())?;
+            policy = Some(PolicyStore::new(engine, cfg.mode, fingerprint, metrics.clone(), Some(audit.clone())));
+        }
+        let keys = Arc::new(ArcSwap::from_pointee(config.mgmt.as_ref().map(|m| m.keys.clone()).unwrap_or_default()));
+        let handles = Handles {
+            allowlist: allowlist.clone(),
+            policy: policy.clone(),
+            oauth: oauth.clone(),
+            governor: governor.clone(),
+            keys,
+            state: state.clone(),
+        };
+        let reloader = Arc::new(Reloader::new(&config, handles));
+        if policy.is_some() {
+            followers.push(tokio::spawn(reloader.clone().watch_policy_files(std::time::Duration::from_secs(1))));
         }
         let (mut inbound_addr, mut inbound) = (None, None);
         if let Some(cfg) = config.inbound.clone() {
@@ -142,12 +148,9 @@ impl App {
             )
             .await?;
             inbound_addr = Some(listener.local_addr()?);
-            let (store, mode) = policy
-                .clone()
-                .zip(config.policy.as_ref().map(|p| p.mode))
-                .context("`policy` is required with `inbound`")?;
+            let store = policy.clone().context("`policy` is required with `inbound`")?;
             let layers =
-                Layers { policy: store, mode, oauth: oauth.clone(), governor: governor.clone(), audit: audit.clone() };
+                Layers { policy: store, oauth: oauth.clone(), governor: governor.clone(), audit: audit.clone() };
             let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), layers)?;
             followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
@@ -166,18 +169,10 @@ impl App {
             let server = Outbound::new(cfg, identity.clone(), metrics.clone(), tokens.clone(), audit.clone());
             servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
         }
-        let reloader = Arc::new(Reloader {
-            config_path: config.path.clone(),
-            env: config.env.clone(),
-            oauth: oauth.clone(),
-            policy: policy.clone(),
-            allowlist: allowlist.clone(),
-            state: state.clone(),
-        });
         let mut mgmt_addr = None;
         if let (Some(section), Some(state)) = (&config.mgmt, state) {
             drop_overrides_older_than_files(&state, &config)?;
-            apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor)?;
+            apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor).await?;
             let listener =
                 Listener::bind("mgmt.listen", section.listen, local, Some(metrics.open_connections("mgmt"))).await?;
             mgmt_addr = Some(listener.local_addr()?);
@@ -185,8 +180,6 @@ impl App {
                 allowlist: allowlist.clone(),
                 governor: governor.clone(),
                 policy: policy.clone(),
-                policy_config: config.policy.clone(),
-                jwt: config.jwt.clone(),
                 oauth: oauth.clone(),
                 audit: audit.clone(),
                 identity: identity.clone(),
@@ -227,10 +220,15 @@ impl App {
         })
     }
 
-    /// Re-reads the config file and applies what can change at run time
-    /// (SIGHUP; `POST /mgmt/reload` does the same).
-    pub fn reload(&self) -> anyhow::Result<()> {
-        self.reloader.reload()
+    /// Re-reads the config file and applies all of it or nothing (SIGHUP;
+    /// `POST /mgmt/reload` does the same).
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        self.reloader.reload().await
+    }
+
+    /// Every change goes through this (see [`Reloader`]).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain
@@ -315,8 +313,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    if let Err(e) = app.reload() {
-                        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                    if let Err(e) = app.reload().await {
+                        tracing::error!(error = %e, "reload refused; nothing changed");
                     }
                 }
             }
@@ -363,7 +361,7 @@ fn drop_overrides_older_than_files(state: &StateFile, config: &Config) -> anyhow
 }
 
 /// Re-applies what the admin API changed before the restart.
-fn apply_state(
+async fn apply_state(
     state: &State,
     config: &Config,
     allowlist: &AllowList,
@@ -375,9 +373,11 @@ fn apply_state(
         allowlist.replace(patterns);
     }
     if let (Some(yaml), Some(store), Some(cfg)) = (&state.policy_yaml, policy, &config.policy) {
+        let name = "mgmt.state_file policy";
         let engine =
-            policy_store::build(yaml, "mgmt.state_file policy", cfg, config.env.as_ref(), config.jwt.as_ref())?;
-        store.install(engine);
+            policy_store::build_yaml(yaml.clone(), name, cfg.clone(), config.env.clone(), config.jwt.clone()).await?;
+        let actor = state.last_change.clone().unwrap_or_else(|| name.to_owned());
+        store.install(engine, cfg.mode, policy_store::Origin::Admin { actor });
     }
     for (id, level) in &state.risks {
         governor.pushes.set_risk(&id.parse()?, Some(level.parse().map_err(anyhow::Error::msg)?));

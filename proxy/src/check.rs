@@ -77,7 +77,7 @@ fn humantime_utc(t: std::time::SystemTime) -> String {
 pub fn policy(config: &Config) -> Result<String, String> {
     let mut out = String::new();
     if let Some(policy) = &config.policy {
-        let engine = crate::policy_store::load(policy, config.env.as_ref(), config.jwt.as_ref())
+        let (engine, _) = crate::policy_store::load(policy, config.env.as_ref(), config.jwt.as_ref())
             .map_err(|e| format!("policy: {e}"))?;
         let doc = engine.doc();
         let rules: usize = doc.entries.iter().map(|e| e.rules.len()).sum();

@@ -15,10 +15,12 @@ use certs::{SpiffeId, TrustDomain};
 mod env;
 mod inbound;
 pub mod raw;
+mod restart;
 mod units;
 
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig, Upgrades};
+pub use restart::HOT_FIELDS;
 pub use units::{parse_duration, parse_size};
 
 /// Static secrets that are refused: the sidecar's Entra identity is federated.
@@ -165,6 +167,16 @@ pub enum OnUnavailable {
     Allow,
 }
 
+impl OnUnavailable {
+    /// The YAML value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::Allow => "allow",
+        }
+    }
+}
+
 /// Layer 4a.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RiskSection {
@@ -204,6 +216,16 @@ pub enum PolicyMode {
     Enforce,
     /// Layers 2-4 log what they would deny and forward anyway.
     Shadow,
+}
+
+impl PolicyMode {
+    /// The YAML value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
 }
 
 /// Where the SVID comes from.

@@ -57,7 +57,7 @@ pub fn explain(
     );
 
     let policy = config.policy.as_ref().ok_or("`policy` is required with `inbound`")?;
-    let engine =
+    let (engine, _) =
         crate::policy_store::load(policy, config.env.as_ref(), config.jwt.as_ref()).map_err(|e| e.to_string())?;
     let v = engine.decide(policy::engine::Request { caller: &caller, method, path: canonical.for_matching() });
     let entry = v.entry.and_then(|i| engine.doc().entries.get(i));

@@ -61,8 +61,8 @@ pub struct Inbound {
 
 /// The state layers 2-4 read on every request.
 pub struct Layers {
+    /// The policy and its mode (`policy.mode`), swapped together.
     pub policy: Arc<PolicyStore>,
-    pub mode: PolicyMode,
     /// Layer 3; replaced when a reload changes the `jwt` section.
     pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
     pub governor: Arc<Governor>,
@@ -332,7 +332,7 @@ impl Inbound {
         match result {
             Ok(()) => Ok(()),
             Err(denial) => {
-                self.deny_or_shadow(denial.reason, &denial.policy_ids, conn, request_id)?;
+                self.deny_or_shadow(loaded.mode, denial.reason, &denial.policy_ids, conn, request_id)?;
                 log.shadow = Some(denial.reason);
                 Ok(())
             }
@@ -341,12 +341,13 @@ impl Inbound {
 
     fn deny_or_shadow(
         &self,
+        mode: PolicyMode,
         reason: Reason,
         policy_ids: &[String],
         conn: &Conn,
         request_id: &str,
     ) -> Result<(), Reason> {
-        match self.layers.mode {
+        match mode {
             PolicyMode::Enforce => Err(reason),
             PolicyMode::Shadow => {
                 self.metrics.shadow_deny("inbound", reason.layer(), reason);

@@ -26,6 +26,7 @@ pub struct Metrics {
     upstream_errors_total: IntCounterVec,
     request_duration_seconds: prometheus::HistogramVec,
     open_connections: prometheus::IntGaugeVec,
+    policy_mode: prometheus::IntGaugeVec,
     /// `[inbound, outbound]`.
     hot: [HotSeries; 2],
 }
@@ -111,6 +112,11 @@ impl Metrics {
         for listener in ["inbound", "outbound", "mgmt", "telemetry"] {
             open_connections.with_label_values(&[listener]);
         }
+        let policy_mode = prometheus::IntGaugeVec::new(
+            Opts::new("policy_mode", "1 for the policy.mode in force (enforce or shadow), 0 for the other"),
+            &["mode"],
+        )?;
+        registry.register(Box::new(policy_mode.clone()))?;
         registry.register(Box::new(policy_eval_duration_seconds.clone()))?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
         registry.register(Box::new(svid_rotations_total.clone()))?;
@@ -163,6 +169,7 @@ impl Metrics {
             upstream_errors_total,
             request_duration_seconds,
             open_connections,
+            policy_mode,
         })
     }
 
@@ -172,6 +179,13 @@ impl Metrics {
             "outbound" => Some(&self.hot[1]),
             _ => None,
         }
+    }
+
+    /// Shows `mode` as the one in force.
+    pub fn policy_mode(&self, mode: crate::config::PolicyMode) {
+        let shadow = mode == crate::config::PolicyMode::Shadow;
+        self.policy_mode.with_label_values(&["enforce"]).set(i64::from(!shadow));
+        self.policy_mode.with_label_values(&["shadow"]).set(i64::from(shadow));
     }
 
     /// The gauge of connections `listener` holds.

@@ -44,7 +44,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Mgmt {
-    keys: Vec<AdminKey>,
+    /// `mgmt.keys`: a reload replaces them.
+    keys: Arc<arc_swap::ArcSwap<Vec<AdminKey>>>,
     failures: moka::sync::Cache<IpAddr, Arc<Mutex<Failures>>>,
     tls: Option<TlsAcceptor>,
     ctx: Context,
@@ -112,7 +113,7 @@ impl Mgmt {
         };
         let failures =
             moka::sync::Cache::builder().max_capacity(MAX_TRACKED_ADDRESSES).time_to_idle(FAILURE_WINDOW).build();
-        Ok(Arc::new(Self { keys: section.keys.clone(), failures, tls, ctx }))
+        Ok(Arc::new(Self { keys: ctx.reloader.keys.clone(), failures, tls, ctx }))
     }
 
     pub async fn serve(
@@ -199,14 +200,14 @@ impl Mgmt {
         let presented = req.headers().get("x-spiffe-admin-key").map(|v| crate::config::sha256(v.as_bytes()));
         let matched = presented.and_then(|hash| {
             // Every key is compared, so the time does not depend on which one matched.
-            self.keys.iter().fold(None, |found, key| {
+            self.keys.load().iter().fold(None, |found, key| {
                 let same = aws_lc_rs::constant_time::verify_slices_are_equal(&key.sha256, &hash).is_ok();
-                if same { Some(key) } else { found }
+                if same { Some(Caller { name: key.name.clone(), role: key.role }) } else { found }
             })
         });
-        if let Some(key) = matched {
+        if let Some(caller) = matched {
             self.failures.invalidate(&ip);
-            return Ok(Caller { name: key.name.clone(), role: key.role });
+            return Ok(caller);
         }
         self.ctx.metrics.mgmt_auth_failure();
         let failures = self.failures.get_with(ip, Arc::default);

@@ -1,15 +1,20 @@
-//! The live Layer 2 policy: built from the files in `policy`, swapped
-//! atomically on a file change, SIGHUP or (later) the admin API. A policy
-//! that fails to parse, validate or compile never replaces the running one.
+//! The live Layer 2 policy: built from the files in `policy` (or a YAML
+//! from `PUT /mgmt/policy`), swapped atomically. A policy that fails to
+//! parse, validate or compile never replaces the running one.
+//!
+//! The store remembers the fingerprint of the policy files' contents it
+//! last applied *from the files*: the file watcher applies a file only when
+//! its contents differ from that, so a file that has not changed since it
+//! was applied never overrides a later admin change.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use policy::{CompileOptions, PolicyEngine, PolicyError, Source};
 
-use crate::config::{Env, JwtSection, PolicyConfig};
+use crate::config::{Env, JwtSection, PolicyConfig, PolicyMode};
 use crate::metrics::Metrics;
 
 /// Why the policy files could not be turned into an engine.
@@ -21,71 +26,184 @@ pub enum LoadError {
     Policy(#[from] PolicyError),
     #[error("`{file}`: {why}")]
     Unverifiable { file: PathBuf, why: String },
+    #[error("policy build did not finish: {0}")]
+    Aborted(String),
 }
 
-/// The engine in force and when it was loaded.
+/// The policy files as read at one moment: what is built and what is
+/// fingerprinted are the same bytes.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub reference: Source,
+    pub cedar: Vec<Source>,
+    /// [`crate::mgmt::state::fingerprint`] of the contents, in file order.
+    pub fingerprint: String,
+}
+
+/// The engine in force, in which mode, and when it was loaded.
 pub struct Loaded {
-    pub engine: PolicyEngine,
+    pub engine: Arc<PolicyEngine>,
+    /// `policy.mode`: in shadow mode layers 2-4 only log what they would deny.
+    pub mode: PolicyMode,
     pub loaded_at: SystemTime,
-    /// Increments with every accepted policy.
+    /// Increments with every accepted policy (not with a mode change).
     pub generation: u64,
     /// `<document version>#<generation>`, for health and audit events.
     pub label: Arc<str>,
 }
 
 impl Loaded {
-    pub fn new(engine: PolicyEngine, generation: u64) -> Self {
+    pub fn new(engine: PolicyEngine, mode: PolicyMode, generation: u64) -> Self {
         let label = Arc::from(format!("{}#{generation}", engine.doc().version));
-        Self { engine, loaded_at: SystemTime::now(), generation, label }
+        Self { engine: Arc::new(engine), mode, loaded_at: SystemTime::now(), generation, label }
     }
 }
 
-pub struct PolicyStore {
-    current: ArcSwap<Loaded>,
-    metrics: Arc<Metrics>,
-    jwt: Option<JwtSection>,
-    audit: Option<Arc<crate::audit::AuditHub>>,
-}
-
-/// Reads the policy files and builds the engine (parse, enrich, validate,
-/// compile), and checks that its `require_jwt` rules can be enforced with `jwt`.
-pub fn load(config: &PolicyConfig, env: &dyn Env, jwt: Option<&JwtSection>) -> Result<PolicyEngine, LoadError> {
-    let text = std::fs::read_to_string(&config.file)
-        .map_err(|source| LoadError::Read { path: config.file.clone(), source })?;
-    build(&text, &config.file.display().to_string(), config, env, jwt)
-}
-
-/// As [`load`], with the reference YAML given (`PUT /mgmt/policy`); the
-/// native Cedar files still come from `config`.
-pub fn build(
-    yaml: &str,
-    name: &str,
-    config: &PolicyConfig,
-    env: &dyn Env,
-    jwt: Option<&JwtSection>,
-) -> Result<PolicyEngine, LoadError> {
+/// Reads every policy file once.
+pub fn read_sources(config: &PolicyConfig) -> Result<Sources, LoadError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path)
             .map(|text| Source { name: path.display().to_string(), text })
             .map_err(|source| LoadError::Read { path: path.to_owned(), source })
     };
-    let reference = Source { name: name.to_owned(), text: yaml.to_owned() };
+    let reference = read(&config.file)?;
     let cedar = config.cedar.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+    let contents = std::iter::once(&reference).chain(&cedar).map(|s| s.text.as_bytes());
+    let fingerprint = crate::mgmt::state::fingerprint_bytes(contents);
+    Ok(Sources { reference, cedar, fingerprint })
+}
+
+/// Reads the policy files and builds the engine (parse, enrich, validate,
+/// compile), checking that its `require_jwt` rules can be enforced with
+/// `jwt`. Returns the engine and the files' fingerprint.
+pub fn load(
+    config: &PolicyConfig,
+    env: &dyn Env,
+    jwt: Option<&JwtSection>,
+) -> Result<(PolicyEngine, String), LoadError> {
+    let sources = read_sources(config)?;
+    let engine = build(&sources.reference, &sources.cedar, config, env, jwt)?;
+    Ok((engine, sources.fingerprint))
+}
+
+/// Builds the engine from sources already read.
+pub fn build(
+    reference: &Source,
+    cedar: &[Source],
+    config: &PolicyConfig,
+    env: &dyn Env,
+    jwt: Option<&JwtSection>,
+) -> Result<PolicyEngine, LoadError> {
     let options = CompileOptions { case_insensitive_paths: config.case_insensitive_paths };
-    let engine = PolicyEngine::build(&reference, &cedar, &|name| env.get(name), options)?;
-    crate::oauth::check_policy(engine.doc(), jwt).map_err(|why| LoadError::Unverifiable { file: name.into(), why })?;
+    let engine = PolicyEngine::build(reference, cedar, &|name| env.get(name), options)?;
+    crate::oauth::check_policy(engine.doc(), jwt)
+        .map_err(|why| LoadError::Unverifiable { file: reference.name.clone().into(), why })?;
     Ok(engine)
 }
 
+/// [`build`] with `yaml` given (`PUT /mgmt/policy`, the state file); the
+/// native Cedar files still come from `config`. On a blocking thread:
+/// compiling a large policy must not hold a runtime worker.
+pub async fn build_yaml(
+    yaml: String,
+    name: &str,
+    config: PolicyConfig,
+    env: Arc<dyn Env>,
+    jwt: Option<JwtSection>,
+) -> Result<PolicyEngine, LoadError> {
+    let name = name.to_owned();
+    off_thread(move || {
+        let cedar = read_sources(&config)?.cedar;
+        build(&Source { name, text: yaml }, &cedar, &config, env.as_ref(), jwt.as_ref())
+    })
+    .await
+}
+
+/// [`build`] from `sources`, on a blocking thread.
+pub async fn build_sources(
+    sources: Sources,
+    config: PolicyConfig,
+    env: Arc<dyn Env>,
+    jwt: Option<JwtSection>,
+) -> Result<PolicyEngine, LoadError> {
+    off_thread(move || build(&sources.reference, &sources.cedar, &config, env.as_ref(), jwt.as_ref())).await
+}
+
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+) -> Result<T, LoadError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| LoadError::Aborted(e.to_string()))?
+}
+
+/// Where a new policy came from, for the audit event and the files' fingerprint.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The policy files, with the fingerprint of what was read.
+    Files { channel: &'static str, fingerprint: String },
+    /// An admin change (the API, or the state file replaying one).
+    Admin { actor: String },
+}
+
+pub struct PolicyStore {
+    current: ArcSwap<Loaded>,
+    /// Fingerprint of the files' contents last applied from the files.
+    from_files: Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<crate::audit::AuditHub>>,
+}
+
 impl PolicyStore {
+    /// `fingerprint`: of the files `engine` was built from.
     pub fn new(
         engine: PolicyEngine,
+        mode: PolicyMode,
+        fingerprint: String,
         metrics: Arc<Metrics>,
-        jwt: Option<JwtSection>,
         audit: Option<Arc<crate::audit::AuditHub>>,
     ) -> Arc<Self> {
-        let loaded = Loaded::new(engine, 1);
-        Arc::new(Self { current: ArcSwap::from_pointee(loaded), metrics, jwt, audit })
+        metrics.policy_mode(mode);
+        let loaded = Loaded::new(engine, mode, 1);
+        Arc::new(Self {
+            current: ArcSwap::from_pointee(loaded),
+            from_files: Mutex::new(Some(fingerprint)),
+            metrics,
+            audit,
+        })
+    }
+
+    /// The policy in force: one consistent snapshot for a whole request.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// The fingerprint of the files' contents last applied from them.
+    pub fn applied_from_files(&self) -> Option<String> {
+        self.from_files.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Swaps in `engine` in `mode`; returns what is now in force.
+    pub fn install(&self, engine: PolicyEngine, mode: PolicyMode, origin: Origin) -> Arc<Loaded> {
+        let loaded = Arc::new(Loaded::new(engine, mode, self.current.load().generation + 1));
+        let actor = match origin {
+            Origin::Files { channel, fingerprint } => {
+                *self.from_files.lock().unwrap_or_else(PoisonError::into_inner) = Some(fingerprint);
+                channel.to_owned()
+            }
+            Origin::Admin { actor } => actor,
+        };
+        self.current.store(loaded.clone());
+        self.metrics.policy_reload("ok");
+        self.metrics.policy_mode(mode);
+        tracing::info!(generation = loaded.generation, ?mode, by = actor, "policy installed");
+        self.audit(true, Some(loaded.label.clone()), &actor);
+        loaded
+    }
+
+    /// Counts and audits a policy that was refused; the running one stays.
+    pub fn rejected(&self, channel: &str, error: &LoadError) {
+        self.metrics.policy_reload("error");
+        tracing::error!(%error, channel, "policy rejected; keeping the running policy");
+        self.audit(false, None, channel);
     }
 
     /// Every reload, accepted or refused, is an audit event.
@@ -100,80 +218,6 @@ impl PolicyStore {
                 actor: Some(channel.to_owned()),
                 ..crate::audit::Event::default()
             });
-        }
-    }
-
-    /// The policy in force: one consistent snapshot for a whole request.
-    pub fn current(&self) -> Arc<Loaded> {
-        self.current.load_full()
-    }
-
-    /// Swaps in an engine built elsewhere (`PUT /mgmt/policy`); returns its generation.
-    pub fn install(&self, engine: PolicyEngine) -> u64 {
-        let loaded = Arc::new(Loaded::new(engine, self.current.load().generation + 1));
-        let generation = loaded.generation;
-        self.current.store(loaded.clone());
-        self.metrics.policy_reload("ok");
-        self.audit(true, Some(loaded.label.clone()), "admin-api");
-        generation
-    }
-
-    /// Builds a new engine from `config` and swaps it in; on error the
-    /// running policy stays and the error is logged and counted.
-    pub fn reload(&self, config: &PolicyConfig, env: &dyn Env) -> Result<(), LoadError> {
-        match load(config, env, self.jwt.as_ref()) {
-            Ok(engine) => {
-                let loaded = Arc::new(Loaded::new(engine, self.current.load().generation + 1));
-                self.current.store(loaded.clone());
-                self.metrics.policy_reload("ok");
-                tracing::info!(generation = loaded.generation, file = %config.file.display(), "policy reloaded");
-                self.audit(true, Some(loaded.label.clone()), "config");
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.policy_reload("error");
-                tracing::error!(error = %e, "policy rejected; keeping the running policy");
-                self.audit(false, None, "config");
-                Err(e)
-            }
-        }
-    }
-}
-
-/// What identifies a version of a file without reading it.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-/// Reloads the policy whenever one of its files changes (polled, which also
-/// sees Kubernetes' ConfigMap symlink swaps).
-pub async fn watch(
-    store: Arc<PolicyStore>,
-    config: PolicyConfig,
-    env: Arc<dyn Env>,
-    every: Duration,
-    state: Option<Arc<crate::mgmt::state::StateFile>>,
-) {
-    let files: Vec<PathBuf> = config.files().map(PathBuf::from).collect();
-    let stamps = |files: &[PathBuf]| files.iter().map(|f| stamp(f)).collect::<Vec<_>>();
-    let mut last = stamps(&files);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = stamps(&files);
-        if now != last {
-            last = now;
-            // Errors are logged and counted inside; the running policy stays.
-            let reloaded = store.reload(&config, env.as_ref()).is_ok();
-            // The edited file is now the most recent change: drop an admin override.
-            if let (true, Some(state)) = (reloaded, &state)
-                && state.get().policy_yaml.is_some()
-                && let Err(e) = state.update("policy:file", |s| (s.policy_yaml, s.policy_sha256) = (None, None))
-            {
-                tracing::error!(error = %e, "cannot record the policy file change in the state file");
-            }
         }
     }
 }

@@ -26,6 +26,7 @@ mod sidecar {
     pub mod mgmt;
     pub mod outbound;
     pub mod rbac;
+    pub mod reload;
     pub mod signals;
     pub mod support;
     pub mod telemetry;

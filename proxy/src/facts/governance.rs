@@ -99,18 +99,35 @@ impl Pushes {
     }
 }
 
+/// The `risk` and `tags` sections in force (a reload may change them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub risk: RiskSection,
+    pub tags: TagsSection,
+}
+
 /// Layers 4a and 4b for one request, after Layers 2 and 3 allowed it.
 pub struct Governor {
     pub pushes: Pushes,
-    pub risk: RiskSection,
-    pub tags: TagsSection,
+    settings: arc_swap::ArcSwap<Settings>,
     /// Present when a source is `graph`.
     graph: Option<Arc<Graph>>,
 }
 
 impl Governor {
     pub fn new(risk: RiskSection, tags: TagsSection, graph: Option<Arc<Graph>>) -> Self {
-        Self { pushes: Pushes::default(), risk, tags, graph }
+        Self { pushes: Pushes::default(), settings: arc_swap::ArcSwap::from_pointee(Settings { risk, tags }), graph }
+    }
+
+    /// The settings in force: one snapshot per use.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Applies reloaded `risk` and `tags` sections (their sources stay: a
+    /// change of source needs a restart, see `Config::restart_required`).
+    pub fn configure(&self, risk: RiskSection, tags: TagsSection) {
+        self.settings.store(Arc::new(Settings { risk, tags }));
     }
 
     /// How fresh the Graph risk and tag facts are (`None` without Graph).
@@ -124,7 +141,8 @@ impl Governor {
         if let Some(pushed) = self.pushes.risk(caller) {
             return Some(pushed);
         }
-        match (self.risk.source, &self.graph, entry.entra_agent_id.as_deref()) {
+        let source = self.settings.load().risk.source;
+        match (source, &self.graph, entry.entra_agent_id.as_deref()) {
             (FactSource::Local, _, _) => Some(RiskLevel::Low),
             (FactSource::Graph, Some(graph), Some(oid)) => graph.risk(oid).await.ok(),
             (FactSource::Graph, _, _) => None,
@@ -137,7 +155,8 @@ impl Governor {
         if let Some(pushed) = self.pushes.tag(caller) {
             return Some(pushed);
         }
-        match (self.tags.source, &self.graph, entry.entra_agent_id.as_deref()) {
+        let source = self.settings.load().tags.source;
+        match (source, &self.graph, entry.entra_agent_id.as_deref()) {
             (FactSource::Local, _, _) => Some(entry.ca.agent_tag.clone()),
             (FactSource::Graph, Some(graph), Some(oid)) => graph.tag(oid).await.ok(),
             (FactSource::Graph, _, _) => None,
@@ -159,12 +178,13 @@ impl Governor {
         if governance.enabled && entry.ca.disabled {
             return Err(Reason::AgentDisabled);
         }
+        let settings = self.settings();
         let risk = self.risk_of(caller, entry).await;
         trace.risk_level = Some(risk.map_or("unknown", RiskLevel::as_str));
         match risk {
-            Some(level) if self.risk.blocked_levels.contains(&level) => return Err(Reason::HighRiskAgentBlocked),
+            Some(level) if settings.risk.blocked_levels.contains(&level) => return Err(Reason::HighRiskAgentBlocked),
             Some(_) => {}
-            None if self.risk.on_unavailable == OnUnavailable::Deny => return Err(Reason::RiskUnavailable),
+            None if settings.risk.on_unavailable == OnUnavailable::Deny => return Err(Reason::RiskUnavailable),
             None => tracing::warn!(caller = %caller, "risk unknown; allowed by risk.on_unavailable: allow"),
         }
         if governance.enabled && !entry.ca.skip_target_tag_check {
@@ -172,7 +192,7 @@ impl Governor {
             let verdict = match &tag {
                 Some(tag) if tag.is_empty() || *tag != governance.target_agent_tag => Err(Reason::AgentTagMismatch),
                 Some(_) => Ok(()),
-                None if self.tags.on_unavailable == OnUnavailable::Deny => Err(Reason::TagsUnavailable),
+                None if settings.tags.on_unavailable == OnUnavailable::Deny => Err(Reason::TagsUnavailable),
                 None => {
                     tracing::warn!(caller = %caller, "tag unknown; allowed by tags.on_unavailable: allow");
                     Ok(())

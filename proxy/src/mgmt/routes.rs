@@ -11,25 +11,23 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::state::StateFile;
-use super::{Caller, MAX_POLICY_BYTES, Reject, error, error_message, json_response, read_body};
+use super::{Caller, MAX_POLICY_BYTES, Reject, error, json_response, read_body};
 use crate::allowlist::AllowList;
 use crate::audit::{AuditHub, Event, rfc3339};
 use crate::body::Body;
-use crate::config::{FactSource, JwtSection, PolicyConfig};
+use crate::config::FactSource;
 use crate::facts::governance::{Governor, RiskLevel};
 use crate::facts::graph::Freshness;
 use crate::metrics::Metrics;
 use crate::oauth::Oauth;
-use crate::policy_store::PolicyStore;
-use crate::reload::Reloader;
+use crate::policy_store::{Origin, PolicyStore};
+use crate::reload::{ReloadError, Reloader};
 
 /// What the routes read and change.
 pub struct Context {
     pub allowlist: Arc<AllowList>,
     pub governor: Arc<Governor>,
     pub policy: Option<Arc<PolicyStore>>,
-    pub policy_config: Option<PolicyConfig>,
-    pub jwt: Option<JwtSection>,
     pub oauth: Arc<ArcSwapOption<Oauth>>,
     pub audit: Arc<AuditHub>,
     pub identity: IdentityWatch,
@@ -117,14 +115,36 @@ pub async fn dispatch(
         Route::Metrics => json_response(StatusCode::OK, &ctx.audit.counters()),
         Route::Audit => audit(ctx, &req).unwrap_or_else(Reject::into_response),
         Route::AuditStream => super::stream::stream(ctx, &req, connection),
-        Route::Reload => match ctx.reloader.reload() {
-            Ok(()) => {
-                record(ctx, &actor, "POST", "/mgmt/reload", 200);
-                json_response(StatusCode::OK, &json!({"status": "reloaded"}))
-            }
-            Err(e) => error_message(StatusCode::BAD_REQUEST, "reload_failed", &format!("{e:#}")),
-        },
+        Route::Reload => reload(ctx, &actor).await,
     }
+}
+
+/// `POST /mgmt/reload`: all of the config file, or nothing. 409 names the
+/// fields only a restart can change; 400 says why the file does not load.
+async fn reload(ctx: &Context, actor: &str) -> Response<Body> {
+    let (status, body) = match ctx.reloader.reload().await {
+        Ok(()) => (StatusCode::OK, json!({"status": "reloaded"})),
+        Err(e) => {
+            let message = e.to_string();
+            match e {
+                ReloadError::RestartRequired(fields) => {
+                    (StatusCode::CONFLICT, json!({"error": "restart_required", "message": message, "fields": fields}))
+                }
+                ReloadError::Invalid(_) => {
+                    (StatusCode::BAD_REQUEST, json!({"error": "reload_failed", "message": message}))
+                }
+                ReloadError::State(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "state_write_failed", "message": message}))
+                }
+            }
+        }
+    };
+    if status == StatusCode::OK {
+        record(ctx, actor, "POST", "/mgmt/reload", 200);
+    } else {
+        tracing::warn!(status = status.as_u16(), body = %body, "reload refused; nothing changed");
+    }
+    json_response(status, &body)
 }
 
 /// Every mutation is itself an audit event, naming the key (never the key).
@@ -151,12 +171,15 @@ fn health(ctx: &Context) -> Response<Body> {
     let not_ready = crate::telemetry::not_ready_reason(&ctx.identity);
     let loaded = ctx.policy.as_ref().map(|p| p.current());
     let graph = ctx.governor.graph_freshness();
+    let governance = ctx.governor.settings();
     json_response(
         StatusCode::OK,
         &json!({
             "status": if not_ready.is_none() { "healthy" } else { "unhealthy" },
             "reason": not_ready,
             "policy_version": loaded.as_ref().map(|l| l.label.clone()),
+            // Layers 2-4 enforce, or (shadow) only log what they would deny.
+            "enforcement_mode": loaded.as_ref().map(|l| l.mode.as_str()),
             "policy_loaded_at": loaded.as_ref().map(|l| rfc3339(l.loaded_at)),
             "uptime_seconds": ctx.started.elapsed().as_secs(),
             "spire_agent_connected": status.connected,
@@ -167,13 +190,13 @@ fn health(ctx: &Context) -> Response<Body> {
             "svid_expiry": expiry.map(rfc3339),
             "svid_ttl_seconds": ttl,
             "risk_enforcement_control_supported": true,
-            "entra_risk_enforcement_supported": ctx.governor.risk.source == FactSource::Graph,
+            "entra_risk_enforcement_supported": governance.risk.source == FactSource::Graph,
             "jwks": ctx.oauth.load_full().map(|o| {
                 let s = o.jwks().status();
                 json!({"last_refresh": s.last_refresh.map(rfc3339), "last_error": s.last_error})
             }),
-            "risk": freshness(ctx.governor.risk.source, "mgmt", graph.as_ref().map(|(risk, _)| risk)),
-            "tags": freshness(ctx.governor.tags.source, "policy", graph.as_ref().map(|(_, tags)| tags)),
+            "risk": freshness(governance.risk.source, "mgmt", graph.as_ref().map(|(risk, _)| risk)),
+            "tags": freshness(governance.tags.source, "policy", graph.as_ref().map(|(_, tags)| tags)),
         }),
     )
 }
@@ -299,34 +322,46 @@ fn action_str(action: policy::reference::Action) -> &'static str {
 }
 
 async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
-    let (Some(store), Some(config)) = (&ctx.policy, &ctx.policy_config) else {
+    let Some(store) = &ctx.policy else {
         return Err(Reject::new(StatusCode::NOT_FOUND, "no_policy"));
     };
     let if_match = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = read_body(req, MAX_POLICY_BYTES)
         .await
         .ok_or_else(|| Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))?;
+    let yaml = String::from_utf8(body.to_vec())
+        .map_err(|_| Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", "the body is not UTF-8"))?;
+    let _changing = ctx.reloader.lock().await;
     if let Some(expected) = if_match
         && expected != "*"
         && expected != etag(store.current().generation)
     {
         return Err(Reject::new(StatusCode::PRECONDITION_FAILED, "precondition_failed"));
     }
-    let yaml = String::from_utf8(body.to_vec())
-        .map_err(|_| Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", "the body is not UTF-8"))?;
-    let engine = crate::policy_store::build(&yaml, "PUT /mgmt/policy", config, ctx.reloader.env(), ctx.jwt.as_ref())
-        .map_err(|e| {
-            ctx.metrics.policy_reload("error");
-            Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
-        })?;
+    let applied = ctx.reloader.applied();
+    let Some(config) = applied.policy.clone() else {
+        return Err(Reject::new(StatusCode::NOT_FOUND, "no_policy"));
+    };
+    let built = crate::policy_store::build_yaml(
+        yaml.clone(),
+        "PUT /mgmt/policy",
+        config,
+        ctx.reloader.env.clone(),
+        applied.jwt.clone(),
+    )
+    .await;
+    let engine = built.map_err(|e| {
+        store.rejected(&format!("policy:{actor}"), &e);
+        Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
+    })?;
     persist(ctx, &format!("policy:{actor}"), |s| {
         s.policy_yaml = Some(yaml);
         record_files(ctx, s);
     })?;
     let old_version = store.current().engine.doc().version.clone();
-    let generation = store.install(engine);
+    let mode = store.current().mode;
+    let loaded = store.install(engine, mode, Origin::Admin { actor: format!("policy:{actor}") });
     record(ctx, actor, "PUT", "/mgmt/policy", 200);
-    let loaded = store.current();
     let mut response = json_response(
         StatusCode::OK,
         &json!({
@@ -334,10 +369,10 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
             "old_version": old_version,
             "new_version": loaded.engine.doc().version,
             "loaded_at": rfc3339(loaded.loaded_at),
-            "generation": generation,
+            "generation": loaded.generation,
         }),
     );
-    if let Ok(v) = HeaderValue::from_str(&etag(generation)) {
+    if let Ok(v) = HeaderValue::from_str(&etag(loaded.generation)) {
         response.headers_mut().insert(header::ETAG, v);
     }
     Ok(response)
@@ -348,7 +383,7 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
 /// the more recent change at the next start.
 fn record_files(ctx: &Context, state: &mut super::state::State) {
     (state.config_sha256, state.policy_sha256) =
-        super::state::file_fingerprints(&ctx.reloader.config_path, ctx.policy_config.as_ref());
+        super::state::file_fingerprints(&ctx.reloader.config_path, ctx.reloader.applied().policy.as_ref());
 }
 
 /// Writes a change to the state file before it takes effect: 500 if it cannot.
@@ -383,6 +418,7 @@ async fn json_body(req: Request<Incoming>) -> Result<(Value, bool), Reject> {
 
 async fn put_mtls(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
     let (body, force) = json_body(req).await?;
+    let _changing = ctx.reloader.lock().await;
     let list = body
         .get("allowed_ids")
         .and_then(Value::as_array)
@@ -456,6 +492,7 @@ fn parse_id(text: &str) -> Result<SpiffeId, Reject> {
 
 async fn put_risk(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
     let (body, _) = json_body(req).await?;
+    let _changing = ctx.reloader.lock().await;
     let id = caller_id(&body)?;
     let level = match body.get("risk_level") {
         Some(Value::Null) => None,
@@ -494,7 +531,7 @@ fn merge(body: &mut Value, extra: Value) {
 }
 
 fn tag_source(ctx: &Context) -> &'static str {
-    if ctx.governor.tags.source == FactSource::Graph { "graph" } else { "policy" }
+    if ctx.governor.settings().tags.source == FactSource::Graph { "graph" } else { "policy" }
 }
 
 fn tags_json(ctx: &Context) -> Value {
@@ -513,6 +550,7 @@ fn one_tag(ctx: &Context, id: &str) -> Result<Response<Body>, Reject> {
 
 async fn put_tag(ctx: &Context, req: Request<Incoming>, actor: &str) -> Result<Response<Body>, Reject> {
     let (body, _) = json_body(req).await?;
+    let _changing = ctx.reloader.lock().await;
     let id = caller_id(&body)?;
     let tag = match body.get("tag") {
         Some(Value::Null) => None,
@@ -541,7 +579,8 @@ fn oauth_status(ctx: &Context) -> Response<Body> {
     let oauth = ctx.oauth.load_full();
     let keys = oauth.as_ref().and_then(|o| o.jwks().keys());
     let status = oauth.as_ref().map(|o| o.jwks().status());
-    let audiences = ctx.jwt.as_ref().map(|j| j.audiences.clone()).unwrap_or_default();
+    let jwt = ctx.reloader.applied().jwt.clone();
+    let audiences = jwt.as_ref().map(|j| j.audiences.clone()).unwrap_or_default();
     json_response(
         StatusCode::OK,
         &json!({
@@ -550,7 +589,7 @@ fn oauth_status(ctx: &Context) -> Response<Body> {
             "last_jwks_refresh": status.as_ref().and_then(|s| s.last_refresh).map(rfc3339),
             "last_error": status.and_then(|s| s.last_error.clone()),
             "key_count": keys.map_or(0, |k| k.len()),
-            "tenant_id": ctx.jwt.as_ref().map(|j| j.tenant_id.clone()),
+            "tenant_id": jwt.as_ref().map(|j| j.tenant_id.clone()),
             "audience": audiences.first(),
             "audiences": audiences,
         }),
@@ -558,23 +597,23 @@ fn oauth_status(ctx: &Context) -> Response<Body> {
 }
 
 fn ca_effective(ctx: &Context) -> Response<Body> {
-    let g = &ctx.governor;
+    let g = ctx.governor.settings();
     let source =
         |s: FactSource, local: &str| if s == FactSource::Graph { "graph".to_owned() } else { local.to_owned() };
     let doc = ctx.policy.as_ref().map(|p| p.current());
-    let graph = g.graph_freshness();
+    let graph = ctx.governor.graph_freshness();
     let from_graph = |s: FactSource, f: Option<&Freshness>| graph_state(f.filter(|_| s == FactSource::Graph));
     let mut risk = json!({
         "source": source(g.risk.source, "mgmt"),
         "blocked_levels": g.risk.blocked_levels.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
-        "on_unavailable": format!("{:?}", g.risk.on_unavailable).to_lowercase(),
-        "pushed": g.pushes.risks().len(),
+        "on_unavailable": g.risk.on_unavailable.as_str(),
+        "pushed": ctx.governor.pushes.risks().len(),
     });
     merge(&mut risk, from_graph(g.risk.source, graph.as_ref().map(|(risk, _)| risk)));
     let mut tags = json!({
         "source": source(g.tags.source, "policy"),
-        "on_unavailable": format!("{:?}", g.tags.on_unavailable).to_lowercase(),
-        "pushed": g.pushes.tags().len(),
+        "on_unavailable": g.tags.on_unavailable.as_str(),
+        "pushed": ctx.governor.pushes.tags().len(),
     });
     merge(&mut tags, from_graph(g.tags.source, graph.as_ref().map(|(_, tags)| tags)));
     json_response(

@@ -395,3 +395,48 @@ fn accept_backs_off_when_out_of_file_descriptors() {
     // A spinning accept loop burns a whole core: ~200 ticks in 2 s.
     assert!(used < 50, "{used} clock ticks in 2 s while out of descriptors");
 }
+
+/// SIGHUP with a change only a restart can apply: nothing changes and the
+/// log names the fields (the same refusal `POST /mgmt/reload` answers 409).
+#[test]
+fn sighup_names_the_fields_a_reload_cannot_change() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "identity: {{socket: unix://{}/none.sock}}\ntelemetry: {{listen: 127.0.0.1:0, log_format: text}}\n",
+        dir.path().display()
+    );
+    let config = write(dir.path(), "sidecar.yaml", &yaml);
+    let mut child = bin().args(["run", "--config", &config]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("a2a-sidecar started") {
+        line.clear();
+        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "exited before starting");
+    }
+    std::fs::write(&config, yaml.replace("log_format: text", "log_format: json") + "runtime: {worker_threads: 1}\n")
+        .unwrap();
+    let status = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    // Read the log on a thread so a missing line fails by deadline, not by hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refusal = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("reload refused") => break line,
+            Ok(_) => continue,
+            Err(e) => panic!("no refusal logged: {e}"),
+        }
+    };
+    assert!(refusal.contains("runtime.worker_threads") && refusal.contains("telemetry.log_format"), "{refusal}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

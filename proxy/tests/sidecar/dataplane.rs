@@ -148,7 +148,7 @@ async fn an_open_sse_stream_ends_when_its_caller_is_removed() {
     let mut body = open_sse(mesh.report.outbound_addr.unwrap()).await;
 
     // The app keeps the stream open; the caller leaves the allow-list.
-    mesh.set_allowed(&[MENUS]);
+    mesh.set_allowed(&[MENUS]).await;
     let next = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("the stream was cut");
     assert!(!matches!(next, Some(Ok(_))), "nothing more reaches a removed caller: {next:?}");
     mesh.app.release_sse.notify_one();
@@ -205,7 +205,7 @@ async fn upgrade_echoes_through_two_sidecars_and_closes_when_the_caller_is_remov
     assert_eq!(read_reply(ready(&mut sender).await.send_request(req()).await.unwrap()).await.status, 200);
     let seen_before = mesh.app.seen().len();
 
-    mesh.set_allowed(&[MENUS]);
+    mesh.set_allowed(&[MENUS]).await;
 
     // The upgraded stream is closed within a second (generous deadline for a loaded machine).
     let mut buf = [0u8; 16];

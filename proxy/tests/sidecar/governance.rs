@@ -65,7 +65,7 @@ async fn risk_tags_and_agent_state_rows_of_the_reference_matrix() {
     // The admin kill switch in the policy.
     let disabled = policy.replacen("agent_state: enabled", "agent_state: disabled", 1);
     std::fs::write(&mesh.policy_file, disabled).unwrap();
-    mesh.set_allowed(&[REPORT, super::mesh::APPROVAL]);
+    mesh.set_allowed(&[REPORT, super::mesh::APPROVAL]).await;
     let reply = read(&mesh, &token).await;
     assert_eq!((reply.status, reply.denied()), (403, ("risk".into(), "agent_disabled".into())));
     assert_eq!(mesh.app.paths().len(), 5, "only the allowed requests reached the app");

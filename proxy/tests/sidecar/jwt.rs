@@ -251,7 +251,7 @@ async fn removed_keys_and_changed_audiences_invalidate_cached_tokens() {
     // A reload that changes the audiences applies at once, cached tokens included.
     let jwt = super::mesh::jwt_yaml(&mesh.idp.authority()).replace(AUDIENCE, "api://something-else");
     std::fs::write(mesh.dir.path().join("jwt.yaml"), jwt).unwrap();
-    mesh.set_allowed(&[super::mesh::REPORT, super::mesh::APPROVAL]);
+    mesh.set_allowed(&[super::mesh::REPORT, super::mesh::APPROVAL]).await;
     let reply = call(&mesh, "GET", "/budget/read", Some(&new)).await;
     assert_eq!((reply.status, reply.denied().1), (401, "jwt_wrong_audience".into()));
 }

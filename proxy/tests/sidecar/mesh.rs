@@ -136,11 +136,11 @@ impl Mesh {
     }
 
     /// Rewrites the backend's `allowed_callers` and reloads it (what SIGHUP does).
-    pub fn set_allowed(&self, callers: &[&str]) {
+    pub async fn set_allowed(&self, callers: &[&str]) {
         let socket = self.dir.path().join("backend.sock");
         let jwt = std::fs::read_to_string(self.dir.path().join("jwt.yaml")).unwrap();
         std::fs::write(&self.backend_config, backend_yaml(&socket, self.app.addr, callers) + &jwt).unwrap();
-        self.backend.reload().unwrap();
+        self.backend.reload().await.unwrap();
     }
 
     pub fn inbound(&self) -> SocketAddr {

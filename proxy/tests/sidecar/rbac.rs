@@ -92,7 +92,7 @@ async fn twenty_swaps_under_traffic_fail_nothing_and_a_broken_file_changes_nothi
     for i in 0..20 {
         let extra = if i % 2 == 0 { "/b" } else { "/a" };
         std::fs::write(&mesh.policy_file, policy_allowing(extra)).unwrap();
-        mesh.backend.reload().unwrap();
+        mesh.backend.reload().await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(store.current().generation, first + 20);
@@ -106,7 +106,7 @@ async fn twenty_swaps_under_traffic_fail_nothing_and_a_broken_file_changes_nothi
         "version: '1'\ntrust_domain: aim.microsoft.com\ndefault_action: perhaps\npolicies: []\n",
     )
     .unwrap();
-    let err = mesh.backend.reload().unwrap_err().to_string();
+    let err = mesh.backend.reload().await.unwrap_err().to_string();
     assert!(err.contains("default_action"), "{err}");
     assert_eq!(store.current().generation, first + 20);
     assert_eq!(http(out, "GET", "budget-backend", "/a", &[]).await.status, 200);
