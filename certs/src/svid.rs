@@ -190,6 +190,12 @@ impl BundleSet {
     pub fn is_empty(&self) -> bool {
         self.bundles.is_empty()
     }
+
+    /// The same trust domains with the same CA certificates.
+    pub fn same_authorities(&self, other: &BundleSet) -> bool {
+        self.bundles.len() == other.bundles.len()
+            && self.bundles.iter().zip(&other.bundles).all(|((a, x), (b, y))| a == b && x.authorities == y.authorities)
+    }
 }
 
 impl fmt::Debug for BundleSet {

@@ -138,6 +138,24 @@ fn chain_reason(err: &rustls::Error) -> Reason {
     }
 }
 
+/// Verifies a peer's certificate chain (leaf first) as the client verifier
+/// does at the handshake, against `identity`'s bundles now: for open
+/// connections after the bundles changed (a federated bundle removed, a CA
+/// rotated out), and so expiry is judged again.
+pub fn verify_peer_chain(
+    identity: &crate::svid::Identity,
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<(), Reason> {
+    let (leaf_der, intermediates) = chain.split_first().ok_or(Reason::NoClientCert)?;
+    let leaf = crate::x509::parse_leaf(leaf_der).map_err(|_| Reason::BadSvid)?;
+    let bundle = identity.bundles().get(leaf.id.trust_domain_name()).ok_or(Reason::UntrustedChain)?;
+    bundle
+        .client_verifier()
+        .verify_client_cert(leaf_der, intermediates, rustls::pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| chain_reason(&e))
+}
+
 /// A server config for an mTLS listener: serves the current SVID, requires a
 /// client SVID from a trusted domain that `authorizer` accepts.
 ///

@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
     let config =
         proxy::config::Config::parse(std::path::Path::new("bench.yaml"), "identity: {socket: unix:///x}", &env)
             .unwrap();
-    let governor = Governor::new(config.risk, config.tags, None);
+    let governor = Governor::new(config.risk, config.tags, None, Default::default());
     // The sample's target tag is `finance`, and budget-report carries it.
 
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();

@@ -14,9 +14,9 @@ use tokio::task::JoinHandle;
 
 use crate::allowlist::AllowList;
 use crate::audit::AuditHub;
+use crate::changes::Changes;
 use crate::config::FactSource;
 use crate::config::{Config, IdentityConfig};
-use crate::connections;
 use crate::facts::entra_token::EntraTokens;
 use crate::facts::governance::Governor;
 use crate::facts::graph::Graph;
@@ -89,6 +89,8 @@ impl App {
             None => None,
         };
         let http = HttpClient::new()?;
+        // "Something a decision depends on changed": open streams are judged again.
+        let changes = Changes::default();
         let tokens = config.entra.as_ref().map(|entra| EntraTokens::new(entra, http.clone()));
         let graph = match (&tokens, &config.entra) {
             (Some(tokens), Some(entra))
@@ -101,6 +103,7 @@ impl App {
                     (config.risk.refresh, config.tags.ttl),
                     (config.tags.attribute_set.clone(), config.tags.attribute.clone()),
                     metrics.clone(),
+                    changes.clone(),
                 )))
             }
             _ => None,
@@ -108,7 +111,7 @@ impl App {
         if let Some(graph) = graph.clone().filter(|_| config.risk.source == FactSource::Graph) {
             followers.push(tokio::spawn(graph.refresh_risk_forever(config.risk.refresh)));
         }
-        let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph));
+        let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph, changes.clone()));
         let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
         if let Some(jwt) = &config.jwt {
             let settings = JwksSettings {
@@ -123,7 +126,8 @@ impl App {
         let mut policy = None;
         if let Some(cfg) = &config.policy {
             let (engine, fingerprint) = policy_store::load(cfg, config.env.as_ref(), config.jwt.as_ref())?;
-            policy = Some(PolicyStore::new(engine, cfg.mode, fingerprint, metrics.clone(), Some(audit.clone())));
+            let audit = Some(audit.clone());
+            policy = Some(PolicyStore::new(engine, cfg.mode, fingerprint, metrics.clone(), audit, changes.clone()));
         }
         let keys = Arc::new(ArcSwap::from_pointee(config.mgmt.as_ref().map(|m| m.keys.clone()).unwrap_or_default()));
         let handles = Handles {
@@ -133,6 +137,7 @@ impl App {
             governor: governor.clone(),
             keys,
             state: state.clone(),
+            changes: changes.clone(),
         };
         let reloader = Arc::new(Reloader::new(&config, handles));
         if policy.is_some() {
@@ -152,7 +157,7 @@ impl App {
             let layers =
                 Layers { policy: store, oauth: oauth.clone(), governor: governor.clone(), audit: audit.clone() };
             let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), layers)?;
-            followers.push(tokio::spawn(connections::enforce(server.connections().clone(), allowlist.clone())));
+            followers.push(tokio::spawn(server.clone().enforce(changes.subscribe())));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
             inbound = Some(server);
         }

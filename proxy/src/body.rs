@@ -2,6 +2,7 @@
 //! and a guard that counts a request as in flight until its response body
 //! is finished (for idle timeouts and draining).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,11 +16,19 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+/// Why a body ended early (the peer's stream broke, or the sidecar cut it).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body of every response the sidecar sends and every request it forwards.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// `body` as a [`Body`].
+pub fn boxed(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed()
 }
 
 pub fn empty() -> Body {
@@ -36,6 +45,7 @@ pub fn without_spoofable_trailers(body: Incoming, allow_underscores: bool) -> Bo
         }
         Err(frame) => frame,
     })
+    .map_err(BoxError::from)
     .boxed()
 }
 
@@ -92,31 +102,60 @@ impl Drop for InFlight {
     }
 }
 
-/// A body that keeps its request counted as in flight until it ends.
+/// A body that keeps its request counted as in flight until it ends, and
+/// that a [`Cut`] can end early.
 pub struct Tracked<B> {
     inner: B,
     _in_flight: InFlight,
+    cut: Option<Cut>,
 }
+
+/// Ends a body with [`StreamCut`] once its token is cancelled (the caller
+/// may no longer be served); holds `guard` (its registration) meanwhile.
+pub struct Cut {
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Cut {
+    pub fn new(token: tokio_util::sync::CancellationToken, guard: impl Send + Sync + 'static) -> Self {
+        Self { cancelled: Box::pin(token.cancelled_owned()), _guard: Box::new(guard) }
+    }
+}
+
+/// Why a stream ended early: hyper resets the HTTP/2 stream or aborts the
+/// HTTP/1.1 response, so the caller cannot mistake it for a complete one.
+#[derive(Debug, thiserror::Error)]
+#[error("stream cut: the caller may no longer be served")]
+pub struct StreamCut;
 
 impl<B> Tracked<B>
 where
-    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin + Send + Sync + 'static,
+    B: HttpBody<Data = Bytes> + Unpin + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
 {
-    /// `inner` holding `in_flight` until it ends, boxed once.
-    pub fn wrap(inner: B, in_flight: InFlight) -> Body {
-        Self { inner, _in_flight: in_flight }.boxed()
+    /// `inner` holding `in_flight` until it ends (and cut by `cut`), boxed once.
+    pub fn wrap(inner: B, in_flight: InFlight, cut: Option<Cut>) -> Body {
+        Self { inner, _in_flight: in_flight, cut }.boxed()
     }
 }
 
 impl<B> HttpBody for Tracked<B>
 where
-    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(cut) = self.cut.as_mut()
+            && cut.cancelled.as_mut().poll(cx).is_ready()
+        {
+            self.cut = None;
+            return Poll::Ready(Some(Err(Box::new(StreamCut))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,50 +1,106 @@
-//! Open inbound connections and upgraded streams, by caller, so that
-//! removing a caller from the allow-list closes what it already has open.
+//! Open inbound connections and long-lived streams, with what is needed to
+//! judge them again: the caller's certificate chain for Layer 1 (allow-list,
+//! bundles, expiry) and, for a stream, its request for layers 2-4. Whatever
+//! is judged no longer allowed is cancelled: a connection is dropped, a
+//! stream reset.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use certs::SpiffeId;
+use hyper::Method;
+use hyper::header::HeaderValue;
+use policy::CanonicalPath;
+use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
-use crate::allowlist::AllowList;
+/// A verified caller: one per connection, shared with its streams.
+#[derive(Debug)]
+pub struct Peer {
+    pub id: SpiffeId,
+    pub not_after: SystemTime,
+    /// Leaf first, as presented at the handshake.
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+/// What layers 2-4 need to judge a stream's request again.
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    /// The request's ID, for the audit event of a cut.
+    pub request_id: String,
+    pub method: Method,
+    pub path: CanonicalPath,
+    pub authorization: Option<HeaderValue>,
+}
+
+/// One registered connection or stream.
+#[derive(Debug, Clone)]
+pub struct Open {
+    pub peer: Arc<Peer>,
+    /// `None` for a connection (its requests are judged as they come).
+    pub request: Option<Arc<StreamRequest>>,
+    pub closed: CancellationToken,
+}
 
 #[derive(Debug, Default)]
 pub struct Connections {
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, (SpiffeId, CancellationToken)>>,
+    open: Mutex<HashMap<u64, Open>>,
 }
 
-/// One registered connection or stream; unregisters on drop.
+/// A registration; unregisters on drop.
 #[derive(Debug)]
 pub struct Registration {
     id: u64,
     registry: Arc<Connections>,
-    /// Cancelled when the peer may no longer be served.
+    /// Cancelled when the peer (or this stream) may no longer be served.
     pub closed: CancellationToken,
 }
 
 impl Connections {
-    pub fn register(self: &Arc<Self>, peer: SpiffeId) -> Registration {
+    /// Registers a connection of `peer`.
+    pub fn connection(self: &Arc<Self>, peer: Arc<Peer>) -> Registration {
+        self.register(peer, None)
+    }
+
+    /// Registers a long-lived stream (an upgraded tunnel, a streaming
+    /// response): cancelled at the latest when the peer's certificate expires.
+    pub fn stream(self: &Arc<Self>, peer: Arc<Peer>, request: Arc<StreamRequest>) -> Registration {
+        let not_after = peer.not_after;
+        let registration = self.register(peer, Some(request));
+        let closed = registration.closed.clone();
+        tokio::spawn(async move {
+            let left = not_after.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::select! {
+                () = closed.cancelled() => {}
+                () = tokio::time::sleep(left) => {
+                    tracing::info!("stream closed: the caller's certificate expired");
+                    closed.cancel();
+                }
+            }
+        });
+        registration
+    }
+
+    fn register(self: &Arc<Self>, peer: Arc<Peer>, request: Option<Arc<StreamRequest>>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let closed = CancellationToken::new();
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).insert(id, (peer, closed.clone()));
+        let open = Open { peer, request, closed: closed.clone() };
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).insert(id, open);
         Registration { id, registry: self.clone(), closed }
     }
 
-    /// Closes every connection whose peer `allowlist` no longer allows.
-    pub fn close_disallowed(&self, allowlist: &AllowList) -> usize {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut closed = 0;
-        for (peer, token) in open.values() {
-            if !allowlist.allows(peer) && !token.is_cancelled() {
-                tracing::info!(caller = %peer, "caller removed from the allow-list: closing its connection");
-                token.cancel();
-                closed += 1;
-            }
-        }
-        closed
+    /// Everything open now, to judge again.
+    pub fn snapshot(&self) -> Vec<Open> {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|o| !o.closed.is_cancelled())
+            .cloned()
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -59,13 +115,5 @@ impl Connections {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
-    }
-}
-
-/// Re-checks open connections after every allow-list change.
-pub async fn enforce(connections: Arc<Connections>, allowlist: Arc<AllowList>) {
-    let mut changes = allowlist.subscribe();
-    while changes.changed().await.is_ok() {
-        connections.close_disallowed(&allowlist);
     }
 }

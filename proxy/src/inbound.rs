@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use certs::IdentityWatch;
 use certs::x509::LeafInfo;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
@@ -21,9 +22,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::allowlist::AllowList;
 use crate::audit::{AuditHub, Event};
-use crate::body::{self, Activity, Body, Tracked};
+use crate::body::{self, Activity, Body, Cut, Tracked};
 use crate::config::{InboundConfig, PolicyMode};
-use crate::connections::Connections;
+use crate::connections::{Connections, Peer, StreamRequest};
 use crate::deny;
 use crate::facts::governance::Governor;
 use crate::headers::{
@@ -39,14 +40,23 @@ use crate::request_id::RequestIds;
 use crate::server::{self, ConnectionEnds};
 use crate::upstream::{self, AppClient};
 
-/// Connections are closed this long before the caller's certificate expires,
-/// so its sidecar reconnects with a fresh SVID instead of hitting `cert_expired`.
+mod recheck;
+
+/// Connections are drained this long before the caller's certificate
+/// expires, so its sidecar reconnects with a fresh SVID instead of hitting
+/// `cert_expired`; at the expiry itself they are closed.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
+
+/// A response body of known length up to this size finishes without being
+/// registered for re-checks; every other body is (see [`Inbound::send`]).
+const SHORT_BODY: u64 = 1 << 20;
 
 /// Everything the inbound side shares across connections.
 pub struct Inbound {
     config: InboundConfig,
     tls: TlsAcceptor,
+    /// Ours: its bundles judge open connections again when they change.
+    identity: IdentityWatch,
     allowlist: Arc<AllowList>,
     connections: Arc<Connections>,
     app: AppClient,
@@ -81,6 +91,8 @@ struct RequestLog {
 /// What is known about one accepted connection.
 struct Conn {
     peer: LeafInfo,
+    /// The same caller with its chain, shared with the registry (re-checks).
+    registered: Arc<Peer>,
     /// `peer.id` for audit events, formatted once per connection.
     caller: Arc<str>,
     activity: Arc<Activity>,
@@ -96,7 +108,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         layers: Layers,
     ) -> Result<Arc<Self>, rustls::Error> {
-        let mut tls = certs::tls::server_config(identity, allowlist.clone())?;
+        let mut tls = certs::tls::server_config(identity.clone(), allowlist.clone())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         if config.tls_resumption {
             tls.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
@@ -108,6 +120,7 @@ impl Inbound {
             target: Arc::from(config.upstream.as_str()),
             config,
             tls: TlsAcceptor::from(Arc::new(tls)),
+            identity,
             allowlist,
             connections: Arc::new(Connections::default()),
             app,
@@ -164,15 +177,14 @@ impl Inbound {
         self.metrics.tls_handshake("inbound", "ok");
         let (_, session) = tls.get_ref();
         // Invariant: the verifier accepted a parsable SVID leaf, so this is present.
-        let Some(peer) =
-            session.peer_certificates().and_then(|c| c.first()).and_then(|c| certs::x509::parse_leaf(c).ok())
-        else {
+        let chain = session.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+        let Some(peer) = chain.first().and_then(|c| certs::x509::parse_leaf(c).ok()) else {
             return;
         };
         let h2 = session.alpn_protocol() == Some(b"h2");
-        let registration = self.connections.register(peer.id.clone());
-        let drain_after =
-            peer.not_after.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(EXPIRY_MARGIN);
+        let registered = Arc::new(Peer { id: peer.id.clone(), not_after: peer.not_after, chain });
+        let registration = self.connections.connection(registered.clone());
+        let expires_in = peer.not_after.duration_since(SystemTime::now()).unwrap_or_default();
         let caller = Arc::from(peer.id.as_str());
         let value = |s: &str| HeaderValue::from_str(s).ok();
         let forwarded = [
@@ -180,7 +192,7 @@ impl Inbound {
             (X_SPIFFE_TRUST_DOMAIN, value(peer.id.trust_domain_name())),
             (X_FORWARDED_FOR, value(&remote.ip().to_string())),
         ];
-        let conn = Arc::new(Conn { peer, caller, activity: Activity::new(), forwarded });
+        let conn = Arc::new(Conn { peer, registered, caller, activity: Activity::new(), forwarded });
 
         let builder = server::builder(&limits);
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
@@ -195,7 +207,9 @@ impl Inbound {
             idle_timeout: limits.idle_timeout,
             shutdown,
             closed: Some(registration.closed.clone()),
-            drain_after: Some(drain_after),
+            // Drained just before the caller's certificate expires, closed when it does.
+            drain_after: Some(expires_in.saturating_sub(EXPIRY_MARGIN)),
+            close_after: Some(expires_in),
         };
         server::drive(connection, ends).await;
         tracing::debug!(%remote, caller = %conn.peer.id, "inbound connection closed");
@@ -215,10 +229,10 @@ impl Inbound {
         let mut log = RequestLog::default();
         // The request counts as in flight until its response body ends.
         let (mut response, denied) = match self.forward(request, &conn, &request_id, &mut log).await {
-            Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight)), None),
+            Ok((response, cut)) => (response.map(|body| Tracked::wrap(body, in_flight, cut)), None),
             Err(reason) => {
                 tracing::debug!(caller = %conn.peer.id, %reason, request_id, "inbound request denied");
-                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight)), Some(reason))
+                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight, None)), Some(reason))
             }
         };
         let (decision, reason) = match (denied, log.shadow) {
@@ -261,11 +275,11 @@ impl Inbound {
     /// then the app. Each phase maps its failure to a [`Reason`].
     async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         conn: &Conn,
         request_id: &str,
         log: &mut RequestLog,
-    ) -> Result<Response<Incoming>, Reason> {
+    ) -> Result<(Response<Incoming>, Option<Cut>), Reason> {
         if !self.allowlist.allows(&conn.peer.id) {
             return Err(Reason::NotAllowed);
         }
@@ -277,15 +291,33 @@ impl Inbound {
         }
         let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
         let judged = self.layers(conn, &request, &path, request_id, log).await;
-        let uri = judged.and_then(|()| upstream_uri(&self.config.upstream, &path, request.uri().query()));
-        // From here the audit event carries the canonical path, allowed or not.
+        let sent = match judged.and_then(|()| upstream_uri(&self.config.upstream, &path, request.uri().query())) {
+            Ok(uri) => self.send(request, uri, conn, &path, request_id, log).await,
+            Err(reason) => Err(reason),
+        };
+        // The audit event carries the canonical path, allowed or not.
         log.path = Some(path.into_string());
-        let uri = uri?;
+        sent
+    }
 
+    /// Sends a judged request to the app. A response that may last (an
+    /// upgraded stream, a body without a known, small length) is registered
+    /// so later changes judge it again (see [`Self::enforce`]).
+    async fn send(
+        &self,
+        mut request: Request<Incoming>,
+        uri: Uri,
+        conn: &Conn,
+        path: &CanonicalPath,
+        request_id: &str,
+        log: &RequestLog,
+    ) -> Result<(Response<Incoming>, Option<Cut>), Reason> {
         // Only WebSocket is ever forwarded; any other `Upgrade` (h2c above all) is stripped.
         let upgrade = (self.config.upgrades.websocket
             && headers::websocket_upgrade(request.method(), request.version(), request.headers()))
         .then(|| hyper::upgrade::on(&mut request));
+        let method = request.method().clone();
+        let authorization = request.headers().get(header::AUTHORIZATION).cloned();
         let (mut parts, incoming) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -296,20 +328,26 @@ impl Inbound {
 
         let mut response = self.app.send(outgoing).await?;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if upgraded {
-            // A switch the caller did not (or may not) ask for would be a raw tunnel to the app.
-            let Some(downstream) = upgrade.filter(|_| headers::switches_to_websocket(response.headers())) else {
-                tracing::warn!(caller = %conn.peer.id, request_id, "the app switched protocols unasked; refused");
-                return Err(Reason::UpstreamError);
-            };
-            let upstream = hyper::upgrade::on(&mut response);
-            // Registered on its own: the HTTP connection ends once it is upgraded,
-            // and removing the caller from the allow-list must close this too.
-            let stream = self.connections.register(conn.peer.id.clone());
-            tokio::spawn(async move { upstream::tunnel(downstream, upstream, stream.closed.clone()).await });
-        }
+        let lasting = upgraded || response.body().size_hint().exact().is_none_or(|n| n > SHORT_BODY);
+        let stream = lasting.then(|| {
+            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            self.connections.stream(conn.registered.clone(), Arc::new(request))
+        });
         headers::strip_hop_by_hop(response.headers_mut(), upgraded);
-        Ok(response)
+        if !upgraded {
+            return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), s))));
+        }
+        // A switch the caller did not (or may not) ask for would be a raw tunnel to the app.
+        let (Some(downstream), Some(stream)) =
+            (upgrade.filter(|_| headers::switches_to_websocket(response.headers())), stream)
+        else {
+            tracing::warn!(caller = %conn.peer.id, request_id, "the app switched protocols unasked; refused");
+            return Err(Reason::UpstreamError);
+        };
+        let upstream = hyper::upgrade::on(&mut response);
+        // The HTTP connection ends once it is upgraded: the tunnel holds its own registration.
+        tokio::spawn(async move { upstream::tunnel(downstream, upstream, stream.closed.clone()).await });
+        Ok((response, None))
     }
 
     /// Layers 2-4 on one snapshot of the policy. In shadow mode a deny is

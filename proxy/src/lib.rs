@@ -6,6 +6,7 @@ pub mod allowlist;
 pub mod app;
 pub mod audit;
 pub mod body;
+pub mod changes;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -89,8 +89,14 @@ impl Outbound {
         let tracked = activity.clone();
         let service = service_fn(move |req| this.clone().request(req, tracked.clone()));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(server::Lingering::new(tcp)), service);
-        let ends =
-            ConnectionEnds { activity, idle_timeout: limits.idle_timeout, shutdown, closed: None, drain_after: None };
+        let ends = ConnectionEnds {
+            activity,
+            idle_timeout: limits.idle_timeout,
+            shutdown,
+            closed: None,
+            drain_after: None,
+            close_after: None,
+        };
         server::drive(connection, ends).await;
         tracing::debug!(%remote, "outbound connection closed");
     }
@@ -109,10 +115,10 @@ impl Outbound {
         // One snapshot of our identity for the connection and the audit event (it may rotate meanwhile).
         let identity = self.identity.current();
         let (mut response, reason) = match self.forward(request, &request_id, identity.as_ref()).await {
-            Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight)), Reason::Allowed),
+            Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight, None)), Reason::Allowed),
             Err(reason) => {
                 tracing::debug!(%reason, request_id, "outbound request failed");
-                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight)), reason)
+                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight, None)), reason)
             }
         };
         self.metrics.request("outbound", reason.layer(), reason);
@@ -198,7 +204,7 @@ impl Outbound {
         }
         // The peer connection's protocol (h2 or HTTP/1.1) is chosen by ALPN, not by the app.
         parts.version = Version::HTTP_11;
-        let outgoing = Request::from_parts(parts, http_body_util::BodyExt::boxed(incoming));
+        let outgoing = Request::from_parts(parts, crate::body::boxed(incoming));
 
         let pools = route.pools(identity, &self.config)?;
         let client = if upgrade.is_some() { &pools.http1 } else { &pools.any };

@@ -150,6 +150,7 @@ pub struct PolicyStore {
     from_files: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<crate::audit::AuditHub>>,
+    changes: crate::changes::Changes,
 }
 
 impl PolicyStore {
@@ -160,6 +161,7 @@ impl PolicyStore {
         fingerprint: String,
         metrics: Arc<Metrics>,
         audit: Option<Arc<crate::audit::AuditHub>>,
+        changes: crate::changes::Changes,
     ) -> Arc<Self> {
         metrics.policy_mode(mode);
         let loaded = Loaded::new(engine, mode, 1);
@@ -168,6 +170,7 @@ impl PolicyStore {
             from_files: Mutex::new(Some(fingerprint)),
             metrics,
             audit,
+            changes,
         })
     }
 
@@ -192,6 +195,7 @@ impl PolicyStore {
             Origin::Admin { actor } => actor,
         };
         self.current.store(loaded.clone());
+        self.changes.bump();
         self.metrics.policy_reload("ok");
         self.metrics.policy_mode(mode);
         tracing::info!(generation = loaded.generation, ?mode, by = actor, "policy installed");

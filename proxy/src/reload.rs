@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::allowlist::AllowList;
+use crate::changes::Changes;
 use crate::config::{AdminKey, Config, Env};
 use crate::facts::governance::Governor;
 use crate::mgmt::state::StateFile;
@@ -59,6 +60,7 @@ pub struct Reloader {
     /// The admin keys (`mgmt.keys`).
     pub keys: Arc<ArcSwap<Vec<AdminKey>>>,
     pub state: Option<Arc<StateFile>>,
+    changes: Changes,
 }
 
 /// The handles a [`Reloader`] changes.
@@ -69,12 +71,14 @@ pub struct Handles {
     pub governor: Arc<Governor>,
     pub keys: Arc<ArcSwap<Vec<AdminKey>>>,
     pub state: Option<Arc<StateFile>>,
+    /// Signalled after a reload: open streams are judged again.
+    pub changes: Changes,
 }
 
 impl Reloader {
     /// `config` is what is running now.
     pub fn new(config: &Config, handles: Handles) -> Self {
-        let Handles { allowlist, policy, oauth, governor, keys, state } = handles;
+        let Handles { allowlist, policy, oauth, governor, keys, state, changes } = handles;
         Self {
             config_path: config.path.clone(),
             env: config.env.clone(),
@@ -86,6 +90,7 @@ impl Reloader {
             governor,
             keys,
             state,
+            changes,
         }
     }
 
@@ -163,6 +168,7 @@ impl Reloader {
             self.keys.store(Arc::new(mgmt.keys.clone()));
         }
         self.applied.store(Arc::new(config));
+        self.changes.bump();
         Ok(())
     }
 

@@ -85,8 +85,10 @@ pub struct ConnectionEnds {
     pub shutdown: watch::Receiver<bool>,
     /// Cancelled when the peer may no longer be served: close at once.
     pub closed: Option<CancellationToken>,
-    /// Drain the connection when this elapses (the peer's certificate expiry).
+    /// Drain the connection when this elapses (just before the peer's certificate expiry)...
     pub drain_after: Option<Duration>,
+    /// ...and close it when this does (the expiry).
+    pub close_after: Option<Duration>,
 }
 
 /// Serves one connection to completion. Idle time, shutdown and
@@ -98,15 +100,16 @@ where
     S::Future: Send + 'static,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let ConnectionEnds { activity, idle_timeout, mut shutdown, closed, drain_after } = ends;
+    let ConnectionEnds { activity, idle_timeout, mut shutdown, closed, drain_after, close_after } = ends;
     let closed = closed.unwrap_or_default();
-    let expiry = async {
-        match drain_after {
+    let after = |after: Option<Duration>| async move {
+        match after {
             Some(after) => tokio::time::sleep(after).await,
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(connection, expiry);
+    let (expiry, deadline) = (after(drain_after), after(close_after));
+    tokio::pin!(connection, expiry, deadline);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -117,6 +120,7 @@ where
                 return;
             }
             () = closed.cancelled() => return,
+            () = &mut deadline => return,
             () = activity.idle_for(idle_timeout), if !draining => {}
             () = &mut expiry, if !draining => {}
             _ = shutdown.wait_for(|stop| *stop), if !draining => {}

@@ -28,6 +28,7 @@ mod sidecar {
     pub mod rbac;
     pub mod reload;
     pub mod signals;
+    pub mod streams;
     pub mod support;
     pub mod telemetry;
     pub mod upgrades;

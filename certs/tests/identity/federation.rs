@@ -114,3 +114,21 @@ async fn client_refuses_a_server_with_the_wrong_spiffe_id() {
     let pattern_client = client(static_identity(&a, "spiffe://a.test/caller", &[]), "spiffe://a.test/*");
     connect(pattern_client, server.addr).await.unwrap();
 }
+
+/// An open connection's chain judged again after our bundles changed: what
+/// the handshake verifier would decide now.
+#[test]
+fn a_peer_chain_is_judged_again_against_the_current_bundles() {
+    let (a, b) = (ca("a.test"), ca("b.test"));
+    let peer = b.identity(&id("spiffe://b.test/caller"), Duration::from_secs(600), &[]).unwrap();
+    let chain = peer.svid().chain().to_vec();
+    let federated = a.identity(&id("spiffe://a.test/server"), Duration::from_secs(600), &[&b]).unwrap();
+    assert_eq!(certs::tls::verify_peer_chain(&federated, &chain), Ok(()));
+    let alone = a.identity(&id("spiffe://a.test/server"), Duration::from_secs(600), &[]).unwrap();
+    assert_eq!(certs::tls::verify_peer_chain(&alone, &chain), Err(Reason::UntrustedChain), "bundle removed");
+    // A rotated-out CA: b.test's bundle now holds another CA.
+    let b2 = ca("b.test");
+    let rotated = a.identity(&id("spiffe://a.test/server"), Duration::from_secs(600), &[&b2]).unwrap();
+    assert_eq!(certs::tls::verify_peer_chain(&rotated, &chain), Err(Reason::UntrustedChain));
+    assert_eq!(certs::tls::verify_peer_chain(&federated, &[]), Err(Reason::NoClientCert));
+}

@@ -13,6 +13,7 @@ use policy::Reason;
 use policy::jwt::Claims;
 use policy::reference::{Entry, Governance, Rule};
 
+use crate::changes::Changes;
 use crate::config::{FactSource, OnUnavailable, RiskSection, TagsSection};
 use crate::facts::graph::Graph;
 
@@ -56,11 +57,13 @@ impl fmt::Display for RiskLevel {
     }
 }
 
-/// Operator pushes, by caller SPIFFE ID.
+/// Operator pushes, by caller SPIFFE ID. Each one is a change open
+/// streams are judged again for.
 #[derive(Debug, Default)]
 pub struct Pushes {
     risk: RwLock<HashMap<String, RiskLevel>>,
     tags: RwLock<HashMap<String, String>>,
+    changes: Changes,
 }
 
 impl Pushes {
@@ -71,6 +74,8 @@ impl Pushes {
             Some(level) => map.insert(caller.to_string(), level),
             None => map.remove(caller.as_str()),
         };
+        drop(map);
+        self.changes.bump();
     }
 
     pub fn risk(&self, caller: &SpiffeId) -> Option<RiskLevel> {
@@ -84,6 +89,8 @@ impl Pushes {
             Some(tag) => map.insert(caller.to_string(), tag),
             None => map.remove(caller.as_str()),
         };
+        drop(map);
+        self.changes.bump();
     }
 
     pub fn tag(&self, caller: &SpiffeId) -> Option<String> {
@@ -112,11 +119,15 @@ pub struct Governor {
     settings: arc_swap::ArcSwap<Settings>,
     /// Present when a source is `graph`.
     graph: Option<Arc<Graph>>,
+    changes: Changes,
 }
 
 impl Governor {
-    pub fn new(risk: RiskSection, tags: TagsSection, graph: Option<Arc<Graph>>) -> Self {
-        Self { pushes: Pushes::default(), settings: arc_swap::ArcSwap::from_pointee(Settings { risk, tags }), graph }
+    /// `changes` is signalled on every push and settings change.
+    pub fn new(risk: RiskSection, tags: TagsSection, graph: Option<Arc<Graph>>, changes: Changes) -> Self {
+        let settings = arc_swap::ArcSwap::from_pointee(Settings { risk, tags });
+        let pushes = Pushes { changes: changes.clone(), ..Pushes::default() };
+        Self { pushes, settings, graph, changes }
     }
 
     /// The settings in force: one snapshot per use.
@@ -128,6 +139,7 @@ impl Governor {
     /// change of source needs a restart, see `Config::restart_required`).
     pub fn configure(&self, risk: RiskSection, tags: TagsSection) {
         self.settings.store(Arc::new(Settings { risk, tags }));
+        self.changes.bump();
     }
 
     /// How fresh the Graph risk and tag facts are (`None` without Graph).

@@ -50,6 +50,8 @@ pub struct Graph {
     attribute_set: String,
     attribute: String,
     metrics: Arc<Metrics>,
+    /// Signalled when a refresh finds a caller's risk changed.
+    changes: crate::changes::Changes,
 }
 
 impl Graph {
@@ -60,6 +62,7 @@ impl Graph {
         (risk_ttl, tags_ttl): (Duration, Duration),
         (attribute_set, attribute): (String, String),
         metrics: Arc<Metrics>,
+        changes: crate::changes::Changes,
     ) -> Self {
         Self {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
@@ -73,6 +76,7 @@ impl Graph {
             attribute_set,
             attribute,
             metrics,
+            changes,
         }
     }
 
@@ -103,7 +107,11 @@ impl Graph {
             for oid in oids {
                 let Ok(url) = self.url("identityProtection/riskyServicePrincipals", &oid, "") else { continue };
                 if let Ok(level) = self.lookup("risk", &url, parse_risk).await {
+                    let changed = self.risk.get(&oid).await != Some(level);
                     self.risk.insert(oid, level).await;
+                    if changed {
+                        self.changes.bump();
+                    }
                 }
             }
         }
@@ -238,6 +246,7 @@ mod tests {
             (Duration::from_secs(60), Duration::from_secs(60)),
             ("AgentIdentity".into(), "Department".into()),
             Arc::new(Metrics::new().unwrap()),
+            crate::changes::Changes::default(),
         );
         let oid = "00000000-0000-4000-8000-0000000000a1";
         assert_eq!(

@@ -116,7 +116,7 @@ struct Feed {
 }
 
 impl Stream for Feed {
-    type Item = Result<Frame<Bytes>, hyper::Error>;
+    type Item = Result<Frame<Bytes>, crate::body::BoxError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         if self.done {

@@ -29,14 +29,16 @@ mgmt: {state_file: state.json, keys: [{name: ops, role: admin, sha256: '00000000
     let metrics = Arc::new(Metrics::new().unwrap());
     let cfg = config.policy.as_ref().unwrap();
     let (engine, fingerprint) = policy_store::load(cfg, config.env.as_ref(), None).unwrap();
-    let store = PolicyStore::new(engine, cfg.mode, fingerprint, metrics, None);
+    let changes = crate::changes::Changes::default();
+    let store = PolicyStore::new(engine, cfg.mode, fingerprint, metrics, None, changes.clone());
     let handles = Handles {
         allowlist: AllowList::new(vec![]),
         policy: Some(store),
         oauth: Arc::new(ArcSwapOption::empty()),
-        governor: Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), None)),
+        governor: Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), None, changes.clone())),
         keys: Arc::new(ArcSwap::from_pointee(vec![])),
         state: Some(Arc::new(StateFile::open(&dir.join("state.json")).unwrap())),
+        changes,
     };
     Reloader::new(&config, handles)
 }

@@ -156,7 +156,7 @@ async fn an_open_sse_stream_ends_when_its_caller_is_removed() {
 
 /// Opens the app's `/sse` through the outbound sidecar; returns the body once
 /// its first event arrived (the app holds the stream open until `release_sse`).
-async fn open_sse(outbound: std::net::SocketAddr) -> hyper::body::Incoming {
+pub async fn open_sse(outbound: std::net::SocketAddr) -> hyper::body::Incoming {
     let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
@@ -168,7 +168,7 @@ async fn open_sse(outbound: std::net::SocketAddr) -> hyper::body::Incoming {
 }
 
 /// Sends an upgrade request through the outbound sidecar; returns the raw stream after `101`.
-async fn open_upgrade(outbound: std::net::SocketAddr) -> tokio::net::TcpStream {
+pub async fn open_upgrade(outbound: std::net::SocketAddr) -> tokio::net::TcpStream {
     let mut tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
     tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: budget-backend\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut head = Vec::new();

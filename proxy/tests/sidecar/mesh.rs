@@ -66,7 +66,8 @@ pub struct Mesh {
     pub approval: App,
     pub idp: Arc<proxy::dev_idp::DevIdp>,
     _idp_task: tokio::task::JoinHandle<()>,
-    _agents: Vec<WorkloadApiServer>,
+    /// The Workload API servers of backend, report, menus, approval (in that order).
+    pub agents: Vec<WorkloadApiServer>,
 }
 
 impl Mesh {
@@ -131,7 +132,7 @@ impl Mesh {
             approval,
             idp,
             _idp_task: idp_task,
-            _agents: agents,
+            agents,
         }
     }
 

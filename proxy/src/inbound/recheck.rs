@@ -1,0 +1,132 @@
+//! Judging what is already open again, whenever something a decision
+//! depends on changes: the allow-list, our bundles (a federated bundle
+//! removed, a CA rotated out), the policy or its mode, the `jwt` settings,
+//! an operator's risk or tag push, a risk level from Graph. Every open
+//! connection gets Layer 1 again (allow-list, chain, expiry); every
+//! long-lived stream (an upgraded tunnel, a streaming response) gets layers
+//! 2-4 as well, with the request that opened it. What is no longer allowed
+//! is closed: a connection dropped, a stream reset. (A caller's certificate
+//! expiry closes both in any case, see `Connections::stream` and `drive`.)
+
+use std::sync::Arc;
+
+use certs::{BundleSet, IdentityWatch};
+use hyper::HeaderMap;
+use hyper::header::AUTHORIZATION;
+use policy::Reason;
+use tokio::sync::watch;
+
+use super::Inbound;
+use crate::audit::Event;
+use crate::config::PolicyMode;
+use crate::connections::Open;
+use crate::pipeline::{self, RequestFacts};
+
+impl Inbound {
+    /// Re-checks open connections and streams after every change, until
+    /// the signals end. `changes` is the shared "decisions changed" signal.
+    pub async fn enforce(self: Arc<Self>, mut changes: watch::Receiver<u64>) {
+        let mut allowlist = self.allowlist.subscribe();
+        let mut identity = self.identity.clone();
+        let mut bundles = current_bundles(&identity);
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                changed = allowlist.changed() => if changed.is_err() { return },
+                alive = identity.changed() => {
+                    if !alive {
+                        return;
+                    }
+                    // A rotation of our own SVID changes nothing for callers; new bundles do.
+                    let now = current_bundles(&identity);
+                    let same = match (&bundles, &now) {
+                        (Some(old), Some(new)) => old.same_authorities(new),
+                        (old, new) => old.is_none() == new.is_none(),
+                    };
+                    bundles = now;
+                    if same {
+                        continue;
+                    }
+                }
+            }
+            self.recheck().await;
+        }
+    }
+
+    /// Judges everything open once; cancels what is no longer allowed.
+    pub async fn recheck(&self) {
+        for open in self.connections.snapshot() {
+            if let Err(reason) = self.judge_again(&open).await {
+                let what = if open.request.is_some() { "stream" } else { "connection" };
+                tracing::info!(caller = %open.peer.id, %reason, "{what} closed: no longer allowed");
+                if let Some(request) = &open.request {
+                    self.layers.audit.record(Event {
+                        direction: "inbound",
+                        request_id: Some(request.request_id.clone()),
+                        caller_spiffe_id: Some(Arc::from(open.peer.id.as_str())),
+                        target: Some(self.target.clone()),
+                        method: Some(request.method.clone()),
+                        path: Some(request.path.as_str().to_owned()),
+                        decision: "deny",
+                        layer: reason.layer().as_str(),
+                        reason: reason.as_str(),
+                        actor: Some("stream re-check".into()),
+                        ..Event::default()
+                    });
+                }
+                open.closed.cancel();
+            }
+        }
+    }
+
+    /// Layer 1 for a connection; layers 1-4 for a stream.
+    async fn judge_again(&self, open: &Open) -> Result<(), Reason> {
+        if !self.allowlist.allows(&open.peer.id) {
+            return Err(Reason::NotAllowed);
+        }
+        // Without an identity of our own nothing can be verified; the
+        // connection's expiry still closes it.
+        if let Some(identity) = self.identity.current() {
+            certs::tls::verify_peer_chain(&identity, &open.peer.chain).map_err(layer1)?;
+        }
+        let Some(request) = &open.request else { return Ok(()) };
+        let mut headers = HeaderMap::new();
+        if let Some(authorization) = &request.authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
+        }
+        let loaded = self.layers.policy.current();
+        let oauth = self.layers.oauth.load_full();
+        let facts = RequestFacts {
+            caller: &open.peer.id,
+            method: request.method.as_str(),
+            path: &request.path,
+            headers: &headers,
+        };
+        let mut trace = pipeline::Trace::default();
+        let verdict =
+            pipeline::evaluate(&loaded, oauth.as_deref(), &self.layers.governor, facts, None, &mut trace).await;
+        match (verdict, loaded.mode) {
+            (Ok(()), _) => Ok(()),
+            (Err(denial), PolicyMode::Shadow) => {
+                tracing::info!(caller = %open.peer.id, reason = %denial.reason, "shadow_deny: stream left open");
+                Ok(())
+            }
+            (Err(denial), PolicyMode::Enforce) => Err(denial.reason),
+        }
+    }
+}
+
+fn current_bundles(identity: &IdentityWatch) -> Option<BundleSet> {
+    identity.current().map(|i| i.bundles().clone())
+}
+
+/// A chain refused again, as the handshake would have refused it.
+fn layer1(reason: certs::tls::Reason) -> Reason {
+    match reason {
+        certs::tls::Reason::NotAllowed => Reason::NotAllowed,
+        certs::tls::Reason::UntrustedChain => Reason::UntrustedChain,
+        certs::tls::Reason::NoClientCert => Reason::NoClientCert,
+        certs::tls::Reason::BadSvid => Reason::BadSvid,
+        certs::tls::Reason::CertExpired => Reason::CertExpired,
+    }
+}

@@ -1,0 +1,137 @@
+//! Long-lived streams do not escape later decisions: a risk push, a policy
+//! change, a removed federated bundle or the caller certificate's expiry
+//! close what is already open (an SSE response, an upgraded tunnel, a
+//! connection), not only the next request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certs::dev::DevCa;
+use certs::{IdentityWatch, TrustDomain};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+
+use super::dataplane::{open_sse, open_upgrade};
+use super::mesh::{ADMIN_KEY, BACKEND, Mesh, OPEN_POLICY, REPORT};
+use super::mgmt::call;
+use super::support::{eventually, tls_connect};
+
+/// The stream ends (error or end) within the deadline, with nothing more from the app.
+async fn cut(body: &mut hyper::body::Incoming) {
+    let next = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("the stream is still open");
+    assert!(!matches!(next, Some(Ok(_))), "the stream went on: {next:?}");
+}
+
+async fn audit_cut(mesh: &Mesh, reason: &str) -> Value {
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let found = || async {
+        let (_, _, body) = call(mgmt, "GET", "/mgmt/audit?decision=deny", Some(ADMIN_KEY), None, &[]).await;
+        body["entries"].as_array()?.iter().find(|e| e["reason"] == reason && e["actor"] == "stream re-check").cloned()
+    };
+    eventually(Duration::from_secs(10), "an audit event for the cut stream", found).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_risk_push_cuts_an_open_stream() {
+    let mesh = Mesh::start().await;
+    let mut body = open_sse(mesh.report.outbound_addr.unwrap()).await;
+    let push = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#);
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&push), &[]).await.0, 200);
+    cut(&mut body).await;
+    let event = audit_cut(&mesh, "high_risk_agent_blocked").await;
+    assert_eq!((event["path"].as_str(), event["caller_spiffe_id"].as_str()), (Some("/sse"), Some(REPORT)));
+    mesh.app.release_sse.notify_one();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_cuts_an_open_tunnel_but_not_what_it_still_allows() {
+    let mesh = Mesh::start().await;
+    let mut ws = open_upgrade(mesh.report.outbound_addr.unwrap()).await;
+    let mut sse = open_sse(mesh.report.outbound_addr.unwrap()).await;
+    // The new policy keeps /sse for budget-report, and nothing else.
+    let policy = OPEN_POLICY.replace(
+        "{name: budget-report, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report', rules: [{path: '/*', methods: ['*'], action: allow}]}",
+        "{name: budget-report, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report', rules: [{path: '/sse', methods: ['GET'], action: allow}]}",
+    );
+    assert_ne!(policy, OPEN_POLICY);
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    assert_eq!(call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some(&policy), &[]).await.0, 200);
+
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut buf)).await.expect("tunnel still open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    audit_cut(&mesh, "no_matching_rule").await;
+    // The SSE stream is still allowed: it goes on.
+    mesh.app.release_sse.notify_one();
+    let next = tokio::time::timeout(Duration::from_secs(10), sse.frame()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.into_data().unwrap(), "data: second\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_federated_bundle_closes_its_callers_connections() {
+    let mesh = Mesh::start().await;
+    let partner = DevCa::generate(&TrustDomain::new("partner.example").unwrap()).unwrap();
+    let partner_id = "spiffe://partner.example/agent";
+    let agent = &mesh.agents[0];
+    agent.set_federated_raw("spiffe://partner.example", Some(partner.bundle_der().to_vec()));
+    agent.rotate_now();
+    let yaml = mesh
+        .sidecar_yaml("federated", mesh.app.addr)
+        .replace(&format!("allowed_callers: ['{REPORT}'"), &format!("allowed_callers: ['{partner_id}', '{REPORT}'"));
+    assert!(yaml.contains(partner_id));
+    let sidecar = mesh.start_sidecar("federated", &yaml).await;
+    let partner_config = |identity: IdentityWatch| {
+        let mut config = certs::tls::client_config(identity, BACKEND.parse().unwrap()).unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    };
+    // The partner's identity trusts our CA too, so it accepts the backend.
+    let identity =
+        Arc::new(partner.identity(&partner_id.parse().unwrap(), Duration::from_secs(600), &[&mesh.ca]).unwrap());
+    let inbound = sidecar.inbound_addr.unwrap();
+    let connected = || {
+        let config = partner_config(IdentityWatch::fixed(identity.clone()));
+        async move { tls_connect(inbound, config).await.ok() }
+    };
+    let mut conn = eventually(Duration::from_secs(10), "the partner's bundle is trusted", connected).await;
+
+    agent.set_federated_raw("spiffe://partner.example", None);
+    agent.rotate_now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.expect("connection still open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // New handshakes are refused too (under TLS 1.3 the client learns it at its first read).
+    let config = partner_config(IdentityWatch::fixed(identity));
+    if let Ok(mut refused) = tls_connect(inbound, config).await {
+        let read = tokio::time::timeout(Duration::from_secs(10), refused.read(&mut buf)).await.unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stream_outlives_the_callers_certificate() {
+    let mesh = Mesh::start().await;
+    let ttl = Duration::from_secs(3);
+    let identity = mesh.ca.identity(&REPORT.parse().unwrap(), ttl, &[]).unwrap();
+    let mut config =
+        certs::tls::client_config(IdentityWatch::fixed(Arc::new(identity)), BACKEND.parse().unwrap()).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let started = Instant::now();
+    let tls = tls_connect(mesh.inbound(), Arc::new(config)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("https://budget-backend/sse").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    // The app holds the stream open; the certificate expires after 3 s.
+    let next =
+        tokio::time::timeout(Duration::from_secs(20), body.frame()).await.expect("the stream outlived its certificate");
+    assert!(!matches!(next, Some(Ok(_))), "{next:?}");
+    assert!(started.elapsed() >= ttl - Duration::from_secs(2), "cut long before the expiry");
+    mesh.app.release_sse.notify_one();
+}
