@@ -50,16 +50,20 @@ async fn spiffe_client_fetches_svids_and_bundles() {
     assert!(client.validate_jwt_token("api://other", jwt.token()).await.is_err());
 }
 
+async fn first_svid(watch: &certs::IdentityWatch) -> std::sync::Arc<certs::Identity> {
+    eventually(Duration::from_secs(10), "first svid", || {
+        let w = watch.clone();
+        async move { w.current() }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn stream_pushes_rotated_svids() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), Duration::from_secs(60)).await;
     let (watch, _task) = source::spawn(Box::new(WorkloadApiSource::new(Some(server.endpoint()))));
-    let first = eventually(Duration::from_secs(10), "first svid", || {
-        let w = watch.clone();
-        async move { w.current() }
-    })
-    .await;
+    let first = first_svid(&watch).await;
     assert!(watch.is_ready());
     assert_eq!(first.bundles().len(), 2, "own and federated bundles");
 
@@ -82,11 +86,7 @@ async fn a_bad_federated_bundle_is_skipped_and_the_svid_still_rotates() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), Duration::from_secs(60)).await;
     let (watch, _task) = source::spawn(Box::new(WorkloadApiSource::new(Some(server.endpoint()))));
-    let first = eventually(Duration::from_secs(10), "first svid", || {
-        let w = watch.clone();
-        async move { w.current() }
-    })
-    .await;
+    let first = first_svid(&watch).await;
     assert!(watch.status().rejected_bundles.is_empty());
 
     server.set_federated_raw("spiffe://broken.test", Some(b"not a certificate".to_vec()));

@@ -149,6 +149,60 @@ fn dev_workload_api_serves_the_spiffe_client() {
     assert_eq!(id, "spiffe://aim.example/budget-backend");
 }
 
+/// A running `a2a-sidecar` and its log lines, read on a thread so that
+/// waiting for one is bounded by a deadline.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The `a2a-sidecar started` line (it names the bound addresses).
+    started: String,
+}
+
+impl Running {
+    /// Spawns `command` and waits (20 s at most) until its listeners are bound.
+    fn start(command: &mut std::process::Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut running = Self { child, lines, started: String::new() };
+        running.started = running.wait_for("a2a-sidecar started");
+        running
+    }
+
+    /// The next log line containing `needle`; panics after 20 s or at exit.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill").args([name, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn sigterm_exits_0() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,17 +214,9 @@ fn sigterm_exits_0() {
             dir.path().display()
         ),
     );
-    let mut child = bin().args(["run", "--config", &config]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    // Wait until it has started (it logs once its listeners are bound).
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("a2a-sidecar started") {
-        line.clear();
-        assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap(), 0, "exited before starting");
-    }
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let mut running = Running::start(bin().args(["run", "--config", &config]));
+    running.signal("-TERM");
+    assert_eq!(running.child.wait().unwrap().code(), Some(0));
 }
 
 fn reference_config(dir: &std::path::Path) -> String {
@@ -366,32 +412,21 @@ fn accept_backs_off_when_out_of_file_descriptors() {
         ),
     );
     let bin = env!("CARGO_BIN_EXE_a2a-sidecar");
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "ulimit -n 64 && exec \"$0\" run --config \"$1\"", bin, &config])
-        .env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("a2a-sidecar started") {
-        line.clear();
-        assert_ne!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap(), 0, "exited before starting");
-    }
-    let port = line.split("\"outbound\":\"127.0.0.1:").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    let running = Running::start(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -n 64 && exec \"$0\" run --config \"$1\"", bin, &config])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET"),
+    );
+    let port = running.started.split("\"outbound\":\"127.0.0.1:").nth(1).and_then(|r| r.split('"').next()).unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
 
     // More connections than it has descriptors: the rest wait in the backlog and accept fails.
     let held: Vec<std::net::TcpStream> = (0..100).filter_map(|_| std::net::TcpStream::connect(addr).ok()).collect();
     assert!(held.len() > 64, "{}", held.len());
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let before = cpu_ticks(child.id());
+    let before = cpu_ticks(running.child.id());
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let used = cpu_ticks(child.id()) - before;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let used = cpu_ticks(running.child.id()) - before;
     // A spinning accept loop burns a whole core: ~200 ticks in 2 s.
     assert!(used < 50, "{used} clock ticks in 2 s while out of descriptors");
 }
@@ -400,43 +435,16 @@ fn accept_backs_off_when_out_of_file_descriptors() {
 /// log names the fields (the same refusal `POST /mgmt/reload` answers 409).
 #[test]
 fn sighup_names_the_fields_a_reload_cannot_change() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "identity: {{socket: unix://{}/none.sock}}\ntelemetry: {{listen: 127.0.0.1:0, log_format: text}}\n",
         dir.path().display()
     );
     let config = write(dir.path(), "sidecar.yaml", &yaml);
-    let mut child = bin().args(["run", "--config", &config]).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("a2a-sidecar started") {
-        line.clear();
-        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "exited before starting");
-    }
+    let running = Running::start(bin().args(["run", "--config", &config]));
     std::fs::write(&config, yaml.replace("log_format: text", "log_format: json") + "runtime: {worker_threads: 1}\n")
         .unwrap();
-    let status = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    // Read the log on a thread so a missing line fails by deadline, not by hanging.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let refusal = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("reload refused") => break line,
-            Ok(_) => continue,
-            Err(e) => panic!("no refusal logged: {e}"),
-        }
-    };
+    running.signal("-HUP");
+    let refusal = running.wait_for("reload refused");
     assert!(refusal.contains("runtime.worker_threads") && refusal.contains("telemetry.log_format"), "{refusal}");
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

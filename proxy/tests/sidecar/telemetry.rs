@@ -28,6 +28,18 @@ mgmt: {{listen: '127.0.0.1:0', state_file: '{}', keys: [{{name: ops, role: admin
     Config::parse(Path::new("test.yaml"), &yaml, &MapEnv::default()).unwrap()
 }
 
+/// A Workload API server on `socket` issuing the budget-backend SVID of a fresh CA.
+async fn agent(socket: &Path) -> WorkloadApiServer {
+    let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
+    let config = WorkloadApiServerConfig {
+        ca,
+        id: "spiffe://aim.example/budget-backend".parse().unwrap(),
+        ttl: Duration::from_secs(60),
+        federated: vec![],
+    };
+    WorkloadApiServer::start(socket, config).await.unwrap()
+}
+
 fn probe(addr: std::net::SocketAddr) -> Option<i32> {
     bin().args(["probe", "--addr", &addr.to_string()]).output().unwrap().status.code()
 }
@@ -52,14 +64,7 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     assert_eq!((reply.status, reply.denied()), (503, ("identity".into(), "not_ready".into())));
 
     // The agent comes up after the sidecar: the source keeps retrying.
-    let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
-    let server_config = WorkloadApiServerConfig {
-        ca,
-        id: "spiffe://aim.example/budget-backend".parse().unwrap(),
-        ttl: Duration::from_secs(60),
-        federated: vec![],
-    };
-    let _agent = WorkloadApiServer::start(&socket, server_config).await.unwrap();
+    let _agent = agent(&socket).await;
     eventually(Duration::from_secs(20), "readyz 200", || async { (get(addr, "/readyz").await.0 == 200).then_some(()) })
         .await;
     assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(0));
@@ -91,14 +96,7 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
 async fn a_broken_federated_bundle_is_reported_and_rotation_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let ca = Arc::new(DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap());
-    let server_config = WorkloadApiServerConfig {
-        ca,
-        id: "spiffe://aim.example/budget-backend".parse().unwrap(),
-        ttl: Duration::from_secs(60),
-        federated: vec![],
-    };
-    let agent = WorkloadApiServer::start(&socket, server_config).await.unwrap();
+    let agent = agent(&socket).await;
     let mut app = App::start(config(&socket)).await.unwrap();
     let first = app.identity.wait_ready().await.unwrap();
 
