@@ -79,6 +79,12 @@ impl Activity {
         Some(self.origin + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)))
     }
 
+    /// Records activity now (an upgraded stream moved bytes).
+    pub fn touch(&self) {
+        let elapsed = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(elapsed, Ordering::Release);
+    }
+
     /// Waits until the connection has been idle for `timeout`.
     pub async fn idle_for(&self, timeout: Duration) {
         loop {
@@ -111,15 +117,30 @@ pub struct Tracked<B> {
 }
 
 /// Ends a body with [`StreamCut`] once its token is cancelled (the caller
-/// may no longer be served); holds `guard` (its registration) meanwhile.
+/// may no longer be served) or its deadline passes (the caller's
+/// certificate, or its token, expires); holds `guard` (its registration)
+/// meanwhile.
 pub struct Cut {
     cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     _guard: Box<dyn Send + Sync>,
 }
 
 impl Cut {
-    pub fn new(token: tokio_util::sync::CancellationToken, guard: impl Send + Sync + 'static) -> Self {
-        Self { cancelled: Box::pin(token.cancelled_owned()), _guard: Box::new(guard) }
+    pub fn new(
+        token: tokio_util::sync::CancellationToken,
+        deadline: Instant,
+        guard: impl Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            cancelled: Box::pin(token.cancelled_owned()),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            _guard: Box::new(guard),
+        }
+    }
+
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        self.cancelled.as_mut().poll(cx).is_ready() || self.deadline.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -150,7 +171,7 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(cut) = self.cut.as_mut()
-            && cut.cancelled.as_mut().poll(cx).is_ready()
+            && cut.poll_cut(cx)
         {
             self.cut = None;
             return Poll::Ready(Some(Err(Box::new(StreamCut))));

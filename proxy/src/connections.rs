@@ -30,6 +30,9 @@ pub struct Peer {
 pub struct StreamRequest {
     /// The request's ID, for the audit event of a cut.
     pub request_id: String,
+    /// The stream ends by then whatever happens: the caller's certificate
+    /// expires, or the token that allowed it does.
+    pub deadline: tokio::time::Instant,
     pub method: Method,
     pub path: CanonicalPath,
     pub authorization: Option<HeaderValue>,
@@ -66,22 +69,9 @@ impl Connections {
     }
 
     /// Registers a long-lived stream (an upgraded tunnel, a streaming
-    /// response): cancelled at the latest when the peer's certificate expires.
+    /// response). Whoever serves it also ends it at [`StreamRequest::deadline`].
     pub fn stream(self: &Arc<Self>, peer: Arc<Peer>, request: Arc<StreamRequest>) -> Registration {
-        let not_after = peer.not_after;
-        let registration = self.register(peer, Some(request));
-        let closed = registration.closed.clone();
-        tokio::spawn(async move {
-            let left = not_after.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::select! {
-                () = closed.cancelled() => {}
-                () = tokio::time::sleep(left) => {
-                    tracing::info!("stream closed: the caller's certificate expired");
-                    closed.cancel();
-                }
-            }
-        });
-        registration
+        self.register(peer, Some(request))
     }
 
     fn register(self: &Arc<Self>, peer: Arc<Peer>, request: Option<Arc<StreamRequest>>) -> Registration {
@@ -115,5 +105,7 @@ impl Connections {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        // Nothing is served under it any more: release whatever waits on it.
+        self.closed.cancel();
     }
 }

@@ -142,13 +142,19 @@ impl Inbound {
         shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
-        server::accept_loop(listener, shutdown, drain, |tcp, remote, shutdown| {
-            self.clone().connection(tcp, remote, shutdown)
+        server::accept_loop(listener, shutdown, drain, |tcp, remote, slot, shutdown| {
+            self.clone().connection(tcp, remote, slot, shutdown)
         })
         .await;
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, shutdown: watch::Receiver<bool>) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        slot: server::Slot,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let limits = self.config.limits;
         let handshake = self.tls.accept(tcp).into_fallible();
         let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
@@ -200,7 +206,7 @@ impl Inbound {
         let this = self.clone();
         let served = conn.clone();
         let service = service_fn(move |req| this.clone().request(req, served.clone()));
-        let io = TokioIo::new(server::Lingering::new(tls));
+        let io = TokioIo::new(server::Lingering::new(tls, Some(slot)));
         let connection = builder.serve_connection_with_upgrades(io, service);
         let ends = ConnectionEnds {
             activity: conn.activity.clone(),
@@ -329,13 +335,15 @@ impl Inbound {
         let mut response = self.app.send(outgoing).await?;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let lasting = upgraded || response.body().size_hint().exact().is_none_or(|n| n > SHORT_BODY);
+        let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp);
         let stream = lasting.then(|| {
-            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            let path = path.clone();
+            let request = StreamRequest { method, path, authorization, request_id: request_id.into(), deadline };
             self.connections.stream(conn.registered.clone(), Arc::new(request))
         });
         headers::strip_hop_by_hop(response.headers_mut(), upgraded);
         if !upgraded {
-            return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), s))));
+            return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), deadline, s))));
         }
         // A switch the caller did not (or may not) ask for would be a raw tunnel to the app.
         let (Some(downstream), Some(stream)) =
@@ -345,8 +353,17 @@ impl Inbound {
             return Err(Reason::UpstreamError);
         };
         let upstream = hyper::upgrade::on(&mut response);
-        // The HTTP connection ends once it is upgraded: the tunnel holds its own registration.
-        tokio::spawn(async move { upstream::tunnel(downstream, upstream, stream.closed.clone()).await });
+        // The HTTP connection ends once it is upgraded: the tunnel holds its
+        // own registration (and, inside the upgraded socket, the connection's slot).
+        let ends = upstream::TunnelEnds {
+            closed: stream.closed.clone(),
+            deadline: Some(deadline),
+            idle_timeout: self.config.limits.idle_timeout,
+        };
+        tokio::spawn(async move {
+            upstream::tunnel(downstream, upstream, ends).await;
+            drop(stream);
+        });
         Ok((response, None))
     }
 
@@ -423,6 +440,14 @@ impl Inbound {
         }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     }
+}
+
+/// A stream ends when the caller's certificate expires, or the token that
+/// allowed it does, whichever comes first.
+fn stream_deadline(not_after: SystemTime, token_exp: Option<u64>) -> tokio::time::Instant {
+    let token = token_exp.map(|exp| std::time::UNIX_EPOCH + Duration::from_secs(exp));
+    let end = token.map_or(not_after, |token| token.min(not_after));
+    tokio::time::Instant::now() + end.duration_since(SystemTime::now()).unwrap_or_default()
 }
 
 /// `inbound.upstream` + the canonical path re-encoded + the original query.

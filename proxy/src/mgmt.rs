@@ -121,13 +121,13 @@ impl Mgmt {
         listener: crate::server::Listener,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        crate::server::accept_loop(listener, shutdown, Duration::from_secs(5), move |tcp, remote, shutdown| {
+        crate::server::accept_loop(listener, shutdown, Duration::from_secs(5), move |tcp, remote, slot, shutdown| {
             let this = self.clone();
             async move {
                 match this.tls.clone() {
-                    None => this.serve_connection(tcp, remote, shutdown).await,
+                    None => this.serve_connection(tcp, remote, slot, shutdown).await,
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => this.serve_connection(tls, remote, shutdown).await,
+                        Ok(Ok(tls)) => this.serve_connection(tls, remote, slot, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
                         Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
                     },
@@ -137,8 +137,13 @@ impl Mgmt {
         .await;
     }
 
-    async fn serve_connection<I>(self: Arc<Self>, io: I, remote: SocketAddr, mut shutdown: watch::Receiver<bool>)
-    where
+    async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        remote: SocketAddr,
+        slot: crate::server::Slot,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Cancelled to close the connection from a handler (a stalled audit stream).
@@ -148,7 +153,7 @@ impl Mgmt {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEAD_TIMEOUT)
-            .serve_connection(hyper_util::rt::TokioIo::new(crate::server::Lingering::new(io)), service);
+            .serve_connection(hyper_util::rt::TokioIo::new(crate::server::Lingering::new(io, Some(slot))), service);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}

@@ -75,20 +75,27 @@ impl Outbound {
         shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
-        server::accept_loop(listener, shutdown, drain, |tcp, remote, shutdown| {
-            self.clone().connection(tcp, remote, shutdown)
+        server::accept_loop(listener, shutdown, drain, |tcp, remote, slot, shutdown| {
+            self.clone().connection(tcp, remote, slot, shutdown)
         })
         .await;
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, remote: SocketAddr, shutdown: watch::Receiver<bool>) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        slot: server::Slot,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let limits = self.config.limits;
         let builder = server::builder(&limits);
         let activity = Activity::new();
         let this = self.clone();
         let tracked = activity.clone();
         let service = service_fn(move |req| this.clone().request(req, tracked.clone()));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(server::Lingering::new(tcp)), service);
+        let io = TokioIo::new(server::Lingering::new(tcp, Some(slot)));
+        let connection = builder.serve_connection_with_upgrades(io, service);
         let ends = ConnectionEnds {
             activity,
             idle_timeout: limits.idle_timeout,
@@ -218,7 +225,12 @@ impl Outbound {
                 return Err(Reason::UpstreamError);
             };
             let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(upstream::tunnel(downstream, upstream, Default::default()));
+            let ends = upstream::TunnelEnds {
+                closed: Default::default(),
+                deadline: None,
+                idle_timeout: self.config.limits.idle_timeout,
+            };
+            tokio::spawn(upstream::tunnel(downstream, upstream, ends));
         }
         headers::strip_hop_by_hop(response.headers_mut(), upgraded);
         Ok(response)

@@ -26,6 +26,9 @@ pub struct Trace {
     pub risk_level: Option<&'static str>,
     pub caller_tag: Option<String>,
     pub policy_version: Option<Arc<str>>,
+    /// When the token that allowed the request expires (unix seconds): a
+    /// stream it opened ends then.
+    pub token_exp: Option<u64>,
 }
 
 /// The first layer that denied, and the policies that decided.
@@ -89,6 +92,7 @@ pub async fn evaluate(
     let claims = match outcome {
         Ok(Outcome::Valid(claims)) => {
             trace.jwt.valid = true;
+            trace.token_exp = Some(claims.exp);
             trace.jwt.azp = claims.client_id.clone();
             trace.jwt.roles = claims.roles.clone();
             Some(claims)

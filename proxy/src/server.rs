@@ -46,10 +46,9 @@ where
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(Lingering::new(tcp)), service);
+                    .serve_connection(TokioIo::new(Lingering::new(tcp, Some(slot))), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _slot = slot;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -131,11 +130,12 @@ where
 }
 
 /// Accepts on `listener` until `shutdown`, running `serve` for each
-/// connection (holding its slot under the listener's cap); then waits up to
+/// connection (with its slot under the listener's cap, which the connection
+/// keeps until its socket is closed: see [`Lingering`]); then waits up to
 /// `drain` for open connections to finish.
 pub async fn accept_loop<F, Fut>(listener: Listener, shutdown: watch::Receiver<bool>, drain: Duration, serve: F)
 where
-    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    F: Fn(tokio::net::TcpStream, SocketAddr, Slot, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let tracker = tokio_util::task::TaskTracker::new();
@@ -143,11 +143,7 @@ where
     loop {
         tokio::select! {
             (tcp, remote, slot) = listener.accept() => {
-                let connection = serve(tcp, remote, shutdown.clone());
-                tracker.spawn(async move {
-                    let _slot = slot;
-                    connection.await;
-                });
+                tracker.spawn(serve(tcp, remote, slot, shutdown.clone()));
             }
             _ = stop.wait_for(|stop| *stop) => break,
         }

@@ -108,9 +108,20 @@ pub(crate) fn peer_refused_certificate(e: &(dyn StdError + 'static)) -> bool {
     )
 }
 
-/// Copies bytes both ways between two upgraded connections until either side
-/// closes or `closed` is cancelled (the caller lost its allow-list entry).
-pub async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, closed: CancellationToken) {
+/// What, besides either side closing, ends a tunnel.
+#[derive(Debug, Clone)]
+pub struct TunnelEnds {
+    /// Cancelled when the caller may no longer be served.
+    pub closed: CancellationToken,
+    /// The caller's certificate (or token) expires then.
+    pub deadline: Option<tokio::time::Instant>,
+    /// No byte either way for this long (nginx closes idle WebSockets the same way).
+    pub idle_timeout: Duration,
+}
+
+/// Copies bytes both ways between two upgraded connections until either
+/// side closes or one of `ends` comes.
+pub async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, ends: TunnelEnds) {
     let (down, up) = match tokio::join!(downstream, upstream) {
         (Ok(down), Ok(up)) => (down, up),
         (Err(e), _) | (_, Err(e)) => {
@@ -118,14 +129,73 @@ pub async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, closed: Cancella
             return;
         }
     };
-    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    let activity = crate::body::Activity::new();
+    let mut down = Touched { io: TokioIo::new(down), activity: activity.clone() };
+    let mut up = Touched { io: TokioIo::new(up), activity: activity.clone() };
+    let deadline = async {
+        match ends.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut down, &mut up) => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "upgraded stream ended with an error");
             }
         }
-        () = closed.cancelled() => tracing::info!("upgraded stream closed: caller no longer allowed"),
+        () = ends.closed.cancelled() => tracing::info!("upgraded stream closed: the caller may no longer be served"),
+        () = deadline => tracing::info!("upgraded stream closed: the caller's certificate or token expired"),
+        () = activity.idle_for(ends.idle_timeout) => tracing::debug!("upgraded stream closed: idle"),
+    }
+}
+
+/// An upgraded stream whose reads and writes count as activity.
+struct Touched<T> {
+    io: T,
+    activity: std::sync::Arc<crate::body::Activity>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Touched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Touched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(result, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -5,12 +5,18 @@
 //! refused) sees "connection reset" instead of the 431 or deny that was
 //! already sent. So a served connection, when dropped, first shuts down its
 //! write side and then reads and discards for a bounded time.
+//!
+//! The connection's [`Slot`] under its listener's cap travels with the
+//! socket: through an upgrade into the tunnel, and through the linger, so
+//! neither holds a descriptor outside the cap.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::Slot;
 
 /// At most this long is spent discarding after the close.
 const LINGER: Duration = Duration::from_secs(2);
@@ -21,11 +27,14 @@ const LINGER_IDLE: Duration = Duration::from_millis(500);
 pub struct Lingering<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     /// `None` only once dropped.
     io: Option<S>,
+    slot: Option<Slot>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<S> {
-    pub fn new(io: S) -> Self {
-        Self { io: Some(io) }
+    /// `slot`: the connection's place under its listener's cap, held until
+    /// the socket is closed.
+    pub fn new(io: S, slot: Option<Slot>) -> Self {
+        Self { io: Some(io), slot }
     }
 
     pub fn get_ref(&self) -> Option<&S> {
@@ -36,7 +45,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<S> {
     fn drop(&mut self) {
         if let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(linger(io));
+            let slot = self.slot.take();
+            runtime.spawn(async move {
+                linger(io).await;
+                drop(slot);
+            });
         }
     }
 }

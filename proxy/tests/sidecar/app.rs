@@ -98,6 +98,13 @@ impl TestApp {
                     .body(StreamBody::new(stream).boxed())
                     .unwrap()
             }
+            "/chunked" => {
+                // A short body of unknown length: answered chunked, ends at once.
+                let frames =
+                    [Ok(Frame::data(Bytes::from_static(b"one,"))), Ok(Frame::data(Bytes::from_static(b"two")))];
+                let stream = tokio_stream::iter(frames);
+                Response::new(StreamBody::new(stream).boxed())
+            }
             "/slow" => {
                 self.release_slow.notified().await;
                 text("slow done")

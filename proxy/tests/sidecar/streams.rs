@@ -135,3 +135,64 @@ async fn no_stream_outlives_the_callers_certificate() {
     assert!(started.elapsed() >= ttl - Duration::from_secs(2), "cut long before the expiry");
     mesh.app.release_sse.notify_one();
 }
+
+/// Finished streams leave nothing running: a task per streamed response
+/// that slept until the caller's certificate expired added up to gigabytes
+/// under traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_streams_leave_nothing_behind() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"h2"]);
+    let io = TokioIo::new(tls_connect(mesh.inbound(), tls).await.unwrap());
+    let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let get = |mut sender: hyper::client::conn::http2::SendRequest<Empty<bytes::Bytes>>| async move {
+        let req = hyper::Request::get("https://budget-backend/chunked").body(Empty::<bytes::Bytes>::new()).unwrap();
+        let body = sender.send_request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "one,two");
+    };
+    get(sender.clone()).await;
+    let before = alive();
+    for _ in 0..300 {
+        get(sender.clone()).await;
+    }
+    let settled = || async { (alive() < before + 50).then_some(()) };
+    eventually(Duration::from_secs(10), "tasks back to where they were", settled).await;
+    assert!(mesh.backend.inbound.as_ref().unwrap().connections().len() <= 2, "registrations left behind");
+}
+
+/// An upgraded stream keeps its connection's slot under
+/// `limits.max_connections` (it is still a socket) and ends after
+/// `idle_timeout` without a byte either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_count_against_the_connection_cap_and_end_when_idle() {
+    use tokio::io::AsyncWriteExt;
+    let mesh = Mesh::start().await;
+    let yaml = mesh
+        .sidecar_yaml("tunnels", mesh.app.addr)
+        .replace("  header_timeout: 1s\n", "  header_timeout: 1s\n  idle_timeout: 2s\n")
+        + "limits: {max_connections: 1}\n";
+    let sidecar = mesh.start_sidecar("tunnels", &yaml).await;
+    let inbound = sidecar.inbound_addr.unwrap();
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let mut ws = tls_connect(inbound, tls.clone()).await.unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(ws.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // The tunnel holds the only slot: another caller's handshake waits in the backlog.
+    let waiting = tokio::spawn(tls_connect(inbound, tls.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a connection was accepted past the cap while a tunnel held the slot");
+    // Idle for 2 s: the tunnel ends, its slot frees, the waiting connection is served.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut buf)).await.expect("the idle tunnel stays");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let served = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("never accepted").unwrap();
+    assert!(served.is_ok(), "{served:?}");
+}
