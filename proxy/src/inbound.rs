@@ -164,13 +164,8 @@ impl Inbound {
                 let reason = rejection.as_ref().map_or("handshake_error", |r| r.reason.as_str());
                 tracing::debug!(%remote, reason, "inbound handshake refused");
                 self.metrics.tls_handshake("inbound", reason);
-                self.refusals.record(Refusal {
-                    source: remote.ip(),
-                    reason,
-                    peer: rejection.as_ref().and_then(|r| r.peer.as_ref()),
-                    // Only `not_allowed` comes after the chain verified.
-                    verified: rejection.as_ref().is_some_and(|r| r.reason == certs::tls::Reason::NotAllowed),
-                });
+                let peer = rejection.as_ref().and_then(|r| r.peer.as_ref());
+                self.refusals.record(Refusal { source: remote.ip(), reason, peer });
                 // The caller reads our alert instead of a reset (see `server::linger`).
                 server::linger(tcp).await;
                 return;

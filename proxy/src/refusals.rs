@@ -1,11 +1,13 @@
 //! Refused handshakes in the audit trail, without letting a flood of them
 //! evict the trail or forge it.
 //!
-//! Before its chain is verified, a certificate's SPIFFE ID is only a claim:
-//! anyone can mint a self-signed certificate naming any ID. So a refusal
-//! names the caller (`caller_spiffe_id`) only when the chain verified and
-//! the ID was merely not allowed; otherwise the ID is `claimed_spiffe_id`.
-//! Refusals are aggregated by source address and reason (one event per
+//! A refused handshake never proves who the peer is: anyone can mint a
+//! certificate naming any ID, and even a chain that verifies is judged
+//! before the peer proves it holds the key (rustls checks the certificate
+//! when it arrives, before CertificateVerify), so a replayed public SVID of
+//! a real agent gets as far as `not_allowed`. The ID is therefore only ever
+//! `claimed_spiffe_id`, never `caller_spiffe_id`. Refusals are aggregated
+//! by source (an IPv4 address, or an IPv6 /64) and reason (one event per
 //! window, the rest counted in the next one as `suppressed`), all of them
 //! share a global budget of events per second, and each is logged at debug
 //! level only: `a2a_tls_handshakes_total` counts every one.
@@ -53,10 +55,8 @@ pub struct Refusals {
 pub struct Refusal<'a> {
     pub source: IpAddr,
     pub reason: &'static str,
-    /// The ID the peer's certificate names, if it parsed.
+    /// The ID the peer's certificate names, if it parsed (unproven).
     pub peer: Option<&'a SpiffeId>,
-    /// The chain verified (the ID is genuine; it was only not allowed).
-    pub verified: bool,
 }
 
 impl Refusals {
@@ -71,7 +71,7 @@ impl Refusals {
     /// Records `refusal`: an audit event if its source's window and the
     /// global budget allow, else it is counted into the next one.
     pub fn record(&self, refusal: Refusal<'_>) {
-        let window = self.by_source.get_with((refusal.source, refusal.reason), Arc::default);
+        let window = self.by_source.get_with((source_key(refusal.source), refusal.reason), Arc::default);
         let suppressed = {
             let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
             if w.emitted_at.is_some_and(|at| at.elapsed() < WINDOW) || !self.spend() {
@@ -81,12 +81,10 @@ impl Refusals {
             w.emitted_at = Some(Instant::now());
             std::mem::take(&mut w.folded)
         };
-        let id = refusal.peer.map(|id| Arc::<str>::from(id.as_str()));
         tracing::info!(source = %refusal.source, reason = refusal.reason, suppressed, "inbound handshake refused");
         self.audit.record(Event {
             direction: "inbound",
-            caller_spiffe_id: id.clone().filter(|_| refusal.verified),
-            claimed_spiffe_id: id.filter(|_| !refusal.verified),
+            claimed_spiffe_id: refusal.peer.map(|id| Arc::<str>::from(id.as_str())),
             peer_addr: Some(refusal.source),
             decision: "deny",
             layer: "mtls",
@@ -107,5 +105,33 @@ impl Refusals {
         }
         budget.tokens -= 1.0;
         true
+    }
+}
+
+/// Where refusals are counted together: an IPv4 address, or an IPv6 /64
+/// (one host holds a whole /64).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_count_by_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(source_key(v4), v4);
     }
 }

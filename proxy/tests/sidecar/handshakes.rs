@@ -108,3 +108,21 @@ async fn refusals_from_many_sources_share_one_budget() {
     assert!(refusals >= 1 && (refusals as f64) <= bound, "{refusals} events in {elapsed:.1} s");
     assert!((refusals as u64) < sources, "{refusals}");
 }
+
+/// Even a chain that verifies is judged before the peer proves it holds the
+/// key (a replayed public SVID of a real agent reaches `not_allowed` too), so
+/// a refused handshake never names a caller, only a claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_handshake_never_names_a_caller() {
+    let mesh = Mesh::start().await;
+    let menus = super::mesh::MENUS;
+    let config = mesh.client_tls(menus, &[b"http/1.1"]);
+    handshake_from(IpAddr::from([127, 0, 0, 1]), mesh.inbound(), config).await;
+    handshakes_counted(&mesh, "not_allowed", 1).await;
+    let refusals: Vec<Value> = audit(&mesh, "limit=100").await.into_iter().filter(|e| e["layer"] == "mtls").collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["reason"], "not_allowed");
+    assert_eq!(refusals[0]["caller_spiffe_id"], Value::Null);
+    assert_eq!(refusals[0]["claimed_spiffe_id"], menus);
+    assert!(audit(&mesh, &format!("spiffe_id={menus}")).await.is_empty(), "filed under the agent's name");
+}
