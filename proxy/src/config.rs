@@ -23,6 +23,10 @@ pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig, Upgrad
 pub use restart::HOT_FIELDS;
 pub use units::{parse_duration, parse_size};
 
+/// The shortest admin key accepted from the environment (a guessed key is
+/// slowed, not stopped: it must not be guessable).
+const MIN_KEY_BYTES: usize = 16;
+
 /// Static secrets that are refused: the sidecar's Entra identity is federated.
 const REFUSED_SECRETS: [&str; 2] = ["AZURE_CLIENT_SECRET", "GRAPH_CLIENT_SECRET"];
 
@@ -617,6 +621,16 @@ impl Ctx<'_> {
                 (None, Some(var)) => {
                     let value =
                         self.env.get(&var).ok_or_else(|| self.invalid(&field("env"), format!("`{var}` is not set")))?;
+                    if value.len() < MIN_KEY_BYTES {
+                        return Err(self.invalid(
+                            &field("env"),
+                            format!(
+                                "`{var}` holds {} characters; an admin key needs at least {MIN_KEY_BYTES} \
+                                 (use 32 random bytes, e.g. `openssl rand -hex 32`)",
+                                value.len()
+                            ),
+                        ));
+                    }
                     sha256(value.as_bytes())
                 }
                 _ => return Err(self.invalid(&field("sha256"), "set exactly one of `sha256` or `env`")),

@@ -4,9 +4,9 @@
 //! key's name.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -20,22 +20,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, Body};
-use crate::config::{AdminKey, MgmtSection, Role};
+use crate::config::{MgmtSection, Role};
 
+mod auth;
 mod routes;
 pub mod state;
 mod stream;
 
 pub use routes::Context;
 
-/// An address's failures are forgotten after this long without one (and
-/// when it presents a valid key).
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Failures before an address is slowed down.
-const FREE_FAILURES: u32 = 10;
-/// The first back-off; it doubles with each further failure up to the window.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_TRACKED_ADDRESSES: u64 = 4096;
 /// `PUT /mgmt/policy` bodies are at most this large.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
 /// Each request head must arrive within this.
@@ -44,19 +37,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Mgmt {
-    /// `mgmt.keys`: a reload replaces them.
-    keys: Arc<arc_swap::ArcSwap<Vec<AdminKey>>>,
-    failures: moka::sync::Cache<IpAddr, Arc<Mutex<Failures>>>,
+    auth: auth::Auth,
     tls: Option<TlsAcceptor>,
     ctx: Context,
-}
-
-/// Failed key checks from one address.
-#[derive(Debug, Default)]
-struct Failures {
-    count: u32,
-    /// Further failures get 429 until then.
-    slowed_until: Option<Instant>,
 }
 
 /// A refusal, turned into a JSON response at the edge.
@@ -111,9 +94,8 @@ impl Mgmt {
             }
             None => None,
         };
-        let failures =
-            moka::sync::Cache::builder().max_capacity(MAX_TRACKED_ADDRESSES).time_to_idle(FAILURE_WINDOW).build();
-        Ok(Arc::new(Self { keys: ctx.reloader.keys.clone(), failures, tls, ctx }))
+        let auth = auth::Auth::new(ctx.reloader.keys.clone(), ctx.metrics.clone());
+        Ok(Arc::new(Self { auth, tls, ctx }))
     }
 
     pub async fn serve(
@@ -168,10 +150,26 @@ impl Mgmt {
         remote: SocketAddr,
         connection: CancellationToken,
     ) -> Result<Response<Body>, Infallible> {
+        let (caller, mut response) = self.route(req, remote, connection).await;
+        // A connection that has not shown a key is not kept: whatever shares
+        // the loopback cannot hold every slot with keep-alive health checks.
+        if caller.is_none() {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(response)
+    }
+
+    /// The response, and who asked for it (if they showed a valid key).
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        connection: CancellationToken,
+    ) -> (Option<Caller>, Response<Body>) {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let Some(route) = routes::Route::find(&path) else {
-            return Ok(error(StatusCode::NOT_FOUND, "not_found"));
+            return (None, error(StatusCode::NOT_FOUND, "not_found"));
         };
         if !route.methods().contains(&method) {
             let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
@@ -179,57 +177,22 @@ impl Mgmt {
             if let Ok(v) = HeaderValue::from_str(&allow) {
                 response.headers_mut().insert(header::ALLOW, v);
             }
-            return Ok(response);
+            return (None, response);
         }
         let caller = if route.open() {
             None
         } else {
-            match self.authenticate(&req, remote.ip()) {
+            match self.auth.check(req.headers().get("x-spiffe-admin-key"), remote.ip()) {
                 Ok(caller) => Some(caller),
-                Err(reject) => return Ok(reject.into_response()),
+                Err(reject) => return (None, reject.into_response()),
             }
         };
         let write = method != Method::GET;
         if write && caller.as_ref().is_some_and(|c| c.role != Role::Admin) {
-            return Ok(error(StatusCode::FORBIDDEN, "forbidden"));
+            return (caller, error(StatusCode::FORBIDDEN, "forbidden"));
         }
-        Ok(routes::dispatch(&self.ctx, route, req, caller, connection).await)
-    }
-
-    /// The key, compared in constant time over SHA-256 hashes. A valid key
-    /// always passes (the local app must not be able to lock the operator
-    /// out by failing on purpose); only failed attempts are slowed: after
-    /// [`FREE_FAILURES`] from one address, each further one is answered 429
-    /// for a back-off that doubles (1 s, 2 s, ... up to a minute).
-    fn authenticate(&self, req: &Request<Incoming>, ip: IpAddr) -> Result<Caller, Reject> {
-        let presented = req.headers().get("x-spiffe-admin-key").map(|v| crate::config::sha256(v.as_bytes()));
-        let matched = presented.and_then(|hash| {
-            // Every key is compared, so the time does not depend on which one matched.
-            self.keys.load().iter().fold(None, |found, key| {
-                let same = aws_lc_rs::constant_time::verify_slices_are_equal(&key.sha256, &hash).is_ok();
-                if same { Some(Caller { name: key.name.clone(), role: key.role }) } else { found }
-            })
-        });
-        if let Some(caller) = matched {
-            self.failures.invalidate(&ip);
-            return Ok(caller);
-        }
-        self.ctx.metrics.mgmt_auth_failure();
-        let failures = self.failures.get_with(ip, Arc::default);
-        let mut failures = failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if let Some(until) = failures.slowed_until.filter(|until| *until > now) {
-            let wait = until.duration_since(now).as_secs_f64().ceil();
-            let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
-            reject.retry_after = Some((wait as u64).max(1));
-            return Err(reject);
-        }
-        failures.count = failures.count.saturating_add(1);
-        if let Some(beyond) = failures.count.checked_sub(FREE_FAILURES) {
-            let backoff = FIRST_BACKOFF.saturating_mul(1 << beyond.min(6)).min(FAILURE_WINDOW);
-            failures.slowed_until = Some(now + backoff);
-        }
-        Err(Reject::new(StatusCode::UNAUTHORIZED, "unauthorized"))
+        let response = routes::dispatch(&self.ctx, route, req, caller.clone(), connection).await;
+        (caller, response)
     }
 }
 

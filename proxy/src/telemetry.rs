@@ -56,8 +56,12 @@ impl Telemetry {
     }
 }
 
+/// Every answer closes its connection: anyone who reaches this listener (it
+/// needs no key) could otherwise hold its connection slots with keep-alive
+/// and starve the kubelet's probes.
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     response
 }

@@ -193,6 +193,18 @@ mgmt: {state_file: s.json, keys: [{name: ops, role: admin, env: OPS_KEY}], tls: 
 }
 
 #[test]
+fn an_admin_key_from_the_environment_must_not_be_guessable() {
+    let yaml =
+        "identity: {socket: unix:///x}\nmgmt: {state_file: s.json, keys: [{name: ops, role: admin, env: OPS_KEY}]}";
+    let short = parse(yaml, &MapEnv::default().with("OPS_KEY", "password")).unwrap_err().to_string();
+    assert!(
+        short.contains("`mgmt.keys[0].env`") && short.contains("8 characters") && !short.contains("password"),
+        "{short}"
+    );
+    assert!(parse(yaml, &MapEnv::default().with("OPS_KEY", "0123456789abcdef")).is_ok());
+}
+
+#[test]
 fn the_reference_deployments_environment_fills_jwt_and_entra() {
     let env = MapEnv::default()
         .with("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock")

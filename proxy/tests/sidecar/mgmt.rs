@@ -505,3 +505,38 @@ async fn off_loopback_the_admin_listener_needs_an_allowed_svid_and_a_key() {
     assert!(matches!(answered, Ok(Err(_))), "plain HTTP is not served");
     exposed.shutdown().await;
 }
+
+/// A connection that has not shown a valid key is not kept (nor is any
+/// connection to the telemetry listener): whatever shares the loopback
+/// cannot hold every admin slot with keep-alive health checks and lock the
+/// operator out. A connection with a valid key is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_connection_with_a_valid_key_is_kept_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    for (addr, request) in [
+        (mgmt, "GET /mgmt/health HTTP/1.1\r\nHost: m\r\n\r\n".to_owned()),
+        (mgmt, "GET /mgmt/audit HTTP/1.1\r\nHost: m\r\nX-Spiffe-Admin-Key: wrong\r\n\r\n".to_owned()),
+        (mesh.backend.telemetry_addr, "GET /healthz HTTP/1.1\r\nHost: m\r\n\r\n".to_owned()),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(closed.is_ok(), "kept open: {request:?}");
+        assert!(out.contains("connection: close"), "{out}");
+    }
+    // With a valid key, one connection serves several requests.
+    let tcp = tokio::net::TcpStream::connect(mgmt).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        sender.ready().await.unwrap();
+        let req = hyper::Request::get("/mgmt/audit").header("host", "m").header("x-spiffe-admin-key", VIEWER_KEY);
+        let response = sender.send_request(req.body(Full::new(bytes::Bytes::new())).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+}

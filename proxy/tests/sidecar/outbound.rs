@@ -38,8 +38,14 @@ async fn routes_and_their_failures() {
     let reply = http(mesh.menus.outbound_addr.unwrap(), "GET", "budget-backend", "/budget/read", &[]).await;
     assert_eq!((reply.status, reply.denied()), (502, ("upstream".into(), "upstream_rejected_identity".into())));
     assert!(!mesh.app.seen().iter().any(|s| s.header("x-spiffe-caller-id") == Some(super::mesh::MENUS)));
-    let metrics = super::support::get(mesh.backend.telemetry_addr, "/metrics").await.1;
-    assert!(metrics.contains(r#"a2a_tls_handshakes_total{direction="inbound",result="not_allowed"}"#), "{metrics}");
+    // The backend counts the refusal once its handshake task sees it, which may
+    // be after the caller already read the alert.
+    let telemetry = mesh.backend.telemetry_addr;
+    let counted = || async {
+        let metrics = super::support::get(telemetry, "/metrics").await.1;
+        metrics.contains(r#"a2a_tls_handshakes_total{direction="inbound",result="not_allowed"}"#).then_some(())
+    };
+    super::support::eventually(Duration::from_secs(10), "the refusal counted", counted).await;
 
     let reply = http(out, "GET", "budget-backend", "http://budget-backend/budget/read", &[]).await;
     assert_eq!((reply.status, reply.denied()), (400, ("http".into(), "absolute_form".into())));
