@@ -143,6 +143,11 @@ impl App {
         if policy.is_some() {
             followers.push(tokio::spawn(reloader.clone().watch_policy_files(std::time::Duration::from_secs(1))));
         }
+        // What the admin API changed before a restart applies before the first caller is served.
+        if let Some(state) = &state {
+            drop_overrides_older_than_files(state, &config)?;
+            apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor).await?;
+        }
         let (mut inbound_addr, mut inbound) = (None, None);
         if let Some(cfg) = config.inbound.clone() {
             let listener = Listener::bind(
@@ -176,8 +181,6 @@ impl App {
         }
         let mut mgmt_addr = None;
         if let (Some(section), Some(state)) = (&config.mgmt, state) {
-            drop_overrides_older_than_files(&state, &config)?;
-            apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor).await?;
             let listener =
                 Listener::bind("mgmt.listen", section.listen, local, Some(metrics.open_connections("mgmt"))).await?;
             mgmt_addr = Some(listener.local_addr()?);

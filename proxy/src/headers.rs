@@ -33,9 +33,24 @@ const HOP_BY_HOP: [&str; 10] = [
     "http2-settings",
 ];
 
-/// Headers that let a caller override the method a framework acts on: a
-/// caller allowed `POST` could otherwise perform `DELETE`.
-const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+/// Headers that let a caller override what a framework acts on: the method
+/// (a caller allowed `POST` could otherwise perform `DELETE`), the path
+/// (IIS and older PHP frameworks route by `X-Original-URL`), or the client
+/// address (the app must see the sidecar's `X-Forwarded-For` only).
+const OVERRIDES: [&str; 12] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
 
 /// How a caller's headers are cleaned before they reach the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +115,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Inbound request hygiene: hop-by-hop headers, then everything a caller
-/// must not be able to assert to the app ([`is_spoofable`]), method
-/// overrides, and (unless allowed) every name containing `_`.
+/// must not be able to assert to the app ([`is_spoofable`]), method, path
+/// and client-address overrides, and (unless allowed) every name with `_`.
 pub fn sanitize_request(headers: &mut HeaderMap, hygiene: Hygiene) {
     strip_hop_by_hop(headers, hygiene.keep_upgrade);
     remove_where(headers, |name| caller_must_not_send(name, hygiene.allow_underscores));
@@ -115,7 +130,7 @@ pub fn sanitize_trailers(trailers: &mut HeaderMap, allow_underscores: bool) {
 }
 
 fn caller_must_not_send(name: &str, allow_underscores: bool) -> bool {
-    if is_spoofable(name) || METHOD_OVERRIDES.iter().any(|m| same_name(name, m)) {
+    if is_spoofable(name) || OVERRIDES.iter().any(|m| same_name(name, m)) {
         return true;
     }
     name.contains('_') && (!allow_underscores || ["content-length", "host"].iter().any(|h| same_name(name, h)))

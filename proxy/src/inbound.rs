@@ -175,7 +175,6 @@ impl Inbound {
                 return;
             }
         };
-        self.metrics.tls_handshake("inbound", "ok");
         let (_, session) = tls.get_ref();
         // Invariant: the verifier accepted a parsable SVID leaf, so this is present.
         let chain = session.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
@@ -183,6 +182,17 @@ impl Inbound {
             return;
         };
         let h2 = session.alpn_protocol() == Some(b"h2");
+        // A resumed session (`inbound.tls_resumption: true`) skipped the
+        // client verifier: judge its chain against our bundles now.
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        if let (true, Some(identity)) = (resumed, self.identity.current())
+            && let Err(reason) = certs::tls::verify_peer_chain(&identity, &chain)
+        {
+            self.metrics.tls_handshake("inbound", reason.as_str());
+            self.refusals.record(Refusal { source: remote.ip(), reason: reason.as_str(), peer: Some(&peer.id) });
+            return;
+        }
+        self.metrics.tls_handshake("inbound", "ok");
         let registered = Arc::new(Peer { id: peer.id.clone(), not_after: peer.not_after, chain });
         let registration = self.connections.connection(registered.clone());
         let expires_in = peer.not_after.duration_since(SystemTime::now()).unwrap_or_default();

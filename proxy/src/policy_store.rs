@@ -184,6 +184,13 @@ impl PolicyStore {
         self.from_files.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Records that the files' current contents (`fingerprint`) have been
+    /// seen: a more recent admin change supersedes them, so the watcher must
+    /// not apply them afterwards.
+    pub fn supersede_files(&self, fingerprint: String) {
+        *self.from_files.lock().unwrap_or_else(PoisonError::into_inner) = Some(fingerprint);
+    }
+
     /// Swaps in `engine` in `mode`; returns what is now in force.
     pub fn install(&self, engine: PolicyEngine, mode: PolicyMode, origin: Origin) -> Arc<Loaded> {
         let loaded = Arc::new(Loaded::new(engine, mode, self.current.load().generation + 1));

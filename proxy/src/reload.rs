@@ -184,20 +184,27 @@ impl Reloader {
         let unchanged = |fingerprint: &String| {
             store.applied_from_files().as_ref() == Some(fingerprint) || last_rejected.as_ref() == Some(fingerprint)
         };
-        let sources = match policy_store::read_sources(&cfg) {
+        // A cheap look first, without the lock...
+        match policy_store::read_sources(&cfg) {
             Ok(sources) if unchanged(&sources.fingerprint) => return FilePoll::Unchanged,
-            Ok(sources) => sources,
+            Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "policy files unreadable; trying again");
                 return FilePoll::Unreadable;
             }
-        };
+        }
         let _changing = self.lock().await;
-        // A reload may have applied (or re-pointed) the files meanwhile.
+        // ...then the files as they are now, under the lock: a reload or an
+        // admin change may have happened meanwhile (and re-pointed the files).
         let applied = self.applied();
-        if applied.policy.as_ref() != Some(&cfg) || unchanged(&sources.fingerprint) {
+        if applied.policy.as_ref() != Some(&cfg) {
             return FilePoll::Unchanged;
         }
+        let sources = match policy_store::read_sources(&cfg) {
+            Ok(sources) if unchanged(&sources.fingerprint) => return FilePoll::Unchanged,
+            Ok(sources) => sources,
+            Err(_) => return FilePoll::Unreadable,
+        };
         let fingerprint = sources.fingerprint.clone();
         let engine =
             match policy_store::build_sources(sources, cfg.clone(), self.env.clone(), applied.jwt.clone()).await {
@@ -219,6 +226,24 @@ impl Reloader {
         store.install(engine, cfg.mode, Origin::Files { channel: "policy:file", fingerprint });
         *last_rejected = None;
         FilePoll::Applied
+    }
+
+    /// Installs a policy set through the admin API (already validated and
+    /// persisted, under [`Self::lock`]). The policy files' contents as they
+    /// are now count as seen: the admin change is more recent, so a file
+    /// edit the watcher had not yet applied does not override it later.
+    pub fn install_admin_policy(
+        &self,
+        engine: policy::PolicyEngine,
+        actor: String,
+    ) -> Option<Arc<policy_store::Loaded>> {
+        let store = self.policy.as_ref()?;
+        if let Some(fingerprint) =
+            self.applied().policy.as_ref().and_then(|cfg| policy_store::read_sources(cfg).ok()).map(|s| s.fingerprint)
+        {
+            store.supersede_files(fingerprint);
+        }
+        Some(store.install(engine, store.current().mode, Origin::Admin { actor }))
     }
 
     /// Polls the policy files every `every`, for as long as the task runs.

@@ -146,4 +146,9 @@ impl Subscription {
     pub fn take_lost(&self) -> u64 {
         self.shared.lost.swap(0, Ordering::AcqRel)
     }
+
+    /// Events queued for this subscriber and not yet taken (lost if it is cut now).
+    pub fn queued(&self) -> u64 {
+        u64::try_from(self.rx.len() + usize::from(self.held.is_some())).unwrap_or(u64::MAX)
+    }
 }

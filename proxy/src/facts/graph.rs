@@ -47,6 +47,9 @@ pub struct Graph {
     http: HttpClient,
     risk: moka::future::Cache<String, RiskLevel>,
     tags: moka::future::Cache<String, String>,
+    /// The last tag seen per agent (beyond the TTL): a changed one is a
+    /// change open streams are judged again for.
+    last_tags: moka::sync::Cache<String, String>,
     attribute_set: String,
     attribute: String,
     metrics: Arc<Metrics>,
@@ -73,6 +76,7 @@ impl Graph {
             // failed refreshes before the risk counts as unknown.
             risk: moka::future::Cache::builder().max_capacity(10_000).time_to_live(risk_ttl * 3).build(),
             tags: moka::future::Cache::builder().max_capacity(10_000).time_to_live(tags_ttl).build(),
+            last_tags: moka::sync::Cache::new(10_000),
             attribute_set,
             attribute,
             metrics,
@@ -123,7 +127,12 @@ impl Graph {
         let (set, attribute) = (self.attribute_set.as_str(), self.attribute.as_str());
         self.tags
             .try_get_with(oid.to_owned(), async {
-                self.lookup("tags", &url, |body| parse_tag(body, set, attribute)).await
+                let tag = self.lookup("tags", &url, |body| parse_tag(body, set, attribute)).await?;
+                if self.last_tags.get(oid).is_some_and(|last| last != tag) {
+                    self.changes.bump();
+                }
+                self.last_tags.insert(oid.to_owned(), tag.clone());
+                Ok(tag)
             })
             .await
     }

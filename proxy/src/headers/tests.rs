@@ -37,6 +37,10 @@ fn spoofable_hop_by_hop_and_override_headers_are_removed() {
         ("x-http-method-override", "DELETE"),
         ("X-HTTP-Method", "DELETE"),
         ("x-method-override", "DELETE"),
+        ("X-Original-URL", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("X-Real-IP", "10.0.0.1"),
+        ("true-client-ip", "10.0.0.1"),
         ("authorization", "Bearer t"),
         ("x-app", "kept"),
     ]);

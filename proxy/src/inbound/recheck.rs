@@ -54,41 +54,71 @@ impl Inbound {
     }
 
     /// Judges everything open once; cancels what is no longer allowed.
-    pub async fn recheck(&self) {
+    /// Layer 1 first, for everything (local state only: fast); then layers
+    /// 2-4 for the streams, a few at a time (a Graph look-up may take
+    /// seconds, and must not hold up the others).
+    pub async fn recheck(self: &Arc<Self>) {
+        let identity = self.identity.current();
+        let mut streams = Vec::new();
         for open in self.connections.snapshot() {
-            if let Err(reason) = self.judge_again(&open).await {
-                let what = if open.request.is_some() { "stream" } else { "connection" };
-                tracing::info!(caller = %open.peer.id, %reason, "{what} closed: no longer allowed");
-                if let Some(request) = &open.request {
-                    self.layers.audit.record(Event {
-                        direction: "inbound",
-                        request_id: Some(request.request_id.clone()),
-                        caller_spiffe_id: Some(Arc::from(open.peer.id.as_str())),
-                        target: Some(self.target.clone()),
-                        method: Some(request.method.clone()),
-                        path: Some(request.path.as_str().to_owned()),
-                        decision: "deny",
-                        layer: reason.layer().as_str(),
-                        reason: reason.as_str(),
-                        actor: Some("stream re-check".into()),
-                        ..Event::default()
-                    });
-                }
-                open.closed.cancel();
+            match self.layer1_again(&open, identity.as_deref()) {
+                Err(reason) => self.close(&open, reason),
+                Ok(()) if open.request.is_some() => streams.push(open),
+                Ok(()) => {}
             }
         }
+        let limit = Arc::new(tokio::sync::Semaphore::new(RECHECKS_AT_ONCE));
+        let mut judged = tokio::task::JoinSet::new();
+        for open in streams {
+            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let this = self.clone();
+            judged.spawn(async move {
+                if let Err(reason) = this.layers_again(&open).await {
+                    this.close(&open, reason);
+                }
+                drop(permit);
+            });
+        }
+        while judged.join_next().await.is_some() {}
     }
 
-    /// Layer 1 for a connection; layers 1-4 for a stream.
-    async fn judge_again(&self, open: &Open) -> Result<(), Reason> {
+    /// Cancels `open`; a stream's cut is an audit event.
+    fn close(&self, open: &Open, reason: Reason) {
+        let what = if open.request.is_some() { "stream" } else { "connection" };
+        tracing::info!(caller = %open.peer.id, %reason, "{what} closed: no longer allowed");
+        if let Some(request) = &open.request {
+            self.layers.audit.record(Event {
+                direction: "inbound",
+                request_id: Some(request.request_id.clone()),
+                caller_spiffe_id: Some(Arc::from(open.peer.id.as_str())),
+                target: Some(self.target.clone()),
+                method: Some(request.method.clone()),
+                path: Some(request.path.as_str().to_owned()),
+                decision: "deny",
+                layer: reason.layer().as_str(),
+                reason: reason.as_str(),
+                actor: Some("stream re-check".into()),
+                ..Event::default()
+            });
+        }
+        open.closed.cancel();
+    }
+
+    /// Layer 1: the allow-list, and the chain against our bundles now.
+    fn layer1_again(&self, open: &Open, identity: Option<&certs::Identity>) -> Result<(), Reason> {
         if !self.allowlist.allows(&open.peer.id) {
             return Err(Reason::NotAllowed);
         }
         // Without an identity of our own nothing can be verified; the
         // connection's expiry still closes it.
-        if let Some(identity) = self.identity.current() {
-            certs::tls::verify_peer_chain(&identity, &open.peer.chain).map_err(layer1)?;
+        match identity {
+            Some(identity) => certs::tls::verify_peer_chain(identity, &open.peer.chain).map_err(layer1),
+            None => Ok(()),
         }
+    }
+
+    /// Layers 2-4 for a stream, with the request that opened it.
+    async fn layers_again(&self, open: &Open) -> Result<(), Reason> {
         let Some(request) = &open.request else { return Ok(()) };
         let mut headers = HeaderMap::new();
         if let Some(authorization) = &request.authorization {
@@ -115,6 +145,9 @@ impl Inbound {
         }
     }
 }
+
+/// Streams judged again at once (each may wait on Graph).
+const RECHECKS_AT_ONCE: usize = 16;
 
 fn current_bundles(identity: &IdentityWatch) -> Option<BundleSet> {
     identity.current().map(|i| i.bundles().clone())

@@ -20,7 +20,7 @@ use crate::facts::governance::{Governor, RiskLevel};
 use crate::facts::graph::Freshness;
 use crate::metrics::Metrics;
 use crate::oauth::Oauth;
-use crate::policy_store::{Origin, PolicyStore};
+use crate::policy_store::PolicyStore;
 use crate::reload::{ReloadError, Reloader};
 
 /// What the routes read and change.
@@ -359,8 +359,9 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
         record_files(ctx, s);
     })?;
     let old_version = store.current().engine.doc().version.clone();
-    let mode = store.current().mode;
-    let loaded = store.install(engine, mode, Origin::Admin { actor: format!("policy:{actor}") });
+    let Some(loaded) = ctx.reloader.install_admin_policy(engine, format!("policy:{actor}")) else {
+        return Err(Reject::new(StatusCode::NOT_FOUND, "no_policy"));
+    };
     record(ctx, actor, "PUT", "/mgmt/policy", 200);
     let mut response = json_response(
         StatusCode::OK,

@@ -41,11 +41,15 @@ pub fn stream(ctx: &Context, req: &Request<Incoming>, connection: CancellationTo
     let replay = last.map(|seq| ctx.audit.since(seq)).unwrap_or_default();
     let (frames, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let (last_word, last_word_rx) = oneshot::channel::<Bytes>();
+    let metrics = ctx.metrics.clone();
     tokio::spawn(async move {
         // The subscription ends here (`feed` owns it): the hub stops counting for it.
-        let lost = feed(live, replay, last.unwrap_or(0), &frames).await;
-        if let Some(lost) = lost {
-            let _ = last_word.send(Bytes::from(dropped(lost, true)));
+        let cut = feed(live, replay, last.unwrap_or(0), &frames).await;
+        if let Some(Lost { counted, queued }) = cut {
+            // What was still queued (events, and frames the body never took) is lost too.
+            let unsent = u64::try_from(BODY_QUEUE.saturating_sub(frames.capacity())).unwrap_or(u64::MAX);
+            metrics.audit_dropped.inc_by(queued + unsent);
+            let _ = last_word.send(Bytes::from(dropped(counted + queued + unsent, true)));
             tokio::time::sleep(GRACE).await;
             connection.cancel();
         }
@@ -59,20 +63,27 @@ pub fn stream(ctx: &Context, req: &Request<Incoming>, connection: CancellationTo
     response
 }
 
+/// What a cut subscriber lost: events already counted (they did not fit
+/// its queue), and events still queued for it.
+struct Lost {
+    counted: u64,
+    queued: u64,
+}
+
 /// Sends the replay, then live events and heartbeats, until the subscriber
-/// leaves (`None`) or stalls (`Some(events lost)`).
+/// leaves (`None`) or stalls (`Some`).
 async fn feed(
     mut live: crate::audit::Subscription,
     replay: Vec<std::sync::Arc<Event>>,
     mut last_sent: u64,
     frames: &mpsc::Sender<Bytes>,
-) -> Option<u64> {
+) -> Option<Lost> {
     for event in replay {
         last_sent = event.seq;
         match send(frames, sse(&event)).await {
             Some(true) => {}
             Some(false) => return None,
-            None => return Some(live.take_lost()),
+            None => return Some(Lost { counted: live.take_lost(), queued: live.queued() }),
         }
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -86,7 +97,7 @@ async fn feed(
                 }
                 Next::Event(_) => continue,
                 Next::Dropped(n) => dropped(n, false),
-                Next::Cut(n) => return Some(n),
+                Next::Cut(n) => return Some(Lost { counted: n, queued: live.queued() }),
                 Next::Closed => return None,
             },
             _ = heartbeat.tick() => ": heartbeat\n\n".to_owned(),
@@ -94,7 +105,7 @@ async fn feed(
         match send(frames, text).await {
             Some(true) => {}
             Some(false) => return None,
-            None => return Some(live.take_lost()),
+            None => return Some(Lost { counted: live.take_lost(), queued: live.queued() }),
         }
     }
 }

@@ -50,8 +50,7 @@ async fn admin_put(reloader: &Reloader, version: &str) {
     let engine = policy_store::build_yaml(policy(version), "PUT", cfg, reloader.env.clone(), None).await.unwrap();
     let state = reloader.state.as_ref().unwrap();
     state.update("policy:ops", |s| s.policy_yaml = Some(policy(version))).unwrap();
-    let store = reloader.policy.as_ref().unwrap();
-    store.install(engine, store.current().mode, Origin::Admin { actor: "policy:ops".into() });
+    reloader.install_admin_policy(engine, "policy:ops".into()).unwrap();
 }
 
 fn version(reloader: &Reloader) -> String {
@@ -100,6 +99,24 @@ async fn a_file_unchanged_since_applied_never_overrides_a_later_admin_change() {
     std::fs::remove_file(&file).unwrap();
     assert_eq!(reloader.poll_policy_files(&mut rejected).await, FilePoll::Unreadable);
     assert_eq!(version(&reloader), "v4");
+}
+
+/// A file edit the watcher has not applied yet, then an admin change: the
+/// admin change is the more recent one and the watcher leaves it alone.
+#[tokio::test]
+async fn an_admin_change_supersedes_a_file_edit_not_yet_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let reloader = reloader(dir.path());
+    let mut rejected = None;
+    std::fs::write(dir.path().join("policy.yaml"), policy("edited")).unwrap();
+    admin_put(&reloader, "admin").await;
+    assert_eq!(reloader.poll_policy_files(&mut rejected).await, FilePoll::Unchanged);
+    assert_eq!(version(&reloader), "admin");
+    assert!(reloader.state.as_ref().unwrap().get().policy_yaml.is_some(), "the override stays recorded");
+    // The next edit is more recent again.
+    std::fs::write(dir.path().join("policy.yaml"), policy("edited-again")).unwrap();
+    assert_eq!(reloader.poll_policy_files(&mut rejected).await, FilePoll::Applied);
+    assert_eq!(version(&reloader), "edited-again");
 }
 
 /// The watcher follows `policy.file` when a reload points it elsewhere.

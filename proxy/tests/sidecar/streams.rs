@@ -196,3 +196,50 @@ async fn tunnels_count_against_the_connection_cap_and_end_when_idle() {
     let served = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("never accepted").unwrap();
     assert!(served.is_ok(), "{served:?}");
 }
+
+/// With `inbound.tls_resumption: true`, a resumed session skips the client
+/// verifier: its chain is judged against the current bundles after the
+/// handshake, so a removed federated bundle refuses it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_judged_against_the_current_bundles() {
+    use tokio::io::AsyncWriteExt;
+    let mesh = Mesh::start().await;
+    let partner = DevCa::generate(&TrustDomain::new("partner.example").unwrap()).unwrap();
+    let partner_id = "spiffe://partner.example/agent";
+    let agent = &mesh.agents[0];
+    agent.set_federated_raw("spiffe://partner.example", Some(partner.bundle_der().to_vec()));
+    agent.rotate_now();
+    let yaml = mesh
+        .sidecar_yaml("resuming", mesh.app.addr)
+        .replace("  header_timeout: 1s\n", "  header_timeout: 1s\n  tls_resumption: true\n")
+        .replace(&format!("allowed_callers: ['{REPORT}'"), &format!("allowed_callers: ['{partner_id}', '{REPORT}'"));
+    let sidecar = mesh.start_sidecar("resuming", &yaml).await;
+    let identity =
+        Arc::new(partner.identity(&partner_id.parse().unwrap(), Duration::from_secs(600), &[&mesh.ca]).unwrap());
+    let mut config = certs::tls::client_config(IdentityWatch::fixed(identity), BACKEND.parse().unwrap()).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let config = Arc::new(config);
+    let inbound = sidecar.inbound_addr.unwrap();
+    // Answered (403: the partner has no policy entry), so the session is usable.
+    let answer = |config: Arc<rustls::ClientConfig>| async move {
+        let mut tls = tls_connect(inbound, config).await.ok()?;
+        tls.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        (!out.is_empty()).then_some((String::from_utf8_lossy(&out).into_owned(), resumed))
+    };
+    let (first, resumed) = eventually(Duration::from_secs(10), "a full handshake", || answer(config.clone())).await;
+    assert!(first.starts_with("HTTP/1.1 403") && !resumed, "{first}");
+    let (second, resumed) = answer(config.clone()).await.unwrap();
+    assert!(second.starts_with("HTTP/1.1 403") && resumed, "the session resumes: {second}");
+
+    agent.set_federated_raw("spiffe://partner.example", None);
+    agent.rotate_now();
+    let refused = || {
+        let config = config.clone();
+        async move { answer(config).await.is_none().then_some(()) }
+    };
+    eventually(Duration::from_secs(10), "the resumed session refused", refused).await;
+}
