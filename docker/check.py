@@ -125,7 +125,7 @@ def check_compose(binary, schema_wheel):
             sidecar_check(binary, where, files, env, "/etc/a2a-sidecar/config.yaml")
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         run = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                             env={**os.environ, "A2A_ADMIN_KEY": os.environ.get("A2A_ADMIN_KEY", "check-only-not-a-real-admin-key")})
+                             env={**os.environ, "A2A_ADMIN_KEY": os.environ.get("A2A_ADMIN_KEY", "check-only-not-a-real-admin-key-check-only")})
         if run.returncode != 0:
             fail("docker-compose.yml", f"docker compose config: {run.stderr}")
         else:

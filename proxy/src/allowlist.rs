@@ -36,6 +36,11 @@ impl AllowList {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
+
+    /// How many replacements there have been.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
 }
 
 impl PeerAuthorizer for AllowList {

@@ -111,6 +111,9 @@ impl App {
         if let Some(graph) = graph.clone().filter(|_| config.risk.source == FactSource::Graph) {
             followers.push(tokio::spawn(graph.refresh_risk_forever(config.risk.refresh)));
         }
+        if let Some(graph) = graph.clone().filter(|_| config.tags.source == FactSource::Graph) {
+            followers.push(tokio::spawn(graph.refresh_tags_forever(config.tags.ttl)));
+        }
         let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph, changes.clone()));
         let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
         if let Some(jwt) = &config.jwt {
@@ -140,13 +143,15 @@ impl App {
             changes: changes.clone(),
         };
         let reloader = Arc::new(Reloader::new(&config, handles));
-        if policy.is_some() {
-            followers.push(tokio::spawn(reloader.clone().watch_policy_files(std::time::Duration::from_secs(1))));
-        }
-        // What the admin API changed before a restart applies before the first caller is served.
+        // What the admin API changed before a restart applies before the
+        // first caller is served, and before the file watcher starts.
         if let Some(state) = &state {
+            let _changing = reloader.lock().await;
             drop_overrides_older_than_files(state, &config)?;
             apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor).await?;
+        }
+        if policy.is_some() {
+            followers.push(tokio::spawn(reloader.clone().watch_policy_files(std::time::Duration::from_secs(1))));
         }
         let (mut inbound_addr, mut inbound) = (None, None);
         if let Some(cfg) = config.inbound.clone() {
@@ -161,8 +166,9 @@ impl App {
             let store = policy.clone().context("`policy` is required with `inbound`")?;
             let layers =
                 Layers { policy: store, oauth: oauth.clone(), governor: governor.clone(), audit: audit.clone() };
-            let server = Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), layers)?;
-            followers.push(tokio::spawn(server.clone().enforce(changes.subscribe())));
+            let server =
+                Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), layers, changes.clone())?;
+            followers.push(tokio::spawn(server.clone().enforce()));
             servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
             inbound = Some(server);
         }

@@ -112,7 +112,7 @@ impl Drop for InFlight {
 /// that a [`Cut`] can end early.
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
     cut: Option<Cut>,
 }
 
@@ -157,7 +157,12 @@ where
 {
     /// `inner` holding `in_flight` until it ends (and cut by `cut`), boxed once.
     pub fn wrap(inner: B, in_flight: InFlight, cut: Option<Cut>) -> Body {
-        Self { inner, _in_flight: in_flight, cut }.boxed()
+        Self { inner, _in_flight: Some(in_flight), cut }.boxed()
+    }
+
+    /// `inner`, cut by `cut` (a request body streamed to the app).
+    pub fn cut(inner: B, cut: Cut) -> Body {
+        Self { inner, _in_flight: None, cut: Some(cut) }.boxed()
     }
 }
 

@@ -23,9 +23,10 @@ pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig, Upgrad
 pub use restart::HOT_FIELDS;
 pub use units::{parse_duration, parse_size};
 
-/// The shortest admin key accepted from the environment (a guessed key is
-/// slowed, not stopped: it must not be guessable).
-const MIN_KEY_BYTES: usize = 16;
+/// The shortest admin key accepted from the environment. Failed attempts
+/// are slowed but a valid key always passes, so guessing is not: only the
+/// key's strength stops it.
+const MIN_KEY_BYTES: usize = 32;
 
 /// Static secrets that are refused: the sidecar's Entra identity is federated.
 const REFUSED_SECRETS: [&str; 2] = ["AZURE_CLIENT_SECRET", "GRAPH_CLIENT_SECRET"];

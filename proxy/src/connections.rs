@@ -30,9 +30,6 @@ pub struct Peer {
 pub struct StreamRequest {
     /// The request's ID, for the audit event of a cut.
     pub request_id: String,
-    /// The stream ends by then whatever happens: the caller's certificate
-    /// expires, or the token that allowed it does.
-    pub deadline: tokio::time::Instant,
     pub method: Method,
     pub path: CanonicalPath,
     pub authorization: Option<HeaderValue>,
@@ -69,7 +66,8 @@ impl Connections {
     }
 
     /// Registers a long-lived stream (an upgraded tunnel, a streaming
-    /// response). Whoever serves it also ends it at [`StreamRequest::deadline`].
+    /// response). Whoever serves it also ends it at its deadline (the
+    /// caller's certificate or token expiry).
     pub fn stream(self: &Arc<Self>, peer: Arc<Peer>, request: Arc<StreamRequest>) -> Registration {
         self.register(peer, Some(request))
     }

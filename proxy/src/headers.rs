@@ -136,12 +136,47 @@ fn caller_must_not_send(name: &str, allow_underscores: bool) -> bool {
     name.contains('_') && (!allow_underscores || ["content-length", "host"].iter().any(|h| same_name(name, h)))
 }
 
+/// Headers (by prefix) that carry a caller's identity where other proxies
+/// and platforms set it: ours, forwarding, Azure App Service's Easy Auth,
+/// oauth2-proxy's auth request.
+const IDENTITY_PREFIXES: [&str; 5] =
+    ["x-spiffe-", "x-forwarded-", "x-ms-client-principal", "x-ms-token-", "x-auth-request-"];
+
+/// The same, by exact name: request IDs, client certificates, remote users.
+const IDENTITY_NAMES: [&str; 9] = [
+    "x-request-id",
+    "forwarded",
+    "x-forwarded-client-cert",
+    "x-arr-clientcert",
+    "ssl-client-cert",
+    "x-ssl-client-cert",
+    "x-client-cert",
+    "remote-user",
+    "x-remote-user",
+];
+
 /// Identity, request-ID, client-cert and forwarding headers, any case, `_`
 /// read as `-`. Header names are already lower case.
 pub fn is_spoofable(name: &str) -> bool {
-    starts_with_name(name, "x-spiffe-")
-        || starts_with_name(name, "x-forwarded-")
-        || ["x-request-id", "forwarded", "x-forwarded-client-cert"].iter().any(|n| same_name(name, n))
+    IDENTITY_PREFIXES.iter().any(|p| starts_with_name(name, p)) || IDENTITY_NAMES.iter().any(|n| same_name(name, n))
+}
+
+/// `query` without `_method` parameters: Laravel and Symfony take one as the
+/// request's method (a caller allowed `POST` could otherwise `DELETE`). The
+/// key is compared after percent-decoding, in any case.
+pub fn without_method_override(query: &str) -> std::borrow::Cow<'_, str> {
+    let suspect = query.contains('%') || query.as_bytes().windows(7).any(|w| w.eq_ignore_ascii_case(b"_method"));
+    if !suspect {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let overrides = |pair: &&str| {
+        let key = pair.split('=').next().unwrap_or_default().replace('+', " ");
+        percent_encoding::percent_decode_str(&key).decode_utf8_lossy().trim().eq_ignore_ascii_case("_method")
+    };
+    if !query.split('&').any(|pair| overrides(&pair)) {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    std::borrow::Cow::Owned(query.split('&').filter(|pair| !overrides(pair)).collect::<Vec<_>>().join("&"))
 }
 
 /// Removes every header whose name `doomed` says, without allocating when

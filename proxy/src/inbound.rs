@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::allowlist::AllowList;
 use crate::audit::{AuditHub, Event};
 use crate::body::{self, Activity, Body, Cut, Tracked};
+use crate::changes::Changes;
 use crate::config::{InboundConfig, PolicyMode};
 use crate::connections::{Connections, Peer, StreamRequest};
 use crate::deny;
@@ -57,6 +58,8 @@ pub struct Inbound {
     tls: TlsAcceptor,
     /// Ours: its bundles judge open connections again when they change.
     identity: IdentityWatch,
+    /// "Decisions changed": open streams are judged again on each.
+    changes: Changes,
     allowlist: Arc<AllowList>,
     connections: Arc<Connections>,
     app: AppClient,
@@ -86,6 +89,8 @@ struct RequestLog {
     /// A deny that `policy.mode: shadow` let through.
     shadow: Option<Reason>,
     path: Option<String>,
+    /// Where the change signals stood when the layers judged it.
+    judged_at: (u64, u64),
 }
 
 /// What is known about one accepted connection.
@@ -107,6 +112,7 @@ impl Inbound {
         allowlist: Arc<AllowList>,
         metrics: Arc<Metrics>,
         layers: Layers,
+        changes: Changes,
     ) -> Result<Arc<Self>, rustls::Error> {
         let mut tls = certs::tls::server_config(identity.clone(), allowlist.clone())?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -121,6 +127,7 @@ impl Inbound {
             config,
             tls: TlsAcceptor::from(Arc::new(tls)),
             identity,
+            changes,
             allowlist,
             connections: Arc::new(Connections::default()),
             app,
@@ -156,6 +163,8 @@ impl Inbound {
         shutdown: watch::Receiver<bool>,
     ) {
         let limits = self.config.limits;
+        // The bundles the verifier can have used: judged against again below.
+        let verified_with = self.identity.current();
         let handshake = self.tls.accept(tcp).into_fallible();
         let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
@@ -182,19 +191,27 @@ impl Inbound {
             return;
         };
         let h2 = session.alpn_protocol() == Some(b"h2");
-        // A resumed session (`inbound.tls_resumption: true`) skipped the
-        // client verifier: judge its chain against our bundles now.
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        if let (true, Some(identity)) = (resumed, self.identity.current())
-            && let Err(reason) = certs::tls::verify_peer_chain(&identity, &chain)
+        // Registered first, then judged against the bundles in force now: a
+        // bundle change while the handshake ran (the verifier judged the
+        // chain when it arrived) either finds this connection in the
+        // registry or is seen here. A resumed session (`inbound.tls_resumption:
+        // true`) skipped the verifier altogether.
+        let registered = Arc::new(Peer { id: peer.id.clone(), not_after: peer.not_after, chain });
+        let registration = self.connections.connection(registered.clone());
+        let now = self.identity.current();
+        let same_bundles = match (&verified_with, &now) {
+            (Some(before), Some(now)) => before.bundles().same_authorities(now.bundles()),
+            (before, now) => before.is_none() && now.is_none(),
+        };
+        if let (true, Some(identity)) = (resumed || !same_bundles, now)
+            && let Err(reason) = certs::tls::verify_peer_chain(&identity, &registered.chain)
         {
             self.metrics.tls_handshake("inbound", reason.as_str());
             self.refusals.record(Refusal { source: remote.ip(), reason: reason.as_str(), peer: Some(&peer.id) });
             return;
         }
         self.metrics.tls_handshake("inbound", "ok");
-        let registered = Arc::new(Peer { id: peer.id.clone(), not_after: peer.not_after, chain });
-        let registration = self.connections.connection(registered.clone());
         let expires_in = peer.not_after.duration_since(SystemTime::now()).unwrap_or_default();
         let caller = Arc::from(peer.id.as_str());
         let value = |s: &str| HeaderValue::from_str(s).ok();
@@ -301,6 +318,7 @@ impl Inbound {
             return Err(Reason::MethodNotAllowed);
         }
         let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
+        log.judged_at = self.generations();
         let judged = self.layers(conn, &request, &path, request_id, log).await;
         let sent = match judged.and_then(|()| upstream_uri(&self.config.upstream, &path, request.uri().query())) {
             Ok(uri) => self.send(request, uri, conn, &path, request_id, log).await,
@@ -311,9 +329,10 @@ impl Inbound {
         sent
     }
 
-    /// Sends a judged request to the app. A response that may last (an
-    /// upgraded stream, a body without a known, small length) is registered
-    /// so later changes judge it again (see [`Self::enforce`]).
+    /// Sends a judged request to the app. A request or response that may
+    /// last (an upgrade, a body without a known length of at most 1 MiB) is
+    /// registered so later changes judge it again (see [`Self::enforce`]),
+    /// and is cut at its deadline (the caller's certificate or token expiry).
     async fn send(
         &self,
         mut request: Request<Incoming>,
@@ -327,25 +346,44 @@ impl Inbound {
         let upgrade = (self.config.upgrades.websocket
             && headers::websocket_upgrade(request.method(), request.version(), request.headers()))
         .then(|| hyper::upgrade::on(&mut request));
-        let method = request.method().clone();
-        let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+        let leeway = self.layers.oauth.load().as_ref().map(|o| Duration::from_secs(o.config().leeway_secs));
+        let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp, leeway.unwrap_or_default());
+        let lasting =
+            |body: &Incoming| !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > SHORT_BODY);
+        let registration = |request: &Request<Incoming>| {
+            let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+            let method = request.method().clone();
+            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            Arc::new(self.connections.stream(conn.registered.clone(), Arc::new(request)))
+        };
+        // A long upload is judged again too: its body to the app is cut like a response's.
+        let mut stream = lasting(request.body()).then(|| registration(&request));
+        let late = stream.is_none().then(|| Late {
+            authorization: request.headers().get(header::AUTHORIZATION).cloned(),
+            method: request.method().clone(),
+        });
         let (mut parts, incoming) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let agent_id = log.trace.entra_agent_id.as_deref();
         self.set_headers(&mut parts.headers, conn, request_id, agent_id, upgrade.is_some());
-        let trailers = body::without_spoofable_trailers(incoming, self.config.allow_underscore_headers);
-        let outgoing = Request::from_parts(parts, trailers);
+        let body = body::without_spoofable_trailers(incoming, self.config.allow_underscore_headers);
+        let body = match &stream {
+            Some(s) => Tracked::cut(body, Cut::new(s.closed.clone(), deadline, s.clone())),
+            None => body,
+        };
+        let outgoing = Request::from_parts(parts, body);
 
         let mut response = self.app.send(outgoing).await?;
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let lasting = upgraded || response.body().size_hint().exact().is_none_or(|n| n > SHORT_BODY);
-        let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp);
-        let stream = lasting.then(|| {
-            let path = path.clone();
-            let request = StreamRequest { method, path, authorization, request_id: request_id.into(), deadline };
-            self.connections.stream(conn.registered.clone(), Arc::new(request))
-        });
+        if let (true, Some(Late { authorization, method })) = (upgraded || lasting(response.body()), late) {
+            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            stream = Some(Arc::new(self.connections.stream(conn.registered.clone(), Arc::new(request))));
+            // A change while the app answered found no registration to judge: judge it now.
+            if self.generations() != log.judged_at {
+                self.changes.bump();
+            }
+        }
         headers::strip_hop_by_hop(response.headers_mut(), upgraded);
         if !upgraded {
             return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), deadline, s))));
@@ -370,6 +408,12 @@ impl Inbound {
             drop(stream);
         });
         Ok((response, None))
+    }
+
+    /// Where the change signals stand (decisions, allow-list): a stream
+    /// registered after they moved may have missed its re-check.
+    fn generations(&self) -> (u64, u64) {
+        (self.changes.generation(), self.allowlist.generation())
     }
 
     /// Layers 2-4 on one snapshot of the policy. In shadow mode a deny is
@@ -447,10 +491,19 @@ impl Inbound {
     }
 }
 
+/// What registering a stream late (after the app answered) needs of its request.
+struct Late {
+    authorization: Option<HeaderValue>,
+    method: Method,
+}
+
 /// A stream ends when the caller's certificate expires, or the token that
-/// allowed it does, whichever comes first.
-fn stream_deadline(not_after: SystemTime, token_exp: Option<u64>) -> tokio::time::Instant {
-    let token = token_exp.map(|exp| std::time::UNIX_EPOCH + Duration::from_secs(exp));
+/// allowed it does (it was accepted until `exp` + `leeway`), whichever
+/// comes first.
+fn stream_deadline(not_after: SystemTime, token_exp: Option<u64>, leeway: Duration) -> tokio::time::Instant {
+    let token = token_exp
+        .and_then(|exp| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
+        .and_then(|exp| exp.checked_add(leeway));
     let end = token.map_or(not_after, |token| token.min(not_after));
     tokio::time::Instant::now() + end.duration_since(SystemTime::now()).unwrap_or_default()
 }
@@ -462,9 +515,9 @@ fn upstream_uri(
     query: Option<&str>,
 ) -> Result<Uri, Reason> {
     let mut path_and_query = path.encoded();
-    if let Some(q) = query {
+    if let Some(q) = query.map(headers::without_method_override).filter(|q| !q.is_empty()) {
         path_and_query.push('?');
-        path_and_query.push_str(q);
+        path_and_query.push_str(&q);
     }
     Uri::builder()
         .scheme("http")
@@ -472,4 +525,24 @@ fn upstream_uri(
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| Reason::BadPath)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_ends_with_the_certificate_or_the_token_whichever_is_first() {
+        let now = SystemTime::now();
+        let in_secs = |d: tokio::time::Instant| d.duration_since(tokio::time::Instant::now()).as_secs_f64();
+        let unix = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let cert = now + Duration::from_secs(600);
+        let leeway = Duration::from_secs(60);
+        assert!((in_secs(stream_deadline(cert, None, leeway)) - 600.0).abs() < 5.0);
+        let token = unix(now + Duration::from_secs(100));
+        assert!((in_secs(stream_deadline(cert, Some(token), leeway)) - 160.0).abs() < 5.0, "token exp + leeway");
+        assert!((in_secs(stream_deadline(cert, Some(u64::MAX), leeway)) - 600.0).abs() < 5.0, "no overflow");
+        let past = unix(now - Duration::from_secs(3600));
+        assert!(in_secs(stream_deadline(cert, Some(past), leeway)) < 1.0);
+    }
 }

@@ -31,10 +31,11 @@ pub use routes::Context;
 
 /// `PUT /mgmt/policy` bodies are at most this large.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
-/// Each request head must arrive within this.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each request head must arrive within this (admin clients are scripts and
+/// tools nearby: a connection that sends nothing frees its slot soon).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 /// The TLS handshake (mTLS off loopback) must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Mgmt {
     auth: auth::Auth,

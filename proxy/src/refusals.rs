@@ -7,7 +7,7 @@
 //! when it arrives, before CertificateVerify), so a replayed public SVID of
 //! a real agent gets as far as `not_allowed`. The ID is therefore only ever
 //! `claimed_spiffe_id`, never `caller_spiffe_id`. Refusals are aggregated
-//! by source (an IPv4 address, or an IPv6 /64) and reason (one event per
+//! by source (`server::source_of`: an address, an IPv6 /64, all of loopback) and reason (one event per
 //! window, the rest counted in the next one as `suppressed`), all of them
 //! share a global budget of events per second, and each is logged at debug
 //! level only: `a2a_tls_handshakes_total` counts every one.
@@ -71,7 +71,8 @@ impl Refusals {
     /// Records `refusal`: an audit event if its source's window and the
     /// global budget allow, else it is counted into the next one.
     pub fn record(&self, refusal: Refusal<'_>) {
-        let window = self.by_source.get_with((source_key(refusal.source), refusal.reason), Arc::default);
+        let source = crate::server::source_of(refusal.source);
+        let window = self.by_source.get_with((source, refusal.reason), Arc::default);
         let suppressed = {
             let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
             if w.emitted_at.is_some_and(|at| at.elapsed() < WINDOW) || !self.spend() {
@@ -105,33 +106,5 @@ impl Refusals {
         }
         budget.tokens -= 1.0;
         true
-    }
-}
-
-/// Where refusals are counted together: an IPv4 address, or an IPv6 /64
-/// (one host holds a whole /64).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_sources_count_by_slash_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_key(a), source_key(b));
-        assert_ne!(source_key(a), source_key(c));
-        let v4: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(source_key(v4), v4);
     }
 }

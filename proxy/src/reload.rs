@@ -229,18 +229,18 @@ impl Reloader {
     }
 
     /// Installs a policy set through the admin API (already validated and
-    /// persisted, under [`Self::lock`]). The policy files' contents as they
-    /// are now count as seen: the admin change is more recent, so a file
-    /// edit the watcher had not yet applied does not override it later.
+    /// persisted, under [`Self::lock`]). `files`, the policy files'
+    /// fingerprint as the change recorded it, counts as seen: the admin
+    /// change is more recent, so a file edit the watcher had not yet applied
+    /// does not override it later.
     pub fn install_admin_policy(
         &self,
         engine: policy::PolicyEngine,
         actor: String,
+        files: Option<String>,
     ) -> Option<Arc<policy_store::Loaded>> {
         let store = self.policy.as_ref()?;
-        if let Some(fingerprint) =
-            self.applied().policy.as_ref().and_then(|cfg| policy_store::read_sources(cfg).ok()).map(|s| s.fingerprint)
-        {
+        if let Some(fingerprint) = files {
             store.supersede_files(fingerprint);
         }
         Some(store.install(engine, store.current().mode, Origin::Admin { actor }))

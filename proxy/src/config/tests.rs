@@ -183,7 +183,7 @@ outbound:
 fn the_start_up_summary_and_debug_carry_no_secret() {
     let yaml = "identity: {socket: unix:///x}
 mgmt: {state_file: s.json, keys: [{name: ops, role: admin, env: OPS_KEY}], tls: {allowed_callers: ['spiffe://td/admin']}}";
-    let env = MapEnv::default().with("OPS_KEY", "hunter2-admin-key");
+    let env = MapEnv::default().with("OPS_KEY", "hunter2-admin-key-hunter2-admin-key");
     let config = parse(yaml, &env).unwrap();
     let summary = config.summary().to_string();
     assert!(summary.contains("\"ops\"") && summary.contains("spiffe://td/admin"), "{summary}");
@@ -201,7 +201,7 @@ fn an_admin_key_from_the_environment_must_not_be_guessable() {
         short.contains("`mgmt.keys[0].env`") && short.contains("8 characters") && !short.contains("password"),
         "{short}"
     );
-    assert!(parse(yaml, &MapEnv::default().with("OPS_KEY", "0123456789abcdef")).is_ok());
+    assert!(parse(yaml, &MapEnv::default().with("OPS_KEY", "0123456789abcdef0123456789abcdef")).is_ok());
 }
 
 #[test]

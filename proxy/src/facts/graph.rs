@@ -121,6 +121,32 @@ impl Graph {
         }
     }
 
+    /// Re-reads the tag of every agent seen every `interval`: a tag changed
+    /// in Entra is a change open streams are judged again for, even for a
+    /// caller that sends nothing new (its stream would otherwise never
+    /// trigger a look-up). A failed look-up keeps the last value.
+    pub async fn refresh_tags_forever(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            self.refresh_tags().await;
+        }
+    }
+
+    /// One pass of [`Self::refresh_tags_forever`].
+    pub async fn refresh_tags(&self) {
+        let oids: Vec<String> = self.last_tags.iter().map(|(oid, _)| oid.as_ref().clone()).collect();
+        for oid in oids {
+            let Ok(url) = self.url("servicePrincipals", &oid, "?$select=customSecurityAttributes") else { continue };
+            let (set, attribute) = (self.attribute_set.as_str(), self.attribute.as_str());
+            let Ok(tag) = self.lookup("tags", &url, |body| parse_tag(body, set, attribute)).await else { continue };
+            if self.last_tags.get(&oid).is_some_and(|last| last != tag) {
+                self.tags.insert(oid.clone(), tag.clone()).await;
+                self.changes.bump();
+            }
+            self.last_tags.insert(oid, tag);
+        }
+    }
+
     /// The tag (custom security attribute) of the service principal `oid`.
     pub async fn tag(&self, oid: &str) -> Result<String, Arc<GraphError>> {
         let url = self.url("servicePrincipals", oid, "?$select=customSecurityAttributes")?;
@@ -265,5 +291,49 @@ mod tests {
         for hostile in ["../users/x", "a?$select=b", "x/y", "", "00000000-0000-4000-8000-0000000000a1/../x"] {
             assert!(graph.url("servicePrincipals", hostile, "").is_err(), "{hostile}");
         }
+    }
+
+    /// A tag changed in Entra is a change (open streams are judged again),
+    /// found by the background refresh even when no request asks for it.
+    #[cfg(feature = "dev")]
+    #[tokio::test]
+    async fn a_changed_tag_is_a_change() {
+        use certs::dev::JwtKey;
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let (idp, _, _task) = crate::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+        let key = JwtKey::generate().unwrap();
+        idp.trust_assertion_keys(json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap();
+        idp.register_app("backend", crate::dev_idp::AppRegistration { oid: "b".into(), roles: vec![] });
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims =
+            json!({"iss": "https://k8s.example", "sub": "sa", "aud": ["api://AzureADTokenExchange"], "exp": now + 600});
+        std::fs::write(dir.path().join("token"), key.sign(&claims).unwrap()).unwrap();
+        let section = crate::config::EntraSection {
+            client_id: "backend".into(),
+            tenant_id: "t".into(),
+            authority: idp.authority(),
+            graph_endpoint: idp.authority(),
+            assertion: crate::config::AssertionSource::File(dir.path().join("token")),
+        };
+        let changes = crate::changes::Changes::default();
+        let graph = Graph::new(
+            &idp.authority(),
+            EntraTokens::new(&section, HttpClient::new().unwrap()),
+            HttpClient::new().unwrap(),
+            (Duration::from_secs(60), Duration::from_secs(3600)),
+            ("AgentIdentity".into(), "Department".into()),
+            Arc::new(Metrics::new().unwrap()),
+            changes.clone(),
+        );
+        let oid = "00000000-0000-4000-8000-0000000000a1";
+        idp.set_graph_attribute(oid, "AgentIdentity", "Department", "finance");
+        assert_eq!(graph.tag(oid).await.unwrap(), "finance");
+        graph.refresh_tags().await;
+        assert_eq!(changes.generation(), 0, "an unchanged tag is no change");
+        idp.set_graph_attribute(oid, "AgentIdentity", "Department", "marketing");
+        graph.refresh_tags().await;
+        assert_eq!(changes.generation(), 1);
+        assert_eq!(graph.tag(oid).await.unwrap(), "marketing", "the cache follows the refresh, not its TTL");
     }
 }

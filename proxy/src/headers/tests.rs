@@ -41,6 +41,12 @@ fn spoofable_hop_by_hop_and_override_headers_are_removed() {
         ("x-rewrite-url", "/admin"),
         ("X-Real-IP", "10.0.0.1"),
         ("true-client-ip", "10.0.0.1"),
+        ("X-MS-CLIENT-PRINCIPAL-NAME", "admin@contoso"),
+        ("x-ms-token-aad-access-token", "t"),
+        ("x-auth-request-email", "admin@contoso"),
+        ("x-arr-clientcert", "MII..."),
+        ("ssl-client-cert", "MII..."),
+        ("remote-user", "admin"),
         ("authorization", "Bearer t"),
         ("x-app", "kept"),
     ]);
@@ -134,4 +140,19 @@ fn a_refused_upgrade_loses_its_headers() {
     assert!(switches_to_websocket(&map(&[("upgrade", "websocket")])));
     assert!(!switches_to_websocket(&map(&[("upgrade", "h2c")])));
     assert!(!switches_to_websocket(&HeaderMap::new()));
+}
+
+#[test]
+fn a_method_override_in_the_query_is_removed() {
+    for (query, kept) in [
+        ("a=1&b=2", "a=1&b=2"),
+        ("_method=DELETE", ""),
+        ("a=1&_method=DELETE&b=2", "a=1&b=2"),
+        ("a=1&%5Fmethod=DELETE", "a=1"),
+        ("a=1&_METHOD=put", "a=1"),
+        ("method=x&my_method=y", "method=x&my_method=y"),
+        ("q=%20space", "q=%20space"),
+    ] {
+        assert_eq!(without_method_override(query), kept, "{query}");
+    }
 }

@@ -14,7 +14,6 @@ use certs::{BundleSet, IdentityWatch};
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
 use policy::Reason;
-use tokio::sync::watch;
 
 use super::Inbound;
 use crate::audit::Event;
@@ -24,18 +23,24 @@ use crate::pipeline::{self, RequestFacts};
 
 impl Inbound {
     /// Re-checks open connections and streams after every change, until
-    /// the signals end. `changes` is the shared "decisions changed" signal.
-    pub async fn enforce(self: Arc<Self>, mut changes: watch::Receiver<u64>) {
+    /// the signals end: Layer 1 at once for everything (local state only),
+    /// layers 2-4 for the streams in a task of their own (a Graph look-up may
+    /// take seconds; changes that come meanwhile are folded into one more
+    /// pass), so a slow pass never delays an allow-list or bundle change.
+    pub async fn enforce(self: Arc<Self>) {
+        let mut changes = self.changes.subscribe();
         let mut allowlist = self.allowlist.subscribe();
         let mut identity = self.identity.clone();
         let mut bundles = current_bundles(&identity);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let streams = AbortOnDrop(tokio::spawn(self.clone().judge_streams_forever(wake.clone())));
         loop {
             tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
-                changed = allowlist.changed() => if changed.is_err() { return },
+                changed = changes.changed() => if changed.is_err() { break },
+                changed = allowlist.changed() => if changed.is_err() { break },
                 alive = identity.changed() => {
                     if !alive {
-                        return;
+                        break;
                     }
                     // A rotation of our own SVID changes nothing for callers; new bundles do.
                     let now = current_bundles(&identity);
@@ -49,27 +54,40 @@ impl Inbound {
                     }
                 }
             }
-            self.recheck().await;
+            self.layer1_pass();
+            wake.notify_one();
+        }
+        drop(streams);
+    }
+
+    /// Judges everything open once, now (tests; `enforce` splits the work).
+    pub async fn recheck(self: &Arc<Self>) {
+        self.layer1_pass();
+        self.layers_pass().await;
+    }
+
+    /// Layer 1 for everything open: cancels what is no longer allowed.
+    fn layer1_pass(&self) {
+        let identity = self.identity.current();
+        for open in self.connections.snapshot() {
+            if let Err(reason) = self.layer1_again(&open, identity.as_deref()) {
+                self.close(&open, reason);
+            }
         }
     }
 
-    /// Judges everything open once; cancels what is no longer allowed.
-    /// Layer 1 first, for everything (local state only: fast); then layers
-    /// 2-4 for the streams, a few at a time (a Graph look-up may take
-    /// seconds, and must not hold up the others).
-    pub async fn recheck(self: &Arc<Self>) {
-        let identity = self.identity.current();
-        let mut streams = Vec::new();
-        for open in self.connections.snapshot() {
-            match self.layer1_again(&open, identity.as_deref()) {
-                Err(reason) => self.close(&open, reason),
-                Ok(()) if open.request.is_some() => streams.push(open),
-                Ok(()) => {}
-            }
+    async fn judge_streams_forever(self: Arc<Self>, wake: Arc<tokio::sync::Notify>) {
+        loop {
+            wake.notified().await;
+            self.layers_pass().await;
         }
+    }
+
+    /// Layers 2-4 for every open stream, a few at a time.
+    async fn layers_pass(self: &Arc<Self>) {
         let limit = Arc::new(tokio::sync::Semaphore::new(RECHECKS_AT_ONCE));
         let mut judged = tokio::task::JoinSet::new();
-        for open in streams {
+        for open in self.connections.snapshot().into_iter().filter(|o| o.request.is_some()) {
             let Ok(permit) = limit.clone().acquire_owned().await else { break };
             let this = self.clone();
             judged.spawn(async move {
@@ -148,6 +166,15 @@ impl Inbound {
 
 /// Streams judged again at once (each may wait on Graph).
 const RECHECKS_AT_ONCE: usize = 16;
+
+/// Aborts the task when dropped (the stream judge lives as long as `enforce`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 fn current_bundles(identity: &IdentityWatch) -> Option<BundleSet> {
     identity.current().map(|i| i.bundles().clone())

@@ -354,12 +354,16 @@ async fn put_policy(ctx: &Context, req: Request<Incoming>, actor: &str) -> Resul
         store.rejected(&format!("policy:{actor}"), &e);
         Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
     })?;
+    // One look at the files: what the state file records and what the watcher takes as seen.
+    let (config_sha256, policy_sha256) =
+        super::state::file_fingerprints(&ctx.reloader.config_path, applied.policy.as_ref());
+    let seen = policy_sha256.clone();
     persist(ctx, &format!("policy:{actor}"), |s| {
         s.policy_yaml = Some(yaml);
-        record_files(ctx, s);
+        (s.config_sha256, s.policy_sha256) = (config_sha256, policy_sha256);
     })?;
     let old_version = store.current().engine.doc().version.clone();
-    let Some(loaded) = ctx.reloader.install_admin_policy(engine, format!("policy:{actor}")) else {
+    let Some(loaded) = ctx.reloader.install_admin_policy(engine, format!("policy:{actor}"), seen) else {
         return Err(Reject::new(StatusCode::NOT_FOUND, "no_policy"));
     };
     record(ctx, actor, "PUT", "/mgmt/policy", 200);

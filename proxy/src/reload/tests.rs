@@ -49,8 +49,9 @@ async fn admin_put(reloader: &Reloader, version: &str) {
     let cfg = reloader.applied().policy.clone().unwrap();
     let engine = policy_store::build_yaml(policy(version), "PUT", cfg, reloader.env.clone(), None).await.unwrap();
     let state = reloader.state.as_ref().unwrap();
-    state.update("policy:ops", |s| s.policy_yaml = Some(policy(version))).unwrap();
-    reloader.install_admin_policy(engine, "policy:ops".into()).unwrap();
+    let files = crate::mgmt::state::fingerprint([reloader.applied().policy.as_ref().unwrap().file.as_path()]);
+    state.update("policy:ops", |s| (s.policy_yaml, s.policy_sha256) = (Some(policy(version)), files.clone())).unwrap();
+    reloader.install_admin_policy(engine, "policy:ops".into(), files).unwrap();
 }
 
 fn version(reloader: &Reloader) -> String {

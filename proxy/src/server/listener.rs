@@ -106,3 +106,38 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
 }
+
+/// Where a peer counts as one source (for limits and aggregation): all of
+/// loopback as one (a local process can bind any 127/8 address), an
+/// IPv4-mapped address as its IPv4 address, an IPv6 /64 (one host holds a
+/// whole /64), or an IPv4 address.
+pub fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    match ip {
+        _ if ip.is_loopback() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        let key = |s: &str| source_of(s.parse().unwrap());
+        assert_eq!(key("127.0.0.1"), key("127.45.6.7"), "all of loopback is one source");
+        assert_eq!(key("::1"), key("127.0.0.1"));
+        assert_eq!(key("::ffff:127.9.9.9"), key("127.0.0.1"));
+        assert_eq!(key("::ffff:10.1.2.3"), key("10.1.2.3"), "IPv4-mapped is its IPv4 address");
+        assert_ne!(key("::ffff:10.1.2.3"), key("::ffff:10.1.2.4"));
+        assert_eq!(key("2001:db8::1"), key("2001:db8::ffff:1"), "one /64");
+        assert_ne!(key("2001:db8::1"), key("2001:db8:0:1::1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+    }
+}

@@ -105,6 +105,17 @@ impl TestApp {
                 let stream = tokio_stream::iter(frames);
                 Response::new(StreamBody::new(stream).boxed())
             }
+            "/slow-sse" => {
+                // Answers only when released, then streams until the connection ends.
+                self.release_slow.notified().await;
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: late\n\n")))).await;
+                    tx.closed().await;
+                });
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                Response::new(StreamBody::new(stream).boxed())
+            }
             "/slow" => {
                 self.release_slow.notified().await;
                 text("slow done")

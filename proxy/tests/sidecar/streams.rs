@@ -243,3 +243,64 @@ async fn a_resumed_session_is_judged_against_the_current_bundles() {
     };
     eventually(Duration::from_secs(10), "the resumed session refused", refused).await;
 }
+
+/// A long upload (a request body of unknown length) is judged again like a
+/// streaming response: a risk push cuts what it still sends to the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_risk_push_cuts_an_open_upload() {
+    use tokio::io::AsyncWriteExt;
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let conn = tls_connect(mesh.inbound(), tls).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(conn);
+    writer.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    let uploading = tokio::spawn(async move {
+        // A chunk every 50 ms, for as long as the sidecar takes them.
+        while writer.write_all(b"5\r\nhello\r\n").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let arrived = || async { mesh.app.paths().contains(&"/upload".to_owned()).then_some(()) };
+    eventually(Duration::from_secs(10), "the upload reached the app", arrived).await;
+
+    let push = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#);
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&push), &[]).await.0, 200);
+    audit_cut(&mesh, "high_risk_agent_blocked").await;
+    // The caller gets an answer (or a closed connection) instead of uploading forever.
+    let mut out = vec![0u8; 256];
+    let answer = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut out)).await.expect("still uploading");
+    if let Ok(n) = answer {
+        let text = String::from_utf8_lossy(&out[..n]).into_owned();
+        assert!(n == 0 || text.starts_with("HTTP/1.1 5"), "{text}");
+    }
+    uploading.abort();
+}
+
+/// A change made while the app was still answering finds no registration
+/// to judge; the stream registered afterwards is judged then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_while_the_app_answers_still_reaches_the_stream() {
+    let mesh = Mesh::start().await;
+    let tls = mesh.client_tls(REPORT, &[b"h2"]);
+    let io = TokioIo::new(tls_connect(mesh.inbound(), tls).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("https://budget-backend/slow-sse").body(Empty::<bytes::Bytes>::new()).unwrap();
+    let response = tokio::spawn(async move { sender.send_request(req).await });
+    let arrived = || async { mesh.app.paths().contains(&"/slow-sse".to_owned()).then_some(()) };
+    eventually(Duration::from_secs(10), "the request reached the app", arrived).await;
+
+    // Judged and forwarded; now, before the app answers, the caller is quarantined.
+    let push = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#);
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&push), &[]).await.0, 200);
+    mesh.app.release_slow.notify_one();
+    let mut body = response.await.unwrap().unwrap().into_body();
+    // Whatever arrived before the cut, the stream ends.
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), async { while let Some(Ok(_)) = body.frame().await {} }).await;
+    assert!(ended.is_ok(), "the late stream outlived the quarantine");
+    audit_cut(&mesh, "high_risk_agent_blocked").await;
+}
