@@ -45,6 +45,12 @@ def fail(where, why):
     failures.append(f"{where}: {why}")
 
 
+def stand_in(name):
+    """A value for a variable the environment does not set: long enough for
+    any field that checks strength (an admin key needs 32 characters)."""
+    return f"check-only-{name.lower()}-not-a-real-value"
+
+
 def interpolate(value):
     """Compose variable interpolation: ${X}, ${X:-default}, ${X:?error}."""
 
@@ -52,7 +58,7 @@ def interpolate(value):
         name, op, arg = m.group(1), m.group(2), m.group(3)
         if name in os.environ:
             return os.environ[name]
-        return arg if op == ":-" else f"check-{name.lower()}"
+        return arg if op == ":-" else stand_in(name)
 
     return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", one, str(value))
 
@@ -125,7 +131,7 @@ def check_compose(binary, schema_wheel):
             sidecar_check(binary, where, files, env, "/etc/a2a-sidecar/config.yaml")
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         run = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                             env={**os.environ, "A2A_ADMIN_KEY": os.environ.get("A2A_ADMIN_KEY", "check-only-not-a-real-admin-key-check-only")})
+                             env={**os.environ, "A2A_ADMIN_KEY": os.environ.get("A2A_ADMIN_KEY", stand_in("A2A_ADMIN_KEY"))})
         if run.returncode != 0:
             fail("docker-compose.yml", f"docker compose config: {run.stderr}")
         else:
@@ -188,7 +194,7 @@ def check_k8s(binary):
                             files[f"{m['mountPath']}/{key}"] = source.read_text()
                     elif cm:
                         fail(where, f"ConfigMap `{cm}` is neither in the manifest nor known to come from a file")
-                env = {e["name"]: e.get("value", f"check-{e['name'].lower()}") for e in c.get("env", [])}
+                env = {e["name"]: e.get("value", stand_in(e["name"])) for e in c.get("env", [])}
                 args = c.get("args", [])
                 config = args[args.index("--config") + 1] if "--config" in args else "/etc/a2a-sidecar/config.yaml"
                 sidecar_check(binary, where, files, env, config)
