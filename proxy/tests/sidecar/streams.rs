@@ -24,6 +24,24 @@ async fn cut(body: &mut hyper::body::Incoming) {
     assert!(!matches!(next, Some(Ok(_))), "the stream went on: {next:?}");
 }
 
+const PARTNER_ID: &str = "spiffe://partner.example/agent";
+
+/// Federates a fresh `partner.example` into the first agent's bundles and
+/// returns the partner's identity (which trusts our CA too, so it accepts
+/// the backend) and sidecar `name`'s YAML with the partner allowed.
+fn federate_partner(mesh: &Mesh, name: &str) -> (Arc<certs::Identity>, String) {
+    let partner = DevCa::generate(&TrustDomain::new("partner.example").unwrap()).unwrap();
+    let agent = &mesh.agents[0];
+    agent.set_federated_raw("spiffe://partner.example", Some(partner.bundle_der().to_vec()));
+    agent.rotate_now();
+    let yaml = mesh
+        .sidecar_yaml(name, mesh.app.addr)
+        .replace(&format!("allowed_callers: ['{REPORT}'"), &format!("allowed_callers: ['{PARTNER_ID}', '{REPORT}'"));
+    assert!(yaml.contains(PARTNER_ID));
+    let identity = partner.identity(&PARTNER_ID.parse().unwrap(), Duration::from_secs(600), &[&mesh.ca]).unwrap();
+    (Arc::new(identity), yaml)
+}
+
 async fn audit_cut(mesh: &Mesh, reason: &str) -> Value {
     let mgmt = mesh.backend.mgmt_addr.unwrap();
     let found = || async {
@@ -73,24 +91,14 @@ async fn a_policy_change_cuts_an_open_tunnel_but_not_what_it_still_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_federated_bundle_closes_its_callers_connections() {
     let mesh = Mesh::start().await;
-    let partner = DevCa::generate(&TrustDomain::new("partner.example").unwrap()).unwrap();
-    let partner_id = "spiffe://partner.example/agent";
+    let (identity, yaml) = federate_partner(&mesh, "federated");
     let agent = &mesh.agents[0];
-    agent.set_federated_raw("spiffe://partner.example", Some(partner.bundle_der().to_vec()));
-    agent.rotate_now();
-    let yaml = mesh
-        .sidecar_yaml("federated", mesh.app.addr)
-        .replace(&format!("allowed_callers: ['{REPORT}'"), &format!("allowed_callers: ['{partner_id}', '{REPORT}'"));
-    assert!(yaml.contains(partner_id));
     let sidecar = mesh.start_sidecar("federated", &yaml).await;
     let partner_config = |identity: IdentityWatch| {
         let mut config = certs::tls::client_config(identity, BACKEND.parse().unwrap()).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     };
-    // The partner's identity trusts our CA too, so it accepts the backend.
-    let identity =
-        Arc::new(partner.identity(&partner_id.parse().unwrap(), Duration::from_secs(600), &[&mesh.ca]).unwrap());
     let inbound = sidecar.inbound_addr.unwrap();
     let connected = || {
         let config = partner_config(IdentityWatch::fixed(identity.clone()));
@@ -204,18 +212,10 @@ async fn tunnels_count_against_the_connection_cap_and_end_when_idle() {
 async fn a_resumed_session_is_judged_against_the_current_bundles() {
     use tokio::io::AsyncWriteExt;
     let mesh = Mesh::start().await;
-    let partner = DevCa::generate(&TrustDomain::new("partner.example").unwrap()).unwrap();
-    let partner_id = "spiffe://partner.example/agent";
+    let (identity, yaml) = federate_partner(&mesh, "resuming");
     let agent = &mesh.agents[0];
-    agent.set_federated_raw("spiffe://partner.example", Some(partner.bundle_der().to_vec()));
-    agent.rotate_now();
-    let yaml = mesh
-        .sidecar_yaml("resuming", mesh.app.addr)
-        .replace("  header_timeout: 1s\n", "  header_timeout: 1s\n  tls_resumption: true\n")
-        .replace(&format!("allowed_callers: ['{REPORT}'"), &format!("allowed_callers: ['{partner_id}', '{REPORT}'"));
+    let yaml = yaml.replace("  header_timeout: 1s\n", "  header_timeout: 1s\n  tls_resumption: true\n");
     let sidecar = mesh.start_sidecar("resuming", &yaml).await;
-    let identity =
-        Arc::new(partner.identity(&partner_id.parse().unwrap(), Duration::from_secs(600), &[&mesh.ca]).unwrap());
     let mut config = certs::tls::client_config(IdentityWatch::fixed(identity), BACKEND.parse().unwrap()).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::in_memory_sessions(16);
