@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use certs::SpiffeId;
 
 use crate::audit::{AuditHub, Event};
+use crate::server::TokenBucket;
 
 /// At most one event per source address and reason in this window.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -37,16 +38,9 @@ struct Window {
     folded: u64,
 }
 
-/// A token bucket.
-#[derive(Debug)]
-struct Budget {
-    tokens: f64,
-    at: Instant,
-}
-
 pub struct Refusals {
     by_source: moka::sync::Cache<(IpAddr, &'static str), Arc<Mutex<Window>>>,
-    budget: Mutex<Budget>,
+    budget: TokenBucket,
     audit: Arc<AuditHub>,
 }
 
@@ -63,7 +57,7 @@ impl Refusals {
     pub fn new(audit: Arc<AuditHub>) -> Self {
         Self {
             by_source: moka::sync::Cache::builder().max_capacity(MAX_SOURCES).time_to_idle(FORGET_AFTER).build(),
-            budget: Mutex::new(Budget { tokens: BURST, at: Instant::now() }),
+            budget: TokenBucket::new(RATE, BURST),
             audit,
         }
     }
@@ -75,7 +69,7 @@ impl Refusals {
         let window = self.by_source.get_with((source, refusal.reason), Arc::default);
         let suppressed = {
             let mut w = window.lock().unwrap_or_else(PoisonError::into_inner);
-            if w.emitted_at.is_some_and(|at| at.elapsed() < WINDOW) || !self.spend() {
+            if w.emitted_at.is_some_and(|at| at.elapsed() < WINDOW) || !self.budget.take() {
                 w.folded += 1;
                 return;
             }
@@ -93,18 +87,5 @@ impl Refusals {
             suppressed,
             ..Event::default()
         });
-    }
-
-    /// Takes a token from the global budget, if one is left.
-    fn spend(&self) -> bool {
-        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        budget.tokens = (budget.tokens + now.duration_since(budget.at).as_secs_f64() * RATE).min(BURST);
-        budget.at = now;
-        if budget.tokens < 1.0 {
-            return false;
-        }
-        budget.tokens -= 1.0;
-        true
     }
 }

@@ -25,7 +25,7 @@ mod linger;
 mod listener;
 
 pub use linger::{Lingering, linger};
-pub use listener::{Listener, Slot, source_of};
+pub use listener::{Listener, Slot, TokenBucket, source_of};
 
 /// Reads a full request head within this time (slowloris guard).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

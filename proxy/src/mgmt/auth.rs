@@ -20,6 +20,7 @@ use hyper::header::HeaderValue;
 use super::{Caller, Reject};
 use crate::config::AdminKey;
 use crate::metrics::Metrics;
+use crate::server::TokenBucket;
 
 /// A source's failures are forgotten after this long without one (and
 /// when it presents a valid key).
@@ -41,18 +42,11 @@ struct Failures {
     slowed_until: Option<Instant>,
 }
 
-/// A token bucket of failed attempts.
-#[derive(Debug)]
-struct Budget {
-    tokens: f64,
-    at: Instant,
-}
-
 pub struct Auth {
     /// `mgmt.keys`: a reload replaces them.
     keys: Arc<ArcSwap<Vec<AdminKey>>>,
     failures: moka::sync::Cache<IpAddr, Arc<Mutex<Failures>>>,
-    budget: Mutex<Budget>,
+    budget: TokenBucket,
     metrics: Arc<Metrics>,
 }
 
@@ -60,7 +54,7 @@ impl Auth {
     pub fn new(keys: Arc<ArcSwap<Vec<AdminKey>>>, metrics: Arc<Metrics>) -> Self {
         let failures =
             moka::sync::Cache::builder().max_capacity(MAX_TRACKED_SOURCES).time_to_idle(FAILURE_WINDOW).build();
-        let budget = Mutex::new(Budget { tokens: GLOBAL_BURST, at: Instant::now() });
+        let budget = TokenBucket::new(GLOBAL_RATE, GLOBAL_BURST);
         Self { keys, failures, budget, metrics }
     }
 
@@ -80,7 +74,7 @@ impl Auth {
             return Ok(caller);
         }
         self.metrics.mgmt_auth_failure();
-        if !self.spend() {
+        if !self.budget.take() {
             return Err(too_many(Duration::from_secs(1)));
         }
         let failures = self.failures.get_with(source, Arc::default);
@@ -95,19 +89,6 @@ impl Auth {
             failures.slowed_until = Some(now + backoff);
         }
         Err(Reject::new(StatusCode::UNAUTHORIZED, "unauthorized"))
-    }
-
-    /// Takes a failure from the global budget, if one is left.
-    fn spend(&self) -> bool {
-        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        budget.tokens = (budget.tokens + now.duration_since(budget.at).as_secs_f64() * GLOBAL_RATE).min(GLOBAL_BURST);
-        budget.at = now;
-        if budget.tokens < 1.0 {
-            return false;
-        }
-        budget.tokens -= 1.0;
-        true
     }
 }
 

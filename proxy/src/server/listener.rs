@@ -124,6 +124,37 @@ pub fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
+/// A token bucket: `rate` tokens per second, at most `burst` held. The
+/// global budget behind per-source limits, so that cycling source
+/// addresses does not get past them.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, state: std::sync::Mutex::new((burst, std::time::Instant::now())) }
+    }
+
+    /// Takes a token, if one is left.
+    pub fn take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, at) = &mut *state;
+        let now = std::time::Instant::now();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,4 +171,11 @@ mod tests {
         assert_ne!(key("2001:db8::1"), key("2001:db8:0:1::1"));
         assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
     }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_refuses() {
+        let bucket = TokenBucket::new(0.0, 3.0);
+        assert_eq!((0..5).map(|_| bucket.take()).collect::<Vec<_>>(), [true, true, true, false, false]);
+    }
+
 }
