@@ -177,5 +177,4 @@ mod tests {
         let bucket = TokenBucket::new(0.0, 3.0);
         assert_eq!((0..5).map(|_| bucket.take()).collect::<Vec<_>>(), [true, true, true, false, false]);
     }
-
 }
