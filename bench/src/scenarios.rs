@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use certs::dev::DevCa;
 use certs::{IdentityWatch, TrustDomain};
-use proxy::dev_idp::{DevIdp, TokenSpec};
+use proxy::cmd::dev_idp::{DevIdp, TokenSpec};
 
 use crate::load::{RequestSpec, Target};
 use crate::sidecar::Sidecar;
@@ -97,8 +97,8 @@ impl Stack {
         }
         let runtime = builder.build()?;
         let (app, idp) = runtime.block_on(async {
-            let (app, _) = proxy::demo::sample_app::start().await?;
-            let (idp, _, _) = proxy::dev_idp::start(&dir.path().join("idp")).await?;
+            let (app, _) = proxy::cmd::demo::sample_app::start().await?;
+            let (idp, _, _) = proxy::cmd::dev_idp::start(&dir.path().join("idp")).await?;
             anyhow::Ok((app, idp))
         })?;
         let ca_dir = dir.path().join("ca");

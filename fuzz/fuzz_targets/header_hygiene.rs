@@ -9,7 +9,7 @@
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Version};
 use libfuzzer_sys::fuzz_target;
-use proxy::headers::{Hygiene, sanitize_request, websocket_upgrade};
+use proxy::dataplane::headers::{Hygiene, sanitize_request, websocket_upgrade};
 
 /// Lower case, `_` read as `-`: how CGI/WSGI servers fold header names.
 fn folded(name: &str) -> String {

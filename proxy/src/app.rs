@@ -12,26 +12,26 @@ use certs::source::{self, FilesSource, SourceTask, SvidSource, WorkloadApiSource
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::allowlist::AllowList;
-use crate::audit::AuditHub;
+use crate::admin::reload::{Handles, ReloadError, Reloader};
+use crate::admin::state::{State, StateFile};
+use crate::admin::{self, Mgmt};
 use crate::changes::Changes;
 use crate::config::FactSource;
 use crate::config::{Config, IdentityConfig};
+use crate::dataplane::inbound::{Inbound, Layers};
+use crate::dataplane::outbound::Outbound;
+use crate::dataplane::server::{self, Listener};
 use crate::facts::entra_token::EntraTokens;
-use crate::facts::governance::Governor;
 use crate::facts::graph::Graph;
 use crate::facts::http::HttpClient;
 use crate::facts::jwks::{Jwks, JwksSettings};
-use crate::inbound::{Inbound, Layers};
-use crate::metrics::Metrics;
-use crate::mgmt::state::{State, StateFile};
-use crate::mgmt::{self, Mgmt};
-use crate::oauth::Oauth;
-use crate::outbound::Outbound;
-use crate::policy_store::{self, PolicyStore};
-use crate::reload::{Handles, ReloadError, Reloader};
-use crate::server::{self, Listener};
-use crate::telemetry::Telemetry;
+use crate::layers::allowlist::AllowList;
+use crate::layers::governance::Governor;
+use crate::layers::oauth::Oauth;
+use crate::layers::rbac::{self, PolicyStore};
+use crate::observe::audit::AuditHub;
+use crate::observe::metrics::Metrics;
+use crate::observe::telemetry::Telemetry;
 
 /// A running sidecar. Dropping it stops its tasks; [`App::shutdown`] drains.
 pub struct App {
@@ -128,7 +128,7 @@ impl App {
         }
         let mut policy = None;
         if let Some(cfg) = &config.policy {
-            let (engine, fingerprint) = policy_store::load(cfg, config.env.as_ref(), config.jwt.as_ref())?;
+            let (engine, fingerprint) = rbac::load(cfg, config.env.as_ref(), config.jwt.as_ref())?;
             let audit = Some(audit.clone());
             policy = Some(PolicyStore::new(engine, cfg.mode, fingerprint, metrics.clone(), audit, changes.clone()));
         }
@@ -190,7 +190,7 @@ impl App {
             let listener =
                 Listener::bind("mgmt.listen", section.listen, local, Some(metrics.open_connections("mgmt"))).await?;
             mgmt_addr = Some(listener.local_addr()?);
-            let ctx = mgmt::Context {
+            let ctx = admin::Context {
                 allowlist: allowlist.clone(),
                 governor: governor.clone(),
                 policy: policy.clone(),
@@ -263,8 +263,10 @@ impl Drop for App {
 
 /// The audit trail's JSON-lines sinks. The file is opened now, so a path
 /// the sidecar cannot write refuses to start instead of losing the trail.
-fn audit_sinks(config: &crate::config::AuditSection) -> anyhow::Result<Vec<(String, crate::audit::SinkWriter)>> {
-    let mut sinks: Vec<(String, crate::audit::SinkWriter)> = Vec::new();
+fn audit_sinks(
+    config: &crate::config::AuditSection,
+) -> anyhow::Result<Vec<(String, crate::observe::audit::SinkWriter)>> {
+    let mut sinks: Vec<(String, crate::observe::audit::SinkWriter)> = Vec::new();
     if let Some(path) = &config.file {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -345,7 +347,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// A changed config counts as a reload: both overrides go.
 fn drop_overrides_older_than_files(state: &StateFile, config: &Config) -> anyhow::Result<()> {
     let current = state.get();
-    let (config_now, policy_now) = crate::mgmt::state::file_fingerprints(&config.path, config.policy.as_ref());
+    let (config_now, policy_now) = crate::admin::state::file_fingerprints(&config.path, config.policy.as_ref());
     let changed = |recorded: &Option<String>, now: Option<String>| recorded.is_some() && *recorded != now;
     let config_changed = changed(&current.config_sha256, config_now);
     let policy_changed = config_changed || changed(&current.policy_sha256, policy_now);
@@ -388,10 +390,9 @@ async fn apply_state(
     }
     if let (Some(yaml), Some(store), Some(cfg)) = (&state.policy_yaml, policy, &config.policy) {
         let name = "mgmt.state_file policy";
-        let engine =
-            policy_store::build_yaml(yaml.clone(), name, cfg.clone(), config.env.clone(), config.jwt.clone()).await?;
+        let engine = rbac::build_yaml(yaml.clone(), name, cfg.clone(), config.env.clone(), config.jwt.clone()).await?;
         let actor = state.last_change.clone().unwrap_or_else(|| name.to_owned());
-        store.install(engine, cfg.mode, policy_store::Origin::Admin { actor });
+        store.install(engine, cfg.mode, rbac::Origin::Admin { actor });
     }
     for (id, level) in &state.risks {
         governor.pushes.set_risk(&id.parse()?, Some(level.parse().map_err(anyhow::Error::msg)?));

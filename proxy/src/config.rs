@@ -186,7 +186,7 @@ impl OnUnavailable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RiskSection {
     pub source: FactSource,
-    pub blocked_levels: Vec<crate::facts::governance::RiskLevel>,
+    pub blocked_levels: Vec<crate::layers::governance::RiskLevel>,
     pub refresh: Duration,
     pub on_unavailable: OnUnavailable,
 }

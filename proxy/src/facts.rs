@@ -3,7 +3,6 @@
 //! request path never waits on a remote call when the caches are warm.
 
 pub mod entra_token;
-pub mod governance;
 pub mod graph;
 pub mod http;
 pub mod jwks;

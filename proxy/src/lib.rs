@@ -1,38 +1,26 @@
 //! a2a-sidecar: a SPIFFE mTLS sidecar that puts layered identity policy in
 //! front of every agent-to-agent call. `main.rs` parses the command line;
 //! everything else lives here so tests can run the app in-process.
+//!
+//! Where to find what (docs/DESIGN.md Part 2 has the long form):
+//! - [`dataplane`]: the listeners and what crosses them (inbound, outbound,
+//!   the forwarding core, serving, upstream pools, bodies, headers, denials);
+//! - [`layers`]: the decision: the pipeline and one module per layer;
+//! - [`facts`]: what the layers need from outside (JWKS, Graph, Entra
+//!   tokens), fetched in the background;
+//! - [`admin`]: `/mgmt`, its state file and reloads;
+//! - [`observe`]: audit, metrics, the telemetry listener, logging;
+//! - [`cmd`]: the command line and the offline tools (check, explain,
+//!   probe, dev, demo, the dev IdP);
+//! - [`config`] the configuration, [`changes`] the "a decision input
+//!   changed" signal, [`app`] the wiring.
 
-pub mod allowlist;
+pub mod admin;
 pub mod app;
-pub mod audit;
-pub mod body;
 pub mod changes;
-pub mod check;
-pub mod cli;
+pub mod cmd;
 pub mod config;
-pub mod connections;
-#[cfg(feature = "dev")]
-pub mod demo;
-pub mod deny;
-#[cfg(feature = "dev")]
-pub mod dev;
-#[cfg(feature = "dev")]
-pub mod dev_idp;
-pub mod explain;
+pub mod dataplane;
 pub mod facts;
-pub mod headers;
-pub mod inbound;
-pub mod logging;
-pub mod metrics;
-pub mod mgmt;
-pub mod oauth;
-pub mod outbound;
-pub mod pipeline;
-pub mod policy_store;
-pub mod probe;
-pub mod refusals;
-pub mod reload;
-pub mod request_id;
-pub mod server;
-pub mod telemetry;
-pub mod upstream;
+pub mod layers;
+pub mod observe;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use proxy::cli::{Cli, Command};
+use proxy::cmd::{Cli, Command};
 use proxy::config::Config;
 
 const BAD_CONFIG: u8 = 2;
@@ -16,11 +16,11 @@ fn main() -> ExitCode {
         Command::Run => {
             let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
             // A policy that does not load is a configuration error, as in `check`.
-            if let Err(e) = proxy::check::policy(&config) {
+            if let Err(e) = proxy::cmd::check::policy(&config) {
                 eprintln!("error: {e}");
                 return ExitCode::from(BAD_CONFIG);
             }
-            proxy::logging::init(config.telemetry.log_format);
+            proxy::observe::logging::init(config.telemetry.log_format);
             tracing::info!(config = ?config, "configuration loaded");
             match proxy::app::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         }
         Command::Check => {
             let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
-            match proxy::check::summarize(&config) {
+            match proxy::cmd::check::summarize(&config) {
                 Ok(summary) => {
                     print!("{summary}");
                     ExitCode::SUCCESS
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Command::Explain { caller, method, path, token, jwks } => {
             let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
             let token = token.zip(jwks);
-            match proxy::explain::explain(
+            match proxy::cmd::explain::explain(
                 &config,
                 &caller,
                 &method,
@@ -65,14 +65,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Probe { addr } => {
-            if proxy::probe::run(addr) {
+            if proxy::cmd::probe::run(addr) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             }
         }
         #[cfg(feature = "dev")]
-        Command::Demo { keep_running, env_file } => match proxy::demo::run(keep_running, env_file) {
+        Command::Demo { keep_running, env_file } => match proxy::cmd::demo::run(keep_running, env_file) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {
@@ -82,8 +82,8 @@ fn main() -> ExitCode {
         },
         #[cfg(feature = "dev")]
         Command::Dev(dev) => {
-            proxy::logging::init(proxy::config::LogFormat::Text);
-            match proxy::dev::run(dev) {
+            proxy::observe::logging::init(proxy::config::LogFormat::Text);
+            match proxy::cmd::dev::run(dev) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use super::entra_token::EntraTokens;
-use super::governance::RiskLevel;
 use super::http::{FetchError, HttpClient};
-use crate::metrics::Metrics;
+use crate::layers::governance::RiskLevel;
+use crate::observe::metrics::Metrics;
 
 /// A look-up that takes longer counts as unavailable.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -301,10 +301,10 @@ mod tests {
         use certs::dev::JwtKey;
         use serde_json::json;
         let dir = tempfile::tempdir().unwrap();
-        let (idp, _, _task) = crate::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+        let (idp, _, _task) = crate::cmd::dev_idp::start(&dir.path().join("idp")).await.unwrap();
         let key = JwtKey::generate().unwrap();
         idp.trust_assertion_keys(json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap();
-        idp.register_app("backend", crate::dev_idp::AppRegistration { oid: "b".into(), roles: vec![] });
+        idp.register_app("backend", crate::cmd::dev_idp::AppRegistration { oid: "b".into(), roles: vec![] });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let claims =
             json!({"iss": "https://k8s.example", "sub": "sa", "aud": ["api://AzureADTokenExchange"], "exp": now + 600});

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::http::{FetchError, HttpClient};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -151,7 +151,7 @@ mod tests {
     #[tokio::test]
     async fn a_jwks_uri_off_loopback_must_be_https() {
         let dir = tempfile::tempdir().unwrap();
-        let (idp, _, _task) = crate::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+        let (idp, _, _task) = crate::cmd::dev_idp::start(&dir.path().join("idp")).await.unwrap();
         let settings = JwksSettings {
             discovery_url: format!("{}/t/v2.0/.well-known/openid-configuration", idp.authority()),
             refresh: Duration::from_secs(3600),

@@ -2,8 +2,8 @@
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_demo_case_matches() {
-    let stack = proxy::demo::Stack::start().await.unwrap();
-    let outcomes = proxy::demo::run_matrix(&stack, |_| {}).await.unwrap();
+    let stack = proxy::cmd::demo::Stack::start().await.unwrap();
+    let outcomes = proxy::cmd::demo::run_matrix(&stack, |_| {}).await.unwrap();
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.matched()).collect();
     assert!(failed.is_empty(), "{failed:#?}");
     // Each layer denies at least once (Layer 1 refuses the handshake, which the caller's sidecar reports).

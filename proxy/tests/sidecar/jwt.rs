@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use certs::dev::JwtKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use proxy::dev_idp::TokenSpec;
+use proxy::cmd::dev_idp::TokenSpec;
 use serde_json::{Value, json};
 
 use super::mesh::{APPROVAL_OID, AUDIENCE, Mesh, REPORT_OID, TENANT, reference_policy};

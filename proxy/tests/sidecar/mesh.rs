@@ -64,7 +64,7 @@ pub struct Mesh {
     pub report: App,
     pub menus: App,
     pub approval: App,
-    pub idp: Arc<proxy::dev_idp::DevIdp>,
+    pub idp: Arc<proxy::cmd::dev_idp::DevIdp>,
     _idp_task: tokio::task::JoinHandle<()>,
     /// The Workload API servers of backend, report, menus, approval (in that order).
     pub agents: Vec<WorkloadApiServer>,
@@ -83,7 +83,7 @@ impl Mesh {
     /// As [`Self::start_with_policy`]; `jwks_down` starts the IdP's JWKS endpoint down.
     pub async fn start_full(policy: &str, env: proxy::config::MapEnv, jwks_down: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (idp, _, idp_task) = proxy::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+        let (idp, _, idp_task) = proxy::cmd::dev_idp::start(&dir.path().join("idp")).await.unwrap();
         idp.set_jwks_down(jwks_down);
         let ca = Arc::new(DevCa::generate(&TrustDomain::new(TRUST_DOMAIN).unwrap()).unwrap());
         let mut agents = Vec::new();

@@ -437,7 +437,7 @@ async fn a_subscriber_that_never_reads_is_counted_at_once_then_told_and_disconne
     let audit = mesh.backend.audit.clone();
     let traffic = tokio::spawn(async move {
         for i in 0.. {
-            audit.record(proxy::audit::Event {
+            audit.record(proxy::observe::audit::Event {
                 direction: "inbound",
                 path: Some(format!("/flood/{i}")),
                 ..Default::default()
@@ -449,7 +449,7 @@ async fn a_subscriber_that_never_reads_is_counted_at_once_then_told_and_disconne
     });
     let counted = || async { (counter(&scrape(telemetry).await, "a2a_audit_dropped_total", &[]) > 0.0).then_some(()) };
     eventually(Duration::from_secs(10), "losses counted without a read", counted).await;
-    let limit = proxy::audit::STALL_LIMIT + Duration::from_secs(20);
+    let limit = proxy::observe::audit::STALL_LIMIT + Duration::from_secs(20);
     eventually(limit, "the stalled subscriber left the hub", || gauge(0.0)).await;
     traffic.abort();
 

@@ -77,7 +77,7 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_speak_http2_and_upgrades_use_http1() {
     use hyper_util::client::legacy::connect::Connection;
-    use proxy::upstream::sidecar::SidecarConnector;
+    use proxy::dataplane::upstream::sidecar::SidecarConnector;
     use tower_service::Service;
 
     let mesh = Mesh::start().await;

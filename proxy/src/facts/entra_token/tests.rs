@@ -4,13 +4,13 @@ use certs::dev::JwtKey;
 use serde_json::json;
 
 use super::*;
-use crate::dev_idp::{AppRegistration, DevIdp};
+use crate::cmd::dev_idp::{AppRegistration, DevIdp};
 
 /// The dev IdP, trusting a service-account issuer, and `EntraTokens` that
 /// exchange that issuer's token.
 async fn setup() -> (tempfile::TempDir, Arc<DevIdp>, Arc<EntraTokens>, tokio::task::JoinHandle<()>) {
     let dir = tempfile::tempdir().unwrap();
-    let (idp, _, task) = crate::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+    let (idp, _, task) = crate::cmd::dev_idp::start(&dir.path().join("idp")).await.unwrap();
     let key = JwtKey::generate().unwrap();
     idp.trust_assertion_keys(json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap();
     idp.register_app("client", AppRegistration { oid: "oid".into(), roles: vec![] });

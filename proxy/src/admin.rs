@@ -1,0 +1,229 @@
+//! The admin API (`/mgmt`, DESIGN 1.5): route names and JSON shapes of the
+//! reference prototype, keys always required (the app shares the pod's
+//! loopback; mTLS in addition off loopback), every mutation persisted before its 200 and audited with the
+//! key's name.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MgmtSection, Role};
+use crate::dataplane::body::{self, Body};
+
+mod auth;
+pub mod reload;
+mod routes;
+pub mod state;
+mod stream;
+
+pub use routes::Context;
+
+/// `PUT /mgmt/policy` bodies are at most this large.
+pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+/// Each request head must arrive within this (admin clients are scripts and
+/// tools nearby: a connection that sends nothing frees its slot soon).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+/// The TLS handshake (mTLS off loopback) must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Mgmt {
+    auth: auth::Auth,
+    tls: Option<TlsAcceptor>,
+    ctx: Context,
+}
+
+/// A refusal, turned into a JSON response at the edge.
+#[derive(Debug)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Option<String>,
+    /// Seconds, for a 429.
+    pub retry_after: Option<u64>,
+}
+
+impl Reject {
+    pub fn new(status: StatusCode, code: &'static str) -> Self {
+        Self { status, code, message: None, retry_after: None }
+    }
+
+    pub fn with(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: Some(message.into()), retry_after: None }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut response = match self.message {
+            Some(message) => error_message(self.status, self.code, &message),
+            None => error(self.status, self.code),
+        };
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// Who is calling, once authenticated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Mgmt {
+    /// With `mgmt.tls.allowed_callers` the listener is mTLS: the admin client
+    /// presents an SVID from a trusted domain matching one of them, and a key.
+    pub fn new(section: &MgmtSection, ctx: Context) -> Result<Arc<Self>, rustls::Error> {
+        let tls = match &section.tls_callers {
+            Some(patterns) => {
+                let patterns = patterns.clone();
+                let authorizer = move |peer: &certs::SpiffeId| patterns.iter().any(|p| p.matches(peer));
+                let mut config = certs::tls::server_config(ctx.identity.clone(), Arc::new(authorizer))?;
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(TlsAcceptor::from(Arc::new(config)))
+            }
+            None => None,
+        };
+        let auth = auth::Auth::new(ctx.reloader.keys.clone(), ctx.metrics.clone());
+        Ok(Arc::new(Self { auth, tls, ctx }))
+    }
+
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: crate::dataplane::server::Listener,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        crate::dataplane::server::accept_loop(
+            listener,
+            shutdown,
+            Duration::from_secs(5),
+            move |tcp, remote, slot, shutdown| {
+                let this = self.clone();
+                async move {
+                    match this.tls.clone() {
+                        None => this.serve_connection(tcp, remote, slot, shutdown).await,
+                        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => this.serve_connection(tls, remote, slot, shutdown).await,
+                            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
+                            Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
+                        },
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        remote: SocketAddr,
+        slot: crate::dataplane::server::Slot,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // Cancelled to close the connection from a handler (a stalled audit stream).
+        let cut = CancellationToken::new();
+        let handler_cut = cut.clone();
+        let service = hyper::service::service_fn(move |req| self.clone().handle(req, remote, handler_cut.clone()));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(crate::dataplane::server::Lingering::new(io, Some(slot))),
+                service,
+            );
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+            () = cut.cancelled() => {}
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        connection: CancellationToken,
+    ) -> Result<Response<Body>, Infallible> {
+        let (caller, mut response) = self.route(req, remote, connection).await;
+        // A connection that has not shown a key is not kept: whatever shares
+        // the loopback cannot hold every slot with keep-alive health checks.
+        if caller.is_none() {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(response)
+    }
+
+    /// The response, and who asked for it (if they showed a valid key).
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        connection: CancellationToken,
+    ) -> (Option<Caller>, Response<Body>) {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let Some(route) = routes::Route::find(&path) else {
+            return (None, error(StatusCode::NOT_FOUND, "not_found"));
+        };
+        if !route.methods().contains(&method) {
+            let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+            let allow = route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, v);
+            }
+            return (None, response);
+        }
+        let caller = if route.open() {
+            None
+        } else {
+            match self.auth.check(req.headers().get("x-spiffe-admin-key"), remote.ip()) {
+                Ok(caller) => Some(caller),
+                Err(reject) => return (None, reject.into_response()),
+            }
+        };
+        let write = method != Method::GET;
+        if write && caller.as_ref().is_some_and(|c| c.role != Role::Admin) {
+            return (caller, error(StatusCode::FORBIDDEN, "forbidden"));
+        }
+        let response = routes::dispatch(&self.ctx, route, req, caller.clone(), connection).await;
+        (caller, response)
+    }
+}
+
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+pub fn error(status: StatusCode, code: &str) -> Response<Body> {
+    json_response(status, &json!({ "error": code }))
+}
+
+pub fn error_message(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(status, &json!({ "error": code, "message": message }))
+}
+
+/// Reads a request body up to `limit` bytes; `None` when larger.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Option<Bytes> {
+    let limited = http_body_util::Limited::new(req.into_body(), limit);
+    limited.collect().await.ok().map(|b| b.to_bytes())
+}

@@ -1,0 +1,261 @@
+//! Changes to what the sidecar enforces, one at a time: SIGHUP and
+//! `POST /mgmt/reload` (the config file), the policy file watcher, and the
+//! `/mgmt` writes all take [`Reloader::lock`], then validate everything,
+//! then persist, then apply.
+//!
+//! A reload applies every field of the new configuration or none: a change
+//! to a field only a restart can apply (see [`crate::config::HOT_FIELDS`])
+//! refuses the reload as a whole, naming the fields. The config file is
+//! then the most recent change, so the admin API's overrides of what it
+//! sets (allow-list, policy) are cleared from the state file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use crate::admin::state::StateFile;
+use crate::changes::Changes;
+use crate::config::{AdminKey, Config, Env};
+use crate::layers::allowlist::AllowList;
+use crate::layers::governance::Governor;
+use crate::layers::oauth::Oauth;
+use crate::layers::rbac::{self, Origin, PolicyStore};
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config or policy does not validate.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("only a restart can apply changes to {}", .0.join(", "))]
+    RestartRequired(Vec<String>),
+    #[error("cannot record the change in the state file: {0}")]
+    State(String),
+}
+
+/// What one look at the policy files did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilePoll {
+    /// Their contents are what was last applied from them (or last refused).
+    Unchanged,
+    Applied,
+    Rejected,
+    /// A file cannot be read now (mid-replacement, say): tried again next time.
+    Unreadable,
+}
+
+/// The live settings and the one lock every change takes.
+pub struct Reloader {
+    pub config_path: PathBuf,
+    pub env: Arc<dyn Env>,
+    /// The configuration last applied from the file (at start or by a reload).
+    applied: ArcSwap<Config>,
+    lock: tokio::sync::Mutex<()>,
+    pub allowlist: Arc<AllowList>,
+    pub policy: Option<Arc<PolicyStore>>,
+    /// Layer 3; replaced when a reload changes the `jwt` section.
+    pub oauth: Arc<ArcSwapOption<Oauth>>,
+    pub governor: Arc<Governor>,
+    /// The admin keys (`mgmt.keys`).
+    pub keys: Arc<ArcSwap<Vec<AdminKey>>>,
+    pub state: Option<Arc<StateFile>>,
+    changes: Changes,
+}
+
+/// The handles a [`Reloader`] changes.
+pub struct Handles {
+    pub allowlist: Arc<AllowList>,
+    pub policy: Option<Arc<PolicyStore>>,
+    pub oauth: Arc<ArcSwapOption<Oauth>>,
+    pub governor: Arc<Governor>,
+    pub keys: Arc<ArcSwap<Vec<AdminKey>>>,
+    pub state: Option<Arc<StateFile>>,
+    /// Signalled after a reload: open streams are judged again.
+    pub changes: Changes,
+}
+
+impl Reloader {
+    /// `config` is what is running now.
+    pub fn new(config: &Config, handles: Handles) -> Self {
+        let Handles { allowlist, policy, oauth, governor, keys, state, changes } = handles;
+        Self {
+            config_path: config.path.clone(),
+            env: config.env.clone(),
+            applied: ArcSwap::from_pointee(config.clone()),
+            lock: tokio::sync::Mutex::new(()),
+            allowlist,
+            policy,
+            oauth,
+            governor,
+            keys,
+            state,
+            changes,
+        }
+    }
+
+    pub fn env(&self) -> &dyn Env {
+        self.env.as_ref()
+    }
+
+    /// The configuration in force (from the file; `/mgmt` overrides aside).
+    pub fn applied(&self) -> Arc<Config> {
+        self.applied.load_full()
+    }
+
+    /// Serialises every change: hold it from validation to application.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Re-reads the config file and applies all of it, or nothing.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _changing = self.lock().await;
+        let config = Config::load_with_env(&self.config_path, self.env.as_ref())
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let fields = self.applied().restart_required(&config);
+        if !fields.is_empty() {
+            return Err(ReloadError::RestartRequired(fields));
+        }
+
+        // Validate everything before anything changes.
+        let policy = match (&self.policy, &config.policy) {
+            (Some(store), Some(cfg)) => {
+                let built = async {
+                    let sources = rbac::read_sources(cfg)?;
+                    let fingerprint = sources.fingerprint.clone();
+                    let engine =
+                        rbac::build_sources(sources, cfg.clone(), self.env.clone(), config.jwt.clone()).await?;
+                    Ok((engine, fingerprint))
+                };
+                match built.await {
+                    Ok(built) => Some(built),
+                    Err(e) => {
+                        store.rejected("config", &e);
+                        return Err(ReloadError::Invalid(e.to_string()));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let oauth = match (&config.jwt, self.oauth.load_full()) {
+            (Some(jwt), Some(current)) => Some(Oauth::new(jwt, current.jwks().clone())),
+            _ => None,
+        };
+
+        // Persist: the file is now the most recent change.
+        if let Some(state) = &self.state {
+            state
+                .update("reload:config", |s| {
+                    (s.allowed_ids, s.config_sha256) = (None, None);
+                    (s.policy_yaml, s.policy_sha256) = (None, None);
+                })
+                .map_err(ReloadError::State)?;
+        }
+
+        // Apply.
+        let callers = config.inbound.as_ref().map(|i| i.allowed_callers.clone()).unwrap_or_default();
+        tracing::info!(allowed_callers = callers.len(), "configuration reloaded");
+        self.allowlist.replace(callers);
+        if let (Some(store), Some((engine, fingerprint)), Some(cfg)) = (&self.policy, policy, &config.policy) {
+            store.install(engine, cfg.mode, Origin::Files { channel: "config", fingerprint });
+        }
+        if let Some(oauth) = oauth {
+            self.oauth.store(Some(Arc::new(oauth)));
+        }
+        self.governor.configure(config.risk.clone(), config.tags.clone());
+        if let Some(mgmt) = &config.mgmt {
+            self.keys.store(Arc::new(mgmt.keys.clone()));
+        }
+        self.applied.store(Arc::new(config));
+        self.changes.bump();
+        Ok(())
+    }
+
+    /// One look at the policy files: applies them when their contents differ
+    /// from what was last applied from them (and from what was last refused,
+    /// `last_rejected`, so a bad file is reported once, not every second).
+    /// A file that has not changed since it was applied never overrides a
+    /// later `/mgmt` change.
+    pub async fn poll_policy_files(&self, last_rejected: &mut Option<String>) -> FilePoll {
+        let (Some(store), Some(cfg)) = (&self.policy, self.applied().policy.clone()) else {
+            return FilePoll::Unchanged;
+        };
+        let unchanged = |fingerprint: &String| {
+            store.applied_from_files().as_ref() == Some(fingerprint) || last_rejected.as_ref() == Some(fingerprint)
+        };
+        // A cheap look first, without the lock...
+        match rbac::read_sources(&cfg) {
+            Ok(sources) if unchanged(&sources.fingerprint) => return FilePoll::Unchanged,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "policy files unreadable; trying again");
+                return FilePoll::Unreadable;
+            }
+        }
+        let _changing = self.lock().await;
+        // ...then the files as they are now, under the lock: a reload or an
+        // admin change may have happened meanwhile (and re-pointed the files).
+        let applied = self.applied();
+        if applied.policy.as_ref() != Some(&cfg) {
+            return FilePoll::Unchanged;
+        }
+        let sources = match rbac::read_sources(&cfg) {
+            Ok(sources) if unchanged(&sources.fingerprint) => return FilePoll::Unchanged,
+            Ok(sources) => sources,
+            Err(_) => return FilePoll::Unreadable,
+        };
+        let fingerprint = sources.fingerprint.clone();
+        let engine = match rbac::build_sources(sources, cfg.clone(), self.env.clone(), applied.jwt.clone()).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                store.rejected("policy:file", &e);
+                *last_rejected = Some(fingerprint);
+                return FilePoll::Rejected;
+            }
+        };
+        // The edited file is now the most recent change: drop an admin override.
+        if let Some(state) = self.state.as_ref().filter(|s| s.get().policy_yaml.is_some())
+            && let Err(e) = state.update("policy:file", |s| (s.policy_yaml, s.policy_sha256) = (None, None))
+        {
+            // Applied without being recorded, a restart would bring the older override back.
+            tracing::error!(error = %e, "cannot record the policy file change in the state file; not applied");
+            return FilePoll::Unreadable;
+        }
+        store.install(engine, cfg.mode, Origin::Files { channel: "policy:file", fingerprint });
+        *last_rejected = None;
+        FilePoll::Applied
+    }
+
+    /// Installs a policy set through the admin API (already validated and
+    /// persisted, under [`Self::lock`]). `files`, the policy files'
+    /// fingerprint as the change recorded it, counts as seen: the admin
+    /// change is more recent, so a file edit the watcher had not yet applied
+    /// does not override it later.
+    pub fn install_admin_policy(
+        &self,
+        engine: policy::PolicyEngine,
+        actor: String,
+        files: Option<String>,
+    ) -> Option<Arc<rbac::Loaded>> {
+        let store = self.policy.as_ref()?;
+        if let Some(fingerprint) = files {
+            store.supersede_files(fingerprint);
+        }
+        Some(store.install(engine, store.current().mode, Origin::Admin { actor }))
+    }
+
+    /// Polls the policy files every `every`, for as long as the task runs.
+    pub async fn watch_policy_files(self: Arc<Self>, every: std::time::Duration) {
+        let mut last_rejected = None;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll_policy_files(&mut last_rejected).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! Command line (DESIGN 1.1) and the commands besides `run`.
+
+pub mod check;
+#[cfg(feature = "dev")]
+pub mod demo;
+#[cfg(feature = "dev")]
+pub mod dev;
+#[cfg(feature = "dev")]
+pub mod dev_idp;
+pub mod explain;
+pub mod probe;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[cfg(feature = "dev")]
+use clap::Args;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "a2a-sidecar", version, about = "SPIFFE mTLS sidecar with layered identity policy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file for the default `run` command.
+    #[arg(long, global = true, env = "A2A_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (the default).
+    Run,
+    /// Load and validate the configuration, print a summary; exit 0 valid, 2 invalid.
+    Check,
+    /// Which layer allows or denies a request and why, from the configuration alone; exit 0 if it would be forwarded, 1 if denied.
+    Explain {
+        #[arg(long)]
+        caller: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        path: String,
+        /// A bearer token to check against Layer 3 (with --jwks).
+        #[arg(long, requires = "jwks")]
+        token: Option<String>,
+        /// The tenant's JWKS document (no network is used).
+        #[arg(long, requires = "token")]
+        jwks: Option<PathBuf>,
+    },
+    /// Exit 0 iff the sidecar's /readyz answers 200 (a HEALTHCHECK without curl).
+    Probe {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        addr: SocketAddr,
+    },
+    /// The embedded end-to-end demo: a whole mesh on loopback; exit 0 iff every case matched.
+    #[cfg(feature = "dev")]
+    Demo {
+        /// After the matrix, leave the whole stack up and print its addresses, the admin key and curl commands.
+        #[arg(long)]
+        keep_running: bool,
+        /// With --keep-running: where to write the stack's addresses as `export` lines
+        /// (default: demo.env in the demo's directory).
+        #[arg(long, requires = "keep_running")]
+        env_file: Option<std::path::PathBuf>,
+    },
+    /// Development tooling: dev CA, Workload API server.
+    #[cfg(feature = "dev")]
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// A dev CA for one trust domain.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// A SPIFFE Workload API server (gRPC on a Unix socket) that issues and rotates SVIDs: a stand-in for a SPIRE agent.
+    WorkloadApi(WorkloadApiArgs),
+    /// A dev Entra stand-in: OIDC discovery and JWKS over HTTP, key rotation at run time.
+    Idp {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// The base URL clients reach it at, which also makes the tokens' issuer
+        /// (default: `http://<listen address>`); e.g. behind a port forward in a container.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Print an Entra-shaped RS256 access token signed by the dev IdP key in DIR.
+    Token(TokenArgs),
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Audience(s), comma-separated.
+    #[arg(long)]
+    pub aud: String,
+    /// Client ID (`azp`, or `appid` with --v1).
+    #[arg(long)]
+    pub azp: String,
+    /// Service principal object ID (`oid`); defaults to the client ID.
+    #[arg(long)]
+    pub oid: Option<String>,
+    #[arg(long, default_value = "")]
+    pub roles: String,
+    #[arg(long, default_value = "10m")]
+    pub ttl: String,
+    #[arg(long, default_value = "00000000-0000-0000-0000-000000000000")]
+    pub tid: String,
+    /// A v1 token (`sts.windows.net` issuer, `appid`).
+    #[arg(long)]
+    pub v1: bool,
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA in DIR (ca.pem, ca_key.pem, jwt_key.pem).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        trust_domain: String,
+    },
+    /// Issue an X509-SVID into OUT as svid.pem, svid_key.pem, svid_bundle.pem.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[cfg(feature = "dev")]
+#[derive(Debug, Args)]
+pub struct WorkloadApiArgs {
+    /// The dev CA directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Unix socket path to serve on.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// The SPIFFE ID every caller receives.
+    #[arg(long)]
+    pub id: String,
+    /// SVID lifetime; a new SVID is pushed at half of it.
+    #[arg(long, default_value = "1m")]
+    pub ttl: String,
+    /// Other dev CA directories whose bundles are sent as federated bundles.
+    #[arg(long = "federate")]
+    pub federate: Vec<PathBuf>,
+}

@@ -1,0 +1,90 @@
+//! `a2a-sidecar dev ...`: the dev CA and the Workload API stand-in.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use certs::dev::{DevCa, WorkloadApiServer, WorkloadApiServerConfig, write_svid_files};
+use certs::{SpiffeId, TrustDomain};
+
+use crate::cmd::dev_idp::{DevIdp, TokenSpec};
+use crate::cmd::{CaCommand, DevCommand, TokenArgs, WorkloadApiArgs};
+use crate::config::parse_duration;
+
+pub fn run(command: DevCommand) -> anyhow::Result<()> {
+    match command {
+        DevCommand::Ca(CaCommand::Init { dir, trust_domain }) => {
+            let td = TrustDomain::new(&trust_domain).with_context(|| format!("--trust-domain `{trust_domain}`"))?;
+            DevCa::init(&dir, &td)?;
+            println!("dev CA for {td} written to {}", dir.display());
+            Ok(())
+        }
+        DevCommand::Ca(CaCommand::Issue { dir, id, out, ttl }) => issue(&dir, &id, &out, &ttl),
+        DevCommand::WorkloadApi(args) => workload_api(args),
+        DevCommand::Idp { dir, listen, url } => idp(&dir, listen, url),
+        DevCommand::Token(args) => token(args),
+    }
+}
+
+fn idp(dir: &Path, listen: std::net::SocketAddr, url: Option<String>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    runtime.block_on(async {
+        let idp = DevIdp::open(dir)?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let url = url.unwrap_or_else(|| format!("http://{addr}"));
+        idp.set_url(url.trim_end_matches('/'))?;
+        println!("dev idp on {addr}, as {url} (discovery: {url}/<tenant>/v2.0/.well-known/openid-configuration)");
+        tokio::select! {
+            () = idp.serve(listener) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let idp = DevIdp::open(&args.dir)?;
+    let spec = TokenSpec {
+        tenant: args.tid,
+        audiences: args.aud.split(',').map(str::to_owned).collect(),
+        oid: args.oid.unwrap_or_else(|| args.azp.clone()),
+        client_id: args.azp,
+        roles: args.roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+        ttl: parse_duration(&args.ttl).map_err(anyhow::Error::msg).context("--ttl")?,
+        v1: args.v1,
+    };
+    println!("{}", idp.token(&spec)?);
+    Ok(())
+}
+
+fn issue(dir: &Path, id: &str, out: &Path, ttl: &str) -> anyhow::Result<()> {
+    let ca = DevCa::load(dir)?;
+    let id: SpiffeId = id.parse().with_context(|| format!("--id `{id}`"))?;
+    anyhow::ensure!(
+        id.trust_domain() == *ca.trust_domain(),
+        "--id `{id}` is not in the CA's trust domain `{}`",
+        ca.trust_domain()
+    );
+    let ttl = parse_duration(ttl).map_err(anyhow::Error::msg).context("--ttl")?;
+    let svid = ca.issue(&id, ttl)?;
+    write_svid_files(out, &svid, ca.bundle_pem())?;
+    println!("issued {id} (serial {}) into {}", svid.serial(), out.display());
+    Ok(())
+}
+
+fn workload_api(args: WorkloadApiArgs) -> anyhow::Result<()> {
+    let ca = Arc::new(DevCa::load(&args.dir)?);
+    let id: SpiffeId = args.id.parse().with_context(|| format!("--id `{}`", args.id))?;
+    let ttl = parse_duration(&args.ttl).map_err(anyhow::Error::msg).context("--ttl")?;
+    let federated = args.federate.iter().map(|d| DevCa::load(d).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+    let config = WorkloadApiServerConfig { ca, id: id.clone(), ttl, federated };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    runtime.block_on(async {
+        let server = WorkloadApiServer::start(&args.socket, config).await?;
+        println!("workload api for {id} on {} (svid ttl {ttl:?})", server.endpoint());
+        tokio::signal::ctrl_c().await?;
+        server.stop().await;
+        Ok(())
+    })
+}

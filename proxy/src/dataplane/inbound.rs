@@ -1,0 +1,548 @@
+//! The inbound listener: mTLS from peer sidecars, Layer 1 at the handshake
+//! and on every request, canonical paths, header hygiene, and forwarding to
+//! the local app with bodies, SSE and upgrades streamed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use certs::IdentityWatch;
+use certs::x509::LeafInfo;
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use policy::{CanonicalPath, Reason};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::changes::Changes;
+use crate::config::{InboundConfig, PolicyMode};
+use crate::dataplane::body::{self, Activity, Body, Cut, Tracked};
+use crate::dataplane::connections::{Connections, Peer, StreamRequest};
+use crate::dataplane::deny;
+use crate::dataplane::headers::{
+    self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_ENTRA_AGENT_ID,
+    X_SPIFFE_TRUST_DOMAIN,
+};
+use crate::dataplane::refusals::{Refusal, Refusals};
+use crate::dataplane::request_id::RequestIds;
+use crate::dataplane::server::{self, ConnectionEnds};
+use crate::dataplane::upstream::{self, AppClient};
+use crate::layers::allowlist::AllowList;
+use crate::layers::governance::Governor;
+use crate::layers::oauth::Oauth;
+use crate::layers::pipeline::{self, RequestFacts};
+use crate::layers::rbac::PolicyStore;
+use crate::observe::audit::{AuditHub, Event};
+use crate::observe::metrics::Metrics;
+
+mod recheck;
+
+/// Connections are drained this long before the caller's certificate
+/// expires, so its sidecar reconnects with a fresh SVID instead of hitting
+/// `cert_expired`; at the expiry itself they are closed.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
+
+/// A response body of known length up to this size finishes without being
+/// registered for re-checks; every other body is (see [`Inbound::send`]).
+const SHORT_BODY: u64 = 1 << 20;
+
+/// Everything the inbound side shares across connections.
+pub struct Inbound {
+    config: InboundConfig,
+    tls: TlsAcceptor,
+    /// Ours: its bundles judge open connections again when they change.
+    identity: IdentityWatch,
+    /// "Decisions changed": open streams are judged again on each.
+    changes: Changes,
+    allowlist: Arc<AllowList>,
+    connections: Arc<Connections>,
+    app: AppClient,
+    /// `config.upstream` for audit events, formatted once.
+    target: Arc<str>,
+    ids: RequestIds,
+    metrics: Arc<Metrics>,
+    layers: Layers,
+    /// Refused handshakes, aggregated so a flood cannot evict the audit ring.
+    refusals: Refusals,
+}
+
+/// The state layers 2-4 read on every request.
+pub struct Layers {
+    /// The policy and its mode (`policy.mode`), swapped together.
+    pub policy: Arc<PolicyStore>,
+    /// Layer 3; replaced when a reload changes the `jwt` section.
+    pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
+    pub governor: Arc<Governor>,
+    pub audit: Arc<AuditHub>,
+}
+
+/// What one request's audit event needs, filled as the request proceeds.
+#[derive(Debug, Default)]
+struct RequestLog {
+    trace: pipeline::Trace,
+    /// A deny that `policy.mode: shadow` let through.
+    shadow: Option<Reason>,
+    path: Option<String>,
+    /// Where the change signals stood when the layers judged it.
+    judged_at: (u64, u64),
+}
+
+/// What is known about one accepted connection.
+struct Conn {
+    peer: LeafInfo,
+    /// The same caller with its chain, shared with the registry (re-checks).
+    registered: Arc<Peer>,
+    /// `peer.id` for audit events, formatted once per connection.
+    caller: Arc<str>,
+    activity: Arc<Activity>,
+    /// The identity headers every forwarded request gets, built once per connection.
+    forwarded: [(header::HeaderName, Option<HeaderValue>); 3],
+}
+
+impl Inbound {
+    pub fn new(
+        config: InboundConfig,
+        identity: IdentityWatch,
+        allowlist: Arc<AllowList>,
+        metrics: Arc<Metrics>,
+        layers: Layers,
+        changes: Changes,
+    ) -> Result<Arc<Self>, rustls::Error> {
+        let mut tls = certs::tls::server_config(identity.clone(), allowlist.clone())?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if config.tls_resumption {
+            tls.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+            tls.send_tls13_tickets = 2;
+        }
+        let app = AppClient::new(config.upstream_connect_timeout, config.upstream_response_timeout);
+        let audit = layers.audit.clone();
+        Ok(Arc::new(Self {
+            target: Arc::from(config.upstream.as_str()),
+            config,
+            tls: TlsAcceptor::from(Arc::new(tls)),
+            identity,
+            changes,
+            allowlist,
+            connections: Arc::new(Connections::default()),
+            app,
+            ids: RequestIds::new(),
+            metrics,
+            layers,
+            refusals: Refusals::new(audit),
+        }))
+    }
+
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Accepts until `shutdown`, then drains connections for at most `drain`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: crate::dataplane::server::Listener,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        server::accept_loop(listener, shutdown, drain, |tcp, remote, slot, shutdown| {
+            self.clone().connection(tcp, remote, slot, shutdown)
+        })
+        .await;
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        slot: server::Slot,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let limits = self.config.limits;
+        // The bundles the verifier can have used: judged against again below.
+        let verified_with = self.identity.current();
+        let handshake = self.tls.accept(tcp).into_fallible();
+        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err((e, tcp))) => {
+                let rejection = certs::tls::rejection_of(&e);
+                let reason = rejection.as_ref().map_or("handshake_error", |r| r.reason.as_str());
+                tracing::debug!(%remote, reason, "inbound handshake refused");
+                self.metrics.tls_handshake("inbound", reason);
+                let peer = rejection.as_ref().and_then(|r| r.peer.as_ref());
+                self.refusals.record(Refusal { source: remote.ip(), reason, peer });
+                // The caller reads our alert instead of a reset (see `server::linger`).
+                server::linger(tcp).await;
+                return;
+            }
+            Err(_) => {
+                self.metrics.tls_handshake("inbound", "timeout");
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        // Invariant: the verifier accepted a parsable SVID leaf, so this is present.
+        let chain = session.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+        let Some(peer) = chain.first().and_then(|c| certs::x509::parse_leaf(c).ok()) else {
+            return;
+        };
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        // Registered first, then judged against the bundles in force now: a
+        // bundle change while the handshake ran (the verifier judged the
+        // chain when it arrived) either finds this connection in the
+        // registry or is seen here. A resumed session (`inbound.tls_resumption:
+        // true`) skipped the verifier altogether.
+        let registered = Arc::new(Peer { id: peer.id.clone(), not_after: peer.not_after, chain });
+        let registration = self.connections.connection(registered.clone());
+        let now = self.identity.current();
+        let same_bundles = match (&verified_with, &now) {
+            (Some(before), Some(now)) => before.bundles().same_authorities(now.bundles()),
+            (before, now) => before.is_none() && now.is_none(),
+        };
+        if let (true, Some(identity)) = (resumed || !same_bundles, now)
+            && let Err(reason) = certs::tls::verify_peer_chain(&identity, &registered.chain)
+        {
+            self.metrics.tls_handshake("inbound", reason.as_str());
+            self.refusals.record(Refusal { source: remote.ip(), reason: reason.as_str(), peer: Some(&peer.id) });
+            return;
+        }
+        self.metrics.tls_handshake("inbound", "ok");
+        let expires_in = peer.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+        let caller = Arc::from(peer.id.as_str());
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        let forwarded = [
+            (X_SPIFFE_CALLER_ID, value(peer.id.as_str())),
+            (X_SPIFFE_TRUST_DOMAIN, value(peer.id.trust_domain_name())),
+            (X_FORWARDED_FOR, value(&remote.ip().to_string())),
+        ];
+        let conn = Arc::new(Conn { peer, registered, caller, activity: Activity::new(), forwarded });
+
+        let builder = server::builder(&limits);
+        let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+
+        let this = self.clone();
+        let served = conn.clone();
+        let service = service_fn(move |req| this.clone().request(req, served.clone()));
+        let io = TokioIo::new(server::Lingering::new(tls, Some(slot)));
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        let ends = ConnectionEnds {
+            activity: conn.activity.clone(),
+            idle_timeout: limits.idle_timeout,
+            shutdown,
+            closed: Some(registration.closed.clone()),
+            // Drained just before the caller's certificate expires, closed when it does.
+            drain_after: Some(expires_in.saturating_sub(EXPIRY_MARGIN)),
+            close_after: Some(expires_in),
+        };
+        server::drive(connection, ends).await;
+        tracing::debug!(%remote, caller = %conn.peer.id, "inbound connection closed");
+    }
+
+    async fn request(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Arc<Conn>,
+    ) -> Result<Response<Body>, Infallible> {
+        let in_flight = conn.activity.begin();
+        let started = std::time::Instant::now();
+        let request_id = self.ids.next();
+        let method = request.method().clone();
+        // The audit event carries the canonical path; the raw one only if it never got that far.
+        let uri = request.uri().clone();
+        let mut log = RequestLog::default();
+        // The request counts as in flight until its response body ends.
+        let (mut response, denied) = match self.forward(request, &conn, &request_id, &mut log).await {
+            Ok((response, cut)) => (response.map(|body| Tracked::wrap(body, in_flight, cut)), None),
+            Err(reason) => {
+                tracing::debug!(caller = %conn.peer.id, %reason, request_id, "inbound request denied");
+                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight, None)), Some(reason))
+            }
+        };
+        let (decision, reason) = match (denied, log.shadow) {
+            (Some(reason), _) => ("deny", reason),
+            (None, Some(reason)) => ("shadow_deny", reason),
+            (None, None) => ("allow", Reason::Allowed),
+        };
+        if decision != "shadow_deny" {
+            self.metrics.request("inbound", reason.layer(), reason);
+        }
+        self.metrics.request_duration("inbound", started.elapsed().as_secs_f64());
+        let trace = log.trace;
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        self.layers.audit.record(Event {
+            direction: "inbound",
+            request_id: Some(request_id),
+            caller_spiffe_id: Some(conn.caller.clone()),
+            target: Some(self.target.clone()),
+            method: Some(method),
+            path: log.path.or_else(|| Some(uri.path().to_owned())),
+            decision,
+            layer: reason.layer().as_str(),
+            reason: reason.as_str(),
+            policy_ids: trace.policy_ids,
+            status: response.status().as_u16(),
+            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            jwt: trace.jwt,
+            risk_level: trace.risk_level,
+            caller_tag: trace.caller_tag,
+            policy_version: trace.policy_version,
+            caller_policy: trace.entry,
+            ..Event::default()
+        });
+        Ok(response)
+    }
+
+    /// The per-request pipeline: Layer 1 again, then framing and path checks,
+    /// then the app. Each phase maps its failure to a [`Reason`].
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        conn: &Conn,
+        request_id: &str,
+        log: &mut RequestLog,
+    ) -> Result<(Response<Incoming>, Option<Cut>), Reason> {
+        if !self.allowlist.allows(&conn.peer.id) {
+            return Err(Reason::NotAllowed);
+        }
+        if conn.peer.is_expired_at(SystemTime::now()) {
+            return Err(Reason::CertExpired);
+        }
+        if request.method() == Method::CONNECT {
+            return Err(Reason::MethodNotAllowed);
+        }
+        let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
+        log.judged_at = self.generations();
+        let judged = self.layers(conn, &request, &path, request_id, log).await;
+        let sent = match judged.and_then(|()| upstream_uri(&self.config.upstream, &path, request.uri().query())) {
+            Ok(uri) => self.send(request, uri, conn, &path, request_id, log).await,
+            Err(reason) => Err(reason),
+        };
+        // The audit event carries the canonical path, allowed or not.
+        log.path = Some(path.into_string());
+        sent
+    }
+
+    /// Sends a judged request to the app. A request or response that may
+    /// last (an upgrade, a body without a known length of at most 1 MiB) is
+    /// registered so later changes judge it again (see [`Self::enforce`]),
+    /// and is cut at its deadline (the caller's certificate or token expiry).
+    async fn send(
+        &self,
+        mut request: Request<Incoming>,
+        uri: Uri,
+        conn: &Conn,
+        path: &CanonicalPath,
+        request_id: &str,
+        log: &RequestLog,
+    ) -> Result<(Response<Incoming>, Option<Cut>), Reason> {
+        // Only WebSocket is ever forwarded; any other `Upgrade` (h2c above all) is stripped.
+        let upgrade = (self.config.upgrades.websocket
+            && headers::websocket_upgrade(request.method(), request.version(), request.headers()))
+        .then(|| hyper::upgrade::on(&mut request));
+        let leeway = self.layers.oauth.load().as_ref().map(|o| Duration::from_secs(o.config().leeway_secs));
+        let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp, leeway.unwrap_or_default());
+        let lasting =
+            |body: &Incoming| !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > SHORT_BODY);
+        let registration = |request: &Request<Incoming>| {
+            let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+            let method = request.method().clone();
+            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            Arc::new(self.connections.stream(conn.registered.clone(), Arc::new(request)))
+        };
+        // A long upload is judged again too: its body to the app is cut like a response's.
+        let mut stream = lasting(request.body()).then(|| registration(&request));
+        let late = stream.is_none().then(|| Late {
+            authorization: request.headers().get(header::AUTHORIZATION).cloned(),
+            method: request.method().clone(),
+        });
+        let (mut parts, incoming) = request.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let agent_id = log.trace.entra_agent_id.as_deref();
+        self.set_headers(&mut parts.headers, conn, request_id, agent_id, upgrade.is_some());
+        let body = body::without_spoofable_trailers(incoming, self.config.allow_underscore_headers);
+        let body = match &stream {
+            Some(s) => Tracked::cut(body, Cut::new(s.closed.clone(), deadline, s.clone())),
+            None => body,
+        };
+        let outgoing = Request::from_parts(parts, body);
+
+        let mut response = self.app.send(outgoing).await?;
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(Late { authorization, method })) = (upgraded || lasting(response.body()), late) {
+            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            stream = Some(Arc::new(self.connections.stream(conn.registered.clone(), Arc::new(request))));
+            // A change while the app answered found no registration to judge: judge it now.
+            if self.generations() != log.judged_at {
+                self.changes.bump();
+            }
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), upgraded);
+        if !upgraded {
+            return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), deadline, s))));
+        }
+        // A switch the caller did not (or may not) ask for would be a raw tunnel to the app.
+        let (Some(downstream), Some(stream)) =
+            (upgrade.filter(|_| headers::switches_to_websocket(response.headers())), stream)
+        else {
+            tracing::warn!(caller = %conn.peer.id, request_id, "the app switched protocols unasked; refused");
+            return Err(Reason::UpstreamError);
+        };
+        let upstream = hyper::upgrade::on(&mut response);
+        // The HTTP connection ends once it is upgraded: the tunnel holds its
+        // own registration (and, inside the upgraded socket, the connection's slot).
+        let ends = upstream::TunnelEnds {
+            closed: stream.closed.clone(),
+            deadline: Some(deadline),
+            idle_timeout: self.config.limits.idle_timeout,
+        };
+        tokio::spawn(async move {
+            upstream::tunnel(downstream, upstream, ends).await;
+            drop(stream);
+        });
+        Ok((response, None))
+    }
+
+    /// Where the change signals stand (decisions, allow-list): a stream
+    /// registered after they moved may have missed its re-check.
+    fn generations(&self) -> (u64, u64) {
+        (self.changes.generation(), self.allowlist.generation())
+    }
+
+    /// Layers 2-4 on one snapshot of the policy. In shadow mode a deny is
+    /// logged and counted as `shadow_deny`, and the request goes on.
+    async fn layers(
+        &self,
+        conn: &Conn,
+        request: &Request<Incoming>,
+        path: &CanonicalPath,
+        request_id: &str,
+        log: &mut RequestLog,
+    ) -> Result<(), Reason> {
+        let Layers { policy, oauth, governor, .. } = &self.layers;
+        let loaded = policy.current();
+        let oauth = oauth.load_full();
+        let facts =
+            RequestFacts { caller: &conn.peer.id, method: request.method().as_str(), path, headers: request.headers() };
+        let result =
+            pipeline::evaluate(&loaded, oauth.as_deref(), governor, facts, Some(&self.metrics), &mut log.trace).await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(denial) => {
+                self.deny_or_shadow(loaded.mode, denial.reason, &denial.policy_ids, conn, request_id)?;
+                log.shadow = Some(denial.reason);
+                Ok(())
+            }
+        }
+    }
+
+    fn deny_or_shadow(
+        &self,
+        mode: PolicyMode,
+        reason: Reason,
+        policy_ids: &[String],
+        conn: &Conn,
+        request_id: &str,
+    ) -> Result<(), Reason> {
+        match mode {
+            PolicyMode::Enforce => Err(reason),
+            PolicyMode::Shadow => {
+                self.metrics.shadow_deny("inbound", reason.layer(), reason);
+                tracing::info!(caller = %conn.peer.id, %reason, ?policy_ids, request_id, "shadow_deny: forwarded anyway");
+                Ok(())
+            }
+        }
+    }
+
+    /// Header hygiene (DESIGN 1.3 "Forwarding"), then the identity headers.
+    fn set_headers(
+        &self,
+        h: &mut hyper::HeaderMap,
+        conn: &Conn,
+        request_id: &str,
+        entra_agent_id: Option<&str>,
+        upgrade: bool,
+    ) {
+        let hygiene =
+            headers::Hygiene { keep_upgrade: upgrade, allow_underscores: self.config.allow_underscore_headers };
+        headers::sanitize_request(h, hygiene);
+        // The client sets Host from the upstream URI: a caller's Host never leaks a destination.
+        h.remove(header::HOST);
+        for (name, value) in &conn.forwarded {
+            if let Some(value) = value {
+                h.insert(name, value.clone());
+            }
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            h.insert(X_REQUEST_ID, id);
+        }
+        // The caller's entry names its Entra agent (the policy's word, never the caller's).
+        if let Some(id) = entra_agent_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            h.insert(X_SPIFFE_ENTRA_AGENT_ID, id);
+        }
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
+}
+
+/// What registering a stream late (after the app answered) needs of its request.
+struct Late {
+    authorization: Option<HeaderValue>,
+    method: Method,
+}
+
+/// A stream ends when the caller's certificate expires, or the token that
+/// allowed it does (it was accepted until `exp` + `leeway`), whichever
+/// comes first.
+fn stream_deadline(not_after: SystemTime, token_exp: Option<u64>, leeway: Duration) -> tokio::time::Instant {
+    let token = token_exp
+        .and_then(|exp| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
+        .and_then(|exp| exp.checked_add(leeway));
+    let end = token.map_or(not_after, |token| token.min(not_after));
+    tokio::time::Instant::now() + end.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// `inbound.upstream` + the canonical path re-encoded + the original query.
+fn upstream_uri(
+    authority: &hyper::http::uri::Authority,
+    path: &CanonicalPath,
+    query: Option<&str>,
+) -> Result<Uri, Reason> {
+    let mut path_and_query = path.encoded();
+    if let Some(q) = query.map(headers::without_method_override).filter(|q| !q.is_empty()) {
+        path_and_query.push('?');
+        path_and_query.push_str(&q);
+    }
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Reason::BadPath)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_ends_with_the_certificate_or_the_token_whichever_is_first() {
+        let now = SystemTime::now();
+        let in_secs = |d: tokio::time::Instant| d.duration_since(tokio::time::Instant::now()).as_secs_f64();
+        let unix = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let cert = now + Duration::from_secs(600);
+        let leeway = Duration::from_secs(60);
+        assert!((in_secs(stream_deadline(cert, None, leeway)) - 600.0).abs() < 5.0);
+        let token = unix(now + Duration::from_secs(100));
+        assert!((in_secs(stream_deadline(cert, Some(token), leeway)) - 160.0).abs() < 5.0, "token exp + leeway");
+        assert!((in_secs(stream_deadline(cert, Some(u64::MAX), leeway)) - 600.0).abs() < 5.0, "no overflow");
+        let past = unix(now - Duration::from_secs(3600));
+        assert!(in_secs(stream_deadline(cert, Some(past), leeway)) < 1.0);
+    }
+}

@@ -1,0 +1,288 @@
+//! The outbound listener: plain HTTP from the local app on loopback, routed
+//! by `Host` (or an opt-in path prefix) to a peer sidecar over mTLS, the
+//! peer verified by its SPIFFE ID. One connection pool per route, renewed
+//! when our SVID rotates so peers always see the current certificate.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use certs::{Identity, IdentityWatch};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use policy::Reason;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::{OutboundConfig, RouteConfig};
+use crate::dataplane::body::{Activity, Body, Tracked};
+use crate::dataplane::deny;
+use crate::dataplane::headers::{self, X_REQUEST_ID};
+use crate::dataplane::request_id::RequestIds;
+use crate::dataplane::server::{self, ConnectionEnds};
+use crate::dataplane::upstream::sidecar::{RefusalMemo, SidecarConnector};
+use crate::dataplane::upstream::{self};
+use crate::facts::entra_token::EntraTokens;
+use crate::observe::audit::{AuditHub, Event};
+use crate::observe::metrics::Metrics;
+
+pub struct Outbound {
+    config: OutboundConfig,
+    audit: Arc<AuditHub>,
+    /// The sidecar's own Entra tokens, for routes with `entra_token`.
+    tokens: Option<Arc<EntraTokens>>,
+    routes: Vec<Route>,
+    identity: IdentityWatch,
+    ids: RequestIds,
+    metrics: Arc<Metrics>,
+}
+
+struct Route {
+    config: RouteConfig,
+    pools: ArcSwapOption<Pools>,
+}
+
+/// The pools of one route for one SVID: HTTP/2-capable, and HTTP/1.1 for upgrades.
+struct Pools {
+    identity: Arc<Identity>,
+    any: Client<SidecarConnector, Body>,
+    http1: Client<SidecarConnector, Body>,
+    refusals: RefusalMemo,
+}
+
+impl Outbound {
+    pub fn new(
+        config: OutboundConfig,
+        identity: IdentityWatch,
+        metrics: Arc<Metrics>,
+        tokens: Option<Arc<EntraTokens>>,
+        audit: Arc<AuditHub>,
+    ) -> Arc<Self> {
+        let routes = config.routes.iter().map(|r| Route { config: r.clone(), pools: ArcSwapOption::empty() }).collect();
+        Arc::new(Self { config, audit, tokens, routes, identity, ids: RequestIds::new(), metrics })
+    }
+
+    /// Accepts until `shutdown`, then drains connections for at most `drain`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: crate::dataplane::server::Listener,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        server::accept_loop(listener, shutdown, drain, |tcp, remote, slot, shutdown| {
+            self.clone().connection(tcp, remote, slot, shutdown)
+        })
+        .await;
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        slot: server::Slot,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let limits = self.config.limits;
+        let builder = server::builder(&limits);
+        let activity = Activity::new();
+        let this = self.clone();
+        let tracked = activity.clone();
+        let service = service_fn(move |req| this.clone().request(req, tracked.clone()));
+        let io = TokioIo::new(server::Lingering::new(tcp, Some(slot)));
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        let ends = ConnectionEnds {
+            activity,
+            idle_timeout: limits.idle_timeout,
+            shutdown,
+            closed: None,
+            drain_after: None,
+            close_after: None,
+        };
+        server::drive(connection, ends).await;
+        tracing::debug!(%remote, "outbound connection closed");
+    }
+
+    async fn request(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        activity: Arc<Activity>,
+    ) -> Result<Response<Body>, Infallible> {
+        let in_flight = activity.begin();
+        let started = std::time::Instant::now();
+        let request_id = self.ids.next();
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+        // The request counts as in flight until its response body ends.
+        // One snapshot of our identity for the connection and the audit event (it may rotate meanwhile).
+        let identity = self.identity.current();
+        let (mut response, reason) = match self.forward(request, &request_id, identity.as_ref()).await {
+            Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight, None)), Reason::Allowed),
+            Err(reason) => {
+                tracing::debug!(%reason, request_id, "outbound request failed");
+                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight, None)), reason)
+            }
+        };
+        self.metrics.request("outbound", reason.layer(), reason);
+        self.metrics.request_duration("outbound", started.elapsed().as_secs_f64());
+        // A response from the peer keeps the peer's ID: it is the one in its
+        // deny body and in the target's audit trail.
+        if !response.headers().contains_key(X_REQUEST_ID)
+            && let Ok(id) = HeaderValue::from_str(&request_id)
+        {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        self.audit.record(Event {
+            direction: "outbound",
+            request_id: Some(request_id),
+            caller_spiffe_id: identity.map(|i| Arc::from(i.svid().id().as_str())),
+            target: host.map(Arc::from),
+            method: Some(method),
+            path: Some(path),
+            decision: if reason == Reason::Allowed { "allow" } else { "deny" },
+            layer: reason.layer().as_str(),
+            reason: reason.as_str(),
+            status: response.status().as_u16(),
+            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ..Event::default()
+        });
+        Ok(response)
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        request_id: &str,
+        identity: Option<&Arc<Identity>>,
+    ) -> Result<Response<Incoming>, Reason> {
+        if request.method() == Method::CONNECT {
+            return Err(Reason::MethodNotAllowed);
+        }
+        // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) would let the app pick any destination.
+        if request.version() < Version::HTTP_2 && request.uri().scheme().is_some() {
+            return Err(Reason::AbsoluteForm);
+        }
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let (route, path) = self.pick(host, request.uri().path()).ok_or(Reason::NoRoute)?;
+        let identity = identity.ok_or(Reason::NotReady)?;
+
+        let mut path_and_query = path.to_owned();
+        if let Some(q) = request.uri().query() {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        let uri = Uri::builder()
+            .scheme("https")
+            .authority(route.config.upstream.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Reason::BadPath)?;
+
+        // As inbound: only a WebSocket upgrade travels; anything else is an ordinary request.
+        let upgrade = headers::websocket_upgrade(request.method(), request.version(), request.headers())
+            .then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, incoming) = request.into_parts();
+        parts.uri = uri;
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        parts.headers.remove(header::HOST);
+        if let Some(scope) = &route.config.entra_scope
+            && !parts.headers.contains_key(header::AUTHORIZATION)
+        {
+            let tokens = self.tokens.as_ref().ok_or(Reason::TokenUnavailable)?;
+            let token = tokens.token(scope).await.map_err(|e| {
+                tracing::warn!(error = %e, route = route.config.name, "no entra token for the route");
+                Reason::TokenUnavailable
+            })?;
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Reason::TokenUnavailable)?;
+            parts.headers.insert(header::AUTHORIZATION, value);
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            parts.headers.insert(X_REQUEST_ID, id);
+        }
+        // The peer connection's protocol (h2 or HTTP/1.1) is chosen by ALPN, not by the app.
+        parts.version = Version::HTTP_11;
+        let outgoing = Request::from_parts(parts, crate::dataplane::body::boxed(incoming));
+
+        let pools = route.pools(identity, &self.config)?;
+        let client = if upgrade.is_some() { &pools.http1 } else { &pools.any };
+        let mut response =
+            upstream::with_timeout(self.config.response_timeout, client.request(outgoing), Some(&pools.refusals))
+                .await?;
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if upgraded {
+            let Some(downstream) = upgrade.filter(|_| headers::switches_to_websocket(response.headers())) else {
+                tracing::warn!(route = route.config.name, request_id, "the peer switched protocols unasked; refused");
+                return Err(Reason::UpstreamError);
+            };
+            let upstream = hyper::upgrade::on(&mut response);
+            let ends = upstream::TunnelEnds {
+                closed: Default::default(),
+                deadline: None,
+                idle_timeout: self.config.limits.idle_timeout,
+            };
+            tokio::spawn(upstream::tunnel(downstream, upstream, ends));
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), upgraded);
+        Ok(response)
+    }
+
+    /// Route by `Host` (port stripped, case-insensitive); else by opt-in path
+    /// prefix, which is stripped. Returns the route and the path to send.
+    fn pick<'p>(&self, host: &str, path: &'p str) -> Option<(&Route, &'p str)> {
+        let name = strip_port(host);
+        if let Some(route) = self.routes.iter().find(|r| r.config.name.eq_ignore_ascii_case(name)) {
+            return Some((route, path));
+        }
+        self.routes.iter().find_map(|route| {
+            let prefix = route.config.path_prefix.as_deref()?;
+            match path.strip_prefix(prefix)? {
+                "" => Some((route, "/")),
+                rest if rest.starts_with('/') => Some((route, rest)),
+                _ => None,
+            }
+        })
+    }
+}
+
+impl Route {
+    /// The pools for the current SVID, built on first use after each rotation.
+    fn pools(&self, identity: &Arc<Identity>, config: &OutboundConfig) -> Result<Arc<Pools>, Reason> {
+        if let Some(current) = self.pools.load_full().filter(|p| Arc::ptr_eq(&p.identity, identity)) {
+            return Ok(current);
+        }
+        let watch = IdentityWatch::fixed(identity.clone());
+        let refusals = RefusalMemo::default();
+        let build = |http1_only| {
+            SidecarConnector::new(watch.clone(), self.config.server_id.clone(), config.connect_timeout, http1_only)
+                .map(|connector| connector.with_refusals(refusals.clone()))
+                .map(|connector| {
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(std::time::Duration::from_secs(60))
+                        .pool_timer(TokioTimer::new())
+                        .timer(TokioTimer::new())
+                        .build(connector)
+                })
+                .map_err(|_| Reason::UpstreamError)
+        };
+        let pools = Arc::new(Pools { identity: identity.clone(), any: build(false)?, http1: build(true)?, refusals });
+        self.pools.store(Some(pools.clone()));
+        Ok(pools)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| h.trim_start_matches('['));
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}

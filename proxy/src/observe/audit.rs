@@ -1,0 +1,329 @@
+//! The audit trail (DESIGN 1.6): one event per decision, admin mutation,
+//! policy reload and (aggregated) refused handshake, with a monotonically
+//! increasing `seq`. Sinks: an in-memory ring, JSON lines to a file and/or
+//! stdout (each written by its own task), and live subscribers, each with a
+//! bounded queue ([`subscribers`]) — a slow sink or subscriber loses events
+//! (counted when lost, and a subscriber learns how many); nobody slows the
+//! data path.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::observe::metrics::Metrics;
+
+mod subscribers;
+
+pub use subscribers::{Next, STALL_LIMIT, Subscription};
+
+/// What the audit event says about the token. Never the token itself.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct JwtAudit {
+    pub present: bool,
+    pub valid: bool,
+    pub azp: Option<Arc<str>>,
+    pub roles: Arc<[String]>,
+    pub error: Option<String>,
+}
+
+/// One audit event (DESIGN 1.6).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Event {
+    pub seq: u64,
+    /// RFC 3339, formatted only when the event is written or sent.
+    pub timestamp: Timestamp,
+    pub direction: &'static str,
+    pub request_id: Option<String>,
+    /// Shared with the connection (inbound) that computed it once.
+    pub caller_spiffe_id: Option<Arc<str>>,
+    /// Shared with the listener that computed it once (inbound).
+    pub target: Option<Arc<str>>,
+    /// A standard method is a constant (no copy per request).
+    #[serde(serialize_with = "method_name")]
+    pub method: Option<hyper::Method>,
+    pub path: Option<String>,
+    pub decision: &'static str,
+    pub layer: &'static str,
+    pub reason: &'static str,
+    pub policy_ids: Arc<[String]>,
+    pub status: u16,
+    pub latency_us: u64,
+    pub jwt: JwtAudit,
+    pub risk_level: Option<&'static str>,
+    pub caller_tag: Option<String>,
+    pub policy_version: Option<Arc<str>>,
+    /// The caller's policy entry name (bounded; for per-caller counters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_policy: Option<Arc<str>>,
+    /// Mgmt mutations: which key (by name, never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// A refused handshake: the ID an unverified certificate claims (anyone
+    /// can claim any ID, so it is never `caller_spiffe_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_spiffe_id: Option<Arc<str>>,
+    /// A refused handshake: the peer's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<std::net::IpAddr>,
+    /// A refused handshake: similar refusals folded into this event since
+    /// the previous one (same source and reason, or over the global budget).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn method_name<S: serde::Serializer>(method: &Option<hyper::Method>, serializer: S) -> Result<S::Ok, S::Error> {
+    match method {
+        Some(method) => serializer.serialize_str(method.as_str()),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// When an event was recorded; serialized as RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Default for Timestamp {
+    fn default() -> Self {
+        Self(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&rfc3339(self.0))
+    }
+}
+
+/// Decision counters for `GET /mgmt/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    total: u64,
+    allowed: u64,
+    denied: u64,
+    per_caller: std::collections::BTreeMap<String, [u64; 3]>,
+}
+
+pub struct AuditHub {
+    seq: AtomicU64,
+    counters: Mutex<Counters>,
+    ring: Mutex<VecDeque<Arc<Event>>>,
+    capacity: usize,
+    live: Arc<subscribers::Subscribers>,
+    /// The JSON-lines writers (file, stdout).
+    sinks: Vec<mpsc::Sender<Arc<Event>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a JSON-lines sink writes: an opened file or the process's stdout.
+pub type SinkWriter = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// Events a JSON-lines sink may fall behind by before it loses some.
+const SINK_QUEUE: usize = 4096;
+
+impl AuditHub {
+    /// `sinks`: each gets every event as a JSON line, from a background task
+    /// of its own (started here).
+    pub fn new(capacity: usize, sinks: Vec<(String, SinkWriter)>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let sinks = sinks
+            .into_iter()
+            .map(|(name, writer)| {
+                let (tx, rx) = mpsc::channel(SINK_QUEUE);
+                tokio::spawn(write_lines(name, writer, rx, metrics.clone()));
+                tx
+            })
+            .collect();
+        Arc::new(Self {
+            seq: AtomicU64::new(0),
+            counters: Mutex::default(),
+            ring: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            live: subscribers::Subscribers::new(metrics.audit_subscribers.clone()),
+            sinks,
+            metrics,
+        })
+    }
+
+    /// Stamps `event` with the next `seq` and the time, and delivers it.
+    pub fn record(&self, mut event: Event) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        event.seq = seq;
+        event.timestamp = Timestamp(SystemTime::now());
+        if event.direction != "mgmt" {
+            let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            let allowed = event.decision != "deny";
+            c.total += 1;
+            if allowed {
+                c.allowed += 1
+            } else {
+                c.denied += 1
+            }
+            let caller = event.caller_policy.as_deref().unwrap_or("unknown");
+            // Look up before inserting: the name is only copied the first time.
+            if !c.per_caller.contains_key(caller) {
+                c.per_caller.insert(caller.to_owned(), [0; 3]);
+            }
+            if let Some([total, allowed_count, denied_count]) = c.per_caller.get_mut(caller) {
+                *total += 1;
+                if allowed { *allowed_count += 1 } else { *denied_count += 1 }
+            }
+        }
+        let event = Arc::new(event);
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            if ring.len() == self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(event.clone());
+        }
+        self.live.send(&event, &self.metrics);
+        for sink in &self.sinks {
+            if sink.try_send(event.clone()).is_err() {
+                self.metrics.audit_dropped.inc();
+            }
+        }
+        seq
+    }
+
+    /// Newest first, filtered.
+    pub fn recent(&self, limit: usize, caller: Option<&str>, decision: Option<&str>) -> Vec<Arc<Event>> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter()
+            .rev()
+            .filter(|e| caller.is_none_or(|c| e.caller_spiffe_id.as_deref() == Some(c)))
+            .filter(|e| decision.is_none_or(|d| e.decision == d))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Events after `seq` still in the ring (for `Last-Event-ID`), oldest first.
+    pub fn since(&self, seq: u64) -> Vec<Arc<Event>> {
+        let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.iter().filter(|e| e.seq > seq).cloned().collect()
+    }
+
+    /// `{total_requests, total_allowed, total_denied, per_caller}` (by policy entry name).
+    pub fn counters(&self) -> serde_json::Value {
+        let c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let per_caller: serde_json::Map<String, serde_json::Value> = c
+            .per_caller
+            .iter()
+            .map(|(k, [t, a, d])| (k.clone(), serde_json::json!({"total": t, "allowed": a, "denied": d})))
+            .collect();
+        serde_json::json!({"total_requests": c.total, "total_allowed": c.allowed, "total_denied": c.denied, "per_caller": per_caller})
+    }
+
+    /// A live subscription to every event recorded from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.live.add()
+    }
+}
+
+/// Writes each event as one JSON line, flushing whenever it has caught up.
+/// A failing sink (a full disk, a closed stdout) is logged when it starts
+/// and when it recovers, not once per event; its lost events are counted.
+async fn write_lines(name: String, mut writer: SinkWriter, mut rx: mpsc::Receiver<Arc<Event>>, metrics: Arc<Metrics>) {
+    use tokio::io::AsyncWriteExt;
+    let mut failing = false;
+    while let Some(event) = rx.recv().await {
+        let Ok(mut line) = serde_json::to_vec(event.as_ref()) else { continue };
+        line.push(b'\n');
+        let mut written = writer.write_all(&line).await;
+        if written.is_ok() && rx.is_empty() {
+            written = writer.flush().await;
+        }
+        match written {
+            Err(e) => {
+                metrics.audit_dropped.inc();
+                if !failing {
+                    tracing::error!(sink = %name, error = %e, "audit write failed; events are lost until it recovers");
+                }
+                failing = true;
+            }
+            Ok(()) if failing => {
+                tracing::info!(sink = %name, "audit writes recovered");
+                failing = false;
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds (`2026-11-26T08:00:00.123Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    // Saturating at both ends: before 1970 reads as the epoch, after 9999 as its last instant
+    // (an expiry comes from a certificate, so it must not be able to panic the formatter).
+    let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    time::Duration::try_from(since_epoch)
+        .ok()
+        .and_then(|d| time::OffsetDateTime::UNIX_EPOCH.checked_add(d))
+        .and_then(|at| at.format(FORMAT).ok())
+        .unwrap_or_else(|| String::from("9999-12-31T23:59:59.999Z"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink whose every write fails (a closed stdout, a full disk).
+    struct Broken;
+
+    impl tokio::io::AsyncWrite for Broken {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("closed")))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_loses_events_countably_and_the_rest_goes_on() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let hub = AuditHub::new(10, vec![("broken".into(), Box::new(Broken))], metrics.clone());
+        for _ in 0..3 {
+            hub.record(Event { direction: "inbound", ..Event::default() });
+        }
+        let lost = || async { (metrics.audit_dropped.get() >= 3).then_some(()) };
+        certs::dev::eventually(std::time::Duration::from_secs(10), "three lost events counted", lost).await;
+        assert_eq!(metrics.audit_dropped.get(), 3);
+        assert_eq!(hub.recent(10, None, None).len(), 3, "the ring still has every event");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        use std::time::Duration;
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_680_000_123);
+        assert_eq!(rfc3339(t), "2026-11-26T08:00:00.123Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
+    }
+}

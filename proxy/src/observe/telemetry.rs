@@ -1,0 +1,67 @@
+//! The telemetry listener: `/healthz`, `/readyz`, `/metrics` (no auth).
+//!
+//! Readiness is local state only (DESIGN 1.8): an unexpired SVID. A Graph or
+//! JWKS outage must not take every pod out of service.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use certs::IdentityWatch;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
+
+use crate::observe::metrics::Metrics;
+
+/// What the telemetry routes read.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub identity: IdentityWatch,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why the sidecar is not ready, or `None` when it is: local state only
+/// (`/readyz`, and `/mgmt/health` reports the same).
+pub fn not_ready_reason(identity: &IdentityWatch) -> Option<&'static str> {
+    match identity.state() {
+        certs::IdentityState::Initializing => Some("no svid yet"),
+        certs::IdentityState::Unavailable(_) => Some("svid expired"),
+        certs::IdentityState::Available(_) if !identity.is_ready() => Some("svid expired"),
+        certs::IdentityState::Available(_) => None,
+    }
+}
+
+impl Telemetry {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let response = match (request.method(), request.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+            (&Method::GET | &Method::HEAD, "/readyz") => match not_ready_reason(&self.identity) {
+                None => text(StatusCode::OK, "ready\n".into()),
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            },
+            (&Method::GET, "/metrics") => {
+                let mut response = text(StatusCode::OK, self.metrics.encode());
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            (_, "/healthz" | "/readyz" | "/metrics") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        };
+        Ok(response)
+    }
+}
+
+/// Every answer closes its connection: anyone who reaches this listener (it
+/// needs no key) could otherwise hold its connection slots with keep-alive
+/// and starve the kubelet's probes.
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    response
+}
