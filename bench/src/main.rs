@@ -232,7 +232,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Sidecar { config, cpu }) = &cli.command {
         return sidecar::serve(config, *cpu);
     }
-    certs::tls::install_default_provider();
+    certs::crypto::install_default_provider();
     let pin = cli.pin && core_affinity::get_core_ids().is_some_and(|c| c.len() >= 2);
     if cli.pin && !pin {
         eprintln!("--pin needs 2 CPUs: running unpinned");

@@ -139,7 +139,7 @@ impl Drop for Sidecar {
 /// The `sidecar` mode: one runtime worker (the config's `runtime.worker_threads`,
 /// default 1), optionally pinned; prints `ready <inbound> <outbound>`.
 pub fn serve(config: &Path, cpu: Option<usize>) -> anyhow::Result<()> {
-    certs::tls::install_default_provider();
+    certs::crypto::install_default_provider();
     let config = proxy::config::Config::load(config)?;
     let runtime = proxy::config::RuntimeConfig {
         worker_threads: config.runtime.worker_threads.or(Some(1)),

@@ -3,10 +3,12 @@
 //! - [`SpiffeId`], [`TrustDomain`] and [`IdPattern`]: parsed per the SPIFFE spec.
 //! - [`source`]: X509-SVIDs from the Workload API, PEM files or the dev CA,
 //!   published on a `watch` channel ([`IdentityWatch`]) as they rotate.
+//! - [`crypto`]: the process's one crypto provider (aws-lc-rs).
 //! - [`tls`]: rustls resolvers and verifiers that serve the current SVID and
 //!   check peers by SPIFFE ID against their own trust domain's bundle.
 //! - [`dev`] (feature `dev`): a dev CA and a real Workload API server.
 
+pub mod crypto;
 pub mod pattern;
 pub(crate) mod proto;
 pub mod rotation;

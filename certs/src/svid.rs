@@ -12,8 +12,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use crate::crypto::provider;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
-use crate::tls::provider;
 use crate::x509::{self, LeafInfo, SvidError};
 
 /// Why SVID or bundle material cannot be used.

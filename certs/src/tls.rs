@@ -7,12 +7,12 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::server::NoServerSessionStorage;
 use rustls::{CertificateError, ClientConfig, OtherError, ServerConfig};
 
+use crate::crypto::provider;
 use crate::pattern::IdPattern;
 use crate::rotation::IdentityWatch;
 use crate::spiffe_id::SpiffeId;
@@ -24,18 +24,6 @@ mod server_verifier;
 pub use client_verifier::SpiffeClientVerifier;
 pub use resolver::SvidResolver;
 pub use server_verifier::SpiffeServerVerifier;
-
-/// The one crypto provider of the process: aws-lc-rs.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
-}
-
-/// Installs [`provider`] as the process default, for crates that ask for it.
-/// Safe to call more than once.
-pub fn install_default_provider() {
-    let _already_installed = provider().as_ref().clone().install_default();
-}
 
 /// Why a peer's certificate was refused: Layer 1 `reason` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -156,21 +144,40 @@ pub fn verify_peer_chain(
         .map_err(|e| chain_reason(&e))
 }
 
+/// Whether an mTLS listener lets clients resume sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumption {
+    /// Every connection runs the client verifier (the current bundles, the
+    /// caller's expiry and SPIFFE ID). The default.
+    Off,
+    /// Sessions are kept (at most this many) and TLS 1.3 tickets sent. A
+    /// resumed session skips the client verifier: whoever turns this on must
+    /// judge the session's chain after the handshake
+    /// ([`verify_peer_chain`]), as the inbound listener does.
+    On { sessions: usize },
+}
+
 /// A server config for an mTLS listener: serves the current SVID, requires a
 /// client SVID from a trusted domain that `authorizer` accepts.
-///
-/// Session resumption is off: a resumed TLS 1.3 session would skip the client
-/// verifier, and with it the current bundle and expiry checks.
 pub fn server_config(
     identity: IdentityWatch,
     authorizer: Arc<dyn PeerAuthorizer>,
+    resumption: Resumption,
 ) -> Result<ServerConfig, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(identity.clone(), authorizer)))
         .with_cert_resolver(Arc::new(SvidResolver::new(identity)));
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+    match resumption {
+        Resumption::Off => {
+            config.session_storage = Arc::new(NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
+        }
+        Resumption::On { sessions } => {
+            config.session_storage = rustls::server::ServerSessionMemoryCache::new(sessions);
+            config.send_tls13_tickets = 2;
+        }
+    }
     Ok(config)
 }
 

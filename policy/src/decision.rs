@@ -94,6 +94,19 @@ impl Decision {
     }
 }
 
+/// A certificate refused at the handshake, as the contract names it.
+impl From<certs::tls::Reason> for Reason {
+    fn from(reason: certs::tls::Reason) -> Self {
+        match reason {
+            certs::tls::Reason::NotAllowed => Self::NotAllowed,
+            certs::tls::Reason::UntrustedChain => Self::UntrustedChain,
+            certs::tls::Reason::NoClientCert => Self::NoClientCert,
+            certs::tls::Reason::BadSvid => Self::BadSvid,
+            certs::tls::Reason::CertExpired => Self::CertExpired,
+        }
+    }
+}
+
 impl Layer {
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -191,5 +204,20 @@ impl fmt::Display for Layer {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_certificate_keeps_its_name_and_is_layer_1() {
+        use certs::tls::Reason as Tls;
+        for tls in [Tls::NotAllowed, Tls::UntrustedChain, Tls::NoClientCert, Tls::BadSvid, Tls::CertExpired] {
+            let reason = Reason::from(tls);
+            assert_eq!(reason.as_str(), tls.as_str());
+            assert_eq!(reason.layer(), Layer::Mtls);
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`path`]: the canonical form a request path is judged and forwarded in.
 //! - [`decision`]: the `layer` + `reason` outcome every request ends with.
 //! - [`reference`]: the reference prototype's policy YAML, enriched and validated.
+//! - [`risk`]: a caller's risk level (Layer 4a).
 //! - [`compile`] + [`engine`]: that YAML compiled to Cedar, plus native Cedar
 //!   policies, evaluated per caller (Layer 2).
 
@@ -12,9 +13,11 @@ pub mod engine;
 pub mod jwt;
 pub mod path;
 pub mod reference;
+pub mod risk;
 
 pub use compile::CompileOptions;
 pub use decision::{Decision, Layer, Reason};
 pub use engine::{PolicyEngine, PolicyError, Source, Verdict};
 pub use path::{CanonicalPath, PathError, PathOptions};
 pub use reference::PolicyDoc;
+pub use risk::RiskLevel;

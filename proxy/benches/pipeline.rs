@@ -32,7 +32,7 @@ const CALLER: &str = "spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report";
 const OID: &str = "00000000-0000-4000-8000-0000000000a1";
 
 fn bench(c: &mut Criterion) {
-    certs::tls::install_default_provider();
+    certs::crypto::install_default_provider();
     let dir = tempfile::tempdir().unwrap();
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, include_str!("../../examples/reference-policy/spiffe-rbac-policy.yaml")).unwrap();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use certs::tls::Resumption;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -90,7 +91,8 @@ impl Mgmt {
             Some(patterns) => {
                 let patterns = patterns.clone();
                 let authorizer = move |peer: &certs::SpiffeId| patterns.iter().any(|p| p.matches(peer));
-                let mut config = certs::tls::server_config(ctx.identity.clone(), Arc::new(authorizer))?;
+                let mut config =
+                    certs::tls::server_config(ctx.identity.clone(), Arc::new(authorizer), Resumption::Off)?;
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
                 Some(TlsAcceptor::from(Arc::new(config)))
             }

@@ -186,7 +186,7 @@ impl OnUnavailable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RiskSection {
     pub source: FactSource,
-    pub blocked_levels: Vec<crate::layers::governance::RiskLevel>,
+    pub blocked_levels: Vec<policy::RiskLevel>,
     pub refresh: Duration,
     pub on_unavailable: OnUnavailable,
 }
@@ -711,6 +711,23 @@ impl Ctx<'_> {
         };
         Ok(TelemetryConfig { listen, log_format })
     }
+}
+
+/// SHA-256 (hex) of the files' contents, in order; `None` if one cannot be read.
+pub fn fingerprint<'a>(files: impl IntoIterator<Item = &'a Path>) -> Option<String> {
+    let contents = files.into_iter().map(std::fs::read).collect::<Result<Vec<_>, _>>().ok()?;
+    Some(fingerprint_bytes(contents.iter().map(Vec::as_slice)))
+}
+
+/// [`fingerprint`] of contents already read.
+pub fn fingerprint_bytes<'a>(contents: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut all = Vec::new();
+    for bytes in contents {
+        // Length-prefixed, so moving bytes from one file to the next changes the result.
+        all.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        all.extend_from_slice(bytes);
+    }
+    sha256(&all).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// SHA-256 of `data`.

@@ -10,7 +10,7 @@ use proxy::config::Config;
 const BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    certs::tls::install_default_provider();
+    certs::crypto::install_default_provider();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {

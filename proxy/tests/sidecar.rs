@@ -22,6 +22,7 @@ mod sidecar {
     pub mod handshakes;
     pub mod hostile;
     pub mod jwt;
+    pub mod layout;
     pub mod mesh;
     pub mod mgmt;
     pub mod outbound;

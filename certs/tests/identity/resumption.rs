@@ -21,9 +21,8 @@ async fn every_connection_gets_a_full_handshake_and_is_verified_again() {
 
     // A client that keeps sessions resumes against a listener with resumption
     // on (what `inbound.tls_resumption: true` sets up): the check above would see it.
-    let mut config = certs::tls::server_config(server_identity, allow_all()).unwrap();
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
-    config.send_tls13_tickets = 2;
+    let resumption = certs::tls::Resumption::On { sessions: 16 };
+    let config = certs::tls::server_config(server_identity, allow_all(), resumption).unwrap();
     let resuming = TlsServer::start_with(config).await;
     let mut keeping = client.as_ref().clone();
     keeping.resumption = rustls::client::Resumption::in_memory_sessions(16);

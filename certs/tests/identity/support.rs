@@ -47,7 +47,7 @@ impl Drop for TlsServer {
 
 impl TlsServer {
     pub async fn start(identity: IdentityWatch, authorizer: Arc<dyn PeerAuthorizer>) -> Self {
-        Self::start_with(tls::server_config(identity, authorizer).unwrap()).await
+        Self::start_with(tls::server_config(identity, authorizer, tls::Resumption::Off).unwrap()).await
     }
 
     pub async fn start_with(config: rustls::ServerConfig) -> Self {
@@ -114,7 +114,7 @@ pub fn client_with_cert(
     expected: &str,
     cert: Option<(CertificateDer<'static>, Vec<u8>)>,
 ) -> Arc<rustls::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()

@@ -17,11 +17,12 @@ use crate::config::FactSource;
 use crate::dataplane::body::Body;
 use crate::facts::graph::Freshness;
 use crate::layers::allowlist::AllowList;
-use crate::layers::governance::{Governor, RiskLevel};
+use crate::layers::governance::Governor;
 use crate::layers::oauth::Oauth;
 use crate::layers::rbac::PolicyStore;
 use crate::observe::audit::{AuditHub, Event, rfc3339};
 use crate::observe::metrics::Metrics;
+use policy::RiskLevel;
 
 /// What the routes read and change.
 pub struct Context {

@@ -40,30 +40,13 @@ pub struct State {
     pub last_change_at: Option<String>,
 }
 
-/// SHA-256 (hex) of the files' contents, in order; `None` if one cannot be read.
-pub fn fingerprint<'a>(files: impl IntoIterator<Item = &'a Path>) -> Option<String> {
-    let contents = files.into_iter().map(std::fs::read).collect::<Result<Vec<_>, _>>().ok()?;
-    Some(fingerprint_bytes(contents.iter().map(Vec::as_slice)))
-}
-
-/// [`fingerprint`] of contents already read.
-pub fn fingerprint_bytes<'a>(contents: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let mut all = Vec::new();
-    for bytes in contents {
-        // Length-prefixed, so moving bytes from one file to the next changes the result.
-        all.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
-        all.extend_from_slice(bytes);
-    }
-    crate::config::sha256(&all).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// [`fingerprint`]s of the config file and of the policy files (if any), as
+/// [`crate::config::fingerprint`]s of the config file and of the policy files (if any), as
 /// they are now: what `config_sha256` and `policy_sha256` record.
 pub fn file_fingerprints(
     config: &Path,
     policy: Option<&crate::config::PolicyConfig>,
 ) -> (Option<String>, Option<String>) {
-    (fingerprint([config]), policy.and_then(|p| fingerprint(p.files())))
+    (crate::config::fingerprint([config]), policy.and_then(|p| crate::config::fingerprint(p.files())))
 }
 
 pub struct StateFile {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use certs::IdentityWatch;
+use certs::tls::Resumption;
 use certs::x509::LeafInfo;
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -114,12 +115,10 @@ impl Inbound {
         layers: Layers,
         changes: Changes,
     ) -> Result<Arc<Self>, rustls::Error> {
-        let mut tls = certs::tls::server_config(identity.clone(), allowlist.clone())?;
+        // A resumed session's chain is judged after the handshake (see `connection`).
+        let resumption = if config.tls_resumption { Resumption::On { sessions: 1024 } } else { Resumption::Off };
+        let mut tls = certs::tls::server_config(identity.clone(), allowlist.clone(), resumption)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        if config.tls_resumption {
-            tls.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
-            tls.send_tls13_tickets = 2;
-        }
         let app = AppClient::new(config.upstream_connect_timeout, config.upstream_response_timeout);
         let audit = layers.audit.clone();
         Ok(Arc::new(Self {

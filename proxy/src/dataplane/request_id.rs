@@ -13,7 +13,7 @@ impl RequestIds {
     pub fn new() -> Self {
         let mut bytes = [0u8; 8];
         // Without randomness IDs stay unique within the process, which is all correlation needs.
-        let _ = certs::tls::provider().secure_random.fill(&mut bytes);
+        let _ = certs::crypto::provider().secure_random.fill(&mut bytes);
         Self { prefix: u64::from_be_bytes(bytes), counter: AtomicU64::new(0) }
     }
 

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::entra_token::EntraTokens;
 use super::http::{FetchError, HttpClient};
-use crate::layers::governance::RiskLevel;
 use crate::observe::metrics::Metrics;
+use policy::RiskLevel;
 
 /// A look-up that takes longer counts as unavailable.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -217,13 +217,9 @@ fn parse_risk(body: Option<&[u8]>) -> Result<RiskLevel, GraphError> {
     if matches!(state, "dismissed" | "remediated" | "confirmedSafe" | "none") {
         return Ok(RiskLevel::None);
     }
-    match item.get("riskLevel").and_then(Value::as_str) {
-        Some("low") => Ok(RiskLevel::Low),
-        Some("medium") => Ok(RiskLevel::Medium),
-        Some("high") => Ok(RiskLevel::High),
-        Some("none") => Ok(RiskLevel::None),
-        _ => Err(GraphError::Unknown),
-    }
+    // `hidden` and anything Graph adds later are unknown.
+    let level = item.get("riskLevel").and_then(Value::as_str).ok_or(GraphError::Unknown)?;
+    level.parse().map_err(|_| GraphError::Unknown)
 }
 
 /// `customSecurityAttributes.<set>.<attribute>`; `@odata.type` keys are

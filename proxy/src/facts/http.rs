@@ -37,7 +37,7 @@ pub struct HttpClient {
 impl HttpClient {
     pub fn new() -> Result<Self, rustls::Error> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(certs::tls::provider())?
+            .with_provider_and_webpki_roots(certs::crypto::provider())?
             .https_or_http()
             .enable_http1()
             .enable_http2()

@@ -4,12 +4,11 @@
 //! supply the rest.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use certs::SpiffeId;
 use policy::Reason;
+use policy::RiskLevel;
 use policy::jwt::Claims;
 use policy::reference::{Entry, Governance, Rule};
 
@@ -17,44 +16,14 @@ use crate::changes::Changes;
 use crate::config::{FactSource, OnUnavailable, RiskSection, TagsSection};
 use crate::facts::graph::Graph;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RiskLevel {
-    /// Not at risk (Graph: no entry, or dismissed / remediated / confirmed safe).
-    None,
-    Low,
-    Medium,
-    High,
-}
-
-impl RiskLevel {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-        }
-    }
-}
-
-impl FromStr for RiskLevel {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Self::None),
-            "low" => Ok(Self::Low),
-            "medium" => Ok(Self::Medium),
-            "high" => Ok(Self::High),
-            other => Err(format!("`{other}` is not one of low, medium, high")),
-        }
-    }
-}
-
-impl fmt::Display for RiskLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// What Layers 4a and 4b found (for the audit event) and their verdict.
+#[derive(Debug)]
+pub struct Findings {
+    /// The audit's `risk_level`: a level, or `unknown`; `None` when 4a did not run.
+    pub risk_level: Option<&'static str>,
+    /// The caller's tag, when 4b looked it up.
+    pub caller_tag: Option<String>,
+    pub verdict: Result<(), Reason>,
 }
 
 /// Operator pushes, by caller SPIFFE ID. Each one is a change open
@@ -175,7 +144,7 @@ impl Governor {
         }
     }
 
-    /// 4a then 4b. Agent state and the target tag apply when
+    /// 4a then 4b, and what they found. Agent state and the target tag apply when
     /// `admin_governance.enabled` (as in the reference); blocked risk levels
     /// and a rule's `required_tags` always apply.
     pub async fn check(
@@ -185,14 +154,27 @@ impl Governor {
         entry: &Entry,
         rule: Option<&Rule>,
         claims: Option<&Claims>,
-        trace: &mut crate::layers::pipeline::Trace,
+    ) -> Findings {
+        let mut found = Findings { risk_level: None, caller_tag: None, verdict: Ok(()) };
+        found.verdict = self.judge(governance, caller, entry, rule, claims, &mut found).await;
+        found
+    }
+
+    async fn judge(
+        &self,
+        governance: &Governance,
+        caller: &SpiffeId,
+        entry: &Entry,
+        rule: Option<&Rule>,
+        claims: Option<&Claims>,
+        found: &mut Findings,
     ) -> Result<(), Reason> {
         if governance.enabled && entry.ca.disabled {
             return Err(Reason::AgentDisabled);
         }
         let settings = self.settings();
         let risk = self.risk_of(caller, entry).await;
-        trace.risk_level = Some(risk.map_or("unknown", RiskLevel::as_str));
+        found.risk_level = Some(risk.map_or("unknown", RiskLevel::as_str));
         match risk {
             Some(level) if settings.risk.blocked_levels.contains(&level) => return Err(Reason::HighRiskAgentBlocked),
             Some(_) => {}
@@ -210,7 +192,7 @@ impl Governor {
                     Ok(())
                 }
             };
-            trace.caller_tag = tag;
+            found.caller_tag = tag;
             verdict?;
         }
         let required = rule.map(|r| &r.required_tags).filter(|t| !t.is_empty());

@@ -103,7 +103,8 @@ pub async fn evaluate(
             return Err(deny(e.reason, trace));
         }
     };
-    let governed =
-        governor.check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref(), trace);
-    governed.await.map_err(|reason| deny(reason, trace))
+    let found = governor.check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref()).await;
+    trace.risk_level = found.risk_level;
+    trace.caller_tag = found.caller_tag;
+    found.verdict.map_err(|reason| deny(reason, trace))
 }

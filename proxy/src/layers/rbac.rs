@@ -36,7 +36,7 @@ pub enum LoadError {
 pub struct Sources {
     pub reference: Source,
     pub cedar: Vec<Source>,
-    /// [`crate::admin::state::fingerprint`] of the contents, in file order.
+    /// [`crate::config::fingerprint`] of the contents, in file order.
     pub fingerprint: String,
 }
 
@@ -69,7 +69,7 @@ pub fn read_sources(config: &PolicyConfig) -> Result<Sources, LoadError> {
     let reference = read(&config.file)?;
     let cedar = config.cedar.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
     let contents = std::iter::once(&reference).chain(&cedar).map(|s| s.text.as_bytes());
-    let fingerprint = crate::admin::state::fingerprint_bytes(contents);
+    let fingerprint = crate::config::fingerprint_bytes(contents);
     Ok(Sources { reference, cedar, fingerprint })
 }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use certs::SpiffeId;
 use certs::dev::JwtKey;
+use policy::RiskLevel;
 use proxy::app::App;
 use proxy::cmd::dev_idp::{AppRegistration, GraphMode, TokenSpec};
 use proxy::config::Config;
-use proxy::layers::governance::RiskLevel;
 use serde_json::json;
 
 use super::mesh::{AUDIENCE, Mesh, REPORT, REPORT_OID, TENANT, reference_policy};

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use certs::SpiffeId;
+use policy::RiskLevel;
 use proxy::cmd::dev_idp::TokenSpec;
-use proxy::layers::governance::RiskLevel;
 
 use super::mesh::{AUDIENCE, Mesh, REPORT, REPORT_OID, TENANT, reference_policy};
 use super::support::{Reply, http};

@@ -18,7 +18,7 @@ use super::support::{eventually, get, http};
 /// the backend with the mesh's real bundle.
 fn presenting(mesh: &Mesh, identity: &Identity) -> Arc<rustls::ClientConfig> {
     let verifier = certs::tls::SpiffeServerVerifier::new(mesh.identity(REPORT), BACKEND.parse().unwrap());
-    let mut config = rustls::ClientConfig::builder_with_provider(certs::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()

@@ -49,7 +49,7 @@ async fn admin_put(reloader: &Reloader, version: &str) {
     let cfg = reloader.applied().policy.clone().unwrap();
     let engine = rbac::build_yaml(policy(version), "PUT", cfg, reloader.env.clone(), None).await.unwrap();
     let state = reloader.state.as_ref().unwrap();
-    let files = crate::admin::state::fingerprint([reloader.applied().policy.as_ref().unwrap().file.as_path()]);
+    let files = crate::config::fingerprint([reloader.applied().policy.as_ref().unwrap().file.as_path()]);
     state.update("policy:ops", |s| (s.policy_yaml, s.policy_sha256) = (Some(policy(version)), files.clone())).unwrap();
     reloader.install_admin_policy(engine, "policy:ops".into(), files).unwrap();
 }

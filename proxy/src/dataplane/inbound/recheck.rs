@@ -130,7 +130,7 @@ impl Inbound {
         // Without an identity of our own nothing can be verified; the
         // connection's expiry still closes it.
         match identity {
-            Some(identity) => certs::tls::verify_peer_chain(identity, &open.peer.chain).map_err(layer1),
+            Some(identity) => certs::tls::verify_peer_chain(identity, &open.peer.chain).map_err(Reason::from),
             None => Ok(()),
         }
     }
@@ -178,15 +178,4 @@ impl Drop for AbortOnDrop {
 
 fn current_bundles(identity: &IdentityWatch) -> Option<BundleSet> {
     identity.current().map(|i| i.bundles().clone())
-}
-
-/// A chain refused again, as the handshake would have refused it.
-fn layer1(reason: certs::tls::Reason) -> Reason {
-    match reason {
-        certs::tls::Reason::NotAllowed => Reason::NotAllowed,
-        certs::tls::Reason::UntrustedChain => Reason::UntrustedChain,
-        certs::tls::Reason::NoClientCert => Reason::NoClientCert,
-        certs::tls::Reason::BadSvid => Reason::BadSvid,
-        certs::tls::Reason::CertExpired => Reason::CertExpired,
-    }
 }
