@@ -3,7 +3,6 @@
 //! loopback; mTLS in addition off loopback), every mutation persisted before its 200 and audited with the
 //! key's name.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{MgmtSection, Role};
 use crate::dataplane::body::{self, Body};
+use crate::dataplane::server::{self, Listener, Slot};
 
 mod auth;
 pub mod reload;
@@ -33,9 +33,6 @@ pub use routes::Context;
 
 /// `PUT /mgmt/policy` bodies are at most this large.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
-/// Each request head must arrive within this (admin clients are scripts and
-/// tools nearby: a connection that sends nothing frees its slot soon).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
 /// The TLS handshake (mTLS off loopback) must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -102,29 +99,21 @@ impl Mgmt {
         Ok(Arc::new(Self { auth, tls, ctx }))
     }
 
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: crate::dataplane::server::Listener,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        crate::dataplane::server::accept_loop(
-            listener,
-            shutdown,
-            Duration::from_secs(5),
-            move |tcp, remote, slot, shutdown| {
-                let this = self.clone();
-                async move {
-                    match this.tls.clone() {
-                        None => this.serve_connection(tcp, remote, slot, shutdown).await,
-                        Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => this.serve_connection(tls, remote, slot, shutdown).await,
-                            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
-                            Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
-                        },
-                    }
+    /// Serves `listener` until `shutdown`, then drains for at most `drain`.
+    pub async fn serve(self: Arc<Self>, listener: Listener, shutdown: watch::Receiver<bool>, drain: Duration) {
+        server::accept_loop(listener, shutdown, drain, move |tcp, remote, slot, shutdown| {
+            let this = self.clone();
+            async move {
+                match this.tls.clone() {
+                    None => this.serve_connection(tcp, remote, slot, shutdown).await,
+                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => this.serve_connection(tls, remote, slot, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
+                        Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
+                    },
                 }
-            },
-        )
+            }
+        })
         .await;
     }
 
@@ -132,28 +121,16 @@ impl Mgmt {
         self: Arc<Self>,
         io: I,
         remote: SocketAddr,
-        slot: crate::dataplane::server::Slot,
-        mut shutdown: watch::Receiver<bool>,
+        slot: Slot,
+        shutdown: watch::Receiver<bool>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Cancelled to close the connection from a handler (a stalled audit stream).
         let cut = CancellationToken::new();
         let handler_cut = cut.clone();
-        let service = hyper::service::service_fn(move |req| self.clone().handle(req, remote, handler_cut.clone()));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .serve_connection(
-                hyper_util::rt::TokioIo::new(crate::dataplane::server::Lingering::new(io, Some(slot))),
-                service,
-            );
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = shutdown.wait_for(|s| *s) => {}
-            () = cut.cancelled() => {}
-        }
+        let handle = move |req| self.clone().handle(req, remote, handler_cut.clone());
+        server::http1_connection(io, slot, crate::config::LOCAL_LIMITS, shutdown, Some(cut), handle).await;
     }
 
     async fn handle(
@@ -161,14 +138,14 @@ impl Mgmt {
         req: Request<Incoming>,
         remote: SocketAddr,
         connection: CancellationToken,
-    ) -> Result<Response<Body>, Infallible> {
+    ) -> Response<Body> {
         let (caller, mut response) = self.route(req, remote, connection).await;
         // A connection that has not shown a key is not kept: whatever shares
         // the loopback cannot hold every slot with keep-alive health checks.
         if caller.is_none() {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Ok(response)
+        response
     }
 
     /// The response, and who asked for it (if they showed a valid key).

@@ -80,8 +80,15 @@ impl App {
         .await?;
         let telemetry_addr = telemetry_listener.local_addr()?;
         let telemetry = Arc::new(Telemetry { identity: identity.clone(), metrics: metrics.clone() });
-        let handler = move |req| telemetry.clone().handle(req);
-        servers.push(tokio::spawn(server::serve_http1(telemetry_listener, handler, shutdown.subscribe())));
+        let handler = move |req, _| telemetry.clone().handle(req);
+        let limits = crate::config::LOCAL_LIMITS;
+        servers.push(tokio::spawn(server::serve_http1(
+            telemetry_listener,
+            limits,
+            shutdown.subscribe(),
+            drain,
+            handler,
+        )));
 
         let audit = AuditHub::new(config.audit.ring, audit_sinks(&config.audit)?, metrics.clone());
         let state = match &config.mgmt {
@@ -201,8 +208,9 @@ impl App {
                 state,
                 reloader: reloader.clone(),
                 started: std::time::Instant::now(),
+                shutdown: shutdown.subscribe(),
             };
-            servers.push(tokio::spawn(Mgmt::new(section, ctx)?.serve(listener, shutdown.subscribe())));
+            servers.push(tokio::spawn(Mgmt::new(section, ctx)?.serve(listener, shutdown.subscribe(), drain)));
         }
         let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(

@@ -268,6 +268,15 @@ pub struct LimitsConfig {
 /// Connections the local admin listeners (mgmt, telemetry) hold at once.
 pub const LOCAL_MAX_CONNECTIONS: usize = 256;
 
+/// The limits of the local listeners (mgmt, telemetry, the dev emulators).
+/// Their clients are probes, scrapers and admin tools nearby: a request head
+/// comes at once, and a connection that sends nothing frees its slot soon.
+pub const LOCAL_LIMITS: HttpLimits = HttpLimits {
+    header_timeout: Duration::from_secs(3),
+    idle_timeout: Duration::from_secs(30),
+    max_header_bytes: 32 * 1024,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,

@@ -36,6 +36,9 @@ pub struct Context {
     pub state: Arc<StateFile>,
     pub reloader: Arc<Reloader>,
     pub started: Instant,
+    /// Turns true at shutdown: audit streams end then (a stream never
+    /// ends by itself, and would hold the drain to its timeout).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

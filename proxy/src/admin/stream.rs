@@ -42,9 +42,14 @@ pub fn stream(ctx: &Context, req: &Request<Incoming>, connection: CancellationTo
     let (frames, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let (last_word, last_word_rx) = oneshot::channel::<Bytes>();
     let metrics = ctx.metrics.clone();
+    let mut shutdown = ctx.shutdown.clone();
     tokio::spawn(async move {
         // The subscription ends here (`feed` owns it): the hub stops counting for it.
-        let cut = feed(live, replay, last.unwrap_or(0), &frames).await;
+        let cut = tokio::select! {
+            cut = feed(live, replay, last.unwrap_or(0), &frames) => cut,
+            // The body ends (the frames' sender is dropped): the connection drains.
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        };
         if let Some(Lost { counted, queued }) = cut {
             // What was still queued (events, and frames the body never took) is lost too.
             let unsent = u64::try_from(BODY_QUEUE.saturating_sub(frames.capacity())).unwrap_or(u64::MAX);

@@ -16,18 +16,17 @@
 //! `PUT /admin/apps/{client_id}` (`{"oid","roles"}`), `POST /admin/trust`
 //! (a JWKS whose keys may sign client assertions), `GET /admin/stats`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use certs::dev::{DevError, JwtKey};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+
+use crate::dataplane::body::Body;
 use serde_json::{Value, json};
 
 const KEY_FILE: &str = "idp_key.pem";
@@ -315,17 +314,18 @@ impl DevIdp {
 
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        use crate::dataplane::server::{Listener, serve_http1};
         let (_never, shutdown) = tokio::sync::watch::channel(false);
-        let handler = move |req| self.clone().handle(req);
-        let listener =
-            crate::dataplane::server::Listener::new(listener, "dev idp", crate::config::LOCAL_MAX_CONNECTIONS, None);
-        crate::dataplane::server::serve_http1(listener, handler, shutdown).await;
+        let handler = move |req, _| self.clone().handle(req);
+        let listener = Listener::new(listener, "dev idp", crate::config::LOCAL_MAX_CONNECTIONS, None);
+        let limits = crate::config::HttpLimits { idle_timeout: Duration::from_secs(60), ..crate::config::LOCAL_LIMITS };
+        serve_http1(listener, limits, shutdown, Duration::from_secs(1), handler).await;
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         if path.starts_with("/v1.0/") {
-            return Ok(self.graph(&req, &path).await);
+            return self.graph(&req, &path).await;
         }
         if path.starts_with("/admin/") && matches!(*req.method(), Method::PUT | Method::DELETE)
             || path == "/admin/trust"
@@ -333,7 +333,7 @@ impl DevIdp {
             let method = req.method().clone();
             let body =
                 http_body_util::BodyExt::collect(req.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Ok(self.admin_state(&method, &path, &body));
+            return self.admin_state(&method, &path, &body);
         }
         if req.method() == Method::POST && path.ends_with("/oauth2/v2.0/token") {
             let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
@@ -346,11 +346,11 @@ impl DevIdp {
                 .map(|(_, v)| decode(v))
                 .unwrap_or_default();
             self.wait_unless_held(&scope).await;
-            return Ok(self.token_endpoint(&tenant, &body));
+            return self.token_endpoint(&tenant, &body);
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let down = self.jwks_down.load(Ordering::SeqCst);
-        let response = match (req.method(), segments.as_slice()) {
+        match (req.method(), segments.as_slice()) {
             (&Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) if !down => {
                 let base = self.authority();
                 json_response(
@@ -399,15 +399,14 @@ impl DevIdp {
                 json_response(StatusCode::OK, &json!({ "jwks_fetches": self.jwks_fetches(), "kid": kid }))
             }
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
-        };
-        Ok(response)
+        }
     }
 }
 
 impl DevIdp {
     /// Client credentials with a federated assertion: the assertion must be
     /// an RS256 JWT from a trusted key for `api://AzureADTokenExchange`.
-    fn token_endpoint(&self, tenant: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    fn token_endpoint(&self, tenant: &str, body: &[u8]) -> Response<Body> {
         let form: std::collections::HashMap<String, String> = String::from_utf8_lossy(body)
             .split('&')
             .filter_map(|pair| pair.split_once('='))
@@ -454,7 +453,7 @@ impl DevIdp {
     }
 
     /// Run-time state for people driving `dev idp` over HTTP.
-    fn admin_state(&self, method: &Method, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    fn admin_state(&self, method: &Method, path: &str, body: &[u8]) -> Response<Body> {
         let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let text = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -513,7 +512,7 @@ impl DevIdp {
     }
 
     /// The Graph emulator: needs a token this IdP issued for Graph.
-    async fn graph(&self, req: &Request<Incoming>, path: &str) -> Response<Full<Bytes>> {
+    async fn graph(&self, req: &Request<Incoming>, path: &str) -> Response<Body> {
         self.graph_requests.fetch_add(1, Ordering::SeqCst);
         let mode = *self.graph_mode.read().unwrap_or_else(PoisonError::into_inner);
         match mode {
@@ -581,8 +580,8 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(crate::dataplane::body::full(body.to_string()));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -1,7 +1,10 @@
-//! Serving HTTP: a plain HTTP/1.1 accept loop for the local listeners
-//! (telemetry, mgmt), and the connection driver the proxy listeners share.
-//! Every listener caps its open connections and backs off when `accept`
-//! fails ([`Listener`]); served connections close lingering ([`Lingering`]).
+//! Serving HTTP, one way for every listener: [`accept_loop`] (the
+//! listener's connection cap and accept back-off, see [`Listener`], and a
+//! bounded drain on shutdown), a connection [`builder`] with the listener's
+//! limits, and [`drive`] (idle timeout, graceful shutdown, deadlines).
+//! Served connections close lingering ([`Lingering`]). The proxy listeners
+//! put mTLS and their own services in front; the local ones (telemetry,
+//! mgmt, the dev emulators) go through [`serve_http1`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,17 +12,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::UpgradeableConnection;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::HttpLimits;
+use crate::dataplane::body::{Activity, Body, Tracked};
 
 mod linger;
 mod listener;
@@ -27,42 +30,58 @@ mod listener;
 pub use linger::{Lingering, linger};
 pub use listener::{Listener, Slot, TokenBucket, source_of};
 
-/// Reads a full request head within this time (slowloris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests may take to finish after shutdown starts.
-const DRAIN: Duration = Duration::from_secs(5);
-
-/// Serves `handler` on `listener` until `shutdown` turns true, then drains.
-pub async fn serve_http1<H, F>(listener: Listener, handler: H, mut shutdown: watch::Receiver<bool>)
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Full<Bytes>>, std::convert::Infallible>> + Send + 'static,
+/// Serves a local HTTP/1.1 listener with `handle` until `shutdown`, then
+/// drains for at most `drain`.
+pub async fn serve_http1<H, F>(
+    listener: Listener,
+    limits: HttpLimits,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+    handle: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            (tcp, peer, slot) = listener.accept() => {
-                let service = service_fn(handler.clone());
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(Lingering::new(tcp, Some(slot))), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    accept_loop(listener, shutdown, drain, move |tcp, remote, slot, shutdown| {
+        let handle = handle.clone();
+        http1_connection(tcp, slot, limits, shutdown, None, move |req| handle(req, remote))
+    })
+    .await;
+}
+
+/// Serves one HTTP/1.1 connection of a local listener: `handle` answers
+/// each request, and its response counts as in flight until its body ends
+/// (for the idle timeout and the drain); `closed` ends the connection at once.
+pub async fn http1_connection<I, H, F>(
+    io: I,
+    slot: Slot,
+    limits: HttpLimits,
+    shutdown: watch::Receiver<bool>,
+    closed: Option<CancellationToken>,
+    handle: H,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Activity::new();
+    let tracked = activity.clone();
+    let handle = Arc::new(handle);
+    let service = service_fn(move |req| {
+        let in_flight = tracked.begin();
+        let response = handle(req);
+        async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::wrap(body, in_flight, None))) }
+    });
+    let io = TokioIo::new(Lingering::new(io, Some(slot)));
+    let builder = builder(&limits).http1_only();
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    let idle_timeout = limits.idle_timeout;
+    let ends = ConnectionEnds { activity, idle_timeout, shutdown, closed, drain_after: None, close_after: None };
+    drive(connection, ends).await;
 }
 
 /// An HTTP/1.1 + HTTP/2 connection builder with the listener's limits.
-pub fn builder(limits: &crate::config::HttpLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+pub fn builder(limits: &HttpLimits) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -79,7 +98,7 @@ pub fn builder(limits: &crate::config::HttpLimits) -> hyper_util::server::conn::
 
 /// What, besides the peer, can end a served connection.
 pub struct ConnectionEnds {
-    pub activity: Arc<crate::dataplane::body::Activity>,
+    pub activity: Arc<Activity>,
     pub idle_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// Cancelled when the peer may no longer be served: close at once.
@@ -95,7 +114,7 @@ pub struct ConnectionEnds {
 /// GOAWAY); `closed` drops it immediately.
 pub async fn drive<I, S>(connection: UpgradeableConnection<'_, I, S, TokioExecutor>, ends: ConnectionEnds)
 where
-    S: Service<Request<Incoming>, Response = Response<crate::dataplane::body::Body>, Error = Infallible>,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

@@ -3,14 +3,12 @@
 //! Readiness is local state only (DESIGN 1.8): an unexpired SVID. A Graph or
 //! JWKS outage must not take every pod out of service.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use certs::IdentityWatch;
-use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 
+use crate::dataplane::body::{self, Body};
 use crate::observe::metrics::Metrics;
 
 /// What the telemetry routes read.
@@ -32,8 +30,8 @@ pub fn not_ready_reason(identity: &IdentityWatch) -> Option<&'static str> {
 }
 
 impl Telemetry {
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let response = match (request.method(), request.uri().path()) {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET | &Method::HEAD, "/readyz") => match not_ready_reason(&self.identity) {
                 None => text(StatusCode::OK, "ready\n".into()),
@@ -51,16 +49,15 @@ impl Telemetry {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-        };
-        Ok(response)
+        }
     }
 }
 
 /// Every answer closes its connection: anyone who reaches this listener (it
 /// needs no key) could otherwise hold its connection slots with keep-alive
 /// and starve the kubelet's probes.
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn text(status: StatusCode, text: String) -> Response<Body> {
+    let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     response

@@ -306,6 +306,29 @@ async fn audit_stream_delivers_in_order_and_resumes() {
     assert!(metrics["per_caller"]["budget-report"]["allowed"].as_u64().unwrap() >= 8, "{metrics}");
 }
 
+/// Shutdown ends an open audit stream cleanly: a stream never ends by
+/// itself, and would otherwise hold the drain to its timeout (two minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_audit_streams() {
+    let mesh = Mesh::start().await;
+    let yaml = mesh.sidecar_yaml("draining", mesh.app.addr).replace("drain_timeout: 5s", "drain_timeout: 120s");
+    assert!(yaml.contains("drain_timeout: 120s"));
+    let sidecar = mesh.start_sidecar("draining", &yaml).await;
+    let mut body = stream(sidecar.mgmt_addr.unwrap(), None).await;
+    let stopped = tokio::spawn(sidecar.shutdown());
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    });
+    ended.await.expect("the stream ended at shutdown").expect("and ended cleanly, not cut");
+    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("stopped before the drain timeout").unwrap();
+}
+
 /// The `a2a_*` samples of `/metrics`, parsed with a real Prometheus text parser.
 async fn scrape(addr: std::net::SocketAddr) -> Vec<prometheus_parse::Sample> {
     let text = super::support::get(addr, "/metrics").await.1;
