@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 
 /// The layer (or stage) that produced an outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Layer {
     /// An allowed request: no layer denied.
+    #[default]
     None,
     /// Request framing and paths, before any policy.
     Http,
@@ -25,8 +26,9 @@ pub enum Layer {
 }
 
 /// Why. Each belongs to one layer (see [`Reason::layer`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Reason {
+    #[default]
     Allowed,
     // http
     BadPath,
@@ -38,6 +40,9 @@ pub enum Reason {
     NoClientCert,
     BadSvid,
     CertExpired,
+    /// A handshake that failed before any certificate was judged (a protocol
+    /// error, no common version or cipher, a peer that hung up).
+    HandshakeError,
     // rbac (layer 2)
     NoCallerPolicy,
     NoMatchingRule,
@@ -136,6 +141,7 @@ impl Reason {
             Self::NoClientCert => "no_client_cert",
             Self::BadSvid => "bad_svid",
             Self::CertExpired => "cert_expired",
+            Self::HandshakeError => "handshake_error",
             Self::NoCallerPolicy => "no_caller_policy",
             Self::NoMatchingRule => "no_matching_rule",
             Self::RuleDenied => "rule_denied",
@@ -169,9 +175,12 @@ impl Reason {
         match self {
             Self::Allowed => Layer::None,
             Self::BadPath | Self::AbsoluteForm | Self::MethodNotAllowed => Layer::Http,
-            Self::NotAllowed | Self::UntrustedChain | Self::NoClientCert | Self::BadSvid | Self::CertExpired => {
-                Layer::Mtls
-            }
+            Self::NotAllowed
+            | Self::UntrustedChain
+            | Self::NoClientCert
+            | Self::BadSvid
+            | Self::CertExpired
+            | Self::HandshakeError => Layer::Mtls,
             Self::NoCallerPolicy | Self::NoMatchingRule | Self::RuleDenied => Layer::Rbac,
             Self::JwtRequired
             | Self::JwtInvalid
@@ -204,6 +213,19 @@ impl fmt::Display for Layer {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The contract's names (audit events, deny bodies).
+impl serde::Serialize for Layer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod connections;
 pub mod deny;
+pub mod forward;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;

@@ -3,6 +3,7 @@
 //! logging.
 
 pub mod audit;
+pub mod labels;
 pub mod logging;
 pub mod metrics;
 pub mod telemetry;

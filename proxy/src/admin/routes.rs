@@ -20,7 +20,7 @@ use crate::layers::allowlist::AllowList;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::Oauth;
 use crate::layers::rbac::PolicyStore;
-use crate::observe::audit::{AuditHub, Event, rfc3339};
+use crate::observe::audit::{AuditHub, AuditReason, Decision, Direction, Event, rfc3339};
 use crate::observe::metrics::Metrics;
 use policy::RiskLevel;
 
@@ -154,12 +154,11 @@ async fn reload(ctx: &Context, actor: &str) -> Response<Body> {
 /// Every mutation is itself an audit event, naming the key (never the key).
 fn record(ctx: &Context, actor: &str, method: &str, path: &str, status: u16) {
     ctx.audit.record(Event {
-        direction: "mgmt",
+        direction: Direction::Mgmt,
         method: method.parse().ok(),
         path: Some(path.into()),
-        decision: "allow",
-        layer: "none",
-        reason: "admin_change",
+        decision: Decision::Allow,
+        reason: AuditReason::AdminChange,
         status,
         actor: Some(actor.into()),
         ..Event::default()
@@ -661,11 +660,11 @@ fn audit(ctx: &Context, req: &Request<Incoming>) -> Result<Response<Body>, Rejec
         None => 100,
         Some(l) => l.parse::<usize>().map_err(|_| bad("`limit` is a non-negative integer"))?.min(10_000),
     };
-    let decision = query_param(req, "decision");
-    if decision.as_deref().is_some_and(|d| !matches!(d, "allow" | "deny" | "shadow_deny")) {
-        return Err(bad("`decision` is allow, deny or shadow_deny"));
-    }
+    let decision = match query_param(req, "decision") {
+        None => None,
+        Some(d) => Some(d.parse::<Decision>().map_err(|()| bad("`decision` is allow, deny or shadow_deny"))?),
+    };
     let spiffe_id = query_param(req, "spiffe_id");
-    let entries = ctx.audit.recent(limit, spiffe_id.as_deref(), decision.as_deref());
+    let entries = ctx.audit.recent(limit, spiffe_id.as_deref(), decision);
     Ok(json_response(StatusCode::OK, &json!({"count": entries.len(), "entries": entries})))
 }

@@ -19,6 +19,7 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         | Reason::NoClientCert
         | Reason::BadSvid
         | Reason::CertExpired
+        | Reason::HandshakeError
         | Reason::NoCallerPolicy
         | Reason::NoMatchingRule
         | Reason::RuleDenied

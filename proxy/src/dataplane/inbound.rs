@@ -13,8 +13,9 @@ use certs::x509::LeafInfo;
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::uri::Scheme;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use policy::{CanonicalPath, Reason};
 use tokio::net::TcpStream;
@@ -25,7 +26,7 @@ use crate::changes::Changes;
 use crate::config::{InboundConfig, PolicyMode};
 use crate::dataplane::body::{self, Activity, Body, Cut, Tracked};
 use crate::dataplane::connections::{Connections, Peer, StreamRequest};
-use crate::dataplane::deny;
+use crate::dataplane::forward::{self, Exchange, ResponseId, Sent, Sink};
 use crate::dataplane::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_ENTRA_AGENT_ID,
     X_SPIFFE_TRUST_DOMAIN,
@@ -33,13 +34,13 @@ use crate::dataplane::headers::{
 use crate::dataplane::refusals::{Refusal, Refusals};
 use crate::dataplane::request_id::RequestIds;
 use crate::dataplane::server::{self, ConnectionEnds};
-use crate::dataplane::upstream::{self, AppClient};
+use crate::dataplane::upstream::{AppClient, TunnelEnds};
 use crate::layers::allowlist::AllowList;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::Oauth;
 use crate::layers::pipeline::{self, RequestFacts};
 use crate::layers::rbac::PolicyStore;
-use crate::observe::audit::{AuditHub, Event};
+use crate::observe::audit::{AuditHub, Direction, Event};
 use crate::observe::metrics::Metrics;
 
 mod recheck;
@@ -169,9 +170,9 @@ impl Inbound {
             Ok(Ok(tls)) => tls,
             Ok(Err((e, tcp))) => {
                 let rejection = certs::tls::rejection_of(&e);
-                let reason = rejection.as_ref().map_or("handshake_error", |r| r.reason.as_str());
-                tracing::debug!(%remote, reason, "inbound handshake refused");
-                self.metrics.tls_handshake("inbound", reason);
+                let reason = rejection.as_ref().map_or(Reason::HandshakeError, |r| r.reason.into());
+                tracing::debug!(%remote, %reason, "inbound handshake refused");
+                self.metrics.tls_handshake(Direction::Inbound, reason.as_str());
                 let peer = rejection.as_ref().and_then(|r| r.peer.as_ref());
                 self.refusals.record(Refusal { source: remote.ip(), reason, peer });
                 // The caller reads our alert instead of a reset (see `server::linger`).
@@ -179,7 +180,7 @@ impl Inbound {
                 return;
             }
             Err(_) => {
-                self.metrics.tls_handshake("inbound", "timeout");
+                self.metrics.tls_handshake(Direction::Inbound, "timeout");
                 return;
             }
         };
@@ -206,11 +207,12 @@ impl Inbound {
         if let (true, Some(identity)) = (resumed || !same_bundles, now)
             && let Err(reason) = certs::tls::verify_peer_chain(&identity, &registered.chain)
         {
-            self.metrics.tls_handshake("inbound", reason.as_str());
-            self.refusals.record(Refusal { source: remote.ip(), reason: reason.as_str(), peer: Some(&peer.id) });
+            let reason = Reason::from(reason);
+            self.metrics.tls_handshake(Direction::Inbound, reason.as_str());
+            self.refusals.record(Refusal { source: remote.ip(), reason, peer: Some(&peer.id) });
             return;
         }
-        self.metrics.tls_handshake("inbound", "ok");
+        self.metrics.tls_handshake(Direction::Inbound, "ok");
         let expires_in = peer.not_after.duration_since(SystemTime::now()).unwrap_or_default();
         let caller = Arc::from(peer.id.as_str());
         let value = |s: &str| HeaderValue::from_str(s).ok();
@@ -247,79 +249,48 @@ impl Inbound {
         request: Request<Incoming>,
         conn: Arc<Conn>,
     ) -> Result<Response<Body>, Infallible> {
-        let in_flight = conn.activity.begin();
-        let started = std::time::Instant::now();
-        let request_id = self.ids.next();
+        let exchange = Exchange::begin(Direction::Inbound, &self.ids, &conn.activity);
         let method = request.method().clone();
         // The audit event carries the canonical path; the raw one only if it never got that far.
-        let uri = request.uri().clone();
+        let raw_path = request.uri().path().to_owned();
         let mut log = RequestLog::default();
-        // The request counts as in flight until its response body ends.
-        let (mut response, denied) = match self.forward(request, &conn, &request_id, &mut log).await {
-            Ok((response, cut)) => (response.map(|body| Tracked::wrap(body, in_flight, cut)), None),
-            Err(reason) => {
-                tracing::debug!(caller = %conn.peer.id, %reason, request_id, "inbound request denied");
-                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight, None)), Some(reason))
-            }
-        };
-        let (decision, reason) = match (denied, log.shadow) {
-            (Some(reason), _) => ("deny", reason),
-            (None, Some(reason)) => ("shadow_deny", reason),
-            (None, None) => ("allow", Reason::Allowed),
-        };
-        if decision != "shadow_deny" {
-            self.metrics.request("inbound", reason.layer(), reason);
-        }
-        self.metrics.request_duration("inbound", started.elapsed().as_secs_f64());
+        let sent = self.forward(request, &conn, exchange.id(), &mut log).await;
         let trace = log.trace;
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(X_REQUEST_ID, id);
-        }
-        self.layers.audit.record(Event {
-            direction: "inbound",
-            request_id: Some(request_id),
+        let event = Event {
             caller_spiffe_id: Some(conn.caller.clone()),
             target: Some(self.target.clone()),
             method: Some(method),
-            path: log.path.or_else(|| Some(uri.path().to_owned())),
-            decision,
-            layer: reason.layer().as_str(),
-            reason: reason.as_str(),
+            path: Some(log.path.unwrap_or(raw_path)),
             policy_ids: trace.policy_ids,
-            status: response.status().as_u16(),
-            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             jwt: trace.jwt,
             risk_level: trace.risk_level,
             caller_tag: trace.caller_tag,
             policy_version: trace.policy_version,
             caller_policy: trace.entry,
             ..Event::default()
-        });
-        Ok(response)
+        };
+        let sink = Sink { metrics: &self.metrics, audit: &self.layers.audit };
+        Ok(exchange.finish(sent, log.shadow, event, ResponseId::Ours, sink))
     }
 
     /// The per-request pipeline: Layer 1 again, then framing and path checks,
     /// then the app. Each phase maps its failure to a [`Reason`].
-    async fn forward(
-        &self,
-        request: Request<Incoming>,
-        conn: &Conn,
-        request_id: &str,
-        log: &mut RequestLog,
-    ) -> Result<(Response<Incoming>, Option<Cut>), Reason> {
+    async fn forward(&self, request: Request<Incoming>, conn: &Conn, request_id: &str, log: &mut RequestLog) -> Sent {
         if !self.allowlist.allows(&conn.peer.id) {
             return Err(Reason::NotAllowed);
         }
         if conn.peer.is_expired_at(SystemTime::now()) {
             return Err(Reason::CertExpired);
         }
-        if request.method() == Method::CONNECT {
-            return Err(Reason::MethodNotAllowed);
-        }
+        forward::refuse_connect(&request)?;
         let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
         log.judged_at = self.generations();
         let judged = self.layers(conn, &request, &path, request_id, log).await;
-        let sent = match judged.and_then(|()| upstream_uri(&self.config.upstream, &path, request.uri().query())) {
+        let query = request.uri().query().map(headers::without_method_override);
+        let uri = judged.and_then(|()| {
+            forward::upstream_uri(Scheme::HTTP, &self.config.upstream, &path.encoded(), query.as_deref())
+        });
+        let sent = match uri {
             Ok(uri) => self.send(request, uri, conn, &path, request_id, log).await,
             Err(reason) => Err(reason),
         };
@@ -340,11 +311,8 @@ impl Inbound {
         path: &CanonicalPath,
         request_id: &str,
         log: &RequestLog,
-    ) -> Result<(Response<Incoming>, Option<Cut>), Reason> {
-        // Only WebSocket is ever forwarded; any other `Upgrade` (h2c above all) is stripped.
-        let upgrade = (self.config.upgrades.websocket
-            && headers::websocket_upgrade(request.method(), request.version(), request.headers()))
-        .then(|| hyper::upgrade::on(&mut request));
+    ) -> Sent {
+        let upgrade = forward::capture_upgrade(&mut request, self.config.upgrades.websocket);
         let leeway = self.layers.oauth.load().as_ref().map(|o| Duration::from_secs(o.config().leeway_secs));
         let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp, leeway.unwrap_or_default());
         let lasting =
@@ -374,8 +342,8 @@ impl Inbound {
         let outgoing = Request::from_parts(parts, body);
 
         let mut response = self.app.send(outgoing).await?;
-        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(Late { authorization, method })) = (upgraded || lasting(response.body()), late) {
+        let switch = forward::accept_switch(&mut response, upgrade)?;
+        if let (true, Some(Late { authorization, method })) = (switch.is_some() || lasting(response.body()), late) {
             let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
             stream = Some(Arc::new(self.connections.stream(conn.registered.clone(), Arc::new(request))));
             // A change while the app answered found no registration to judge: judge it now.
@@ -383,29 +351,15 @@ impl Inbound {
                 self.changes.bump();
             }
         }
-        headers::strip_hop_by_hop(response.headers_mut(), upgraded);
-        if !upgraded {
+        let Some(switch) = switch else {
             return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), deadline, s))));
-        }
-        // A switch the caller did not (or may not) ask for would be a raw tunnel to the app.
-        let (Some(downstream), Some(stream)) =
-            (upgrade.filter(|_| headers::switches_to_websocket(response.headers())), stream)
-        else {
-            tracing::warn!(caller = %conn.peer.id, request_id, "the app switched protocols unasked; refused");
-            return Err(Reason::UpstreamError);
         };
-        let upstream = hyper::upgrade::on(&mut response);
+        // Registered above: an upgraded response always lasts.
+        let stream = stream.ok_or(Reason::UpstreamError)?;
         // The HTTP connection ends once it is upgraded: the tunnel holds its
         // own registration (and, inside the upgraded socket, the connection's slot).
-        let ends = upstream::TunnelEnds {
-            closed: stream.closed.clone(),
-            deadline: Some(deadline),
-            idle_timeout: self.config.limits.idle_timeout,
-        };
-        tokio::spawn(async move {
-            upstream::tunnel(downstream, upstream, ends).await;
-            drop(stream);
-        });
+        let idle_timeout = self.config.limits.idle_timeout;
+        switch.tunnel(TunnelEnds { closed: stream.closed.clone(), deadline: Some(deadline), idle_timeout }, stream);
         Ok((response, None))
     }
 
@@ -453,7 +407,7 @@ impl Inbound {
         match mode {
             PolicyMode::Enforce => Err(reason),
             PolicyMode::Shadow => {
-                self.metrics.shadow_deny("inbound", reason.layer(), reason);
+                self.metrics.shadow_deny(Direction::Inbound, reason);
                 tracing::info!(caller = %conn.peer.id, %reason, ?policy_ids, request_id, "shadow_deny: forwarded anyway");
                 Ok(())
             }
@@ -505,25 +459,6 @@ fn stream_deadline(not_after: SystemTime, token_exp: Option<u64>, leeway: Durati
         .and_then(|exp| exp.checked_add(leeway));
     let end = token.map_or(not_after, |token| token.min(not_after));
     tokio::time::Instant::now() + end.duration_since(SystemTime::now()).unwrap_or_default()
-}
-
-/// `inbound.upstream` + the canonical path re-encoded + the original query.
-fn upstream_uri(
-    authority: &hyper::http::uri::Authority,
-    path: &CanonicalPath,
-    query: Option<&str>,
-) -> Result<Uri, Reason> {
-    let mut path_and_query = path.encoded();
-    if let Some(q) = query.map(headers::without_method_override).filter(|q| !q.is_empty()) {
-        path_and_query.push('?');
-        path_and_query.push_str(&q);
-    }
-    Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| Reason::BadPath)
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use arc_swap::ArcSwapOption;
 use certs::{Identity, IdentityWatch};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::uri::Scheme;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use policy::Reason;
@@ -21,15 +22,15 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{OutboundConfig, RouteConfig};
-use crate::dataplane::body::{Activity, Body, Tracked};
-use crate::dataplane::deny;
+use crate::dataplane::body::{Activity, Body};
+use crate::dataplane::forward::{self, Exchange, ResponseId, Sent, Sink};
 use crate::dataplane::headers::{self, X_REQUEST_ID};
 use crate::dataplane::request_id::RequestIds;
 use crate::dataplane::server::{self, ConnectionEnds};
 use crate::dataplane::upstream::sidecar::{RefusalMemo, SidecarConnector};
-use crate::dataplane::upstream::{self};
+use crate::dataplane::upstream::{self, TunnelEnds};
 use crate::facts::entra_token::EntraTokens;
-use crate::observe::audit::{AuditHub, Event};
+use crate::observe::audit::{AuditHub, Direction, Event};
 use crate::observe::metrics::Metrics;
 
 pub struct Outbound {
@@ -113,45 +114,21 @@ impl Outbound {
         request: Request<Incoming>,
         activity: Arc<Activity>,
     ) -> Result<Response<Body>, Infallible> {
-        let in_flight = activity.begin();
-        let started = std::time::Instant::now();
-        let request_id = self.ids.next();
+        let exchange = Exchange::begin(Direction::Outbound, &self.ids, &activity);
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
-        // The request counts as in flight until its response body ends.
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(Arc::from);
         // One snapshot of our identity for the connection and the audit event (it may rotate meanwhile).
         let identity = self.identity.current();
-        let (mut response, reason) = match self.forward(request, &request_id, identity.as_ref()).await {
-            Ok(response) => (response.map(|body| Tracked::wrap(body, in_flight, None)), Reason::Allowed),
-            Err(reason) => {
-                tracing::debug!(%reason, request_id, "outbound request failed");
-                (deny::response(reason, &request_id).map(|body| Tracked::wrap(body, in_flight, None)), reason)
-            }
-        };
-        self.metrics.request("outbound", reason.layer(), reason);
-        self.metrics.request_duration("outbound", started.elapsed().as_secs_f64());
-        // A response from the peer keeps the peer's ID: it is the one in its
-        // deny body and in the target's audit trail.
-        if !response.headers().contains_key(X_REQUEST_ID)
-            && let Ok(id) = HeaderValue::from_str(&request_id)
-        {
-            response.headers_mut().insert(X_REQUEST_ID, id);
-        }
-        self.audit.record(Event {
-            direction: "outbound",
-            request_id: Some(request_id),
+        let sent = self.forward(request, exchange.id(), identity.as_ref()).await;
+        let event = Event {
             caller_spiffe_id: identity.map(|i| Arc::from(i.svid().id().as_str())),
-            target: host.map(Arc::from),
+            target: host,
             method: Some(method),
             path: Some(path),
-            decision: if reason == Reason::Allowed { "allow" } else { "deny" },
-            layer: reason.layer().as_str(),
-            reason: reason.as_str(),
-            status: response.status().as_u16(),
-            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             ..Event::default()
-        });
-        Ok(response)
+        };
+        let sink = Sink { metrics: &self.metrics, audit: &self.audit };
+        Ok(exchange.finish(sent, None, event, ResponseId::PeerFirst, sink))
     }
 
     async fn forward(
@@ -159,10 +136,8 @@ impl Outbound {
         mut request: Request<Incoming>,
         request_id: &str,
         identity: Option<&Arc<Identity>>,
-    ) -> Result<Response<Incoming>, Reason> {
-        if request.method() == Method::CONNECT {
-            return Err(Reason::MethodNotAllowed);
-        }
+    ) -> Sent {
+        forward::refuse_connect(&request)?;
         // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) would let the app pick any destination.
         if request.version() < Version::HTTP_2 && request.uri().scheme().is_some() {
             return Err(Reason::AbsoluteForm);
@@ -175,22 +150,10 @@ impl Outbound {
             .unwrap_or_default();
         let (route, path) = self.pick(host, request.uri().path()).ok_or(Reason::NoRoute)?;
         let identity = identity.ok_or(Reason::NotReady)?;
-
-        let mut path_and_query = path.to_owned();
-        if let Some(q) = request.uri().query() {
-            path_and_query.push('?');
-            path_and_query.push_str(q);
-        }
-        let uri = Uri::builder()
-            .scheme("https")
-            .authority(route.config.upstream.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Reason::BadPath)?;
+        let uri = forward::upstream_uri(Scheme::HTTPS, &route.config.upstream, path, request.uri().query())?;
 
         // As inbound: only a WebSocket upgrade travels; anything else is an ordinary request.
-        let upgrade = headers::websocket_upgrade(request.method(), request.version(), request.headers())
-            .then(|| hyper::upgrade::on(&mut request));
+        let upgrade = forward::capture_upgrade(&mut request, true);
         let (mut parts, incoming) = request.into_parts();
         parts.uri = uri;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
@@ -218,22 +181,11 @@ impl Outbound {
         let mut response =
             upstream::with_timeout(self.config.response_timeout, client.request(outgoing), Some(&pools.refusals))
                 .await?;
-        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if upgraded {
-            let Some(downstream) = upgrade.filter(|_| headers::switches_to_websocket(response.headers())) else {
-                tracing::warn!(route = route.config.name, request_id, "the peer switched protocols unasked; refused");
-                return Err(Reason::UpstreamError);
-            };
-            let upstream = hyper::upgrade::on(&mut response);
-            let ends = upstream::TunnelEnds {
-                closed: Default::default(),
-                deadline: None,
-                idle_timeout: self.config.limits.idle_timeout,
-            };
-            tokio::spawn(upstream::tunnel(downstream, upstream, ends));
+        if let Some(switch) = forward::accept_switch(&mut response, upgrade)? {
+            let idle_timeout = self.config.limits.idle_timeout;
+            switch.tunnel(TunnelEnds { closed: Default::default(), deadline: None, idle_timeout }, ());
         }
-        headers::strip_hop_by_hop(response.headers_mut(), upgraded);
-        Ok(response)
+        Ok((response, None))
     }
 
     /// Route by `Host` (port stripped, case-insensitive); else by opt-in path

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use certs::SpiffeId;
 
 use crate::dataplane::server::TokenBucket;
-use crate::observe::audit::{AuditHub, Event};
+use crate::observe::audit::{AuditHub, Decision, Direction, Event};
+use policy::Reason;
 
 /// At most one event per source address and reason in this window.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -39,7 +40,7 @@ struct Window {
 }
 
 pub struct Refusals {
-    by_source: moka::sync::Cache<(IpAddr, &'static str), Arc<Mutex<Window>>>,
+    by_source: moka::sync::Cache<(IpAddr, Reason), Arc<Mutex<Window>>>,
     budget: TokenBucket,
     audit: Arc<AuditHub>,
 }
@@ -48,7 +49,7 @@ pub struct Refusals {
 #[derive(Debug, Clone, Copy)]
 pub struct Refusal<'a> {
     pub source: IpAddr,
-    pub reason: &'static str,
+    pub reason: Reason,
     /// The ID the peer's certificate names, if it parsed (unproven).
     pub peer: Option<&'a SpiffeId>,
 }
@@ -76,14 +77,14 @@ impl Refusals {
             w.emitted_at = Some(Instant::now());
             std::mem::take(&mut w.folded)
         };
-        tracing::info!(source = %refusal.source, reason = refusal.reason, suppressed, "inbound handshake refused");
+        tracing::info!(source = %refusal.source, reason = %refusal.reason, suppressed, "inbound handshake refused");
         self.audit.record(Event {
-            direction: "inbound",
+            direction: Direction::Inbound,
             claimed_spiffe_id: refusal.peer.map(|id| Arc::<str>::from(id.as_str())),
             peer_addr: Some(refusal.source),
-            decision: "deny",
-            layer: "mtls",
-            reason: refusal.reason,
+            decision: Decision::Deny,
+            layer: refusal.reason.layer(),
+            reason: refusal.reason.into(),
             suppressed,
             ..Event::default()
         });

@@ -220,11 +220,11 @@ impl PolicyStore {
     /// Every reload, accepted or refused, is an audit event.
     fn audit(&self, accepted: bool, version: Option<Arc<str>>, channel: &str) {
         if let Some(audit) = &self.audit {
+            use crate::observe::audit::{AuditReason, Decision, Direction};
             audit.record(crate::observe::audit::Event {
-                direction: "mgmt",
-                decision: if accepted { "allow" } else { "deny" },
-                layer: "none",
-                reason: if accepted { "policy_reloaded" } else { "policy_rejected" },
+                direction: Direction::Mgmt,
+                decision: if accepted { Decision::Allow } else { Decision::Deny },
+                reason: if accepted { AuditReason::PolicyReloaded } else { AuditReason::PolicyRejected },
                 policy_version: version,
                 actor: Some(channel.to_owned()),
                 ..crate::observe::audit::Event::default()

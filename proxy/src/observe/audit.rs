@@ -14,7 +14,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+pub use crate::observe::labels::{Decision, Direction};
 use crate::observe::metrics::Metrics;
+use policy::{Layer, Reason};
 
 mod subscribers;
 
@@ -30,13 +32,48 @@ pub struct JwtAudit {
     pub error: Option<String>,
 }
 
+/// `reason`: a decision's, or what an admin event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditReason {
+    Decision(Reason),
+    /// A `/mgmt` mutation.
+    #[default]
+    AdminChange,
+    /// A policy reload, accepted or refused.
+    PolicyReloaded,
+    PolicyRejected,
+}
+
+impl AuditReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision(reason) => reason.as_str(),
+            Self::AdminChange => "admin_change",
+            Self::PolicyReloaded => "policy_reloaded",
+            Self::PolicyRejected => "policy_rejected",
+        }
+    }
+}
+
+impl From<Reason> for AuditReason {
+    fn from(reason: Reason) -> Self {
+        Self::Decision(reason)
+    }
+}
+
+impl Serialize for AuditReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// One audit event (DESIGN 1.6).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Event {
     pub seq: u64,
     /// RFC 3339, formatted only when the event is written or sent.
     pub timestamp: Timestamp,
-    pub direction: &'static str,
+    pub direction: Direction,
     pub request_id: Option<String>,
     /// Shared with the connection (inbound) that computed it once.
     pub caller_spiffe_id: Option<Arc<str>>,
@@ -46,9 +83,9 @@ pub struct Event {
     #[serde(serialize_with = "method_name")]
     pub method: Option<hyper::Method>,
     pub path: Option<String>,
-    pub decision: &'static str,
-    pub layer: &'static str,
-    pub reason: &'static str,
+    pub decision: Decision,
+    pub layer: Layer,
+    pub reason: AuditReason,
     pub policy_ids: Arc<[String]>,
     pub status: u16,
     pub latency_us: u64,
@@ -156,9 +193,9 @@ impl AuditHub {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         event.seq = seq;
         event.timestamp = Timestamp(SystemTime::now());
-        if event.direction != "mgmt" {
+        if event.direction != Direction::Mgmt {
             let mut c = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-            let allowed = event.decision != "deny";
+            let allowed = event.decision != Decision::Deny;
             c.total += 1;
             if allowed {
                 c.allowed += 1
@@ -193,7 +230,7 @@ impl AuditHub {
     }
 
     /// Newest first, filtered.
-    pub fn recent(&self, limit: usize, caller: Option<&str>, decision: Option<&str>) -> Vec<Arc<Event>> {
+    pub fn recent(&self, limit: usize, caller: Option<&str>, decision: Option<Decision>) -> Vec<Arc<Event>> {
         let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         ring.iter()
             .rev()
@@ -307,7 +344,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         let hub = AuditHub::new(10, vec![("broken".into(), Box::new(Broken))], metrics.clone());
         for _ in 0..3 {
-            hub.record(Event { direction: "inbound", ..Event::default() });
+            hub.record(Event { direction: Direction::Inbound, ..Event::default() });
         }
         let lost = || async { (metrics.audit_dropped.get() >= 3).then_some(()) };
         certs::dev::eventually(std::time::Duration::from_secs(10), "three lost events counted", lost).await;

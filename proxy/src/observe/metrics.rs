@@ -4,6 +4,8 @@ use std::time::UNIX_EPOCH;
 
 use certs::IdentityWatch;
 use policy::{Layer, Reason};
+
+use crate::observe::labels::{Decision, Direction};
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// The process's metrics. Cheap to share behind an `Arc`.
@@ -173,11 +175,11 @@ impl Metrics {
         })
     }
 
-    fn hot(&self, direction: &str) -> Option<&HotSeries> {
+    fn hot(&self, direction: Direction) -> Option<&HotSeries> {
         match direction {
-            "inbound" => Some(&self.hot[0]),
-            "outbound" => Some(&self.hot[1]),
-            _ => None,
+            Direction::Inbound => Some(&self.hot[0]),
+            Direction::Outbound => Some(&self.hot[1]),
+            Direction::Mgmt => None,
         }
     }
 
@@ -210,12 +212,14 @@ impl Metrics {
     }
 
     /// A deny that `policy.mode: shadow` let through.
-    pub fn shadow_deny(&self, direction: &'static str, layer: Layer, reason: Reason) {
-        self.requests_total.with_label_values(&[direction, "shadow_deny", layer.as_str(), reason.as_str()]).inc();
+    pub fn shadow_deny(&self, direction: Direction, reason: Reason) {
+        let labels = [direction.as_str(), Decision::ShadowDeny.as_str(), reason.layer().as_str(), reason.as_str()];
+        self.requests_total.with_label_values(&labels).inc();
     }
 
     /// Counts one request outcome. Labels are bounded: fixed names only.
-    pub fn request(&self, direction: &'static str, layer: Layer, reason: Reason) {
+    pub fn request(&self, direction: Direction, reason: Reason) {
+        let layer = reason.layer();
         if reason == Reason::Allowed
             && let Some(hot) = self.hot(direction)
         {
@@ -225,20 +229,22 @@ impl Metrics {
         if layer == Layer::Upstream {
             self.upstream_errors_total.with_label_values(&[reason.as_str()]).inc();
         }
-        let decision = if reason == Reason::Allowed { "allow" } else { "deny" };
-        self.requests_total.with_label_values(&[direction, decision, layer.as_str(), reason.as_str()]).inc();
+        let decision = if reason == Reason::Allowed { Decision::Allow } else { Decision::Deny };
+        let labels = [direction.as_str(), decision.as_str(), layer.as_str(), reason.as_str()];
+        self.requests_total.with_label_values(&labels).inc();
     }
 
     /// Time from request head to response head.
-    pub fn request_duration(&self, direction: &'static str, seconds: f64) {
+    pub fn request_duration(&self, direction: Direction, seconds: f64) {
         match self.hot(direction) {
             Some(hot) => hot.duration.observe(seconds),
-            None => self.request_duration_seconds.with_label_values(&[direction]).observe(seconds),
+            None => self.request_duration_seconds.with_label_values(&[direction.as_str()]).observe(seconds),
         }
     }
 
-    pub fn tls_handshake(&self, direction: &'static str, result: &'static str) {
-        self.tls_handshakes_total.with_label_values(&[direction, result]).inc();
+    /// `result`: `ok`, `timeout`, or the Layer 1 reason it was refused for.
+    pub fn tls_handshake(&self, direction: Direction, result: &'static str) {
+        self.tls_handshakes_total.with_label_values(&[direction.as_str(), result]).inc();
     }
 
     /// The text exposition: our metrics plus the process collector.

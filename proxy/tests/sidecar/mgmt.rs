@@ -461,7 +461,7 @@ async fn a_subscriber_that_never_reads_is_counted_at_once_then_told_and_disconne
     let traffic = tokio::spawn(async move {
         for i in 0.. {
             audit.record(proxy::observe::audit::Event {
-                direction: "inbound",
+                direction: proxy::observe::audit::Direction::Inbound,
                 path: Some(format!("/flood/{i}")),
                 ..Default::default()
             });

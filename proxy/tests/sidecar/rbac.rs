@@ -143,7 +143,8 @@ async fn the_audit_event_names_the_path_that_was_judged() {
         assert_eq!(http(out, "GET", "budget-backend", path, &[]).await.status, status, "{path}");
     }
     let events = mesh.backend.audit.recent(3, Some(REPORT), None);
-    let paths: Vec<(&str, &str)> = events.iter().rev().map(|e| (e.path.as_deref().unwrap(), e.reason)).collect();
+    let paths: Vec<(&str, &str)> =
+        events.iter().rev().map(|e| (e.path.as_deref().unwrap(), e.reason.as_str())).collect();
     // Canonical once it could be judged, allowed or denied; as received when it could not.
     assert_eq!(paths, [("/budget/read", "allowed"), ("/admin", "no_matching_rule"), ("/a%2Fb", "bad_path")]);
 }

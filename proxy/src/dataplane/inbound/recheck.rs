@@ -19,7 +19,7 @@ use super::Inbound;
 use crate::config::PolicyMode;
 use crate::dataplane::connections::Open;
 use crate::layers::pipeline::{self, RequestFacts};
-use crate::observe::audit::Event;
+use crate::observe::audit::{Decision, Direction, Event};
 
 impl Inbound {
     /// Re-checks open connections and streams after every change, until
@@ -106,15 +106,15 @@ impl Inbound {
         tracing::info!(caller = %open.peer.id, %reason, "{what} closed: no longer allowed");
         if let Some(request) = &open.request {
             self.layers.audit.record(Event {
-                direction: "inbound",
+                direction: Direction::Inbound,
                 request_id: Some(request.request_id.clone()),
                 caller_spiffe_id: Some(Arc::from(open.peer.id.as_str())),
                 target: Some(self.target.clone()),
                 method: Some(request.method.clone()),
                 path: Some(request.path.as_str().to_owned()),
-                decision: "deny",
-                layer: reason.layer().as_str(),
-                reason: reason.as_str(),
+                decision: Decision::Deny,
+                layer: reason.layer(),
+                reason: reason.into(),
                 actor: Some("stream re-check".into()),
                 ..Event::default()
             });
