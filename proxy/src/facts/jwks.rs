@@ -27,6 +27,8 @@ pub enum JwksError {
     Keys(FetchError),
     #[error("jwks: {0}")]
     Parse(String),
+    #[error("offline: the keys are the ones given")]
+    Offline,
 }
 
 /// Where the keys come from and how often.
@@ -47,7 +49,8 @@ pub struct JwksStatus {
 
 pub struct Jwks {
     settings: JwksSettings,
-    client: HttpClient,
+    /// `None`: offline, the keys are the ones given (`explain`).
+    client: Option<HttpClient>,
     keys: ArcSwapOption<KeySet>,
     status: ArcSwap<JwksStatus>,
     /// When an unknown `kid` last caused a fetch; the lock makes concurrent misses share one.
@@ -59,8 +62,23 @@ impl Jwks {
     pub fn new(settings: JwksSettings, client: HttpClient, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             settings,
-            client,
+            client: Some(client),
             keys: ArcSwapOption::empty(),
+            status: ArcSwap::from_pointee(JwksStatus::default()),
+            last_refetch: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// Keys that are never fetched (`explain` reads them from a file): a
+    /// token naming another `kid` is invalid.
+    pub fn offline(keys: Option<KeySet>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let settings =
+            JwksSettings { discovery_url: String::new(), refresh: Duration::MAX, refetch_interval: Duration::MAX };
+        Arc::new(Self {
+            settings,
+            client: None,
+            keys: ArcSwapOption::new(keys.map(Arc::new)),
             status: ArcSwap::from_pointee(JwksStatus::default()),
             last_refetch: Mutex::new(None),
             metrics,
@@ -103,13 +121,14 @@ impl Jwks {
     }
 
     async fn fetch_keys(&self) -> Result<KeySet, JwksError> {
-        let discovery = self.client.get(&self.settings.discovery_url).await.map_err(JwksError::Discovery)?;
+        let client = self.client.as_ref().ok_or(JwksError::Offline)?;
+        let discovery = client.get(&self.settings.discovery_url).await.map_err(JwksError::Discovery)?;
         let doc: serde_json::Value = serde_json::from_slice(&discovery).map_err(|e| JwksError::Parse(e.to_string()))?;
         let jwks_uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or(JwksError::NoJwksUri)?;
         // The discovery document names where the keys are: the same rule as
         // for the configured endpoints (https, plain http on loopback only).
         crate::config::identity_endpoint(jwks_uri).map_err(JwksError::InsecureJwksUri)?;
-        let jwks = self.client.get(jwks_uri).await.map_err(JwksError::Keys)?;
+        let jwks = client.get(jwks_uri).await.map_err(JwksError::Keys)?;
         KeySet::from_jwks(&jwks).map_err(JwksError::Parse)
     }
 
@@ -129,6 +148,9 @@ impl Jwks {
     /// again unless that happened within `refetch_interval`. Returns the keys
     /// in force afterwards.
     pub async fn refetch_for(&self, kid: &str) -> Option<Arc<KeySet>> {
+        if self.client.is_none() {
+            return self.keys();
+        }
         let mut last = self.last_refetch.lock().await;
         // Another request may have fetched while this one waited for the lock.
         if let Some(keys) = self.keys().filter(|k| k.contains(kid)) {

@@ -9,6 +9,7 @@ use certs::SpiffeId;
 use hyper::HeaderMap;
 use policy::{CanonicalPath, Reason};
 
+use crate::config::PolicyMode;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::{Oauth, Outcome};
 use crate::layers::rbac::Loaded;
@@ -47,6 +48,16 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
 }
 
+/// What `policy.mode` makes of a deny: `Err` (refused) in enforce mode;
+/// in shadow mode `Ok` with the reason, which is logged and counted as
+/// `shadow_deny` while the request goes on.
+pub fn apply_mode(mode: PolicyMode, denial: Reason) -> Result<Reason, Reason> {
+    match mode {
+        PolicyMode::Enforce => Err(denial),
+        PolicyMode::Shadow => Ok(denial),
+    }
+}
+
 /// Layer 2, Layer 3, then Layers 4a and 4b; the first deny wins. `oauth`
 /// is `None` without a `jwt` section (a policy that needs tokens is refused
 /// at load time then; this fails closed anyway).
@@ -72,13 +83,15 @@ pub async fn evaluate(
     trace.policy_ids = verdict.decision.policy_ids;
     let deny = |reason: Reason, trace: &Trace| Denial { reason, policy_ids: trace.policy_ids.clone() };
     trace.jwt.present = request.headers.contains_key(hyper::header::AUTHORIZATION);
+    let entry = verdict.entry.and_then(|e| loaded.engine.doc().entries.get(e));
+    // The caller's entry names it in the audit event and the per-caller counters, allowed or not.
+    trace.entry = entry.map(|e| e.name.clone());
     if !verdict.decision.allow {
         return Err(deny(verdict.decision.reason, trace));
     }
-    let Some(entry) = verdict.entry.and_then(|e| loaded.engine.doc().entries.get(e)) else {
+    let Some(entry) = entry else {
         return Err(deny(Reason::NoCallerPolicy, trace));
     };
-    trace.entry = Some(entry.name.clone());
     trace.entra_agent_id.clone_from(&entry.entra_agent_id);
     let rule = verdict.rule.and_then(|r| entry.rules.get(r));
     let outcome = match (rule, oauth) {
@@ -107,4 +120,130 @@ pub async fn evaluate(
     trace.risk_level = found.risk_level;
     trace.caller_tag = found.caller_tag;
     found.verdict.map_err(|reason| deny(reason, trace))
+}
+
+#[cfg(test)]
+#[cfg(feature = "dev")]
+mod tests {
+    use std::time::SystemTime;
+
+    use certs::dev::JwtKey;
+    use futures_util::FutureExt;
+    use policy::jwt::KeySet;
+    use policy::{CompileOptions, PathOptions, PolicyEngine, RiskLevel, Source};
+
+    use super::*;
+    use crate::config::{Config, MapEnv};
+    use crate::facts::jwks::Jwks;
+
+    const TENANT: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+    const OID: &str = "00000000-0000-4000-8000-0000000000a1";
+    const POLICY: &str = "
+version: t1
+trust_domain: a.example
+default_action: deny
+admin_governance: {enabled: true, target_agent_tag: finance}
+policies:
+  - name: reader
+    spiffe_id: spiffe://a.example/reader
+    entra_agent_id: 00000000-0000-4000-8000-0000000000a1
+    ca: {agent_state: enabled, agent_tag: finance}
+    rules:
+      - {path: /open, methods: [GET], action: allow}
+      - {path: /secure, methods: [GET], action: allow, require_jwt: true, required_roles: [Read]}
+      - {path: /closed, methods: ['*'], action: deny}
+";
+
+    struct Layers {
+        loaded: Loaded,
+        oauth: Oauth,
+        governor: Governor,
+        key: JwtKey,
+        caller: SpiffeId,
+    }
+
+    impl Layers {
+        fn new() -> Self {
+            let env = MapEnv::default();
+            let config = Config::parse(
+                std::path::Path::new("t.yaml"),
+                &format!("identity: {{socket: unix:///x}}\njwt: {{tenant_id: '{TENANT}', audiences: [api://t]}}"),
+                &env,
+            )
+            .unwrap();
+            let source = Source { name: "policy.yaml".into(), text: POLICY.into() };
+            let engine = PolicyEngine::build(&source, &[], &|_| None, CompileOptions::default()).unwrap();
+            let key = JwtKey::generate().unwrap();
+            let keys = KeySet::from_jwks(serde_json::json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes());
+            let jwks = Jwks::offline(Some(keys.unwrap()), std::sync::Arc::new(Metrics::new().unwrap()));
+            let oauth = Oauth::new(config.jwt.as_ref().unwrap(), jwks);
+            let governor = Governor::new(config.risk, config.tags, None, Default::default());
+            let caller = "spiffe://a.example/reader".parse().unwrap();
+            Self { loaded: Loaded::new(engine, PolicyMode::Enforce, 1), oauth, governor, key, caller }
+        }
+
+        fn token(&self, roles: &[&str]) -> String {
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+            let claims = serde_json::json!({
+                "aud": "api://t", "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "tid": TENANT,
+                "oid": OID, "azp": "client", "roles": roles, "exp": now + 600, "nbf": now, "iat": now,
+            });
+            self.key.sign(&claims).unwrap()
+        }
+
+        /// The first deny (or `None`) and what the layers found.
+        fn judge(&self, method: &str, path: &str, token: Option<&str>) -> (Option<Reason>, Trace) {
+            let mut headers = HeaderMap::new();
+            if let Some(token) = token {
+                headers.insert(hyper::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+            }
+            let path = CanonicalPath::parse(path, PathOptions::default()).unwrap();
+            let facts = RequestFacts { caller: &self.caller, method, path: &path, headers: &headers };
+            let mut trace = Trace::default();
+            let judged = evaluate(&self.loaded, Some(&self.oauth), &self.governor, facts, None, &mut trace);
+            // Nothing here waits on the network: the future is ready at once.
+            let result = judged.now_or_never().expect("no remote call");
+            (result.err().map(|d| d.reason), trace)
+        }
+    }
+
+    #[test]
+    fn the_first_layer_to_deny_decides() {
+        let layers = Layers::new();
+        let token = layers.token(&["Read"]);
+        let (denied, trace) = layers.judge("GET", "/open", None);
+        assert_eq!(denied, None);
+        assert_eq!((trace.risk_level, trace.caller_tag.as_deref()), (Some("low"), Some("finance")));
+
+        // Layer 2 before anything: no token is looked at, no risk looked up.
+        let (denied, trace) = layers.judge("GET", "/closed", Some("not-a-jwt"));
+        assert_eq!(denied, Some(Reason::RuleDenied));
+        assert_eq!((trace.jwt.valid, trace.risk_level), (false, None));
+        assert_eq!(trace.entry.as_deref(), Some("reader"), "a denied caller is still named by its entry");
+        assert_eq!(layers.judge("GET", "/nowhere", None).0, Some(Reason::NoMatchingRule));
+
+        // Layer 3 before 4.
+        layers.governor.pushes.set_risk(&layers.caller, Some(RiskLevel::High));
+        assert_eq!(layers.judge("GET", "/secure", None).0, Some(Reason::JwtRequired));
+        assert_eq!(layers.judge("GET", "/secure", Some(&layers.token(&[]))).0, Some(Reason::InsufficientRoles));
+        let (denied, trace) = layers.judge("GET", "/secure", Some(&token));
+        assert_eq!(denied, Some(Reason::HighRiskAgentBlocked));
+        assert!(trace.jwt.valid && trace.token_exp.is_some());
+
+        // 4a before 4b.
+        layers.governor.pushes.set_tag(&layers.caller, Some("marketing".into()));
+        assert_eq!(layers.judge("GET", "/open", None).0, Some(Reason::HighRiskAgentBlocked));
+        layers.governor.pushes.set_risk(&layers.caller, None);
+        let (denied, trace) = layers.judge("GET", "/open", None);
+        assert_eq!(denied, Some(Reason::AgentTagMismatch));
+        assert_eq!(trace.caller_tag.as_deref(), Some("marketing"));
+        layers.governor.pushes.set_tag(&layers.caller, None);
+        assert_eq!(layers.judge("GET", "/secure", Some(&token)).0, None);
+    }
+
+    #[test]
+    fn shadow_mode_lets_a_deny_through_and_enforce_refuses_it() {
+        assert_eq!(apply_mode(PolicyMode::Enforce, Reason::RuleDenied), Err(Reason::RuleDenied));
+        assert_eq!(apply_mode(PolicyMode::Shadow, Reason::RuleDenied), Ok(Reason::RuleDenied));
+    }
 }
