@@ -25,6 +25,7 @@ use crate::dataplane::server::{self, Listener, Slot};
 
 mod auth;
 pub mod reload;
+pub mod restore;
 mod routes;
 pub mod state;
 mod stream;

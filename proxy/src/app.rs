@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::reload::{Handles, ReloadError, Reloader};
-use crate::admin::state::{State, StateFile};
+use crate::admin::restore;
+use crate::admin::state::StateFile;
 use crate::admin::{self, Mgmt};
 use crate::changes::Changes;
 use crate::config::FactSource;
@@ -26,7 +27,7 @@ use crate::facts::graph::Graph;
 use crate::facts::http::HttpClient;
 use crate::facts::jwks::{Jwks, JwksSettings};
 use crate::layers::allowlist::AllowList;
-use crate::layers::governance::Governor;
+use crate::layers::governance::{Governor, GraphFacts};
 use crate::layers::oauth::Oauth;
 use crate::layers::rbac::{self, PolicyStore};
 use crate::observe::audit::AuditHub;
@@ -121,6 +122,7 @@ impl App {
         if let Some(graph) = graph.clone().filter(|_| config.tags.source == FactSource::Graph) {
             followers.push(tokio::spawn(graph.refresh_tags_forever(config.tags.ttl)));
         }
+        let graph = graph.map(GraphFacts::Live);
         let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph, changes.clone()));
         let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
         if let Some(jwt) = &config.jwt {
@@ -154,8 +156,8 @@ impl App {
         // first caller is served, and before the file watcher starts.
         if let Some(state) = &state {
             let _changing = reloader.lock().await;
-            drop_overrides_older_than_files(state, &config)?;
-            apply_state(&state.get(), &config, &allowlist, policy.as_ref(), &governor).await?;
+            let in_force = restore::drop_stale(state, &config)?;
+            restore::apply(&in_force, &config, &allowlist, policy.as_ref(), &governor).await?;
         }
         if policy.is_some() {
             followers.push(tokio::spawn(reloader.clone().watch_policy_files(std::time::Duration::from_secs(1))));
@@ -347,66 +349,4 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         app.shutdown().await;
         Ok(())
     })
-}
-
-/// The most recent change wins, whatever its channel: a config or policy
-/// file edited after an admin override (even while the sidecar was down)
-/// replaces it, as a SIGHUP or the policy watcher would have while running.
-/// A changed config counts as a reload: both overrides go.
-fn drop_overrides_older_than_files(state: &StateFile, config: &Config) -> anyhow::Result<()> {
-    let current = state.get();
-    let (config_now, policy_now) = crate::admin::state::file_fingerprints(&config.path, config.policy.as_ref());
-    let changed = |recorded: &Option<String>, now: Option<String>| recorded.is_some() && *recorded != now;
-    let config_changed = changed(&current.config_sha256, config_now);
-    let policy_changed = config_changed || changed(&current.policy_sha256, policy_now);
-    let drop_ids = config_changed && current.allowed_ids.is_some();
-    let drop_policy = policy_changed && current.policy_yaml.is_some();
-    if drop_ids {
-        tracing::warn!(
-            "the config file changed after the allow-list was set through /mgmt: the file's allow-list applies"
-        );
-    }
-    if drop_policy {
-        tracing::warn!("the policy files changed after a policy was set through /mgmt: the files' policy applies");
-    }
-    if drop_ids || drop_policy {
-        state
-            .update("start:files", |s| {
-                if drop_ids {
-                    (s.allowed_ids, s.config_sha256) = (None, None);
-                }
-                if drop_policy {
-                    (s.policy_yaml, s.policy_sha256) = (None, None);
-                }
-            })
-            .map_err(anyhow::Error::msg)?;
-    }
-    Ok(())
-}
-
-/// Re-applies what the admin API changed before the restart.
-async fn apply_state(
-    state: &State,
-    config: &Config,
-    allowlist: &AllowList,
-    policy: Option<&Arc<PolicyStore>>,
-    governor: &Governor,
-) -> anyhow::Result<()> {
-    if let Some(ids) = &state.allowed_ids {
-        let patterns = ids.iter().map(|id| id.parse()).collect::<Result<Vec<certs::IdPattern>, _>>()?;
-        allowlist.replace(patterns);
-    }
-    if let (Some(yaml), Some(store), Some(cfg)) = (&state.policy_yaml, policy, &config.policy) {
-        let name = "mgmt.state_file policy";
-        let engine = rbac::build_yaml(yaml.clone(), name, cfg.clone(), config.env.clone(), config.jwt.clone()).await?;
-        let actor = state.last_change.clone().unwrap_or_else(|| name.to_owned());
-        store.install(engine, cfg.mode, rbac::Origin::Admin { actor });
-    }
-    for (id, level) in &state.risks {
-        governor.pushes.set_risk(&id.parse()?, Some(level.parse().map_err(anyhow::Error::msg)?));
-    }
-    for (id, tag) in &state.tags {
-        governor.pushes.set_tag(&id.parse()?, Some(tag.clone()));
-    }
-    Ok(())
 }

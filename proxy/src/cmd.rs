@@ -12,10 +12,13 @@ pub mod probe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[cfg(feature = "dev")]
 use clap::Args;
 use clap::{Parser, Subcommand};
+
+use crate::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(name = "a2a-sidecar", version, about = "SPIFFE mTLS sidecar with layered identity policy")]
@@ -47,6 +50,14 @@ pub enum Command {
         /// The tenant's JWKS document (no network is used).
         #[arg(long, requires = "token")]
         jwks: Option<PathBuf>,
+        /// The caller's risk level as Graph reports it (with `risk.source: graph`);
+        /// without it the risk is unknown and `risk.on_unavailable` decides.
+        #[arg(long)]
+        risk: Option<policy::RiskLevel>,
+        /// The caller's tag in Graph (with `tags.source: graph`); without it the
+        /// tag is unknown and `tags.on_unavailable` decides.
+        #[arg(long)]
+        tag: Option<String>,
     },
     /// Exit 0 iff the sidecar's /readyz answers 200 (a HEALTHCHECK without curl).
     Probe {
@@ -159,4 +170,105 @@ pub struct WorkloadApiArgs {
     /// Other dev CA directories whose bundles are sent as federated bundles.
     #[arg(long = "federate")]
     pub federate: Vec<PathBuf>,
+}
+
+/// Exit code for a configuration that does not load (`check`, `run`, `explain`).
+const BAD_CONFIG: u8 = 2;
+
+/// Runs the command and maps its outcome to the exit code: 0 ok, 1 a
+/// runtime failure (or a denied `explain`, a failed demo case), 2 a bad
+/// configuration.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
+            // A policy that does not load is a configuration error, as in `check`.
+            if let Err(e) = check::policy(&config) {
+                eprintln!("error: {e}");
+                return ExitCode::from(BAD_CONFIG);
+            }
+            crate::observe::logging::init(config.telemetry.log_format);
+            tracing::info!(config = ?config, "configuration loaded");
+            match crate::app::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "a2a-sidecar failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check => {
+            let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
+            match check::summarize(&config) {
+                Ok(summary) => {
+                    print!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(BAD_CONFIG)
+                }
+            }
+        }
+        Command::Explain { caller, method, path, token, jwks, risk, tag } => {
+            let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
+            let question = explain::Question {
+                caller: &caller,
+                method: &method,
+                path: &path,
+                token: token.as_deref(),
+                jwks: jwks.as_deref(),
+                graph_risk: risk,
+                graph_tag: tag,
+            };
+            match explain::explain(&config, &question) {
+                Ok(explanation) => {
+                    print!("{}", explanation.text);
+                    let forwarded = explanation.verdict.forwarded();
+                    println!("result   {}", if forwarded { "forwarded to the app" } else { "denied" });
+                    if forwarded { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(BAD_CONFIG)
+                }
+            }
+        }
+        Command::Probe { addr } => {
+            if probe::run(addr) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        #[cfg(feature = "dev")]
+        Command::Demo { keep_running, env_file } => match demo::run(keep_running, env_file) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("error: demo failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        #[cfg(feature = "dev")]
+        Command::Dev(dev) => {
+            crate::observe::logging::init(crate::config::LogFormat::Text);
+            match dev::run(dev) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Loads the config or prints why not (naming file and field).
+fn load(path: Option<&std::path::Path>) -> Option<Config> {
+    let Some(path) = path else {
+        eprintln!("error: `--config` is required");
+        return None;
+    };
+    Config::load(path).map_err(|e| eprintln!("error: {e}")).ok()
 }

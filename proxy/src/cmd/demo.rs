@@ -180,6 +180,11 @@ impl Stack {
         Ok(Self { dir, _agents: agents, _app: app, _idp_task: idp_task, idp, backend, policy_file, callers, admin_key })
     }
 
+    /// The backend sidecar's configuration, as it loaded it.
+    pub fn backend_config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load_with_env(&self.dir().join("budget-backend.yaml"), &policy_env())?)
+    }
+
     /// Where the configs, policy and sockets live.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -185,6 +185,24 @@ impl DevIdp {
         };
     }
 
+    /// What Graph says of a service principal's risk: (`riskLevel`, `riskState`), or `None` (404).
+    pub fn graph_risk(&self, oid: &str) -> Option<(String, String)> {
+        self.graph.read().unwrap_or_else(PoisonError::into_inner).risk.get(oid).cloned()
+    }
+
+    /// A service principal's custom security attribute, if it has one.
+    pub fn graph_attribute(&self, oid: &str, set: &str, attribute: &str) -> Option<String> {
+        let graph = self.graph.read().unwrap_or_else(PoisonError::into_inner);
+        graph.attributes.get(oid)?.get(set)?.get(attribute)?.as_str().map(str::to_owned)
+    }
+
+    /// The signing keys as the tenant's JWKS document serves them.
+    pub fn jwks(&self) -> Value {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let jwks: Vec<Value> = keys.iter().filter_map(|k| serde_json::to_value(k.jwk().ok()?).ok()).collect();
+        json!({ "keys": jwks })
+    }
+
     /// Sets a service principal's custom security attribute.
     pub fn set_graph_attribute(&self, oid: &str, set: &str, attribute: &str, value: &str) {
         let mut graph = self.graph.write().unwrap_or_else(PoisonError::into_inner);
@@ -366,9 +384,7 @@ impl DevIdp {
             }
             (&Method::GET, [_, "discovery", "v2.0", "keys"]) if !down => {
                 self.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-                let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner).clone();
-                let jwks: Vec<Value> = keys.iter().filter_map(|k| serde_json::to_value(k.jwk().ok()?).ok()).collect();
-                json_response(StatusCode::OK, &json!({ "keys": jwks }))
+                json_response(StatusCode::OK, &self.jwks())
             }
             (&Method::GET, [_, "v2.0", ".well-known", "openid-configuration"] | [_, "discovery", "v2.0", "keys"]) => {
                 json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "temporarily_unavailable"}))

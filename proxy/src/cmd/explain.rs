@@ -1,125 +1,253 @@
 //! `a2a-sidecar explain`: which layer allows or denies a request and why,
 //! from the configuration alone (no network, no running sidecar).
+//!
+//! It builds what the sidecar builds from the same configuration (the
+//! allow-list, the policy store, the governor, Layer 3) and applies the
+//! admin API's overrides from `mgmt.state_file`, then runs the request
+//! through the same code: Layer 1's allow-list, [`request_target`] and
+//! [`pipeline::evaluate`]. What only a live sidecar knows comes from the
+//! question: the token and its keys (a JWKS file), and what Graph would say
+//! of the caller when `risk` or `tags` come from Graph.
 
 use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
 
 use certs::SpiffeId;
-use policy::{CanonicalPath, PathOptions};
+use hyper::header::{AUTHORIZATION, HeaderValue};
+use hyper::{HeaderMap, Method};
+use policy::{Layer, Reason, RiskLevel};
 
+use crate::admin::restore;
+use crate::admin::state::StateFile;
+use crate::changes::Changes;
 use crate::config::Config;
+use crate::dataplane::inbound::request_target;
+use crate::facts::jwks::Jwks;
+use crate::layers::allowlist::AllowList;
+use crate::layers::governance::{Governor, GraphFacts};
+use crate::layers::oauth::Oauth;
+use crate::layers::pipeline::{self, RequestFacts, Trace};
+use crate::layers::rbac::{self, PolicyStore};
+use crate::observe::metrics::Metrics;
 
-/// The verdict of every layer for one request, as printable text, and
-/// whether the request would be forwarded.
-pub fn explain(
-    config: &Config,
-    caller: &str,
-    method: &str,
-    path: &str,
-    token: Option<(&str, &std::path::Path)>,
-) -> Result<(String, bool), String> {
-    let mut out = String::new();
-    let caller: SpiffeId = caller.parse().map_err(|e| format!("--caller `{caller}`: {e}"))?;
-    let _ = writeln!(out, "request  {method} {path} from {caller}");
+/// One request, and the facts only a live sidecar would have.
+#[derive(Debug, Clone, Default)]
+pub struct Question<'a> {
+    pub caller: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The bearer token the request carries.
+    pub token: Option<&'a str>,
+    /// The tenant's signing keys (a JWKS document).
+    pub jwks: Option<&'a Path>,
+    /// What Graph reports for the caller (with `risk.source: graph`); `None`: unknown.
+    pub graph_risk: Option<RiskLevel>,
+    /// The caller's tag in Graph (with `tags.source: graph`); `None`: unknown.
+    pub graph_tag: Option<String>,
+}
 
-    let inbound = config.inbound.as_ref().ok_or("the config has no `inbound` section: nothing to explain")?;
-    let allowed = inbound.allowed_callers.iter().enumerate().find(|(_, p)| p.matches(&caller));
-    let verdict = |out: &mut String, layer: &str, allow: bool, detail: &str| {
-        let _ = writeln!(out, "{layer:<9}{:<6}{detail}", if allow { "allow" } else { "DENY" });
-    };
-    match allowed {
-        Some((i, pattern)) => {
-            verdict(&mut out, "mtls", true, &format!("matches inbound.allowed_callers[{i}] `{pattern}`"))
-        }
-        None => {
-            verdict(
-                &mut out,
-                "mtls",
-                false,
-                "not_allowed: no inbound.allowed_callers pattern matches (refused at the handshake)",
-            );
-            return Ok((out, false));
-        }
-    }
+/// What became of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Forwarded,
+    /// A deny that `policy.mode: shadow` logs and lets through.
+    ShadowForwarded(Reason),
+    Denied(Reason),
+}
 
-    let options = PathOptions { allow_semicolons: inbound.path_options.allow_semicolons };
-    let canonical = match CanonicalPath::parse(path, options) {
-        Ok(c) => c,
-        Err(e) => {
-            verdict(&mut out, "http", false, &format!("bad_path: {e}"));
-            return Ok((out, false));
-        }
-    };
-    verdict(
-        &mut out,
-        "http",
-        true,
-        &format!("canonical path `{}`, forwarded as `{}`", canonical.for_matching(), canonical.encoded()),
-    );
-
-    let policy = config.policy.as_ref().ok_or("`policy` is required with `inbound`")?;
-    let (engine, _) =
-        crate::layers::rbac::load(policy, config.env.as_ref(), config.jwt.as_ref()).map_err(|e| e.to_string())?;
-    let v = engine.decide(policy::engine::Request { caller: &caller, method, path: canonical.for_matching() });
-    let entry = v.entry.and_then(|i| engine.doc().entries.get(i));
-    let ids = v.decision.policy_ids.join(", ");
-    let who = entry.map_or_else(|| "no caller entry".to_owned(), |e| format!("entry `{}`", e.name));
-    verdict(&mut out, "rbac", v.decision.allow, &format!("{} ({who}; policy ids: [{ids}])", v.decision.reason));
-    if !v.decision.allow {
-        return Ok((out, false));
-    }
-    let rule = entry.zip(v.rule).and_then(|(e, r)| e.rules.get(r));
-    match (rule, entry, token) {
-        (Some(r), Some(entry), Some((token, jwks))) if r.require_jwt => {
-            let (allow, detail) = check_token(config, entry, r, token, jwks)?;
-            verdict(&mut out, "oauth", allow, &detail);
-            Ok((out, allow))
-        }
-        (Some(r), _, _) if r.require_jwt => {
-            let roles = if r.required_roles.is_empty() { "none".into() } else { r.required_roles.join(", ") };
-            verdict(
-                &mut out,
-                "oauth",
-                false,
-                &format!("jwt_required: the rule requires a bearer JWT (roles: {roles}) bound to this caller"),
-            );
-            Ok((out, false))
-        }
-        _ => {
-            verdict(&mut out, "oauth", true, "no JWT required by the matched rule");
-            Ok((out, true))
-        }
+impl Verdict {
+    pub fn forwarded(self) -> bool {
+        !matches!(self, Self::Denied(_))
     }
 }
 
-/// Layer 3 offline: the token against a JWKS file and the `jwt` section.
-fn check_token(
-    config: &Config,
-    entry: &policy::reference::Entry,
-    rule: &policy::reference::Rule,
-    token: &str,
-    jwks: &std::path::Path,
-) -> Result<(bool, String), String> {
-    let jwt = config.jwt.as_ref().ok_or("--token needs a `jwt` section in the config")?;
-    let keys = std::fs::read(jwks).map_err(|e| format!("--jwks `{}`: {e}", jwks.display()))?;
-    let keys = policy::jwt::KeySet::from_jwks(&keys).map_err(|e| format!("--jwks `{}`: {e}", jwks.display()))?;
-    let settings =
-        policy::jwt::JwtConfig::new(&jwt.authority, &jwt.tenant_id, jwt.audiences.clone(), jwt.leeway.as_secs());
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-    let claims = match policy::jwt::verify(token, &keys, &settings, now) {
-        Ok(Some(claims)) => claims,
-        Ok(None) => return Ok((false, "jwt_invalid: the token's kid is not in the JWKS file".into())),
-        Err(e) => return Ok((false, e.to_string())),
+/// Each layer's verdict as text, and the outcome.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub text: String,
+    pub verdict: Verdict,
+}
+
+/// Explains `question` against `config`; `Err` for a configuration or
+/// question that cannot be explained (exit 2).
+pub fn explain(config: &Config, question: &Question<'_>) -> Result<Explanation, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|e| e.to_string())?;
+    runtime.block_on(explain_async(config, question))
+}
+
+/// The sidecar's decision pieces, built from the configuration as `App` builds them.
+struct Offline {
+    allowlist: Arc<AllowList>,
+    policy: Arc<PolicyStore>,
+    governor: Governor,
+    oauth: Option<Oauth>,
+}
+
+impl Offline {
+    async fn build(config: &Config, question: &Question<'_>) -> Result<Self, String> {
+        let inbound = config.inbound.as_ref().ok_or("the config has no `inbound` section: nothing to explain")?;
+        let policy = config.policy.as_ref().ok_or("`policy` is required with `inbound`")?;
+        let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
+        let changes = Changes::default();
+        let allowlist = AllowList::new(inbound.allowed_callers.clone());
+        let (engine, fingerprint) =
+            rbac::load(policy, config.env.as_ref(), config.jwt.as_ref()).map_err(|e| e.to_string())?;
+        let store = PolicyStore::new(engine, policy.mode, fingerprint, metrics.clone(), None, changes.clone());
+        let graph = GraphFacts::Stated { risk: question.graph_risk, tag: question.graph_tag.clone() };
+        let governor = Governor::new(config.risk.clone(), config.tags.clone(), Some(graph), changes);
+        let keys = match question.jwks {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| format!("--jwks `{}`: {e}", path.display()))?;
+                Some(policy::jwt::KeySet::from_jwks(&bytes).map_err(|e| format!("--jwks `{}`: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        let oauth = match (&config.jwt, question.token) {
+            (Some(jwt), _) => Some(Oauth::new(jwt, Jwks::offline(keys, metrics))),
+            (None, Some(_)) => return Err("--token needs a `jwt` section in the config".into()),
+            (None, None) => None,
+        };
+        // What the admin API changed (and a later file edit did not supersede), as at start.
+        if let Some(mgmt) = &config.mgmt
+            && mgmt.state_file.exists()
+        {
+            let file = StateFile::open(&mgmt.state_file)?;
+            let state = restore::in_force(file.get(), config);
+            restore::apply(&state, config, &allowlist, Some(&store), &governor).await.map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(Self { allowlist, policy: store, governor, oauth })
+    }
+}
+
+async fn explain_async(config: &Config, question: &Question<'_>) -> Result<Explanation, String> {
+    let caller: SpiffeId = question.caller.parse().map_err(|e| format!("--caller `{}`: {e}", question.caller))?;
+    let method =
+        Method::from_bytes(question.method.as_bytes()).map_err(|_| format!("--method `{}`", question.method))?;
+    let sidecar = Offline::build(config, question).await?;
+    let mut out = Text::default();
+    out.line("request", None, &format!("{method} {} from {caller}", question.path));
+
+    // Layer 1, as at the handshake and on every request (the chain itself is not checked offline).
+    let patterns = sidecar.allowlist.patterns();
+    let Some((i, pattern)) = patterns.iter().enumerate().find(|(_, p)| p.matches(&caller)) else {
+        let why = "not_allowed: no allowed pattern matches (refused at the handshake)";
+        out.line("mtls", Some(false), why);
+        return Ok(out.done(Verdict::Denied(Reason::NotAllowed)));
     };
-    let bound = policy::jwt::bound_to(&claims, entry.entra_agent_id.as_deref(), entry.entra_app_id.as_deref());
-    if bound == Some(false) || (bound.is_none() && !jwt.allow_unbound_tokens) {
-        return Ok((false, "jwt_caller_mismatch: the token is not the caller's (oid / azp)".into()));
+    let origin = if patterns.as_slice() == config.inbound.as_ref().map_or(&[][..], |i| &i.allowed_callers[..]) {
+        format!("inbound.allowed_callers[{i}]")
+    } else {
+        format!("the allow-list set through /mgmt, [{i}]")
+    };
+    out.line("mtls", Some(true), &format!("matches {origin} `{pattern}`"));
+
+    let options = config.inbound.as_ref().map(|i| i.path_options).unwrap_or_default();
+    let path = match request_target(&method, question.path, options) {
+        Ok(path) => path,
+        Err(reason) => {
+            out.line("http", Some(false), &reason.to_string());
+            return Ok(out.done(Verdict::Denied(reason)));
+        }
+    };
+    let forwarded_as = format!("canonical path `{}`, forwarded as `{}`", path.for_matching(), path.encoded());
+    out.line("http", Some(true), &forwarded_as);
+
+    let mut headers = HeaderMap::new();
+    if let Some(token) = question.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "--token is not a header value")?;
+        headers.insert(AUTHORIZATION, value);
     }
-    if !policy::jwt::has_roles(&claims, &rule.required_roles) {
-        return Ok((
-            false,
-            format!("insufficient_roles: needs {:?}, token has {:?}", rule.required_roles, claims.roles),
-        ));
+    let loaded = sidecar.policy.current();
+    let facts = RequestFacts { caller: &caller, method: method.as_str(), path: &path, headers: &headers };
+    let mut trace = Trace::default();
+    let result = pipeline::evaluate(&loaded, sidecar.oauth.as_ref(), &sidecar.governor, facts, None, &mut trace).await;
+    let denied = result.err().map(|denial| denial.reason);
+    layer_lines(&mut out, &loaded, &caller, &method, &path, &trace, denied);
+    let verdict = match denied.map(|reason| pipeline::apply_mode(loaded.mode, reason)) {
+        None => Verdict::Forwarded,
+        Some(Ok(reason)) => {
+            out.line("mode", None, &format!("shadow: {reason} is logged and counted, and the request forwarded"));
+            Verdict::ShadowForwarded(reason)
+        }
+        Some(Err(reason)) => Verdict::Denied(reason),
+    };
+    Ok(out.done(verdict))
+}
+
+/// Layers 2 to 4: each that ran, up to the one that denied.
+fn layer_lines(
+    out: &mut Text,
+    loaded: &rbac::Loaded,
+    caller: &SpiffeId,
+    method: &Method,
+    path: &policy::CanonicalPath,
+    trace: &Trace,
+    denied: Option<Reason>,
+) {
+    let denied_at = denied.map(Reason::layer);
+    let ran = |layer: Layer| {
+        let order = [Layer::Rbac, Layer::Oauth, Layer::Risk, Layer::Tags];
+        let at = |l| order.iter().position(|o| *o == l);
+        denied_at.is_none_or(|d| at(layer) <= at(d))
+    };
+    let verdict = |layer: Layer| denied_at != Some(layer);
+    let reason = |layer: Layer| denied.filter(|r| r.layer() == layer).unwrap_or(Reason::Allowed);
+
+    let who = trace.entry.as_deref().map_or_else(|| "no caller entry".to_owned(), |e| format!("entry `{e}`"));
+    let ids = trace.policy_ids.join(", ");
+    out.line("rbac", Some(verdict(Layer::Rbac)), &format!("{} ({who}; policy ids: [{ids}])", reason(Layer::Rbac)));
+    if !ran(Layer::Oauth) {
+        return;
     }
-    Ok((true, format!("valid token (kid {}, roles {:?})", claims.kid, claims.roles)))
+    let detail = match denied.filter(|r| r.layer() == Layer::Oauth) {
+        Some(Reason::JwtRequired) => {
+            // The rule that asked for it, for its roles.
+            let verdict = loaded.engine.decide(policy::engine::Request {
+                caller,
+                method: method.as_str(),
+                path: path.for_matching(),
+            });
+            let rule = verdict.entry.and_then(|e| loaded.engine.doc().entries.get(e)).zip(verdict.rule);
+            let roles = rule.and_then(|(e, r)| e.rules.get(r)).map(|r| r.required_roles.join(", ")).unwrap_or_default();
+            let roles = if roles.is_empty() { "none".to_owned() } else { roles };
+            format!("jwt_required: the rule requires a bearer JWT (roles: {roles}) bound to this caller")
+        }
+        Some(reason) => format!("{reason}: {}", trace.jwt.error.as_deref().unwrap_or("refused")),
+        None if trace.jwt.valid => {
+            let azp = trace.jwt.azp.as_deref().unwrap_or("?");
+            format!("valid token (azp {azp}, roles {:?})", trace.jwt.roles)
+        }
+        None => "no JWT required by the matched rule".to_owned(),
+    };
+    out.line("oauth", Some(verdict(Layer::Oauth)), &detail);
+    if !ran(Layer::Risk) {
+        return;
+    }
+    let level = trace.risk_level.unwrap_or("not looked up");
+    out.line("risk", Some(verdict(Layer::Risk)), &format!("{} (level {level})", reason(Layer::Risk)));
+    if !ran(Layer::Tags) {
+        return;
+    }
+    let tag = trace.caller_tag.as_deref().map_or_else(|| "not looked up or unknown".to_owned(), |t| format!("`{t}`"));
+    out.line("tags", Some(verdict(Layer::Tags)), &format!("{} (caller tag {tag})", reason(Layer::Tags)));
+}
+
+/// The printed lines: `<layer> <allow|DENY> <detail>`.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn line(&mut self, name: &str, allow: Option<bool>, detail: &str) {
+        let verdict = match allow {
+            Some(true) => "allow ",
+            Some(false) => "DENY  ",
+            None => "",
+        };
+        let _ = writeln!(self.0, "{name:<9}{verdict}{detail}");
+    }
+
+    fn done(self, verdict: Verdict) -> Explanation {
+        Explanation { text: self.0, verdict }
+    }
 }

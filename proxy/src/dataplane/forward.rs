@@ -116,8 +116,8 @@ pub struct Sink<'a> {
 }
 
 /// A proxy never tunnels for a client: `CONNECT` is refused.
-pub fn refuse_connect(request: &Request<Incoming>) -> Result<(), Reason> {
-    if request.method() == Method::CONNECT { Err(Reason::MethodNotAllowed) } else { Ok(()) }
+pub fn refuse_connect(method: &Method) -> Result<(), Reason> {
+    if method == Method::CONNECT { Err(Reason::MethodNotAllowed) } else { Ok(()) }
 }
 
 /// `scheme://authority` + `path` (already in the form to send) + `query`.

@@ -17,7 +17,7 @@ use hyper::http::uri::Scheme;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
-use policy::{CanonicalPath, Reason};
+use policy::{CanonicalPath, PathOptions, Reason};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -282,8 +282,7 @@ impl Inbound {
         if conn.peer.is_expired_at(SystemTime::now()) {
             return Err(Reason::CertExpired);
         }
-        forward::refuse_connect(&request)?;
-        let path = CanonicalPath::parse(request.uri().path(), self.config.path_options).map_err(|_| Reason::BadPath)?;
+        let path = request_target(request.method(), request.uri().path(), self.config.path_options)?;
         log.judged_at = self.generations();
         let judged = self.layers(conn, &request, &path, request_id, log).await;
         let query = request.uri().query().map(headers::without_method_override);
@@ -404,14 +403,10 @@ impl Inbound {
         conn: &Conn,
         request_id: &str,
     ) -> Result<(), Reason> {
-        match mode {
-            PolicyMode::Enforce => Err(reason),
-            PolicyMode::Shadow => {
-                self.metrics.shadow_deny(Direction::Inbound, reason);
-                tracing::info!(caller = %conn.peer.id, %reason, ?policy_ids, request_id, "shadow_deny: forwarded anyway");
-                Ok(())
-            }
-        }
+        let reason = pipeline::apply_mode(mode, reason)?;
+        self.metrics.shadow_deny(Direction::Inbound, reason);
+        tracing::info!(caller = %conn.peer.id, %reason, ?policy_ids, request_id, "shadow_deny: forwarded anyway");
+        Ok(())
     }
 
     /// Header hygiene (DESIGN 1.3 "Forwarding"), then the identity headers.
@@ -448,6 +443,13 @@ impl Inbound {
 struct Late {
     authorization: Option<HeaderValue>,
     method: Method,
+}
+
+/// What the layers judge a request by, after Layer 1: `CONNECT` is refused
+/// and the path must have a canonical form (`explain` runs the same).
+pub fn request_target(method: &Method, path: &str, options: PathOptions) -> Result<CanonicalPath, Reason> {
+    forward::refuse_connect(method)?;
+    CanonicalPath::parse(path, options).map_err(|_| Reason::BadPath)
 }
 
 /// A stream ends when the caller's certificate expires, or the token that

@@ -137,7 +137,7 @@ impl Outbound {
         request_id: &str,
         identity: Option<&Arc<Identity>>,
     ) -> Sent {
-        forward::refuse_connect(&request)?;
+        forward::refuse_connect(request.method())?;
         // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) would let the app pick any destination.
         if request.version() < Version::HTTP_2 && request.uri().scheme().is_some() {
             return Err(Reason::AbsoluteForm);

@@ -82,18 +82,27 @@ pub struct Settings {
     pub tags: TagsSection,
 }
 
+/// Where facts with `source: graph` come from.
+pub enum GraphFacts {
+    /// Microsoft Graph, cached and refreshed in the background.
+    Live(Arc<Graph>),
+    /// Stated by whoever asks (`explain` has no network): what Graph would
+    /// answer for the caller; `None` is unknown.
+    Stated { risk: Option<RiskLevel>, tag: Option<String> },
+}
+
 /// Layers 4a and 4b for one request, after Layers 2 and 3 allowed it.
 pub struct Governor {
     pub pushes: Pushes,
     settings: arc_swap::ArcSwap<Settings>,
     /// Present when a source is `graph`.
-    graph: Option<Arc<Graph>>,
+    graph: Option<GraphFacts>,
     changes: Changes,
 }
 
 impl Governor {
     /// `changes` is signalled on every push and settings change.
-    pub fn new(risk: RiskSection, tags: TagsSection, graph: Option<Arc<Graph>>, changes: Changes) -> Self {
+    pub fn new(risk: RiskSection, tags: TagsSection, graph: Option<GraphFacts>, changes: Changes) -> Self {
         let settings = arc_swap::ArcSwap::from_pointee(Settings { risk, tags });
         let pushes = Pushes { changes: changes.clone(), ..Pushes::default() };
         Self { pushes, settings, graph, changes }
@@ -113,7 +122,10 @@ impl Governor {
 
     /// How fresh the Graph risk and tag facts are (`None` without Graph).
     pub fn graph_freshness(&self) -> Option<(crate::facts::graph::Freshness, crate::facts::graph::Freshness)> {
-        self.graph.as_ref().map(|g| g.freshness())
+        match &self.graph {
+            Some(GraphFacts::Live(graph)) => Some(graph.freshness()),
+            _ => None,
+        }
     }
 
     /// The caller's risk level: a push, else the source (`mgmt`: `low`;
@@ -125,7 +137,8 @@ impl Governor {
         let source = self.settings.load().risk.source;
         match (source, &self.graph, entry.entra_agent_id.as_deref()) {
             (FactSource::Local, _, _) => Some(RiskLevel::Low),
-            (FactSource::Graph, Some(graph), Some(oid)) => graph.risk(oid).await.ok(),
+            (FactSource::Graph, Some(GraphFacts::Live(graph)), Some(oid)) => graph.risk(oid).await.ok(),
+            (FactSource::Graph, Some(GraphFacts::Stated { risk, .. }), _) => *risk,
             (FactSource::Graph, _, _) => None,
         }
     }
@@ -139,7 +152,8 @@ impl Governor {
         let source = self.settings.load().tags.source;
         match (source, &self.graph, entry.entra_agent_id.as_deref()) {
             (FactSource::Local, _, _) => Some(entry.ca.agent_tag.clone()),
-            (FactSource::Graph, Some(graph), Some(oid)) => graph.tag(oid).await.ok(),
+            (FactSource::Graph, Some(GraphFacts::Live(graph)), Some(oid)) => graph.tag(oid).await.ok(),
+            (FactSource::Graph, Some(GraphFacts::Stated { tag, .. }), _) => tag.clone(),
             (FactSource::Graph, _, _) => None,
         }
     }

@@ -333,6 +333,16 @@ fn explain_names_the_deciding_layer_and_policy() {
         explain("spiffe://aim.microsoft.com/ests/bp/b1/aid/admin-control-plane", "GET", "/mgmt/health");
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("result   forwarded"), "{out}");
+
+    // What Graph would say is stated, in Graph's words.
+    let graph = |risk: &str| {
+        let args = ["explain", "--config", &config, "--caller", report, "--path", "/x", "--risk", risk, "--tag", "t"];
+        reference_env(bin().args(args)).output().unwrap()
+    };
+    assert_eq!(graph("high").status.code(), Some(1), "a valid level: explained");
+    let bad = graph("extreme");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("none, low, medium, high"), "{}", text(&bad.stderr));
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use super::{APPROVAL, AUDIENCE, Caller, GITHUB, GOOGLE, MENUS, REPORT, SVID_TTL, Stack, TENANT, send};
 use crate::app::App;
 use crate::cmd::dev_idp::TokenSpec;
@@ -244,6 +246,22 @@ const REPORT_SUBMIT_WITH_ROLE: &str = "      - path: \"/budget/submit\"
 ";
 
 impl Stack {
+    /// A token like the one the caller's sidecar obtains by federation
+    /// (`None` for a caller without an Entra identity).
+    pub fn token_for(&self, caller: Caller) -> anyhow::Result<Option<String>> {
+        let Some(oid) = caller.oid else { return Ok(None) };
+        let token = self.idp.token(&TokenSpec {
+            tenant: TENANT.into(),
+            audiences: vec![AUDIENCE.into()],
+            client_id: super::client_id(caller),
+            oid: oid.into(),
+            roles: caller.roles.iter().map(|r| (*r).to_owned()).collect(),
+            ttl: Duration::from_secs(600),
+            v1: false,
+        })?;
+        Ok(Some(token))
+    }
+
     async fn set_allowed(&self, callers: &[Caller]) -> anyhow::Result<()> {
         let ids: Vec<&str> = callers.iter().map(|c| c.id).collect();
         self.mgmt_call("PUT", "/mgmt/mtls-policy", serde_json::json!({ "allowed_ids": ids })).await
@@ -268,15 +286,7 @@ impl Stack {
         let fetches = self.idp.jwks_fetches();
         self.idp.rotate(false)?;
         let caller = case.caller;
-        let token = self.idp.token(&TokenSpec {
-            tenant: TENANT.into(),
-            audiences: vec![AUDIENCE.into()],
-            client_id: super::client_id(caller),
-            oid: caller.oid.unwrap_or_default().into(),
-            roles: caller.roles.iter().map(|r| (*r).to_owned()).collect(),
-            ttl: Duration::from_secs(600),
-            v1: false,
-        })?;
+        let token = self.token_for(caller)?.context("the caller has no Entra identity")?;
         let bearer = format!("Bearer {token}");
         let reply = self.call(caller, case.method, case.path, &[("authorization", &bearer)]).await?;
         let mut outcome = outcome(case, &reply, reply.latency);
