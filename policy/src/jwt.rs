@@ -129,6 +129,11 @@ impl JwtConfig {
 
 /// The header's `kid`, after checking the token is RS256. A missing `kid`
 /// or another algorithm (`none`, HS*, ES*) is `jwt_invalid`.
+/// Seconds since the Unix epoch now: the time base of `exp`, `nbf` and `iat`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
 pub fn kid_of(token: &str) -> Result<String, JwtError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
     if header.alg != Algorithm::RS256 {

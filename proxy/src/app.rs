@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -18,7 +19,7 @@ use crate::admin::state::StateFile;
 use crate::admin::{self, Mgmt};
 use crate::changes::Changes;
 use crate::config::FactSource;
-use crate::config::{Config, IdentityConfig};
+use crate::config::{Config, IdentityConfig, LOCAL_LIMITS, LOCAL_MAX_CONNECTIONS};
 use crate::dataplane::inbound::{Inbound, Layers};
 use crate::dataplane::outbound::Outbound;
 use crate::dataplane::server::{self, Listener};
@@ -64,156 +65,29 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let (identity, source_task) = source::spawn(identity_source(&config.identity)?);
         let metrics = Arc::new(Metrics::new().context("metrics registry")?);
-        let (shutdown, _) = watch::channel(false);
-        let drain = config.runtime.drain_timeout;
-        let allowlist = AllowList::new(config.inbound.as_ref().map(|i| i.allowed_callers.clone()).unwrap_or_default());
-        let mut servers = Vec::new();
-        let mut followers = vec![tokio::spawn(metrics.as_ref().clone().follow_identity(identity.clone()))];
-
-        let local = crate::config::LOCAL_MAX_CONNECTIONS;
-        let max_connections = config.limits.max_connections;
-        let telemetry_listener = Listener::bind(
-            "telemetry.listen",
-            config.telemetry.listen,
-            local,
-            Some(metrics.open_connections("telemetry")),
-        )
-        .await?;
-        let telemetry_addr = telemetry_listener.local_addr()?;
-        let telemetry = Arc::new(Telemetry { identity: identity.clone(), metrics: metrics.clone() });
-        let handler = move |req, _| telemetry.clone().handle(req);
-        let limits = crate::config::LOCAL_LIMITS;
-        servers.push(tokio::spawn(server::serve_http1(
-            telemetry_listener,
-            limits,
-            shutdown.subscribe(),
-            drain,
-            handler,
-        )));
-
         let audit = AuditHub::new(config.audit.ring, audit_sinks(&config.audit)?, metrics.clone());
+        let mut run = Running {
+            identity,
+            metrics,
+            audit,
+            // "Something a decision depends on changed": open streams are judged again.
+            changes: Changes::default(),
+            shutdown: watch::channel(false).0,
+            drain: config.runtime.drain_timeout,
+            servers: Vec::new(),
+            followers: Vec::new(),
+        };
+        run.followers.push(tokio::spawn(run.metrics.as_ref().clone().follow_identity(run.identity.clone())));
+        let telemetry_addr = run.telemetry(&config).await?;
+        let decisions = run.decisions(&config)?;
         let state = match &config.mgmt {
             Some(mgmt) => Some(Arc::new(StateFile::open(&mgmt.state_file).map_err(anyhow::Error::msg)?)),
             None => None,
         };
-        let http = HttpClient::new()?;
-        // "Something a decision depends on changed": open streams are judged again.
-        let changes = Changes::default();
-        let tokens = config.entra.as_ref().map(|entra| EntraTokens::new(entra, http.clone()));
-        let graph = match (&tokens, &config.entra) {
-            (Some(tokens), Some(entra))
-                if config.risk.source == FactSource::Graph || config.tags.source == FactSource::Graph =>
-            {
-                Some(Arc::new(Graph::new(
-                    &entra.graph_endpoint,
-                    tokens.clone(),
-                    http.clone(),
-                    (config.risk.refresh, config.tags.ttl),
-                    (config.tags.attribute_set.clone(), config.tags.attribute.clone()),
-                    metrics.clone(),
-                    changes.clone(),
-                )))
-            }
-            _ => None,
-        };
-        if let Some(graph) = graph.clone().filter(|_| config.risk.source == FactSource::Graph) {
-            followers.push(tokio::spawn(graph.refresh_risk_forever(config.risk.refresh)));
-        }
-        if let Some(graph) = graph.clone().filter(|_| config.tags.source == FactSource::Graph) {
-            followers.push(tokio::spawn(graph.refresh_tags_forever(config.tags.ttl)));
-        }
-        let graph = graph.map(GraphFacts::Live);
-        let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph, changes.clone()));
-        let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
-        if let Some(jwt) = &config.jwt {
-            let settings = JwksSettings {
-                discovery_url: format!("{}/{}/v2.0/.well-known/openid-configuration", jwt.authority, jwt.tenant_id),
-                refresh: jwt.refresh,
-                refetch_interval: jwt.refetch_interval,
-            };
-            let jwks = Jwks::new(settings, http.clone(), metrics.clone());
-            followers.push(tokio::spawn(jwks.clone().refresh_forever()));
-            oauth.store(Some(Arc::new(Oauth::new(jwt, jwks))));
-        }
-        let mut policy = None;
-        if let Some(cfg) = &config.policy {
-            let (engine, fingerprint) = rbac::load(cfg, config.env.as_ref(), config.jwt.as_ref())?;
-            let audit = Some(audit.clone());
-            policy = Some(PolicyStore::new(engine, cfg.mode, fingerprint, metrics.clone(), audit, changes.clone()));
-        }
-        let keys = Arc::new(ArcSwap::from_pointee(config.mgmt.as_ref().map(|m| m.keys.clone()).unwrap_or_default()));
-        let handles = Handles {
-            allowlist: allowlist.clone(),
-            policy: policy.clone(),
-            oauth: oauth.clone(),
-            governor: governor.clone(),
-            keys,
-            state: state.clone(),
-            changes: changes.clone(),
-        };
-        let reloader = Arc::new(Reloader::new(&config, handles));
-        // What the admin API changed before a restart applies before the
-        // first caller is served, and before the file watcher starts.
-        if let Some(state) = &state {
-            let _changing = reloader.lock().await;
-            let in_force = restore::drop_stale(state, &config)?;
-            restore::apply(&in_force, &config, &allowlist, policy.as_ref(), &governor).await?;
-        }
-        if policy.is_some() {
-            followers.push(tokio::spawn(reloader.clone().watch_policy_files(std::time::Duration::from_secs(1))));
-        }
-        let (mut inbound_addr, mut inbound) = (None, None);
-        if let Some(cfg) = config.inbound.clone() {
-            let listener = Listener::bind(
-                "inbound.listen",
-                cfg.listen,
-                max_connections,
-                Some(metrics.open_connections("inbound")),
-            )
-            .await?;
-            inbound_addr = Some(listener.local_addr()?);
-            let store = policy.clone().context("`policy` is required with `inbound`")?;
-            let layers =
-                Layers { policy: store, oauth: oauth.clone(), governor: governor.clone(), audit: audit.clone() };
-            let server =
-                Inbound::new(cfg, identity.clone(), allowlist.clone(), metrics.clone(), layers, changes.clone())?;
-            followers.push(tokio::spawn(server.clone().enforce()));
-            servers.push(tokio::spawn(server.clone().serve(listener, shutdown.subscribe(), drain)));
-            inbound = Some(server);
-        }
-        let mut outbound_addr = None;
-        if let Some(cfg) = config.outbound.clone() {
-            let listener = Listener::bind(
-                "outbound.listen",
-                cfg.listen,
-                max_connections,
-                Some(metrics.open_connections("outbound")),
-            )
-            .await?;
-            outbound_addr = Some(listener.local_addr()?);
-            let server = Outbound::new(cfg, identity.clone(), metrics.clone(), tokens.clone(), audit.clone());
-            servers.push(tokio::spawn(server.serve(listener, shutdown.subscribe(), drain)));
-        }
-        let mut mgmt_addr = None;
-        if let (Some(section), Some(state)) = (&config.mgmt, state) {
-            let listener =
-                Listener::bind("mgmt.listen", section.listen, local, Some(metrics.open_connections("mgmt"))).await?;
-            mgmt_addr = Some(listener.local_addr()?);
-            let ctx = admin::Context {
-                allowlist: allowlist.clone(),
-                governor: governor.clone(),
-                policy: policy.clone(),
-                oauth: oauth.clone(),
-                audit: audit.clone(),
-                identity: identity.clone(),
-                metrics: metrics.clone(),
-                state,
-                reloader: reloader.clone(),
-                started: std::time::Instant::now(),
-                shutdown: shutdown.subscribe(),
-            };
-            servers.push(tokio::spawn(Mgmt::new(section, ctx)?.serve(listener, shutdown.subscribe(), drain)));
-        }
+        let reloader = run.control(&config, &decisions, state.clone()).await?;
+        let (inbound_addr, inbound) = run.inbound(&config, &decisions).await?;
+        let outbound_addr = run.outbound(&config, decisions.tokens.clone()).await?;
+        let mgmt_addr = run.mgmt(&config, &decisions, state, &reloader).await?;
         let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(
             telemetry = %telemetry_addr,
@@ -223,6 +97,8 @@ impl App {
             config = %config.summary(),
             "a2a-sidecar started"
         );
+        let Running { identity, metrics, audit, shutdown, servers, followers, .. } = run;
+        let Decisions { allowlist, policy, oauth, governor, .. } = decisions;
         Ok(Self {
             telemetry_addr,
             inbound_addr,
@@ -262,6 +138,203 @@ impl App {
         for server in self.servers.drain(..) {
             let _ = server.await;
         }
+    }
+}
+
+/// What every subsystem shares while the sidecar starts and runs.
+struct Running {
+    identity: IdentityWatch,
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditHub>,
+    changes: Changes,
+    shutdown: watch::Sender<bool>,
+    drain: Duration,
+    /// Listeners, which drain on shutdown.
+    servers: Vec<JoinHandle<()>>,
+    /// Followers, aborted on shutdown.
+    followers: Vec<JoinHandle<()>>,
+}
+
+/// The state the layers decide by, and what feeds it.
+struct Decisions {
+    allowlist: Arc<AllowList>,
+    policy: Option<Arc<PolicyStore>>,
+    oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
+    governor: Arc<Governor>,
+    /// The sidecar's own Entra tokens (outbound routes, Graph).
+    tokens: Option<Arc<EntraTokens>>,
+}
+
+impl Running {
+    async fn bind(
+        &self,
+        field: &'static str,
+        addr: SocketAddr,
+        max: usize,
+        name: &'static str,
+    ) -> anyhow::Result<Listener> {
+        Ok(Listener::bind(field, addr, max, Some(self.metrics.open_connections(name))).await?)
+    }
+
+    /// `/healthz`, `/readyz`, `/metrics`.
+    async fn telemetry(&mut self, config: &Config) -> anyhow::Result<SocketAddr> {
+        let listener =
+            self.bind("telemetry.listen", config.telemetry.listen, LOCAL_MAX_CONNECTIONS, "telemetry").await?;
+        let addr = listener.local_addr()?;
+        let telemetry = Arc::new(Telemetry { identity: self.identity.clone(), metrics: self.metrics.clone() });
+        let handler = move |req, _| telemetry.clone().handle(req);
+        let serve = server::serve_http1(listener, LOCAL_LIMITS, self.shutdown.subscribe(), self.drain, handler);
+        self.servers.push(tokio::spawn(serve));
+        Ok(addr)
+    }
+
+    /// Layers 1 to 4 and their facts: the allow-list, the policy, the JWKS
+    /// behind Layer 3, Graph behind Layer 4.
+    fn decisions(&mut self, config: &Config) -> anyhow::Result<Decisions> {
+        let allowlist = AllowList::new(config.inbound.as_ref().map(|i| i.allowed_callers.clone()).unwrap_or_default());
+        let http = HttpClient::new()?;
+        let tokens = config.entra.as_ref().map(|entra| EntraTokens::new(entra, http.clone()));
+        let graph = match (&tokens, &config.entra) {
+            (Some(tokens), Some(entra))
+                if config.risk.source == FactSource::Graph || config.tags.source == FactSource::Graph =>
+            {
+                Some(Arc::new(Graph::new(
+                    &entra.graph_endpoint,
+                    tokens.clone(),
+                    http.clone(),
+                    (config.risk.refresh, config.tags.ttl),
+                    (config.tags.attribute_set.clone(), config.tags.attribute.clone()),
+                    self.metrics.clone(),
+                    self.changes.clone(),
+                )))
+            }
+            _ => None,
+        };
+        if let Some(graph) = graph.clone().filter(|_| config.risk.source == FactSource::Graph) {
+            self.followers.push(tokio::spawn(graph.refresh_risk_forever(config.risk.refresh)));
+        }
+        if let Some(graph) = graph.clone().filter(|_| config.tags.source == FactSource::Graph) {
+            self.followers.push(tokio::spawn(graph.refresh_tags_forever(config.tags.ttl)));
+        }
+        let graph = graph.map(GraphFacts::Live);
+        let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph, self.changes.clone()));
+        let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
+        if let Some(jwt) = &config.jwt {
+            let settings = JwksSettings {
+                discovery_url: format!("{}/{}/v2.0/.well-known/openid-configuration", jwt.authority, jwt.tenant_id),
+                refresh: jwt.refresh,
+                refetch_interval: jwt.refetch_interval,
+            };
+            let jwks = Jwks::new(settings, http, self.metrics.clone());
+            self.followers.push(tokio::spawn(jwks.clone().refresh_forever()));
+            oauth.store(Some(Arc::new(Oauth::new(jwt, jwks))));
+        }
+        let policy = match &config.policy {
+            Some(cfg) => {
+                let (engine, fingerprint) = rbac::load(cfg, config.env.as_ref(), config.jwt.as_ref())?;
+                let (metrics, audit, changes) = (self.metrics.clone(), Some(self.audit.clone()), self.changes.clone());
+                Some(PolicyStore::new(engine, cfg.mode, fingerprint, metrics, audit, changes))
+            }
+            None => None,
+        };
+        Ok(Decisions { allowlist, policy, oauth, governor, tokens })
+    }
+
+    /// Every change goes through the reloader (SIGHUP, `/mgmt`, the policy
+    /// watcher). What the admin API changed before a restart applies before
+    /// the first caller is served, and before the file watcher starts.
+    async fn control(
+        &mut self,
+        config: &Config,
+        decisions: &Decisions,
+        state: Option<Arc<StateFile>>,
+    ) -> anyhow::Result<Arc<Reloader>> {
+        let keys = Arc::new(ArcSwap::from_pointee(config.mgmt.as_ref().map(|m| m.keys.clone()).unwrap_or_default()));
+        let handles = Handles {
+            allowlist: decisions.allowlist.clone(),
+            policy: decisions.policy.clone(),
+            oauth: decisions.oauth.clone(),
+            governor: decisions.governor.clone(),
+            keys,
+            state: state.clone(),
+            changes: self.changes.clone(),
+        };
+        let reloader = Arc::new(Reloader::new(config, handles));
+        if let Some(state) = &state {
+            let _changing = reloader.lock().await;
+            let in_force = restore::drop_stale(state, config)?;
+            let Decisions { allowlist, policy, governor, .. } = decisions;
+            restore::apply(&in_force, config, allowlist, policy.as_ref(), governor).await?;
+        }
+        if decisions.policy.is_some() {
+            self.followers.push(tokio::spawn(reloader.clone().watch_policy_files(Duration::from_secs(1))));
+        }
+        Ok(reloader)
+    }
+
+    /// mTLS from peer sidecars to the app, through every layer.
+    async fn inbound(
+        &mut self,
+        config: &Config,
+        decisions: &Decisions,
+    ) -> anyhow::Result<(Option<SocketAddr>, Option<Arc<Inbound>>)> {
+        let Some(cfg) = config.inbound.clone() else { return Ok((None, None)) };
+        let listener = self.bind("inbound.listen", cfg.listen, config.limits.max_connections, "inbound").await?;
+        let addr = listener.local_addr()?;
+        let layers = Layers {
+            policy: decisions.policy.clone().context("`policy` is required with `inbound`")?,
+            oauth: decisions.oauth.clone(),
+            governor: decisions.governor.clone(),
+            audit: self.audit.clone(),
+        };
+        let (identity, allowlist) = (self.identity.clone(), decisions.allowlist.clone());
+        let server = Inbound::new(cfg, identity, allowlist, self.metrics.clone(), layers, self.changes.clone())?;
+        self.followers.push(tokio::spawn(server.clone().enforce()));
+        self.servers.push(tokio::spawn(server.clone().serve(listener, self.shutdown.subscribe(), self.drain)));
+        Ok((Some(addr), Some(server)))
+    }
+
+    /// Plain HTTP from the app to peer sidecars over mTLS.
+    async fn outbound(
+        &mut self,
+        config: &Config,
+        tokens: Option<Arc<EntraTokens>>,
+    ) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(cfg) = config.outbound.clone() else { return Ok(None) };
+        let listener = self.bind("outbound.listen", cfg.listen, config.limits.max_connections, "outbound").await?;
+        let addr = listener.local_addr()?;
+        let server = Outbound::new(cfg, self.identity.clone(), self.metrics.clone(), tokens, self.audit.clone());
+        self.servers.push(tokio::spawn(server.serve(listener, self.shutdown.subscribe(), self.drain)));
+        Ok(Some(addr))
+    }
+
+    /// The admin API.
+    async fn mgmt(
+        &mut self,
+        config: &Config,
+        decisions: &Decisions,
+        state: Option<Arc<StateFile>>,
+        reloader: &Arc<Reloader>,
+    ) -> anyhow::Result<Option<SocketAddr>> {
+        let (Some(section), Some(state)) = (&config.mgmt, state) else { return Ok(None) };
+        let listener = self.bind("mgmt.listen", section.listen, LOCAL_MAX_CONNECTIONS, "mgmt").await?;
+        let addr = listener.local_addr()?;
+        let ctx = admin::Context {
+            allowlist: decisions.allowlist.clone(),
+            governor: decisions.governor.clone(),
+            policy: decisions.policy.clone(),
+            oauth: decisions.oauth.clone(),
+            audit: self.audit.clone(),
+            identity: self.identity.clone(),
+            metrics: self.metrics.clone(),
+            state,
+            reloader: reloader.clone(),
+            started: std::time::Instant::now(),
+            shutdown: self.shutdown.subscribe(),
+        };
+        let serve = Mgmt::new(section, ctx)?.serve(listener, self.shutdown.subscribe(), self.drain);
+        self.servers.push(tokio::spawn(serve));
+        Ok(Some(addr))
     }
 }
 

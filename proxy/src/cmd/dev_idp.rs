@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use certs::dev::{DevError, JwtKey};
 use hyper::body::Incoming;
@@ -283,7 +283,7 @@ impl DevIdp {
 
     /// The claims of an Entra access token per `spec` (v1 or v2 shape).
     pub fn claims(&self, spec: &TokenSpec) -> Value {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let now = policy::jwt::unix_now();
         let aud = match spec.audiences.as_slice() {
             [one] => json!(one),
             many => json!(many),

@@ -6,7 +6,7 @@ use hyper::{Response, StatusCode};
 use policy::{Layer, Reason};
 
 use crate::dataplane::body::{self, Body};
-use crate::dataplane::headers::{X_DENIED_BY, X_REQUEST_ID};
+use crate::dataplane::headers::X_DENIED_BY;
 
 /// Status and `error` for a reason.
 pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
@@ -49,8 +49,8 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
     }
 }
 
-/// `{"error","layer","reason","request_id"}` with `X-Request-Id` and
-/// `X-Denied-By`; nothing secret, no expected-vs-actual values.
+/// `{"error","layer","reason","request_id"}` with `X-Denied-By` (the
+/// exchange adds `X-Request-Id`); nothing secret, no expected-vs-actual values.
 pub fn response(reason: Reason, request_id: &str) -> Response<Body> {
     let (status, error) = status_of(reason);
     let layer: Layer = reason.layer();
@@ -66,9 +66,6 @@ pub fn response(reason: Reason, request_id: &str) -> Response<Body> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(X_DENIED_BY, HeaderValue::from_static("a2a-sidecar"));
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert(X_REQUEST_ID, id);
-    }
     // RFC 6750 3: a missing token gets a bare challenge, a bad one `invalid_token`.
     match reason {
         Reason::JwtRequired => {

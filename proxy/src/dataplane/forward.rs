@@ -91,8 +91,8 @@ impl Exchange {
         }
         sink.metrics.request_duration(direction, started.elapsed().as_secs_f64());
         let keep = response_id == ResponseId::PeerFirst && response.headers().contains_key(X_REQUEST_ID);
-        if !keep && let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(X_REQUEST_ID, value);
+        if !keep {
+            stamp_request_id(response.headers_mut(), &id);
         }
         sink.audit.record(Event {
             direction,
@@ -113,6 +113,13 @@ impl Exchange {
 pub struct Sink<'a> {
     pub metrics: &'a Metrics,
     pub audit: &'a AuditHub,
+}
+
+/// Sets `X-Request-Id` to `id` (replacing whatever the client sent).
+pub fn stamp_request_id(headers: &mut hyper::HeaderMap, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert(X_REQUEST_ID, value);
+    }
 }
 
 /// A proxy never tunnels for a client: `CONNECT` is refused.

@@ -28,8 +28,7 @@ use crate::dataplane::body::{self, Activity, Body, Cut, Tracked};
 use crate::dataplane::connections::{Connections, Peer, StreamRequest};
 use crate::dataplane::forward::{self, Exchange, ResponseId, Sent, Sink};
 use crate::dataplane::headers::{
-    self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, X_SPIFFE_CALLER_ID, X_SPIFFE_ENTRA_AGENT_ID,
-    X_SPIFFE_TRUST_DOMAIN,
+    self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_SPIFFE_CALLER_ID, X_SPIFFE_ENTRA_AGENT_ID, X_SPIFFE_TRUST_DOMAIN,
 };
 use crate::dataplane::refusals::{Refusal, Refusals};
 use crate::dataplane::request_id::RequestIds;
@@ -428,9 +427,7 @@ impl Inbound {
                 h.insert(name, value.clone());
             }
         }
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            h.insert(X_REQUEST_ID, id);
-        }
+        forward::stamp_request_id(h, request_id);
         // The caller's entry names its Entra agent (the policy's word, never the caller's).
         if let Some(id) = entra_agent_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             h.insert(X_SPIFFE_ENTRA_AGENT_ID, id);

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::config::{OutboundConfig, RouteConfig};
 use crate::dataplane::body::{Activity, Body};
 use crate::dataplane::forward::{self, Exchange, ResponseId, Sent, Sink};
-use crate::dataplane::headers::{self, X_REQUEST_ID};
+use crate::dataplane::headers;
 use crate::dataplane::request_id::RequestIds;
 use crate::dataplane::server::{self, ConnectionEnds};
 use crate::dataplane::upstream::sidecar::{RefusalMemo, SidecarConnector};
@@ -169,9 +169,7 @@ impl Outbound {
             let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Reason::TokenUnavailable)?;
             parts.headers.insert(header::AUTHORIZATION, value);
         }
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            parts.headers.insert(X_REQUEST_ID, id);
-        }
+        forward::stamp_request_id(&mut parts.headers, request_id);
         // The peer connection's protocol (h2 or HTTP/1.1) is chosen by ALPN, not by the app.
         parts.version = Version::HTTP_11;
         let outgoing = Request::from_parts(parts, crate::dataplane::body::boxed(incoming));
@@ -188,22 +186,31 @@ impl Outbound {
         Ok((response, None))
     }
 
-    /// Route by `Host` (port stripped, case-insensitive); else by opt-in path
-    /// prefix, which is stripped. Returns the route and the path to send.
     fn pick<'p>(&self, host: &str, path: &'p str) -> Option<(&Route, &'p str)> {
-        let name = strip_port(host);
-        if let Some(route) = self.routes.iter().find(|r| r.config.name.eq_ignore_ascii_case(name)) {
-            return Some((route, path));
-        }
-        self.routes.iter().find_map(|route| {
-            let prefix = route.config.path_prefix.as_deref()?;
-            match path.strip_prefix(prefix)? {
-                "" => Some((route, "/")),
-                rest if rest.starts_with('/') => Some((route, rest)),
-                _ => None,
-            }
-        })
+        let (index, path) = route_for(self.routes.iter().map(|r| &r.config), host, path)?;
+        Some((self.routes.get(index)?, path))
     }
+}
+
+/// Route by `Host` (port stripped, case-insensitive); else by opt-in path
+/// prefix, which is stripped. Returns the route's index and the path to send.
+fn route_for<'r, 'p>(
+    routes: impl Iterator<Item = &'r RouteConfig> + Clone,
+    host: &str,
+    path: &'p str,
+) -> Option<(usize, &'p str)> {
+    let name = strip_port(host);
+    if let Some(index) = routes.clone().position(|r| r.name.eq_ignore_ascii_case(name)) {
+        return Some((index, path));
+    }
+    routes.enumerate().find_map(|(index, route)| {
+        let prefix = route.path_prefix.as_deref()?;
+        match path.strip_prefix(prefix)? {
+            "" => Some((index, "/")),
+            rest if rest.starts_with('/') => Some((index, rest)),
+            _ => None,
+        }
+    })
 }
 
 impl Route {
@@ -237,4 +244,41 @@ fn strip_port(host: &str) -> &str {
         return host.split_once(']').map_or(host, |(h, _)| h.trim_start_matches('['));
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, prefix: Option<&str>) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            path_prefix: prefix.map(Into::into),
+            upstream: "peer:8443".parse().unwrap(),
+            server_id: "spiffe://a.example/peer".parse().unwrap(),
+            entra_scope: None,
+        }
+    }
+
+    #[test]
+    fn a_route_is_picked_by_host_then_by_path_prefix() {
+        let routes = [route("budget-backend", None), route("menus", Some("/menus"))];
+        let pick = |host: &str, path: &'static str| route_for(routes.iter(), host, path);
+        assert_eq!(pick("budget-backend", "/a"), Some((0, "/a")));
+        assert_eq!(pick("Budget-Backend:8080", "/a"), Some((0, "/a")), "port stripped, any case");
+        assert_eq!(pick("menus", "/x"), Some((1, "/x")), "a name matches before a prefix");
+        assert_eq!(pick("elsewhere", "/menus/today"), Some((1, "/today")), "the prefix is stripped");
+        assert_eq!(pick("elsewhere", "/menus"), Some((1, "/")));
+        assert_eq!(pick("elsewhere", "/menusx/today"), None, "a prefix ends at a segment");
+        assert_eq!(pick("elsewhere", "/a"), None);
+    }
+
+    #[test]
+    fn ports_are_stripped_from_names_and_addresses() {
+        assert_eq!(strip_port("host:8080"), "host");
+        assert_eq!(strip_port("host"), "host");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("[::1]"), "::1");
+        assert_eq!(strip_port(""), "");
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
@@ -42,10 +42,6 @@ pub enum Outcome {
     /// The rule required no token.
     NotRequired,
     Valid(Arc<Claims>),
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 impl Oauth {
@@ -83,7 +79,7 @@ impl Oauth {
 
     /// Signature and caller-independent claims, from the cache when warm.
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, JwtError> {
-        let now = unix_now();
+        let now = jwt::unix_now();
         let mut hasher = DefaultHasher::new();
         token.hash(&mut hasher);
         let key = hasher.finish();
@@ -154,4 +150,30 @@ pub fn check_policy(doc: &policy::PolicyDoc, jwt: Option<&JwtSection>) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(AUTHORIZATION, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn exactly_one_bearer_token() {
+        let reason = |values: &[&str]| bearer(&headers(values)).map(str::to_owned).map_err(|e| e.reason);
+        assert_eq!(reason(&["Bearer abc"]), Ok("abc".into()));
+        assert_eq!(reason(&["bearer  abc "]), Ok("abc".into()), "scheme in any case, spaces trimmed");
+        assert_eq!(reason(&[]), Err(Reason::JwtRequired));
+        assert_eq!(reason(&["Bearer a", "Bearer b"]), Err(Reason::JwtInvalid), "two tokens: which one?");
+        assert_eq!(reason(&["Basic dXNlcjpwdw=="]), Err(Reason::JwtInvalid));
+        assert_eq!(reason(&["Bearer"]), Err(Reason::JwtInvalid));
+        assert_eq!(reason(&["Bearer "]), Err(Reason::JwtInvalid));
+        assert_eq!(reason(&["Bearerabc"]), Err(Reason::JwtInvalid));
+    }
 }

@@ -125,8 +125,6 @@ pub async fn evaluate(
 #[cfg(test)]
 #[cfg(feature = "dev")]
 mod tests {
-    use std::time::SystemTime;
-
     use certs::dev::JwtKey;
     use futures_util::FutureExt;
     use policy::jwt::KeySet;
@@ -183,7 +181,7 @@ policies:
         }
 
         fn token(&self, roles: &[&str]) -> String {
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+            let now = policy::jwt::unix_now();
             let claims = serde_json::json!({
                 "aud": "api://t", "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"), "tid": TENANT,
                 "oid": OID, "azp": "client", "roles": roles, "exp": now + 600, "nbf": now, "iat": now,
