@@ -1,14 +1,14 @@
 //! Command line (DESIGN 1.1) and the commands besides `run`.
 
-pub mod check;
+pub(crate) mod check;
 #[cfg(feature = "dev")]
 pub mod demo;
 #[cfg(feature = "dev")]
-pub mod dev;
+pub(crate) mod dev;
 #[cfg(feature = "dev")]
 pub mod dev_idp;
 pub mod explain;
-pub mod probe;
+pub(crate) mod probe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

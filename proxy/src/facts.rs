@@ -2,7 +2,7 @@
 //! and tags later), fetched in the background and served from memory so the
 //! request path never waits on a remote call when the caches are warm.
 
-pub mod entra_token;
-pub mod graph;
+pub(crate) mod entra_token;
+pub(crate) mod graph;
 pub mod http;
 pub mod jwks;

@@ -15,9 +15,9 @@
 //! - [`config`] the configuration, [`changes`] the "a decision input
 //!   changed" signal, [`app`] the wiring.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod changes;
+pub(crate) mod changes;
 pub mod cmd;
 pub mod config;
 pub mod dataplane;

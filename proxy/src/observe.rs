@@ -3,7 +3,7 @@
 //! logging.
 
 pub mod audit;
-pub mod labels;
-pub mod logging;
+pub(crate) mod labels;
+pub(crate) mod logging;
 pub mod metrics;
-pub mod telemetry;
+pub(crate) mod telemetry;

@@ -31,10 +31,6 @@ pub fn boxed(body: Incoming) -> Body {
     body.map_err(BoxError::from).boxed()
 }
 
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
 /// Streams `body` on, dropping identity (and, unless allowed, underscore)
 /// headers from its trailers.
 pub fn without_spoofable_trailers(body: Incoming, allow_underscores: bool) -> Body {

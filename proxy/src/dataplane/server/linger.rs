@@ -36,10 +36,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<S> {
     pub fn new(io: S, slot: Option<Slot>) -> Self {
         Self { io: Some(io), slot }
     }
-
-    pub fn get_ref(&self) -> Option<&S> {
-        self.io.as_ref()
-    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<S> {
