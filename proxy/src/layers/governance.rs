@@ -219,3 +219,149 @@ impl Governor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+    use policy::reference::{Action, Ca, Methods, RulePath, Selector};
+
+    use super::*;
+
+    const CALLER: &str = "spiffe://a.example/reader";
+
+    fn entry(ca: Ca) -> Entry {
+        Entry {
+            name: "reader".into(),
+            selector: Selector::Exact(CALLER.parse().unwrap()),
+            federated: false,
+            trust_domain: "a.example".parse().unwrap(),
+            entra_agent_id: Some("00000000-0000-4000-8000-0000000000a1".into()),
+            entra_app_id: None,
+            description: String::new(),
+            ca,
+            rules: Vec::new(),
+        }
+    }
+
+    fn governance(enabled: bool) -> Governance {
+        Governance { enabled, target_agent_tag: "finance".into(), risk_enforcement: String::new() }
+    }
+
+    /// Both facts from Graph (stated, as `explain` does), with the given
+    /// answers and what to do when Graph has none.
+    fn governor(risk: Option<RiskLevel>, tag: Option<&str>, on_unavailable: OnUnavailable) -> Governor {
+        let risk_section = RiskSection {
+            source: FactSource::Graph,
+            blocked_levels: vec![RiskLevel::High],
+            refresh: Duration::from_secs(60),
+            on_unavailable,
+        };
+        let tags = TagsSection {
+            source: FactSource::Graph,
+            attribute_set: "set".into(),
+            attribute: "tag".into(),
+            ttl: Duration::from_secs(60),
+            on_unavailable,
+        };
+        let stated = GraphFacts::Stated { risk, tag: tag.map(str::to_owned) };
+        Governor::new(risk_section, tags, Some(stated), Changes::default())
+    }
+
+    fn check(
+        governor: &Governor,
+        governance: &Governance,
+        entry: &Entry,
+        rule: Option<&Rule>,
+        claims: Option<&Claims>,
+    ) -> Findings {
+        let caller: SpiffeId = CALLER.parse().unwrap();
+        governor.check(governance, &caller, entry, rule, claims).now_or_never().expect("stated facts need no network")
+    }
+
+    #[test]
+    fn graph_facts_decide_and_an_operator_push_wins_over_them() {
+        let enabled = governance(true);
+        let agent = entry(Ca::default());
+        let calm = governor(Some(RiskLevel::None), Some("finance"), OnUnavailable::Deny);
+        let found = check(&calm, &enabled, &agent, None, None);
+        assert_eq!(
+            (found.verdict, found.risk_level, found.caller_tag.as_deref()),
+            (Ok(()), Some("none"), Some("finance"))
+        );
+
+        let risky = governor(Some(RiskLevel::High), Some("finance"), OnUnavailable::Deny);
+        let found = check(&risky, &enabled, &agent, None, None);
+        assert_eq!((found.verdict, found.caller_tag), (Err(Reason::HighRiskAgentBlocked), None), "4b not reached");
+        let caller = CALLER.parse().unwrap();
+        risky.pushes.set_risk(&caller, Some(RiskLevel::Low));
+        assert_eq!(check(&risky, &enabled, &agent, None, None).verdict, Ok(()), "the push wins");
+
+        calm.pushes.set_tag(&caller, Some(String::new()));
+        assert_eq!(
+            check(&calm, &enabled, &agent, None, None).verdict,
+            Err(Reason::AgentTagMismatch),
+            "an empty tag never matches"
+        );
+    }
+
+    #[test]
+    fn unknown_facts_follow_on_unavailable() {
+        let enabled = governance(true);
+        let agent = entry(Ca::default());
+        let strict = governor(None, Some("finance"), OnUnavailable::Deny);
+        let found = check(&strict, &enabled, &agent, None, None);
+        assert_eq!((found.verdict, found.risk_level), (Err(Reason::RiskUnavailable), Some("unknown")));
+        let no_tag = governor(Some(RiskLevel::Low), None, OnUnavailable::Deny);
+        assert_eq!(check(&no_tag, &enabled, &agent, None, None).verdict, Err(Reason::TagsUnavailable));
+        let lenient = governor(None, None, OnUnavailable::Allow);
+        assert_eq!(check(&lenient, &enabled, &agent, None, None).verdict, Ok(()));
+    }
+
+    #[test]
+    fn agent_state_and_target_tag_apply_only_under_admin_governance() {
+        let stranger = governor(Some(RiskLevel::Low), Some("marketing"), OnUnavailable::Deny);
+        let disabled = entry(Ca { disabled: true, ..Ca::default() });
+        assert_eq!(check(&stranger, &governance(true), &disabled, None, None).verdict, Err(Reason::AgentDisabled));
+        assert_eq!(check(&stranger, &governance(false), &disabled, None, None).verdict, Ok(()));
+        let skips = entry(Ca { skip_target_tag_check: true, ..Ca::default() });
+        assert_eq!(check(&stranger, &governance(true), &skips, None, None).verdict, Ok(()));
+        // Blocked levels apply whatever `admin_governance` says.
+        let risky = governor(Some(RiskLevel::High), Some("finance"), OnUnavailable::Deny);
+        assert_eq!(check(&risky, &governance(false), &skips, None, None).verdict, Err(Reason::HighRiskAgentBlocked));
+    }
+
+    #[test]
+    fn a_rules_required_tags_must_all_be_claims_of_the_token() {
+        let calm = governor(Some(RiskLevel::Low), Some("finance"), OnUnavailable::Deny);
+        let agent = entry(Ca::default());
+        let rule = Rule {
+            path: RulePath::Any,
+            methods: Methods::Any,
+            action: Action::Allow,
+            require_jwt: true,
+            required_roles: Vec::new(),
+            required_tags: BTreeMap::from([("dept".into(), "finance".into()), ("tier".into(), "gold".into())]),
+        };
+        let claims = |pairs: &[(&str, &str)]| Claims {
+            kid: "k".into(),
+            exp: 0,
+            oid: None,
+            client_id: None,
+            roles: Arc::new([]),
+            strings: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let on = governance(false);
+        let both = claims(&[("dept", "finance"), ("tier", "gold")]);
+        assert_eq!(check(&calm, &on, &agent, Some(&rule), Some(&both)).verdict, Ok(()));
+        let one = claims(&[("dept", "finance"), ("tier", "silver")]);
+        assert_eq!(check(&calm, &on, &agent, Some(&rule), Some(&one)).verdict, Err(Reason::MissingRequiredTag));
+        assert_eq!(
+            check(&calm, &on, &agent, Some(&rule), None).verdict,
+            Err(Reason::MissingRequiredTag),
+            "no token, no tags"
+        );
+    }
+}
