@@ -211,6 +211,12 @@ async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<(T, bo
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {
+    // serde fills a struct from an array by position too (`["spiffe://..",
+    // "high"]`); a body is an object with named fields, nothing else.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return Err(Reject::with(StatusCode::BAD_REQUEST, "invalid_request", "the body is a JSON object"));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.classify() == serde_json::error::Category::Data { "invalid_request" } else { "invalid_json" };
         Reject::with(StatusCode::BAD_REQUEST, code, e.to_string())
@@ -262,6 +268,10 @@ mod tests {
         let err = |body: &str| decode::<Shape>(body.as_bytes()).unwrap_err();
         assert_eq!(err("{").code, "invalid_json");
         assert_eq!(err("[]").code, "invalid_request");
+        assert_eq!(err(r#"["a", "x"]"#).code, "invalid_request", "fields by position");
+        assert_eq!(err(r#""a""#).code, "invalid_request");
+        assert_eq!(err("[").code, "invalid_json");
+        assert_eq!(err(r#"{"name": "a", "name": "b"}"#).code, "invalid_request", "a duplicate field");
         let unknown = err(r#"{"name": "a", "nmae": "b"}"#);
         assert_eq!(unknown.code, "invalid_request");
         assert!(unknown.message.as_deref().unwrap().contains("unknown field `nmae`"), "{unknown:?}");
