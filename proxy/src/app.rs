@@ -288,10 +288,15 @@ impl Running {
             audit: self.audit.clone(),
         };
         let (identity, allowlist) = (self.identity.clone(), decisions.allowlist.clone());
-        let server = Inbound::new(cfg, identity, allowlist, self.metrics.clone(), layers, self.changes.clone())?;
-        self.followers.push(tokio::spawn(server.clone().enforce()));
-        self.servers.push(tokio::spawn(server.clone().serve(listener, self.shutdown.subscribe(), self.drain)));
-        Ok((Some(addr), Some(server)))
+        let inbound = Inbound::new(cfg, identity, allowlist, self.metrics.clone(), layers, self.changes.clone())?;
+        self.followers.push(tokio::spawn(inbound.clone().enforce()));
+        self.servers.push(tokio::spawn(server::serve(
+            inbound.clone(),
+            listener,
+            self.shutdown.subscribe(),
+            self.drain,
+        )));
+        Ok((Some(addr), Some(inbound)))
     }
 
     /// Plain HTTP from the app to peer sidecars over mTLS.
@@ -303,8 +308,8 @@ impl Running {
         let Some(cfg) = config.outbound.clone() else { return Ok(None) };
         let listener = self.bind("outbound.listen", cfg.listen, config.limits.max_connections, "outbound").await?;
         let addr = listener.local_addr()?;
-        let server = Outbound::new(cfg, self.identity.clone(), self.metrics.clone(), tokens, self.audit.clone());
-        self.servers.push(tokio::spawn(server.serve(listener, self.shutdown.subscribe(), self.drain)));
+        let outbound = Outbound::new(cfg, self.identity.clone(), self.metrics.clone(), tokens, self.audit.clone());
+        self.servers.push(tokio::spawn(server::serve(outbound, listener, self.shutdown.subscribe(), self.drain)));
         Ok(Some(addr))
     }
 

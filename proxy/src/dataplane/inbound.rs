@@ -141,108 +141,6 @@ impl Inbound {
         &self.connections
     }
 
-    /// Accepts until `shutdown`, then drains connections for at most `drain`.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: crate::dataplane::server::Listener,
-        shutdown: watch::Receiver<bool>,
-        drain: Duration,
-    ) {
-        server::accept_loop(listener, shutdown, drain, |tcp, remote, slot, shutdown| {
-            self.clone().connection(tcp, remote, slot, shutdown)
-        })
-        .await;
-    }
-
-    async fn connection(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        remote: SocketAddr,
-        slot: server::Slot,
-        shutdown: watch::Receiver<bool>,
-    ) {
-        let limits = self.config.limits;
-        // The bundles the verifier can have used: judged against again below.
-        let verified_with = self.identity.current();
-        let handshake = self.tls.accept(tcp).into_fallible();
-        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err((e, tcp))) => {
-                let rejection = certs::tls::rejection_of(&e);
-                let reason = rejection.as_ref().map_or(Reason::HandshakeError, |r| r.reason.into());
-                tracing::debug!(%remote, %reason, "inbound handshake refused");
-                self.metrics.tls_handshake(Direction::Inbound, reason.as_str());
-                let peer = rejection.as_ref().and_then(|r| r.peer.as_ref());
-                self.refusals.record(Refusal { source: remote.ip(), reason, peer });
-                // The caller reads our alert instead of a reset (see `server::linger`).
-                server::linger(tcp).await;
-                return;
-            }
-            Err(_) => {
-                self.metrics.tls_handshake(Direction::Inbound, "timeout");
-                return;
-            }
-        };
-        let (_, session) = tls.get_ref();
-        // Invariant: the verifier accepted a parsable SVID leaf, so this is present.
-        let chain = session.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
-        let Some(peer) = chain.first().and_then(|c| certs::x509::parse_leaf(c).ok()) else {
-            return;
-        };
-        let h2 = session.alpn_protocol() == Some(b"h2");
-        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        // Registered first, then judged against the bundles in force now: a
-        // bundle change while the handshake ran (the verifier judged the
-        // chain when it arrived) either finds this connection in the
-        // registry or is seen here. A resumed session (`inbound.tls_resumption:
-        // true`) skipped the verifier altogether.
-        let registered = Arc::new(Peer { id: peer.id.clone(), not_after: peer.not_after, chain });
-        let registration = self.connections.connection(registered.clone());
-        let now = self.identity.current();
-        let same_bundles = match (&verified_with, &now) {
-            (Some(before), Some(now)) => before.bundles().same_authorities(now.bundles()),
-            (before, now) => before.is_none() && now.is_none(),
-        };
-        if let (true, Some(identity)) = (resumed || !same_bundles, now)
-            && let Err(reason) = certs::tls::verify_peer_chain(&identity, &registered.chain)
-        {
-            let reason = Reason::from(reason);
-            self.metrics.tls_handshake(Direction::Inbound, reason.as_str());
-            self.refusals.record(Refusal { source: remote.ip(), reason, peer: Some(&peer.id) });
-            return;
-        }
-        self.metrics.tls_handshake(Direction::Inbound, "ok");
-        let expires_in = peer.not_after.duration_since(SystemTime::now()).unwrap_or_default();
-        let caller = Arc::from(peer.id.as_str());
-        let value = |s: &str| HeaderValue::from_str(s).ok();
-        let forwarded = [
-            (X_SPIFFE_CALLER_ID, value(peer.id.as_str())),
-            (X_SPIFFE_TRUST_DOMAIN, value(peer.id.trust_domain_name())),
-            (X_FORWARDED_FOR, value(&remote.ip().to_string())),
-        ];
-        let conn = Arc::new(Conn { peer, registered, caller, activity: Activity::new(), forwarded });
-
-        let builder = server::builder(&limits);
-        let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-
-        let this = self.clone();
-        let served = conn.clone();
-        let service = service_fn(move |req| this.clone().request(req, served.clone()));
-        let io = TokioIo::new(server::Lingering::new(tls, Some(slot)));
-        let connection = builder.serve_connection_with_upgrades(io, service);
-        let ends = ConnectionEnds {
-            activity: conn.activity.clone(),
-            idle_timeout: limits.idle_timeout,
-            shutdown,
-            closed: Some(registration.closed.clone()),
-            // Drained just before the caller's certificate expires, closed when it does.
-            drain_after: Some(expires_in.saturating_sub(EXPIRY_MARGIN)),
-            close_after: Some(expires_in),
-        };
-        server::drive(connection, ends).await;
-        tracing::debug!(%remote, caller = %conn.peer.id, "inbound connection closed");
-    }
-
     async fn request(
         self: Arc<Self>,
         request: Request<Incoming>,
@@ -433,6 +331,97 @@ impl Inbound {
             h.insert(X_SPIFFE_ENTRA_AGENT_ID, id);
         }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
+}
+
+impl server::Serve for Inbound {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        slot: server::Slot,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let limits = self.config.limits;
+        // The bundles the verifier can have used: judged against again below.
+        let verified_with = self.identity.current();
+        let handshake = self.tls.accept(tcp).into_fallible();
+        let tls = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err((e, tcp))) => {
+                let rejection = certs::tls::rejection_of(&e);
+                let reason = rejection.as_ref().map_or(Reason::HandshakeError, |r| r.reason.into());
+                tracing::debug!(%remote, %reason, "inbound handshake refused");
+                self.metrics.tls_handshake(Direction::Inbound, reason.as_str());
+                let peer = rejection.as_ref().and_then(|r| r.peer.as_ref());
+                self.refusals.record(Refusal { source: remote.ip(), reason, peer });
+                // The caller reads our alert instead of a reset (see `server::linger`).
+                server::linger(tcp).await;
+                return;
+            }
+            Err(_) => {
+                self.metrics.tls_handshake(Direction::Inbound, "timeout");
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        // Invariant: the verifier accepted a parsable SVID leaf, so this is present.
+        let chain = session.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+        let Some(peer) = chain.first().and_then(|c| certs::x509::parse_leaf(c).ok()) else {
+            return;
+        };
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        // Registered first, then judged against the bundles in force now: a
+        // bundle change while the handshake ran (the verifier judged the
+        // chain when it arrived) either finds this connection in the
+        // registry or is seen here. A resumed session (`inbound.tls_resumption:
+        // true`) skipped the verifier altogether.
+        let registered = Arc::new(Peer { id: peer.id.clone(), not_after: peer.not_after, chain });
+        let registration = self.connections.connection(registered.clone());
+        let now = self.identity.current();
+        let same_bundles = match (&verified_with, &now) {
+            (Some(before), Some(now)) => before.bundles().same_authorities(now.bundles()),
+            (before, now) => before.is_none() && now.is_none(),
+        };
+        if let (true, Some(identity)) = (resumed || !same_bundles, now)
+            && let Err(reason) = certs::tls::verify_peer_chain(&identity, &registered.chain)
+        {
+            let reason = Reason::from(reason);
+            self.metrics.tls_handshake(Direction::Inbound, reason.as_str());
+            self.refusals.record(Refusal { source: remote.ip(), reason, peer: Some(&peer.id) });
+            return;
+        }
+        self.metrics.tls_handshake(Direction::Inbound, "ok");
+        let expires_in = peer.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+        let caller = Arc::from(peer.id.as_str());
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        let forwarded = [
+            (X_SPIFFE_CALLER_ID, value(peer.id.as_str())),
+            (X_SPIFFE_TRUST_DOMAIN, value(peer.id.trust_domain_name())),
+            (X_FORWARDED_FOR, value(&remote.ip().to_string())),
+        ];
+        let conn = Arc::new(Conn { peer, registered, caller, activity: Activity::new(), forwarded });
+
+        let builder = server::builder(&limits);
+        let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+
+        let this = self.clone();
+        let served = conn.clone();
+        let service = service_fn(move |req| this.clone().request(req, served.clone()));
+        let io = TokioIo::new(server::Lingering::new(tls, Some(slot)));
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        let ends = ConnectionEnds {
+            activity: conn.activity.clone(),
+            idle_timeout: limits.idle_timeout,
+            shutdown,
+            closed: Some(registration.closed.clone()),
+            // Drained just before the caller's certificate expires, closed when it does.
+            drain_after: Some(expires_in.saturating_sub(EXPIRY_MARGIN)),
+            close_after: Some(expires_in),
+        };
+        server::drive(connection, ends).await;
+        tracing::debug!(%remote, caller = %conn.peer.id, "inbound connection closed");
     }
 }
 

@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use certs::{Identity, IdentityWatch};
@@ -67,46 +66,6 @@ impl Outbound {
     ) -> Arc<Self> {
         let routes = config.routes.iter().map(|r| Route { config: r.clone(), pools: ArcSwapOption::empty() }).collect();
         Arc::new(Self { config, audit, tokens, routes, identity, ids: RequestIds::new(), metrics })
-    }
-
-    /// Accepts until `shutdown`, then drains connections for at most `drain`.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: crate::dataplane::server::Listener,
-        shutdown: watch::Receiver<bool>,
-        drain: Duration,
-    ) {
-        server::accept_loop(listener, shutdown, drain, |tcp, remote, slot, shutdown| {
-            self.clone().connection(tcp, remote, slot, shutdown)
-        })
-        .await;
-    }
-
-    async fn connection(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        remote: SocketAddr,
-        slot: server::Slot,
-        shutdown: watch::Receiver<bool>,
-    ) {
-        let limits = self.config.limits;
-        let builder = server::builder(&limits);
-        let activity = Activity::new();
-        let this = self.clone();
-        let tracked = activity.clone();
-        let service = service_fn(move |req| this.clone().request(req, tracked.clone()));
-        let io = TokioIo::new(server::Lingering::new(tcp, Some(slot)));
-        let connection = builder.serve_connection_with_upgrades(io, service);
-        let ends = ConnectionEnds {
-            activity,
-            idle_timeout: limits.idle_timeout,
-            shutdown,
-            closed: None,
-            drain_after: None,
-            close_after: None,
-        };
-        server::drive(connection, ends).await;
-        tracing::debug!(%remote, "outbound connection closed");
     }
 
     async fn request(
@@ -189,6 +148,35 @@ impl Outbound {
     fn pick<'p>(&self, host: &str, path: &'p str) -> Option<(&Route, &'p str)> {
         let (index, path) = route_for(self.routes.iter().map(|r| &r.config), host, path)?;
         Some((self.routes.get(index)?, path))
+    }
+}
+
+impl server::Serve for Outbound {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        slot: server::Slot,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let limits = self.config.limits;
+        let builder = server::builder(&limits);
+        let activity = Activity::new();
+        let this = self.clone();
+        let tracked = activity.clone();
+        let service = service_fn(move |req| this.clone().request(req, tracked.clone()));
+        let io = TokioIo::new(server::Lingering::new(tcp, Some(slot)));
+        let connection = builder.serve_connection_with_upgrades(io, service);
+        let ends = ConnectionEnds {
+            activity,
+            idle_timeout: limits.idle_timeout,
+            shutdown,
+            closed: None,
+            drain_after: None,
+            close_after: None,
+        };
+        server::drive(connection, ends).await;
+        tracing::debug!(%remote, "outbound connection closed");
     }
 }
 

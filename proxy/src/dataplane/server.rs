@@ -148,6 +148,25 @@ where
     }
 }
 
+/// What a proxy listener (inbound, outbound) does with each connection.
+pub trait Serve: Send + Sync + 'static {
+    fn connection(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        remote: SocketAddr,
+        slot: Slot,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Accepts until `shutdown`, then drains connections for at most `drain`.
+pub async fn serve<S: Serve>(server: Arc<S>, listener: Listener, shutdown: watch::Receiver<bool>, drain: Duration) {
+    accept_loop(listener, shutdown, drain, |tcp, remote, slot, shutdown| {
+        server.clone().connection(tcp, remote, slot, shutdown)
+    })
+    .await;
+}
+
 /// Accepts on `listener` until `shutdown`, running `serve` for each
 /// connection (with its slot under the listener's cap, which the connection
 /// keeps until its socket is closed: see [`Lingering`]); then waits up to
