@@ -257,7 +257,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+                    if e.downcast_ref::<dev::BadArgument>().is_some() {
+                        ExitCode::from(BAD_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
 use certs::dev::{DevCa, WorkloadApiServer, WorkloadApiServerConfig, write_svid_files};
 use certs::{SpiffeId, TrustDomain};
 
@@ -11,10 +10,36 @@ use crate::cmd::dev_idp::{DevIdp, TokenSpec};
 use crate::cmd::{CaCommand, DevCommand, TokenArgs, WorkloadApiArgs};
 use crate::config::parse_duration;
 
+/// A bad command-line argument (exit 2, like a bad configuration), as
+/// opposed to a failure while running (exit 1).
+#[derive(Debug)]
+pub struct BadArgument(String);
+
+impl std::fmt::Display for BadArgument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgument {}
+
+fn bad(message: String) -> anyhow::Error {
+    anyhow::Error::new(BadArgument(message))
+}
+
+fn duration(flag: &str, text: &str) -> anyhow::Result<std::time::Duration> {
+    parse_duration(text).map_err(|e| bad(format!("{flag} `{text}`: {e}")))
+}
+
+fn spiffe_id(text: &str) -> anyhow::Result<SpiffeId> {
+    text.parse().map_err(|e| bad(format!("--id `{text}`: {e}")))
+}
+
 pub fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
         DevCommand::Ca(CaCommand::Init { dir, trust_domain }) => {
-            let td = TrustDomain::new(&trust_domain).with_context(|| format!("--trust-domain `{trust_domain}`"))?;
+            let td =
+                TrustDomain::new(&trust_domain).map_err(|e| bad(format!("--trust-domain `{trust_domain}`: {e}")))?;
             DevCa::init(&dir, &td)?;
             println!("dev CA for {td} written to {}", dir.display());
             Ok(())
@@ -51,7 +76,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         oid: args.oid.unwrap_or_else(|| args.azp.clone()),
         client_id: args.azp,
         roles: args.roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
-        ttl: parse_duration(&args.ttl).map_err(anyhow::Error::msg).context("--ttl")?,
+        ttl: duration("--ttl", &args.ttl)?,
         v1: args.v1,
     };
     println!("{}", idp.token(&spec)?);
@@ -60,13 +85,11 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 fn issue(dir: &Path, id: &str, out: &Path, ttl: &str) -> anyhow::Result<()> {
     let ca = DevCa::load(dir)?;
-    let id: SpiffeId = id.parse().with_context(|| format!("--id `{id}`"))?;
-    anyhow::ensure!(
-        id.trust_domain() == *ca.trust_domain(),
-        "--id `{id}` is not in the CA's trust domain `{}`",
-        ca.trust_domain()
-    );
-    let ttl = parse_duration(ttl).map_err(anyhow::Error::msg).context("--ttl")?;
+    let id = spiffe_id(id)?;
+    if id.trust_domain() != *ca.trust_domain() {
+        return Err(bad(format!("--id `{id}` is not in the CA's trust domain `{}`", ca.trust_domain())));
+    }
+    let ttl = duration("--ttl", ttl)?;
     let svid = ca.issue(&id, ttl)?;
     write_svid_files(out, &svid, ca.bundle_pem())?;
     println!("issued {id} (serial {}) into {}", svid.serial(), out.display());
@@ -75,8 +98,8 @@ fn issue(dir: &Path, id: &str, out: &Path, ttl: &str) -> anyhow::Result<()> {
 
 fn workload_api(args: WorkloadApiArgs) -> anyhow::Result<()> {
     let ca = Arc::new(DevCa::load(&args.dir)?);
-    let id: SpiffeId = args.id.parse().with_context(|| format!("--id `{}`", args.id))?;
-    let ttl = parse_duration(&args.ttl).map_err(anyhow::Error::msg).context("--ttl")?;
+    let id = spiffe_id(&args.id)?;
+    let ttl = duration("--ttl", &args.ttl)?;
     let federated = args.federate.iter().map(|d| DevCa::load(d).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
     let config = WorkloadApiServerConfig { ca, id: id.clone(), ttl, federated };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;

@@ -101,7 +101,8 @@ fn dev_ca_issues_spiffe_helper_files_that_check_accepts() {
     }
     // An ID of another trust domain is refused.
     let out = run(&["dev", "ca", "issue", "--dir", ca, "--id", "spiffe://other.example/x", "--out", svid]);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(2), "a bad argument, not a failure: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not in the CA's trust domain `aim.example`"), "{}", text(&out.stderr));
 
     let yaml = format!(
         "identity:\n  source: files\n  files: {{cert: {svid}/svid.pem, key: {svid}/svid_key.pem, bundle: {svid}/svid_bundle.pem}}\n"
@@ -190,6 +191,18 @@ impl Running {
         }
     }
 
+    /// Its exit code; panics if it has not exited within 20 s.
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "still running 20 s after the signal");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill").args([name, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
@@ -216,7 +229,7 @@ fn sigterm_exits_0() {
     );
     let mut running = Running::start(bin().args(["run", "--config", &config]));
     running.signal("-TERM");
-    assert_eq!(running.child.wait().unwrap().code(), Some(0));
+    assert_eq!(running.exit_code(), Some(0));
 }
 
 fn reference_config(dir: &std::path::Path) -> String {

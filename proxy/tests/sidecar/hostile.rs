@@ -2,7 +2,7 @@
 //! clients each get their documented outcome, and the app never sees an
 //! unevaluated or ambiguously framed request.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -50,8 +50,8 @@ async fn smuggling_attempts_never_reach_the_app_unevaluated() {
         let out = raw_exchange(mesh.inbound(), tls.clone(), raw.as_bytes(), Duration::from_secs(10)).await;
         let got = statuses(&out);
         if want.is_empty() {
-            // The body is broken mid-stream: whatever the answer, it is not a success.
-            assert!(got.iter().all(|s| *s >= 400), "{name}: {out}");
+            // The body is broken mid-stream: there is an answer, and it is not a success.
+            assert!(!got.is_empty() && got.iter().all(|s| *s >= 400), "{name}: {out}");
         } else {
             assert_eq!(got, want, "{name}: {out}");
         }
@@ -61,9 +61,10 @@ async fn smuggling_attempts_never_reach_the_app_unevaluated() {
     for path in ["/cl2", "/xte", "/sp"] {
         assert!(!paths.iter().any(|p| p == path), "{path} reached the app: {paths:?}");
     }
-    // The re-framed request arrived with unambiguous framing (no Content-Length next to chunking).
+    // The CL+TE request arrived re-framed as chunked (RFC 9112 6.3: Transfer-Encoding
+    // wins), with no Content-Length next to it.
     let clte = mesh.app.seen().into_iter().find(|s| s.uri == "/clte").unwrap();
-    assert!(clte.header("content-length").is_none() || clte.header("transfer-encoding").is_none(), "{clte:?}");
+    assert_eq!((clte.header("transfer-encoding"), clte.header("content-length")), (Some("chunked"), None), "{clte:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +105,8 @@ async fn bad_paths_and_targets() {
 
     // Forwarded path is the judged one, re-encoded: the app decodes exactly what was judged.
     let raw = b"GET /a/./b//c%20d/%252F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    raw_exchange(mesh.inbound(), tls.clone(), raw, Duration::from_secs(5)).await;
+    let out = raw_exchange(mesh.inbound(), tls.clone(), raw, Duration::from_secs(5)).await;
+    assert_eq!(statuses(&out), [200], "{out}");
     assert_eq!(mesh.app.seen().pop().unwrap().uri, "/a/b/c%20d/%252F");
 
     let raw = b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n";
@@ -121,10 +123,11 @@ async fn oversized_heads_get_431_and_slow_clients_are_cut_off() {
     let out = raw_exchange(mesh.inbound(), tls.clone(), raw.as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(statuses(&out), [431], "{}", &out[..out.len().min(200)]);
 
-    // Slowloris: a head that never completes is cut off after header_timeout (1 s here).
+    // Slowloris: a head that never completes is cut off after header_timeout
+    // (1 s here; the idle timeout is 60 s and never runs out while bytes trickle in,
+    // so nothing else can cut it within the deadline).
     let mut conn = tls_connect(mesh.inbound(), tls).await.unwrap();
     conn.write_all(b"GET /slow-head HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let started = Instant::now();
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -140,15 +143,17 @@ async fn oversized_heads_get_431_and_slow_clients_are_cut_off() {
     })
     .await;
     assert!(read.is_ok(), "the slow client was not cut off");
-    assert!(started.elapsed() >= Duration::from_millis(900), "cut off before the header timeout");
     assert!(!mesh.app.paths().iter().any(|p| p == "/big-head" || p == "/slow-head"));
 }
 
-/// A backend sidecar like the mesh's, with short limits.
+/// A backend sidecar like the mesh's, with short upstream and idle limits and
+/// a header timeout far longer than any deadline here (so only the idle
+/// timeout can close an idle connection).
 async fn short_limits_backend(mesh: &Mesh) -> proxy::app::App {
     let yaml = (super::mesh::backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT])
         + &super::mesh::jwt_yaml(&mesh.idp.authority()))
-        .replace("upstream_response_timeout: 10s", "upstream_response_timeout: 300ms\n  idle_timeout: 300ms");
+        .replace("upstream_response_timeout: 10s", "upstream_response_timeout: 300ms\n  idle_timeout: 300ms")
+        .replace("  header_timeout: 1s\n", "  header_timeout: 60s\n");
     let path = mesh.dir.path().join("short.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut app = proxy::app::App::start(proxy::config::Config::load(&path).unwrap()).await.unwrap();
@@ -161,12 +166,12 @@ async fn slow_app_gets_504_and_idle_connections_are_closed() {
     let mesh = Mesh::start().await;
     let backend = short_limits_backend(&mesh).await;
     let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
-    let raw = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
-    let started = Instant::now();
-    let out = raw_exchange(backend.inbound_addr.unwrap(), tls.clone(), raw, Duration::from_secs(1)).await;
+    // The app holds `/slow` until released (after this answer): a 504 naming the
+    // upstream timeout can only come from `upstream_response_timeout`.
+    let raw = b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let out = raw_exchange(backend.inbound_addr.unwrap(), tls.clone(), raw, Duration::from_secs(10)).await;
     assert_eq!(statuses(&out), [504], "{out}");
     assert!(out.contains(r#""reason":"upstream_timeout""#) && out.contains(r#""layer":"upstream""#), "{out}");
-    assert!(started.elapsed() < Duration::from_secs(5));
     mesh.app.release_slow.notify_waiters();
 
     // Idle: one request, then nothing; the sidecar closes the connection.

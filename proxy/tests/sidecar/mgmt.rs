@@ -265,7 +265,18 @@ async fn audit_stream_delivers_in_order_and_resumes() {
     let replay = read_events(&mut resumed, 3).await;
     assert_eq!(replay.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [last + 1, last + 2, last + 3]);
 
-    // The audit query: newest first, filtered.
+    // The audit query: newest first, filtered. The newest event is a deny, so
+    // a decision filter that did nothing shows; no event names another caller.
+    assert_eq!(http(out, "GET", "budget-backend", "/s/a%2Fb", &[]).await.status, 400);
+    let (_, _, newest) = call(mgmt, "GET", "/mgmt/audit?limit=1", Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(
+        (newest["entries"][0]["caller_spiffe_id"].as_str(), newest["entries"][0]["decision"].as_str()),
+        (Some(REPORT), Some("deny")),
+        "{newest}"
+    );
+    let query = format!("/mgmt/audit?limit=50&spiffe_id={MENUS}");
+    let (_, _, other) = call(mgmt, "GET", &query, Some(VIEWER_KEY), None, &[]).await;
+    assert_eq!(other["count"], 0, "{other}");
     let (_, _, audit) = call(
         mgmt,
         "GET",
@@ -282,6 +293,15 @@ async fn audit_stream_delivers_in_order_and_resumes() {
     }
     let entries = audit["entries"].as_array().unwrap();
     assert!(entries[0]["seq"].as_u64() > entries[1]["seq"].as_u64());
+    for entry in entries {
+        assert_eq!(
+            (entry["caller_spiffe_id"].as_str(), entry["decision"].as_str()),
+            (Some(REPORT), Some("allow")),
+            "{entry}"
+        );
+        assert_eq!(entry["direction"], "inbound", "{entry}");
+    }
+    assert_eq!(entries[0]["path"], "/s/7", "the newest match first");
     for field in [
         "seq",
         "timestamp",

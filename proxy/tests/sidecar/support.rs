@@ -111,6 +111,7 @@ pub async fn raw_exchange(
     let tls = tls_connect(addr, config).await.unwrap();
     let (mut reader, mut writer) = tokio::io::split(tls);
     let raw = raw.to_vec();
+    let raw_copy = raw.clone();
     let write = tokio::spawn(async move {
         let _ = writer.write_all(&raw).await;
         let _ = writer.flush().await;
@@ -118,6 +119,8 @@ pub async fn raw_exchange(
         std::future::pending::<()>().await;
     });
     let mut out = Vec::new();
+    // Until the sidecar closes, or `within` (a kept-alive connection after
+    // its answers): either way an answer must have come, or it hung.
     let _ = tokio::time::timeout(within, async {
         let mut buf = [0u8; 4096];
         while let Ok(n) = reader.read(&mut buf).await {
@@ -129,7 +132,14 @@ pub async fn raw_exchange(
     })
     .await;
     write.abort();
+    assert!(!out.is_empty(), "no answer within {within:?} to {}", text(&raw_head(&raw_copy)));
     text(&out)
+}
+
+/// The request line of a raw request, for messages.
+fn raw_head(raw: &[u8]) -> &[u8] {
+    let end = raw.iter().position(|b| *b == b'\r').unwrap_or(raw.len()).min(120);
+    &raw[..end]
 }
 
 /// Status codes of the HTTP/1.1 responses in a raw byte stream, in order.
