@@ -132,7 +132,7 @@ pub async fn raw_exchange(
     })
     .await;
     write.abort();
-    assert!(!out.is_empty(), "no answer within {within:?} to {}", text(&raw_head(&raw_copy)));
+    assert!(!out.is_empty(), "no answer within {within:?} to {}", text(raw_head(&raw_copy)));
     text(&out)
 }
 
