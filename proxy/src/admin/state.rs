@@ -86,6 +86,19 @@ impl StateFile {
 /// planted symlink is never followed, mode 0600), fsync, rename, fsync of
 /// the directory: a crash leaves the old file or the new one, never a torn one.
 fn write_atomically(path: &Path, state: &State) -> Result<(), String> {
+    write_until(path, state, None)
+}
+
+/// The steps of [`write_atomically`]; tests stop after one, as a crash would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Written,
+    Synced,
+    Renamed,
+}
+
+fn write_until(path: &Path, state: &State, crash_after: Option<Step>) -> Result<(), String> {
+    let crashed = || Err("crashed".to_owned());
     let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
     let io = |e: std::io::Error| format!("`{}`: {e}", path.display());
     let dir = match path.parent() {
@@ -99,8 +112,20 @@ fn write_atomically(path: &Path, state: &State) -> Result<(), String> {
         .tempfile_in(dir)
         .map_err(io)?;
     tmp.write_all(&bytes).map_err(io)?;
+    if crash_after == Some(Step::Written) {
+        // A crash leaves the temp file behind (the drop would remove it).
+        let _ = tmp.keep();
+        return crashed();
+    }
     tmp.as_file().sync_all().map_err(io)?;
+    if crash_after == Some(Step::Synced) {
+        let _ = tmp.keep();
+        return crashed();
+    }
     tmp.persist(path).map_err(|e| io(e.error))?;
+    if crash_after == Some(Step::Renamed) {
+        return crashed();
+    }
     if let Ok(dir) = std::fs::File::open(dir) {
         let _ = dir.sync_all();
     }
@@ -111,22 +136,62 @@ fn write_atomically(path: &Path, state: &State) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn risk_of(path: &Path) -> Option<String> {
+        StateFile::open(path).unwrap().get().risks.get("spiffe://td/a").cloned()
+    }
+
+    fn with_risk(level: &str) -> State {
+        let mut state = State::default();
+        state.risks.insert("spiffe://td/a".into(), level.into());
+        state
+    }
+
     #[test]
-    fn updates_persist_and_a_torn_temp_file_is_ignored() {
+    fn an_update_replaces_the_file_whole_never_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let file = StateFile::open(&path).unwrap();
         file.update("agent-risk:ops", |s| {
+            s.risks.insert("spiffe://td/a".into(), "low".into());
+        })
+        .unwrap();
+        // A reader holding the old file keeps reading the old file whole: the
+        // new one arrived by rename, not by rewriting these bytes.
+        let mut old = std::fs::File::open(&path).unwrap();
+        file.update("agent-risk:ops", |s| {
             s.risks.insert("spiffe://td/a".into(), "high".into());
         })
         .unwrap();
-        // A crash between writing the temp file and the rename leaves a partial temp file.
-        std::fs::write(path.with_extension("tmp"), br#"{"risks": {"spiffe://td/a": "lo"#).unwrap();
-        let reopened = StateFile::open(&path).unwrap().get();
-        assert_eq!(reopened.risks.get("spiffe://td/a").map(String::as_str), Some("high"));
-        assert_eq!(reopened.last_change.as_deref(), Some("agent-risk:ops"));
+        let mut before = String::new();
+        std::io::Read::read_to_string(&mut old, &mut before).unwrap();
+        assert!(before.contains(r#""spiffe://td/a": "low""#), "{before}");
+        assert_eq!(risk_of(&path).as_deref(), Some("high"));
+        assert_eq!(StateFile::open(&path).unwrap().get().last_change.as_deref(), Some("agent-risk:ops"));
         std::fs::write(&path, b"{ not json").unwrap();
         assert!(StateFile::open(&path).is_err(), "a broken state file refuses to start");
+    }
+
+    #[test]
+    fn a_crash_between_the_steps_leaves_the_old_state_or_the_new_one() {
+        for (step, expect) in [(Step::Written, "low"), (Step::Synced, "low"), (Step::Renamed, "high")] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.json");
+            write_until(&path, &with_risk("low"), None).unwrap();
+            assert!(write_until(&path, &with_risk("high"), Some(step)).is_err());
+            // The restart reads the old state or the new one, never a mix, and
+            // ignores what the crash left beside it.
+            assert_eq!(risk_of(&path).as_deref(), Some(expect), "{step:?}");
+            let left = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(left, if step == Step::Renamed { 1 } else { 2 }, "{step:?}: a temp file stays after a crash");
+            // And the next update succeeds beside the leftover.
+            StateFile::open(&path)
+                .unwrap()
+                .update("agent-risk:ops", |s| {
+                    s.risks.insert("spiffe://td/a".into(), "medium".into());
+                })
+                .unwrap();
+            assert_eq!(risk_of(&path).as_deref(), Some("medium"), "{step:?}");
+        }
     }
 
     #[test]
