@@ -64,7 +64,7 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     assert_eq!((reply.status, reply.denied()), (503, ("identity".into(), "not_ready".into())));
 
     // The agent comes up after the sidecar: the source keeps retrying.
-    let _agent = agent(&socket).await;
+    let agent = agent(&socket).await;
     eventually(Duration::from_secs(20), "readyz 200", || async { (get(addr, "/readyz").await.0 == 200).then_some(()) })
         .await;
     assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(0));
@@ -85,6 +85,22 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     assert!(expiry > now && expiry < now + 120.0, "expiry {expiry} vs now {now}");
     assert!(metrics.contains("a2a_svid_rotations_total 0"), "{metrics}");
     assert_eq!(get(addr, "/nope").await.0, 404);
+
+    // A rotation is counted, and the expiry follows the new SVID.
+    agent.rotate_now();
+    let rotated = || async {
+        let metrics = get(addr, "/metrics").await.1;
+        metrics.contains("a2a_svid_rotations_total 1").then_some(metrics)
+    };
+    let metrics = eventually(Duration::from_secs(10), "a2a_svid_rotations_total 1", rotated).await;
+    let serial = app.identity.current().unwrap().svid().serial().to_owned();
+    assert_eq!(agent.current_serial().as_deref(), Some(serial.as_str()), "the sidecar serves the rotated SVID");
+    let expiry_after = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("a2a_svid_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(expiry_after >= expiry, "{expiry_after} < {expiry}");
 
     app.shutdown().await;
 }
