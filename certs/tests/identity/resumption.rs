@@ -20,7 +20,8 @@ async fn every_connection_gets_a_full_handshake_and_is_verified_again() {
     assert_eq!(server.seen.lock().unwrap().len(), 3, "the verifier ran for each connection");
 
     // A client that keeps sessions resumes against a listener with resumption
-    // on (what `inbound.tls_resumption: true` sets up): the check above would see it.
+    // on: the check above would see it. (The sidecar's `inbound.tls_resumption`
+    // is tested through the sidecar: proxy/tests/sidecar/streams.rs.)
     let resumption = certs::tls::Resumption::On { sessions: 16 };
     let config = certs::tls::server_config(server_identity, allow_all(), resumption).unwrap();
     let resuming = TlsServer::start_with(config).await;
@@ -28,7 +29,11 @@ async fn every_connection_gets_a_full_handshake_and_is_verified_again() {
     keeping.resumption = rustls::client::Resumption::in_memory_sessions(16);
     let keeping = Arc::new(keeping);
     assert_eq!(handshake_kind(keeping.clone(), resuming.addr).await, HandshakeKind::Full);
-    assert_eq!(handshake_kind(keeping, resuming.addr).await, HandshakeKind::Resumed);
+    assert_eq!(handshake_kind(keeping.clone(), resuming.addr).await, HandshakeKind::Resumed);
+    // The same client against the default listener (resumption off) never resumes.
+    for _ in 0..2 {
+        assert_eq!(handshake_kind(keeping.clone(), server.addr).await, HandshakeKind::Full);
+    }
 
     // The sidecar's own outbound client never resumes, even against that peer,
     // so our server verifier runs on every connection.

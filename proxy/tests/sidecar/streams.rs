@@ -235,6 +235,21 @@ async fn a_resumed_session_is_judged_against_the_current_bundles() {
     let (second, resumed) = answer(config.clone()).await.unwrap();
     assert!(second.starts_with("HTTP/1.1 403") && resumed, "the session resumes: {second}");
 
+    // Without the setting (the mesh's backend), the same kind of client never
+    // resumes: every connection runs the client verifier.
+    let mut keeping = mesh.client_tls(REPORT, &[b"http/1.1"]).as_ref().clone();
+    keeping.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let keeping = Arc::new(keeping);
+    for attempt in 0..3 {
+        let mut tls = tls_connect(mesh.inbound(), keeping.clone()).await.unwrap();
+        // A whole exchange, so the client reads any session ticket the server sends.
+        tls.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full), "attempt {attempt}");
+    }
+
     agent.set_federated_raw("spiffe://partner.example", None);
     agent.rotate_now();
     let refused = || {
