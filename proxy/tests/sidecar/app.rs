@@ -30,6 +30,8 @@ impl Seen {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub seen: Mutex<Vec<Seen>>,
+    /// The trailers of every request body the app read (in order).
+    pub trailers: Mutex<Vec<(String, String)>>,
     /// Lets `/sse` send its second event and finish.
     pub release_sse: Notify,
     /// Lets `/slow` answer.
@@ -44,6 +46,7 @@ impl TestApp {
         let app = Arc::new(Self {
             addr: listener.local_addr().unwrap(),
             seen: Mutex::new(Vec::new()),
+            trailers: Mutex::new(Vec::new()),
             release_sse: Notify::new(),
             release_slow: Notify::new(),
         });
@@ -145,7 +148,19 @@ impl TestApp {
                     .unwrap()
             }
             _ => {
-                let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(usize::MAX);
+                let body = match req.into_body().collect().await {
+                    Ok(collected) => {
+                        if let Some(trailers) = collected.trailers() {
+                            self.trailers.lock().unwrap().extend(
+                                trailers
+                                    .iter()
+                                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())),
+                            );
+                        }
+                        collected.to_bytes().len()
+                    }
+                    Err(_) => usize::MAX,
+                };
                 let json = serde_json::json!({ "method": seen.method, "uri": seen.uri, "body_len": body,
                     "caller": seen.header("x-spiffe-caller-id") });
                 Response::builder()

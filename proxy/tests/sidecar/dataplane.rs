@@ -49,6 +49,37 @@ async fn caller_identity_reaches_the_app_and_spoofed_headers_do_not() {
         assert!(value != "spiffe://aim.example/admin" && value != "attacker-chosen", "{name}: {value} reached the app");
     }
     assert!(reply.headers.contains_key("x-request-id"));
+
+    // The same headers sent straight to the inbound listener by a peer (not
+    // through our own outbound, which strips them first), and identity in a
+    // trailer of a chunked body.
+    let mut raw =
+        String::from("POST /budget/write HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+    for (name, value) in spoofed {
+        raw += &format!("{name}: {value}\r\n");
+    }
+    raw += "\r\n5\r\nhello\r\n0\r\nX-Spiffe-Caller-Id: spiffe://aim.example/admin\r\nx-spiffe_caller_id: spiffe://aim.example/admin\r\nX-Checksum: c0ffee\r\n\r\n";
+    let tls = mesh.client_tls(REPORT, &[b"http/1.1"]);
+    let out = super::support::raw_exchange(mesh.inbound(), tls, raw.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(statuses(&out), [200], "{out}");
+    let seen = mesh.app.seen().pop().unwrap();
+    assert_eq!((seen.uri.as_str(), seen.header("x-spiffe-caller-id")), ("/budget/write", Some(REPORT)));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    for (name, value) in &seen.headers {
+        assert!(
+            name != "x_spiffe_caller_id" && name != "forwarded" && name != "x-hop-secret" && name != "x-forwarded-host",
+            "{name} reached the app directly"
+        );
+        assert!(!name.starts_with("x-spiffe-entra"), "{name} reached the app directly");
+        assert!(
+            value != "spiffe://aim.example/admin" && value != "attacker-chosen" && value != "evil.example",
+            "{name}: {value} reached the app directly"
+        );
+    }
+    // The app connection is HTTP/1.1 and a `Trailer` declaration is hop-by-hop:
+    // no request trailer reaches the app, so none can carry identity.
+    let trailers = mesh.app.trailers.lock().unwrap().clone();
+    assert!(trailers.is_empty(), "{trailers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
