@@ -85,6 +85,8 @@ pub struct DevIdp {
     base_url: RwLock<String>,
     jwks_down: AtomicBool,
     jwks_fetches: AtomicU64,
+    /// While true, JWKS requests are counted, then wait (tests of concurrent fetches).
+    jwks_held: tokio::sync::watch::Sender<bool>,
     /// The token endpoint's `expires_in` (tests set hostile values).
     expires_in: RwLock<Value>,
     /// Token requests for these scopes wait until released (tests of slow exchanges).
@@ -123,6 +125,7 @@ impl DevIdp {
             base_url: RwLock::new(base_url.trim().to_owned()),
             jwks_down: AtomicBool::new(false),
             jwks_fetches: AtomicU64::new(0),
+            jwks_held: tokio::sync::watch::Sender::new(false),
             expires_in: RwLock::new(json!(3600)),
             held_scopes: RwLock::default(),
             released: tokio::sync::Notify::new(),
@@ -231,7 +234,12 @@ impl DevIdp {
         self.jwks_down.store(down, Ordering::SeqCst);
     }
 
-    /// How many times the JWKS was served.
+    /// While held, each JWKS request is counted, then waits for the release.
+    pub fn hold_jwks(&self, held: bool) {
+        self.jwks_held.send_replace(held);
+    }
+
+    /// How many times the JWKS was asked for (served, or held).
     pub fn jwks_fetches(&self) -> u64 {
         self.jwks_fetches.load(Ordering::SeqCst)
     }
@@ -384,6 +392,7 @@ impl DevIdp {
             }
             (&Method::GET, [_, "discovery", "v2.0", "keys"]) if !down => {
                 self.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+                let _ = self.jwks_held.subscribe().wait_for(|held| !held).await;
                 json_response(StatusCode::OK, &self.jwks())
             }
             (&Method::GET, [_, "v2.0", ".well-known", "openid-configuration"] | [_, "discovery", "v2.0", "keys"]) => {

@@ -187,4 +187,47 @@ mod tests {
         assert!(err.contains("jwks_uri") && err.contains("https://"), "{err}");
         assert!(jwks.keys().is_some(), "the last good keys stay");
     }
+
+    /// Concurrent misses on one new `kid` wait for the fetch in flight, then
+    /// all find the key: one fetch, no request refused by the rate limit.
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch() {
+        use std::future::Future;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (idp, _, _task) = crate::cmd::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+        let settings = JwksSettings {
+            discovery_url: format!("{}/t/v2.0/.well-known/openid-configuration", idp.authority()),
+            refresh: Duration::from_secs(3600),
+            refetch_interval: Duration::from_secs(300),
+        };
+        let jwks = Jwks::new(settings, HttpClient::new().unwrap(), Arc::new(Metrics::new().unwrap()));
+        jwks.fetch().await.unwrap();
+        let before = idp.jwks_fetches();
+        let kid = idp.rotate(false).unwrap();
+        idp.hold_jwks(true);
+
+        let poll_once = |f: &mut std::pin::Pin<Box<dyn Future<Output = Option<Arc<KeySet>>> + Send + '_>>| {
+            let waker = std::task::Waker::noop();
+            f.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending()
+        };
+        let mut misses: Vec<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> =
+            (0..10).map(|_| Box::pin(jwks.refetch_for(&kid)) as _).collect();
+        // The first miss fetches (the IdP holds its answer)...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while idp.jwks_fetches() == before {
+            assert!(poll_once(&mut misses[0]), "answered while held");
+            assert!(Instant::now() < deadline, "the fetch never reached the IdP");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // ...and every other one waits for it instead of giving up on the rate limit.
+        for (i, miss) in misses.iter_mut().enumerate().skip(1) {
+            assert!(poll_once(miss), "miss {i} did not wait for the fetch in flight");
+        }
+        idp.hold_jwks(false);
+        for keys in futures_util::future::join_all(misses).await {
+            assert!(keys.is_some_and(|k| k.contains(&kid)), "every miss finds the new key");
+        }
+        assert_eq!(idp.jwks_fetches(), before + 1);
+    }
 }

@@ -195,11 +195,24 @@ async fn rotated_keys_are_fetched_once_and_bursts_share_one_fetch() {
     .await;
     let before = mesh.idp.jwks_fetches();
 
-    // Mid-traffic rotation: the first token with the new kid passes after one refetch.
+    // Mid-traffic rotation: concurrent requests with tokens of the new kid all
+    // pass on one refetch (its answer held until it is asked for). That the
+    // others wait for the fetch in flight, rather than being refused by the
+    // rate limit, is shown step by step in `facts::jwks::tests`.
     mesh.idp.rotate(false).unwrap();
-    let rotated = read(&mesh);
-    assert_eq!(call(&mesh, "GET", "/budget/read", Some(&rotated)).await.status, 200);
-    assert_eq!(mesh.idp.jwks_fetches(), before + 1);
+    mesh.idp.hold_jwks(true);
+    let tokens: Vec<String> = (0..10).map(|_| read(&mesh)).collect();
+    let burst: Vec<_> = tokens.iter().map(|t| call(&mesh, "GET", "/budget/read", Some(t))).collect();
+    let release = async {
+        let fetching = || async { (mesh.idp.jwks_fetches() > before).then_some(()) };
+        eventually(Duration::from_secs(10), "the refetch for the new kid", fetching).await;
+        mesh.idp.hold_jwks(false);
+    };
+    let (replies, ()) = tokio::join!(futures_util::future::join_all(burst), release);
+    for reply in replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(mesh.idp.jwks_fetches(), before + 1, "one fetch for the whole burst");
     // The old key is still published: its tokens still pass, from the cache or not.
     assert_eq!(call(&mesh, "GET", "/budget/read", Some(&first)).await.status, 200);
 
