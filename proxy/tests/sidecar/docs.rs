@@ -123,7 +123,8 @@ fn documented_curl_examples_work_against_the_demo() {
     let mut failures = Vec::new();
     for example in &examples {
         let rest = example.command.trim_start_matches("curl ");
-        let script = format!(". '{}'; curl -o /dev/null -w '%{{http_code}}' --max-time 3 {rest}", env_file.display());
+        // A hang guard only (a stream example's own `--max-time`, later on the line, wins).
+        let script = format!(". '{}'; curl -o /dev/null -w '%{{http_code}}' --max-time 60 {rest}", env_file.display());
         let output = Command::new("bash").arg("-c").arg(&script).output().unwrap();
         let got = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         if !example.statuses.contains(&got) {

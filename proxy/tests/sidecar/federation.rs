@@ -6,9 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use certs::SpiffeId;
 use certs::dev::JwtKey;
-use policy::RiskLevel;
 use proxy::app::App;
 use proxy::cmd::dev_idp::{AppRegistration, GraphMode, TokenSpec};
 use proxy::config::Config;
@@ -106,13 +104,16 @@ async fn outbound_token_from_a_jwt_svid() {
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
-/// A backend like the mesh's, with Graph as the risk and tag source.
-fn graph_backend_yaml(mesh: &Mesh, token_file: &Path, on_unavailable: &str) -> String {
-    let base = std::fs::read_to_string(&mesh.backend_config).unwrap();
+/// A backend like the mesh's, with Graph as the risk and tag source, its
+/// facts refreshed (and cached) for `ttl`.
+fn graph_backend_yaml(mesh: &Mesh, token_file: &Path, on_unavailable: &str, ttl: &str) -> String {
+    let base = std::fs::read_to_string(&mesh.backend_config)
+        .unwrap()
+        .replace("state_file: state.json", "state_file: graph-state.json");
     format!(
         "{base}entra: {{client_id: backend-client, tenant_id: '{TENANT}', authority: '{idp}', graph_endpoint: '{idp}', federated_token_file: '{file}'}}
-risk: {{source: graph, refresh: 1s, on_unavailable: {on_unavailable}}}
-tags: {{source: graph, ttl: 1s, on_unavailable: {on_unavailable}}}
+risk: {{source: graph, refresh: {ttl}, on_unavailable: {on_unavailable}}}
+tags: {{source: graph, ttl: {ttl}, on_unavailable: {on_unavailable}}}
 ",
         idp = mesh.idp.authority(),
         file = token_file.display()
@@ -134,50 +135,84 @@ async fn read_as_report(mesh: &Mesh, backend: &App, token: &str) -> (u16, String
     (reply.status, reason)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graph_risk_and_tags_with_outages_and_pushes() {
-    let (policy, env) = reference_policy();
-    let mesh = Mesh::start_with_policy(&policy, env.clone()).await;
-    register(&mesh, "backend-client", "backend-oid", &[]);
-    let issuer = k8s_issuer(&mesh);
-    let token_file = mesh.dir.path().join("backend-token");
-    std::fs::write(&token_file, service_account_token(&issuer)).unwrap();
-    let backend =
-        start(&mesh.dir.path().join("graph.yaml"), &graph_backend_yaml(&mesh, &token_file, "deny"), &env).await;
-    let token = mesh
-        .idp
-        .token(&TokenSpec {
-            tenant: TENANT.into(),
-            audiences: vec![AUDIENCE.into()],
-            client_id: "report-client".into(),
-            oid: REPORT_OID.into(),
-            roles: vec!["Budget.Read".into()],
-            ttl: Duration::from_secs(600),
-            v1: false,
-        })
-        .unwrap();
-    let report: SpiffeId = REPORT.parse().unwrap();
-    mesh.idp.set_graph_attribute(REPORT_OID, "AgentIdentity", "Department", "finance");
-    let until = |want: &'static str| {
-        let (mesh, backend, token) = (&mesh, &backend, token.clone());
-        async move {
-            eventually(Duration::from_secs(15), want, || {
-                let token = token.clone();
-                async move { (read_as_report(mesh, backend, &token).await.1 == want).then_some(()) }
-            })
-            .await
-        }
-    };
+/// The reference mesh plus a backend whose Layer 4 facts come from the dev
+/// IdP's Graph emulator (budget-report: not at risk, tagged finance), and a
+/// valid token of budget-report.
+struct GraphRig {
+    mesh: Mesh,
+    backend: App,
+    token: String,
+}
 
-    // Not in riskyServicePrincipals (404) and tagged finance: allowed.
-    assert_eq!(read_as_report(&mesh, &backend, &token).await, (200, "allowed".into()));
-    // Graph down: the cached values serve within their TTL...
-    mesh.idp.set_graph_mode(GraphMode::Down);
-    assert_eq!(read_as_report(&mesh, &backend, &token).await, (200, "allowed".into()));
-    // ...then the risk is unavailable and `on_unavailable: deny` applies.
-    until("risk_unavailable").await;
-    // `/mgmt/health` shows how fresh the Graph facts are.
-    let mgmt = backend.mgmt_addr.unwrap();
+impl GraphRig {
+    async fn start(on_unavailable: &str, ttl: &str) -> Self {
+        let (policy, env) = reference_policy();
+        let mesh = Mesh::start_with_policy(&policy, env.clone()).await;
+        register(&mesh, "backend-client", "backend-oid", &[]);
+        let issuer = k8s_issuer(&mesh);
+        let token_file = mesh.dir.path().join("backend-token");
+        std::fs::write(&token_file, service_account_token(&issuer)).unwrap();
+        mesh.idp.set_graph_attribute(REPORT_OID, "AgentIdentity", "Department", "finance");
+        let yaml = graph_backend_yaml(&mesh, &token_file, on_unavailable, ttl);
+        let backend = start(&mesh.dir.path().join("graph.yaml"), &yaml, &env).await;
+        let token = mesh
+            .idp
+            .token(&TokenSpec {
+                tenant: TENANT.into(),
+                audiences: vec![AUDIENCE.into()],
+                client_id: "report-client".into(),
+                oid: REPORT_OID.into(),
+                roles: vec!["Budget.Read".into()],
+                ttl: Duration::from_secs(600),
+                v1: false,
+            })
+            .unwrap();
+        Self { mesh, backend, token }
+    }
+
+    async fn read(&self) -> (u16, String) {
+        read_as_report(&self.mesh, &self.backend, &self.token).await
+    }
+
+    /// Reads until the answer's reason is `want` (facts change in the background).
+    async fn until(&self, want: &'static str) {
+        eventually(Duration::from_secs(15), want, || async { (self.read().await.1 == want).then_some(()) }).await;
+    }
+
+    /// A push through the real admin API.
+    async fn push(&self, route: &str, body: serde_json::Value) {
+        let mgmt = self.backend.mgmt_addr.unwrap();
+        let key = Some(super::mesh::ADMIN_KEY);
+        let (status, _, answer) = super::mgmt::call(mgmt, "PUT", route, key, Some(&body.to_string()), &[]).await;
+        assert_eq!(status, 200, "{route}: {answer}");
+    }
+}
+
+/// Not in riskyServicePrincipals (404) and tagged finance: allowed; Graph
+/// going down changes nothing while the cached facts are within their TTL
+/// (an hour here, so the machine's speed does not matter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_facts_allow_and_cached_facts_outlive_an_outage() {
+    let rig = GraphRig::start("deny", "1h").await;
+    assert_eq!(rig.read().await, (200, "allowed".into()));
+    let asked = rig.mesh.idp.graph_requests();
+    rig.mesh.idp.set_graph_mode(GraphMode::Down);
+    for _ in 0..3 {
+        assert_eq!(rig.read().await, (200, "allowed".into()));
+    }
+    assert_eq!(rig.mesh.idp.graph_requests(), asked, "served from the cache, Graph not asked");
+}
+
+/// Past the TTL an outage makes the risk unknown: `on_unavailable: deny`
+/// applies, and `/mgmt/health` and `ca-policy-effective` show how fresh the
+/// facts are and the last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_past_the_ttl_denies_and_the_admin_api_shows_it() {
+    let rig = GraphRig::start("deny", "1s").await;
+    assert_eq!(rig.read().await, (200, "allowed".into()));
+    rig.mesh.idp.set_graph_mode(GraphMode::Down);
+    rig.until("risk_unavailable").await;
+    let mgmt = rig.backend.mgmt_addr.unwrap();
     let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;
     assert_eq!(health["risk"]["source"], "graph");
     assert!(health["risk"]["last_success"].is_string() && health["risk"]["last_error"].is_string(), "{health}");
@@ -186,39 +221,82 @@ async fn graph_risk_and_tags_with_outages_and_pushes() {
     let risk = &effective["risk"];
     assert_eq!(risk["source"], "graph", "{effective}");
     assert!(risk["last_error"].is_string() && risk["age_seconds"].is_u64(), "age and last error: {effective}");
-    // A push wins over Graph: risk known, but the tag is still unavailable.
-    backend.governor.pushes.set_risk(&report, Some(RiskLevel::Low));
-    assert_eq!(read_as_report(&mesh, &backend, &token).await, (403, "tags_unavailable".into()));
-    backend.governor.pushes.set_tag(&report, Some("finance".into()));
-    assert_eq!(read_as_report(&mesh, &backend, &token).await, (200, "allowed".into()));
-    backend.governor.pushes.set_risk(&report, None);
-    backend.governor.pushes.set_tag(&report, None);
+}
 
+/// Throttled (429) and slow Graph answers count as unavailable too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_and_slow_graph_count_as_unavailable() {
+    let rig = GraphRig::start("deny", "1s").await;
     for mode in [GraphMode::Throttled, GraphMode::Slow] {
-        mesh.idp.set_graph_mode(mode);
-        until("risk_unavailable").await;
+        rig.mesh.idp.set_graph_mode(GraphMode::Ok);
+        rig.until("allowed").await;
+        rig.mesh.idp.set_graph_mode(mode);
+        rig.until("risk_unavailable").await;
     }
+}
 
-    // Graph answers again: a high risk blocks, a dismissed one does not.
-    mesh.idp.set_graph_mode(GraphMode::Ok);
-    // Set over the dev IdP's admin API, as a person driving `dev idp` would.
-    let admin = mesh.idp.authority().trim_start_matches("http://").parse().unwrap();
+/// An operator's push through `PUT /mgmt/agent-risk` and `agent-tags` wins
+/// over Graph: during an outage, and over Graph's all-clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_through_the_admin_api_win_over_graph() {
+    let rig = GraphRig::start("deny", "1s").await;
+    rig.mesh.idp.set_graph_mode(GraphMode::Down);
+    rig.until("risk_unavailable").await;
+    // Risk known by the push; the tag still unavailable.
+    rig.push("/mgmt/agent-risk", json!({"spiffe_id": REPORT, "risk_level": "low"})).await;
+    assert_eq!(rig.read().await, (403, "tags_unavailable".into()));
+    rig.push("/mgmt/agent-tags", json!({"spiffe_id": REPORT, "tag": "finance"})).await;
+    assert_eq!(rig.read().await, (200, "allowed".into()));
+    // Removing the pushes brings the outage back.
+    rig.push("/mgmt/agent-risk", json!({"spiffe_id": REPORT, "risk_level": null})).await;
+    rig.push("/mgmt/agent-tags", json!({"spiffe_id": REPORT, "tag": null})).await;
+    assert_eq!(rig.read().await, (403, "risk_unavailable".into()));
+
+    // Graph answers "not at risk"; a pushed quarantine still blocks.
+    rig.mesh.idp.set_graph_mode(GraphMode::Ok);
+    rig.until("allowed").await;
+    rig.push("/mgmt/agent-risk", json!({"spiffe_id": REPORT, "risk_level": "high"})).await;
+    assert_eq!(rig.read().await, (403, "high_risk_agent_blocked".into()));
+    // A pushed tag other than the target's is refused by 4b.
+    rig.push("/mgmt/agent-risk", json!({"spiffe_id": REPORT, "risk_level": null})).await;
+    rig.push("/mgmt/agent-tags", json!({"spiffe_id": REPORT, "tag": "marketing"})).await;
+    assert_eq!(rig.read().await, (403, "agent_tag_mismatch".into()));
+}
+
+/// Graph's risk as reported: a high risk blocks, a dismissed one does not;
+/// set over the dev IdP's admin API, as a person driving `dev idp` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_reported_risk_blocks_until_dismissed() {
+    let rig = GraphRig::start("deny", "1s").await;
+    let admin = rig.mesh.idp.authority().trim_start_matches("http://").parse().unwrap();
     let risk_path = format!("/admin/graph/risk/{REPORT_OID}");
     assert_eq!(put_json(admin, &risk_path, r#"{"riskLevel":"high","riskState":"atRisk"}"#).await, 200);
-    until("high_risk_agent_blocked").await;
+    rig.until("high_risk_agent_blocked").await;
     assert_eq!(put_json(admin, &risk_path, r#"{"riskLevel":"high","riskState":"dismissed"}"#).await, 200);
-    until("allowed").await;
+    rig.until("allowed").await;
     assert_eq!(put_json(admin, &risk_path, r#"{"riskLevel":"high"}"#).await, 400);
-    // A pushed quarantine overrides Graph's all-clear.
-    backend.governor.pushes.set_risk(&report, Some(RiskLevel::High));
-    assert_eq!(read_as_report(&mesh, &backend, &token).await, (403, "high_risk_agent_blocked".into()));
-    drop(backend);
+}
 
-    // With `on_unavailable: allow`, an outage lets requests through.
-    let lenient =
-        start(&mesh.dir.path().join("graph-allow.yaml"), &graph_backend_yaml(&mesh, &token_file, "allow"), &env).await;
-    mesh.idp.set_graph_mode(GraphMode::Down);
-    assert_eq!(read_as_report(&mesh, &lenient, &token).await, (200, "allowed".into()));
+/// With `on_unavailable: allow`, an outage lets requests through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_unavailable_allow_lets_an_outage_through() {
+    let rig = GraphRig::start("allow", "1s").await;
+    rig.mesh.idp.set_graph_mode(GraphMode::Down);
+    // Past the TTL (the risk unknown shows in the audit as `unknown`), still allowed.
+    let unknown = || async {
+        assert_eq!(rig.read().await, (200, "allowed".into()));
+        let (_, _, audit) = super::mgmt::call(
+            rig.backend.mgmt_addr.unwrap(),
+            "GET",
+            "/mgmt/audit?limit=1",
+            Some(super::mesh::VIEWER_KEY),
+            None,
+            &[],
+        )
+        .await;
+        (audit["entries"][0]["risk_level"] == "unknown").then_some(())
+    };
+    eventually(Duration::from_secs(15), "a request allowed with the risk unknown", unknown).await;
 }
 
 async fn put_json(addr: std::net::SocketAddr, path: &str, body: &'static str) -> u16 {
