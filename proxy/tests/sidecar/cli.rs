@@ -21,6 +21,12 @@ fn bad_configs_exit_2_naming_file_and_field() {
         ("identity: {socket: unix:///x}\ntelemetry: {listen: nowhere}\n", "telemetry.listen"),
         ("", "identity.socket"),
         ("identity: [\n", "sidecar.yaml"),
+        // The admin listener refuses to start without keys (even on loopback) or a state file.
+        ("identity: {socket: unix:///x}\nmgmt: {state_file: s.json}\n", "mgmt.keys"),
+        (
+            "identity: {socket: unix:///x}\nmgmt: {keys: [{name: ops, role: admin, sha256: '0000000000000000000000000000000000000000000000000000000000000000'}]}\n",
+            "mgmt.state_file",
+        ),
     ];
     for (yaml, want) in cases {
         let config = write(dir.path(), "sidecar.yaml", yaml);

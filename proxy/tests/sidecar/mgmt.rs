@@ -78,7 +78,15 @@ async fn keys_roles_and_route_shapes() {
     let (_, _, oauth) = call(mgmt, "GET", "/mgmt/oauth-status", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(oauth["audience"], super::mesh::AUDIENCE);
     assert!(oauth["audiences"].is_array() && oauth["config_loaded"].as_bool().unwrap());
+    // Every missing or wrong key is counted: 2 on each of the 8 GET routes.
+    let failures = counter(&scrape(mesh.backend.telemetry_addr).await, "a2a_mgmt_auth_failures_total", &[]);
+    assert_eq!(failures, 16.0, "failures counted");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_keys_are_slowed_but_a_valid_key_always_passes() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
     // Repeated failures from one address: slowed with 429 and Retry-After...
     let mut statuses = Vec::new();
     let mut retry_after = None;
@@ -95,32 +103,73 @@ async fn keys_roles_and_route_shapes() {
     // loopback (the app itself) cannot lock the operator out by failing on purpose.
     assert_eq!(call(mgmt, "GET", "/mgmt/audit", Some(ADMIN_KEY), None, &[]).await.0, 200);
     assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some("{}"), &[]).await.0, 400);
-    // Every missing or wrong key is counted: 2 on each of the 8 GET routes, then 13 guesses.
+    // Every guess is counted, the slowed ones too.
     let failures = counter(&scrape(mesh.backend.telemetry_addr).await, "a2a_mgmt_auth_failures_total", &[]);
-    assert_eq!(failures, 29.0, "failures counted");
+    assert_eq!(failures, 13.0, "failures counted");
 }
 
+/// A policy that denies employee-menus everything (the mesh's open policy otherwise).
+fn deny_menus_policy() -> String {
+    super::mesh::OPEN_POLICY.replace(
+        "{name: employee-menus, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus', rules: [{path: '/*', methods: ['*'], action: allow}]}",
+        "{name: employee-menus, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus', rules: [{path: '/*', methods: ['*'], action: deny}]}",
+    )
+}
+
+async fn put(mgmt: std::net::SocketAddr, route: &str, body: &str) -> (u16, Value) {
+    let (status, _, answer) = call(mgmt, "PUT", route, Some(ADMIN_KEY), Some(body), &[]).await;
+    (status, answer)
+}
+
+/// One change through each write route: menus allowed, budget-report at high
+/// risk, menus tagged `hr`, and a policy denying menus.
+async fn change_everything(mgmt: std::net::SocketAddr) {
+    let ids = format!(r#"{{"allowed_ids": ["{REPORT}", "{MENUS}"]}}"#);
+    assert_eq!(put(mgmt, "/mgmt/mtls-policy", &ids).await.0, 200);
+    assert_eq!(
+        put(mgmt, "/mgmt/agent-risk", &format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#)).await.0,
+        200
+    );
+    assert_eq!(put(mgmt, "/mgmt/agent-tags", &format!(r#"{{"spiffe_id": "{MENUS}", "tag": "hr"}}"#)).await.0, 200);
+    assert_eq!(put(mgmt, "/mgmt/policy", &deny_menus_policy()).await.0, 200);
+}
+
+/// The allow-list: an empty list needs `?force=true`; a change applies to
+/// the next request, both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mutations_apply_at_once_and_survive_a_restart() {
+async fn an_allow_list_change_applies_on_the_next_request_and_emptying_it_needs_force() {
     let mesh = Mesh::start().await;
     let mgmt = mesh.backend.mgmt_addr.unwrap();
-    let menus_out = mesh.menus.outbound_addr.unwrap();
+    let (report_out, menus_out) = (mesh.report.outbound_addr.unwrap(), mesh.menus.outbound_addr.unwrap());
     assert_eq!(http(menus_out, "GET", "budget-backend", "/x", &[]).await.status, 502, "menus is not allowed yet");
-
-    // The allow-list: an empty list needs force; then menus is allowed on the next request.
-    let empty = r#"{"allowed_ids": []}"#;
-    assert_eq!(call(mgmt, "PUT", "/mgmt/mtls-policy", Some(ADMIN_KEY), Some(empty), &[]).await.0, 400);
     let ids = format!(r#"{{"allowed_ids": ["{REPORT}", "{MENUS}"]}}"#);
-    let (status, _, body) = call(mgmt, "PUT", "/mgmt/mtls-policy", Some(ADMIN_KEY), Some(&ids), &[]).await;
+    let (status, body) = put(mgmt, "/mgmt/mtls-policy", &ids).await;
     assert_eq!((status, body["count"].as_u64()), (200, Some(2)));
     assert_eq!(http(menus_out, "GET", "budget-backend", "/x", &[]).await.status, 200);
 
-    // Risk and tags pushes, validated.
+    let empty = r#"{"allowed_ids": []}"#;
+    let (status, body) = put(mgmt, "/mgmt/mtls-policy", empty).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("empty_allowlist")), "{body}");
+    assert_eq!(http(report_out, "GET", "budget-backend", "/x", &[]).await.status, 200, "nothing changed");
+    let (status, body) = put(mgmt, "/mgmt/mtls-policy?force=true", empty).await;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(0)), "{body}");
+    // Nobody is allowed now: refused at the handshake (502 from the caller's
+    // own sidecar) or, on a pooled connection, 403 not_allowed.
+    for out in [report_out, menus_out] {
+        let status = http(out, "GET", "budget-backend", "/x", &[]).await.status;
+        assert!(status == 502 || status == 403, "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risk_and_tag_pushes_are_validated_and_apply_at_once() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
     let bad = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "severe"}}"#);
-    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&bad), &[]).await.0, 400);
-    assert_eq!(call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some("{nope"), &[]).await.0, 400);
+    assert_eq!(put(mgmt, "/mgmt/agent-risk", &bad).await.0, 400);
+    assert_eq!(put(mgmt, "/mgmt/agent-risk", "{nope").await.0, 400);
     let high = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#);
-    let (status, _, risks) = call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&high), &[]).await;
+    let (status, risks) = put(mgmt, "/mgmt/agent-risk", &high).await;
     assert_eq!(
         (status, risks["risks"][REPORT].as_str(), risks["default_level"].as_str()),
         (200, Some("high"), Some("low"))
@@ -131,20 +180,28 @@ async fn mutations_apply_at_once_and_survive_a_restart() {
         ("risk".into(), "high_risk_agent_blocked".into())
     );
     let tag = format!(r#"{{"spiffe_id": "{MENUS}", "tag": "hr"}}"#);
-    let (status, _, tags) = call(mgmt, "PUT", "/mgmt/agent-tags", Some(ADMIN_KEY), Some(&tag), &[]).await;
+    let (status, tags) = put(mgmt, "/mgmt/agent-tags", &tag).await;
     assert_eq!((status, tags["tags"][MENUS].as_str(), tags["source"].as_str()), (200, Some("hr"), Some("policy")));
+}
 
-    // The policy: a stale If-Match is 412, invalid YAML is 400 and the old policy stays.
+/// A stale `If-Match` is 412, invalid YAML 400 and an oversized body 413,
+/// and the old policy keeps being enforced; a fresh one applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_put_honours_if_match_and_keeps_the_old_policy_on_error() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let ids = format!(r#"{{"allowed_ids": ["{REPORT}", "{MENUS}"]}}"#);
+    assert_eq!(put(mgmt, "/mgmt/mtls-policy", &ids).await.0, 200);
+    let menus_out = mesh.menus.outbound_addr.unwrap();
     let (_, headers, _) = call(mgmt, "GET", "/mgmt/policy", Some(ADMIN_KEY), None, &[]).await;
     let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
-    let deny_menus = super::mesh::OPEN_POLICY.replace(
-        "{name: employee-menus, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus', rules: [{path: '/*', methods: ['*'], action: allow}]}",
-        "{name: employee-menus, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/employee-menus', rules: [{path: '/*', methods: ['*'], action: deny}]}",
-    );
+    let deny_menus = deny_menus_policy();
     let stale = [("if-match", "\"999\"")];
     assert_eq!(call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some(&deny_menus), &stale).await.0, 412);
-    let (status, _, body) = call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some("version: [broken"), &[]).await;
+    let (status, body) = put(mgmt, "/mgmt/policy", "version: [broken").await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_policy")));
+    let big = "x".repeat(300 * 1024);
+    assert_eq!(put(mgmt, "/mgmt/policy", &big).await.0, 413);
     assert_eq!(http(menus_out, "GET", "budget-backend", "/x", &[]).await.status, 200, "old policy still enforced");
     let fresh = [("if-match", etag.as_str())];
     assert_eq!(call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some(&deny_menus), &fresh).await.0, 200);
@@ -152,37 +209,55 @@ async fn mutations_apply_at_once_and_survive_a_restart() {
         http(menus_out, "GET", "budget-backend", "/x", &[]).await.denied(),
         ("rbac".into(), "rule_denied".into())
     );
-    let big = "x".repeat(300 * 1024);
-    assert_eq!(call(mgmt, "PUT", "/mgmt/policy", Some(ADMIN_KEY), Some(&big), &[]).await.0, 413);
+}
 
-    // Every mutation is audited with the key's name, never the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_is_audited_with_the_keys_name_never_the_key() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    change_everything(mgmt).await;
     let (_, _, audit) = call(mgmt, "GET", "/mgmt/audit?limit=50", Some(VIEWER_KEY), None, &[]).await;
-    let mgmt_events: Vec<&Value> =
-        audit["entries"].as_array().unwrap().iter().filter(|e| e["reason"] == "admin_change").collect();
-    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["reason"] == "policy_reloaded"));
-    assert!(mgmt_events.len() >= 4 && mgmt_events.iter().all(|e| e["actor"] == "ops"), "{mgmt_events:?}");
+    let entries = audit["entries"].as_array().unwrap();
+    let changes: Vec<&Value> = entries.iter().filter(|e| e["reason"] == "admin_change").collect();
+    assert!(entries.iter().any(|e| e["reason"] == "policy_reloaded"), "{audit}");
+    assert_eq!(changes.len(), 4, "allow-list, risk, tag, policy: {changes:?}");
+    for event in changes {
+        assert_eq!((event["direction"].as_str(), event["actor"].as_str()), (Some("mgmt"), Some("ops")), "{event}");
+    }
     assert!(!audit.to_string().contains(ADMIN_KEY));
+}
 
-    // Restart on the same config and state file: everything is still in force.
-    let Mesh { backend, backend_config, policy_file, .. } = mesh;
+/// Restart on the same config and state file: every change is still in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_survive_a_restart() {
+    let mesh = Mesh::start().await;
+    change_everything(mesh.backend.mgmt_addr.unwrap()).await;
+    let Mesh { backend, backend_config, .. } = mesh;
     backend.shutdown().await;
     let mut restarted = proxy::app::App::start(proxy::config::Config::load(&backend_config).unwrap()).await.unwrap();
     restarted.identity.wait_ready().await.unwrap();
-    let mgmt2 = restarted.mgmt_addr.unwrap();
-    let (_, _, mtls) = call(mgmt2, "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
+    let mgmt = restarted.mgmt_addr.unwrap();
+    let (_, _, mtls) = call(mgmt, "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(mtls["count"], 2);
-    let (_, _, risks) = call(mgmt2, "GET", "/mgmt/agent-risk", Some(VIEWER_KEY), None, &[]).await;
+    let (_, _, risks) = call(mgmt, "GET", "/mgmt/agent-risk", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(risks["risks"][REPORT], "high");
-    let (_, _, tags) = call(mgmt2, "GET", "/mgmt/agent-tags", Some(VIEWER_KEY), None, &[]).await;
+    let (_, _, tags) = call(mgmt, "GET", "/mgmt/agent-tags", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(tags["tags"][MENUS], "hr");
-    let (_, _, policy) = call(mgmt2, "GET", "/mgmt/policy", Some(VIEWER_KEY), None, &[]).await;
+    let (_, _, policy) = call(mgmt, "GET", "/mgmt/policy", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(policy["generation"], 2, "the PUT policy was re-applied on start");
-    let (_, _, effective) = call(mgmt2, "GET", "/mgmt/ca-policy-effective", Some(VIEWER_KEY), None, &[]).await;
+    let (_, _, effective) = call(mgmt, "GET", "/mgmt/ca-policy-effective", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(effective["state_last_change"], "policy:ops");
+}
 
-    // Files edited while the sidecar is down are the more recent change. The
-    // policy file: its policy replaces the PUT one; the API allow-list stays.
-    restarted.shutdown().await;
+/// Files edited while the sidecar is down are the more recent change. The
+/// policy file: its policy replaces the PUT one, the API allow-list stays;
+/// the config file: like a reload, its allow-list replaces the API's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_edited_while_down_win_over_earlier_admin_changes() {
+    let mesh = Mesh::start().await;
+    change_everything(mesh.backend.mgmt_addr.unwrap()).await;
+    let Mesh { backend, backend_config, policy_file, .. } = mesh;
+    backend.shutdown().await;
     std::fs::write(&policy_file, super::mesh::OPEN_POLICY.replacen("version: '1'", "version: '7'", 1)).unwrap();
     let restart = || async {
         let mut app = proxy::app::App::start(proxy::config::Config::load(&backend_config).unwrap()).await.unwrap();
@@ -190,18 +265,17 @@ async fn mutations_apply_at_once_and_survive_a_restart() {
         app
     };
     let allowed = |mtls: &Value, id: &str| mtls["allowed_ids"].as_array().unwrap().iter().any(|a| a == id);
-    let third = restart().await;
-    let mgmt3 = third.mgmt_addr.unwrap();
-    let (_, _, policy) = call(mgmt3, "GET", "/mgmt/policy", Some(VIEWER_KEY), None, &[]).await;
+    let second = restart().await;
+    let mgmt = second.mgmt_addr.unwrap();
+    let (_, _, policy) = call(mgmt, "GET", "/mgmt/policy", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(policy["policy"]["version"], "7", "the edited file replaced the PUT policy");
-    let (_, _, mtls) = call(mgmt3, "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
+    let (_, _, mtls) = call(mgmt, "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
     assert!(allowed(&mtls, MENUS), "the config did not change: {mtls}");
-    // The config file: like a reload, its allow-list replaces the API's.
-    third.shutdown().await;
+    second.shutdown().await;
     let config = std::fs::read_to_string(&backend_config).unwrap();
     std::fs::write(&backend_config, config + "# edited while the sidecar was down\n").unwrap();
-    let fourth = restart().await;
-    let (_, _, mtls) = call(fourth.mgmt_addr.unwrap(), "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
+    let third = restart().await;
+    let (_, _, mtls) = call(third.mgmt_addr.unwrap(), "GET", "/mgmt/mtls-policy", Some(VIEWER_KEY), None, &[]).await;
     assert!(!allowed(&mtls, MENUS) && allowed(&mtls, REPORT), "the config's allow-list: {mtls}");
 }
 

@@ -1,6 +1,7 @@
 //! The real binary under signals: SIGHUP re-reads the allow-list, SIGTERM
 //! lets an in-flight request finish, refuses new connections and exits 0.
 //! Its audit trail reaches the file and stdout sinks (logs go to stderr).
+//! Each behaviour is its own test, so one failure hides none of the others.
 
 use std::io::BufRead;
 use std::process::Stdio;
@@ -56,89 +57,141 @@ async fn get(addr: std::net::SocketAddr, tls: Arc<rustls::ClientConfig>, path: &
     Some(read_reply(sender.send_request(req).await.ok()?).await.status)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_the_allow_list_and_sigterm_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = DevCa::generate(&TrustDomain::new(super::mesh::TRUST_DOMAIN).unwrap()).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), super::mesh::OPEN_POLICY).unwrap();
-    write_svid_files(
-        &dir.path().join("svid"),
-        &ca.issue(&BACKEND.parse().unwrap(), Duration::from_secs(600)).unwrap(),
-        ca.bundle_pem(),
-    )
-    .unwrap();
-    let app = TestApp::start().await;
-    let config_path = dir.path().join("sidecar.yaml");
-    std::fs::write(&config_path, config(dir.path(), app.addr, REPORT)).unwrap();
+/// The real binary serving an inbound listener for `caller`, in front of a test app.
+struct Running {
+    dir: tempfile::TempDir,
+    ca: DevCa,
+    app: Arc<TestApp>,
+    config: std::path::PathBuf,
+    child: std::process::Child,
+    stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
+    _stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
+    inbound: std::net::SocketAddr,
+}
 
-    let mut child = bin()
-        .args(["run", "--config", config_path.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
+impl Running {
+    async fn start(caller: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate(&TrustDomain::new(super::mesh::TRUST_DOMAIN).unwrap()).unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), super::mesh::OPEN_POLICY).unwrap();
+        write_svid_files(
+            &dir.path().join("svid"),
+            &ca.issue(&BACKEND.parse().unwrap(), Duration::from_secs(600)).unwrap(),
+            ca.bundle_pem(),
+        )
         .unwrap();
-    let mut lines = read_lines(child.stderr.take().unwrap());
-    let mut stdout = read_lines(child.stdout.take().unwrap());
-    let inbound: std::net::SocketAddr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.recv()).await.unwrap().expect("exited early");
-        if line.contains("a2a-sidecar started") {
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break json["inbound"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    let (report, menus) = (client(&ca, REPORT), client(&ca, MENUS));
-    eventually(Duration::from_secs(20), "report served", || {
-        let report = report.clone();
-        async move { (get(inbound, report, "/one").await == Some(200)).then_some(()) }
-    })
-    .await;
-    assert_eq!(get(inbound, menus.clone(), "/menus-before").await, None, "menus is not allowed yet");
+        let app = TestApp::start().await;
+        let config = dir.path().join("sidecar.yaml");
+        std::fs::write(&config, self::config(dir.path(), app.addr, caller)).unwrap();
+        let mut child = bin()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = read_lines(child.stderr.take().unwrap());
+        let stdout = read_lines(child.stdout.take().unwrap());
+        let inbound: std::net::SocketAddr = loop {
+            let line =
+                tokio::time::timeout(Duration::from_secs(30), stderr.recv()).await.unwrap().expect("exited early");
+            if line.contains("a2a-sidecar started") {
+                let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+                break json["inbound"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        let running = Self { dir, ca, app, config, child, stdout, _stderr: stderr, inbound };
+        let report = running.client(caller);
+        eventually(Duration::from_secs(20), "the caller served", || {
+            let report = report.clone();
+            async move { (get(inbound, report, "/one").await == Some(200)).then_some(()) }
+        })
+        .await;
+        running
+    }
 
-    // The request's audit event, as a JSON line in the file and on stdout; stdout carries nothing else.
+    fn client(&self, id: &str) -> Arc<rustls::ClientConfig> {
+        client(&self.ca, id)
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill").args([name, &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request's audit event is a JSON line in the file and on stdout; stdout
+/// carries nothing else (logs go to stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_reaches_the_file_and_stdout() {
+    let mut sidecar = Running::start(REPORT).await;
     let audited = |line: &str| {
         serde_json::from_str::<serde_json::Value>(line).is_ok_and(|e| e["path"] == "/one" && e["decision"] == "allow")
     };
-    let audit_file = dir.path().join("audit.jsonl");
+    let audit_file = sidecar.dir.path().join("audit.jsonl");
     eventually(Duration::from_secs(10), "the audit file has the request", || {
         let text = std::fs::read_to_string(&audit_file).unwrap_or_default();
         async move { text.lines().any(audited).then_some(()) }
     })
     .await;
     loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), stdout.recv()).await.unwrap().expect("stdout open");
+        let line =
+            tokio::time::timeout(Duration::from_secs(10), sidecar.stdout.recv()).await.unwrap().expect("stdout open");
         assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "not a JSON line on stdout: {line}");
         if audited(&line) {
             break;
         }
     }
+}
 
-    // SIGHUP with an edited config: menus in, report out.
-    std::fs::write(&config_path, config(dir.path(), app.addr, MENUS)).unwrap();
-    let hup = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
-    assert!(hup.success());
+/// SIGHUP with an edited config: the new caller in, the old one out, and
+/// neither refused request reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_allow_list() {
+    let sidecar = Running::start(REPORT).await;
+    let (report, menus, inbound) = (sidecar.client(REPORT), sidecar.client(MENUS), sidecar.inbound);
+    assert_eq!(get(inbound, menus.clone(), "/menus-before").await, None, "menus is not allowed yet");
+    std::fs::write(&sidecar.config, config(sidecar.dir.path(), sidecar.app.addr, MENUS)).unwrap();
+    sidecar.signal("-HUP");
     eventually(Duration::from_secs(20), "menus served after SIGHUP", || {
         let menus = menus.clone();
         async move { (get(inbound, menus, "/two").await == Some(200)).then_some(()) }
     })
     .await;
-    assert_eq!(get(inbound, report.clone(), "/report-after").await, None, "report is refused after SIGHUP");
+    assert_eq!(get(inbound, report, "/report-after").await, None, "report is refused after SIGHUP");
+    assert!(!sidecar.app.paths().iter().any(|p| p == "/menus-before" || p == "/report-after"));
+}
 
-    // SIGTERM while a slow request is in flight.
-    let slow = tokio::spawn(get(inbound, menus.clone(), "/slow"));
+/// SIGTERM while a slow request is in flight: new connections are refused
+/// at once, the request finishes, then the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let mut sidecar = Running::start(REPORT).await;
+    let inbound = sidecar.inbound;
+    let slow = tokio::spawn(get(inbound, sidecar.client(REPORT), "/slow"));
+    let app = sidecar.app.clone();
     eventually(Duration::from_secs(10), "slow request reached the app", || async {
         app.paths().iter().any(|p| p == "/slow").then_some(())
     })
     .await;
-    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(term.success());
+    sidecar.signal("-TERM");
     eventually(Duration::from_secs(10), "new connections refused", || async {
         tokio::net::TcpStream::connect(inbound).await.is_err().then_some(())
     })
     .await;
-    assert!(child.try_wait().unwrap().is_none(), "exited before the in-flight request finished");
+    assert!(sidecar.child.try_wait().unwrap().is_none(), "exited before the in-flight request finished");
     app.release_slow.notify_one();
     assert_eq!(slow.await.unwrap(), Some(200));
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exited = || {
+        let status = sidecar.child.try_wait().unwrap();
+        async move { status }
+    };
+    let status = eventually(Duration::from_secs(20), "exited after the drain", exited).await;
     assert_eq!(status.code(), Some(0));
-    assert!(!app.paths().iter().any(|p| p == "/menus-before" || p == "/report-after"));
 }
