@@ -126,3 +126,130 @@ async fn a_refused_handshake_never_names_a_caller() {
     assert_eq!(refusals[0]["claimed_spiffe_id"], menus);
     assert!(audit(&mesh, &format!("spiffe_id={menus}")).await.is_empty(), "filed under the agent's name");
 }
+
+/// A client presenting `chain` and `key` as they are (no SVID checks on our side).
+fn presenting_raw(
+    mesh: &Mesh,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: Vec<u8>,
+) -> Arc<rustls::ClientConfig> {
+    let verifier = certs::tls::SpiffeServerVerifier::new(mesh.identity(REPORT), BACKEND.parse().unwrap());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
+    let mut config = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Every Layer 1 refusal seen from the real inbound listener: the handshake
+/// fails, is counted by its reason and audited (layer `mtls`, no caller, the
+/// peer's address), and nothing reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_layer1_refusal_is_counted_and_audited_with_its_reason() {
+    let mesh = Mesh::start().await;
+    let now = std::time::SystemTime::now();
+    let minutes = |m: u64| Duration::from_secs(60 * m);
+    let leaf = |uris: &[&str], not_before, not_after| {
+        let uris = uris.iter().map(|u| (*u).to_owned()).collect();
+        let spec = certs::dev::LeafSpec { uris, not_before, not_after, is_ca: false };
+        let (cert, key) = mesh.ca.sign_leaf(&spec).unwrap();
+        presenting_raw(&mesh, vec![cert], key)
+    };
+    let anonymous = {
+        let verifier = certs::tls::SpiffeServerVerifier::new(mesh.identity(REPORT), BACKEND.parse().unwrap());
+        let mut config = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    };
+    let forger = DevCa::generate(&TrustDomain::new(TRUST_DOMAIN).unwrap()).unwrap();
+    let forged = presenting(&mesh, &forger.identity(&REPORT.parse().unwrap(), minutes(10), &[]).unwrap());
+    let cases = [
+        ("no_client_cert", anonymous),
+        // Signed by the mesh's own CA, so only the SVID rules can refuse them.
+        ("bad_svid", leaf(&[REPORT, super::mesh::MENUS], now - minutes(1), now + minutes(10))),
+        ("bad_svid", leaf(&[], now - minutes(1), now + minutes(10))),
+        ("cert_expired", leaf(&[REPORT], now - minutes(20), now - minutes(10))),
+        ("untrusted_chain", forged),
+    ];
+    let seen_before = mesh.app.seen().len();
+    for (i, (reason, config)) in cases.iter().enumerate() {
+        let source = IpAddr::from([127, 0, 2, i as u8 + 1]);
+        handshake_from(source, mesh.inbound(), config.clone()).await;
+        let count = cases[..=i].iter().filter(|(r, _)| r == reason).count() as u64;
+        handshakes_counted(&mesh, reason, count).await;
+    }
+    assert_eq!(mesh.app.seen().len(), seen_before, "nothing reached the app");
+
+    // One event per reason (all of loopback is one source: the second
+    // `bad_svid` is folded into the first, and counted above).
+    let entries = audit(&mesh, "limit=100").await;
+    assert_eq!(entries.len(), 4, "{entries:?}");
+    for (i, (reason, _)) in cases.iter().enumerate().filter(|(i, _)| *i != 2) {
+        let source = format!("127.0.2.{}", i + 1);
+        let event =
+            entries.iter().find(|e| e["reason"] == *reason).unwrap_or_else(|| panic!("no {reason} event: {entries:?}"));
+        assert_eq!(event["peer_addr"], source.as_str(), "{event}");
+        assert_eq!(
+            (
+                event["direction"].as_str(),
+                event["decision"].as_str(),
+                event["layer"].as_str(),
+                event["reason"].as_str()
+            ),
+            (Some("inbound"), Some("deny"), Some("mtls"), Some(*reason)),
+            "{event}"
+        );
+        assert_eq!(event["caller_spiffe_id"], Value::Null, "{event}");
+    }
+}
+
+/// A caller's certificate expiring on an open keep-alive connection: the
+/// next request is refused (`cert_expired`) or the connection is closed, and
+/// the app never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_on_an_open_connection_ends_it() {
+    let mesh = Mesh::start().await;
+    let now = std::time::SystemTime::now();
+    let not_after = now + Duration::from_secs(5);
+    let spec = certs::dev::LeafSpec {
+        uris: vec![REPORT.to_owned()],
+        not_before: now - Duration::from_secs(60),
+        not_after,
+        is_ca: false,
+    };
+    let (cert, key) = mesh.ca.sign_leaf(&spec).unwrap();
+    let tls = super::support::tls_connect(mesh.inbound(), presenting_raw(&mesh, vec![cert], key)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = |path: &str| {
+        hyper::Request::get(path).header("host", "x").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()
+    };
+    let first = sender.send_request(request("/before-expiry")).await.unwrap();
+    assert_eq!(first.status(), 200);
+    drop(super::support::read_reply(first).await);
+
+    let expired = || async { (std::time::SystemTime::now() > not_after).then_some(()) };
+    eventually(Duration::from_secs(20), "the certificate expired", expired).await;
+    let after = match sender.ready().await {
+        Err(_) => None,
+        Ok(()) => sender.send_request(request("/after-expiry")).await.ok(),
+    };
+    if let Some(response) = after {
+        let reply = super::support::read_reply(response).await;
+        assert_eq!((reply.status, reply.denied()), (403, ("mtls".into(), "cert_expired".into())));
+    }
+    let closed = || async { conn.is_finished().then_some(()) };
+    eventually(Duration::from_secs(10), "the connection closed", closed).await;
+    let paths = mesh.app.paths();
+    assert!(paths.contains(&"/before-expiry".to_owned()) && !paths.contains(&"/after-expiry".to_owned()), "{paths:?}");
+}
