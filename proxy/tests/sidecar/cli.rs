@@ -21,6 +21,19 @@ fn bad_configs_exit_2_naming_file_and_field() {
         ("identity: {socket: unix:///x}\ntelemetry: {listen: nowhere}\n", "telemetry.listen"),
         ("", "identity.socket"),
         ("identity: [\n", "sidecar.yaml"),
+        // Identity endpoints over plain http:// off loopback (tokens and keys in the clear).
+        (
+            "identity: {socket: unix:///x}\njwt: {tenant_id: t, audiences: [api://a], authority: 'http://login.example'}\n",
+            "`jwt.authority`: `http://login.example` must be https://",
+        ),
+        (
+            "identity: {socket: unix:///x}\nentra: {client_id: c, tenant_id: t, authority: 'http://10.0.0.5', federated_token_file: f}\n",
+            "`entra.authority`: `http://10.0.0.5` must be https://",
+        ),
+        (
+            "identity: {socket: unix:///x}\nentra: {client_id: c, tenant_id: t, graph_endpoint: 'http://graph.example', federated_token_file: f}\n",
+            "`entra.graph_endpoint`: `http://graph.example` must be https://",
+        ),
         // The admin listener refuses to start without keys (even on loopback) or a state file.
         ("identity: {socket: unix:///x}\nmgmt: {state_file: s.json}\n", "mgmt.keys"),
         (

@@ -60,6 +60,84 @@ async fn shadow_mode_logs_and_forwards() {
     );
 }
 
+/// Shadow mode's boundary: the handshake check stays enforced; what layers
+/// 3 and 4 deny (a missing token, a high risk) is forwarded and audited as
+/// `shadow_deny` with the layer and reason that would have refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_forwards_layer_3_and_4_denials_but_not_a_refused_handshake() {
+    use super::mesh::{ADMIN_KEY, AUDIENCE, MENUS, REPORT_OID, TENANT, VIEWER_KEY};
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env.clone()).await;
+    let yaml = std::fs::read_to_string(&mesh.backend_config)
+        .unwrap()
+        .replace("policy: {file: policy.yaml}", "policy: {file: policy.yaml, mode: shadow}")
+        .replace("state_file: state.json", "state_file: shadow-state.json");
+    let path = mesh.dir.path().join("shadow.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut backend = proxy::app::App::start(proxy::config::Config::load_with_env(&path, &env).unwrap()).await.unwrap();
+    backend.identity.wait_ready().await.unwrap();
+    let (inbound, mgmt) = (backend.inbound_addr.unwrap(), backend.mgmt_addr.unwrap());
+    let read = |token: Option<String>| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let raw = format!("GET /budget/read HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        super::support::raw_exchange(
+            inbound,
+            mesh.client_tls(REPORT, &[b"http/1.1"]),
+            raw.into_bytes().leak(),
+            Duration::from_secs(10),
+        )
+    };
+    let last_event = || async {
+        let (_, _, audit) = super::mgmt::call(mgmt, "GET", "/mgmt/audit?limit=1", Some(VIEWER_KEY), None, &[]).await;
+        let e = &audit["entries"][0];
+        (
+            e["decision"].as_str().unwrap().to_owned(),
+            e["layer"].as_str().unwrap().to_owned(),
+            e["reason"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    // Layer 3: no token on a rule that requires one.
+    assert_eq!(super::support::statuses(&read(None).await), [200]);
+    assert_eq!(last_event().await, ("shadow_deny".into(), "oauth".into(), "jwt_required".into()));
+
+    // Layer 4a: a valid token, but the caller pushed to high risk.
+    let token = mesh
+        .idp
+        .token(&proxy::cmd::dev_idp::TokenSpec {
+            tenant: TENANT.into(),
+            audiences: vec![AUDIENCE.into()],
+            client_id: REPORT_OID.into(),
+            oid: REPORT_OID.into(),
+            roles: vec!["Budget.Read".into()],
+            ttl: Duration::from_secs(600),
+            v1: false,
+        })
+        .unwrap();
+    let high = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#);
+    assert_eq!(super::mgmt::call(mgmt, "PUT", "/mgmt/agent-risk", Some(ADMIN_KEY), Some(&high), &[]).await.0, 200);
+    assert_eq!(super::support::statuses(&read(Some(token)).await), [200]);
+    assert_eq!(last_event().await, ("shadow_deny".into(), "risk".into(), "high_risk_agent_blocked".into()));
+    assert_eq!(mesh.app.paths(), ["/budget/read", "/budget/read"], "both forwarded");
+
+    // Layer 1 stays enforced: a caller outside the allow-list never gets a request through.
+    let mut refused = String::new();
+    if let Ok(mut tls) = super::support::tls_connect(inbound, mesh.client_tls(MENUS, &[b"http/1.1"])).await {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = tls.write_all(b"GET /budget/read HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        refused = String::from_utf8_lossy(&out).into_owned();
+    }
+    assert!(super::support::statuses(&refused).is_empty(), "{refused}");
+    let counted = r#"a2a_tls_handshakes_total{direction="inbound",result="not_allowed"} 1"#;
+    eventually(Duration::from_secs(10), counted, || async {
+        get(backend.telemetry_addr, "/metrics").await.1.contains(counted).then_some(())
+    })
+    .await;
+    assert_eq!(mesh.app.paths().len(), 2, "nothing more reached the app");
+}
+
 fn policy_allowing(extra: &str) -> String {
     OPEN_POLICY.replace(
         "rules: [{path: '/*', methods: ['*'], action: allow}]}\n  - {name: employee-menus",
