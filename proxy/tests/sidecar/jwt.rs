@@ -43,10 +43,12 @@ fn raw_token(key: &JwtKey, header: &Value, payload: &[u8]) -> String {
     format!("{message}.{signature}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_tokens_get_their_documented_outcome() {
-    let (policy, env) = reference_policy();
-    let mesh = Mesh::start_with_policy(&policy, env).await;
+/// A refused token: its name, the token, the status and reason it must get.
+type Refused = (&'static str, String, u16, &'static str);
+
+/// The token table for budget-report calling `GET /budget/read` on the mesh's
+/// backend: tokens refused (with their outcome) and tokens accepted.
+fn token_table(mesh: &Mesh) -> (Vec<Refused>, Vec<(&'static str, String)>) {
     let key = mesh.idp.current_key().unwrap();
     let kid = key.kid().to_owned();
     let good = mesh.idp.claims(&spec(REPORT_OID, &["Budget.Read"]));
@@ -82,7 +84,7 @@ async fn bad_tokens_get_their_documented_outcome() {
         format!("{}.{}.", B64.encode(json!({"alg": "none", "kid": kid}).to_string()), B64.encode(good.to_string()));
     let other_tenant = "bbbbbbbb-0000-4000-8000-000000000002";
 
-    let cases: Vec<(&str, String, u16, &str)> = vec![
+    let refused = vec![
         ("alg none", none_alg, 401, "jwt_invalid"),
         ("HS256 keyed with the RSA public key", hs256_with_public_key, 401, "jwt_invalid"),
         ("unknown kid", attacker.sign(&good).unwrap(), 401, "jwt_invalid"),
@@ -129,6 +131,24 @@ async fn bad_tokens_get_their_documented_outcome() {
         ("truncated signature", truncated, 401, "jwt_invalid"),
         ("non-JSON payload", raw_token(&key, &rs256, b"not json at all"), 401, "jwt_invalid"),
     ];
+    let accepted = vec![
+        ("valid", valid),
+        ("expired within the leeway", with(&[("exp", json!(now() - 30))], &[])),
+        ("aud array with one configured value", with(&[("aud", json!(["api://other", AUDIENCE]))], &[])),
+        (
+            "v1 token of the caller",
+            mesh.idp.token(&TokenSpec { v1: true, ..spec(REPORT_OID, &["Budget.Read"]) }).unwrap(),
+        ),
+        ("client-ID audience form", with(&[("aud", json!("11111111-2222-3333-4444-555555555555"))], &[])),
+    ];
+    (refused, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_get_their_documented_outcome() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env).await;
+    let (cases, accepted) = token_table(&mesh);
     for (name, token, status, reason) in cases {
         let reply = call(&mesh, "GET", "/budget/read", Some(&token)).await;
         assert_eq!((reply.status, reply.denied()), (status, ("oauth".into(), reason.into())), "{name}");
@@ -139,16 +159,6 @@ async fn bad_tokens_get_their_documented_outcome() {
         assert!(!reply.body.contains(&token), "{name}: the token is echoed");
     }
 
-    let accepted: Vec<(&str, String)> = vec![
-        ("valid", valid),
-        ("expired within the leeway", with(&[("exp", json!(now() - 30))], &[])),
-        ("aud array with one configured value", with(&[("aud", json!(["api://other", AUDIENCE]))], &[])),
-        (
-            "v1 token of the caller",
-            mesh.idp.token(&TokenSpec { v1: true, ..spec(REPORT_OID, &["Budget.Read"]) }).unwrap(),
-        ),
-        ("client-ID audience form", with(&[("aud", json!("11111111-2222-3333-4444-555555555555"))], &[])),
-    ];
     for (name, token) in accepted {
         let reply = call(&mesh, "GET", "/budget/read", Some(&token)).await;
         assert_eq!(reply.status, 200, "{name}: {}", reply.body);
@@ -267,4 +277,102 @@ async fn removed_keys_and_changed_audiences_invalidate_cached_tokens() {
     mesh.set_allowed(&[super::mesh::REPORT, super::mesh::APPROVAL]).await;
     let reply = call(&mesh, "GET", "/budget/read", Some(&new)).await;
     assert_eq!((reply.status, reply.denied().1), (401, "jwt_wrong_audience".into()));
+}
+
+/// After the whole token table sent to the real binary (with debug logs on),
+/// no token, and no token's signature, appears in the audit ring, the audit
+/// file or anything the process printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_signature_reaches_the_audit_trail_or_the_logs() {
+    use std::io::BufRead;
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env.clone()).await;
+    let dir = mesh.dir.path();
+    let svid = dir.join("secrecy-svid");
+    let identity = mesh.ca.issue(&super::mesh::BACKEND.parse().unwrap(), Duration::from_secs(600)).unwrap();
+    certs::dev::write_svid_files(&svid, &identity, mesh.ca.bundle_pem()).unwrap();
+    let admin =
+        proxy::config::sha256(super::mesh::ADMIN_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let yaml = format!(
+        "identity: {{source: files, files: {{cert: '{svid}/svid.pem', key: '{svid}/svid_key.pem', bundle: '{svid}/svid_bundle.pem'}}}}
+telemetry: {{listen: '127.0.0.1:0', log_format: json}}
+inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{report}']}}
+policy: {{file: policy.yaml}}
+audit: {{file: secrecy-audit.jsonl, stdout: true}}
+mgmt: {{listen: '127.0.0.1:0', state_file: secrecy-state.json, keys: [{{name: ops, role: admin, sha256: '{admin}'}}]}}
+{jwt}",
+        svid = svid.display(),
+        app = mesh.app.addr,
+        report = super::mesh::REPORT,
+        jwt = super::mesh::jwt_yaml(&mesh.idp.authority()),
+    );
+    let config = dir.join("secrecy.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut command = super::support::bin();
+    command.args(["run", "--config", config.to_str().unwrap()]).env("RUST_LOG", "debug");
+    for (name, value) in &env.0 {
+        command.env(name, value);
+    }
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (started_tx, started) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let (printed, started_tx) = (printed.clone(), started_tx.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+                if line.contains("a2a-sidecar started") {
+                    let _ = started_tx.send(line.clone());
+                }
+                printed.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+    }
+    let line = tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the sidecar started");
+    let started: Value = serde_json::from_str(&line).unwrap();
+    let inbound: std::net::SocketAddr = started["inbound"].as_str().unwrap().parse().unwrap();
+    let mgmt: std::net::SocketAddr = started["mgmt"].as_str().unwrap().parse().unwrap();
+
+    let (refused, accepted) = token_table(&mesh);
+    let tls = mesh.client_tls(super::mesh::REPORT, &[b"http/1.1"]);
+    let mut secrets = Vec::new();
+    for (name, token, status) in
+        refused.into_iter().map(|(n, t, s, _)| (n, t, s)).chain(accepted.into_iter().map(|(n, t)| (n, t, 200)))
+    {
+        let raw = format!(
+            "GET /budget/read HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        let out = super::support::raw_exchange(inbound, tls.clone(), raw.as_bytes(), Duration::from_secs(10)).await;
+        assert_eq!(super::support::statuses(&out), [status], "{name}: {out}");
+        // The whole token, and its signature (the part an attacker could replay with).
+        if let Some(signature) = token.rsplit('.').next().filter(|s| s.len() >= 16) {
+            secrets.push((name, signature.to_owned()));
+        }
+        secrets.push((name, token));
+    }
+
+    let (_, _, ring) =
+        super::mgmt::call(mgmt, "GET", "/mgmt/audit?limit=1000", Some(super::mesh::ADMIN_KEY), None, &[]).await;
+    let ring = ring.to_string();
+    assert!(ring.contains("jwt_caller_mismatch") && ring.contains("insufficient_roles"), "the trail has the refusals");
+    let file = dir.join("secrecy-audit.jsonl");
+    let audit_file = || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        async move { (text.lines().count() >= 22).then_some(text) }
+    };
+    let audit_file = eventually(Duration::from_secs(10), "every request in the audit file", audit_file).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let printed = printed.lock().unwrap().clone();
+    assert!(printed.contains("\"level\":\"DEBUG\""), "debug logs were on");
+    for (name, secret) in &secrets {
+        for (place, text) in [("the audit ring", &ring), ("the audit file", &audit_file), ("stdout/stderr", &printed)] {
+            assert!(!text.contains(secret.as_str()), "{name}: a token or its signature in {place}");
+        }
+    }
 }
