@@ -376,3 +376,53 @@ mgmt: {{listen: '127.0.0.1:0', state_file: secrecy-state.json, keys: [{{name: op
         }
     }
 }
+
+/// Binding by the entry's `entra_app_id` (the token's `azp`, or `appid` in v1
+/// tokens), and `jwt.allow_unbound_tokens: true` letting any valid token
+/// through for an entry with nothing to bind to, while bound entries still
+/// refuse another app's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_by_app_id_and_unbound_tokens_when_allowed() {
+    use super::mesh::{APPROVAL, REPORT};
+    let mesh = Mesh::start().await;
+    let policy = format!(
+        "version: '1'
+trust_domain: aim.microsoft.com
+default_action: deny
+policies:
+  - name: budget-report
+    spiffe_id: '{REPORT}'
+    entra_app_id: report-client
+    rules: [{{path: /bound, methods: [GET], action: allow, require_jwt: true}}]
+  - name: budget-approval
+    spiffe_id: '{APPROVAL}'
+    rules: [{{path: /unbound, methods: [GET], action: allow, require_jwt: true}}]
+"
+    );
+    std::fs::write(mesh.dir.path().join("binding-policy.yaml"), policy).unwrap();
+    let yaml = mesh
+        .sidecar_yaml("binding", mesh.app.addr)
+        .replace("policy: {file: policy.yaml}", "policy: {file: binding-policy.yaml}")
+        .replace("authority: ", "allow_unbound_tokens: true, authority: ");
+    let sidecar = mesh.start_sidecar("binding", &yaml).await;
+    let token = |client: &str, v1: bool| {
+        let spec = TokenSpec { client_id: client.into(), v1, ..spec("00000000-0000-4000-8000-0000000000ff", &[]) };
+        mesh.idp.token(&spec).unwrap()
+    };
+    let ask = |caller: &'static str, path: &'static str, token: String| {
+        let raw =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+        let tls = mesh.client_tls(caller, &[b"http/1.1"]);
+        let inbound = sidecar.inbound_addr.unwrap();
+        async move { super::support::raw_exchange(inbound, tls, raw.as_bytes(), Duration::from_secs(10)).await }
+    };
+    let statuses = super::support::statuses;
+    assert_eq!(statuses(&ask(REPORT, "/bound", token("report-client", false)).await), [200], "azp");
+    assert_eq!(statuses(&ask(REPORT, "/bound", token("report-client", true)).await), [200], "appid (v1)");
+    let other = ask(REPORT, "/bound", token("approval-client", false)).await;
+    assert_eq!(statuses(&other), [403], "{other}");
+    assert!(other.contains(r#""reason":"jwt_caller_mismatch""#), "{other}");
+    // Nothing to bind to, and unbound tokens allowed: any valid token of the tenant.
+    assert_eq!(statuses(&ask(APPROVAL, "/unbound", token("anyone", false)).await), [200], "unbound");
+    assert_eq!(mesh.app.paths(), ["/bound", "/bound", "/unbound"]);
+}
