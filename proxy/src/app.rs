@@ -74,6 +74,7 @@ impl App {
             changes: Changes::default(),
             shutdown: watch::channel(false).0,
             drain: config.runtime.drain_timeout,
+            policy_loaded: Arc::new(std::sync::atomic::AtomicBool::new(config.inbound.is_none())),
             servers: Vec::new(),
             followers: Vec::new(),
         };
@@ -86,6 +87,7 @@ impl App {
         };
         let reloader = run.control(&config, &decisions, state.clone()).await?;
         let (inbound_addr, inbound) = run.inbound(&config, &decisions).await?;
+        run.policy_loaded.store(true, std::sync::atomic::Ordering::Release);
         let outbound_addr = run.outbound(&config, decisions.tokens.clone()).await?;
         let mgmt_addr = run.mgmt(&config, &decisions, state, &reloader).await?;
         let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
@@ -149,6 +151,8 @@ struct Running {
     changes: Changes,
     shutdown: watch::Sender<bool>,
     drain: Duration,
+    /// For `/readyz`: set once the inbound side has its policy and listener.
+    policy_loaded: Arc<std::sync::atomic::AtomicBool>,
     /// Listeners, which drain on shutdown.
     servers: Vec<JoinHandle<()>>,
     /// Followers, aborted on shutdown.
@@ -181,7 +185,11 @@ impl Running {
         let listener =
             self.bind("telemetry.listen", config.telemetry.listen, LOCAL_MAX_CONNECTIONS, "telemetry").await?;
         let addr = listener.local_addr()?;
-        let telemetry = Arc::new(Telemetry { identity: self.identity.clone(), metrics: self.metrics.clone() });
+        let telemetry = Arc::new(Telemetry {
+            identity: self.identity.clone(),
+            metrics: self.metrics.clone(),
+            policy_loaded: self.policy_loaded.clone(),
+        });
         let handler = move |req, _| telemetry.clone().handle(req);
         let serve = server::serve_http1(listener, LOCAL_LIMITS, self.shutdown.subscribe(), self.drain, handler);
         self.servers.push(tokio::spawn(serve));

@@ -1,7 +1,8 @@
 //! The telemetry listener: `/healthz`, `/readyz`, `/metrics` (no auth).
 //!
-//! Readiness is local state only (DESIGN 1.8): an unexpired SVID. A Graph or
-//! JWKS outage must not take every pod out of service.
+//! Readiness is local state only (DESIGN 1.8): an unexpired SVID, and the
+//! policy loaded when the sidecar has an inbound side. A Graph or JWKS outage
+//! must not take every pod out of service.
 
 use std::sync::Arc;
 
@@ -16,6 +17,10 @@ use crate::observe::metrics::Metrics;
 pub struct Telemetry {
     pub identity: IdentityWatch,
     pub metrics: Arc<Metrics>,
+    /// False until the policy is loaded (the listener starts before it, so
+    /// `/healthz` answers while a large policy compiles); true from the start
+    /// for a sidecar without inbound, which needs none.
+    pub policy_loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the sidecar is not ready, or `None` when it is: local state only
@@ -30,10 +35,18 @@ pub fn not_ready_reason(identity: &IdentityWatch) -> Option<&'static str> {
 }
 
 impl Telemetry {
+    /// Why `/readyz` is 503, or `None`.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.policy_loaded.load(std::sync::atomic::Ordering::Acquire) {
+            return Some("no policy loaded yet");
+        }
+        not_ready_reason(&self.identity)
+    }
+
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-            (&Method::GET | &Method::HEAD, "/readyz") => match not_ready_reason(&self.identity) {
+            (&Method::GET | &Method::HEAD, "/readyz") => match self.not_ready_reason() {
                 None => text(StatusCode::OK, "ready\n".into()),
                 Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
             },
@@ -61,4 +74,34 @@ fn text(status: StatusCode, text: String) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     response
+}
+
+#[cfg(test)]
+#[cfg(feature = "dev")]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use certs::TrustDomain;
+    use certs::dev::DevCa;
+
+    use super::*;
+
+    #[test]
+    fn ready_needs_an_unexpired_svid_and_the_policy() {
+        let ca = DevCa::generate(&TrustDomain::new("a.example").unwrap()).unwrap();
+        let identity =
+            Arc::new(ca.identity(&"spiffe://a.example/x".parse().unwrap(), Duration::from_secs(60), &[]).unwrap());
+        let telemetry = Telemetry {
+            identity: IdentityWatch::fixed(identity),
+            metrics: Arc::new(Metrics::new().unwrap()),
+            policy_loaded: Arc::new(AtomicBool::new(false)),
+        };
+        assert_eq!(telemetry.not_ready_reason(), Some("no policy loaded yet"), "an SVID alone is not enough");
+        telemetry.policy_loaded.store(true, Ordering::Release);
+        assert_eq!(telemetry.not_ready_reason(), None);
+        let (_publisher, initializing) = certs::rotation::channel();
+        let waiting = Telemetry { identity: initializing, ..telemetry };
+        assert_eq!(waiting.not_ready_reason(), Some("no svid yet"));
+    }
 }

@@ -138,3 +138,36 @@ async fn a_broken_federated_bundle_is_reported_and_rotation_goes_on() {
     assert_eq!(get(telemetry, "/readyz").await.0, 200);
     app.shutdown().await;
 }
+
+/// An SVID that expires (its source has nothing newer): `/readyz` goes 503,
+/// `probe` exits 1 and `/mgmt/health` says unhealthy, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_once_the_svid_has_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate(&TrustDomain::new("aim.example").unwrap()).unwrap();
+    let svid = ca.issue(&"spiffe://aim.example/budget-backend".parse().unwrap(), Duration::from_secs(3)).unwrap();
+    certs::dev::write_svid_files(&dir.path().join("svid"), &svid, ca.bundle_pem()).unwrap();
+    let yaml = format!(
+        "identity: {{source: files, files: {{cert: svid/svid.pem, key: svid/svid_key.pem, bundle: svid/svid_bundle.pem}}}}
+telemetry: {{listen: 127.0.0.1:0}}
+mgmt: {{listen: '127.0.0.1:0', state_file: state.json, keys: [{{name: ops, role: admin, sha256: '{}'}}]}}\n",
+        "0".repeat(64)
+    );
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut app = App::start(Config::load(&path).unwrap()).await.unwrap();
+    app.identity.wait_ready().await.unwrap();
+    let addr = app.telemetry_addr;
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    let expired = || async {
+        let (status, body) = get(addr, "/readyz").await;
+        (status == 503).then_some(body)
+    };
+    let body = eventually(Duration::from_secs(20), "readyz 503 after expiry", expired).await;
+    assert_eq!(body, "not ready: svid expired\n");
+    assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(1));
+    let (_, _, health) = super::mgmt::call(app.mgmt_addr.unwrap(), "GET", "/mgmt/health", None, None, &[]).await;
+    assert_eq!((health["status"].as_str(), health["reason"].as_str()), (Some("unhealthy"), Some("svid expired")));
+    assert_eq!(get(addr, "/healthz").await.0, 200, "alive, only not ready");
+    app.shutdown().await;
+}
