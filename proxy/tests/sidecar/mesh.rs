@@ -68,6 +68,7 @@ pub struct Mesh {
     _idp_task: tokio::task::JoinHandle<()>,
     /// The Workload API servers of backend, report, menus, approval (in that order).
     pub agents: Vec<WorkloadApiServer>,
+    _reserved: tokio::net::TcpSocket,
 }
 
 impl Mesh {
@@ -108,10 +109,11 @@ impl Mesh {
         let backend = start_app(Config::load_with_env(&backend_config, &env).unwrap()).await;
         let inbound = backend.inbound_addr.unwrap();
 
-        let closed_port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        // The `down` route's port: held by a socket that never listens, so it is
+        // refused and never handed to another listener meanwhile.
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed_port = reserved.local_addr().unwrap().port();
         let caller = |name: &str| {
             let path = dir.path().join(format!("{name}.yaml"));
             std::fs::write(&path, caller_yaml(&dir.path().join(format!("{name}.sock")), inbound, closed_port)).unwrap();
@@ -133,6 +135,7 @@ impl Mesh {
             idp,
             _idp_task: idp_task,
             agents,
+            _reserved: reserved,
         }
     }
 
