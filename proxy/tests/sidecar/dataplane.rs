@@ -346,3 +346,30 @@ async fn disguised_identity_underscore_and_override_headers_never_reach_the_app(
         );
     }
 }
+
+/// Removing a caller through `PUT /mgmt/mtls-policy` (not a config reload)
+/// cuts its open WebSocket and SSE streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allow_list_put_cuts_the_removed_callers_streams() {
+    let mesh = Mesh::start().await;
+    let out = mesh.report.outbound_addr.unwrap();
+    let mut sse = open_sse(out).await;
+    let mut ws = open_upgrade(out).await;
+    ws.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    ws.read_exact(&mut echo).await.unwrap();
+
+    let body = format!(r#"{{"allowed_ids": ["{MENUS}"]}}"#);
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let (status, _, answer) =
+        super::mgmt::call(mgmt, "PUT", "/mgmt/mtls-policy", Some(super::mesh::ADMIN_KEY), Some(&body), &[]).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Only the removal can end them: the app holds both open, nothing idles out within the deadline.
+    let next = tokio::time::timeout(Duration::from_secs(10), sse.frame()).await.expect("the SSE stream was cut");
+    assert!(!matches!(next, Some(Ok(_))), "nothing more reaches a removed caller: {next:?}");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut buf)).await.expect("the WebSocket was cut");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    mesh.app.release_sse.notify_one();
+}

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use certs::SpiffeId;
-use policy::RiskLevel;
 use proxy::cmd::dev_idp::TokenSpec;
 
 use super::mesh::{AUDIENCE, Mesh, REPORT, REPORT_OID, TENANT, reference_policy};
@@ -13,6 +11,15 @@ use super::support::{Reply, http};
 async fn read(mesh: &Mesh, token: &str) -> Reply {
     let auth = format!("Bearer {token}");
     http(mesh.report.outbound_addr.unwrap(), "GET", "budget-backend", "/budget/read", &[("authorization", &auth)]).await
+}
+
+/// An operator's push through the real admin API (`null` removes it).
+async fn push(mesh: &Mesh, route: &str, field: &str, value: Option<&str>) {
+    let body = serde_json::json!({"spiffe_id": REPORT, field: value}).to_string();
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let (status, _, answer) =
+        super::mgmt::call(mgmt, "PUT", route, Some(super::mesh::ADMIN_KEY), Some(&body), &[]).await;
+    assert_eq!(status, 200, "{route} {body}: {answer}");
 }
 
 fn token(mesh: &Mesh, extra_roles: &[&str]) -> String {
@@ -34,8 +41,6 @@ fn token(mesh: &Mesh, extra_roles: &[&str]) -> String {
 async fn risk_tags_and_agent_state_rows_of_the_reference_matrix() {
     let (policy, env) = reference_policy();
     let mesh = Mesh::start_with_policy(&policy, env).await;
-    let report: SpiffeId = REPORT.parse().unwrap();
-    let pushes = &mesh.backend.governor.pushes;
     let token = token(&mesh, &[]);
     assert_eq!(read(&mesh, &token).await.status, 200, "finance tag, low risk");
     // The app learns the caller's Entra agent from its policy entry, never from the caller.
@@ -45,21 +50,21 @@ async fn risk_tags_and_agent_state_rows_of_the_reference_matrix() {
     assert_eq!(reply.status, 200);
     assert_eq!(mesh.app.seen().pop().unwrap().header("x-spiffe-entra-agent-id"), Some(REPORT_OID));
 
-    pushes.set_risk(&report, Some(RiskLevel::High));
+    push(&mesh, "/mgmt/agent-risk", "risk_level", Some("high")).await;
     let reply = read(&mesh, &token).await;
     assert_eq!((reply.status, reply.denied()), (403, ("risk".into(), "high_risk_agent_blocked".into())));
-    pushes.set_risk(&report, Some(RiskLevel::Medium));
+    push(&mesh, "/mgmt/agent-risk", "risk_level", Some("medium")).await;
     assert_eq!(read(&mesh, &token).await.status, 200, "medium is not blocked by default");
-    pushes.set_risk(&report, None);
+    push(&mesh, "/mgmt/agent-risk", "risk_level", None).await;
     assert_eq!(read(&mesh, &token).await.status, 200, "risk reset");
 
     // A pushed tag overrides the policy's `ca.agent_tag`; an empty tag mismatches too.
-    pushes.set_tag(&report, Some("hr".into()));
+    push(&mesh, "/mgmt/agent-tags", "tag", Some("hr")).await;
     let reply = read(&mesh, &token).await;
     assert_eq!((reply.status, reply.denied()), (403, ("tags".into(), "agent_tag_mismatch".into())));
-    pushes.set_tag(&report, Some(String::new()));
+    push(&mesh, "/mgmt/agent-tags", "tag", Some("")).await;
     assert_eq!(read(&mesh, &token).await.denied().1, "agent_tag_mismatch");
-    pushes.set_tag(&report, None);
+    push(&mesh, "/mgmt/agent-tags", "tag", None).await;
     assert_eq!(read(&mesh, &token).await.status, 200);
 
     // The admin kill switch in the policy.
