@@ -2,7 +2,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::spiffe_id::{IdError, SpiffeId};
@@ -42,10 +43,19 @@ impl LeafInfo {
 
 /// Parses an SVID leaf and checks it against the X509-SVID rules.
 pub fn parse_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|_| SvidError::Malformed)?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|_| SvidError::Malformed)?;
+    // One certificate, nothing after it (DER has one encoding per value).
+    if !rest.is_empty() {
+        return Err(SvidError::Malformed);
+    }
     let id = single_spiffe_id(&cert)?;
-    if cert.is_ca() {
-        return Err(SvidError::IsCa);
+    // Not `is_ca()` nor `basic_constraints()`: they read a duplicated or an
+    // unparsable basicConstraints (say a second one with CA:TRUE) as "not a CA".
+    match cert.get_extension_unique(&OID_X509_EXT_BASIC_CONSTRAINTS).map(|e| e.map(|e| e.parsed_extension())) {
+        Ok(None) => {}
+        Ok(Some(ParsedExtension::BasicConstraints(bc))) if !bc.ca => {}
+        Ok(Some(ParsedExtension::BasicConstraints(_))) => return Err(SvidError::IsCa),
+        Ok(Some(_)) | Err(_) => return Err(SvidError::Malformed),
     }
     match cert.key_usage() {
         Ok(Some(ku)) if ku.value.digital_signature() && !ku.value.key_cert_sign() && !ku.value.crl_sign() => {}
@@ -94,5 +104,45 @@ fn to_system_time(unix: i64) -> SystemTime {
     match u64::try_from(unix) {
         Ok(secs) => UNIX_EPOCH + Duration::from_secs(secs),
         Err(_) => UNIX_EPOCH,
+    }
+}
+
+#[cfg(all(test, feature = "dev"))]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+    use rcgen::{CertificateParams, CustomExtension, IsCa, KeyPair, KeyUsagePurpose, SanType};
+
+    use super::*;
+
+    fn leaf(is_ca: IsCa, extra: Vec<CustomExtension>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI("spiffe://a.test/x".try_into().unwrap())];
+        params.is_ca = is_ca;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.custom_extensions = extra;
+        params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_duplicated_or_unparsable_basic_constraints_is_refused() {
+        assert_eq!(
+            parse_leaf(&leaf(IsCa::ExplicitNoCa, vec![])).map(|l| l.id.to_string()),
+            Ok("spiffe://a.test/x".into())
+        );
+        // basicConstraints (2.5.29.19) again, `SEQUENCE { BOOLEAN TRUE }`: CA.
+        let ca_again = CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff]);
+        assert_eq!(parse_leaf(&leaf(IsCa::ExplicitNoCa, vec![ca_again])), Err(SvidError::Malformed));
+        // An unparsable one.
+        let garbage = CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x04, 0x00]);
+        assert_eq!(parse_leaf(&leaf(IsCa::NoCa, vec![garbage])), Err(SvidError::Malformed));
+    }
+
+    #[test]
+    fn bytes_after_the_certificate_are_refused() {
+        let mut der = leaf(IsCa::ExplicitNoCa, vec![]);
+        assert!(parse_leaf(&der).is_ok());
+        der.push(0);
+        assert_eq!(parse_leaf(&der).map(|l| l.id.to_string()), Err(SvidError::Malformed));
     }
 }
