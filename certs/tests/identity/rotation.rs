@@ -95,7 +95,18 @@ async fn no_svid_yet_means_every_handshake_fails_closed() {
     let (identity, _task) = source::spawn(fast_source(format!("unix://{}", dir.path().join("none.sock").display())));
     let server = TlsServer::start(identity.clone(), allow_all()).await;
     let client = client(static_identity(&ca, "spiffe://a.test/client", &[]), "spiffe://a.test/server");
-    assert!(connect(client, server.addr).await.is_err());
+    let err = connect(client, server.addr).await.expect_err("a server with no SVID completed a handshake");
+    // Refused by the server for want of a certificate to present (rustls's
+    // resolver found none: `access_denied`), not by the client's checks of one.
+    let tls_error = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert_eq!(tls_error, Some(&rustls::Error::AlertReceived(rustls::AlertDescription::AccessDenied)), "{err:?}");
+    // The server saw the handshake fail, and not over a peer certificate.
+    let seen = eventually(Duration::from_secs(10), "the server records the failed handshake", || {
+        let last = server.last();
+        async move { last }
+    })
+    .await;
+    assert_eq!(seen, Err(None));
     assert!(!identity.is_ready());
     assert!(matches!(identity.state(), certs::IdentityState::Initializing));
 }
