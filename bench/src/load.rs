@@ -7,8 +7,11 @@
 //! of intended send times and latency is measured from the *intended* time,
 //! so a stalled server is charged for the requests it delayed (no coordinated
 //! omission). Latencies go into an HDR histogram in microseconds. Failures are
-//! counted, never fatal: a failed connection is re-opened.
+//! counted, never fatal: a failed connection is re-opened. What the servers
+//! agreed to (ALPN, HTTP version) is recorded from the real connections.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,9 +63,37 @@ pub struct Run {
     pub elapsed: Duration,
     /// Microseconds.
     pub latency: Histogram<u64>,
+    pub protocols: Protocols,
+}
+
+/// What the servers agreed to on a run's connections, as negotiated (not as asked).
+#[derive(Debug, Default, Clone)]
+pub struct Protocols {
+    /// The ALPN protocols the servers selected in the TLS handshakes (`none`
+    /// when one selected none); empty for plain-text targets.
+    pub alpn: BTreeSet<String>,
+    /// The HTTP versions of the 200 responses.
+    pub http: BTreeSet<hyper::Version>,
+}
+
+impl Protocols {
+    pub fn extend(&mut self, other: Self) {
+        self.alpn.extend(other.alpn);
+        self.http.extend(other.http);
+    }
 }
 
 impl Run {
+    /// Adds `other`'s requests, errors, time, latencies and protocols to this run.
+    pub fn merge(&mut self, other: Self) -> anyhow::Result<()> {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latency.add(other.latency)?;
+        self.protocols.extend(other.protocols);
+        Ok(())
+    }
+
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
@@ -84,10 +115,11 @@ pub async fn run(target: &Target, request: &RequestSpec, shape: Shape) -> anyhow
     // Open loop: each worker sends every `interval`, together `rate` per second.
     let interval = shape.rate.map(|rate| Duration::from_secs_f64(workers as f64 / rate.max(1.0)));
     let mut tasks = Vec::new();
+    let mut protocols = Protocols::default();
     for connection in 0..shape.connections.max(1) {
         // HTTP/2 workers of one connection share it; HTTP/1.1 workers own theirs.
         let shared = match shape.h2_streams {
-            Some(_) => match connect(target, true).await {
+            Some(_) => match connect(target, true, &mut protocols).await {
                 Ok(Sender::H2(sender)) => Some(sender),
                 _ => None,
             },
@@ -106,12 +138,13 @@ pub async fn run(target: &Target, request: &RequestSpec, shape: Shape) -> anyhow
             }));
         }
     }
-    let mut run = Run { requests: 0, errors: 0, elapsed: Duration::ZERO, latency: template };
+    let mut run = Run { requests: 0, errors: 0, elapsed: Duration::ZERO, latency: template, protocols };
     for task in tasks {
-        if let Ok((requests, errors, latency)) = task.await {
+        if let Ok((requests, errors, latency, protocols)) = task.await {
             run.requests += requests;
             run.errors += errors;
             let _ = run.latency.add(latency);
+            run.protocols.extend(protocols);
         }
     }
     run.elapsed = started.elapsed();
@@ -134,8 +167,9 @@ impl Worker<'_> {
         mut sender: Option<Sender>,
         mut schedule: Option<(Instant, Duration)>,
         mut latency: Histogram<u64>,
-    ) -> (u64, u64, Histogram<u64>) {
+    ) -> (u64, u64, Histogram<u64>, Protocols) {
         let (mut requests, mut errors) = (0, 0);
+        let mut protocols = Protocols::default();
         let h2 = self.shape.h2_streams.is_some();
         while Instant::now() < self.deadline && take(self.budget) {
             let t = match &mut schedule {
@@ -148,13 +182,14 @@ impl Worker<'_> {
                 None => Instant::now(),
             };
             if sender.is_none() || self.shape.new_connection_per_request {
-                sender = connect(self.target, h2).await.ok();
+                sender = connect(self.target, h2, &mut protocols).await.ok();
             }
-            let ok = match sender.as_mut() {
+            let version = match sender.as_mut() {
                 Some(s) => s.send(self.request).await,
-                None => false,
+                None => None,
             };
-            if ok {
+            if let Some(version) = version {
+                protocols.http.insert(version);
                 requests += 1;
                 let _ = latency.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
             } else {
@@ -162,7 +197,7 @@ impl Worker<'_> {
                 sender = None;
             }
         }
-        (requests, errors, latency)
+        (requests, errors, latency, protocols)
     }
 }
 
@@ -190,12 +225,14 @@ enum Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, spec: &RequestSpec) -> bool {
-        self.status(spec).await == Some(hyper::StatusCode::OK)
+    /// The response's HTTP version when it was a 200.
+    async fn send(&mut self, spec: &RequestSpec) -> Option<hyper::Version> {
+        self.status(spec).await.filter(|(status, _)| *status == hyper::StatusCode::OK).map(|(_, version)| version)
     }
 
-    /// The response status (body read); an empty `bearer` sends no `Authorization`.
-    async fn status(&mut self, spec: &RequestSpec) -> Option<hyper::StatusCode> {
+    /// The response status and HTTP version (body read); an empty `bearer`
+    /// sends no `Authorization`.
+    async fn status(&mut self, spec: &RequestSpec) -> Option<(hyper::StatusCode, hyper::Version)> {
         let mut request = hyper::Request::get(spec.path).header("host", spec.host);
         if !spec.bearer.is_empty() {
             request = request.header("authorization", format!("Bearer {}", spec.bearer));
@@ -212,16 +249,17 @@ impl Sender {
             },
         };
         let response = response.ok()?;
-        let status = response.status();
+        let (status, version) = (response.status(), response.version());
         response.into_body().collect().await.ok()?;
-        Some(status)
+        Some((status, version))
     }
 }
 
 /// One request's status: checks that a target enforces what it claims to.
 pub async fn probe(target: &Target, spec: &RequestSpec) -> Option<hyper::StatusCode> {
     let target = alpn(target, false);
-    connect(&target, false).await.ok()?.status(spec).await
+    let mut protocols = Protocols::default();
+    connect(&target, false, &mut protocols).await.ok()?.status(spec).await.map(|(status, _)| status)
 }
 
 /// The target with the ALPN protocol of the run (`h2` or `http/1.1`).
@@ -236,7 +274,9 @@ fn alpn(target: &Target, h2: bool) -> Target {
     }
 }
 
-async fn connect(target: &Target, h2: bool) -> anyhow::Result<Sender> {
+/// A connection speaking HTTP/2 (`h2`) or HTTP/1.1; the ALPN protocol the
+/// server selected goes into `protocols`.
+async fn connect(target: &Target, h2: bool, protocols: &mut Protocols) -> anyhow::Result<Sender> {
     let addr = match target {
         Target::Plain(addr) | Target::Mtls(addr, _) => *addr,
     };
@@ -247,6 +287,10 @@ async fn connect(target: &Target, h2: bool) -> anyhow::Result<Sender> {
         Target::Mtls(_, tls) => {
             let name = rustls::pki_types::ServerName::try_from("backend")?;
             let stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
+            let alpn = stream.get_ref().1.alpn_protocol().map_or(Cow::Borrowed("none"), String::from_utf8_lossy);
+            if !protocols.alpn.contains(alpn.as_ref()) {
+                protocols.alpn.insert(alpn.into_owned());
+            }
             handshake(TokioIo::new(stream), h2).await
         }
     }

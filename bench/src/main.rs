@@ -169,7 +169,10 @@ fn measure(
     let others_before = sidecar::cpu_outside(&stack.processes());
     let run = client.block_on(async {
         let reloads = rotation.then(|| tokio::spawn(rewrite_policy(stack.rotating_policy.clone())));
-        let run = load::run(&target, &stack.request, shape).await;
+        let run = match before {
+            Some((rotations, _)) if plan.tiny => across_a_rotation(stack, &target, shape, rotations).await,
+            _ => load::run(&target, &stack.request, shape).await,
+        };
         if let Some(task) = reloads {
             task.abort();
         }
@@ -203,6 +206,30 @@ fn shuffle(items: &mut [&'static str], seed: &mut u64) {
         *seed ^= *seed << 17;
         items.swap(i, (*seed % (i as u64 + 1)) as usize);
     }
+}
+
+/// `--tiny`'s `rotation` run, far shorter than the SVID's half-life: the
+/// first half of the requests, a wait (bounded by the SVID's lifetime) until
+/// the sidecar has rotated past `rotations`, then the second half on new
+/// connections, whose handshakes meet the new SVID. The wait is not measured.
+async fn across_a_rotation(
+    stack: &scenarios::Stack,
+    target: &load::Target,
+    shape: load::Shape,
+    rotations: f64,
+) -> anyhow::Result<load::Run> {
+    let Some(total) = shape.max_requests else { return load::run(target, &stack.request, shape).await };
+    let first = load::Shape { max_requests: Some(total / 2), ..shape };
+    let mut run = load::run(target, &stack.request, first).await?;
+    let deadline = tokio::time::Instant::now() + scenarios::TINY_ROTATION_SVID_TTL;
+    while tokio::time::Instant::now() < deadline
+        && rotation_counters(stack).await.is_none_or(|(now, _)| now <= rotations)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = load::Shape { max_requests: Some(total - total / 2), ..shape };
+    run.merge(load::run(target, &stack.request, second).await?)?;
+    Ok(run)
 }
 
 /// SVID rotations and accepted policy reloads of the `rotation` sidecar so far.
@@ -253,7 +280,8 @@ fn main() -> anyhow::Result<()> {
         scenarios::NAMES.into_iter().filter(|n| cli.only.is_empty() || cli.only.iter().any(|o| o == n)).collect();
 
     let with_peers = cli.only.is_empty() || cli.only.iter().any(|o| scenarios::PEERS.contains(&o.as_str()));
-    let stack = scenarios::Stack::start(pin.then_some(0), with_peers)?;
+    let rotation_ttl = if cli.tiny { scenarios::TINY_ROTATION_SVID_TTL } else { scenarios::ROTATION_SVID_TTL };
+    let stack = scenarios::Stack::start(pin.then_some(0), with_peers, rotation_ttl)?;
     if pin {
         core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
     }

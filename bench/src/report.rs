@@ -19,6 +19,22 @@ pub struct Result {
     pub rotations: Option<(f64, f64)>,
     /// Other processes used a noticeable share of a CPU during the run.
     pub disturbed: bool,
+    /// The ALPN protocols the servers selected (empty: plain text) and the
+    /// HTTP versions of the responses, from the real connections.
+    pub alpn: Vec<String>,
+    pub http_versions: Vec<String>,
+    /// [`Self::median`]: each repetition's own numbers, in the order they ran.
+    pub repetitions: Vec<Repetition>,
+}
+
+/// One repetition's numbers, reported beside the medians.
+pub struct Repetition {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub requests: u64,
+    pub errors: u64,
 }
 
 impl Result {
@@ -36,11 +52,15 @@ impl Result {
             rss_mib: sidecar.map(|(_, rss)| rss),
             rotations: None,
             disturbed: false,
+            alpn: run.protocols.alpn.iter().cloned().collect(),
+            http_versions: run.protocols.http.iter().map(|v| format!("{v:?}")).collect(),
+            repetitions: Vec::new(),
         }
     }
 
     /// The median of repetitions (request and error counts, rotations
-    /// summed; RSS the largest; disturbed if any was).
+    /// summed; RSS the largest; disturbed if any was; protocols all seen),
+    /// keeping each repetition's numbers.
     pub fn median(runs: Vec<Self>) -> Option<Self> {
         fn median_of(runs: &[Result], f: impl Fn(&Result) -> f64) -> f64 {
             let mut values: Vec<f64> = runs.iter().map(f).collect();
@@ -60,8 +80,27 @@ impl Result {
             rss_mib: runs.iter().filter_map(|r| r.rss_mib).reduce(f64::max),
             rotations: runs.iter().filter_map(|r| r.rotations).reduce(|a, b| (a.0 + b.0, a.1 + b.1)),
             disturbed: runs.iter().any(|r| r.disturbed),
+            alpn: union(runs.iter().map(|r| &r.alpn)),
+            http_versions: union(runs.iter().map(|r| &r.http_versions)),
+            repetitions: runs
+                .iter()
+                .map(|r| Repetition {
+                    rps: r.rps,
+                    p50_ms: r.p50_ms,
+                    p99_ms: r.p99_ms,
+                    p999_ms: r.p999_ms,
+                    requests: r.requests,
+                    errors: r.errors,
+                })
+                .collect(),
         })
     }
+}
+
+/// The sorted, deduplicated strings of all `lists`.
+fn union<'a>(lists: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
+    let all: std::collections::BTreeSet<&String> = lists.flatten().collect();
+    all.into_iter().cloned().collect()
 }
 
 pub struct Report {
@@ -163,6 +202,16 @@ impl Report {
                 "disturbed": r.disturbed,
                 "svid_rotations": r.rotations.map(|(n, _)| n),
                 "policy_reloads": r.rotations.map(|(_, n)| n),
+                "alpn": r.alpn,
+                "http_versions": r.http_versions,
+                "repetitions": r.repetitions.iter().map(|p| json!({
+                    "rps": p.rps,
+                    "p50_ms": p.p50_ms,
+                    "p99_ms": p.p99_ms,
+                    "p999_ms": p.p999_ms,
+                    "requests": p.requests,
+                    "errors": p.errors,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })
     }

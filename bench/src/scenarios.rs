@@ -61,7 +61,12 @@ pub const PEERS: [&str; 4] = ["nginx", "haproxy", "envoy", "envoy-authz"];
 
 /// In `rotation`, the SVID lives 4 s (renewed at half-life: every 2 s) and
 /// the policy file is rewritten every 5 s.
-pub const ROTATION_SVID_TTL: &str = "4s";
+pub const ROTATION_SVID_TTL: Duration = Duration::from_secs(4);
+/// `--tiny`'s `rotation` run takes well under a second, so it waits for the
+/// next renewal halfway (see `main.rs`): a 3 s SVID keeps that wait at most
+/// 1.5 s. Not shorter: `not_after` is truncated to the second and the expiry
+/// watchdog fires at it, so 2 s would leave no margin before the renewal.
+pub const TINY_ROTATION_SVID_TTL: Duration = Duration::from_secs(3);
 pub const ROTATION_POLICY_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything the scenarios run against, started once.
@@ -85,8 +90,9 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// `cpu`: where the app and the sidecars run (the load goes elsewhere).
-    pub fn start(cpu: Option<usize>, with_peers: bool) -> anyhow::Result<Self> {
+    /// `cpu`: where the app and the sidecars run (the load goes elsewhere);
+    /// `rotation_ttl`: the lifetime of the `rotation` sidecar's SVIDs.
+    pub fn start(cpu: Option<usize>, with_peers: bool, rotation_ttl: Duration) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("a2a-bench").tempdir()?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(1).thread_name("bench-app").enable_all();
@@ -118,7 +124,8 @@ impl Stack {
             format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
         let all = backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt), "1h");
         let all = Sidecar::spawn(&write("all.yaml", &all)?, cpu)?;
-        let rotating = backend_yaml(&ca_dir, app, "policy-rotating.yaml", Some(&jwt), ROTATION_SVID_TTL);
+        let rotation_ttl = format!("{}ms", rotation_ttl.as_millis());
+        let rotating = backend_yaml(&ca_dir, app, "policy-rotating.yaml", Some(&jwt), &rotation_ttl);
         let rotating = Sidecar::spawn(&write("rotating.yaml", &rotating)?, cpu)?;
         let target = all.inbound.ok_or_else(|| anyhow::anyhow!("the backend sidecar has no inbound address"))?;
         let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&ca_dir, target))?, cpu)?;

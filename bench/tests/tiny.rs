@@ -1,5 +1,6 @@
 //! The harness keeps working: a tiny run of every scenario (a few hundred
-//! requests each) through real sidecar processes, all answered 200.
+//! requests each) through real sidecar processes, all answered 200, with
+//! consistent numbers and the protocol that was asked for.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests fail loudly")]
 
@@ -24,26 +25,44 @@ fn every_scenario_runs_without_errors() {
         assert!(table.contains(&format!("| {name}")), "{table}");
         // Every request was answered 200: all five layers allowed the valid caller and token.
         assert_eq!((s["requests"].as_u64(), s["errors"].as_u64()), (Some(300), Some(0)), "{s}");
-        assert!(s["rps"].as_f64().unwrap() > 0.0 && s["p99_ms"].as_f64().unwrap() >= s["p50_ms"].as_f64().unwrap());
+        check_numbers(s, 1);
+        // HTTP/1.1 keep-alive by default, as the servers agreed (ALPN only on the mTLS targets).
+        let alpn: &[&str] = if matches!(name, "direct" | "chain") { &[] } else { &["http/1.1"] };
+        check_protocols(s, alpn, "HTTP/1.1");
         if name != "direct" {
             assert!(s["rss_mib"].as_f64().unwrap() > 1.0, "the sidecar's memory is read from /proc: {s}");
         }
     }
-    assert!(scenarios[5]["svid_rotations"].is_number() && scenarios[5]["policy_reloads"].is_number());
+    // The SVID rotated under the run's traffic (the sidecar's own counter), every request still 200.
+    let rotation = &scenarios[5];
+    assert!(rotation["svid_rotations"].as_f64().unwrap() >= 1.0, "no SVID rotation during the run: {rotation}");
+    assert!(rotation["policy_reloads"].is_number(), "{rotation}");
     assert_eq!(results["machine"]["token_bytes"].as_u64().map(|b| b > 500), Some(true));
 }
 
-/// HTTP/2 streams and the open loop: every request answered, at the asked rate.
+/// HTTP/2 streams and the open loop: every request answered, at the asked
+/// rate, over HTTP/2 when asked (the servers selected `h2` by ALPN).
 #[test]
 fn http2_and_open_loop_modes_work() {
-    run_and_check(&["--h2-streams", "4", "--only", "inbound-all,chain"], 300);
-    run_and_check(&["--rate", "1000", "--only", "direct,inbound-all"], 300);
+    let h2 = run_and_check(&["--h2-streams", "4", "--only", "inbound-all,chain"], 300);
+    for s in h2["scenarios"].as_array().unwrap() {
+        let alpn: &[&str] = if s["name"] == "chain" { &[] } else { &["h2"] };
+        check_protocols(s, alpn, "HTTP/2.0");
+    }
+    let open = run_and_check(&["--rate", "1000", "--only", "direct,inbound-all"], 300);
+    for s in open["scenarios"].as_array().unwrap() {
+        let alpn: &[&str] = if s["name"] == "direct" { &[] } else { &["http/1.1"] };
+        check_protocols(s, alpn, "HTTP/1.1");
+    }
 }
 
 /// Repetitions run in shuffled order and report medians, counts summed.
 #[test]
 fn repetitions_are_summed_and_reported_as_medians() {
-    run_and_check(&["--repeat", "3", "--only", "direct,inbound-all,handshake"], 900);
+    let results = run_and_check(&["--repeat", "3", "--only", "direct,inbound-all,handshake"], 900);
+    for s in results["scenarios"].as_array().unwrap() {
+        check_numbers(s, 3);
+    }
 }
 
 /// `--requests N`: a fixed request count per run instead of a duration
@@ -64,7 +83,43 @@ fn a_fixed_request_count_per_run() {
     assert_eq!((direct["requests"].as_u64(), direct["errors"].as_u64()), (Some(500), Some(0)), "{direct}");
 }
 
-fn run_and_check(args: &[&str], requests: u64) {
+/// Every reported number of scenario `s` is consistent: p50 <= p99 <= p99.9
+/// (each repetition's and the medians), `repetitions` runs whose counts sum
+/// to the reported ones, and each median is the middle repetition's value.
+fn check_numbers(s: &serde_json::Value, repetitions: usize) {
+    let quantiles = |v: &serde_json::Value| ["p50_ms", "p99_ms", "p999_ms"].map(|q| v[q].as_f64().unwrap());
+    let [p50, p99, p999] = quantiles(s);
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "quantiles out of order: {s}");
+    assert!(s["rps"].as_f64().unwrap() > 0.0, "{s}");
+    let runs = s["repetitions"].as_array().unwrap();
+    assert_eq!(runs.len(), repetitions, "{s}");
+    for run in runs {
+        let [p50, p99, p999] = quantiles(run);
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "a repetition's quantiles out of order: {s}");
+    }
+    for count in ["requests", "errors"] {
+        let sum: u64 = runs.iter().map(|r| r[count].as_u64().unwrap()).sum();
+        assert_eq!(s[count].as_u64(), Some(sum), "{count} are the repetitions' sum: {s}");
+    }
+    for key in ["rps", "p50_ms", "p99_ms", "p999_ms"] {
+        let mut values: Vec<f64> = runs.iter().map(|r| r[key].as_f64().unwrap()).collect();
+        values.sort_by(f64::total_cmp);
+        let median = s[key].as_f64().unwrap();
+        assert!(values[0] <= median && median <= values[values.len() - 1], "{key} outside its repetitions: {s}");
+        assert_eq!(median, values[values.len() / 2], "{key} is not the median of its repetitions: {s}");
+    }
+}
+
+/// The protocols recorded from the real connections: the ALPN protocols the
+/// servers selected (none on plain-text targets) and the responses' HTTP version.
+fn check_protocols(s: &serde_json::Value, alpn: &[&str], http_version: &str) {
+    assert_eq!(s["alpn"], serde_json::json!(alpn), "{s}");
+    assert_eq!(s["http_versions"], serde_json::json!([http_version]), "{s}");
+}
+
+/// A `--tiny` run with `args`: every scenario made `requests` requests, all
+/// answered 200. Returns the JSON results.
+fn run_and_check(args: &[&str], requests: u64) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("results.json");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_a2a-bench"))
@@ -85,4 +140,5 @@ fn run_and_check(args: &[&str], requests: u64) {
             assert!(s["rps"].as_f64().unwrap() < 1500.0, "{s}");
         }
     }
+    results
 }
