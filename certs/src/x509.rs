@@ -57,8 +57,10 @@ pub fn parse_leaf(der: &[u8]) -> Result<LeafInfo, SvidError> {
         Ok(Some(ParsedExtension::BasicConstraints(_))) => return Err(SvidError::IsCa),
         Ok(Some(_)) | Err(_) => return Err(SvidError::Malformed),
     }
+    // X509-SVID 4.3: keyUsage present and critical, digitalSignature, no CA bits.
     match cert.key_usage() {
-        Ok(Some(ku)) if ku.value.digital_signature() && !ku.value.key_cert_sign() && !ku.value.crl_sign() => {}
+        Ok(Some(ku))
+            if ku.critical && ku.value.digital_signature() && !ku.value.key_cert_sign() && !ku.value.crl_sign() => {}
         Ok(_) => return Err(SvidError::KeyUsage),
         Err(_) => return Err(SvidError::Malformed),
     }
@@ -77,10 +79,13 @@ fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
         .iter()
         .flat_map(|ext| ext.value.general_names.iter())
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
+            GeneralName::URI(uri) => Some(Some(*uri)),
+            // A URI ([6]) that is not UTF-8 is still a URI SAN: counted, never skipped.
+            GeneralName::Invalid(tag, _) if tag.0 == 6 => Some(None),
             _ => None,
         })
-        .collect();
+        .collect::<Option<Vec<&str>>>()
+        .map_or(Err(SvidError::Malformed), Ok)?;
     match uris.as_slice() {
         [] => Err(SvidError::NoUriSan),
         [uri] => uri.parse().map_err(SvidError::BadId),
@@ -136,6 +141,35 @@ mod tests {
         // An unparsable one.
         let garbage = CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x04, 0x00]);
         assert_eq!(parse_leaf(&leaf(IsCa::NoCa, vec![garbage])), Err(SvidError::Malformed));
+    }
+
+    #[test]
+    fn a_uri_san_that_is_not_utf8_is_never_skipped() {
+        // subjectAltName with a good URI and a second one holding a non-UTF-8 byte.
+        let good = b"spiffe://a.test/x";
+        let bad = b"spiffe://a.test/y\x80";
+        let mut names = vec![0x86, good.len() as u8];
+        names.extend_from_slice(good);
+        names.extend_from_slice(&[0x86, bad.len() as u8]);
+        names.extend_from_slice(bad);
+        let mut san = vec![0x30, names.len() as u8];
+        san.extend_from_slice(&names);
+        let mut params = CertificateParams::default();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], san)];
+        let der = params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec();
+        assert_eq!(parse_leaf(&der).map(|l| l.id.to_string()), Err(SvidError::Malformed));
+    }
+
+    #[test]
+    fn key_usage_must_be_critical() {
+        // keyUsage = digitalSignature, as an extension rcgen does not mark critical.
+        let ku = CustomExtension::from_oid_content(&[2, 5, 29, 15], vec![0x03, 0x02, 0x07, 0x80]);
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI("spiffe://a.test/x".try_into().unwrap())];
+        params.custom_extensions = vec![ku];
+        let der = params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec();
+        assert_eq!(parse_leaf(&der).map(|l| l.id.to_string()), Err(SvidError::KeyUsage));
     }
 
     #[test]
