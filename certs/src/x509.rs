@@ -85,7 +85,7 @@ fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
             _ => None,
         })
         .collect::<Option<Vec<&str>>>()
-        .map_or(Err(SvidError::Malformed), Ok)?;
+        .ok_or(SvidError::Malformed)?;
     match uris.as_slice() {
         [] => Err(SvidError::NoUriSan),
         [uri] => uri.parse().map_err(SvidError::BadId),
