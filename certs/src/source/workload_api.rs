@@ -24,7 +24,7 @@ pub enum WorkloadApiError {
     Endpoint(String),
     #[error("workload api: cannot connect: {0}")]
     Connect(String),
-    #[error("workload api: {0}")]
+    #[error("workload api: {}", describe_status(.0))]
     Status(#[from] tonic::Status),
     #[error("workload api stream ended")]
     StreamEnded,
@@ -34,6 +34,19 @@ pub enum WorkloadApiError {
     Chain(x509::SvidError),
     #[error(transparent)]
     Material(#[from] MaterialError),
+}
+
+/// A gRPC status as an operator reads it: the code, the agent's message and,
+/// for the codes SPIRE answers when a workload has no identity, what to check.
+fn describe_status(status: &tonic::Status) -> String {
+    let hint = match status.code() {
+        tonic::Code::PermissionDenied => {
+            " (no registration entry matches this process: check `spire-server entry show` and its selectors)"
+        }
+        tonic::Code::Unimplemented => " (the socket does not serve the SPIFFE Workload API)",
+        _ => "",
+    };
+    format!("{:?}: {}{hint}", status.code(), status.message())
 }
 
 /// Follows `FetchX509SVID`, reconnecting with backoff when the stream breaks.

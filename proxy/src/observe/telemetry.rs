@@ -48,7 +48,12 @@ impl Telemetry {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET | &Method::HEAD, "/readyz") => match self.not_ready_reason() {
                 None => text(StatusCode::OK, "ready\n".into()),
-                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                Some(why) => {
+                    // What the identity source last failed with says why there is no SVID.
+                    let cause = self.identity.status().last_error.filter(|_| why != "no policy loaded yet");
+                    let cause = cause.map(|e| format!(" ({e})")).unwrap_or_default();
+                    text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}{cause}\n"))
+                }
             },
             (&Method::GET, "/metrics") => {
                 let mut response = text(StatusCode::OK, self.metrics.encode());

@@ -52,8 +52,13 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
     let addr = app.telemetry_addr;
 
     assert_eq!(get(addr, "/healthz").await.0, 200);
-    let (status, body) = get(addr, "/readyz").await;
-    assert_eq!((status, body.as_str()), (503, "not ready: no svid yet\n"));
+    // 503, saying why once the source has tried the socket.
+    let why = || async {
+        let (status, body) = get(addr, "/readyz").await;
+        assert_eq!(status, 503, "{body}");
+        body.starts_with("not ready: no svid yet (workload api: cannot connect").then_some(())
+    };
+    eventually(Duration::from_secs(10), "readyz names the cause", why).await;
     assert_eq!(tokio::task::spawn_blocking(move || probe(addr)).await.unwrap(), Some(1));
     let mgmt = app.mgmt_addr.unwrap();
     let (_, _, health) = super::mgmt::call(mgmt, "GET", "/mgmt/health", None, None, &[]).await;

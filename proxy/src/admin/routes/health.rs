@@ -33,6 +33,8 @@ pub(super) fn health(ctx: &Context) -> Response<Body> {
             "policy_loaded_at": loaded.as_ref().map(|l| rfc3339(l.loaded_at)),
             "uptime_seconds": ctx.started.elapsed().as_secs(),
             "spire_agent_connected": status.connected,
+            // What the identity source last failed with (kept until its next success).
+            "identity_error": status.last_error,
             // Federated bundles left out of the last update (the rest was used).
             "rejected_bundles": status.rejected_bundles.iter()
                 .map(|r| json!({"trust_domain": r.trust_domain, "error": r.error}))
