@@ -11,7 +11,8 @@
 - docker/k8s/*.yaml: Kubernetes 1.30's schemas, strict (`kubernetes-validate`).
 - Every sidecar in the compose file and in docker/k8s/: its config, laid out as the
   container sees it (mounted files, environment), passes `a2a-sidecar check`.
-- docker/spire/*.conf parse as HCL and agree on the trust domain.
+- docker/spire/*.conf parse as HCL, agree on the trust domain and pass `spire-server/agent validate`
+  (when tools/spire/build.sh has built them); the compose images are the SPIRE version go.mod pins.
 - docker/Dockerfile: production stage non-root, without the `dev` feature,
   with a HEALTHCHECK that runs `a2a-sidecar probe`.
 
@@ -213,8 +214,26 @@ def check_spire():
         if not conf.get("plugins"):
             fail(path.name, "no plugins block")
         print(f"ok   spire/{path.name}: HCL parses")
+        # And SPIRE itself accepts it (the binaries tools/spire/build.sh built, when present).
+        kind = "server" if conf.get("server") else "agent"
+        binary = ROOT / "target" / "spire" / f"spire-{kind}"
+        if binary.exists():
+            out = subprocess.run([str(binary), "validate", "-config", str(path)], capture_output=True, text=True)
+            if out.returncode != 0:
+                fail(path.name, f"spire-{kind} validate: {out.stdout}{out.stderr}")
+            else:
+                print(f"ok   spire/{path.name}: spire-{kind} validate")
     if len(set(domains.values())) != 1:
         fail("spire/*.conf", f"trust domains differ: {domains}")
+    # The images run the SPIRE version the integration tests build and run.
+    pinned = re.search(r"github\.com/spiffe/spire v(\S+)", (ROOT / "tools/spire/go.mod").read_text())
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    images = [s.get("image", "") for s in compose.get("services", {}).values()]
+    spire_images = [i for i in images if i.startswith("ghcr.io/spiffe/spire-")]
+    if not pinned or not spire_images or any(not i.endswith(":" + pinned.group(1)) for i in spire_images):
+        fail("docker-compose.yml", f"SPIRE images {spire_images} are not the version tools/spire/go.mod pins")
+    else:
+        print(f"ok   docker-compose.yml: SPIRE images are {pinned.group(1)}, as tools/spire/go.mod pins")
 
 
 def check_dockerfile():
