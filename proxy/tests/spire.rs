@@ -12,6 +12,7 @@
 )]
 
 mod spire {
+    pub mod docs;
     pub mod harness;
     pub mod identity;
 }

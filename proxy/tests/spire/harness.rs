@@ -100,23 +100,11 @@ impl Drop for Process {
     }
 }
 
-/// A SPIRE server for one trust domain.
-pub struct Server {
-    pub trust_domain: String,
-    pub socket: PathBuf,
-    pub port: u16,
-    _process: Process,
-}
-
-impl Server {
-    /// `spire-server run` with a sqlite datastore in `dir` and X509-SVIDs of `svid_ttl`.
-    pub fn start(dir: &Path, trust_domain: &str, svid_ttl: &str) -> Self {
-        let dir = dir.join(format!("server-{trust_domain}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("api.sock");
-        let port = free_port();
-        let config = format!(
-            r#"server {{
+/// `server.conf`: loopback, a sqlite datastore and keys in memory, join-token
+/// node attestation, X509-SVIDs of `svid_ttl`.
+pub fn server_conf(port: u16, socket: &Path, trust_domain: &str, data: &Path, svid_ttl: &str) -> String {
+    format!(
+        r#"server {{
     bind_address = "127.0.0.1"
     bind_port = "{port}"
     socket_path = "{socket}"
@@ -142,12 +130,92 @@ plugins {{
     }}
 }}
 "#,
-            socket = socket.display(),
-            data = dir.join("data").display(),
-        );
+        socket = socket.display(),
+        data = data.display(),
+    )
+}
+
+/// `agent.conf`: the server on loopback, its bundle to bootstrap, the agent's
+/// keys (and so its SVID) kept on disk across restarts, the `unix` workload
+/// attestor with `discover_workload_path` (for `unix:path` selectors).
+pub fn agent_conf(data: &Path, port: u16, socket: &Path, bundle: &Path, trust_domain: &str) -> String {
+    format!(
+        r#"agent {{
+    data_dir = "{data}"
+    log_level = "WARN"
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{socket}"
+    trust_bundle_path = "{bundle}"
+    trust_domain = "{trust_domain}"
+}}
+
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "disk" {{
+        plugin_data {{
+            directory = "{data}"
+        }}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{
+            discover_workload_path = true
+        }}
+    }}
+}}
+"#,
+        data = data.display(),
+        socket = socket.display(),
+        bundle = bundle.display(),
+    )
+}
+
+/// `spire-server run` / `spire-agent run` (the agent with its join token).
+pub fn run_args(config: &Path, join_token: Option<&str>) -> Vec<String> {
+    let mut args = vec!["run".to_owned(), "-config".to_owned(), config.display().to_string()];
+    if let Some(token) = join_token {
+        args.extend(["-joinToken".to_owned(), token.to_owned()]);
+    }
+    args
+}
+
+/// `spire-server bundle show`: the trust bundle as `pem` or `spiffe` JSON.
+pub fn bundle_args(format: &str) -> Vec<String> {
+    ["bundle", "show", "-format", format].map(String::from).to_vec()
+}
+
+/// `spire-server token generate`: a join token for the agent known as `agent_id`.
+pub fn token_args(agent_id: &str) -> Vec<String> {
+    ["token", "generate", "-spiffeID", agent_id].map(String::from).to_vec()
+}
+
+/// `spire-server entry create`: `id` for the process run from `binary`, under `parent`.
+pub fn entry_args(parent: &str, id: &str, binary: &Path) -> Vec<String> {
+    let selector = format!("unix:path:{}", binary.display());
+    ["entry", "create", "-parentID", parent, "-spiffeID", id, "-selector", &selector].map(String::from).to_vec()
+}
+
+/// A SPIRE server for one trust domain.
+pub struct Server {
+    pub trust_domain: String,
+    pub socket: PathBuf,
+    pub port: u16,
+    _process: Process,
+}
+
+impl Server {
+    /// `spire-server run` with a sqlite datastore in `dir` and X509-SVIDs of `svid_ttl`.
+    pub fn start(dir: &Path, trust_domain: &str, svid_ttl: &str) -> Self {
+        let dir = dir.join(format!("server-{trust_domain}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let port = free_port();
+        let config = server_conf(port, &socket, trust_domain, &dir.join("data"), svid_ttl);
         let path = dir.join("server.conf");
         std::fs::write(&path, config).unwrap();
-        let process = Process::spawn(Command::new(spire_bin("spire-server")).args(["run", "-config"]).arg(&path));
+        let process = Process::spawn(Command::new(spire_bin("spire-server")).args(run_args(&path, None)));
         let server = Self { trust_domain: trust_domain.into(), socket, port, _process: process };
         poll(Duration::from_secs(60), "spire-server healthy", || server.run(&["healthcheck"]).0.then_some(()));
         server
@@ -174,23 +242,23 @@ plugins {{
 
     /// A join token for an agent that will be known as `agent_path`.
     pub fn join_token(&self, agent_path: &str) -> String {
-        let out = self.ok(&["token", "generate", "-spiffeID", &self.id(agent_path)]);
+        let args = token_args(&self.id(agent_path));
+        let out = self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         out.lines().find_map(|l| l.strip_prefix("Token: ")).unwrap_or_else(|| panic!("no token in {out}")).trim().into()
     }
 
     /// A registration entry: `path` for the workload run from `binary`.
     pub fn entry(&self, agent_path: &str, path: &str, binary: &Path, extra: &[&str]) {
-        let selector = format!("unix:path:{}", binary.display());
-        let mut args = vec!["entry", "create", "-parentID"];
-        let (parent, id) = (self.id(agent_path), self.id(path));
-        args.extend([parent.as_str(), "-spiffeID", id.as_str(), "-selector", selector.as_str()]);
+        let args = entry_args(&self.id(agent_path), &self.id(path), binary);
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend(extra);
         self.ok(&args);
     }
 
     /// The trust bundle: PEM (`-format pem`) or SPIFFE JSON (`-format spiffe`).
     pub fn bundle(&self, format: &str) -> String {
-        self.ok(&["bundle", "show", "-format", format])
+        let args = bundle_args(format);
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 }
 
@@ -210,39 +278,7 @@ impl Agent {
         let socket = dir.join("workload.sock");
         let bundle = dir.join("bootstrap.pem");
         std::fs::write(&bundle, server.bundle("pem")).unwrap();
-        let config_text = format!(
-            r#"agent {{
-    data_dir = "{data}"
-    log_level = "WARN"
-    server_address = "127.0.0.1"
-    server_port = "{port}"
-    socket_path = "{socket}"
-    trust_bundle_path = "{bundle}"
-    trust_domain = "{trust_domain}"
-}}
-
-plugins {{
-    NodeAttestor "join_token" {{
-        plugin_data {{}}
-    }}
-    KeyManager "disk" {{
-        plugin_data {{
-            directory = "{data}"
-        }}
-    }}
-    WorkloadAttestor "unix" {{
-        plugin_data {{
-            discover_workload_path = true
-        }}
-    }}
-}}
-"#,
-            data = dir.join("data").display(),
-            port = server.port,
-            socket = socket.display(),
-            bundle = bundle.display(),
-            trust_domain = server.trust_domain,
-        );
+        let config_text = agent_conf(&dir.join("data"), server.port, &socket, &bundle, &server.trust_domain);
         let config = dir.join("agent.conf");
         std::fs::write(&config, config_text).unwrap();
         let process = Self::spawn(&config, token);
@@ -252,9 +288,7 @@ plugins {{
     }
 
     fn spawn(config: &Path, token: &str) -> Process {
-        Process::spawn(
-            Command::new(spire_bin("spire-agent")).args(["run", "-config"]).arg(config).args(["-joinToken", token]),
-        )
+        Process::spawn(Command::new(spire_bin("spire-agent")).args(run_args(config, Some(token))))
     }
 
     fn wait_healthy(&self) {
@@ -409,7 +443,7 @@ policies:
 }
 
 /// An inbound sidecar in front of `app`, allowing `caller`.
-pub fn backend_yaml(agent: &Agent, app: SocketAddr, caller: &str, policy: &Path) -> String {
+pub fn backend_yaml(endpoint: &str, app: SocketAddr, caller: &str, policy: &Path) -> String {
     format!(
         "identity: {{source: workload_api, socket: '{endpoint}'}}
 telemetry: {{listen: '127.0.0.1:0', log_format: json}}
@@ -419,13 +453,12 @@ inbound:
   allowed_callers: ['{caller}']
 policy: {{file: '{policy}'}}
 ",
-        endpoint = agent.endpoint(),
         policy = policy.display()
     )
 }
 
 /// An outbound sidecar whose route `backend` goes to `inbound`, expecting `server_id`.
-pub fn caller_yaml(agent: &Agent, inbound: SocketAddr, server_id: &str) -> String {
+pub fn caller_yaml(endpoint: &str, inbound: SocketAddr, server_id: &str) -> String {
     format!(
         "identity: {{source: workload_api, socket: '{endpoint}'}}
 telemetry: {{listen: '127.0.0.1:0', log_format: json}}
@@ -433,7 +466,6 @@ outbound:
   listen: '127.0.0.1:0'
   routes:
     - {{name: backend, upstream: 'https://{inbound}', server_id: '{server_id}'}}
-",
-        endpoint = agent.endpoint(),
+"
     )
 }

@@ -37,8 +37,8 @@ impl Mesh {
         std::fs::write(&policy, open_policy(TD, &server.id("/caller"))).unwrap();
 
         let started = Instant::now();
-        backend.start(&backend_yaml(&agent, app.addr, &server.id("/caller"), &policy));
-        caller.start(&caller_yaml(&agent, backend.inbound.unwrap(), &server.id("/backend")));
+        backend.start(&backend_yaml(&agent.endpoint(), app.addr, &server.id("/caller"), &policy));
+        caller.start(&caller_yaml(&agent.endpoint(), backend.inbound.unwrap(), &server.id("/backend")));
         let (b, c) = (backend.wait_ready(started), caller.wait_ready(started));
         eprintln!("time to first SVID from the real agent: backend {b:?}, caller {c:?}");
         Self { dir, server, agent, backend, caller, _app: app }
@@ -103,7 +103,7 @@ fn two_sidecars_get_their_ids_from_the_real_agent_and_a_workload_without_an_entr
     let mut stranger = Sidecar::prepare(mesh.dir.path(), "stranger");
     let app = EchoApp::start();
     let policy = mesh.dir.path().join("policy.yaml");
-    stranger.start(&backend_yaml(&mesh.agent, app.addr, &mesh.server.id("/caller"), &policy));
+    stranger.start(&backend_yaml(&mesh.agent.endpoint(), app.addr, &mesh.server.id("/caller"), &policy));
     let body = poll(Duration::from_secs(30), "readyz names the refusal", || {
         let (status, body) = stranger.telemetry("/readyz");
         assert!(status == 503 || status == 0, "{status} {body}");
