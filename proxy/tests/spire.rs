@@ -13,6 +13,7 @@
 
 mod spire {
     pub mod docs;
+    pub mod federation;
     pub mod harness;
     pub mod identity;
 }

@@ -83,9 +83,17 @@ impl Process {
         self.output.lock().unwrap().clone()
     }
 
-    /// The first output line containing `needle` (waits up to 30 s).
-    pub fn line_with(&self, needle: &str) -> String {
-        poll(Duration::from_secs(30), needle, || self.output().lines().find(|l| l.contains(needle)).map(str::to_owned))
+    /// The first output line containing `needle` (waits up to 30 s; fails
+    /// at once, with what it printed, if the process exits first).
+    pub fn line_with(&mut self, needle: &str) -> String {
+        poll(Duration::from_secs(30), needle, || {
+            let found = self.output().lines().find(|l| l.contains(needle)).map(str::to_owned);
+            if found.is_none() && self.child.try_wait().unwrap().is_some() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("exited before printing {needle:?}:\n{}", self.output());
+            }
+            found
+        })
     }
 
     pub fn stop(&mut self) {
@@ -342,7 +350,7 @@ impl Sidecar {
         std::fs::write(&config, yaml).unwrap();
         let mut command = Command::new(&self.binary);
         command.args(["run", "--config"]).arg(&config).env_remove("SPIFFE_ENDPOINT_SOCKET").env("RUST_LOG", "info");
-        let process = Process::spawn(&mut command);
+        let mut process = Process::spawn(&mut command);
         let started: serde_json::Value = serde_json::from_str(&process.line_with("a2a-sidecar started")).unwrap();
         let addr = |key: &str| started[key].as_str().and_then(|a| a.parse().ok());
         (self.telemetry, self.inbound, self.outbound) = (addr("telemetry"), addr("inbound"), addr("outbound"));
