@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real SPIRE server and agent, at the version go.mod pins
+# Builds the real SPIRE server, agent and OIDC discovery provider, at the version go.mod pins
 # (github.com/spiffe/spire v1.13.3, as Go tools), into target/spire/.
 # Built once: reused while go.mod and go.sum are unchanged. The SPIRE
 # integration tests (proxy/tests/spire.rs) call this; so does .ci/run.
@@ -19,7 +19,7 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 want="$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -d' ' -f1)"
 stamp="$out/.built-from"
-if [ -x "$out/spire-server" ] && [ -x "$out/spire-agent" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+if [ -x "$out/spire-server" ] && [ -x "$out/spire-agent" ] && [ -x "$out/oidc-discovery-provider" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     echo "tools/spire/build.sh: reusing SPIRE $version in $out (go.mod and go.sum unchanged)"
     exit 0
 fi
@@ -36,7 +36,8 @@ if ! go mod download github.com/spiffe/spire; then
     exit 1
 fi
 if ! go build -trimpath -ldflags "$ldflags" -o "$out/" \
-    github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent; then
+    github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent \
+    github.com/spiffe/spire/support/oidc-discovery-provider; then
     echo "tools/spire/build.sh: building SPIRE $version failed (see above)" >&2
     exit 1
 fi
@@ -48,4 +49,4 @@ for bin in spire-server spire-agent; do
     fi
 done
 echo "$want" > "$stamp"
-echo "tools/spire/build.sh: built SPIRE ${version#v} (server and agent) into $out in $(( $(date +%s) - started )) s"
+echo "tools/spire/build.sh: built SPIRE ${version#v} (server, agent, OIDC discovery provider) into $out in $(( $(date +%s) - started )) s"

@@ -5,6 +5,7 @@ go 1.26
 tool (
 	github.com/spiffe/spire/cmd/spire-agent
 	github.com/spiffe/spire/cmd/spire-server
+	github.com/spiffe/spire/support/oidc-discovery-provider
 )
 
 require (
@@ -168,6 +169,7 @@ require (
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/googleapis/enterprise-certificate-proxy v0.3.6 // indirect
 	github.com/googleapis/gax-go/v2 v2.15.0 // indirect
+	github.com/gorilla/handlers v1.5.2 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.27.2 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect

@@ -14,7 +14,10 @@
 //! `PUT|DELETE /admin/graph/risk/{oid}` (`{"riskLevel","riskState"}`),
 //! `PUT /admin/graph/attributes/{oid}` (`{"set","attribute","value"}`),
 //! `PUT /admin/apps/{client_id}` (`{"oid","roles"}`), `POST /admin/trust`
-//! (a JWKS whose keys may sign client assertions), `GET /admin/stats`.
+//! (a JWKS whose keys may sign client assertions), `POST /admin/trust-issuer`
+//! (an issuer URL: its OIDC discovery names the JWKS, refetched when an
+//! assertion names an unknown key, e.g. SPIRE's OIDC discovery provider),
+//! `GET /admin/stats`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,6 +80,12 @@ pub struct DevIdp {
     dir: PathBuf,
     apps: RwLock<std::collections::HashMap<String, AppRegistration>>,
     assertion_keys: RwLock<policy::jwt::KeySet>,
+    /// Issuers whose keys (OIDC discovery, then its JWKS) sign trusted client
+    /// assertions, as an Entra federated credential names one: fetched when
+    /// an assertion names a key not seen yet, so a rotated key is followed.
+    assertion_issuers: RwLock<Vec<Arc<crate::facts::jwks::Jwks>>>,
+    /// The key ID of every client assertion accepted, in order.
+    accepted_kids: RwLock<Vec<String>>,
     graph: RwLock<GraphState>,
     graph_mode: RwLock<GraphMode>,
     graph_requests: AtomicU64,
@@ -118,6 +127,8 @@ impl DevIdp {
             dir: dir.into(),
             apps: RwLock::default(),
             assertion_keys: RwLock::default(),
+            assertion_issuers: RwLock::default(),
+            accepted_kids: RwLock::default(),
             graph: RwLock::default(),
             graph_mode: RwLock::new(GraphMode::Ok),
             graph_requests: AtomicU64::new(0),
@@ -177,6 +188,28 @@ impl DevIdp {
         let keys = policy::jwt::KeySet::from_jwks(doc.to_string().as_bytes())?;
         self.assertion_keys.write().unwrap_or_else(PoisonError::into_inner).extend(keys);
         Ok(())
+    }
+
+    /// Trusts client assertions signed by the keys `issuer` publishes (its
+    /// `/.well-known/openid-configuration` names its JWKS), refetched when an
+    /// assertion names an unknown key: SPIRE's OIDC discovery provider in
+    /// front of a trust domain whose JWT keys rotate.
+    pub fn trust_assertion_issuer(&self, issuer: &str) -> Result<(), String> {
+        let settings = crate::facts::jwks::JwksSettings {
+            discovery_url: format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')),
+            refresh: Duration::from_secs(300),
+            refetch_interval: Duration::from_secs(1),
+        };
+        let client = crate::facts::http::HttpClient::new().map_err(|e| e.to_string())?;
+        let metrics = Arc::new(crate::observe::metrics::Metrics::new().map_err(|e| e.to_string())?);
+        let jwks = crate::facts::jwks::Jwks::new(settings, client, metrics);
+        self.assertion_issuers.write().unwrap_or_else(PoisonError::into_inner).push(jwks);
+        Ok(())
+    }
+
+    /// The key ID of each client assertion accepted so far, in order.
+    pub fn accepted_assertion_kids(&self) -> Vec<String> {
+        self.accepted_kids.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Sets what Graph says of a service principal's risk (`None` = 404).
@@ -372,7 +405,7 @@ impl DevIdp {
                 .map(|(_, v)| decode(v))
                 .unwrap_or_default();
             self.wait_unless_held(&scope).await;
-            return self.token_endpoint(&tenant, &body);
+            return self.token_endpoint(&tenant, &body).await;
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let down = self.jwks_down.load(Ordering::SeqCst);
@@ -431,7 +464,7 @@ impl DevIdp {
 impl DevIdp {
     /// Client credentials with a federated assertion: the assertion must be
     /// an RS256 JWT from a trusted key for `api://AzureADTokenExchange`.
-    fn token_endpoint(&self, tenant: &str, body: &[u8]) -> Response<Body> {
+    async fn token_endpoint(&self, tenant: &str, body: &[u8]) -> Response<Body> {
         let form: std::collections::HashMap<String, String> = String::from_utf8_lossy(body)
             .split('&')
             .filter_map(|pair| pair.split_once('='))
@@ -447,7 +480,7 @@ impl DevIdp {
         if form.contains_key("client_secret") {
             return error("invalid_client");
         }
-        if !self.assertion_valid(field("client_assertion")) {
+        if !self.assertion_valid(field("client_assertion")).await {
             return json_response(StatusCode::UNAUTHORIZED, &json!({ "error": "invalid_client" }));
         }
         let Some(app) = self.apps.read().unwrap_or_else(PoisonError::into_inner).get(field("client_id")).cloned()
@@ -522,18 +555,48 @@ impl DevIdp {
                 Ok(()) => ok(),
                 Err(e) => bad(&e),
             },
+            (&Method::POST, ["admin", "trust-issuer"]) => {
+                match std::str::from_utf8(body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|i| self.trust_assertion_issuer(i.trim()))
+                {
+                    Ok(()) => ok(),
+                    Err(e) => bad(&e),
+                }
+            }
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
         }
     }
 
-    fn assertion_valid(&self, assertion: &str) -> bool {
+    /// Signed by a trusted key (pushed, or an issuer's), for Entra's
+    /// token-exchange audience, not expired, with a subject.
+    async fn assertion_valid(&self, assertion: &str) -> bool {
         let Ok(header) = jsonwebtoken::decode_header(assertion) else { return false };
-        let keys = self.assertion_keys.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(key) = header.kid.as_deref().and_then(|kid| keys.get(kid)) else { return false };
+        let Some(kid) = header.kid else { return false };
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_audience(&["api://AzureADTokenExchange"]);
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-        jsonwebtoken::decode::<Value>(assertion, key, &validation).is_ok()
+        let verifies = |key: &jsonwebtoken::DecodingKey| {
+            let valid = jsonwebtoken::decode::<Value>(assertion, key, &validation).is_ok();
+            if valid {
+                self.accepted_kids.write().unwrap_or_else(PoisonError::into_inner).push(kid.clone());
+            }
+            valid
+        };
+        if let Some(key) = self.assertion_keys.read().unwrap_or_else(PoisonError::into_inner).get(&kid) {
+            return verifies(key);
+        }
+        let issuers = self.assertion_issuers.read().unwrap_or_else(PoisonError::into_inner).clone();
+        for issuer in issuers {
+            let keys = match issuer.keys().filter(|k| k.contains(&kid)) {
+                Some(keys) => Some(keys),
+                None => issuer.refetch_for(&kid).await,
+            };
+            if let Some(key) = keys.as_ref().and_then(|k| k.get(&kid)) {
+                return verifies(key);
+            }
+        }
+        false
     }
 
     /// The Graph emulator: needs a token this IdP issued for Graph.

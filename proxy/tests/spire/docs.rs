@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::harness::{
-    agent_conf, backend_yaml, bundle_args, caller_yaml, entry_args, open_policy, run_args, server_conf, token_args,
+    agent_conf, backend_yaml, bundle_args, caller_yaml, entry_args, oidc_conf, open_policy, run_args, server_conf,
+    token_args,
 };
 
 /// Every snippet the doc must contain verbatim: (what, text).
@@ -21,7 +22,7 @@ fn snippets() -> Vec<(&'static str, String)> {
     let app: SocketAddr = "127.0.0.1:8000".parse().unwrap();
     let inbound: SocketAddr = "127.0.0.1:8443".parse().unwrap();
     vec![
-        ("server.conf", server_conf(8081, &server_socket, "td1.test", &dir.join("server/data"), "1h")),
+        ("server.conf", server_conf(8081, &server_socket, "td1.test", &dir.join("server/data"), ("1h", "5m"))),
         (
             "agent.conf",
             agent_conf(&dir.join("agent/data"), 8081, &agent_socket, &dir.join("agent/bootstrap.pem"), "td1.test"),
@@ -41,6 +42,7 @@ fn snippets() -> Vec<(&'static str, String)> {
             "the caller's entry",
             server_cmd(entry_args("spiffe://td1.test/agent/node1", "spiffe://td1.test/caller", &caller)),
         ),
+        ("the OIDC discovery provider", oidc_conf(8082, &server_socket)),
         ("the backend's policy", open_policy("td1.test", "spiffe://td1.test/caller")),
         (
             "the backend sidecar",

@@ -110,7 +110,7 @@ impl Drop for Process {
 
 /// `server.conf`: loopback, a sqlite datastore and keys in memory, join-token
 /// node attestation, X509-SVIDs of `svid_ttl`.
-pub fn server_conf(port: u16, socket: &Path, trust_domain: &str, data: &Path, svid_ttl: &str) -> String {
+pub fn server_conf(port: u16, socket: &Path, trust_domain: &str, data: &Path, (x509, jwt): (&str, &str)) -> String {
     format!(
         r#"server {{
     bind_address = "127.0.0.1"
@@ -119,8 +119,9 @@ pub fn server_conf(port: u16, socket: &Path, trust_domain: &str, data: &Path, sv
     trust_domain = "{trust_domain}"
     data_dir = "{data}"
     log_level = "WARN"
-    default_x509_svid_ttl = "{svid_ttl}"
-    default_jwt_svid_ttl = "5m"
+    default_x509_svid_ttl = "{x509}"
+    default_jwt_svid_ttl = "{jwt}"
+    jwt_key_type = "rsa-2048"
 }}
 
 plugins {{
@@ -216,11 +217,16 @@ pub struct Server {
 impl Server {
     /// `spire-server run` with a sqlite datastore in `dir` and X509-SVIDs of `svid_ttl`.
     pub fn start(dir: &Path, trust_domain: &str, svid_ttl: &str) -> Self {
+        Self::start_with(dir, trust_domain, (svid_ttl, "5m"))
+    }
+
+    /// As [`Self::start`], with the (X509-SVID, JWT-SVID) lifetimes.
+    pub fn start_with(dir: &Path, trust_domain: &str, ttls: (&str, &str)) -> Self {
         let dir = dir.join(format!("server-{trust_domain}"));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("api.sock");
         let port = free_port();
-        let config = server_conf(port, &socket, trust_domain, &dir.join("data"), svid_ttl);
+        let config = server_conf(port, &socket, trust_domain, &dir.join("data"), ttls);
         let path = dir.join("server.conf");
         std::fs::write(&path, config).unwrap();
         let process = Process::spawn(Command::new(spire_bin("spire-server")).args(run_args(&path, None)));
@@ -267,6 +273,47 @@ impl Server {
     pub fn bundle(&self, format: &str) -> String {
         let args = bundle_args(format);
         self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+}
+
+/// SPIRE's OIDC discovery provider in front of `server` (its Server API
+/// socket): `/.well-known/openid-configuration` and the JWKS of the trust
+/// domain's JWT keys, over plain HTTP on loopback, following key rotations.
+pub struct OidcProvider {
+    pub issuer: String,
+    _process: Process,
+}
+
+/// `oidc-provider.conf`.
+pub fn oidc_conf(port: u16, server_socket: &Path) -> String {
+    format!(
+        r#"log_level = "WARN"
+domains = ["127.0.0.1"]
+insecure_addr = "127.0.0.1:{port}"
+allow_insecure_scheme = true
+
+server_api {{
+    address = "unix://{socket}"
+    poll_interval = "1s"
+}}
+"#,
+        socket = server_socket.display()
+    )
+}
+
+impl OidcProvider {
+    pub fn start(dir: &Path, server: &Server) -> Self {
+        let port = free_port();
+        let config = dir.join(format!("oidc-{}.conf", server.trust_domain));
+        std::fs::write(&config, oidc_conf(port, &server.socket)).unwrap();
+        let process = Process::spawn(Command::new(spire_bin("oidc-discovery-provider")).arg("-config").arg(&config));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        poll(Duration::from_secs(30), "the OIDC discovery provider serves keys", || {
+            http_get(addr, "127.0.0.1", "/keys")
+                .filter(|(status, body)| *status == 200 && body.contains("\"kid\""))
+                .map(|_| ())
+        });
+        Self { issuer: format!("http://127.0.0.1:{port}"), _process: process }
     }
 }
 
