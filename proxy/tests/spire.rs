@@ -16,4 +16,5 @@ mod spire {
     pub mod federation;
     pub mod harness;
     pub mod identity;
+    pub mod jwt_svid;
 }

@@ -34,6 +34,11 @@ fn bad_configs_exit_2_naming_file_and_field() {
             "identity: {socket: unix:///x}\nentra: {client_id: c, tenant_id: t, graph_endpoint: 'http://graph.example', federated_token_file: f}\n",
             "`entra.graph_endpoint`: `http://graph.example` must be https://",
         ),
+        // A Workload API socket given as a bare path.
+        (
+            "identity: {socket: /run/spire/agent.sock}\n",
+            "`identity.socket`: `/run/spire/agent.sock` must start with `unix://`",
+        ),
         // The admin listener refuses to start without keys (even on loopback) or a state file.
         ("identity: {socket: unix:///x}\nmgmt: {state_file: s.json}\n", "mgmt.keys"),
         (
