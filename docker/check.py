@@ -239,8 +239,25 @@ def check_spire():
 def check_dockerfile():
     text = (DOCKER / "Dockerfile").read_text()
     final = text[text.rindex("\nFROM "):]
+    user = re.findall(r"^USER\s+(\S+)", final, re.M)
+    if not user or not re.fullmatch(r"[1-9][0-9]*:[0-9]+", user[-1]):
+        fail("Dockerfile (last stage)", f"USER must be a numeric non-root uid:gid (Kubernetes' runAsNonRoot refuses names): {user}")
+    else:
+        uid, gid = (int(x) for x in user[-1].split(":"))
+        for path in sorted((DOCKER / "k8s").glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                spec = ((doc or {}).get("spec") or {}).get("template", {}).get("spec")
+                if not spec:
+                    continue
+                context = spec.get("securityContext") or {}
+                got = (context.get("runAsUser"), context.get("runAsGroup"))
+                if got != (uid, gid):
+                    fail(path.name, f"pod runAsUser/runAsGroup {got} differ from the image's USER {uid}:{gid}")
+                else:
+                    print(f"ok   {path.name}: runs as {uid}:{gid}, the image's numeric USER")
+    if re.search(r"type=cache,target=/src/target", text):
+        fail("Dockerfile", "each build stage needs its own target cache (`id=`)")
     for needle, why in [
-        ("USER nonroot", "the production stage must run as non-root"),
         ('HEALTHCHECK', "no HEALTHCHECK"),
         ('"probe"', "the HEALTHCHECK must use `a2a-sidecar probe`"),
     ]:
@@ -248,7 +265,7 @@ def check_dockerfile():
             fail("Dockerfile (last stage)", why)
     if "--no-default-features" not in text:
         fail("Dockerfile", "the production binary must be built without the `dev` feature")
-    print("ok   Dockerfile: non-root, HEALTHCHECK probe, no dev feature")
+    print("ok   Dockerfile: numeric non-root USER, HEALTHCHECK probe, no dev feature, one target cache per stage")
 
 
 def main():

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "a2a-sidecar", version, about = "SPIFFE mTLS sidecar with layered identity policy")]
+#[command(name = "a2a-sidecar", version = crate::VERSION, about = "SPIFFE mTLS sidecar with layered identity policy")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -15,6 +15,11 @@
 //! - [`config`] the configuration, [`changes`] the "a decision input
 //!   changed" signal, [`app`] the wiring.
 
+/// `<crate version> (<commit>)`: what `--version` prints.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("A2A_GIT_COMMIT"), ")");
+/// The commit the binary was built from (`unknown` without git or `A2A_GIT_COMMIT`).
+pub const COMMIT: &str = env!("A2A_GIT_COMMIT");
+
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod changes;

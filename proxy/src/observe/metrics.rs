@@ -100,8 +100,10 @@ impl Metrics {
         registry.register(Box::new(upstream_errors_total.clone()))?;
         let request_duration_seconds = prometheus::HistogramVec::new(
             prometheus::HistogramOpts::new("request_duration_seconds", "Time from request head to response head")
+                // Up to the longest default timeout (30 s upstream) and beyond, so slow answers are not all "+Inf".
                 .buckets(vec![
                     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0, 30.0, 60.0, 120.0,
                 ]),
             &["direction"],
         )?;
@@ -119,6 +121,12 @@ impl Metrics {
             &["mode"],
         )?;
         registry.register(Box::new(policy_mode.clone()))?;
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new("build_info", "1, labelled with the version and the commit this binary was built from"),
+            &["version", "commit"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::COMMIT]).set(1);
+        registry.register(Box::new(build_info))?;
         registry.register(Box::new(policy_eval_duration_seconds.clone()))?;
         registry.register(Box::new(svid_expiry_timestamp_seconds.clone()))?;
         registry.register(Box::new(svid_rotations_total.clone()))?;

@@ -495,3 +495,17 @@ fn sighup_names_the_fields_a_reload_cannot_change() {
     let refusal = running.wait_for("reload refused");
     assert!(refusal.contains("runtime.worker_threads") && refusal.contains("telemetry.log_format"), "{refusal}");
 }
+
+/// `--version` and `a2a_build_info` name the release and the commit built.
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let git = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output();
+    let commit = git.ok().filter(|o| o.status.success()).map(|o| text(&o.stdout).trim().to_owned());
+    let commit = std::env::var("A2A_GIT_COMMIT").ok().filter(|c| !c.is_empty()).or(commit).unwrap_or("unknown".into());
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).trim(), format!("a2a-sidecar {} ({commit})", env!("CARGO_PKG_VERSION")));
+    let metrics = proxy::observe::metrics::Metrics::new().unwrap().encode();
+    let line = format!("a2a_build_info{{commit=\"{commit}\",version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+}
