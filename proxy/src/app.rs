@@ -53,6 +53,7 @@ pub struct App {
     pub audit: Arc<AuditHub>,
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
+    terminating: Arc<std::sync::atomic::AtomicBool>,
     /// Listeners, which drain on shutdown.
     servers: Vec<JoinHandle<()>>,
     /// Followers, aborted on shutdown.
@@ -75,6 +76,7 @@ impl App {
             shutdown: watch::channel(false).0,
             drain: config.runtime.drain_timeout,
             policy_loaded: Arc::new(std::sync::atomic::AtomicBool::new(config.inbound.is_none())),
+            terminating: Arc::default(),
             servers: Vec::new(),
             followers: Vec::new(),
         };
@@ -99,7 +101,7 @@ impl App {
             config = %config.summary(),
             "a2a-sidecar started"
         );
-        let Running { identity, metrics, audit, shutdown, servers, followers, .. } = run;
+        let Running { identity, metrics, audit, shutdown, terminating, servers, followers, .. } = run;
         let Decisions { allowlist, policy, oauth, governor, .. } = decisions;
         Ok(Self {
             telemetry_addr,
@@ -116,6 +118,7 @@ impl App {
             governor,
             audit,
             shutdown,
+            terminating,
             servers,
             followers,
             _source: source_task,
@@ -131,6 +134,13 @@ impl App {
     /// Every change goes through this (see [`Reloader`]).
     pub fn reloader(&self) -> &Arc<Reloader> {
         &self.reloader
+    }
+
+    /// The first step of a shutdown: `/readyz` (and `/mgmt/health`) fail from
+    /// now on, while every listener keeps serving, so load balancers and
+    /// Kubernetes endpoints stop sending here before [`Self::shutdown`].
+    pub fn begin_shutdown(&self) {
+        self.terminating.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain
@@ -153,6 +163,8 @@ struct Running {
     drain: Duration,
     /// For `/readyz`: set once the inbound side has its policy and listener.
     policy_loaded: Arc<std::sync::atomic::AtomicBool>,
+    /// For `/readyz`: set at SIGTERM.
+    terminating: Arc<std::sync::atomic::AtomicBool>,
     /// Listeners, which drain on shutdown.
     servers: Vec<JoinHandle<()>>,
     /// Followers, aborted on shutdown.
@@ -189,6 +201,7 @@ impl Running {
             identity: self.identity.clone(),
             metrics: self.metrics.clone(),
             policy_loaded: self.policy_loaded.clone(),
+            terminating: self.terminating.clone(),
         });
         let handler = move |req, _| telemetry.clone().handle(req);
         let serve = server::serve_http1(listener, LOCAL_LIMITS, self.shutdown.subscribe(), self.drain, handler);
@@ -344,6 +357,7 @@ impl Running {
             reloader: reloader.clone(),
             started: std::time::Instant::now(),
             shutdown: self.shutdown.subscribe(),
+            terminating: self.terminating.clone(),
         };
         let serve = Mgmt::new(section, ctx)?.serve(listener, self.shutdown.subscribe(), self.drain);
         self.servers.push(tokio::spawn(serve));
@@ -419,6 +433,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let delay = config.runtime.shutdown_delay;
         let app = App::start(config).await?;
         loop {
             tokio::select! {
@@ -429,6 +444,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                         tracing::error!(error = %e, "reload refused; nothing changed");
                     }
                 }
+            }
+        }
+        app.begin_shutdown();
+        if !delay.is_zero() {
+            tracing::info!(delay = ?delay, "shutting down: /readyz fails; still serving for runtime.shutdown_delay");
+            // A second signal cuts the delay short.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
         }
         tracing::info!("shutting down: draining in-flight requests");

@@ -255,6 +255,9 @@ pub struct RuntimeConfig {
     pub worker_threads: Option<usize>,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long to keep serving (new connections too) with
+    /// `/readyz` failing, before the drain: endpoints stop routing here first.
+    pub shutdown_delay: Duration,
 }
 
 /// Process-wide limits.
@@ -705,7 +708,8 @@ impl Ctx<'_> {
         }
         let drain_timeout =
             self.duration("runtime.drain_timeout", raw.drain_timeout.as_deref(), Duration::from_secs(10))?;
-        Ok(RuntimeConfig { worker_threads: raw.worker_threads, drain_timeout })
+        let shutdown_delay = self.duration("runtime.shutdown_delay", raw.shutdown_delay.as_deref(), Duration::ZERO)?;
+        Ok(RuntimeConfig { worker_threads: raw.worker_threads, drain_timeout, shutdown_delay })
     }
 
     fn telemetry(&self, raw: raw::RawTelemetry) -> Result<TelemetryConfig, Error> {

@@ -50,6 +50,8 @@ pub struct Context {
     /// Turns true at shutdown: audit streams end then (a stream never
     /// ends by itself, and would hold the drain to its timeout).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Set at SIGTERM (`runtime.shutdown_delay`): unhealthy from then on.
+    pub terminating: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -157,6 +157,7 @@ pub struct RawDevIdentity {
 pub struct RawRuntime {
     pub worker_threads: Option<usize>,
     pub drain_timeout: Option<String>,
+    pub shutdown_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -92,9 +92,10 @@ impl Config {
 }
 
 fn runtime_fields(c: &mut Changes, old: &RuntimeConfig, new: &RuntimeConfig) {
-    let RuntimeConfig { worker_threads, drain_timeout } = old;
+    let RuntimeConfig { worker_threads, drain_timeout, shutdown_delay } = old;
     c.check("runtime.worker_threads", worker_threads, &new.worker_threads);
     c.check("runtime.drain_timeout", drain_timeout, &new.drain_timeout);
+    c.check("runtime.shutdown_delay", shutdown_delay, &new.shutdown_delay);
 }
 
 fn telemetry_fields(c: &mut Changes, old: &TelemetryConfig, new: &TelemetryConfig) {

@@ -21,6 +21,8 @@ pub struct Telemetry {
     /// `/healthz` answers while a large policy compiles); true from the start
     /// for a sidecar without inbound, which needs none.
     pub policy_loaded: Arc<std::sync::atomic::AtomicBool>,
+    /// Set at SIGTERM: not ready from then on, while still serving.
+    pub terminating: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the sidecar is not ready, or `None` when it is: local state only
@@ -37,6 +39,9 @@ pub fn not_ready_reason(identity: &IdentityWatch) -> Option<&'static str> {
 impl Telemetry {
     /// Why `/readyz` is 503, or `None`.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.terminating.load(std::sync::atomic::Ordering::Acquire) {
+            return Some("shutting down");
+        }
         if !self.policy_loaded.load(std::sync::atomic::Ordering::Acquire) {
             return Some("no policy loaded yet");
         }
@@ -50,7 +55,7 @@ impl Telemetry {
                 None => text(StatusCode::OK, "ready\n".into()),
                 Some(why) => {
                     // What the identity source last failed with says why there is no SVID.
-                    let cause = self.identity.status().last_error.filter(|_| why != "no policy loaded yet");
+                    let cause = self.identity.status().last_error.filter(|_| why.contains("svid"));
                     let cause = cause.map(|e| format!(" ({e})")).unwrap_or_default();
                     text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}{cause}\n"))
                 }
@@ -101,10 +106,14 @@ mod tests {
             identity: IdentityWatch::fixed(identity),
             metrics: Arc::new(Metrics::new().unwrap()),
             policy_loaded: Arc::new(AtomicBool::new(false)),
+            terminating: Arc::new(AtomicBool::new(false)),
         };
         assert_eq!(telemetry.not_ready_reason(), Some("no policy loaded yet"), "an SVID alone is not enough");
         telemetry.policy_loaded.store(true, Ordering::Release);
         assert_eq!(telemetry.not_ready_reason(), None);
+        telemetry.terminating.store(true, Ordering::Release);
+        assert_eq!(telemetry.not_ready_reason(), Some("shutting down"));
+        telemetry.terminating.store(false, Ordering::Release);
         let (_publisher, initializing) = certs::rotation::channel();
         let waiting = Telemetry { identity: initializing, ..telemetry };
         assert_eq!(waiting.not_ready_reason(), Some("no svid yet"));

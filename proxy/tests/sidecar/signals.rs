@@ -16,12 +16,17 @@ use super::mesh::{BACKEND, MENUS, REPORT};
 use super::support::{bin, eventually, read_reply, tls_connect};
 
 fn config(dir: &std::path::Path, app: std::net::SocketAddr, caller: &str) -> String {
+    config_with(dir, app, caller, "")
+}
+
+/// As [`config`], with `runtime_extra` added to the `runtime` section (`key: value, `).
+fn config_with(dir: &std::path::Path, app: std::net::SocketAddr, caller: &str, runtime_extra: &str) -> String {
     format!(
         "identity:
   source: files
   files: {{cert: svid/svid.pem, key: svid/svid_key.pem, bundle: svid/svid_bundle.pem, poll_interval: 100ms}}
 telemetry: {{listen: '127.0.0.1:0', log_format: json}}
-runtime: {{drain_timeout: 10s, worker_threads: 1}}
+runtime: {{{runtime_extra}drain_timeout: 10s, worker_threads: 1}}
 inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{caller}']}}
 policy: {{file: policy.yaml}}
 audit: {{file: audit.jsonl, stdout: true}}
@@ -67,10 +72,15 @@ struct Running {
     stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
     _stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
     inbound: std::net::SocketAddr,
+    telemetry: std::net::SocketAddr,
 }
 
 impl Running {
     async fn start(caller: &str) -> Self {
+        Self::start_with(caller, "").await
+    }
+
+    async fn start_with(caller: &str, runtime_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = DevCa::generate(&TrustDomain::new(super::mesh::TRUST_DOMAIN).unwrap()).unwrap();
         std::fs::write(dir.path().join("policy.yaml"), super::mesh::OPEN_POLICY).unwrap();
@@ -82,7 +92,7 @@ impl Running {
         .unwrap();
         let app = TestApp::start().await;
         let config = dir.path().join("sidecar.yaml");
-        std::fs::write(&config, self::config(dir.path(), app.addr, caller)).unwrap();
+        std::fs::write(&config, config_with(dir.path(), app.addr, caller, runtime_extra)).unwrap();
         let mut child = bin()
             .args(["run", "--config", config.to_str().unwrap()])
             .stderr(Stdio::piped())
@@ -91,15 +101,16 @@ impl Running {
             .unwrap();
         let mut stderr = read_lines(child.stderr.take().unwrap());
         let stdout = read_lines(child.stdout.take().unwrap());
-        let inbound: std::net::SocketAddr = loop {
+        let (inbound, telemetry): (std::net::SocketAddr, std::net::SocketAddr) = loop {
             let line =
                 tokio::time::timeout(Duration::from_secs(30), stderr.recv()).await.unwrap().expect("exited early");
             if line.contains("a2a-sidecar started") {
                 let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-                break json["inbound"].as_str().unwrap().parse().unwrap();
+                let addr = |key: &str| json[key].as_str().unwrap().parse().unwrap();
+                break (addr("inbound"), addr("telemetry"));
             }
         };
-        let running = Self { dir, ca, app, config, child, stdout, _stderr: stderr, inbound };
+        let running = Self { dir, ca, app, config, child, stdout, _stderr: stderr, inbound, telemetry };
         let report = running.client(caller);
         eventually(Duration::from_secs(20), "the caller served", || {
             let report = report.clone();
@@ -194,4 +205,54 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     };
     let status = eventually(Duration::from_secs(20), "exited after the drain", exited).await;
     assert_eq!(status.code(), Some(0));
+}
+
+/// With `runtime.shutdown_delay`, SIGTERM first fails `/readyz` while every
+/// request, on new connections too, is still served; only after the delay
+/// does the listener close (refused from then on, never a failed request in
+/// between), and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_shutdown_delay_keeps_serving_while_readyz_fails() {
+    let mut sidecar = Running::start_with(REPORT, "shutdown_delay: 2s, ").await;
+    let (inbound, telemetry, report) = (sidecar.inbound, sidecar.telemetry, sidecar.client(REPORT));
+    let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let traffic = {
+        let (signalled, results) = (signalled.clone(), results.clone());
+        tokio::spawn(async move {
+            for i in 0.. {
+                let status = get(inbound, report.clone(), &format!("/steady-{i}")).await;
+                let after = signalled.load(std::sync::atomic::Ordering::SeqCst);
+                results.lock().unwrap().push((after, status));
+                if status.is_none() && after {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let flowing = || async { (results.lock().unwrap().len() >= 5).then_some(()) };
+    eventually(Duration::from_secs(10), "traffic before the signal", flowing).await;
+    signalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    sidecar.signal("-TERM");
+    let failing = || async {
+        let (status, body) = super::support::get(telemetry, "/readyz").await;
+        (status == 503).then_some(body)
+    };
+    let body = eventually(Duration::from_secs(10), "readyz fails at once", failing).await;
+    assert_eq!(body, "not ready: shutting down\n");
+    tokio::time::timeout(Duration::from_secs(30), traffic).await.expect("the listener closed after the delay").unwrap();
+    let results = results.lock().unwrap().clone();
+    let first_refused = results.iter().position(|(_, s)| s.is_none()).unwrap();
+    assert!(
+        results[..first_refused].iter().all(|(_, s)| *s == Some(200)),
+        "a request failed before the close: {results:?}"
+    );
+    let served_after = results[..first_refused].iter().filter(|(after, _)| *after).count();
+    assert!(served_after >= 1, "requests after SIGTERM were served during the delay: {results:?}");
+    let exited = || {
+        let status = sidecar.child.try_wait().unwrap();
+        async move { status }
+    };
+    assert_eq!(eventually(Duration::from_secs(20), "exit after the drain", exited).await.code(), Some(0));
 }

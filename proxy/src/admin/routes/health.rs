@@ -18,7 +18,11 @@ pub(super) fn health(ctx: &Context) -> Response<Body> {
     let ttl = expiry.and_then(|e| e.duration_since(SystemTime::now()).ok()).map(|d| d.as_secs());
     let status = ctx.identity.status();
     // The same truth as `/readyz` (a configured policy is always loaded: a bad one refuses to start).
-    let not_ready = crate::observe::telemetry::not_ready_reason(&ctx.identity);
+    let not_ready = if ctx.terminating.load(std::sync::atomic::Ordering::Acquire) {
+        Some("shutting down")
+    } else {
+        crate::observe::telemetry::not_ready_reason(&ctx.identity)
+    };
     let loaded = ctx.policy.as_ref().map(|p| p.current());
     let graph = ctx.governor.graph_freshness();
     let governance = ctx.governor.settings();
