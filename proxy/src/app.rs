@@ -279,6 +279,7 @@ impl Running {
             keys,
             state: state.clone(),
             changes: self.changes.clone(),
+            metrics: self.metrics.clone(),
         };
         let reloader = Arc::new(Reloader::new(config, handles));
         if let Some(state) = &state {
@@ -287,9 +288,7 @@ impl Running {
             let Decisions { allowlist, policy, governor, .. } = decisions;
             restore::apply(&in_force, config, allowlist, policy.as_ref(), governor).await?;
         }
-        if decisions.policy.is_some() {
-            self.followers.push(tokio::spawn(reloader.clone().watch_policy_files(Duration::from_secs(1))));
-        }
+        self.followers.push(tokio::spawn(reloader.clone().watch_files(Duration::from_secs(1))));
         Ok(reloader)
     }
 

@@ -61,6 +61,10 @@ pub struct Reloader {
     pub keys: Arc<ArcSwap<Vec<AdminKey>>>,
     pub state: Option<Arc<StateFile>>,
     changes: Changes,
+    metrics: Arc<crate::observe::metrics::Metrics>,
+    /// The config file's contents (fingerprint) last applied or refused: the
+    /// watcher acts once per new content, so a bad edit is reported once.
+    config_seen: std::sync::Mutex<Option<String>>,
 }
 
 /// The handles a [`Reloader`] changes.
@@ -73,12 +77,15 @@ pub struct Handles {
     pub state: Option<Arc<StateFile>>,
     /// Signalled after a reload: open streams are judged again.
     pub changes: Changes,
+    /// `a2a_config_reloads_total`.
+    pub metrics: Arc<crate::observe::metrics::Metrics>,
 }
 
 impl Reloader {
     /// `config` is what is running now.
     pub fn new(config: &Config, handles: Handles) -> Self {
-        let Handles { allowlist, policy, oauth, governor, keys, state, changes } = handles;
+        let Handles { allowlist, policy, oauth, governor, keys, state, changes, metrics } = handles;
+        let config_seen = std::sync::Mutex::new(config_fingerprint(&config.path));
         Self {
             config_path: config.path.clone(),
             env: config.env.clone(),
@@ -91,6 +98,8 @@ impl Reloader {
             keys,
             state,
             changes,
+            metrics,
+            config_seen,
         }
     }
 
@@ -108,9 +117,20 @@ impl Reloader {
         self.lock.lock().await
     }
 
-    /// Re-reads the config file and applies all of it, or nothing.
+    /// Re-reads the config file and applies all of it, or nothing (SIGHUP,
+    /// `POST /mgmt/reload`, the watcher); counted in `a2a_config_reloads_total`.
     pub async fn reload(&self) -> Result<(), ReloadError> {
         let _changing = self.lock().await;
+        let seen = config_fingerprint(&self.config_path);
+        let result = self.reload_locked().await;
+        self.metrics.config_reload(if result.is_ok() { "ok" } else { "error" });
+        if result.is_ok() {
+            *self.config_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = seen;
+        }
+        result
+    }
+
+    async fn reload_locked(&self) -> Result<(), ReloadError> {
         let config = Config::load_with_env(&self.config_path, self.env.as_ref())
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let fields = self.applied().restart_required(&config);
@@ -245,16 +265,58 @@ impl Reloader {
         Some(store.install(engine, store.current().mode, Origin::Admin { actor }))
     }
 
-    /// Polls the policy files every `every`, for as long as the task runs.
-    pub async fn watch_policy_files(self: Arc<Self>, every: std::time::Duration) {
+    /// An admin change was applied (under the lock): the config file as it is
+    /// now counts as seen, so an edit not yet polled never overrides the
+    /// change (as for the policy files).
+    pub fn supersede_config_file(&self) {
+        *self.config_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            config_fingerprint(&self.config_path);
+    }
+
+    /// One look at the config file: when its contents differ from what was
+    /// last applied or refused, a reload (all or nothing, as SIGHUP does). A
+    /// ConfigMap's symlink swap is a change of contents like any other.
+    pub async fn poll_config_file(&self) -> FilePoll {
+        let Some(now) = config_fingerprint(&self.config_path) else { return FilePoll::Unreadable };
+        {
+            let mut seen = self.config_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.as_deref() == Some(now.as_str()) {
+                return FilePoll::Unchanged;
+            }
+            *seen = Some(now);
+        }
+        let path = self.config_path.display().to_string();
+        match self.reload().await {
+            Ok(()) => {
+                tracing::info!(%path, "config file changed: applied");
+                FilePoll::Applied
+            }
+            Err(e) => {
+                tracing::error!(%path, error = %e, "config file changed but not applied; the running configuration stays");
+                FilePoll::Rejected
+            }
+        }
+    }
+
+    /// Polls the config file and the policy files every `every`, for as
+    /// long as the task runs.
+    pub async fn watch_files(self: Arc<Self>, every: std::time::Duration) {
         let mut last_rejected = None;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if self.poll_config_file().await == FilePoll::Applied {
+                continue;
+            }
             self.poll_policy_files(&mut last_rejected).await;
         }
     }
+}
+
+/// The config file's contents as a fingerprint (`None` while unreadable).
+fn config_fingerprint(path: &std::path::Path) -> Option<String> {
+    std::fs::read(path).ok().map(|bytes| crate::config::fingerprint_bytes([bytes.as_slice()]))
 }
 
 #[cfg(test)]

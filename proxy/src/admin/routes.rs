@@ -165,7 +165,10 @@ async fn reload(ctx: &Context, actor: &str) -> Response<Body> {
 }
 
 /// Every mutation is itself an audit event, naming the key (never the key).
+/// An applied admin change: audited, and the most recent change from now on
+/// (a config-file edit the watcher has not applied yet no longer overrides it).
 fn record(ctx: &Context, actor: &str, method: &str, path: &str, status: u16) {
+    ctx.reloader.supersede_config_file();
     ctx.audit.record(Event {
         direction: Direction::Mgmt,
         method: method.parse().ok(),

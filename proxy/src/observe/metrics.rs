@@ -19,6 +19,7 @@ pub struct Metrics {
     requests_total: IntCounterVec,
     tls_handshakes_total: IntCounterVec,
     policy_reloads_total: IntCounterVec,
+    config_reloads_total: IntCounterVec,
     jwks_refresh_total: IntCounterVec,
     graph_requests_total: IntCounterVec,
     pub policy_eval_duration_seconds: prometheus::Histogram,
@@ -86,6 +87,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(graph_requests_total.clone()))?;
         registry.register(Box::new(policy_reloads_total.clone()))?;
+        let config_reloads_total = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Config file reloads (SIGHUP, POST /mgmt/reload, the file watcher) by result",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(config_reloads_total.clone()))?;
         let audit_dropped = IntCounter::new("audit_dropped_total", "Audit events a slow sink or subscriber lost")?;
         registry.register(Box::new(audit_dropped.clone()))?;
         let audit_subscribers = prometheus::IntGauge::new("audit_subscribers", "Live audit stream subscribers")?;
@@ -152,6 +161,7 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             policy_reloads_total.with_label_values(&[result]);
+            config_reloads_total.with_label_values(&[result]);
             jwks_refresh_total.with_label_values(&[result]);
             for api in ["risk", "tags"] {
                 graph_requests_total.with_label_values(&[api, result]);
@@ -170,6 +180,7 @@ impl Metrics {
             requests_total,
             tls_handshakes_total,
             policy_reloads_total,
+            config_reloads_total,
             jwks_refresh_total,
             graph_requests_total,
             policy_eval_duration_seconds,
@@ -213,6 +224,10 @@ impl Metrics {
 
     pub fn jwks_refresh(&self, result: &'static str) {
         self.jwks_refresh_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads_total.with_label_values(&[result]).inc();
     }
 
     pub fn policy_reload(&self, result: &'static str) {

@@ -90,3 +90,78 @@ async fn a_reload_applies_every_hot_field_or_refuses_naming_what_needs_a_restart
     assert_eq!((status, body["error"].as_str()), (400, Some("reload_failed")), "{body}");
     assert_eq!(health(&sidecar).await["enforcement_mode"], "enforce");
 }
+
+/// The config file is watched like the policy files, through a ConfigMap
+/// volume's symlinks (`config.yaml -> ..data/config.yaml`, `..data ->
+/// ..<timestamp>`), which the kubelet updates by swapping `..data`: a new
+/// allow-list applies without a signal; a bad edit and a restart-only edit
+/// are logged, counted and ignored, the running configuration kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_swap_reloads_the_config_and_a_bad_one_is_ignored() {
+    use super::mesh::APPROVAL;
+    let mesh = Mesh::start().await;
+    let dir = mesh.dir.path();
+    let volume = dir.join("configmap");
+    std::fs::create_dir_all(&volume).unwrap();
+    let yaml = |callers: &str| {
+        mesh.sidecar_yaml("watched", mesh.app.addr)
+            .replace(
+                "policy: {file: policy.yaml}",
+                &format!("policy: {{file: '{}'}}", dir.join("policy.yaml").display()),
+            )
+            .replace(
+                "state_file: watched-state.json",
+                &format!("state_file: '{}'", dir.join("watched-state.json").display()),
+            )
+            .replace(&format!("allowed_callers: ['{REPORT}', '{APPROVAL}']"), &format!("allowed_callers: [{callers}]"))
+    };
+    // What the kubelet does: a new timestamped directory, then `..data` swapped by rename.
+    let publish = |generation: u32, contents: &str| {
+        let data = volume.join(format!("..2026_12_02_00_00_0{generation}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("config.yaml"), contents).unwrap();
+        let staged = volume.join("..data_tmp");
+        let _ = std::fs::remove_file(&staged);
+        std::os::unix::fs::symlink(data.file_name().unwrap(), &staged).unwrap();
+        std::fs::rename(&staged, volume.join("..data")).unwrap();
+    };
+    let both = format!("'{REPORT}', '{APPROVAL}'");
+    assert!(yaml(&both).contains(&both), "the test edits the allow-list line");
+    publish(1, &yaml(&both));
+    std::os::unix::fs::symlink("..data/config.yaml", volume.join("config.yaml")).unwrap();
+    let path = volume.join("config.yaml");
+    let mut sidecar = proxy::app::App::start(proxy::config::Config::load(&path).unwrap()).await.unwrap();
+    sidecar.identity.wait_ready().await.unwrap();
+    let callers = |s: &proxy::app::App| {
+        let applied = s.reloader().applied();
+        applied.inbound.as_ref().unwrap().allowed_callers.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(callers(&sidecar), [REPORT, APPROVAL]);
+    assert_eq!(status_of(&mesh, &sidecar, "/x").await.0, 200);
+
+    // Swapped to an allow-list without budget-report: applied, no signal sent.
+    publish(2, &yaml(&format!("'{APPROVAL}'")));
+    let applied = || async { (callers(&sidecar) == [APPROVAL]).then_some(()) };
+    super::support::eventually(Duration::from_secs(10), "the swapped config applied", applied).await;
+    let metric = |result: &str| format!("a2a_config_reloads_total{{result=\"{result}\"}}");
+    let count = |text: &str, result: &str| {
+        text.lines().find_map(|l| l.strip_prefix(&metric(result))?.trim().parse::<f64>().ok()).unwrap_or(-1.0)
+    };
+    let metrics = get(sidecar.telemetry_addr, "/metrics").await.1;
+    assert_eq!((count(&metrics, "ok"), count(&metrics, "error")), (1.0, 0.0), "{metrics}");
+
+    // A broken edit, then one that needs a restart: each counted once, neither applied.
+    publish(3, "identity: [\n");
+    let errors = |n: f64| {
+        let telemetry = sidecar.telemetry_addr;
+        move || async move { (count(&get(telemetry, "/metrics").await.1, "error") == n).then_some(()) }
+    };
+    super::support::eventually(Duration::from_secs(10), "the broken edit counted", errors(1.0)).await;
+    publish(4, &yaml(&both).replace("header_timeout: 1s", "header_timeout: 2s"));
+    super::support::eventually(Duration::from_secs(10), "the restart-only edit counted", errors(2.0)).await;
+    assert_eq!(callers(&sidecar), [APPROVAL], "the running configuration stays");
+    // Seen once each: not retried every second.
+    let metrics = get(sidecar.telemetry_addr, "/metrics").await.1;
+    assert_eq!(count(&metrics, "error"), 2.0);
+    sidecar.shutdown().await;
+}

@@ -39,6 +39,7 @@ mgmt: {state_file: state.json, keys: [{name: ops, role: admin, sha256: '00000000
         keys: Arc::new(ArcSwap::from_pointee(vec![])),
         state: Some(Arc::new(StateFile::open(&dir.join("state.json")).unwrap())),
         changes,
+        metrics: Arc::new(Metrics::new().unwrap()),
     };
     Reloader::new(&config, handles)
 }
