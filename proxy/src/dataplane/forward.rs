@@ -116,6 +116,17 @@ pub struct Sink<'a> {
 }
 
 /// Sets `X-Request-Id` to `id` (replacing whatever the client sent).
+/// The caller's own request id, from an authenticated peer: exactly one
+/// `X-Request-Id` of 1 to 128 visible ASCII characters, else none (it goes
+/// into the audit trail, never to the app: ours replaces it there).
+pub fn peer_request_id(headers: &hyper::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    let (Some(value), None) = (values.next(), values.next()) else { return None };
+    let bytes = value.as_bytes();
+    let fits = (1..=128).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic);
+    fits.then(|| String::from_utf8_lossy(bytes).into_owned())
+}
+
 pub fn stamp_request_id(headers: &mut hyper::HeaderMap, id: &str) {
     if let Ok(value) = HeaderValue::from_str(id) {
         headers.insert(X_REQUEST_ID, value);
@@ -193,6 +204,24 @@ mod tests {
     use http_body_util::Full;
 
     use super::*;
+
+    #[test]
+    fn a_peer_request_id_is_one_short_visible_value() {
+        let with = |values: &[&[u8]]| {
+            let mut headers = hyper::HeaderMap::new();
+            for v in values {
+                headers.append(X_REQUEST_ID, hyper::header::HeaderValue::from_bytes(v).unwrap());
+            }
+            peer_request_id(&headers)
+        };
+        assert_eq!(with(&[b"2f18c97caa63043e0000000000000008"]).as_deref(), Some("2f18c97caa63043e0000000000000008"));
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&[b"a", b"b"]), None, "two values: which one would be the caller's?");
+        assert_eq!(with(&[b"has space"]), None);
+        assert_eq!(with(&[b"\xff\xfe"]), None);
+        assert_eq!(with(&[&[b'x'; 129]]), None);
+        assert_eq!(with(&[&[b'x'; 128]]).map(|v| v.len()), Some(128));
+    }
 
     fn hub() -> (Arc<Metrics>, Arc<AuditHub>) {
         let metrics = Arc::new(Metrics::new().unwrap());

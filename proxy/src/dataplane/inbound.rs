@@ -150,6 +150,7 @@ impl Inbound {
         let method = request.method().clone();
         // The audit event carries the canonical path; the raw one only if it never got that far.
         let raw_path = request.uri().path().to_owned();
+        let peer_request_id = forward::peer_request_id(request.headers());
         let mut log = RequestLog::default();
         let sent = self.forward(request, &conn, exchange.id(), &mut log).await;
         let trace = log.trace;
@@ -164,6 +165,7 @@ impl Inbound {
             caller_tag: trace.caller_tag,
             policy_version: trace.policy_version,
             caller_policy: trace.entry,
+            peer_request_id,
             ..Event::default()
         };
         let sink = Sink { metrics: &self.metrics, audit: &self.layers.audit };

@@ -96,6 +96,10 @@ pub struct Event {
     /// The caller's policy entry name (bounded; for per-caller counters).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller_policy: Option<Arc<str>>,
+    /// Inbound: the `X-Request-Id` the authenticated caller sent (its
+    /// sidecar's own id for the call), so both sides' events of one call join.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_request_id: Option<String>,
     /// Mgmt mutations: which key (by name, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,

@@ -373,3 +373,25 @@ async fn an_allow_list_put_cuts_the_removed_callers_streams() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     mesh.app.release_sse.notify_one();
 }
+
+/// The caller's and the target's audit events of one call join: the target
+/// records the caller sidecar's request id as `peer_request_id` (its own
+/// `request_id` stays its own, and the app sees only that one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_audit_events_of_one_call_join() {
+    let mesh = Mesh::start().await;
+    let reply = http(mesh.report.outbound_addr.unwrap(), "GET", "budget-backend", "/joined", &[]).await;
+    assert_eq!(reply.status, 200);
+    let find = |app: &proxy::app::App| {
+        let events = app.audit.recent(50, None, None);
+        events.into_iter().find(|e| e.path.as_deref() == Some("/joined")).unwrap()
+    };
+    let (caller, target) = (find(&mesh.report), find(&mesh.backend));
+    let caller_id = caller.request_id.clone().unwrap();
+    assert_eq!(target.peer_request_id.as_deref(), Some(caller_id.as_str()));
+    assert_ne!(target.request_id.as_deref(), Some(caller_id.as_str()));
+    let seen = mesh.app.seen().pop().unwrap();
+    assert_eq!(seen.header("x-request-id"), target.request_id.as_deref(), "the app sees the target's id");
+    let json = serde_json::to_value(target.as_ref()).unwrap();
+    assert_eq!(json["peer_request_id"], caller_id.as_str());
+}
