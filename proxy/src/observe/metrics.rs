@@ -14,6 +14,7 @@ pub struct Metrics {
     registry: Registry,
     pub svid_expiry_timestamp_seconds: Gauge,
     pub svid_rotations_total: IntCounter,
+    svid_issued_timestamp_seconds: Gauge,
     /// Federated bundles the last identity update had to leave out.
     pub federated_bundles_rejected: prometheus::IntGauge,
     requests_total: IntCounterVec,
@@ -57,6 +58,11 @@ impl Metrics {
         let svid_expiry_timestamp_seconds =
             Gauge::new("svid_expiry_timestamp_seconds", "Expiry of the current X509-SVID (unix seconds)")?;
         let svid_rotations_total = IntCounter::new("svid_rotations_total", "X509-SVIDs received after the first")?;
+        let svid_issued_timestamp_seconds = Gauge::new(
+            "svid_issued_timestamp_seconds",
+            "Start of the current X509-SVID's validity (unix seconds): with the expiry, its lifetime",
+        )?;
+        registry.register(Box::new(svid_issued_timestamp_seconds.clone()))?;
         let federated_bundles_rejected = prometheus::IntGauge::new(
             "federated_bundles_rejected",
             "Federated bundles of the last identity update that were empty or unparsable (left out)",
@@ -176,6 +182,7 @@ impl Metrics {
             registry,
             svid_expiry_timestamp_seconds,
             svid_rotations_total,
+            svid_issued_timestamp_seconds,
             federated_bundles_rejected,
             requests_total,
             tls_handshakes_total,
@@ -288,6 +295,8 @@ impl Metrics {
                 let svid = current.svid();
                 let expiry = svid.not_after().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
                 self.svid_expiry_timestamp_seconds.set(expiry);
+                let issued = svid.leaf().not_before.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                self.svid_issued_timestamp_seconds.set(issued);
                 if last_serial.as_deref().is_some_and(|s| s != svid.serial()) {
                     self.svid_rotations_total.inc();
                 }

@@ -88,6 +88,12 @@ async fn readyz_is_503_until_the_first_svid_then_200() {
         .unwrap_or_else(|| panic!("no expiry metric in:\n{metrics}"));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!(expiry > now && expiry < now + 120.0, "expiry {expiry} vs now {now}");
+    let issued = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("a2a_svid_issued_timestamp_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no issued metric in:\n{metrics}"));
+    assert!(issued <= now && expiry - issued > 0.0, "issued {issued}, expiry {expiry}, now {now}: the lifetime");
     assert!(metrics.contains("a2a_svid_rotations_total 0"), "{metrics}");
     assert_eq!(get(addr, "/nope").await.0, 404);
 
