@@ -53,9 +53,20 @@ pub struct Activity {
     idle_since_ms: AtomicU64,
 }
 
-/// Held while a request (and its response body) is in flight.
+/// Held while a request (and its response body) is in flight; also counted
+/// in a listener-wide gauge once [`InFlight::count`] gave it one.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight(Arc<Activity>, Option<prometheus::IntGauge>);
+
+impl InFlight {
+    /// Counts this request in `gauge` until it ends.
+    pub fn count(&mut self, gauge: prometheus::IntGauge) {
+        gauge.inc();
+        if let Some(previous) = self.1.replace(gauge) {
+            previous.dec();
+        }
+    }
+}
 
 impl Activity {
     pub fn new() -> Arc<Self> {
@@ -64,7 +75,7 @@ impl Activity {
 
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self.clone(), None)
     }
 
     /// When the connection became idle, or `None` while a request is in flight.
@@ -101,6 +112,9 @@ impl Drop for InFlight {
         let elapsed = u64::try_from(self.0.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.0.idle_since_ms.store(elapsed, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(gauge) = &self.1 {
+            gauge.dec();
+        }
     }
 }
 

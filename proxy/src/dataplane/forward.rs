@@ -50,6 +50,14 @@ impl Exchange {
         Self { direction, started: Instant::now(), id: ids.next(), in_flight: activity.begin() }
     }
 
+    /// Counted in `a2a_in_flight_requests{direction}` until its response ends.
+    pub fn counted(mut self, metrics: &Metrics) -> Self {
+        if let Some(gauge) = metrics.in_flight(self.direction) {
+            self.in_flight.count(gauge);
+        }
+        self
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

@@ -146,7 +146,7 @@ impl Inbound {
         request: Request<Incoming>,
         conn: Arc<Conn>,
     ) -> Result<Response<Body>, Infallible> {
-        let exchange = Exchange::begin(Direction::Inbound, &self.ids, &conn.activity);
+        let exchange = Exchange::begin(Direction::Inbound, &self.ids, &conn.activity).counted(&self.metrics);
         let method = request.method().clone();
         // The audit event carries the canonical path; the raw one only if it never got that far.
         let raw_path = request.uri().path().to_owned();

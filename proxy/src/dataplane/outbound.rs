@@ -73,7 +73,7 @@ impl Outbound {
         request: Request<Incoming>,
         activity: Arc<Activity>,
     ) -> Result<Response<Body>, Infallible> {
-        let exchange = Exchange::begin(Direction::Outbound, &self.ids, &activity);
+        let exchange = Exchange::begin(Direction::Outbound, &self.ids, &activity).counted(&self.metrics);
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(Arc::from);
         // One snapshot of our identity for the connection and the audit event (it may rotate meanwhile).

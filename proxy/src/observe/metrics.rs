@@ -41,13 +41,20 @@ pub struct Metrics {
 struct HotSeries {
     allowed: IntCounter,
     duration: prometheus::Histogram,
+    in_flight: prometheus::IntGauge,
 }
 
 impl HotSeries {
-    fn new(requests: &IntCounterVec, durations: &prometheus::HistogramVec, direction: &str) -> Self {
+    fn new(
+        requests: &IntCounterVec,
+        durations: &prometheus::HistogramVec,
+        in_flight: &prometheus::IntGaugeVec,
+        direction: &str,
+    ) -> Self {
         Self {
             allowed: requests.with_label_values(&[direction, "allow", Layer::None.as_str(), Reason::Allowed.as_str()]),
             duration: durations.with_label_values(&[direction]),
+            in_flight: in_flight.with_label_values(&[direction]),
         }
     }
 }
@@ -173,9 +180,14 @@ impl Metrics {
                 graph_requests_total.with_label_values(&[api, result]);
             }
         }
+        let in_flight_requests = prometheus::IntGaugeVec::new(
+            Opts::new("in_flight_requests", "Requests whose response has not ended yet, by direction"),
+            &["direction"],
+        )?;
+        registry.register(Box::new(in_flight_requests.clone()))?;
         let hot = [
-            HotSeries::new(&requests_total, &request_duration_seconds, "inbound"),
-            HotSeries::new(&requests_total, &request_duration_seconds, "outbound"),
+            HotSeries::new(&requests_total, &request_duration_seconds, &in_flight_requests, "inbound"),
+            HotSeries::new(&requests_total, &request_duration_seconds, &in_flight_requests, "outbound"),
         ];
         Ok(Self {
             hot,
@@ -199,6 +211,11 @@ impl Metrics {
             open_connections,
             policy_mode,
         })
+    }
+
+    /// The in-flight gauge of a proxy direction (`None` for mgmt).
+    pub fn in_flight(&self, direction: Direction) -> Option<prometheus::IntGauge> {
+        self.hot(direction).map(|hot| hot.in_flight.clone())
     }
 
     fn hot(&self, direction: Direction) -> Option<&HotSeries> {

@@ -395,3 +395,27 @@ async fn both_sides_audit_events_of_one_call_join() {
     let json = serde_json::to_value(target.as_ref()).unwrap();
     assert_eq!(json["peer_request_id"], caller_id.as_str());
 }
+
+/// `a2a_in_flight_requests{direction}` counts a request until its response
+/// body ends: an open SSE stream is in flight on both sidecars, then not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_is_in_flight_until_it_ends() {
+    let mesh = Mesh::start().await;
+    let gauge = |app: &proxy::app::App, direction: &'static str| {
+        let telemetry = app.telemetry_addr;
+        async move {
+            let metrics = super::support::get(telemetry, "/metrics").await.1;
+            let name = format!("a2a_in_flight_requests{{direction=\"{direction}\"}} ");
+            metrics.lines().find_map(|l| l.strip_prefix(&name)?.parse::<i64>().ok()).unwrap()
+        }
+    };
+    assert_eq!((gauge(&mesh.report, "outbound").await, gauge(&mesh.backend, "inbound").await), (0, 0));
+    let mut body = open_sse(mesh.report.outbound_addr.unwrap()).await;
+    assert_eq!((gauge(&mesh.report, "outbound").await, gauge(&mesh.backend, "inbound").await), (1, 1));
+    mesh.app.release_sse.notify_one();
+    while let Some(Ok(_)) = body.frame().await {}
+    let ended = || async {
+        (gauge(&mesh.report, "outbound").await == 0 && gauge(&mesh.backend, "inbound").await == 0).then_some(())
+    };
+    eventually(Duration::from_secs(10), "no request in flight once the stream ended", ended).await;
+}
