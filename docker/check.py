@@ -12,7 +12,8 @@
 - Every sidecar in the compose file and in docker/k8s/: its config, laid out as the
   container sees it (mounted files, environment), passes `a2a-sidecar check`.
 - docker/spire/*.conf parse as HCL, agree on the trust domain and pass `spire-server/agent validate`
-  (when tools/spire/build.sh has built them); the compose images are the SPIRE version go.mod pins.
+  (when tools/spire/build.sh has built them); the compose images are the SPIRE version go.mod pins;
+  each compose sidecar stop_grace_period is above its shutdown_delay + drain_timeout.
 - docker/Dockerfile: production stage non-root, without the `dev` feature,
   with a HEALTHCHECK that runs `a2a-sidecar probe`.
 
@@ -130,6 +131,14 @@ def check_compose(binary, schema_wheel):
         if str(svc.get("image", "")).startswith(SIDECAR_IMAGES):
             env = {k: interpolate(v) for k, v in (svc.get("environment") or {}).items()}
             sidecar_check(binary, where, files, env, "/etc/a2a-sidecar/config.yaml")
+            # Docker's SIGKILL must not cut the shutdown delay or the drain short.
+            runtime = (yaml.safe_load(files.get("/etc/a2a-sidecar/config.yaml", "")) or {}).get("runtime") or {}
+            needed = seconds(runtime.get("shutdown_delay", "0s")) + seconds(runtime.get("drain_timeout", "10s"))
+            grace = seconds(str(svc.get("stop_grace_period", "10s")))
+            if grace <= needed:
+                fail(where, f"stop_grace_period {grace:g} s is not above shutdown_delay + drain_timeout ({needed:g} s)")
+            else:
+                print(f"ok   {where}: stop_grace_period {grace:g} s > shutdown_delay + drain_timeout ({needed:g} s)")
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         run = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
                              env={**os.environ, "A2A_ADMIN_KEY": os.environ.get("A2A_ADMIN_KEY", stand_in("A2A_ADMIN_KEY"))})
@@ -199,6 +208,16 @@ def check_k8s(binary):
                 args = c.get("args", [])
                 config = args[args.index("--config") + 1] if "--config" in args else "/etc/a2a-sidecar/config.yaml"
                 sidecar_check(binary, where, files, env, config)
+
+
+def seconds(duration):
+    """`30s`, `5m`, `1h`, `500ms` (the sidecar's and compose's forms) in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(duration).strip())
+    if not match:
+        fail("duration", f"`{duration}` is not a duration")
+        return 0.0
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
 def check_spire():
