@@ -170,16 +170,24 @@ impl Jwks {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_jwks_uri_off_loopback_must_be_https() {
-        let dir = tempfile::tempdir().unwrap();
-        let (idp, _, _task) = crate::cmd::dev_idp::start(&dir.path().join("idp")).await.unwrap();
+    /// A dev IdP in `dir` and a provider of its keys (refetched at most every 5 min).
+    async fn from_dev_idp(
+        dir: &std::path::Path,
+    ) -> (Arc<crate::cmd::dev_idp::DevIdp>, Arc<Jwks>, tokio::task::JoinHandle<()>) {
+        let (idp, _, task) = crate::cmd::dev_idp::start(&dir.join("idp")).await.unwrap();
         let settings = JwksSettings {
             discovery_url: format!("{}/t/v2.0/.well-known/openid-configuration", idp.authority()),
             refresh: Duration::from_secs(3600),
             refetch_interval: Duration::from_secs(300),
         };
         let jwks = Jwks::new(settings, HttpClient::new().unwrap(), Arc::new(Metrics::new().unwrap()));
+        (idp, jwks, task)
+    }
+
+    #[tokio::test]
+    async fn a_jwks_uri_off_loopback_must_be_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let (idp, jwks, _task) = from_dev_idp(dir.path()).await;
         assert!(jwks.fetch().await.is_ok(), "{:?}", jwks.status());
 
         idp.set_jwks_uri(Some("http://keys.example/t/discovery/v2.0/keys".into()));
@@ -195,13 +203,7 @@ mod tests {
         use std::future::Future;
 
         let dir = tempfile::tempdir().unwrap();
-        let (idp, _, _task) = crate::cmd::dev_idp::start(&dir.path().join("idp")).await.unwrap();
-        let settings = JwksSettings {
-            discovery_url: format!("{}/t/v2.0/.well-known/openid-configuration", idp.authority()),
-            refresh: Duration::from_secs(3600),
-            refetch_interval: Duration::from_secs(300),
-        };
-        let jwks = Jwks::new(settings, HttpClient::new().unwrap(), Arc::new(Metrics::new().unwrap()));
+        let (idp, jwks, _task) = from_dev_idp(dir.path()).await;
         jwks.fetch().await.unwrap();
         let before = idp.jwks_fetches();
         let kid = idp.rotate(false).unwrap();

@@ -17,14 +17,26 @@ use super::support::{eventually, get, http};
 /// A client that presents `identity`'s SVID (whatever its CA) and verifies
 /// the backend with the mesh's real bundle.
 fn presenting(mesh: &Mesh, identity: &Identity) -> Arc<rustls::ClientConfig> {
+    let key = identity.svid().private_key().clone_key();
+    client(mesh, Some((identity.svid().chain().to_vec(), key)))
+}
+
+/// A client verifying the backend with the mesh's real bundle, presenting
+/// `cert` (chain and key) as it is, or nothing.
+fn client(
+    mesh: &Mesh,
+    cert: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+) -> Arc<rustls::ClientConfig> {
     let verifier = certs::tls::SpiffeServerVerifier::new(mesh.identity(REPORT), BACKEND.parse().unwrap());
-    let mut config = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(identity.svid().chain().to_vec(), identity.svid().private_key().clone_key())
-        .unwrap();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match cert {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
@@ -133,17 +145,7 @@ fn presenting_raw(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: Vec<u8>,
 ) -> Arc<rustls::ClientConfig> {
-    let verifier = certs::tls::SpiffeServerVerifier::new(mesh.identity(REPORT), BACKEND.parse().unwrap());
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
-    let mut config = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    client(mesh, Some((chain, rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()))))
 }
 
 /// Every Layer 1 refusal seen from the real inbound listener: the handshake
@@ -160,17 +162,7 @@ async fn each_layer1_refusal_is_counted_and_audited_with_its_reason() {
         let (cert, key) = mesh.ca.sign_leaf(&spec).unwrap();
         presenting_raw(&mesh, vec![cert], key)
     };
-    let anonymous = {
-        let verifier = certs::tls::SpiffeServerVerifier::new(mesh.identity(REPORT), BACKEND.parse().unwrap());
-        let mut config = rustls::ClientConfig::builder_with_provider(certs::crypto::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    };
+    let anonymous = client(&mesh, None);
     let forger = DevCa::generate(&TrustDomain::new(TRUST_DOMAIN).unwrap()).unwrap();
     let forged = presenting(&mesh, &forger.identity(&REPORT.parse().unwrap(), minutes(10), &[]).unwrap());
     let cases = [
