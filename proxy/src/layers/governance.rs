@@ -38,13 +38,7 @@ pub struct Pushes {
 impl Pushes {
     /// Sets (or with `None` removes) the pushed risk level of `caller`.
     pub fn set_risk(&self, caller: &SpiffeId, level: Option<RiskLevel>) {
-        let mut map = self.risk.write().unwrap_or_else(PoisonError::into_inner);
-        match level {
-            Some(level) => map.insert(caller.to_string(), level),
-            None => map.remove(caller.as_str()),
-        };
-        drop(map);
-        self.changes.bump();
+        self.set(&self.risk, caller, level);
     }
 
     pub fn risk(&self, caller: &SpiffeId) -> Option<RiskLevel> {
@@ -53,9 +47,14 @@ impl Pushes {
 
     /// Sets (or with `None` removes) the pushed tag of `caller`.
     pub fn set_tag(&self, caller: &SpiffeId, tag: Option<String>) {
-        let mut map = self.tags.write().unwrap_or_else(PoisonError::into_inner);
-        match tag {
-            Some(tag) => map.insert(caller.to_string(), tag),
+        self.set(&self.tags, caller, tag);
+    }
+
+    /// One push (or its removal), then the change signal for open streams.
+    fn set<T>(&self, map: &RwLock<HashMap<String, T>>, caller: &SpiffeId, value: Option<T>) {
+        let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
+        match value {
+            Some(value) => map.insert(caller.to_string(), value),
             None => map.remove(caller.as_str()),
         };
         drop(map);
