@@ -8,8 +8,15 @@
   references (depends_on, network_mode: service:X, named volumes) resolve;
   bind-mounted files exist; `docker compose config` too when the plugin is
   installed.
-- docker/k8s/*.yaml: Kubernetes 1.30's schemas, strict (`kubernetes-validate`).
-- Every sidecar in the compose file and in docker/k8s/: its config, laid out as the
+- deploy/k8s: the base and the example overlay render with kustomize (built by
+  tools/kustomize/build.sh); the output validates against Kubernetes' schemas
+  (`kubernetes-validate`, strict, K8S_VERSION) and, for ClusterSPIFFEID,
+  PodMonitor and PrometheusRule, their CRDs' schemas; each sidecar is a native
+  sidecar running as the image's numeric USER, read-only, without
+  capabilities, with the SPIFFE CSI volume and a grace period above its
+  shutdown delay + drain; the ClusterSPIFFEID issues exactly the IDs the
+  configs and the policy name; the PrometheusRule's alerts are operations.md's.
+- Every sidecar in the compose file and in deploy/k8s: its config, laid out as the
   container sees it (mounted files, environment), passes `a2a-sidecar check`.
 - docker/spire/*.conf parse as HCL, agree on the trust domain and pass `spire-server/agent validate`
   (when tools/spire/build.sh has built them); the compose images are the SPIRE version go.mod pins;
@@ -17,7 +24,7 @@
 - docker/Dockerfile: production stage non-root, without the `dev` feature,
   with a HEALTHCHECK that runs `a2a-sidecar probe`.
 
-Usage: docker/check.py PATH-TO-a2a-sidecar [--compose-schema-wheel WHEEL]
+Usage: docker/check.py PATH-TO-a2a-sidecar [--compose-schema-wheel WHEEL] [--kustomize BIN] [--crds DIR]
 """
 
 import os
@@ -35,10 +42,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 SIDECAR_IMAGES = ("a2a-sidecar:", "ghcr.io/example/a2a-sidecar:")
-# ConfigMaps the k8s manifests expect to be created from repository files.
-EXTERNAL_CONFIGMAPS = {
-    "budget-backend-policy": {"spiffe-rbac-policy.yaml": ROOT / "examples/reference-policy/spiffe-rbac-policy.yaml"},
-}
+# The Kubernetes release the manifests are validated against (a current one:
+# native sidecars are GA since 1.33).
+K8S_VERSION = "1.37.0"
+# The trust domain SPIRE runs with in the example (its ClusterSPIFFEID's .TrustDomain).
+SPIRE_TRUST_DOMAIN = "aim.microsoft.com"
 
 failures = []
 
@@ -151,63 +159,223 @@ def check_compose(binary, schema_wheel):
     print(f"ok   docker-compose.yml: {len(services)} services parse and resolve")
 
 
-def check_k8s_schema(manifests):
-    """Kubernetes' own OpenAPI schemas (the `kubernetes-validate` package), strict: unknown fields fail."""
+def strict_schema(node):
+    """A CRD's structural schema, made strict like `kubernetes-validate --strict`:
+    objects that list their properties accept no others (unless the CRD says
+    to preserve unknown fields)."""
+    if isinstance(node, dict):
+        node = {k: strict_schema(v) for k, v in node.items()}
+        if "properties" in node and "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+        if node.get("x-kubernetes-int-or-string"):
+            node.pop("type", None)
+            node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        return node
+    if isinstance(node, list):
+        return [strict_schema(v) for v in node]
+    return node
+
+
+def crd_schemas(crd_dir):
+    """{(apiVersion, kind): (schema, scope)} from the CRD files tools/kustomize/build.sh copied."""
+    schemas = {}
+    for path in sorted(Path(crd_dir).glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
+                schemas[key] = (strict_schema(version["schema"]["openAPIV3Schema"]), spec["scope"])
+    return schemas
+
+
+def check_k8s_schemas(docs, rendered, crd_dir):
+    """Built-in kinds: Kubernetes' own OpenAPI schemas (`kubernetes-validate`,
+    strict: unknown fields fail) at K8S_VERSION; custom resources: their CRD's
+    schema, at the version tools/kustomize/build.sh pins."""
+    import jsonschema
+
+    crds = crd_schemas(crd_dir)
+    builtin = []
+    for d in docs:
+        key = (d.get("apiVersion"), d.get("kind"))
+        where = f"{rendered.name} {d.get('kind')}/{d['metadata'].get('name')}"
+        if key in crds:
+            schema, scope = crds[key]
+            errors = list(jsonschema.Draft7Validator(schema).iter_errors(d))
+            for e in errors:
+                fail(where, f"{'.'.join(str(p) for p in e.path)}: {e.message}")
+            if (scope == "Cluster") == ("namespace" in d["metadata"]):
+                fail(where, f"a {scope}-scoped resource {'with' if scope == 'Cluster' else 'without'} a namespace")
+            if not errors:
+                print(f"ok   {where}: its CustomResourceDefinition's schema (strict)")
+        elif "." in str(d.get("apiVersion", "")).split("/")[0] and d["apiVersion"].split("/")[0].endswith(("coreos.com", "spiffe.io")):
+            fail(where, "a custom resource whose CRD tools/kustomize/build.sh did not fetch")
+        else:
+            builtin.append(d)
     tool = Path(sys.executable).parent / "kubernetes-validate"
     if not tool.exists():
-        print("skip Kubernetes schema validation (kubernetes-validate is not installed beside this python)")
+        fail("deploy/k8s", "kubernetes-validate is not installed beside this python")
         return
-    for path in manifests:
-        run = subprocess.run([str(tool), "--strict", "-k", "1.30.0", str(path)], capture_output=True, text=True)
-        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("ERROR")]
-        if run.returncode != 0 or errors:
-            fail(f"k8s/{path.name}", "\n".join(errors) or run.stderr)
-        else:
-            print(f"ok   k8s/{path.name}: Kubernetes 1.30 schemas (strict)")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as out:
+        yaml.safe_dump_all(builtin, out)
+        out.flush()
+        run = subprocess.run([str(tool), "--strict", "-k", K8S_VERSION, out.name], capture_output=True, text=True)
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("ERROR")]
+    if run.returncode != 0 or errors:
+        fail(rendered.name, "\n".join(errors) or run.stdout + run.stderr)
+    else:
+        print(f"ok   {rendered.name}: {len(builtin)} resources against Kubernetes {K8S_VERSION}'s schemas (strict)")
 
 
-def check_k8s(binary):
-    manifests = sorted((DOCKER / "k8s").glob("*.yaml"))
-    if not manifests:
-        fail("docker/k8s", "no manifests")
-    check_k8s_schema(manifests)
-    for path in manifests:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d.get("kind") == "ConfigMap"}
-        for d in docs:
-            for key in ("apiVersion", "kind", "metadata"):
-                if key not in d:
-                    fail(f"{path.name}", f"a document without `{key}`")
-            if d.get("kind") != "Deployment":
-                continue
-            pod = d["spec"]["template"]["spec"]
-            volumes = {v["name"]: v for v in pod.get("volumes", [])}
-            for c in pod["containers"]:
-                if not str(c.get("image", "")).startswith(SIDECAR_IMAGES):
-                    continue
-                where = f"{path.name} {d['metadata']['name']}/{c['name']}"
-                for probe in ("readinessProbe", "livenessProbe"):
-                    if probe not in c:
-                        fail(where, f"no {probe}")
-                files = {}
-                for m in c.get("volumeMounts", []):
-                    volume = volumes.get(m["name"])
-                    if volume is None:
-                        fail(where, f"volumeMount `{m['name']}` has no volume")
-                        continue
-                    cm = (volume.get("configMap") or {}).get("name")
-                    if cm in configmaps:
-                        for key, text in configmaps[cm].items():
-                            files[f"{m['mountPath']}/{key}"] = text
-                    elif cm in EXTERNAL_CONFIGMAPS:
-                        for key, source in EXTERNAL_CONFIGMAPS[cm].items():
-                            files[f"{m['mountPath']}/{key}"] = source.read_text()
-                    elif cm:
-                        fail(where, f"ConfigMap `{cm}` is neither in the manifest nor known to come from a file")
-                env = {e["name"]: e.get("value", stand_in(e["name"])) for e in c.get("env", [])}
-                args = c.get("args", [])
-                config = args[args.index("--config") + 1] if "--config" in args else "/etc/a2a-sidecar/config.yaml"
-                sidecar_check(binary, where, files, env, config)
+def render_template(template, pod_meta, trust_domain):
+    """spire-controller-manager's spiffeIDTemplate, for the forms the example
+    uses ({{ .TrustDomain }}, {{ .PodMeta.Namespace }}, {{ .PodMeta.Name }},
+    {{ index .PodMeta.Labels "k" }}); anything else fails the check."""
+
+    def one(m):
+        expr = m.group(1).strip()
+        if expr == ".TrustDomain":
+            return trust_domain
+        if expr in (".PodMeta.Namespace", ".PodMeta.Name"):
+            return pod_meta[expr.split(".")[-1].lower()]
+        label = re.fullmatch(r'index \.PodMeta\.Labels "([^"]+)"', expr)
+        if label and label.group(1) in pod_meta["labels"]:
+            return pod_meta["labels"][label.group(1)]
+        fail("ClusterSPIFFEID", f"template expression `{expr}` is not one this check renders, or names a missing label")
+        return "?"
+
+    return re.sub(r"\{\{(.*?)\}\}", one, template)
+
+
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).get("matchLabels", {}).items())
+
+
+def sidecar_container(pod):
+    """The a2a-sidecar container of a pod spec, and whether it is a native sidecar."""
+    for c in pod.get("initContainers", []):
+        if str(c.get("image", "")).startswith(SIDECAR_IMAGES):
+            return c, c.get("restartPolicy") == "Always"
+    for c in pod.get("containers", []):
+        if str(c.get("image", "")).startswith(SIDECAR_IMAGES):
+            return c, False
+    return None, False
+
+
+def check_pod(where, pod, c, native, user):
+    """What Kubernetes needs to start the sidecar, and to start and stop it in order."""
+    if not native:
+        fail(where, "the sidecar must be a native sidecar (an initContainer with restartPolicy: Always)")
+    if "startupProbe" not in c:
+        fail(where, "no startupProbe: the app would start before the sidecar holds an SVID")
+    for probe in ("readinessProbe", "livenessProbe"):
+        if probe not in c:
+            fail(where, f"no {probe}")
+    context = pod.get("securityContext") or {}
+    if (context.get("runAsUser"), context.get("runAsGroup")) != user or not context.get("runAsNonRoot"):
+        fail(where, f"pod runAsNonRoot/runAsUser/runAsGroup {context} differ from the image's numeric USER {user}")
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        sc = container.get("securityContext") or {}
+        if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+                and (sc.get("capabilities") or {}).get("drop") == ["ALL"]):
+            fail(f"{where}/{container['name']}", "needs readOnlyRootFilesystem, allowPrivilegeEscalation: false, capabilities.drop [ALL]")
+    if not (c.get("resources") or {}).get("limits", {}).get("memory"):
+        fail(where, "no memory limit")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    csi = [m for m in c.get("volumeMounts", []) if (volumes.get(m["name"], {}).get("csi") or {}).get("driver") == "csi.spiffe.io"]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    if not csi or csi[0]["mountPath"] != "/spiffe-workload-api":
+        fail(where, "the SPIFFE CSI driver's volume (csi.spiffe.io) must be mounted at /spiffe-workload-api")
+    elif env.get("SPIFFE_ENDPOINT_SOCKET") != "unix:///spiffe-workload-api/spire-agent.sock":
+        fail(where, "SPIFFE_ENDPOINT_SOCKET must be unix:///spiffe-workload-api/spire-agent.sock (the SPIRE chart's socket in the CSI mount)")
+
+
+def check_k8s(binary, kustomize, crd_dir, user):
+    """deploy/k8s: the example overlay (and the base alone) render with
+    kustomize; the output validates; each sidecar's config passes `check`;
+    the ClusterSPIFFEID issues exactly the IDs the configs and policies name;
+    the PrometheusRule's alerts are operations.md's."""
+    if not Path(kustomize).exists():
+        fail("deploy/k8s", f"no kustomize at {kustomize} (run tools/kustomize/build.sh)")
+        return
+    rendered = {}
+    for overlay in ("base", "example"):
+        run = subprocess.run([kustomize, "build", str(ROOT / "deploy/k8s" / overlay)], capture_output=True, text=True)
+        if run.returncode != 0:
+            fail(f"deploy/k8s/{overlay}", f"kustomize build: {run.stderr}")
+            return
+        rendered[overlay] = [d for d in yaml.safe_load_all(run.stdout) if d]
+        print(f"ok   deploy/k8s/{overlay}: kustomize build ({len(rendered[overlay])} resources)")
+        check_k8s_schemas(rendered[overlay], Path(f"deploy/k8s/{overlay}"), crd_dir)
+    docs = rendered["example"]
+    configmaps = {(d["metadata"].get("namespace"), d["metadata"]["name"]): d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    # The API server labels every namespace with its name.
+    namespaces = {
+        d["metadata"]["name"]: {**d["metadata"].get("labels", {}), "kubernetes.io/metadata.name": d["metadata"]["name"]}
+        for d in docs
+        if d["kind"] == "Namespace"
+    }
+    spiffeids = [d for d in docs if d["kind"] == "ClusterSPIFFEID"]
+    issued, named = {}, set()
+    for d in (d for d in docs if d["kind"] == "Deployment"):
+        ns, pod_meta = d["metadata"].get("namespace"), d["spec"]["template"]["metadata"]
+        pod = d["spec"]["template"]["spec"]
+        where = f"deploy/k8s/example {ns}/{d['metadata']['name']}"
+        c, native = sidecar_container(pod)
+        if c is None:
+            continue
+        check_pod(where, pod, c, native, user)
+        files = {}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for m in c.get("volumeMounts", []):
+            cm = (volumes.get(m["name"], {}).get("configMap") or {}).get("name")
+            if cm and (ns, cm) not in configmaps:
+                fail(where, f"ConfigMap `{cm}` is not in the rendered output")
+            for key, text in configmaps.get((ns, cm), {}).items():
+                files[f"{m['mountPath']}/{key}"] = text
+        env = {e["name"]: e.get("value", stand_in(e["name"])) for e in c.get("env", [])}
+        args = c.get("args", [])
+        config_path = args[args.index("--config") + 1] if "--config" in args else "/etc/a2a-sidecar/config.yaml"
+        sidecar_check(binary, where, files, env, config_path)
+        config = yaml.safe_load(files.get(config_path, "")) or {}
+        runtime = config.get("runtime") or {}
+        needed = seconds(runtime.get("shutdown_delay", "0s")) + seconds(runtime.get("drain_timeout", "10s"))
+        if pod.get("terminationGracePeriodSeconds", 30) <= needed:
+            fail(where, f"terminationGracePeriodSeconds is not above shutdown_delay + drain_timeout ({needed:g} s)")
+        # The SPIFFE IDs this sidecar names: its allow-list, its routes' server IDs, its policy's callers.
+        named |= set((config.get("inbound") or {}).get("allowed_callers", []))
+        named |= {r["server_id"] for r in (config.get("outbound") or {}).get("routes", [])}
+        policy_file = (config.get("policy") or {}).get("file")
+        if policy_file:
+            policy = yaml.safe_load(files.get(str(Path(config_path).parent / policy_file), "")) or {}
+            for entry in policy.get("policies", []) + policy.get("federated_policies", []):
+                named.add(entry.get("spiffe_id") or entry.get("spiffe_id_prefix"))
+        # The ID each ClusterSPIFFEID issues to this pod.
+        meta = {"namespace": ns, "name": d["metadata"]["name"], "labels": pod_meta.get("labels", {})}
+        for cs in spiffeids:
+            if selects(cs["spec"].get("namespaceSelector"), namespaces.get(ns, {"kubernetes.io/metadata.name": ns})) \
+                    and selects(cs["spec"].get("podSelector"), meta["labels"]):
+                issued.setdefault(d["metadata"]["name"], []).append(
+                    render_template(cs["spec"]["spiffeIDTemplate"], meta, SPIRE_TRUST_DOMAIN))
+    for workload, ids in sorted(issued.items()):
+        if len(ids) != 1:
+            fail(f"deploy/k8s/example {workload}", f"{len(ids)} ClusterSPIFFEIDs select its pods: {ids}")
+    ids = {i for v in issued.values() for i in v}
+    if not ids or named != ids:
+        fail("deploy/k8s/example ClusterSPIFFEID", f"issues {sorted(ids)}; the configs and policy name {sorted(named)}")
+    else:
+        print(f"ok   deploy/k8s/example: the ClusterSPIFFEID issues exactly the IDs the allow-list, routes and policy name: {sorted(ids)}")
+    documented = re.sub(r"\s+", " ", (ROOT / "docs/operations.md").read_text())
+    rules = [r for d in docs if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"] for r in g["rules"]]
+    for rule in rules:
+        if re.sub(r"\s+", " ", str(rule["expr"]).strip()) not in documented:
+            fail(f"PrometheusRule {rule.get('alert')}", "its expression is not among docs/operations.md's alerts")
+    if rules:
+        print(f"ok   deploy/k8s/example: {len(rules)} PrometheusRule alerts, each in docs/operations.md")
+    else:
+        fail("deploy/k8s/example", "no PrometheusRule")
 
 
 def seconds(duration):
@@ -256,24 +424,15 @@ def check_spire():
 
 
 def check_dockerfile():
+    """Returns the production stage's numeric (uid, gid), which the pods must run as."""
     text = (DOCKER / "Dockerfile").read_text()
     final = text[text.rindex("\nFROM "):]
     user = re.findall(r"^USER\s+(\S+)", final, re.M)
+    uid_gid = None
     if not user or not re.fullmatch(r"[1-9][0-9]*:[0-9]+", user[-1]):
         fail("Dockerfile (last stage)", f"USER must be a numeric non-root uid:gid (Kubernetes' runAsNonRoot refuses names): {user}")
     else:
-        uid, gid = (int(x) for x in user[-1].split(":"))
-        for path in sorted((DOCKER / "k8s").glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                spec = ((doc or {}).get("spec") or {}).get("template", {}).get("spec")
-                if not spec:
-                    continue
-                context = spec.get("securityContext") or {}
-                got = (context.get("runAsUser"), context.get("runAsGroup"))
-                if got != (uid, gid):
-                    fail(path.name, f"pod runAsUser/runAsGroup {got} differ from the image's USER {uid}:{gid}")
-                else:
-                    print(f"ok   {path.name}: runs as {uid}:{gid}, the image's numeric USER")
+        uid_gid = tuple(int(x) for x in user[-1].split(":"))
     if re.search(r"type=cache,target=/src/target", text):
         fail("Dockerfile", "each build stage needs its own target cache (`id=`)")
     for needle, why in [
@@ -285,22 +444,25 @@ def check_dockerfile():
     if "--no-default-features" not in text:
         fail("Dockerfile", "the production binary must be built without the `dev` feature")
     print("ok   Dockerfile: numeric non-root USER, HEALTHCHECK probe, no dev feature, one target cache per stage")
+    return uid_gid
 
 
 def main():
     args = sys.argv[1:]
-    schema_wheel = None
-    if "--compose-schema-wheel" in args:
-        i = args.index("--compose-schema-wheel")
-        schema_wheel = args[i + 1] if i + 1 < len(args) else sys.exit(__doc__)
-        del args[i : i + 2]
+    options = {"--compose-schema-wheel": None, "--kustomize": str(ROOT / "target/kustomize/kustomize"),
+               "--crds": str(ROOT / "target/kustomize/crds")}
+    for option in options:
+        if option in args:
+            i = args.index(option)
+            options[option] = args[i + 1] if i + 1 < len(args) else sys.exit(__doc__)
+            del args[i : i + 2]
     if len(args) != 1:
         sys.exit(__doc__)
     binary = args[0]
-    check_compose(binary, schema_wheel)
-    check_k8s(binary)
+    check_compose(binary, options["--compose-schema-wheel"])
+    user = check_dockerfile()
+    check_k8s(binary, options["--kustomize"], options["--crds"], user)
     check_spire()
-    check_dockerfile()
     if failures:
         print("\n".join(["", "FAILED:"] + failures), file=sys.stderr)
         sys.exit(1)
