@@ -34,6 +34,7 @@ use crate::layers::rbac::{self, PolicyStore};
 use crate::observe::audit::AuditHub;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry::Telemetry;
+use crate::observe::trace::otlp::SpanQueue;
 
 /// A running sidecar. Dropping it stops its tasks; [`App::shutdown`] drains.
 pub struct App {
@@ -66,7 +67,11 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let (identity, source_task) = source::spawn(identity_source(&config.identity)?);
         let metrics = Arc::new(Metrics::new().context("metrics registry")?);
-        let audit = AuditHub::new(config.audit.ring, audit_sinks(&config.audit)?, metrics.clone());
+        let spans = match &config.telemetry.otlp_endpoint {
+            Some(endpoint) => Some(SpanQueue::start(endpoint.clone(), HttpClient::new()?, metrics.clone())),
+            None => None,
+        };
+        let audit = AuditHub::new(config.audit.ring, audit_sinks(&config.audit)?, spans, metrics.clone());
         let mut run = Running {
             identity,
             metrics,

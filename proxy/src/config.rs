@@ -290,6 +290,8 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     pub listen: SocketAddr,
     pub log_format: LogFormat,
+    /// OTLP/HTTP traces URL (e.g. `https://collector:4318/v1/traces`), used as given.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -722,7 +724,18 @@ impl Ctx<'_> {
             "text" => LogFormat::Text,
             other => return Err(self.invalid("telemetry.log_format", format!("`{other}` is not one of json, text"))),
         };
-        Ok(TelemetryConfig { listen, log_format })
+        let otlp_endpoint = match raw.otlp_endpoint {
+            Some(url) => {
+                identity_endpoint(&url).map_err(|why| self.invalid("telemetry.otlp_endpoint", why))?;
+                if url.parse::<hyper::Uri>().is_ok_and(|u| u.authority().is_some_and(|a| a.as_str().contains('@'))) {
+                    // It would be in the start-up log line.
+                    return Err(self.invalid("telemetry.otlp_endpoint", "credentials in the URL are not accepted"));
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        Ok(TelemetryConfig { listen, log_format, otlp_endpoint })
     }
 }
 
@@ -827,7 +840,7 @@ impl Config {
                 "state_file": m.state_file,
             })),
             "audit": {"ring": self.audit.ring, "file": self.audit.file, "stdout": self.audit.stdout},
-            "telemetry": {"listen": self.telemetry.listen.to_string()},
+            "telemetry": {"listen": self.telemetry.listen.to_string(), "otlp_endpoint": self.telemetry.otlp_endpoint},
         })
     }
 }

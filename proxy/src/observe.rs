@@ -1,5 +1,5 @@
 //! What operators see: the audit trail and its live stream, Prometheus
-//! metrics, the telemetry listener (`/metrics`, `/healthz`, `/readyz`) and
+//! metrics, W3C trace context and OTLP span export, the telemetry listener (`/metrics`, `/healthz`, `/readyz`) and
 //! logging.
 
 pub mod audit;
@@ -7,3 +7,4 @@ pub(crate) mod labels;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod telemetry;
+pub mod trace;

@@ -32,5 +32,6 @@ mod sidecar {
     pub mod streams;
     pub mod support;
     pub mod telemetry;
+    pub mod traces;
     pub mod upgrades;
 }

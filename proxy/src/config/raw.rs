@@ -165,6 +165,7 @@ pub struct RawRuntime {
 pub struct RawTelemetry {
     pub listen: Option<String>,
     pub log_format: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -99,9 +99,10 @@ fn runtime_fields(c: &mut Changes, old: &RuntimeConfig, new: &RuntimeConfig) {
 }
 
 fn telemetry_fields(c: &mut Changes, old: &TelemetryConfig, new: &TelemetryConfig) {
-    let TelemetryConfig { listen, log_format } = old;
+    let TelemetryConfig { listen, log_format, otlp_endpoint } = old;
     c.check("telemetry.listen", listen, &new.listen);
     c.check("telemetry.log_format", log_format, &new.log_format);
+    c.check("telemetry.otlp_endpoint", otlp_endpoint, &new.otlp_endpoint);
 }
 
 fn limits_fields(c: &mut Changes, section: &str, old: &HttpLimits, new: &HttpLimits) {

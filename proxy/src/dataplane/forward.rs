@@ -17,7 +17,7 @@ use policy::Reason;
 use crate::dataplane::body::{Activity, Body, BoxError, Cut, InFlight, Tracked};
 use crate::dataplane::deny;
 use crate::dataplane::headers::{self, X_REQUEST_ID};
-use crate::dataplane::request_id::RequestIds;
+use crate::dataplane::request_id::{Hop, RequestIds};
 use crate::dataplane::upstream::{self, TunnelEnds};
 use crate::observe::audit::{AuditHub, Decision, Direction, Event};
 use crate::observe::metrics::Metrics;
@@ -40,14 +40,15 @@ pub enum ResponseId {
 pub struct Exchange {
     direction: Direction,
     started: Instant,
-    id: String,
+    hop: Hop,
     /// Held until the response body ends (idle timeout, drain).
     in_flight: InFlight,
 }
 
 impl Exchange {
-    pub fn begin(direction: Direction, ids: &RequestIds, activity: &Arc<Activity>) -> Self {
-        Self { direction, started: Instant::now(), id: ids.next(), in_flight: activity.begin() }
+    /// `headers`: the client's, for its `traceparent`.
+    pub fn begin(direction: Direction, ids: &RequestIds, headers: &hyper::HeaderMap, activity: &Arc<Activity>) -> Self {
+        Self { direction, started: Instant::now(), hop: ids.hop(headers), in_flight: activity.begin() }
     }
 
     /// Counted in `a2a_in_flight_requests{direction}` until its response ends.
@@ -58,8 +59,8 @@ impl Exchange {
         self
     }
 
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn hop(&self) -> &Hop {
+        &self.hop
     }
 
     /// The response to send for `sent`: the upstream's (its body counted in
@@ -79,7 +80,7 @@ impl Exchange {
         B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let Self { direction, started, id, in_flight } = self;
+        let Self { direction, started, hop: Hop { id, trace }, in_flight } = self;
         let (mut response, decision, reason) = match sent {
             Ok((response, cut)) => {
                 let (decision, reason) = match shadow {
@@ -89,7 +90,7 @@ impl Exchange {
                 (response.map(|body| Tracked::wrap(body, in_flight, cut)), decision, reason)
             }
             Err(reason) => {
-                tracing::debug!(direction = direction.as_str(), %reason, request_id = id, "request denied");
+                tracing::debug!(direction = direction.as_str(), %reason, request_id = id, trace_id = %trace.trace_id, "request denied");
                 let response = deny::response(reason, &id).map(|body| Tracked::wrap(body, in_flight, None));
                 (response, Decision::Deny, reason)
             }
@@ -105,6 +106,7 @@ impl Exchange {
         sink.audit.record(Event {
             direction,
             request_id: Some(id),
+            trace: Some(trace),
             decision,
             layer: reason.layer(),
             reason: reason.into(),
@@ -233,7 +235,7 @@ mod tests {
 
     fn hub() -> (Arc<Metrics>, Arc<AuditHub>) {
         let metrics = Arc::new(Metrics::new().unwrap());
-        (metrics.clone(), AuditHub::new(16, Vec::new(), metrics))
+        (metrics.clone(), AuditHub::new(16, Vec::new(), None, metrics))
     }
 
     fn answer(request_id: Option<&str>) -> Response<Full<bytes::Bytes>> {
@@ -247,8 +249,9 @@ mod tests {
     #[test]
     fn a_deny_is_answered_counted_and_recorded_with_one_request_id() {
         let (metrics, audit) = hub();
-        let exchange = Exchange::begin(Direction::Inbound, &RequestIds::new(), &Activity::new());
-        let id = exchange.id().to_owned();
+        let exchange =
+            Exchange::begin(Direction::Inbound, &RequestIds::new(), &hyper::HeaderMap::new(), &Activity::new());
+        let id = exchange.hop().id.clone();
         let sink = Sink { metrics: &metrics, audit: &audit };
         let sent: Sent<Full<bytes::Bytes>> = Err(Reason::NoMatchingRule);
         let response = exchange.finish(sent, None, Event::default(), ResponseId::Ours, sink);
@@ -273,8 +276,8 @@ mod tests {
             (ResponseId::PeerFirst, Some("peer-made"), false),
             (ResponseId::PeerFirst, None, true),
         ] {
-            let exchange = Exchange::begin(Direction::Outbound, &ids, &Activity::new());
-            let id = exchange.id().to_owned();
+            let exchange = Exchange::begin(Direction::Outbound, &ids, &hyper::HeaderMap::new(), &Activity::new());
+            let id = exchange.hop().id.clone();
             let response =
                 exchange.finish(Ok((answer(from_upstream), None)), None, Event::default(), response_id, sink);
             let expected = if ours { id.as_str() } else { from_upstream.unwrap() };
@@ -286,7 +289,8 @@ mod tests {
     fn a_shadow_deny_is_forwarded_and_recorded_as_such_but_counted_once() {
         let (metrics, audit) = hub();
         let sink = Sink { metrics: &metrics, audit: &audit };
-        let exchange = Exchange::begin(Direction::Inbound, &RequestIds::new(), &Activity::new());
+        let exchange =
+            Exchange::begin(Direction::Inbound, &RequestIds::new(), &hyper::HeaderMap::new(), &Activity::new());
         let response = exchange.finish(
             Ok((answer(None), None)),
             Some(Reason::RuleDenied),

@@ -31,7 +31,7 @@ use crate::dataplane::headers::{
     self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_SPIFFE_CALLER_ID, X_SPIFFE_ENTRA_AGENT_ID, X_SPIFFE_TRUST_DOMAIN,
 };
 use crate::dataplane::refusals::{Refusal, Refusals};
-use crate::dataplane::request_id::RequestIds;
+use crate::dataplane::request_id::{Hop, RequestIds};
 use crate::dataplane::server::{self, ConnectionEnds};
 use crate::dataplane::upstream::{AppClient, TunnelEnds};
 use crate::layers::allowlist::AllowList;
@@ -146,13 +146,14 @@ impl Inbound {
         request: Request<Incoming>,
         conn: Arc<Conn>,
     ) -> Result<Response<Body>, Infallible> {
-        let exchange = Exchange::begin(Direction::Inbound, &self.ids, &conn.activity).counted(&self.metrics);
+        let exchange =
+            Exchange::begin(Direction::Inbound, &self.ids, request.headers(), &conn.activity).counted(&self.metrics);
         let method = request.method().clone();
         // The audit event carries the canonical path; the raw one only if it never got that far.
         let raw_path = request.uri().path().to_owned();
         let peer_request_id = forward::peer_request_id(request.headers());
         let mut log = RequestLog::default();
-        let sent = self.forward(request, &conn, exchange.id(), &mut log).await;
+        let sent = self.forward(request, &conn, exchange.hop(), &mut log).await;
         let trace = log.trace;
         let event = Event {
             caller_spiffe_id: Some(conn.caller.clone()),
@@ -174,7 +175,7 @@ impl Inbound {
 
     /// The per-request pipeline: Layer 1 again, then framing and path checks,
     /// then the app. Each phase maps its failure to a [`Reason`].
-    async fn forward(&self, request: Request<Incoming>, conn: &Conn, request_id: &str, log: &mut RequestLog) -> Sent {
+    async fn forward(&self, request: Request<Incoming>, conn: &Conn, hop: &Hop, log: &mut RequestLog) -> Sent {
         if !self.allowlist.allows(&conn.peer.id) {
             return Err(Reason::NotAllowed);
         }
@@ -183,13 +184,13 @@ impl Inbound {
         }
         let path = request_target(request.method(), request.uri().path(), self.config.path_options)?;
         log.judged_at = self.generations();
-        let judged = self.layers(conn, &request, &path, request_id, log).await;
+        let judged = self.layers(conn, &request, &path, hop, log).await;
         let query = request.uri().query().map(headers::without_method_override);
         let uri = judged.and_then(|()| {
             forward::upstream_uri(Scheme::HTTP, &self.config.upstream, &path.encoded(), query.as_deref())
         });
         let sent = match uri {
-            Ok(uri) => self.send(request, uri, conn, &path, request_id, log).await,
+            Ok(uri) => self.send(request, uri, conn, &path, hop, log).await,
             Err(reason) => Err(reason),
         };
         // The audit event carries the canonical path, allowed or not.
@@ -207,7 +208,7 @@ impl Inbound {
         uri: Uri,
         conn: &Conn,
         path: &CanonicalPath,
-        request_id: &str,
+        hop: &Hop,
         log: &RequestLog,
     ) -> Sent {
         let upgrade = forward::capture_upgrade(&mut request, self.config.upgrades.websocket);
@@ -218,7 +219,7 @@ impl Inbound {
         let registration = |request: &Request<Incoming>| {
             let authorization = request.headers().get(header::AUTHORIZATION).cloned();
             let method = request.method().clone();
-            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            let request = StreamRequest { method, path: path.clone(), authorization, request_id: hop.id.clone() };
             Arc::new(self.connections.stream(conn.registered.clone(), Arc::new(request)))
         };
         // A long upload is judged again too: its body to the app is cut like a response's.
@@ -231,7 +232,7 @@ impl Inbound {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let agent_id = log.trace.entra_agent_id.as_deref();
-        self.set_headers(&mut parts.headers, conn, request_id, agent_id, upgrade.is_some());
+        self.set_headers(&mut parts.headers, conn, hop, agent_id, upgrade.is_some());
         let body = body::without_spoofable_trailers(incoming, self.config.allow_underscore_headers);
         let body = match &stream {
             Some(s) => Tracked::cut(body, Cut::new(s.closed.clone(), deadline, s.clone())),
@@ -242,7 +243,7 @@ impl Inbound {
         let mut response = self.app.send(outgoing).await?;
         let switch = forward::accept_switch(&mut response, upgrade)?;
         if let (true, Some(Late { authorization, method })) = (switch.is_some() || lasting(response.body()), late) {
-            let request = StreamRequest { method, path: path.clone(), authorization, request_id: request_id.into() };
+            let request = StreamRequest { method, path: path.clone(), authorization, request_id: hop.id.clone() };
             stream = Some(Arc::new(self.connections.stream(conn.registered.clone(), Arc::new(request))));
             // A change while the app answered found no registration to judge: judge it now.
             if self.generations() != log.judged_at {
@@ -274,7 +275,7 @@ impl Inbound {
         conn: &Conn,
         request: &Request<Incoming>,
         path: &CanonicalPath,
-        request_id: &str,
+        hop: &Hop,
         log: &mut RequestLog,
     ) -> Result<(), Reason> {
         let Layers { policy, oauth, governor, .. } = &self.layers;
@@ -287,7 +288,7 @@ impl Inbound {
         match result {
             Ok(()) => Ok(()),
             Err(denial) => {
-                self.deny_or_shadow(loaded.mode, denial.reason, &denial.policy_ids, conn, request_id)?;
+                self.deny_or_shadow(loaded.mode, denial.reason, &denial.policy_ids, conn, hop)?;
                 log.shadow = Some(denial.reason);
                 Ok(())
             }
@@ -300,11 +301,14 @@ impl Inbound {
         reason: Reason,
         policy_ids: &[String],
         conn: &Conn,
-        request_id: &str,
+        hop: &Hop,
     ) -> Result<(), Reason> {
         let reason = pipeline::apply_mode(mode, reason)?;
         self.metrics.shadow_deny(Direction::Inbound, reason);
-        tracing::info!(caller = %conn.peer.id, %reason, ?policy_ids, request_id, "shadow_deny: forwarded anyway");
+        tracing::info!(
+            caller = %conn.peer.id, %reason, ?policy_ids, request_id = hop.id, trace_id = %hop.trace.trace_id,
+            "shadow_deny: forwarded anyway"
+        );
         Ok(())
     }
 
@@ -313,7 +317,7 @@ impl Inbound {
         &self,
         h: &mut hyper::HeaderMap,
         conn: &Conn,
-        request_id: &str,
+        hop: &Hop,
         entra_agent_id: Option<&str>,
         upgrade: bool,
     ) {
@@ -327,7 +331,7 @@ impl Inbound {
                 h.insert(name, value.clone());
             }
         }
-        forward::stamp_request_id(h, request_id);
+        hop.stamp(h);
         // The caller's entry names its Entra agent (the policy's word, never the caller's).
         if let Some(id) = entra_agent_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             h.insert(X_SPIFFE_ENTRA_AGENT_ID, id);

@@ -24,7 +24,7 @@ use crate::config::{OutboundConfig, RouteConfig};
 use crate::dataplane::body::{Activity, Body};
 use crate::dataplane::forward::{self, Exchange, ResponseId, Sent, Sink};
 use crate::dataplane::headers;
-use crate::dataplane::request_id::RequestIds;
+use crate::dataplane::request_id::{Hop, RequestIds};
 use crate::dataplane::server::{self, ConnectionEnds};
 use crate::dataplane::upstream::sidecar::{RefusalMemo, SidecarConnector};
 use crate::dataplane::upstream::{self, TunnelEnds};
@@ -73,12 +73,13 @@ impl Outbound {
         request: Request<Incoming>,
         activity: Arc<Activity>,
     ) -> Result<Response<Body>, Infallible> {
-        let exchange = Exchange::begin(Direction::Outbound, &self.ids, &activity).counted(&self.metrics);
+        let exchange =
+            Exchange::begin(Direction::Outbound, &self.ids, request.headers(), &activity).counted(&self.metrics);
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(Arc::from);
         // One snapshot of our identity for the connection and the audit event (it may rotate meanwhile).
         let identity = self.identity.current();
-        let sent = self.forward(request, exchange.id(), identity.as_ref()).await;
+        let sent = self.forward(request, exchange.hop(), identity.as_ref()).await;
         let event = Event {
             caller_spiffe_id: identity.map(|i| Arc::from(i.svid().id().as_str())),
             target: host,
@@ -90,12 +91,7 @@ impl Outbound {
         Ok(exchange.finish(sent, None, event, ResponseId::PeerFirst, sink))
     }
 
-    async fn forward(
-        &self,
-        mut request: Request<Incoming>,
-        request_id: &str,
-        identity: Option<&Arc<Identity>>,
-    ) -> Sent {
+    async fn forward(&self, mut request: Request<Incoming>, hop: &Hop, identity: Option<&Arc<Identity>>) -> Sent {
         forward::refuse_connect(request.method())?;
         // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) would let the app pick any destination.
         if request.version() < Version::HTTP_2 && request.uri().scheme().is_some() {
@@ -128,7 +124,7 @@ impl Outbound {
             let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Reason::TokenUnavailable)?;
             parts.headers.insert(header::AUTHORIZATION, value);
         }
-        forward::stamp_request_id(&mut parts.headers, request_id);
+        hop.stamp(&mut parts.headers);
         // The peer connection's protocol (h2 or HTTP/1.1) is chosen by ALPN, not by the app.
         parts.version = Version::HTTP_11;
         let outgoing = Request::from_parts(parts, crate::dataplane::body::boxed(incoming));

@@ -1,12 +1,33 @@
 //! Request IDs: a random per-process prefix and a counter, 32 hex digits.
 //! Unique across restarts and replicas without a random draw per request.
+//! With them, each request's place in its W3C trace ([`Hop`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::dataplane::forward;
+use crate::observe::trace::{TraceIds, Tracer};
 
 #[derive(Debug)]
 pub struct RequestIds {
     prefix: u64,
     counter: AtomicU64,
+    tracer: Tracer,
+}
+
+/// One request as the audit trail and the next hop know it: our request ID
+/// and this hop's span in the client's trace (or a new one).
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub id: String,
+    pub trace: TraceIds,
+}
+
+impl Hop {
+    /// `X-Request-Id` and `traceparent` on the request to the upstream.
+    pub fn stamp(&self, headers: &mut hyper::HeaderMap) {
+        forward::stamp_request_id(headers, &self.id);
+        self.trace.stamp(headers);
+    }
 }
 
 impl RequestIds {
@@ -14,7 +35,12 @@ impl RequestIds {
         let mut bytes = [0u8; 8];
         // Without randomness IDs stay unique within the process, which is all correlation needs.
         let _ = certs::crypto::provider().secure_random.fill(&mut bytes);
-        Self { prefix: u64::from_be_bytes(bytes), counter: AtomicU64::new(0) }
+        Self { prefix: u64::from_be_bytes(bytes), counter: AtomicU64::new(0), tracer: Tracer::new() }
+    }
+
+    /// The next request's [`Hop`], continuing the `traceparent` in `headers` if valid.
+    pub fn hop(&self, headers: &hyper::HeaderMap) -> Hop {
+        Hop { id: self.next(), trace: self.tracer.hop(headers) }
     }
 
     pub fn next(&self) -> String {

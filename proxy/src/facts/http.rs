@@ -95,12 +95,12 @@ impl HttpClient {
 
     /// GETs `url`; only a 200 with a body under the size limit is a success.
     pub async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
-        self.send(url, hyper::Method::GET, None, Bytes::new()).await
+        self.send(url, hyper::Method::GET, None, None).await
     }
 
     /// GETs `url` with a bearer token (Graph).
     pub async fn get_with_token(&self, url: &str, token: &str) -> Result<Bytes, FetchError> {
-        self.send(url, hyper::Method::GET, Some(token), Bytes::new()).await
+        self.send(url, hyper::Method::GET, Some(token), None).await
     }
 
     /// POSTs a form (`application/x-www-form-urlencoded`), e.g. a token request.
@@ -111,7 +111,13 @@ impl HttpClient {
                 format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC))
             })
             .collect();
-        self.send(url, hyper::Method::POST, None, Bytes::from(body.join("&"))).await
+        let form = Bytes::from(body.join("&"));
+        self.send(url, hyper::Method::POST, None, Some(("application/x-www-form-urlencoded", form))).await
+    }
+
+    /// POSTs a JSON document (OTLP/HTTP span export).
+    pub async fn post_json(&self, url: &str, body: Bytes) -> Result<Bytes, FetchError> {
+        self.send(url, hyper::Method::POST, None, Some(("application/json", body))).await
     }
 
     async fn send(
@@ -119,14 +125,18 @@ impl HttpClient {
         url: &str,
         method: hyper::Method,
         token: Option<&str>,
-        body: Bytes,
+        body: Option<(&'static str, Bytes)>,
     ) -> Result<Bytes, FetchError> {
         let uri: hyper::Uri = url.parse().map_err(|_| FetchError::BadUrl(url.to_owned()))?;
         let mut request =
             hyper::Request::builder().method(method.clone()).uri(uri).header(hyper::header::ACCEPT, "application/json");
-        if method == hyper::Method::POST {
-            request = request.header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        }
+        let body = match body {
+            Some((content_type, body)) => {
+                request = request.header(hyper::header::CONTENT_TYPE, content_type);
+                body
+            }
+            None => Bytes::new(),
+        };
         if let Some(token) = token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 
 pub use crate::observe::labels::{Decision, Direction};
 use crate::observe::metrics::Metrics;
+use crate::observe::trace::TraceIds;
+use crate::observe::trace::otlp::SpanQueue;
 use policy::{Layer, Reason};
 
 mod subscribers;
@@ -100,6 +102,10 @@ pub struct Event {
     /// sidecar's own id for the call), so both sides' events of one call join.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_request_id: Option<String>,
+    /// Data plane: this hop's W3C trace context (`trace_id`, `span_id`,
+    /// `parent_span_id` when the client's trace was continued).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceIds>,
     /// Mgmt mutations: which key (by name, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
@@ -160,6 +166,8 @@ pub struct AuditHub {
     live: Arc<subscribers::Subscribers>,
     /// The JSON-lines writers (file, stdout).
     sinks: Vec<mpsc::Sender<Arc<Event>>>,
+    /// OTLP span export (`telemetry.otlp_endpoint`): sampled data-plane events.
+    spans: Option<SpanQueue>,
     metrics: Arc<Metrics>,
 }
 
@@ -171,8 +179,13 @@ const SINK_QUEUE: usize = 4096;
 
 impl AuditHub {
     /// `sinks`: each gets every event as a JSON line, from a background task
-    /// of its own (started here).
-    pub fn new(capacity: usize, sinks: Vec<(String, SinkWriter)>, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// of its own (started here); `spans`: each sampled data-plane event as a span.
+    pub fn new(
+        capacity: usize,
+        sinks: Vec<(String, SinkWriter)>,
+        spans: Option<SpanQueue>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let sinks = sinks
             .into_iter()
             .map(|(name, writer)| {
@@ -188,6 +201,7 @@ impl AuditHub {
             capacity: capacity.max(1),
             live: subscribers::Subscribers::new(metrics.audit_subscribers.clone()),
             sinks,
+            spans,
             metrics,
         })
     }
@@ -225,6 +239,9 @@ impl AuditHub {
             ring.push_back(event.clone());
         }
         self.live.send(&event, &self.metrics);
+        if let Some(spans) = &self.spans {
+            spans.offer(&event);
+        }
         for sink in &self.sinks {
             if sink.try_send(event.clone()).is_err() {
                 self.metrics.audit_dropped.inc();
@@ -346,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_sink_loses_events_countably_and_the_rest_goes_on() {
         let metrics = Arc::new(Metrics::new().unwrap());
-        let hub = AuditHub::new(10, vec![("broken".into(), Box::new(Broken))], metrics.clone());
+        let hub = AuditHub::new(10, vec![("broken".into(), Box::new(Broken))], None, metrics.clone());
         for _ in 0..3 {
             hub.record(Event { direction: Direction::Inbound, ..Event::default() });
         }

@@ -21,6 +21,7 @@ pub struct Metrics {
     tls_handshakes_total: IntCounterVec,
     policy_reloads_total: IntCounterVec,
     config_reloads_total: IntCounterVec,
+    spans_total: IntCounterVec,
     jwks_refresh_total: IntCounterVec,
     graph_requests_total: IntCounterVec,
     pub policy_eval_duration_seconds: prometheus::Histogram,
@@ -180,6 +181,17 @@ impl Metrics {
                 graph_requests_total.with_label_values(&[api, result]);
             }
         }
+        let spans_total = IntCounterVec::new(
+            Opts::new(
+                "spans_total",
+                "Trace spans for telemetry.otlp_endpoint: exported, dropped (queue full), failed (export error)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(spans_total.clone()))?;
+        for result in ["exported", "dropped", "failed"] {
+            spans_total.with_label_values(&[result]);
+        }
         let in_flight_requests = prometheus::IntGaugeVec::new(
             Opts::new("in_flight_requests", "Requests whose response has not ended yet, by direction"),
             &["direction"],
@@ -200,6 +212,7 @@ impl Metrics {
             tls_handshakes_total,
             policy_reloads_total,
             config_reloads_total,
+            spans_total,
             jwks_refresh_total,
             graph_requests_total,
             policy_eval_duration_seconds,
@@ -252,6 +265,11 @@ impl Metrics {
 
     pub fn config_reload(&self, result: &'static str) {
         self.config_reloads_total.with_label_values(&[result]).inc();
+    }
+
+    /// `n` spans ended as `result` (`exported`, `dropped`, `failed`).
+    pub fn spans(&self, result: &'static str, n: u64) {
+        self.spans_total.with_label_values(&[result]).inc_by(n);
     }
 
     pub fn policy_reload(&self, result: &'static str) {

@@ -211,7 +211,7 @@ pub fn jwt_yaml(authority: &str) -> String {
     )
 }
 
-fn caller_yaml(socket: &std::path::Path, inbound: SocketAddr, closed_port: u16) -> String {
+pub fn caller_yaml(socket: &std::path::Path, inbound: SocketAddr, closed_port: u16) -> String {
     format!(
         "identity: {{socket: 'unix://{}'}}
 telemetry: {{listen: '127.0.0.1:0', log_format: text}}
