@@ -18,11 +18,14 @@
   configs and the policy name; the PrometheusRule's alerts are operations.md's.
 - Every sidecar in the compose file and in deploy/k8s: its config, laid out as the
   container sees it (mounted files, environment), passes `a2a-sidecar check`.
+- the compose SPIRE agent mints a fresh join token at every start; the dev IdP
+  follows SPIRE's JWT keys through the OIDC discovery provider (oidc.conf).
 - docker/spire/*.conf parse as HCL, agree on the trust domain and pass `spire-server/agent validate`
   (when tools/spire/build.sh has built them); the compose images are the SPIRE version go.mod pins;
   each compose sidecar stop_grace_period is above its shutdown_delay + drain_timeout.
-- docker/Dockerfile: production stage non-root, without the `dev` feature,
-  with a HEALTHCHECK that runs `a2a-sidecar probe`.
+- docker/Dockerfile: production stage non-root (numeric USER), without the
+  `dev` feature, with a HEALTHCHECK that runs `a2a-sidecar probe`; every base
+  image pinned by digest; one target cache per build stage.
 
 Usage: docker/check.py PATH-TO-a2a-sidecar [--compose-schema-wheel WHEEL] [--kustomize BIN] [--crds DIR]
 """
@@ -391,6 +394,8 @@ def seconds(duration):
 def check_spire():
     domains = {}
     for path in sorted((DOCKER / "spire").glob("*.conf")):
+        if path.name == "oidc.conf":
+            continue  # the OIDC discovery provider's: check_spire_oidc
         try:
             conf = hcl2.loads(path.read_text())
         except Exception as e:  # noqa: BLE001 - any parse error is the finding
@@ -416,11 +421,47 @@ def check_spire():
     pinned = re.search(r"github\.com/spiffe/spire v(\S+)", (ROOT / "tools/spire/go.mod").read_text())
     compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
     images = [s.get("image", "") for s in compose.get("services", {}).values()]
-    spire_images = [i for i in images if i.startswith("ghcr.io/spiffe/spire-")]
+    spire_images = [i for i in images if i.startswith("ghcr.io/spiffe/")]
     if not pinned or not spire_images or any(not i.endswith(":" + pinned.group(1)) for i in spire_images):
         fail("docker-compose.yml", f"SPIRE images {spire_images} are not the version tools/spire/go.mod pins")
     else:
         print(f"ok   docker-compose.yml: SPIRE images are {pinned.group(1)}, as tools/spire/go.mod pins")
+
+
+def check_spire_compose():
+    """The compose stack's SPIRE wiring that only a running stack would
+    otherwise show: a fresh join token at every agent start, and the dev
+    IdP following SPIRE's JWT keys through the OIDC discovery provider."""
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    services = compose.get("services", {})
+    agent_conf = hcl2.loads((DOCKER / "spire/agent.conf").read_text())
+    start = (DOCKER / "spire/agent-start.sh").read_text()
+    bootstrap = (DOCKER / "spire/bootstrap.sh").read_text()
+    agent = services.get("spire-agent", {})
+    if "join_token" in (agent_conf.get("agent") or [{}])[0]:
+        fail("spire/agent.conf", "a join_token in the file is single-use: it must come from agent-start.sh at each start")
+    elif "spire/agent-start.sh" not in " ".join(agent.get("entrypoint", [])) \
+            or "token generate" not in start or "-joinToken" not in start or "token generate" in bootstrap:
+        fail("docker-compose.yml spire-agent", "must start through spire/agent-start.sh, which mints the join token")
+    else:
+        print("ok   docker-compose.yml spire-agent: a fresh join token at every start (spire/agent-start.sh)")
+    oidc = hcl2.loads((DOCKER / "spire/oidc.conf").read_text())
+    provider = services.get("spire-oidc", {})
+    address = str(oidc.get("insecure_addr", "")).strip('"')
+    socket = str((oidc.get("server_api") or [{}])[0].get("address", "")).strip('"')
+    mounted = [v.split(":")[1] for v in provider.get("volumes", []) if v.startswith("spire-server-socket:")]
+    issuer = re.search(r"--data '([^']+)' \"\$IDP/admin/trust-issuer\"", bootstrap)
+    problems = []
+    if provider.get("network_mode") != "service:dev-idp":
+        problems.append("spire-oidc must share the dev IdP's network namespace (its keys are read over loopback)")
+    if not issuer or issuer.group(1) != f"http://{address}":
+        problems.append(f"bootstrap.sh must make the dev IdP trust http://{address} (oidc.conf insecure_addr)")
+    if not mounted or not socket.startswith(f"unix://{mounted[0]}/"):
+        problems.append(f"oidc.conf server_api {socket} is not in the spire-server-socket volume {mounted}")
+    for problem in problems:
+        fail("spire/oidc.conf", problem)
+    if not problems:
+        print(f"ok   spire/oidc.conf: the dev IdP follows SPIRE's JWT keys at http://{address} (server API {socket})")
 
 
 def check_dockerfile():
@@ -433,6 +474,13 @@ def check_dockerfile():
         fail("Dockerfile (last stage)", f"USER must be a numeric non-root uid:gid (Kubernetes' runAsNonRoot refuses names): {user}")
     else:
         uid_gid = tuple(int(x) for x in user[-1].split(":"))
+    # Every base image by digest (FROM lines name the pinned ARGs, or an earlier stage).
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I))
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
+    for image in re.findall(r"^FROM\s+(\S+)", text, re.M):
+        resolved = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), image)
+        if resolved not in stages and not re.search(r"@sha256:[0-9a-f]{64}$", resolved):
+            fail("Dockerfile", f"base image `{resolved}` is not pinned by digest (docker/pin-base-images.sh)")
     if re.search(r"type=cache,target=/src/target", text):
         fail("Dockerfile", "each build stage needs its own target cache (`id=`)")
     for needle, why in [
@@ -443,7 +491,7 @@ def check_dockerfile():
             fail("Dockerfile (last stage)", why)
     if "--no-default-features" not in text:
         fail("Dockerfile", "the production binary must be built without the `dev` feature")
-    print("ok   Dockerfile: numeric non-root USER, HEALTHCHECK probe, no dev feature, one target cache per stage")
+    print("ok   Dockerfile: numeric non-root USER, HEALTHCHECK probe, no dev feature, one target cache per stage, bases by digest")
     return uid_gid
 
 
@@ -463,6 +511,7 @@ def main():
     user = check_dockerfile()
     check_k8s(binary, options["--kustomize"], options["--crds"], user)
     check_spire()
+    check_spire_compose()
     if failures:
         print("\n".join(["", "FAILED:"] + failures), file=sys.stderr)
         sys.exit(1)
