@@ -727,9 +727,15 @@ impl Ctx<'_> {
         let otlp_endpoint = match raw.otlp_endpoint {
             Some(url) => {
                 identity_endpoint(&url).map_err(|why| self.invalid("telemetry.otlp_endpoint", why))?;
-                if url.parse::<hyper::Uri>().is_ok_and(|u| u.authority().is_some_and(|a| a.as_str().contains('@'))) {
-                    // It would be in the start-up log line.
-                    return Err(self.invalid("telemetry.otlp_endpoint", "credentials in the URL are not accepted"));
+                // Either would be printed in the start-up log line: no secret goes there.
+                let secretive = url
+                    .parse::<hyper::Uri>()
+                    .is_ok_and(|u| u.query().is_some() || u.authority().is_some_and(|a| a.as_str().contains('@')));
+                if secretive {
+                    return Err(self.invalid(
+                        "telemetry.otlp_endpoint",
+                        "credentials in the URL (user info or a query) are not accepted",
+                    ));
                 }
                 Some(url)
             }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
 use hyper::http::uri::{Authority, Scheme};
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -17,7 +16,7 @@ use policy::Reason;
 use crate::dataplane::body::{Activity, Body, BoxError, Cut, InFlight, Tracked};
 use crate::dataplane::deny;
 use crate::dataplane::headers::{self, X_REQUEST_ID};
-use crate::dataplane::request_id::{Hop, RequestIds};
+use crate::dataplane::request_id::{Hop, RequestIds, stamp_request_id};
 use crate::dataplane::upstream::{self, TunnelEnds};
 use crate::observe::audit::{AuditHub, Decision, Direction, Event};
 use crate::observe::metrics::Metrics;
@@ -125,7 +124,6 @@ pub struct Sink<'a> {
     pub audit: &'a AuditHub,
 }
 
-/// Sets `X-Request-Id` to `id` (replacing whatever the client sent).
 /// The caller's own request id, from an authenticated peer: exactly one
 /// `X-Request-Id` of 1 to 128 visible ASCII characters, else none (it goes
 /// into the audit trail, never to the app: ours replaces it there).
@@ -135,12 +133,6 @@ pub fn peer_request_id(headers: &hyper::HeaderMap) -> Option<String> {
     let bytes = value.as_bytes();
     let fits = (1..=128).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic);
     fits.then(|| String::from_utf8_lossy(bytes).into_owned())
-}
-
-pub fn stamp_request_id(headers: &mut hyper::HeaderMap, id: &str) {
-    if let Ok(value) = HeaderValue::from_str(id) {
-        headers.insert(X_REQUEST_ID, value);
-    }
 }
 
 /// A proxy never tunnels for a client: `CONNECT` is refused.
@@ -241,7 +233,7 @@ mod tests {
     fn answer(request_id: Option<&str>) -> Response<Full<bytes::Bytes>> {
         let mut response = Response::new(Full::new(bytes::Bytes::from_static(b"hi")));
         if let Some(id) = request_id {
-            response.headers_mut().insert(X_REQUEST_ID, HeaderValue::from_str(id).unwrap());
+            response.headers_mut().insert(X_REQUEST_ID, hyper::header::HeaderValue::from_str(id).unwrap());
         }
         response
     }

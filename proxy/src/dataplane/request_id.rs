@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::dataplane::forward;
+use hyper::header::HeaderValue;
+
+use crate::dataplane::headers::X_REQUEST_ID;
 use crate::observe::trace::{TraceIds, Tracer};
 
 #[derive(Debug)]
@@ -25,7 +27,7 @@ pub struct Hop {
 impl Hop {
     /// `X-Request-Id` and `traceparent` on the request to the upstream.
     pub fn stamp(&self, headers: &mut hyper::HeaderMap) {
-        forward::stamp_request_id(headers, &self.id);
+        stamp_request_id(headers, &self.id);
         self.trace.stamp(headers);
     }
 }
@@ -52,5 +54,12 @@ impl RequestIds {
 impl Default for RequestIds {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Sets `X-Request-Id` to `id` (replacing whatever the client sent).
+pub fn stamp_request_id(headers: &mut hyper::HeaderMap, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert(X_REQUEST_ID, value);
     }
 }

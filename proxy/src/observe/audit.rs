@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 pub use crate::observe::labels::{Decision, Direction};
 use crate::observe::metrics::Metrics;
 use crate::observe::trace::TraceIds;
-use crate::observe::trace::otlp::SpanQueue;
+use crate::observe::trace::otlp::{Span, SpanQueue};
 use policy::{Layer, Reason};
 
 mod subscribers;
@@ -239,8 +239,8 @@ impl AuditHub {
             ring.push_back(event.clone());
         }
         self.live.send(&event, &self.metrics);
-        if let Some(spans) = &self.spans {
-            spans.offer(&event);
+        if let Some((spans, span)) = self.spans.as_ref().zip(span_of(&event)) {
+            spans.offer(span);
         }
         for sink in &self.sinks {
             if sink.try_send(event.clone()).is_err() {
@@ -283,6 +283,36 @@ impl AuditHub {
     pub fn subscribe(&self) -> Subscription {
         self.live.add()
     }
+}
+
+/// A data-plane event with a trace as an OTLP span (see [`Span`]).
+fn span_of(event: &Event) -> Option<Span> {
+    let ids = event.trace.filter(|t| t.sampled)?;
+    let end = event.timestamp.0;
+    let span = Span {
+        ids,
+        server: match event.direction {
+            Direction::Inbound => true,
+            Direction::Outbound => false,
+            Direction::Mgmt => return None,
+        },
+        start: end.checked_sub(std::time::Duration::from_micros(event.latency_us)).unwrap_or(end),
+        end,
+        method: Span::method_name(event.method.as_ref()),
+        status: event.status,
+        decision: event.decision.as_str(),
+        layer: event.layer.as_str(),
+        reason: event.reason.as_str(),
+        shadow: event.decision == Decision::ShadowDeny,
+        strings: Vec::with_capacity(5),
+    };
+    Some(
+        span.with("url.path", event.path.as_deref())
+            .with("a2a.caller.spiffe_id", event.caller_spiffe_id.as_deref())
+            .with("a2a.target", event.target.as_deref())
+            .with("a2a.request_id", event.request_id.as_deref())
+            .with("a2a.caller.policy", event.caller_policy.as_deref()),
+    )
 }
 
 /// Writes each event as one JSON line, flushing whenever it has caught up.

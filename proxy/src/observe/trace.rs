@@ -6,7 +6,9 @@
 //! one that does not parse, or with two) a new trace starts. The IDs go into
 //! the audit event (`trace_id`, `span_id`, `parent_span_id`) and the request's
 //! log lines, and, when `telemetry.otlp_endpoint` is set, the sampled spans
-//! are exported ([`otlp`]).
+//! are exported ([`otlp`]). Trace data is for operators, not a security
+//! record: a client chooses its trace and whether it is sampled; the audit
+//! trail records every request either way.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,12 +62,13 @@ impl TraceIds {
     }
 }
 
-/// Mints span IDs (and trace IDs for new traces): a per-process random key
-/// mixed with a counter, so IDs are unique and unpredictable without a
-/// random draw per request.
+/// Mints span IDs (and trace IDs for new traces): a keyed PRF (SipHash-1-3
+/// with a random 128-bit key, std's `RandomState`) of a counter, so IDs are
+/// unique in practice and cannot be predicted from the ones a peer has seen,
+/// without a random draw per request.
 #[derive(Debug)]
 pub struct Tracer {
-    key: [u64; 2],
+    key: std::collections::hash_map::RandomState,
     counter: AtomicU64,
 }
 
@@ -77,28 +80,18 @@ impl Default for Tracer {
 
 impl Tracer {
     pub fn new() -> Self {
-        let mut bytes = [0u8; 16];
-        // Without randomness the IDs stay unique within the process.
-        let _ = certs::crypto::provider().secure_random.fill(&mut bytes);
-        let (a, b) = bytes.split_at(8);
-        let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
-        Self { key: [word(a), word(b)], counter: AtomicU64::new(0) }
+        Self { key: std::collections::hash_map::RandomState::new(), counter: AtomicU64::new(0) }
     }
 
+    /// 64 pseudo-random bits, never zero.
     fn next(&self) -> u64 {
+        use std::hash::BuildHasher;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        // splitmix64 of the keyed counter: a bijection, so no two calls collide.
-        let mut z = n.wrapping_add(self.key[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.key.hash_one(n).max(1)
     }
 
     fn span_id(&self) -> SpanId {
-        match self.next() {
-            0 => SpanId(1u64.to_be_bytes()),
-            n => SpanId(n.to_be_bytes()),
-        }
+        SpanId(self.next().to_be_bytes())
     }
 
     /// This hop's IDs: the client's trace continued, or a new one.
@@ -108,11 +101,8 @@ impl Tracer {
             Some((trace_id, parent, sampled)) => TraceIds { trace_id, span_id, parent_span_id: Some(parent), sampled },
             None => {
                 let mut id = [0u8; 16];
-                id[..8].copy_from_slice(&self.key[1].to_be_bytes());
+                id[..8].copy_from_slice(&self.next().to_be_bytes());
                 id[8..].copy_from_slice(&self.next().to_be_bytes());
-                if id == [0; 16] {
-                    id[15] = 1;
-                }
                 TraceIds { trace_id: TraceId(id), span_id, parent_span_id: None, sampled: true }
             }
         }
@@ -120,27 +110,19 @@ impl Tracer {
 }
 
 /// The client's `traceparent`: exactly one header; version `00` exactly as
-/// specified, or a later version (not `ff`) whose first four fields parse;
-/// lowercase hex; IDs not all zeros. Anything else starts a new trace.
+/// specified, or a later version (not `ff`) whose first four fields parse
+/// (anything after them must follow a `-`); lowercase hex; IDs not all
+/// zeros. Anything else starts a new trace.
 fn parse_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId, bool)> {
     let mut values = headers.get_all(&TRACEPARENT).iter();
     let (Some(value), None) = (values.next(), values.next()) else { return None };
-    let text = value.to_str().ok()?;
-    let version = hex::<1>(text.get(0..2)?)?[0];
-    if version == 0xff
-        || (version == 0 && text.len() != 55)
-        || (version != 0 && text.len() > 55 && !text[55..].starts_with('-'))
-    {
-        return None;
-    }
-    let bytes = text.as_bytes();
-    if text.len() < 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
-        return None;
-    }
-    let trace = hex::<16>(&text[3..35])?;
-    let parent = hex::<8>(&text[36..52])?;
-    let flags = hex::<1>(&text[53..55])?[0];
-    if trace == [0; 16] || parent == [0; 8] {
+    let mut fields = value.to_str().ok()?.splitn(5, '-');
+    let [version] = hex::<1>(fields.next()?)?;
+    let trace = hex::<16>(fields.next()?)?;
+    let parent = hex::<8>(fields.next()?)?;
+    let [flags] = hex::<1>(fields.next()?)?;
+    let more = fields.next().is_some();
+    if version == 0xff || (version == 0 && more) || trace == [0; 16] || parent == [0; 8] {
         return None;
     }
     Some((TraceId(trace), SpanId(parent), flags & 1 == 1))
@@ -148,18 +130,17 @@ fn parse_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId, bool)> {
 
 /// `N` bytes from exactly `2N` lowercase hex digits.
 fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    let digits = text.as_bytes();
-    if digits.len() != 2 * N {
+    if text.len() != 2 * N {
         return None;
     }
-    let value = |d: u8| match d {
+    let mut digits = text.bytes().map(|d| match d {
         b'0'..=b'9' => Some(d - b'0'),
         b'a'..=b'f' => Some(d - b'a' + 10),
         _ => None,
-    };
+    });
     let mut out = [0u8; N];
-    for (i, pair) in digits.chunks_exact(2).enumerate() {
-        out[i] = value(pair[0])? << 4 | value(pair[1])?;
+    for byte in &mut out {
+        *byte = digits.next()?? << 4 | digits.next()??;
     }
     Some(out)
 }

@@ -210,6 +210,7 @@ fn an_otlp_endpoint_must_be_https_off_loopback() {
     for (url, why) in [
         ("http://collector.example:4318/v1/traces", "must be https://"),
         ("https://user:secret@collector.example/v1/traces", "credentials in the URL"),
+        ("https://collector.example/v1/traces?api-key=secret", "credentials in the URL"),
         ("not a url", "is not a URL"),
     ] {
         let path = dir.path().join("c.yaml");
