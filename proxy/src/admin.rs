@@ -1,7 +1,9 @@
 //! The admin API (`/mgmt`, DESIGN 1.5): route names and JSON shapes of the
-//! reference prototype, keys always required (the app shares the pod's
-//! loopback; mTLS in addition off loopback), every mutation persisted before its 200 and audited with the
-//! key's name.
+//! reference prototype, a key required (the app shares the pod's loopback;
+//! mTLS in addition off loopback) unless the mTLS caller's SVID has a role
+//! of its own (`mgmt.tls.roles`), every mutation persisted before its 200
+//! and audited with the key's name, the SVID, or, for a configured console,
+//! the person it acts for.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,8 +42,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Mgmt {
     auth: auth::Auth,
     tls: Option<TlsAcceptor>,
+    /// `mgmt.tls.roles` and `mgmt.tls.consoles`.
+    svid_roles: Vec<(certs::IdPattern, Role)>,
+    consoles: Vec<certs::IdPattern>,
     ctx: Context,
 }
+
+/// The headers a console names the signed-in person with.
+const X_A2A_ACTOR: &str = "x-a2a-actor";
+const X_A2A_ACTOR_ROLE: &str = "x-a2a-actor-role";
 
 /// A refusal, turned into a JSON response at the edge.
 #[derive(Debug)]
@@ -97,7 +106,8 @@ impl Mgmt {
             None => None,
         };
         let auth = auth::Auth::new(ctx.reloader.keys.clone(), ctx.metrics.clone());
-        Ok(Arc::new(Self { auth, tls, ctx }))
+        let (svid_roles, consoles) = (section.tls_roles.clone(), section.tls_consoles.clone());
+        Ok(Arc::new(Self { auth, tls, svid_roles, consoles, ctx }))
     }
 
     /// Serves `listener` until `shutdown`, then drains for at most `drain`.
@@ -106,9 +116,14 @@ impl Mgmt {
             let this = self.clone();
             async move {
                 match this.tls.clone() {
-                    None => this.serve_connection(tcp, remote, slot, shutdown).await,
+                    None => this.serve_connection(tcp, remote, None, slot, shutdown).await,
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => this.serve_connection(tls, remote, slot, shutdown).await,
+                        Ok(Ok(tls)) => {
+                            // The verifier accepted a parsable SVID leaf that the allow-list matches.
+                            let leaf = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+                            let peer = leaf.and_then(|der| certs::x509::parse_leaf(der).ok()).map(|l| Arc::new(l.id));
+                            this.serve_connection(tls, remote, peer, slot, shutdown).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
                         Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
                     },
@@ -122,6 +137,7 @@ impl Mgmt {
         self: Arc<Self>,
         io: I,
         remote: SocketAddr,
+        peer: Option<Arc<certs::SpiffeId>>,
         slot: Slot,
         shutdown: watch::Receiver<bool>,
     ) where
@@ -130,7 +146,7 @@ impl Mgmt {
         // Cancelled to close the connection from a handler (a stalled audit stream).
         let cut = CancellationToken::new();
         let handler_cut = cut.clone();
-        let handle = move |req| self.clone().handle(req, remote, handler_cut.clone());
+        let handle = move |req| self.clone().handle(req, remote, peer.clone(), handler_cut.clone());
         server::http1_connection(io, slot, crate::config::LOCAL_LIMITS, shutdown, Some(cut), handle).await;
     }
 
@@ -138,9 +154,10 @@ impl Mgmt {
         self: Arc<Self>,
         req: Request<Incoming>,
         remote: SocketAddr,
+        peer: Option<Arc<certs::SpiffeId>>,
         connection: CancellationToken,
     ) -> Response<Body> {
-        let (caller, mut response) = self.route(req, remote, connection).await;
+        let (caller, mut response) = self.route(req, remote, peer.as_deref(), connection).await;
         // A connection that has not shown a key is not kept: whatever shares
         // the loopback cannot hold every slot with keep-alive health checks.
         if caller.is_none() {
@@ -149,11 +166,12 @@ impl Mgmt {
         response
     }
 
-    /// The response, and who asked for it (if they showed a valid key).
+    /// The response, and who asked for it (if they showed a valid key or SVID).
     async fn route(
         &self,
         req: Request<Incoming>,
         remote: SocketAddr,
+        peer: Option<&certs::SpiffeId>,
         connection: CancellationToken,
     ) -> (Option<Caller>, Response<Body>) {
         let path = req.uri().path().to_owned();
@@ -172,7 +190,7 @@ impl Mgmt {
         let caller = if route.open() {
             None
         } else {
-            match self.auth.check(req.headers().get("x-spiffe-admin-key"), remote.ip()) {
+            match self.authenticate(req.headers(), remote, peer) {
                 Ok(caller) => Some(caller),
                 Err(reject) => return (None, reject.into_response()),
             }
@@ -184,6 +202,48 @@ impl Mgmt {
         let response = routes::dispatch(&self.ctx, route, req, caller.clone(), connection).await;
         (caller, response)
     }
+}
+
+impl Mgmt {
+    /// Who is calling: the key presented, or without one, an SVID with a
+    /// role (`mgmt.tls.roles`); and when that caller is a configured console
+    /// naming a person (`X-A2A-Actor`), that person, with the lower of the
+    /// console's role and the one it says the person has (`X-A2A-Actor-Role`).
+    fn authenticate(
+        &self,
+        headers: &hyper::HeaderMap,
+        remote: SocketAddr,
+        peer: Option<&certs::SpiffeId>,
+    ) -> Result<Caller, Reject> {
+        let key = headers.get("x-spiffe-admin-key");
+        let caller = match (key, peer.and_then(|p| self.svid_role(p).map(|role| (p, role)))) {
+            (None, Some((peer, role))) => Caller { name: peer.to_string(), role },
+            _ => self.auth.check(key, remote.ip())?,
+        };
+        let Some(console) = peer.filter(|p| self.consoles.iter().any(|c| c.matches(p))) else { return Ok(caller) };
+        let Some(actor) = headers.get(X_A2A_ACTOR) else { return Ok(caller) };
+        let bad = |what: &str| Reject::with(StatusCode::BAD_REQUEST, "invalid_request", what.to_owned());
+        let person = actor_name(actor).ok_or_else(|| bad("X-A2A-Actor: 1 to 128 printable characters"))?;
+        let role = match headers.get(X_A2A_ACTOR_ROLE).map(HeaderValue::as_bytes) {
+            Some(b"admin") => Role::Admin,
+            Some(b"viewer") => Role::Viewer,
+            _ => return Err(bad("X-A2A-Actor-Role: admin or viewer, with X-A2A-Actor")),
+        };
+        Ok(Caller { name: format!("{person} (via {console})"), role: caller.role.min(role) })
+    }
+
+    /// The role `mgmt.tls.roles` gives `peer`: the least privileged of those that match.
+    fn svid_role(&self, peer: &certs::SpiffeId) -> Option<Role> {
+        self.svid_roles.iter().filter(|(pattern, _)| pattern.matches(peer)).map(|(_, role)| *role).min()
+    }
+}
+
+/// A person's name as a console sends it (UTF-8, no control characters, at
+/// most 128 characters): it goes into audit events verbatim.
+fn actor_name(value: &HeaderValue) -> Option<String> {
+    let name = std::str::from_utf8(value.as_bytes()).ok()?.trim();
+    let fits = !name.is_empty() && name.chars().count() <= 128 && !name.chars().any(char::is_control);
+    fits.then(|| name.to_owned())
 }
 
 pub fn json_response(status: StatusCode, value: &Value) -> Response<Body> {

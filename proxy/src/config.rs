@@ -94,8 +94,8 @@ impl PolicyConfig {
     }
 }
 
-/// An admin API role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An admin API role, ordered by privilege (`Viewer < Admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Viewer,
     Admin,
@@ -122,8 +122,15 @@ pub struct MgmtSection {
     /// Accepted mutations, written before the 200 and re-applied on start.
     pub state_file: PathBuf,
     /// With this the listener is mTLS and only these SVIDs may connect
-    /// (required off loopback); a key is needed in addition.
+    /// (required off loopback); a key is needed in addition, unless...
     pub tls_callers: Option<Vec<certs::IdPattern>>,
+    /// ...the SVID matches one of these (`mgmt.tls.roles`), which grants the
+    /// role (the least privileged of those that match).
+    pub tls_roles: Vec<(certs::IdPattern, Role)>,
+    /// `mgmt.tls.consoles`: callers that act for a signed-in person, named
+    /// by `X-A2A-Actor` (recorded as the audit event's `actor`) with
+    /// `X-A2A-Actor-Role` (the lower of it and the caller's own role applies).
+    pub tls_consoles: Vec<certs::IdPattern>,
 }
 
 /// The audit trail's sinks.
@@ -594,21 +601,33 @@ impl Ctx<'_> {
         let listen: SocketAddr = text
             .parse()
             .map_err(|_| self.invalid("mgmt.listen", format!("`{text}` is not an address like 127.0.0.1:9443")))?;
-        let tls_callers = match raw.tls {
-            None => None,
+        let pattern = |field: String, p: &str| {
+            p.parse::<certs::IdPattern>().map_err(|e| self.invalid(&field, format!("`{p}`: {e}")))
+        };
+        let (tls_callers, tls_roles, tls_consoles) = match raw.tls {
+            None => (None, Vec::new(), Vec::new()),
             Some(tls) if tls.allowed_callers.is_empty() => {
                 return Err(self.invalid("mgmt.tls.allowed_callers", "at least one admin client SPIFFE ID (pattern)"));
             }
-            Some(tls) => Some(
-                tls.allowed_callers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        p.parse::<certs::IdPattern>()
-                            .map_err(|e| self.invalid(&format!("mgmt.tls.allowed_callers[{i}]"), format!("`{p}`: {e}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
+            Some(tls) => {
+                let callers = (tls.allowed_callers.iter().enumerate())
+                    .map(|(i, p)| pattern(format!("mgmt.tls.allowed_callers[{i}]"), p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut roles = Vec::new();
+                for (p, role) in &tls.roles {
+                    let field = format!("mgmt.tls.roles.{p}");
+                    let role = match role.as_str() {
+                        "admin" => Role::Admin,
+                        "viewer" => Role::Viewer,
+                        other => return Err(self.invalid(&field, format!("`{other}` is not one of admin, viewer"))),
+                    };
+                    roles.push((pattern(field, p)?, role));
+                }
+                let consoles = (tls.consoles.iter().enumerate())
+                    .map(|(i, p)| pattern(format!("mgmt.tls.consoles[{i}]"), p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (Some(callers), roles, consoles)
+            }
         };
         if !listen.ip().is_loopback() && tls_callers.is_none() {
             return Err(self.invalid(
@@ -658,7 +677,7 @@ impl Ctx<'_> {
         let state_file = raw
             .state_file
             .ok_or_else(|| self.invalid("mgmt.state_file", "required: admin changes must survive restarts"))?;
-        Ok(MgmtSection { listen, keys, state_file: self.resolve(state_file), tls_callers })
+        Ok(MgmtSection { listen, keys, state_file: self.resolve(state_file), tls_callers, tls_roles, tls_consoles })
     }
 
     fn on_unavailable(&self, field: &str, value: Option<&str>) -> Result<OnUnavailable, Error> {

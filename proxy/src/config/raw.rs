@@ -50,6 +50,12 @@ pub struct RawMgmt {
 pub struct RawMgmtTls {
     #[serde(default)]
     pub allowed_callers: Vec<String>,
+    /// `{pattern: admin|viewer}`: an allowed SVID matching it needs no key.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, String>,
+    /// Callers (patterns) that act for a signed-in person (the console).
+    #[serde(default)]
+    pub consoles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

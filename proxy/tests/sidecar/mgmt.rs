@@ -662,3 +662,83 @@ async fn only_a_connection_with_a_valid_key_is_kept_alive() {
         response.into_body().collect().await.unwrap();
     }
 }
+
+/// `mgmt.tls.roles`: an allowed SVID with a role needs no key (the least
+/// privileged matching role applies; a key, when shown, decides instead).
+/// `mgmt.tls.consoles`: such a caller may name the signed-in person it acts
+/// for (`X-A2A-Actor`, `X-A2A-Actor-Role`): the audit event's `actor` is that
+/// person, and the lower of the two roles applies, so a viewer's write is
+/// refused by the sidecar itself. Anyone else's `X-A2A-Actor` is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_svid_with_a_role_needs_no_key_and_a_console_acts_for_its_person() {
+    use super::mesh::APPROVAL;
+    use super::support::{read_reply, tls_connect};
+    let mesh = Mesh::start().await;
+    // REPORT plays the console (admin), APPROVAL an SVID with the viewer role, MENUS one without.
+    let tls = format!(
+        "  tls:\n    allowed_callers: ['{REPORT}', '{APPROVAL}', '{MENUS}']\n    roles: {{'{REPORT}': admin, '{APPROVAL}': viewer, 'spiffe://aim.microsoft.com/ests/bp/*/aid/budget-approval': admin}}\n    consoles: ['{REPORT}']"
+    );
+    let yaml = std::fs::read_to_string(&mesh.backend_config).unwrap().replace(
+        "mgmt:\n  listen: '127.0.0.1:0'\n  state_file: state.json",
+        &format!("mgmt:\n  listen: '0.0.0.0:0'\n  state_file: state3.json\n{tls}"),
+    );
+    let path = mesh.dir.path().join("roles.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut sidecar = proxy::app::App::start(proxy::config::Config::load(&path).unwrap()).await.unwrap();
+    sidecar.identity.wait_ready().await.unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], sidecar.mgmt_addr.unwrap().port()));
+
+    let call = |id: &'static str, method: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let tls = mesh.client_tls(id, &[b"http/1.1"]);
+        async move {
+            let io = TokioIo::new(tls_connect(addr, tls).await.unwrap());
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let body = if method == "PUT" {
+                format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "low"}}"#)
+            } else {
+                String::new()
+            };
+            let mut req = hyper::Request::builder().method(method).uri("/mgmt/agent-risk").header("host", "mgmt");
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let response = sender.send_request(req.body(Full::new(bytes::Bytes::from(body))).unwrap()).await.unwrap();
+            read_reply(response).await
+        }
+    };
+    assert_eq!(call(REPORT, "GET", vec![]).await.status, 200, "the console's SVID alone reads");
+    assert_eq!(call(REPORT, "PUT", vec![]).await.status, 200, "and writes (admin)");
+    assert_eq!(call(APPROVAL, "GET", vec![]).await.status, 200, "a viewer SVID reads");
+    assert_eq!(call(APPROVAL, "PUT", vec![]).await.status, 403, "the least privileged matching role: viewer");
+    assert_eq!(call(MENUS, "GET", vec![]).await.status, 401, "an allowed SVID without a role needs a key");
+    assert_eq!(call(MENUS, "GET", vec![("x-spiffe-admin-key", VIEWER_KEY)]).await.status, 200);
+    assert_eq!(call(APPROVAL, "PUT", vec![("x-spiffe-admin-key", ADMIN_KEY)]).await.status, 200, "a key decides");
+
+    // The console acts for a person: its admin role, lowered to the person's.
+    let alice = vec![("x-a2a-actor", "alice@contoso.example"), ("x-a2a-actor-role", "admin")];
+    assert_eq!(call(REPORT, "PUT", alice).await.status, 200);
+    let bob = vec![("x-a2a-actor", "bob@contoso.example"), ("x-a2a-actor-role", "viewer")];
+    assert_eq!(call(REPORT, "PUT", bob.clone()).await.status, 403, "a viewer's write is refused by the sidecar");
+    assert_eq!(call(REPORT, "GET", bob).await.status, 200);
+    let no_role = vec![("x-a2a-actor", "carol@contoso.example")];
+    assert_eq!(call(REPORT, "PUT", no_role).await.status, 400, "a person without a role is refused");
+    let control = vec![("x-a2a-actor", "eve\tx"), ("x-a2a-actor-role", "admin")];
+    assert_eq!(call(REPORT, "PUT", control).await.status, 400);
+    // Not a console: its X-A2A-Actor is ignored (the event names the key).
+    let forged = vec![("x-spiffe-admin-key", ADMIN_KEY), ("x-a2a-actor", "mallory"), ("x-a2a-actor-role", "admin")];
+    assert_eq!(call(APPROVAL, "PUT", forged).await.status, 200);
+
+    let actors: Vec<String> = sidecar
+        .audit
+        .recent(50, None, None)
+        .iter()
+        .filter(|e| e.path.as_deref() == Some("/mgmt/agent-risk"))
+        .filter_map(|e| e.actor.clone())
+        .collect();
+    assert!(actors.contains(&format!("alice@contoso.example (via {REPORT})")), "{actors:?}");
+    assert!(actors.contains(&REPORT.to_owned()), "the console's own writes name its SVID: {actors:?}");
+    assert!(actors.contains(&"ops".to_owned()), "{actors:?}");
+    assert!(!actors.iter().any(|a| a.contains("mallory") || a.contains("bob")), "{actors:?}");
+    sidecar.shutdown().await;
+}
