@@ -395,7 +395,7 @@ fn audit_sinks(
     Ok(sinks)
 }
 
-fn identity_source(config: &IdentityConfig) -> anyhow::Result<Box<dyn SvidSource>> {
+pub(crate) fn identity_source(config: &IdentityConfig) -> anyhow::Result<Box<dyn SvidSource>> {
     Ok(match config {
         IdentityConfig::WorkloadApi { endpoint } => Box::new(WorkloadApiSource::new(Some(endpoint.clone()))),
         IdentityConfig::Files(files) => Box::new(FilesSource::new(files.clone())),

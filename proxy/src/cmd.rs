@@ -59,6 +59,11 @@ pub enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
+    /// The operator console: OIDC sign-in, a fleet of sidecars' /mgmt over mTLS (docs/console.md).
+    Console {
+        #[arg(long, env = "A2A_CONSOLE_CONFIG")]
+        config: PathBuf,
+    },
     /// Exit 0 iff the sidecar's /readyz answers 200 (a HEALTHCHECK without curl).
     Probe {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -231,6 +236,23 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(BAD_CONFIG)
+                }
+            }
+        }
+        Command::Console { config } => {
+            let config = match crate::config::ConsoleConfig::load(&config) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(BAD_CONFIG);
+                }
+            };
+            crate::observe::logging::init(crate::config::LogFormat::Json);
+            match crate::console::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "a2a-sidecar console failed");
+                    ExitCode::FAILURE
                 }
             }
         }

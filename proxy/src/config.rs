@@ -12,12 +12,14 @@ use std::time::Duration;
 use certs::source::FilesConfig;
 use certs::{SpiffeId, TrustDomain};
 
+mod console;
 mod env;
 mod inbound;
 pub mod raw;
 mod restart;
 mod units;
 
+pub use console::{ConsoleConfig, FleetSettings, OidcSettings, SidecarEntry};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig, Upgrades};
 pub use restart::HOT_FIELDS;

@@ -25,6 +25,7 @@ pub mod app;
 pub(crate) mod changes;
 pub mod cmd;
 pub mod config;
+pub mod console;
 pub mod dataplane;
 pub mod facts;
 pub mod layers;

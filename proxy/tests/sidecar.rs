@@ -14,6 +14,7 @@ mod sidecar {
     pub mod app;
     pub mod cli;
     pub mod compat;
+    pub mod console;
     pub mod dataplane;
     pub mod demo;
     pub mod docs;

@@ -17,7 +17,8 @@
 //! (a JWKS whose keys may sign client assertions), `POST /admin/trust-issuer`
 //! (an issuer URL: its OIDC discovery names the JWKS, refetched when an
 //! assertion names an unknown key, e.g. SPIRE's OIDC discovery provider),
-//! `GET /admin/stats`.
+//! `GET /admin/stats`. For the operator console's sign-in: the authorization
+//! code flow with PKCE for two dev users ([`signin`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::dataplane::body::Body;
 use serde_json::{Value, json};
+
+pub mod signin;
 
 const KEY_FILE: &str = "idp_key.pem";
 const URL_FILE: &str = "idp_url";
@@ -86,6 +89,8 @@ pub struct DevIdp {
     assertion_issuers: RwLock<Vec<Arc<crate::facts::jwks::Jwks>>>,
     /// The key ID of every client assertion accepted, in order.
     accepted_kids: RwLock<Vec<String>>,
+    /// Authorization codes of console sign-ins.
+    codes: signin::Codes,
     graph: RwLock<GraphState>,
     graph_mode: RwLock<GraphMode>,
     graph_requests: AtomicU64,
@@ -129,6 +134,7 @@ impl DevIdp {
             assertion_keys: RwLock::default(),
             assertion_issuers: RwLock::default(),
             accepted_kids: RwLock::default(),
+            codes: signin::Codes::default(),
             graph: RwLock::default(),
             graph_mode: RwLock::new(GraphMode::Ok),
             graph_requests: AtomicU64::new(0),
@@ -419,6 +425,8 @@ impl DevIdp {
                         "jwks_uri": self.jwks_uri.read().unwrap_or_else(PoisonError::into_inner).clone()
                             .unwrap_or_else(|| format!("{base}/{tenant}/discovery/v2.0/keys")),
                         "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+                        "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+                        "code_challenge_methods_supported": ["S256"],
                         "id_token_signing_alg_values_supported": ["RS256"],
                     }),
                 )
@@ -452,6 +460,28 @@ impl DevIdp {
                 self.set_jwks_down(*state == "down");
                 json_response(StatusCode::OK, &json!({ "jwks": state }))
             }
+            (&Method::GET, [tenant, "oauth2", "v2.0", "authorize"]) => {
+                match self.codes.authorize(tenant, req.uri().query().unwrap_or_default()) {
+                    signin::Authorize::Choose(page) => {
+                        let mut response = Response::new(crate::dataplane::body::full(page));
+                        let html = hyper::header::HeaderValue::from_static("text/html; charset=utf-8");
+                        response.headers_mut().insert(hyper::header::CONTENT_TYPE, html);
+                        response
+                    }
+                    signin::Authorize::Redirect(location) => {
+                        let mut response = Response::new(crate::dataplane::body::full(""));
+                        *response.status_mut() = StatusCode::FOUND;
+                        if let Ok(location) = hyper::header::HeaderValue::from_str(&location) {
+                            response.headers_mut().insert(hyper::header::LOCATION, location);
+                        }
+                        response
+                    }
+                    signin::Authorize::Refused(why) => json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "invalid_request", "error_description": why}),
+                    ),
+                }
+            }
             (&Method::GET, ["admin", "stats"]) => {
                 let kid = self.current_key().map(|k| k.kid().to_owned());
                 json_response(StatusCode::OK, &json!({ "jwks_fetches": self.jwks_fetches(), "kid": kid }))
@@ -472,6 +502,9 @@ impl DevIdp {
             .collect();
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
         let error = |code: &str| json_response(StatusCode::BAD_REQUEST, &json!({ "error": code }));
+        if field("grant_type") == "authorization_code" {
+            return self.code_exchange(tenant, &form);
+        }
         if field("grant_type") != "client_credentials"
             || field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
         {
@@ -505,6 +538,29 @@ impl DevIdp {
                     "token_type": "Bearer",
                     "expires_in": self.expires_in.read().unwrap_or_else(PoisonError::into_inner).clone(),
                 }),
+            ),
+            Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "server_error" })),
+        }
+    }
+
+    /// A console sign-in's code for an ID token (see [`signin`]).
+    fn code_exchange(&self, tenant: &str, form: &std::collections::HashMap<String, String>) -> Response<Body> {
+        let mut claims = match self.codes.exchange(tenant, form) {
+            Ok(claims) => claims,
+            Err(code) => return json_response(StatusCode::BAD_REQUEST, &json!({ "error": code })),
+        };
+        let now = policy::jwt::unix_now();
+        if let Some(map) = claims.as_object_mut() {
+            map.insert("iss".into(), json!(format!("{}/{tenant}/v2.0", self.authority())));
+            map.insert("iat".into(), json!(now));
+            map.insert("exp".into(), json!(now + 3600));
+        }
+        let signed =
+            self.current_key().ok_or_else(|| DevError::Serve("no signing key".into())).and_then(|k| k.sign(&claims));
+        match signed {
+            Ok(id_token) => json_response(
+                StatusCode::OK,
+                &json!({"access_token": id_token, "id_token": id_token, "token_type": "Bearer", "expires_in": 3600, "scope": "openid profile"}),
             ),
             Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "server_error" })),
         }

@@ -1,0 +1,194 @@
+// The console's pages. Everything shown comes from /api/* and goes onto the
+// page with textContent (never innerHTML): nothing a sidecar, an agent name
+// or a policy says is ever parsed as HTML. Writes send the session's CSRF
+// token; a viewer gets no write controls, and the console and the sidecar
+// refuse a viewer's write anyway.
+"use strict";
+
+let me = null;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(child == null ? "" : String(child)));
+  }
+  return node;
+}
+
+function showError(message) {
+  document.getElementById("error").textContent = message || "";
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (method !== "GET") {
+    headers["X-CSRF-Token"] = me ? me.csrf : "";
+    headers["Content-Type"] = "application/json";
+  }
+  const response = await fetch("/api/" + path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin",
+  });
+  if (response.status === 401) { window.location.href = "/login"; throw new Error("signed out"); }
+  const text = await response.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch (_) { json = { raw: text }; }
+  if (!response.ok) {
+    const why = (json && (json.message || json.error)) || response.statusText;
+    throw new Error(method + " " + path + ": " + response.status + " " + why);
+  }
+  return json;
+}
+
+function table(headers, rows) {
+  return el("table", {},
+    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...rows));
+}
+
+function secondsLeft(expiry) {
+  if (!expiry) return "";
+  const left = Math.round((Date.parse(expiry) - Date.now()) / 1000);
+  return isNaN(left) ? "" : left + " s";
+}
+
+// ---- Overview: every sidecar's state, refreshed every 2 s.
+async function overview(main) {
+  const body = el("div", { id: "fleet" });
+  main.append(el("h1", {}, "Overview"), body);
+  async function draw() {
+    try {
+      const fleet = await api("GET", "fleet");
+      const rows = fleet.sidecars.map((s) => {
+        const h = s.health || {};
+        const jwks = h.jwks && typeof h.jwks === "object" ? (h.jwks.last_refresh || h.jwks.status || "") : (h.jwks || "");
+        return el("tr", { "data-sidecar": s.name },
+          el("td", {}, s.name),
+          el("td", { class: "state-" + s.state }, s.state),
+          el("td", {}, s.error || h.reason || ""),
+          el("td", {}, secondsLeft(h.svid_expiry)),
+          el("td", {}, h.policy_version || ""),
+          el("td", {}, h.enforcement_mode || ""),
+          el("td", {}, String(jwks)),
+          el("td", {}, s.latency_ms + " ms"));
+      });
+      body.replaceChildren(table(["sidecar", "state", "reason", "SVID left", "policy", "mode", "JWKS", "latency"], rows));
+      showError("");
+    } catch (e) { showError(e.message); }
+  }
+  await draw();
+  setInterval(draw, 2000);
+}
+
+// ---- Network access: each sidecar's allow-list; changes are confirmed first.
+async function network(main) {
+  main.append(el("h1", {}, "Network access"));
+  const fleet = await api("GET", "fleet");
+  for (const s of fleet.sidecars) {
+    const section = el("section", { "data-sidecar": s.name });
+    main.append(section);
+    await drawAllowList(section, s.name);
+  }
+}
+
+async function drawAllowList(section, name) {
+  section.replaceChildren(el("h2", {}, name));
+  let current;
+  try { current = (await api("GET", "sidecars/" + encodeURIComponent(name) + "/mtls-policy")).allowed_ids || []; }
+  catch (e) { section.append(el("p", { class: "state-down" }, e.message)); return; }
+  const propose = (next) => {
+    const added = next.filter((id) => !current.includes(id));
+    const removed = current.filter((id) => !next.includes(id));
+    const box = el("div", { class: "confirm" },
+      el("p", {}, "Change the allow-list of " + name + "?"),
+      ...added.map((id) => el("p", {}, "+ " + id)),
+      ...removed.map((id) => el("p", {}, "- " + id)),
+      el("button", { type: "button", class: "apply", onclick: async () => {
+        try {
+          await api("PUT", "sidecars/" + encodeURIComponent(name) + "/mtls-policy", { allowed_ids: next });
+          await drawAllowList(section, name);
+        } catch (e) { showError(e.message); }
+      } }, "Apply"),
+      el("button", { type: "button", onclick: () => box.remove() }, "Cancel"));
+    section.append(box);
+  };
+  const admin = me && me.role === "admin";
+  const rows = current.map((id) => el("tr", {}, el("td", {}, id),
+    el("td", {}, admin ? el("button", { type: "button", class: "remove", onclick: () => propose(current.filter((x) => x !== id)) }, "Remove") : "")));
+  section.append(table(["allowed caller", ""], rows));
+  if (admin) {
+    const input = el("input", { type: "text", size: "60", placeholder: "spiffe://trust-domain/path", class: "new-id" });
+    section.append(el("p", {}, input, el("button", { type: "button", class: "add", onclick: () => {
+      const id = input.value.trim();
+      if (id) propose(current.concat([id]));
+    } }, "Add")));
+  }
+}
+
+// ---- Risk and tags: pushed to every sidecar at once.
+async function risk(main) {
+  main.append(el("h1", {}, "Risk and tags"));
+  const result = el("div", { id: "push-result" });
+  if (me.role !== "admin") {
+    main.append(el("p", {}, "Viewers can read; pushes need the admin role."));
+  } else {
+    const id = el("input", { type: "text", size: "60", id: "risk-id", placeholder: "spiffe://trust-domain/agent" });
+    const level = el("select", { id: "risk-level" }, ...["low", "medium", "high", "clear"].map((l) => el("option", { value: l }, l)));
+    const push = el("button", { type: "button", id: "risk-push", onclick: async () => {
+      const body = { spiffe_id: id.value.trim(), risk_level: level.value === "clear" ? null : level.value };
+      try {
+        const answer = await api("PUT", "agent-risk", body);
+        result.replaceChildren(table(["sidecar", "status"], Object.entries(answer.results).map(([name, r]) =>
+          el("tr", {}, el("td", {}, name), el("td", {}, String(r.status) + (r.error ? " " + r.error : ""))))));
+      } catch (e) { showError(e.message); }
+    } }, "Push risk");
+    main.append(el("p", {}, id, level, push));
+  }
+  main.append(result);
+}
+
+// ---- Audit: each sidecar's recent decisions, newest first, refreshed.
+async function audit(main) {
+  main.append(el("h1", {}, "Audit"));
+  const body = el("div", { id: "audit" });
+  main.append(body);
+  async function draw() {
+    const fleet = await api("GET", "fleet");
+    const rows = [];
+    for (const s of fleet.sidecars) {
+      try {
+        const answer = await api("GET", "sidecars/" + encodeURIComponent(s.name) + "/audit?limit=20");
+        for (const e of answer.events || []) {
+          rows.push(el("tr", {}, el("td", {}, e.timestamp), el("td", {}, s.name), el("td", {}, e.caller_spiffe_id || e.actor || ""),
+            el("td", {}, (e.method || "") + " " + (e.path || "")), el("td", { class: "decision-" + e.decision }, e.decision),
+            el("td", {}, e.layer), el("td", {}, e.reason)));
+        }
+      } catch (e) { rows.push(el("tr", {}, el("td", {}, ""), el("td", {}, s.name), el("td", { class: "state-down" }, e.message))); }
+    }
+    body.replaceChildren(table(["time", "sidecar", "caller", "request", "decision", "layer", "reason"], rows));
+  }
+  await draw();
+  setInterval(draw, 2000);
+}
+
+async function main() {
+  const page = document.body.dataset.page;
+  for (const a of document.querySelectorAll("[data-nav]")) if (a.dataset.nav === page) a.classList.add("current");
+  try {
+    me = await api("GET", "me");
+  } catch (e) { showError(e.message); return; }
+  document.getElementById("me").textContent = me.name + " (" + me.role + ")";
+  document.getElementById("logout").addEventListener("click", async () => {
+    try { await api("POST", "logout"); } catch (_) { /* signed out anyway */ }
+    window.location.href = "/login";
+  });
+  const pages = { overview, network, risk, audit };
+  const main = document.getElementById("main");
+  try { await (pages[page] || overview)(main); } catch (e) { showError(e.message); }
+}
+
+document.addEventListener("DOMContentLoaded", main);

@@ -1,0 +1,315 @@
+//! The operator console against real sidecars (mTLS `/mgmt` with
+//! `mgmt.tls.roles`) and the dev IdP's authorization-code sign-in: a
+//! browser's requests played by hand (cookies, redirects, CSRF).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use certs::dev::{WorkloadApiServer, WorkloadApiServerConfig};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use super::mesh::{BACKEND, Mesh, REPORT, TENANT};
+
+const CONSOLE_ID: &str = "spiffe://aim.microsoft.com/ops/console";
+
+/// A sidecar whose `/mgmt` is mTLS on loopback, giving the console's SVID the admin role.
+async fn sidecar(mesh: &Mesh, name: &str) -> proxy::app::App {
+    let tls = format!(
+        "  tls:\n    allowed_callers: ['{CONSOLE_ID}']\n    roles: {{'{CONSOLE_ID}': admin}}\n    consoles: ['{CONSOLE_ID}']"
+    );
+    let yaml = std::fs::read_to_string(&mesh.backend_config).unwrap().replace(
+        "mgmt:\n  listen: '127.0.0.1:0'\n  state_file: state.json",
+        &format!("mgmt:\n  listen: '127.0.0.1:0'\n  state_file: {name}-state.json\n{tls}"),
+    );
+    let mut app = mesh.start_sidecar(name, &yaml).await;
+    app.identity.wait_ready().await.unwrap();
+    app
+}
+
+struct Console {
+    running: proxy::console::Running,
+    _agent: WorkloadApiServer,
+}
+
+async fn console(mesh: &Mesh, sidecars: &[(&str, &proxy::app::App)], extra: &str) -> Console {
+    let socket = mesh.dir.path().join("console.sock");
+    let config = WorkloadApiServerConfig {
+        ca: mesh.ca.clone(),
+        id: CONSOLE_ID.parse().unwrap(),
+        ttl: Duration::from_secs(600),
+        federated: vec![],
+    };
+    let agent = WorkloadApiServer::start(&socket, config).await.unwrap();
+    let entries: Vec<String> = sidecars
+        .iter()
+        .map(|(name, app)| {
+            format!("  - {{name: {name}, mgmt: 'https://{}', spiffe_id: '{BACKEND}'}}", app.mgmt_addr.unwrap())
+        })
+        .collect();
+    let yaml = format!(
+        "listen: '127.0.0.1:0'
+identity: {{socket: 'unix://{}'}}
+oidc:
+  issuer: '{}/{TENANT}/v2.0'
+  client_id: console-client
+  admin: [Console.Admin]
+  viewer: [Console.Viewer]
+fleet: {{concurrency: 4, timeout: 2s, poll_interval: 60s}}
+{extra}sidecars:
+{}
+",
+        socket.display(),
+        mesh.idp.authority(),
+        entries.join("\n")
+    );
+    let path = mesh.dir.path().join("console.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut running = proxy::console::start(proxy::config::ConsoleConfig::load(&path).unwrap()).await.unwrap();
+    running.identity.wait_ready().await.unwrap();
+    Console { running, _agent: agent }
+}
+
+/// A browser, by hand: its cookies for the console, and what it got.
+#[derive(Default)]
+struct Browser {
+    cookies: HashMap<String, String>,
+}
+
+struct Page {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> String {
+        self.headers.get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Browser {
+    async fn send(&mut self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) -> Page {
+        let uri: hyper::Uri = url.parse().unwrap();
+        let addr: SocketAddr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap()).parse().unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut request = hyper::Request::builder().method(method).uri(path).header("host", addr.to_string());
+        let cookie: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !cookie.is_empty() {
+            request = request.header("cookie", cookie.join("; "));
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let response = sender.send_request(request.body(Full::new(bytes::Bytes::from(body))).unwrap()).await.unwrap();
+        let (parts, body) = response.into_parts();
+        for set in parts.headers.get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        let body = String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned();
+        Page { status: parts.status.as_u16(), headers: parts.headers, body }
+    }
+
+    async fn get(&mut self, url: &str) -> Page {
+        self.send("GET", url, &[], None).await
+    }
+
+    /// Signs in as `login` (a dev user) the way a browser does; returns the CSRF token.
+    async fn sign_in(&mut self, console: SocketAddr, login: &str) -> String {
+        let start = self.get(&format!("http://{console}/login")).await;
+        assert_eq!(start.status, 302);
+        let authorize = start.location();
+        assert!(
+            authorize.contains("code_challenge=") && authorize.contains("code_challenge_method=S256"),
+            "{authorize}"
+        );
+        let set_cookies: Vec<_> =
+            start.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+        assert!(set_cookies.iter().any(|c| c.contains("HttpOnly") && c.contains("SameSite=Lax")), "{set_cookies:?}");
+        let at_idp = self.get(&format!("{authorize}&login_hint={login}")).await;
+        assert_eq!(at_idp.status, 302, "{}", at_idp.body);
+        let callback = at_idp.location();
+        assert!(callback.starts_with(&format!("http://{console}/callback?code=")), "{callback}");
+        let back = self.get(&callback).await;
+        assert_eq!(back.status, 200, "{}", back.body);
+        let session = back
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("a2a_console="));
+        let session = session.unwrap();
+        for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+            assert!(session.contains(attribute), "{session}");
+        }
+        // The same code and state once more: refused.
+        assert_eq!(self.get(&callback).await.status, 400, "a callback is good once");
+        let me = self.get(&format!("http://{console}/api/me")).await;
+        assert_eq!(me.status, 200);
+        me.json()["csrf"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Sign-in with PKCE, the fleet's health, a write on a person's behalf
+/// (audited as that person on the sidecar), CSRF and roles enforced by the
+/// console, a sidecar down shown as down, sign-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_signs_in_sees_the_fleet_and_changes_an_allow_list() {
+    let mesh = Mesh::start().await;
+    let a = sidecar(&mesh, "backend-a").await;
+    let b = sidecar(&mesh, "backend-b").await;
+    let console = console(&mesh, &[("backend-a", &a), ("backend-b", &b)], "").await;
+    let addr = console.running.addr;
+    let mut browser = Browser::default();
+
+    // No session: pages go to the sign-in, the API says 401.
+    let page = browser.get(&format!("http://{addr}/overview")).await;
+    assert_eq!((page.status, page.location().as_str()), (302, "/login"));
+    assert_eq!(browser.get(&format!("http://{addr}/api/fleet")).await.status, 401);
+
+    let csrf = browser.sign_in(addr, "alice").await;
+    let me = browser.get(&format!("http://{addr}/api/me")).await.json();
+    assert_eq!((me["name"].as_str(), me["role"].as_str()), (Some("alice@dev.example"), Some("admin")));
+    let page = browser.get(&format!("http://{addr}/overview")).await;
+    assert_eq!(page.status, 200);
+    let csp = page.headers.get("content-security-policy").unwrap().to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(!page.body.contains("<script>"), "no inline script");
+
+    console.running.poll_now().await;
+    let fleet = browser.get(&format!("http://{addr}/api/fleet")).await.json();
+    let states: Vec<(&str, &str)> = fleet["sidecars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, vec![("backend-a", "up"), ("backend-b", "up")], "{fleet}");
+
+    // A write on alice's behalf: CSRF required; the sidecar records alice.
+    let url = format!("http://{addr}/api/sidecars/backend-a/mtls-policy");
+    let change = json!({"allowed_ids": [REPORT]});
+    assert_eq!(browser.send("PUT", &url, &[], Some(change.clone())).await.status, 403, "no CSRF token");
+    assert_eq!(browser.send("PUT", &url, &[("x-csrf-token", "forged")], Some(change.clone())).await.status, 403);
+    let put = browser.send("PUT", &url, &[("x-csrf-token", &csrf)], Some(change)).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let now = browser.get(&url).await.json();
+    assert_eq!(now["allowed_ids"], json!([REPORT]));
+    let actor = a
+        .audit
+        .recent(20, None, None)
+        .iter()
+        .find(|e| e.path.as_deref() == Some("/mgmt/mtls-policy"))
+        .and_then(|e| e.actor.clone());
+    assert_eq!(actor.as_deref(), Some(format!("alice@dev.example (via {CONSOLE_ID})").as_str()));
+
+    // One sidecar down: shown as such, the other still up.
+    b.shutdown().await;
+    let started = std::time::Instant::now();
+    console.running.poll_now().await;
+    assert!(started.elapsed() < Duration::from_secs(10), "a down sidecar does not hold the poll up");
+    let fleet = console.running.fleet();
+    assert_eq!((fleet[0].state, fleet[1].state), ("up", "down"), "{fleet:?}");
+    assert!(fleet[1].error.is_some());
+
+    // Sign-out ends the session.
+    assert_eq!(
+        browser.send("POST", &format!("http://{addr}/api/logout"), &[("x-csrf-token", &csrf)], None).await.status,
+        200
+    );
+    assert_eq!(browser.get(&format!("http://{addr}/api/me")).await.status, 401);
+    console.running.shutdown().await;
+}
+
+/// A viewer reads but cannot write: the console refuses (403), and the
+/// sidecar would too (its role is lowered to the person's: see mgmt.rs).
+/// A callback that this browser did not start is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_reads_but_every_write_is_refused() {
+    let mesh = Mesh::start().await;
+    let a = sidecar(&mesh, "backend-a").await;
+    let console = console(&mesh, &[("backend-a", &a)], "").await;
+    let addr = console.running.addr;
+    let mut bob = Browser::default();
+    let csrf = bob.sign_in(addr, "bob").await;
+    assert_eq!(bob.get(&format!("http://{addr}/api/me")).await.json()["role"], "viewer");
+    let url = format!("http://{addr}/api/sidecars/backend-a/mtls-policy");
+    assert_eq!(bob.get(&url).await.status, 200, "a viewer reads");
+    let put = bob.send("PUT", &url, &[("x-csrf-token", &csrf)], Some(json!({"allowed_ids": [REPORT]}))).await;
+    assert_eq!((put.status, put.json()["error"].as_str()), (403, Some("forbidden")));
+    let risk = bob
+        .send(
+            "PUT",
+            &format!("http://{addr}/api/agent-risk"),
+            &[("x-csrf-token", &csrf)],
+            Some(json!({"spiffe_id": REPORT, "risk_level": "high"})),
+        )
+        .await;
+    assert_eq!(risk.status, 403);
+    assert!(a.audit.recent(50, None, None).iter().all(|e| e.actor.is_none()), "nothing reached the sidecar as a write");
+
+    // A sign-in started by another browser: its callback is refused here.
+    let mut mallory = Browser::default();
+    let start = mallory.get(&format!("http://{addr}/login")).await;
+    let at_idp = mallory.get(&format!("{}&login_hint=alice", start.location())).await;
+    let mut victim = Browser::default();
+    assert_eq!(
+        victim.get(&at_idp.location()).await.status,
+        400,
+        "login CSRF: the state is bound to the browser that began"
+    );
+    console.running.shutdown().await;
+}
+
+/// Risk is pushed to every sidecar the console fronts, each answering for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_risk_push_reaches_every_sidecar() {
+    let mesh = Mesh::start().await;
+    let (a, b) = (sidecar(&mesh, "backend-a").await, sidecar(&mesh, "backend-b").await);
+    let console = console(&mesh, &[("backend-a", &a), ("backend-b", &b)], "").await;
+    let addr = console.running.addr;
+    let mut alice = Browser::default();
+    let csrf = alice.sign_in(addr, "alice").await;
+    let push = alice
+        .send(
+            "PUT",
+            &format!("http://{addr}/api/agent-risk"),
+            &[("x-csrf-token", &csrf)],
+            Some(json!({"spiffe_id": REPORT, "risk_level": "high"})),
+        )
+        .await;
+    assert_eq!(push.status, 200, "{}", push.body);
+    let results = push.json()["results"].clone();
+    assert_eq!(
+        (results["backend-a"]["status"].as_u64(), results["backend-b"]["status"].as_u64()),
+        (Some(200), Some(200)),
+        "{results}"
+    );
+    for app in [&a, &b] {
+        let pushed = app
+            .audit
+            .recent(20, None, None)
+            .iter()
+            .find(|e| e.path.as_deref() == Some("/mgmt/agent-risk"))
+            .and_then(|e| e.actor.clone());
+        assert_eq!(pushed.as_deref(), Some(format!("alice@dev.example (via {CONSOLE_ID})").as_str()));
+    }
+    console.running.shutdown().await;
+}
