@@ -12,6 +12,7 @@
 
 mod sidecar {
     pub mod app;
+    pub mod browser;
     pub mod cli;
     pub mod compat;
     pub mod console;

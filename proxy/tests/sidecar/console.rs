@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 
 use super::mesh::{BACKEND, Mesh, REPORT, TENANT};
 
-const CONSOLE_ID: &str = "spiffe://aim.microsoft.com/ops/console";
+pub const CONSOLE_ID: &str = "spiffe://aim.microsoft.com/ops/console";
 
 /// A sidecar whose `/mgmt` is mTLS on loopback, giving the console's SVID the admin role.
-async fn sidecar(mesh: &Mesh, name: &str) -> proxy::app::App {
+pub async fn sidecar(mesh: &Mesh, name: &str) -> proxy::app::App {
     let tls = format!(
         "  tls:\n    allowed_callers: ['{CONSOLE_ID}']\n    roles: {{'{CONSOLE_ID}': admin}}\n    consoles: ['{CONSOLE_ID}']"
     );
@@ -29,12 +29,12 @@ async fn sidecar(mesh: &Mesh, name: &str) -> proxy::app::App {
     app
 }
 
-struct Console {
-    running: proxy::console::Running,
+pub struct Console {
+    pub running: proxy::console::Running,
     _agent: WorkloadApiServer,
 }
 
-async fn console(mesh: &Mesh, sidecars: &[(&str, &proxy::app::App)], extra: &str) -> Console {
+pub async fn console(mesh: &Mesh, sidecars: &[(&str, &proxy::app::App)], extra: &str) -> Console {
     let socket = mesh.dir.path().join("console.sock");
     let config = WorkloadApiServerConfig {
         ca: mesh.ca.clone(),

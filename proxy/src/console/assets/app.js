@@ -162,7 +162,7 @@ async function audit(main) {
     for (const s of fleet.sidecars) {
       try {
         const answer = await api("GET", "sidecars/" + encodeURIComponent(s.name) + "/audit?limit=20");
-        for (const e of answer.events || []) {
+        for (const e of answer.entries || []) {
           rows.push(el("tr", {}, el("td", {}, e.timestamp), el("td", {}, s.name), el("td", {}, e.caller_spiffe_id || e.actor || ""),
             el("td", {}, (e.method || "") + " " + (e.path || "")), el("td", { class: "decision-" + e.decision }, e.decision),
             el("td", {}, e.layer), el("td", {}, e.reason)));
