@@ -33,7 +33,7 @@ const SHELL: &str = include_str!("assets/shell.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 /// Pages: the shell with `data-page` set; the script draws the rest.
-const PAGES: [&str; 4] = ["overview", "network", "risk", "audit"];
+const PAGES: [&str; 5] = ["overview", "network", "policy", "risk", "audit"];
 
 impl Console {
     pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
@@ -175,7 +175,9 @@ impl Console {
                     headers.push(("if-match", tag.to_owned()));
                 }
                 let name = (*name).to_owned();
-                let route = format!("/mgmt/{route}");
+                // `?dry_run=true` (the policy editor's check) goes through; nothing else does.
+                let dry_run = req.uri().query() == Some("dry_run=true") && *route == "policy";
+                let route = format!("/mgmt/{route}{}", if dry_run { "?dry_run=true" } else { "" });
                 let Some(body) = read_body(req).await else { return too_large() };
                 relay(self.fleet.call(&name, Method::PUT, &route, Some((body, headers)), Some(person)).await)
             }

@@ -235,3 +235,90 @@ async fn a_viewer_cannot_write_even_by_script() {
     assert_eq!(status, json!(403));
     client.close().await.unwrap();
 }
+
+/// A policy whose names, descriptions and paths carry HTML and script: every
+/// page shows them as text, and nothing in them runs. The policy editor
+/// checks an edit with the sidecar (a dry run) before it can be saved, shows
+/// the problems of a bad one, saves a good one with If-Match, and refuses
+/// to overwrite a change made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_policy_is_shown_as_text_and_the_editor_checks_before_saving() {
+    const HOSTILE: &str = r#"version: '1'
+trust_domain: aim.microsoft.com
+default_action: deny
+policies:
+  - name: "<img src=x onerror=\"window.__pwned=1\">"
+    description: "<script>window.__pwned=2</script></textarea><b onmouseover=alert(1)>x</b>"
+    spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report'
+    rules: [{path: "/a<svg onload=window.__pwned=3>", methods: ['*'], action: allow}]
+"#;
+    let mesh = Mesh::start_with_policy(HOSTILE, proxy::config::MapEnv::default()).await;
+    let a = sidecar(&mesh, "budget-backend").await;
+    let console = console(&mesh, &[("budget-backend", &a)], "").await;
+    console.running.poll_now().await;
+    let (_driver, client) = browser().await;
+    let addr = console.running.addr;
+    sign_in(&client, addr, "Alice Admin (Console.Admin)").await;
+
+    client.goto(&format!("http://{addr}/policy")).await.unwrap();
+    until_text(&client, "#policy-summary table", "<img src=x onerror=").await;
+    until_text(&client, "#policy-summary table", "<script>window.__pwned=2</script>").await;
+    let text =
+        client.find(Locator::Css("#policy-text")).await.unwrap().prop("value").await.unwrap().unwrap_or_default();
+    assert!(text.contains("/a<svg onload=window.__pwned=3>"), "{text}");
+    screenshot(&client, "policy").await;
+    for page in ["overview", "network", "policy", "audit"] {
+        client.goto(&format!("http://{addr}/{page}")).await.unwrap();
+        client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#main h1")).await.unwrap();
+        let pwned = client.execute("return window.__pwned === undefined && document.querySelectorAll('#main img, #main svg, #main b').length;", vec![]).await.unwrap();
+        assert_eq!(pwned, json!(0), "{page}: nothing from the policy became markup or ran");
+    }
+
+    // A bad edit: the sidecar's own validation, shown; Save stays off.
+    client.goto(&format!("http://{addr}/policy")).await.unwrap();
+    client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#policy-text")).await.unwrap();
+    until_text(&client, "#policy-summary table", "rules").await;
+    client.execute("document.getElementById('policy-text').value = 'version: 1\\npolicies: [{name: x, rules: [{path: relative, action: allow}]}]'; document.getElementById('policy-text').dispatchEvent(new Event('input'));", vec![]).await.unwrap();
+    client.find(Locator::Css("#policy-check")).await.unwrap().click().await.unwrap();
+    until_text(&client, "#policy-outcome", "not valid, nothing was sent").await;
+    assert!(client.find(Locator::Css("#policy-save")).await.unwrap().attr("disabled").await.unwrap().is_some());
+    let generation = |a: &proxy::app::App| a.policy.as_ref().unwrap().current().generation;
+    let before = generation(&a);
+
+    // A good edit: checked (with its diff), then saved.
+    client.goto(&format!("http://{addr}/policy")).await.unwrap();
+    until_text(&client, "#policy-summary table", "rules").await;
+    client
+        .execute(
+            "const t = document.getElementById('policy-text'); t.value = t.value.replace(/\"version\": \"[^\"]*\"/, '\"version\": \"2\"'); t.dispatchEvent(new Event('input'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    client.find(Locator::Css("#policy-check")).await.unwrap().click().await.unwrap();
+    until_text(&client, "#policy-outcome", "valid:").await;
+    until_text(&client, "#policy-outcome", "+ ").await;
+    client.find(Locator::Css("#policy-save")).await.unwrap().click().await.unwrap();
+    until_text(&client, "#policy-outcome", "saved: version 2").await;
+    assert!(generation(&a) > before);
+
+    // Someone else saves meanwhile: this editor's save is refused (If-Match).
+    until_text(&client, "#policy-summary table", "rules").await;
+    client.execute("const t = document.getElementById('policy-text'); t.value = t.value + '\\n'; t.dispatchEvent(new Event('input'));", vec![]).await.unwrap();
+    client.find(Locator::Css("#policy-check")).await.unwrap().click().await.unwrap();
+    until_text(&client, "#policy-outcome", "valid:").await;
+    // The other editor: a second browser session saving first.
+    let (_driver2, other) = browser().await;
+    sign_in(&other, addr, "Alice Admin (Console.Admin)").await;
+    other.goto(&format!("http://{addr}/policy")).await.unwrap();
+    until_text(&other, "#policy-summary table", "rules").await;
+    other.execute("const t = document.getElementById('policy-text'); t.value = t.value + ' '; t.dispatchEvent(new Event('input'));", vec![]).await.unwrap();
+    other.find(Locator::Css("#policy-check")).await.unwrap().click().await.unwrap();
+    until_text(&other, "#policy-outcome", "valid:").await;
+    other.find(Locator::Css("#policy-save")).await.unwrap().click().await.unwrap();
+    until_text(&other, "#policy-outcome", "saved").await;
+    client.find(Locator::Css("#policy-save")).await.unwrap().click().await.unwrap();
+    until_text(&client, "#policy-outcome", "someone else saved first").await;
+    other.close().await.unwrap();
+    client.close().await.unwrap();
+}

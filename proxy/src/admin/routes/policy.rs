@@ -112,6 +112,9 @@ pub(super) async fn put(ctx: &Context, req: Request<Incoming>, actor: &str) -> R
         return Err(Reject::new(StatusCode::NOT_FOUND, "no_policy"));
     };
     let if_match = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // `?dry_run=true`: validated exactly as a real PUT (this sidecar's environment
+    // and `jwt` settings), then nothing is changed, persisted or audited.
+    let dry_run = super::query_param(&req, "dry_run").as_deref() == Some("true");
     let body = read_body(req, MAX_POLICY_BYTES)
         .await
         .ok_or_else(|| Reject::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"))?;
@@ -137,9 +140,17 @@ pub(super) async fn put(ctx: &Context, req: Request<Incoming>, actor: &str) -> R
     )
     .await;
     let engine = built.map_err(|e| {
-        store.rejected(&format!("policy:{actor}"), &e);
+        if !dry_run {
+            store.rejected(&format!("policy:{actor}"), &e);
+        }
         Reject::with(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
     })?;
+    if dry_run {
+        let doc = engine.doc();
+        let rules: usize = doc.entries.iter().map(|e| e.rules.len()).sum();
+        let answer = json!({"status": "valid", "version": doc.version, "entries": doc.entries.len(), "rules": rules});
+        return Ok(json_response(StatusCode::OK, &answer));
+    }
     // One look at the files: what the state file records and what the watcher takes as seen.
     let (config_sha256, policy_sha256) =
         crate::admin::state::file_fingerprints(&ctx.reloader.config_path, applied.policy.as_ref());

@@ -129,6 +129,90 @@ async function drawAllowList(section, name) {
   }
 }
 
+// ---- Policy: the effective policy, checked by the sidecar itself (a dry
+// run of the real PUT) before it can be saved, a diff against the running
+// version, and If-Match so two editors cannot overwrite each other.
+function lineDiff(before, after) {
+  const a = before.split("\n"), b = after.split("\n");
+  const n = a.length, m = b.length;
+  const lcs = Array.from({ length: n + 1 }, () => new Array(m + 1).fill(0));
+  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--)
+    lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+  const out = [];
+  let i = 0, j = 0;
+  while (i < n && j < m) {
+    if (a[i] === b[j]) { i++; j++; }
+    else if (lcs[i + 1][j] >= lcs[i][j + 1]) out.push("- " + a[i++]);
+    else out.push("+ " + b[j++]);
+  }
+  while (i < n) out.push("- " + a[i++]);
+  while (j < m) out.push("+ " + b[j++]);
+  return out;
+}
+
+async function policy(main) {
+  main.append(el("h1", {}, "Policy"));
+  const fleet = await api("GET", "fleet");
+  const pick = el("select", { id: "policy-sidecar" }, ...fleet.sidecars.map((s) => el("option", { value: s.name }, s.name)));
+  const summary = el("div", { id: "policy-summary" });
+  const editor = el("textarea", { id: "policy-text", rows: "24", cols: "100", spellcheck: "false" });
+  const outcome = el("pre", { id: "policy-outcome" });
+  const admin = me.role === "admin";
+  let running = "", etag = null, checked = null;
+  const save = el("button", { type: "button", id: "policy-save", disabled: "disabled" }, "Save");
+  const base = () => "sidecars/" + encodeURIComponent(pick.value) + "/policy";
+  async function load() {
+    const response = await fetch("/api/" + base(), { credentials: "same-origin" });
+    const answer = await response.json();
+    if (!response.ok) { showError(answer.message || answer.error); return; }
+    etag = response.headers.get("ETag");
+    running = JSON.stringify(answer.policy, null, 2);
+    editor.value = running;
+    checked = null;
+    save.setAttribute("disabled", "disabled");
+    outcome.textContent = "";
+    const entries = (answer.policy.policies || []).concat(answer.policy.federated_policies || []);
+    summary.replaceChildren(table(["caller", "description", "rules"], entries.map((e) =>
+      el("tr", {}, el("td", {}, e.name), el("td", {}, e.description), el("td", {}, String((e.rules || []).length))))));
+  }
+  async function send(dryRun) {
+    const headers = { "X-CSRF-Token": me.csrf, "Content-Type": "application/yaml" };
+    if (etag) headers["If-Match"] = etag;
+    const response = await fetch("/api/" + base() + (dryRun ? "?dry_run=true" : ""), {
+      method: "PUT", headers, body: editor.value, credentials: "same-origin" });
+    return { status: response.status, body: await response.json().catch(() => ({})) };
+  }
+  pick.addEventListener("change", load);
+  editor.addEventListener("input", () => { checked = null; save.setAttribute("disabled", "disabled"); });
+  main.append(el("p", {}, "Sidecar ", pick), summary);
+  if (!admin) editor.setAttribute("readonly", "readonly");
+  main.append(editor);
+  if (admin) {
+    const check = el("button", { type: "button", id: "policy-check", onclick: async () => {
+      const r = await send(true);
+      if (r.status === 200) {
+        checked = editor.value;
+        save.removeAttribute("disabled");
+        outcome.textContent = "valid: " + r.body.entries + " caller entries, " + r.body.rules + " rules\n" + lineDiff(running, editor.value).join("\n");
+      } else if (r.status === 412) {
+        outcome.textContent = "the policy changed since you loaded it: reload it first";
+      } else {
+        outcome.textContent = "not valid, nothing was sent:\n" + (r.body.message || r.body.error || r.status);
+      }
+    } }, "Check");
+    save.addEventListener("click", async () => {
+      if (checked !== editor.value) return;
+      const r = await send(false);
+      if (r.status === 200) { await load(); outcome.textContent = "saved: version " + r.body.new_version; }
+      else if (r.status === 412) outcome.textContent = "someone else saved first: reload, then apply your change again";
+      else outcome.textContent = "refused: " + (r.body.message || r.body.error || r.status);
+    });
+    main.append(el("p", {}, check, save, el("button", { type: "button", onclick: load }, "Reload")));
+  }
+  main.append(outcome);
+  await load();
+}
+
 // ---- Risk and tags: pushed to every sidecar at once.
 async function risk(main) {
   main.append(el("h1", {}, "Risk and tags"));
@@ -186,7 +270,7 @@ async function main() {
     try { await api("POST", "logout"); } catch (_) { /* signed out anyway */ }
     window.location.href = "/login";
   });
-  const pages = { overview, network, risk, audit };
+  const pages = { overview, network, policy, risk, audit };
   const main = document.getElementById("main");
   try { await (pages[page] || overview)(main); } catch (e) { showError(e.message); }
 }
