@@ -190,7 +190,7 @@ impl Mgmt {
         let caller = if route.open() {
             None
         } else {
-            match self.authenticate(req.headers(), remote, peer) {
+            match self.authenticate(req.headers(), remote, peer, method != Method::GET) {
                 Ok(caller) => Some(caller),
                 Err(reject) => return (None, reject.into_response()),
             }
@@ -214,15 +214,23 @@ impl Mgmt {
         headers: &hyper::HeaderMap,
         remote: SocketAddr,
         peer: Option<&certs::SpiffeId>,
+        write: bool,
     ) -> Result<Caller, Reject> {
         let key = headers.get("x-spiffe-admin-key");
         let caller = match (key, peer.and_then(|p| self.svid_role(p).map(|role| (p, role)))) {
             (None, Some((peer, role))) => Caller { name: peer.to_string(), role },
             _ => self.auth.check(key, remote.ip())?,
         };
-        let Some(console) = peer.filter(|p| self.consoles.iter().any(|c| c.matches(p))) else { return Ok(caller) };
-        let Some(actor) = headers.get(X_A2A_ACTOR) else { return Ok(caller) };
         let bad = |what: &str| Reject::with(StatusCode::BAD_REQUEST, "invalid_request", what.to_owned());
+        let Some(console) = peer.filter(|p| self.consoles.iter().any(|c| c.matches(p))) else { return Ok(caller) };
+        let Some(actor) = headers.get(X_A2A_ACTOR) else {
+            // A console acts for people: a write of its own would be nobody's (a
+            // console bug dropping the person must not write with the console's role).
+            if headers.contains_key(X_A2A_ACTOR_ROLE) || write {
+                return Err(bad("a console names the person it acts for: X-A2A-Actor with X-A2A-Actor-Role"));
+            }
+            return Ok(caller);
+        };
         let person = actor_name(actor).ok_or_else(|| bad("X-A2A-Actor: 1 to 128 printable characters"))?;
         let role = match headers.get(X_A2A_ACTOR_ROLE).map(HeaderValue::as_bytes) {
             Some(b"admin") => Role::Admin,
@@ -238,11 +246,21 @@ impl Mgmt {
     }
 }
 
-/// A person's name as a console sends it (UTF-8, no control characters, at
-/// most 128 characters): it goes into audit events verbatim.
+/// A person's name as a console sends it (UTF-8, at most 128 characters,
+/// no control, format or separator characters: bidi overrides, zero-width
+/// characters and line separators could make an audit line read as another
+/// person's): it goes into audit events verbatim.
 fn actor_name(value: &HeaderValue) -> Option<String> {
     let name = std::str::from_utf8(value.as_bytes()).ok()?.trim();
-    let fits = !name.is_empty() && name.chars().count() <= 128 && !name.chars().any(char::is_control);
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{ad}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{180e}' | '\u{feff}')
+            || ('\u{200b}'..='\u{200f}').contains(&c)
+            || ('\u{2028}'..='\u{202e}').contains(&c)
+            || ('\u{2060}'..='\u{206f}').contains(&c)
+            || ('\u{fff9}'..='\u{fffb}').contains(&c)
+    };
+    let fits = !name.is_empty() && name.chars().count() <= 128 && !name.chars().any(hidden);
     fits.then(|| name.to_owned())
 }
 

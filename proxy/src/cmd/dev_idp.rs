@@ -560,7 +560,7 @@ impl DevIdp {
         match signed {
             Ok(id_token) => json_response(
                 StatusCode::OK,
-                &json!({"access_token": id_token, "id_token": id_token, "token_type": "Bearer", "expires_in": 3600, "scope": "openid profile"}),
+                &json!({"id_token": id_token, "token_type": "Bearer", "expires_in": 3600, "scope": "openid"}),
             ),
             Err(_) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": "server_error" })),
         }

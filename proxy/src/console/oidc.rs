@@ -151,6 +151,11 @@ impl Oidc {
         if data.claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
             return Err(bad("the nonce is not this sign-in's".into()));
         }
+        // Issued for several audiences: it must have been issued to us (OIDC Core 3.1.3.7).
+        let audiences = data.claims.get("aud").and_then(Value::as_array).map_or(1, Vec::len);
+        if audiences > 1 && data.claims.get("azp").and_then(Value::as_str) != Some(self.settings.client_id.as_str()) {
+            return Err(bad("several audiences and `azp` is not this console".into()));
+        }
         Ok(data.claims)
     }
 

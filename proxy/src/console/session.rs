@@ -1,24 +1,26 @@
-//! Console sessions: a random ID in an `HttpOnly; Secure; SameSite=Strict`
-//! cookie, kept in memory for `session_ttl` (a restart signs everyone out),
-//! each with its own CSRF token that every write must echo in
-//! `X-CSRF-Token`. Sign-ins under way are kept 10 minutes under their
-//! `state`, bound to the browser that started them by a `SameSite=Lax`
-//! cookie (the IdP's redirect back is a cross-site navigation).
+//! Console sessions: a random ID in a `__Host-` cookie (`HttpOnly; Secure;
+//! SameSite=Strict; Path=/`), kept in memory for `session_ttl` (a restart
+//! signs everyone out), each with its own CSRF token that every write must
+//! echo in `X-CSRF-Token`. A sign-in under way keeps nothing on the server:
+//! its state, PKCE verifier, nonce and deadline travel in a `SameSite=Lax`
+//! cookie sealed with a per-process HMAC key (the IdP's redirect back is a
+//! cross-site navigation), so a flood of `/login` requests fills nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper::HeaderMap;
 use hyper::header::COOKIE;
 
 use super::oidc::{Pending, Person, random_token};
 
-pub const SESSION_COOKIE: &str = "a2a_console";
-pub const LOGIN_COOKIE: &str = "a2a_console_login";
+pub const SESSION_COOKIE: &str = "__Host-a2a_console";
+pub const LOGIN_COOKIE: &str = "__Host-a2a_console_login";
 /// How long a sign-in may take at the IdP.
 pub const LOGIN_TTL: Duration = Duration::from_secs(600);
 const MAX_SESSIONS: u64 = 10_000;
-const MAX_PENDING: u64 = 10_000;
 
 /// A signed-in person.
 #[derive(Debug)]
@@ -31,7 +33,8 @@ pub struct Session {
 pub struct Sessions {
     ttl: Duration,
     sessions: moka::sync::Cache<String, Arc<Session>>,
-    pending: moka::sync::Cache<String, Arc<Pending>>,
+    /// Seals sign-ins under way into their cookie.
+    seal: aws_lc_rs::hmac::Key,
 }
 
 impl Sessions {
@@ -39,7 +42,7 @@ impl Sessions {
         Self {
             ttl,
             sessions: moka::sync::Cache::builder().max_capacity(MAX_SESSIONS).time_to_live(ttl).build(),
-            pending: moka::sync::Cache::builder().max_capacity(MAX_PENDING).time_to_live(LOGIN_TTL).build(),
+            seal: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, random_token().as_bytes()),
         }
     }
 
@@ -67,21 +70,31 @@ impl Sessions {
         }
     }
 
-    pub fn begin_login(&self, state: &str, pending: Pending) {
-        self.pending.insert(state.to_owned(), Arc::new(pending));
+    /// The login cookie's value for a sign-in under `state`.
+    pub fn seal_login(&self, state: &str, pending: &Pending) -> String {
+        let deadline = unix_now() + LOGIN_TTL.as_secs();
+        let payload = format!("{state}.{}.{}.{deadline}", pending.verifier, pending.nonce);
+        let tag = aws_lc_rs::hmac::sign(&self.seal, payload.as_bytes());
+        format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
     }
 
-    /// The sign-in `state` names, once: only for the browser whose login cookie is that state.
-    pub fn take_login(&self, state: &str, headers: &HeaderMap) -> Option<Arc<Pending>> {
-        let bound = cookie(headers, LOGIN_COOKIE)
-            .is_some_and(|c| aws_lc_rs::constant_time::verify_slices_are_equal(c.as_bytes(), state.as_bytes()).is_ok());
-        if !bound {
-            return None;
-        }
-        let pending = self.pending.get(state)?;
-        self.pending.invalidate(state);
-        Some(pending)
+    /// The sign-in the callback's `state` names: only from the login cookie
+    /// this process sealed for that state, before its deadline.
+    pub fn open_login(&self, state: &str, headers: &HeaderMap) -> Option<Pending> {
+        let cookie = cookie(headers, LOGIN_COOKIE)?;
+        let (payload, tag) = cookie.rsplit_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        aws_lc_rs::hmac::verify(&self.seal, payload.as_bytes(), &tag).ok()?;
+        let mut parts = payload.split('.');
+        let (sealed_state, verifier, nonce, deadline) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let same = aws_lc_rs::constant_time::verify_slices_are_equal(sealed_state.as_bytes(), state.as_bytes()).is_ok();
+        let fresh = deadline.parse::<u64>().is_ok_and(|d| unix_now() <= d);
+        (same && fresh).then(|| Pending { verifier: verifier.to_owned(), nonce: nonce.to_owned() })
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A cookie's value from the request's `Cookie` headers.

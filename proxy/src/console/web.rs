@@ -37,8 +37,13 @@ const PAGES: [&str; 5] = ["overview", "network", "policy", "risk", "audit"];
 
 impl Console {
     pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
+        let signed_in = self.sessions.current(req.headers()).is_some();
         let mut response = self.route(req).await;
         let headers = response.headers_mut();
+        if !signed_in {
+            // Only a signed-in browser keeps its connection: nobody can hold every slot anonymously.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         for (name, value) in [
             ("content-security-policy", CSP),
             ("x-content-type-options", "nosniff"),
@@ -83,15 +88,11 @@ impl Console {
         let state = random_token();
         match self.oidc.begin(&state).await {
             Ok((location, pending)) => {
-                self.sessions.begin_login(&state, pending);
+                let sealed = self.sessions.seal_login(&state, &pending);
                 let mut response = redirect(&location);
                 let max_age = LOGIN_TTL.as_secs();
-                set_cookie(
-                    &mut response,
-                    &format!(
-                        "{LOGIN_COOKIE}={state}; Path=/callback; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax"
-                    ),
-                );
+                let cookie = format!("{LOGIN_COOKIE}={sealed}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
+                set_cookie(&mut response, &cookie);
                 response
             }
             Err(e) => {
@@ -106,7 +107,7 @@ impl Console {
         let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
             return text(StatusCode::BAD_REQUEST, "the sign-in did not complete (no code)");
         };
-        let Some(pending) = self.sessions.take_login(state, req.headers()) else {
+        let Some(pending) = self.sessions.open_login(state, req.headers()) else {
             return text(StatusCode::BAD_REQUEST, "this sign-in was not started here, or took too long: sign in again");
         };
         match self.oidc.finish(code, &pending).await {
@@ -125,7 +126,7 @@ impl Console {
                 );
                 set_cookie(
                     &mut response,
-                    &format!("{LOGIN_COOKIE}=; Path=/callback; Max-Age=0; HttpOnly; Secure; SameSite=Lax"),
+                    &format!("{LOGIN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"),
                 );
                 response
             }

@@ -154,7 +154,7 @@ impl Browser {
             .get_all("set-cookie")
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
-            .find(|c| c.starts_with("a2a_console="));
+            .find(|c| c.starts_with("__Host-a2a_console="));
         let session = session.unwrap();
         for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
             assert!(session.contains(attribute), "{session}");
@@ -179,10 +179,16 @@ async fn an_admin_signs_in_sees_the_fleet_and_changes_an_allow_list() {
     let addr = console.running.addr;
     let mut browser = Browser::default();
 
-    // No session: pages go to the sign-in, the API says 401.
+    // No session: pages go to the sign-in, the API says 401, and the connection is not kept.
     let page = browser.get(&format!("http://{addr}/overview")).await;
     assert_eq!((page.status, page.location().as_str()), (302, "/login"));
+    assert_eq!(page.headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
     assert_eq!(browser.get(&format!("http://{addr}/api/fleet")).await.status, 401);
+    // Sign-ins begun and abandoned keep nothing on the console: a flood of them changes nothing.
+    let mut flood = Browser::default();
+    for _ in 0..300 {
+        assert_eq!(flood.get(&format!("http://{addr}/login")).await.status, 302);
+    }
 
     let csrf = browser.sign_in(addr, "alice").await;
     let me = browser.get(&format!("http://{addr}/api/me")).await.json();
@@ -264,6 +270,17 @@ async fn a_viewer_reads_but_every_write_is_refused() {
         .await;
     assert_eq!(risk.status, 403);
     assert!(a.audit.recent(50, None, None).iter().all(|e| e.actor.is_none()), "nothing reached the sidecar as a write");
+
+    // The dev IdP sends codes to loopback only: no open redirect.
+    let mut probe = Browser::default();
+    let authorize = probe.get(&format!("http://{addr}/login")).await.location();
+    let (base, query) = authorize.split_once('?').unwrap();
+    let elsewhere: Vec<String> = query
+        .split('&')
+        .map(|p| if p.starts_with("redirect_uri=") { "redirect_uri=https%3A%2F%2Fevil.example%2Fcallback".to_owned() } else { p.to_owned() })
+        .collect();
+    let refused = probe.get(&format!("{base}?{}&login_hint=alice", elsewhere.join("&"))).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
 
     // A sign-in started by another browser: its callback is refused here.
     let mut mallory = Browser::default();

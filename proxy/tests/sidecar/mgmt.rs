@@ -674,9 +674,11 @@ async fn an_svid_with_a_role_needs_no_key_and_a_console_acts_for_its_person() {
     use super::mesh::APPROVAL;
     use super::support::{read_reply, tls_connect};
     let mesh = Mesh::start().await;
-    // REPORT plays the console (admin), APPROVAL an SVID with the viewer role, MENUS one without.
+    // REPORT plays the console (admin), AUTOMATION an admin SVID that is no console,
+    // APPROVAL an SVID with the viewer role (and an admin pattern: the least wins), MENUS one without.
+    const AUTOMATION: &str = "spiffe://aim.microsoft.com/ops/automation";
     let tls = format!(
-        "  tls:\n    allowed_callers: ['{REPORT}', '{APPROVAL}', '{MENUS}']\n    roles: {{'{REPORT}': admin, '{APPROVAL}': viewer, 'spiffe://aim.microsoft.com/ests/bp/*/aid/budget-approval': admin}}\n    consoles: ['{REPORT}']"
+        "  tls:\n    allowed_callers: ['{REPORT}', '{APPROVAL}', '{MENUS}', '{AUTOMATION}']\n    roles: {{'{REPORT}': admin, '{AUTOMATION}': admin, '{APPROVAL}': viewer, 'spiffe://aim.microsoft.com/ests/bp/*/aid/budget-approval': admin}}\n    consoles: ['{REPORT}']"
     );
     let yaml = std::fs::read_to_string(&mesh.backend_config).unwrap().replace(
         "mgmt:\n  listen: '127.0.0.1:0'\n  state_file: state.json",
@@ -707,8 +709,12 @@ async fn an_svid_with_a_role_needs_no_key_and_a_console_acts_for_its_person() {
             read_reply(response).await
         }
     };
+    assert_eq!(call(AUTOMATION, "GET", vec![]).await.status, 200, "an admin SVID alone reads");
+    assert_eq!(call(AUTOMATION, "PUT", vec![]).await.status, 200, "and writes");
     assert_eq!(call(REPORT, "GET", vec![]).await.status, 200, "the console's SVID alone reads");
-    assert_eq!(call(REPORT, "PUT", vec![]).await.status, 200, "and writes (admin)");
+    assert_eq!(call(REPORT, "PUT", vec![]).await.status, 400, "but writes only for a person it names");
+    let role_alone = vec![("x-a2a-actor-role", "viewer")];
+    assert_eq!(call(REPORT, "GET", role_alone).await.status, 400, "a role without a person");
     assert_eq!(call(APPROVAL, "GET", vec![]).await.status, 200, "a viewer SVID reads");
     assert_eq!(call(APPROVAL, "PUT", vec![]).await.status, 403, "the least privileged matching role: viewer");
     assert_eq!(call(MENUS, "GET", vec![]).await.status, 401, "an allowed SVID without a role needs a key");
@@ -725,6 +731,8 @@ async fn an_svid_with_a_role_needs_no_key_and_a_console_acts_for_its_person() {
     assert_eq!(call(REPORT, "PUT", no_role).await.status, 400, "a person without a role is refused");
     let control = vec![("x-a2a-actor", "eve\tx"), ("x-a2a-actor-role", "admin")];
     assert_eq!(call(REPORT, "PUT", control).await.status, 400);
+    let bidi = vec![("x-a2a-actor", "eve\u{202e}ecila"), ("x-a2a-actor-role", "admin")];
+    assert_eq!(call(REPORT, "PUT", bidi).await.status, 400, "a bidi override would disguise the name");
     // Not a console: its X-A2A-Actor is ignored (the event names the key).
     let forged = vec![("x-spiffe-admin-key", ADMIN_KEY), ("x-a2a-actor", "mallory"), ("x-a2a-actor-role", "admin")];
     assert_eq!(call(APPROVAL, "PUT", forged).await.status, 200);
@@ -737,7 +745,7 @@ async fn an_svid_with_a_role_needs_no_key_and_a_console_acts_for_its_person() {
         .filter_map(|e| e.actor.clone())
         .collect();
     assert!(actors.contains(&format!("alice@contoso.example (via {REPORT})")), "{actors:?}");
-    assert!(actors.contains(&REPORT.to_owned()), "the console's own writes name its SVID: {actors:?}");
+    assert!(actors.contains(&AUTOMATION.to_owned()), "an SVID's own writes name it: {actors:?}");
     assert!(actors.contains(&"ops".to_owned()), "{actors:?}");
     assert!(!actors.iter().any(|a| a.contains("mallory") || a.contains("bob")), "{actors:?}");
     sidecar.shutdown().await;

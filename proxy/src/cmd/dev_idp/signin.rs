@@ -8,7 +8,9 @@
 //! one exchange within a minute at `POST /{tenant}/oauth2/v2.0/token`
 //! (`grant_type=authorization_code`, `code`, `client_id`, `redirect_uri`,
 //! `code_verifier`), which answers with an ID token naming the user and
-//! their app roles.
+//! their app roles. Redirect URIs must be on loopback (no open redirect),
+//! and an ID token carries no `tid`, so no sidecar takes it for an access
+//! token (Layer 3 requires the tenant's `tid`); no access token is issued.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -81,6 +83,10 @@ impl Codes {
         else {
             return Authorize::Refused("client_id, redirect_uri, state and code_challenge are required");
         };
+        if !loopback_url(redirect_uri) {
+            // A dev IdP sends codes nowhere but to this machine: no open redirect.
+            return Authorize::Refused("redirect_uri must be http(s) on 127.0.0.1, [::1] or localhost");
+        }
         if get("response_type") != Some("code") {
             return Authorize::Refused("response_type must be code");
         }
@@ -147,14 +153,20 @@ impl Codes {
             "aud": grant.client_id,
             "sub": user.oid,
             "oid": user.oid,
-            "tid": tenant,
             "name": user.name,
             "preferred_username": format!("{}@dev.example", user.login),
             "roles": user.roles,
             "nonce": grant.nonce,
-            "ver": "2.0",
         }))
     }
+}
+
+/// Whether `url` is http(s) on a loopback host.
+fn loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<hyper::Uri>() else { return false };
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    matches!(uri.scheme_str(), Some("http" | "https")) && loopback
 }
 
 /// 32 random bytes, base64url.

@@ -50,6 +50,15 @@ function table(headers, rows) {
     el("tbody", {}, ...rows));
 }
 
+// Draws now, then again 2 s after each draw has finished (slow sidecars never pile draws up).
+async function refreshing(draw) {
+  const again = async () => {
+    try { await draw(); } catch (e) { showError(e.message); }
+    setTimeout(again, 2000);
+  };
+  await again();
+}
+
 function secondsLeft(expiry) {
   if (!expiry) return "";
   const left = Math.round((Date.parse(expiry) - Date.now()) / 1000);
@@ -80,8 +89,7 @@ async function overview(main) {
       showError("");
     } catch (e) { showError(e.message); }
   }
-  await draw();
-  setInterval(draw, 2000);
+  await refreshing(draw);
 }
 
 // ---- Network access: each sidecar's allow-list; changes are confirmed first.
@@ -135,6 +143,7 @@ async function drawAllowList(section, name) {
 function lineDiff(before, after) {
   const a = before.split("\n"), b = after.split("\n");
   const n = a.length, m = b.length;
+  if (n * m > 4000000) return ["(too large to show a diff: " + n + " lines before, " + m + " after)"];
   const lcs = Array.from({ length: n + 1 }, () => new Array(m + 1).fill(0));
   for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--)
     lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
@@ -255,8 +264,7 @@ async function audit(main) {
     }
     body.replaceChildren(table(["time", "sidecar", "caller", "request", "decision", "layer", "reason"], rows));
   }
-  await draw();
-  setInterval(draw, 2000);
+  await refreshing(draw);
 }
 
 async function main() {
