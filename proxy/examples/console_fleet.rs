@@ -20,14 +20,18 @@ const SIDECAR_ID: &str = "spiffe://example.org/ns/fleet/sa/agent";
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
     ticks / 100.0 // USER_HZ
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
     kib.unwrap_or(0.0) / 1024.0
 }
 
@@ -67,7 +71,10 @@ mgmt:
         let path = dir.path().join(format!("sidecar-{i}.yaml"));
         std::fs::write(&path, yaml)?;
         let app = proxy::app::App::start(proxy::config::Config::load(&path)?).await?;
-        entries.push_str(&format!("  - {{name: sidecar-{i}, mgmt: 'https://{}', spiffe_id: '{SIDECAR_ID}'}}\n", app.mgmt_addr.unwrap_or_else(|| unreachable!())));
+        entries.push_str(&format!(
+            "  - {{name: sidecar-{i}, mgmt: 'https://{}', spiffe_id: '{SIDECAR_ID}'}}\n",
+            app.mgmt_addr.unwrap_or_else(|| unreachable!())
+        ));
         apps.push(app);
     }
     let console_yaml = format!(

@@ -91,7 +91,8 @@ impl Console {
                 let sealed = self.sessions.seal_login(&state, &pending);
                 let mut response = redirect(&location);
                 let max_age = LOGIN_TTL.as_secs();
-                let cookie = format!("{LOGIN_COOKIE}={sealed}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
+                let cookie =
+                    format!("{LOGIN_COOKIE}={sealed}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
                 set_cookie(&mut response, &cookie);
                 response
             }

@@ -277,7 +277,13 @@ async fn a_viewer_reads_but_every_write_is_refused() {
     let (base, query) = authorize.split_once('?').unwrap();
     let elsewhere: Vec<String> = query
         .split('&')
-        .map(|p| if p.starts_with("redirect_uri=") { "redirect_uri=https%3A%2F%2Fevil.example%2Fcallback".to_owned() } else { p.to_owned() })
+        .map(|p| {
+            if p.starts_with("redirect_uri=") {
+                "redirect_uri=https%3A%2F%2Fevil.example%2Fcallback".to_owned()
+            } else {
+                p.to_owned()
+            }
+        })
         .collect();
     let refused = probe.get(&format!("{base}?{}&login_hint=alice", elsewhere.join("&"))).await;
     assert_eq!(refused.status, 400, "{}", refused.body);
