@@ -20,6 +20,7 @@ use crate::dataplane::server::{Listener, serve_http1};
 use crate::facts::http::HttpClient;
 use crate::observe::metrics::Metrics;
 
+mod audit;
 mod fleet;
 mod oidc;
 mod session;
@@ -34,6 +35,7 @@ pub struct Console {
     oidc: oidc::Oidc,
     sessions: session::Sessions,
     fleet: Arc<fleet::Fleet>,
+    audit: Arc<audit::Merged>,
 }
 
 /// A started console.
@@ -69,12 +71,17 @@ pub async fn start(config: ConsoleConfig) -> anyhow::Result<Running> {
     let (identity, source) = certs::source::spawn(crate::app::identity_source(&config.identity)?);
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     let fleet = fleet::Fleet::new(&config.sidecars, identity.clone(), config.fleet)?;
+    let audit = Arc::new(audit::Merged::default());
     let listener = Listener::bind("listen", config.listen, MAX_CONNECTIONS, None).await?;
     let addr = listener.local_addr()?;
     let url = config.url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let oidc = oidc::Oidc::new(config.oidc.clone(), format!("{url}/callback"), HttpClient::new()?, metrics);
-    let console =
-        Arc::new(Console { oidc, sessions: session::Sessions::new(config.session_ttl), fleet: fleet.clone() });
+    let console = Arc::new(Console {
+        oidc,
+        sessions: session::Sessions::new(config.session_ttl),
+        fleet: fleet.clone(),
+        audit: audit.clone(),
+    });
     let (shutdown, stop) = watch::channel(false);
     let handler = {
         let console = console.clone();
@@ -82,9 +89,10 @@ pub async fn start(config: ConsoleConfig) -> anyhow::Result<Running> {
     };
     let server =
         tokio::spawn(serve_http1(listener, crate::config::LOCAL_LIMITS, stop, Duration::from_secs(2), handler));
-    let poller = tokio::spawn(fleet.poll_forever());
+    let poller = tokio::spawn(fleet.clone().poll_forever());
+    let follower = tokio::spawn(audit.follow(fleet));
     tracing::info!(%addr, sidecars = config.sidecars.len(), "console listening");
-    Ok(Running { addr, identity, console, shutdown, tasks: vec![server, poller], _source: source })
+    Ok(Running { addr, identity, console, shutdown, tasks: vec![server, poller, follower], _source: source })
 }
 
 /// The `console` subcommand: runs until SIGTERM or SIGINT.

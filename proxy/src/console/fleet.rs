@@ -105,6 +105,41 @@ impl Fleet {
         Ok(Arc::new(Self { members, settings, snapshot: ArcSwap::from_pointee(snapshot) }))
     }
 
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The name of the sidecar at `index` (configuration order).
+    pub fn name(&self, index: usize) -> &str {
+        self.members.get(index).map_or("", |m| m.entry.name.as_str())
+    }
+
+    /// A long-lived GET (an event stream) on the sidecar at `index`: the
+    /// answer's head within the timeout, then its body as it comes.
+    pub async fn stream(
+        &self,
+        index: usize,
+        path: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<hyper::body::Incoming, FleetError> {
+        let member = self.members.get(index).ok_or_else(|| FleetError::Unknown(index.to_string()))?;
+        let name = &member.entry.name;
+        let transport = |e: String| FleetError::Transport(name.clone(), e);
+        let mut request = hyper::Request::get(format!("{}{path}", member.entry.mgmt));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| transport(e.to_string()))?;
+        let response = tokio::time::timeout(self.settings.timeout, member.client.request(request))
+            .await
+            .map_err(|_| FleetError::Timeout(name.clone(), self.settings.timeout))?
+            .map_err(|e| transport(error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(transport(format!("{path} answered {}", response.status())));
+        }
+        Ok(response.into_body())
+    }
+
     /// The last poll's view, in configuration order.
     pub fn snapshot(&self) -> Arc<Vec<Status>> {
         self.snapshot.load_full()

@@ -164,6 +164,13 @@ impl Console {
                 json_response(StatusCode::OK, &json!({"name": person.name, "role": role, "csrf": session.csrf}))
             }
             (&Method::GET, ["fleet"]) => json_response(StatusCode::OK, &json!({"sidecars": *self.fleet.snapshot()})),
+            (&Method::GET, ["audit", "stream"]) => {
+                let last =
+                    req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+                let mut response = Response::new(self.audit.subscribe(last));
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                response
+            }
             (
                 &Method::GET,
                 ["sidecars", name, route @ ("mtls-policy" | "agent-risk" | "agent-tags" | "policy" | "audit")],

@@ -179,10 +179,10 @@ async fn an_admin_works_the_console_in_a_browser() {
     client.find(Locator::Css("#risk-push")).await.unwrap().click().await.unwrap();
     until_text(&client, "#push-result", "budget-backend-2").await;
     screenshot(&client, "risk").await;
-    client.goto(&format!("http://{addr}/audit")).await.unwrap();
-    client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#audit table")).await.unwrap();
-    // budget-report calls budget-backend (the mesh's caller sidecar routes to the mesh's backend,
-    // so this request goes through a sidecar of the same config the console fronts).
+    // The overview's live flow (the merged audit streams) shows the next request, denied.
+    client.goto(&format!("http://{addr}/overview")).await.unwrap();
+    client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#flow")).await.unwrap();
+    // A caller sidecar for budget-report in front of the fronted budget-backend.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let yaml = super::mesh::caller_yaml(
         &mesh.dir.path().join("report.sock"),
@@ -192,9 +192,23 @@ async fn an_admin_works_the_console_in_a_browser() {
     let report = mesh.start_sidecar("report-to-a", &yaml).await;
     let reply = http(report.outbound_addr.unwrap(), "GET", "budget-backend", "/after-risk", &[]).await;
     assert_eq!(reply.status, 403, "the pushed risk denies the next request");
-    until_text(&client, "#audit table", "/after-risk").await;
-    let row = client.find(Locator::XPath("//tr[td[contains(., '/after-risk')]]")).await.unwrap().text().await.unwrap();
-    assert!(row.contains("deny") && row.contains("risk"), "{row}");
+    until_text(&client, "#flow", "/after-risk").await;
+    let row = client.find(Locator::XPath("//table[@id='flow']//tr[td[contains(., '/after-risk')]]")).await.unwrap();
+    let (text, class) = (row.text().await.unwrap(), row.attr("class").await.unwrap().unwrap_or_default());
+    assert!(text.contains("deny") && text.contains("risk") && class == "decision-deny", "{text} / {class}");
+    screenshot(&client, "overview-flow").await;
+
+    // The audit page: the merged stream, filtered by decision.
+    client.goto(&format!("http://{addr}/audit")).await.unwrap();
+    client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#audit table")).await.unwrap();
+    let allowed = http(report.outbound_addr.unwrap(), "GET", "budget-backend", "/still-denied", &[]).await;
+    assert_eq!(allowed.status, 403);
+    until_text(&client, "#audit table", "/still-denied").await;
+    client.find(Locator::Css("[data-filter='decision']")).await.unwrap().send_keys("allow").await.unwrap();
+    let rows = client.find_all(Locator::Css("#audit tbody tr")).await.unwrap();
+    for row in rows {
+        assert!(!row.text().await.unwrap().contains("/still-denied"), "the decision filter hides denials");
+    }
     screenshot(&client, "audit").await;
     client.close().await.unwrap();
 }

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::mesh::{BACKEND, Mesh, REPORT, TENANT};
+use super::support::{eventually, http};
 
 pub const CONSOLE_ID: &str = "spiffe://aim.microsoft.com/ops/console";
 
@@ -334,5 +335,90 @@ async fn a_risk_push_reaches_every_sidecar() {
             .and_then(|e| e.actor.clone());
         assert_eq!(pushed.as_deref(), Some(format!("alice@dev.example (via {CONSOLE_ID})").as_str()));
     }
+    console.running.shutdown().await;
+}
+
+/// The merged audit stream: every fronted sidecar's events, tagged with its
+/// name, under the console's own ids; a browser that reconnects with
+/// `Last-Event-ID` gets what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_merged_audit_stream_resumes_after_a_reconnect() {
+    let mesh = Mesh::start().await;
+    let a = sidecar(&mesh, "backend-a").await;
+    let console = console(&mesh, &[("backend-a", &a)], "").await;
+    let addr = console.running.addr;
+    let mut alice = Browser::default();
+    alice.sign_in(addr, "alice").await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let yaml = super::mesh::caller_yaml(
+        &mesh.dir.path().join("report.sock"),
+        a.inbound_addr.unwrap(),
+        closed.local_addr().unwrap().port(),
+    );
+    let report = mesh.start_sidecar("report-to-a", &yaml).await;
+
+    // Reads SSE events (id, event, data) from the console's stream until `until` shows up.
+    async fn read_until(
+        alice: &Browser,
+        addr: SocketAddr,
+        last: Option<u64>,
+        until: &str,
+    ) -> Vec<(u64, String, Value)> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let cookie: Vec<String> = alice.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut request = hyper::Request::get("/api/audit/stream")
+            .header("host", addr.to_string())
+            .header("cookie", cookie.join("; "));
+        if let Some(id) = last {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = sender.send_request(request.body(Full::new(bytes::Bytes::new())).unwrap()).await.unwrap();
+        assert_eq!(response.headers().get("content-type").unwrap(), "text/event-stream");
+        let mut body = response.into_body();
+        let mut text = String::new();
+        let mut events = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(Ok(frame)) = body.frame().await {
+                text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default()));
+                while let Some(end) = text.find("\n\n") {
+                    let block: String = text.drain(..end + 2).collect();
+                    let field =
+                        |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().to_owned();
+                    let (Ok(id), event) = (field("id: ").parse::<u64>(), field("event: ")) else { continue };
+                    let data: Value = serde_json::from_str(&field("data: ")).unwrap_or(Value::Null);
+                    let done = event == "audit" && data["path"] == until;
+                    events.push((id, event, data));
+                    if done {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the event arrived");
+        events
+    }
+
+    // From the start of the console's ring (Last-Event-ID 0): nothing can fall between.
+    assert_eq!(http(report.outbound_addr.unwrap(), "GET", "budget-backend", "/first", &[]).await.status, 200);
+    let events = read_until(&alice, addr, Some(0), "/first").await;
+    let (last_id, _, event) = events.last().unwrap().clone();
+    assert_eq!((event["sidecar"].as_str(), event["decision"].as_str()), (Some("backend-a"), Some("allow")));
+    // Disconnected: two requests happen meanwhile; a reconnect with Last-Event-ID replays them.
+    for path in ["/missed-1", "/missed-2"] {
+        assert_eq!(http(report.outbound_addr.unwrap(), "GET", "budget-backend", path, &[]).await.status, 200);
+    }
+    let a_audit_has = |p: &str| a.audit.recent(50, None, None).iter().any(|e| e.path.as_deref() == Some(p));
+    eventually(Duration::from_secs(10), "the sidecar recorded both", || async {
+        (a_audit_has("/missed-1") && a_audit_has("/missed-2")).then_some(())
+    })
+    .await;
+    let resumed = read_until(&alice, addr, Some(last_id), "/missed-2").await;
+    let paths: Vec<&str> =
+        resumed.iter().filter(|(_, e, _)| e == "audit").filter_map(|(_, _, d)| d["path"].as_str()).collect();
+    assert!(paths.contains(&"/missed-1") && paths.contains(&"/missed-2"), "{paths:?}");
+    assert!(resumed.iter().all(|(id, _, _)| *id > last_id), "only what came after");
     console.running.shutdown().await;
 }

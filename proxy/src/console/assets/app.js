@@ -68,7 +68,14 @@ function secondsLeft(expiry) {
 // ---- Overview: every sidecar's state, refreshed every 2 s.
 async function overview(main) {
   const body = el("div", { id: "fleet" });
-  main.append(el("h1", {}, "Overview"), body);
+  const flow = el("tbody", {});
+  main.append(el("h1", {}, "Overview"), body, el("h2", {}, "Live flow"),
+    el("table", { id: "flow" }, el("thead", {}, el("tr", {}, ...["time", "caller", "", "sidecar", "request", "decision", "layer", "reason"].map((h) => el("th", {}, h)))), flow));
+  follow((e) => {
+    if (e.direction === "mgmt") return;
+    flow.prepend(flowRow(e));
+    while (flow.children.length > 15) flow.lastChild.remove();
+  }, () => {});
   async function draw() {
     try {
       const fleet = await api("GET", "fleet");
@@ -244,27 +251,55 @@ async function risk(main) {
   main.append(result);
 }
 
-// ---- Audit: each sidecar's recent decisions, newest first, refreshed.
+// ---- The merged live stream of every sidecar's audit events (EventSource
+// reconnects by itself, resuming after the last id it saw).
+function follow(onEvent, onNotice) {
+  const source = new EventSource("/api/audit/stream");
+  source.addEventListener("audit", (m) => { try { onEvent(JSON.parse(m.data)); } catch (_) { /* not JSON */ } });
+  source.addEventListener("dropped", (m) => {
+    try { const d = JSON.parse(m.data); onNotice((d.sidecar || "this page") + " lost " + d.dropped + " events"); } catch (_) { /* ignore */ }
+  });
+  source.addEventListener("sidecar", (m) => {
+    try { const d = JSON.parse(m.data); onNotice(d.sidecar + ": " + d.state + (d.error ? " (" + d.error + ")" : "")); } catch (_) { /* ignore */ }
+  });
+  return source;
+}
+
+function flowRow(e) {
+  const who = e.caller_policy || e.caller_spiffe_id || e.actor || "";
+  return el("tr", { class: "decision-" + e.decision },
+    el("td", {}, (e.timestamp || "").replace("T", " ").replace("Z", "")),
+    el("td", {}, who), el("td", {}, "\u2192"), el("td", {}, e.sidecar),
+    el("td", {}, (e.method || "") + " " + (e.path || "")),
+    el("td", { class: "decision-" + e.decision }, e.decision), el("td", {}, e.layer), el("td", {}, e.reason));
+}
+
+// ---- Audit: the merged live stream, filtered.
 async function audit(main) {
   main.append(el("h1", {}, "Audit"));
-  const body = el("div", { id: "audit" });
-  main.append(body);
-  async function draw() {
-    const fleet = await api("GET", "fleet");
-    const rows = [];
-    for (const s of fleet.sidecars) {
-      try {
-        const answer = await api("GET", "sidecars/" + encodeURIComponent(s.name) + "/audit?limit=20");
-        for (const e of answer.entries || []) {
-          rows.push(el("tr", {}, el("td", {}, e.timestamp), el("td", {}, s.name), el("td", {}, e.caller_spiffe_id || e.actor || ""),
-            el("td", {}, (e.method || "") + " " + (e.path || "")), el("td", { class: "decision-" + e.decision }, e.decision),
-            el("td", {}, e.layer), el("td", {}, e.reason)));
-        }
-      } catch (e) { rows.push(el("tr", {}, el("td", {}, ""), el("td", {}, s.name), el("td", { class: "state-down" }, e.message))); }
-    }
-    body.replaceChildren(table(["time", "sidecar", "caller", "request", "decision", "layer", "reason"], rows));
-  }
-  await refreshing(draw);
+  const filters = {};
+  const inputs = ["caller", "sidecar", "layer", "decision"].map((name) => {
+    const input = el("input", { type: "text", placeholder: name, "data-filter": name, size: "24" });
+    input.addEventListener("input", () => { filters[name] = input.value.trim(); redraw(); });
+    return input;
+  });
+  const notices = el("ul", { id: "notices" });
+  const body = el("tbody", {});
+  main.append(el("p", {}, ...inputs), el("div", { id: "audit" },
+    el("table", {}, el("thead", {}, el("tr", {}, ...["time", "caller", "", "sidecar", "request", "decision", "layer", "reason"].map((h) => el("th", {}, h)))), body)),
+    el("h2", {}, "Stream"), notices);
+  const events = [];
+  const matches = (e) => Object.entries(filters).every(([k, v]) => !v || String(k === "caller"
+    ? (e.caller_policy || "") + " " + (e.caller_spiffe_id || "") + " " + (e.actor || "") : e[k] || "").includes(v));
+  function redraw() { body.replaceChildren(...events.filter(matches).slice(0, 200).map(flowRow)); }
+  follow((e) => {
+    events.unshift(e);
+    if (events.length > 1000) events.pop();
+    if (matches(e)) { body.prepend(flowRow(e)); while (body.children.length > 200) body.lastChild.remove(); }
+  }, (text) => {
+    notices.prepend(el("li", {}, text));
+    while (notices.children.length > 20) notices.lastChild.remove();
+  });
 }
 
 async function main() {
