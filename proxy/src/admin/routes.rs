@@ -24,6 +24,7 @@ use crate::observe::audit::{AuditHub, AuditReason, Decision, Direction, Event};
 use crate::observe::metrics::Metrics;
 
 mod audit;
+mod explain;
 mod governance;
 mod health;
 mod mtls;
@@ -57,6 +58,7 @@ pub struct Context {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Health,
+    Explain,
     Policy,
     MtlsPolicy,
     AgentRisk,
@@ -83,6 +85,7 @@ impl Route {
             "/mgmt/audit" => Self::Audit,
             "/mgmt/audit/stream" => Self::AuditStream,
             "/mgmt/reload" => Self::Reload,
+            "/mgmt/explain" => Self::Explain,
             _ => return None,
         })
     }
@@ -133,6 +136,7 @@ pub async fn dispatch(
         Route::Audit => audit::query(ctx, &req).unwrap_or_else(Reject::into_response),
         Route::AuditStream => super::stream::stream(ctx, &req, connection),
         Route::Reload => reload(ctx, &actor).await,
+        Route::Explain => explain::explain(ctx, &req).await.unwrap_or_else(Reject::into_response),
     }
 }
 

@@ -121,10 +121,36 @@ impl Offline {
 }
 
 async fn explain_async(config: &Config, question: &Question<'_>) -> Result<Explanation, String> {
+    let sidecar = Offline::build(config, question).await?;
+    let parts = Parts {
+        allowlist: &sidecar.allowlist,
+        policy: &sidecar.policy,
+        governor: &sidecar.governor,
+        oauth: sidecar.oauth.as_ref(),
+        configured: config.inbound.as_ref().map_or(&[][..], |i| &i.allowed_callers[..]),
+        options: config.inbound.as_ref().map(|i| i.path_options).unwrap_or_default(),
+    };
+    explain_with(parts, question).await
+}
+
+/// The decision pieces a question is judged with: an offline copy built from
+/// the configuration (`explain`), or a running sidecar's own (`GET /mgmt/explain`).
+pub struct Parts<'a> {
+    pub allowlist: &'a AllowList,
+    pub policy: &'a PolicyStore,
+    pub governor: &'a Governor,
+    pub oauth: Option<&'a Oauth>,
+    /// `inbound.allowed_callers` as configured (to say whether the allow-list came from /mgmt).
+    pub configured: &'a [certs::IdPattern],
+    pub options: policy::PathOptions,
+}
+
+/// Runs `question` through the same code as the data plane: Layer 1's
+/// allow-list, [`request_target`] and [`pipeline::evaluate`].
+pub async fn explain_with(sidecar: Parts<'_>, question: &Question<'_>) -> Result<Explanation, String> {
     let caller: SpiffeId = question.caller.parse().map_err(|e| format!("--caller `{}`: {e}", question.caller))?;
     let method =
         Method::from_bytes(question.method.as_bytes()).map_err(|_| format!("--method `{}`", question.method))?;
-    let sidecar = Offline::build(config, question).await?;
     let mut out = Text::default();
     out.line("request", None, &format!("{method} {} from {caller}", question.path));
 
@@ -135,15 +161,14 @@ async fn explain_async(config: &Config, question: &Question<'_>) -> Result<Expla
         out.line("mtls", Some(false), why);
         return Ok(out.done(Verdict::Denied(Reason::NotAllowed)));
     };
-    let origin = if patterns.as_slice() == config.inbound.as_ref().map_or(&[][..], |i| &i.allowed_callers[..]) {
+    let origin = if patterns.as_slice() == sidecar.configured {
         format!("inbound.allowed_callers[{i}]")
     } else {
         format!("the allow-list set through /mgmt, [{i}]")
     };
     out.line("mtls", Some(true), &format!("matches {origin} `{pattern}`"));
 
-    let options = config.inbound.as_ref().map(|i| i.path_options).unwrap_or_default();
-    let path = match request_target(&method, question.path, options) {
+    let path = match request_target(&method, question.path, sidecar.options) {
         Ok(path) => path,
         Err(reason) => {
             out.line("http", Some(false), &reason.to_string());
@@ -161,7 +186,7 @@ async fn explain_async(config: &Config, question: &Question<'_>) -> Result<Expla
     let loaded = sidecar.policy.current();
     let facts = RequestFacts { caller: &caller, method: method.as_str(), path: &path, headers: &headers };
     let mut trace = Trace::default();
-    let result = pipeline::evaluate(&loaded, sidecar.oauth.as_ref(), &sidecar.governor, facts, None, &mut trace).await;
+    let result = pipeline::evaluate(&loaded, sidecar.oauth, sidecar.governor, facts, None, &mut trace).await;
     let denied = result.err().map(|denial| denial.reason);
     layer_lines(&mut out, &loaded, &caller, &method, &path, &trace, denied);
     let verdict = match denied.map(|reason| pipeline::apply_mode(loaded.mode, reason)) {

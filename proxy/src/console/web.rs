@@ -33,7 +33,7 @@ const SHELL: &str = include_str!("assets/shell.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 /// Pages: the shell with `data-page` set; the script draws the rest.
-const PAGES: [&str; 5] = ["overview", "network", "policy", "risk", "audit"];
+const PAGES: [&str; 6] = ["overview", "network", "policy", "risk", "audit", "tests"];
 
 impl Console {
     pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
@@ -173,7 +173,11 @@ impl Console {
             }
             (
                 &Method::GET,
-                ["sidecars", name, route @ ("mtls-policy" | "agent-risk" | "agent-tags" | "policy" | "audit")],
+                [
+                    "sidecars",
+                    name,
+                    route @ ("mtls-policy" | "agent-risk" | "agent-tags" | "policy" | "audit" | "explain"),
+                ],
             ) => {
                 let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
                 relay(self.fleet.call(name, Method::GET, &format!("/mgmt/{route}{query}"), None, Some(person)).await)

@@ -11,7 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use super::console::{console, sidecar};
-use super::mesh::{Mesh, REPORT};
+use super::mesh::{MENUS, Mesh, REPORT};
 use super::support::{eventually, http};
 
 /// chromedriver, started for one test and killed with it.
@@ -247,6 +247,27 @@ async fn a_viewer_cannot_write_even_by_script() {
         .await
         .unwrap();
     assert_eq!(status, json!(403));
+
+    // Test calls are reads: a viewer asks the live sidecar, one request and a matrix.
+    client.goto(&format!("http://{addr}/tests")).await.unwrap();
+    let caller =
+        client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#test-caller")).await.unwrap();
+    caller.send_keys(MENUS).await.unwrap();
+    client.find(Locator::Css("#test-explain")).await.unwrap().click().await.unwrap();
+    until_text(&client, "#test-result", "denied (403, mtls, not_allowed)").await;
+    let matrix = format!("{REPORT} GET /budget/read 200\n{MENUS} GET /budget/read 403\n{REPORT} GET /budget/read 403");
+    client.find(Locator::Css("#test-matrix")).await.unwrap().send_keys(&matrix).await.unwrap();
+    client.find(Locator::Css("#test-run")).await.unwrap().click().await.unwrap();
+    until_text(&client, "#test-table tbody", "FAIL").await;
+    let outcomes: Vec<String> = {
+        let mut texts = Vec::new();
+        for row in client.find_all(Locator::Css("#test-table tbody tr")).await.unwrap() {
+            texts.push(row.find(Locator::Css("td:last-child")).await.unwrap().text().await.unwrap());
+        }
+        texts
+    };
+    assert_eq!(outcomes, vec!["pass", "pass", "FAIL"], "the third row expects the wrong status on purpose");
+    screenshot(&client, "tests").await;
     client.close().await.unwrap();
 }
 

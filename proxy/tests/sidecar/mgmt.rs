@@ -750,3 +750,47 @@ async fn an_svid_with_a_role_needs_no_key_and_a_console_acts_for_its_person() {
     assert!(!actors.iter().any(|a| a.contains("mallory") || a.contains("bob")), "{actors:?}");
     sidecar.shutdown().await;
 }
+
+/// `GET /mgmt/explain`: the running sidecar's own verdict for a request,
+/// with the same code as `explain` and the data plane: Layer 1 from the live
+/// allow-list, a pushed risk level from Layer 4, nothing forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_answers_from_the_live_state() {
+    let mesh = Mesh::start().await;
+    let mgmt = mesh.backend.mgmt_addr.unwrap();
+    let explain = |caller: &str, path: &str| {
+        let url = format!("/mgmt/explain?caller={caller}&method=GET&path={path}");
+        async move {
+            let (status, _, answer) = call(mgmt, "GET", &url, Some(VIEWER_KEY), None, &[]).await;
+            (status, answer)
+        }
+    };
+    let (status, answer) = explain(REPORT, "/budget/read").await;
+    assert_eq!(
+        (status, answer["verdict"].as_str(), answer["status"].as_u64()),
+        (200, Some("forwarded"), Some(200)),
+        "{answer}"
+    );
+    let (_, answer) = explain(MENUS, "/budget/read").await;
+    assert_eq!(
+        (answer["verdict"].as_str(), answer["layer"].as_str(), answer["reason"].as_str()),
+        (Some("denied"), Some("mtls"), Some("not_allowed"))
+    );
+    assert!(answer["text"].as_str().unwrap().contains("no allowed pattern matches"));
+    // A risk push applies at once, here as on the data plane.
+    assert_eq!(
+        put(mgmt, "/mgmt/agent-risk", &format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#)).await.0,
+        200
+    );
+    let (_, answer) = explain(REPORT, "/budget/read").await;
+    assert_eq!(
+        (answer["verdict"].as_str(), answer["layer"].as_str(), answer["status"].as_u64()),
+        (Some("denied"), Some("risk"), Some(403)),
+        "{answer}"
+    );
+    let (status, answer) = explain(REPORT, "").await;
+    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_query")));
+    let (status, _) = explain("not-an-id", "/x").await;
+    assert_eq!(status, 400);
+    assert!(mesh.app.seen().is_empty(), "nothing reached the app");
+}

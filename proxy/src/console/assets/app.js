@@ -302,6 +302,45 @@ async function audit(main) {
   });
 }
 
+// ---- Test calls: what a sidecar's live policy, allow-list and Layer 4 facts
+// say of a request (GET /mgmt/explain, no token), one at a time or as a
+// matrix of expected outcomes.
+async function tests(main) {
+  main.append(el("h1", {}, "Test calls"));
+  const fleet = await api("GET", "fleet");
+  const pick = el("select", { id: "test-sidecar" }, ...fleet.sidecars.map((s) => el("option", { value: s.name }, s.name)));
+  const caller = el("input", { type: "text", size: "60", id: "test-caller", placeholder: "spiffe://trust-domain/caller" });
+  const method = el("input", { type: "text", size: "8", id: "test-method", value: "GET" });
+  const path = el("input", { type: "text", size: "30", id: "test-path", value: "/" });
+  const result = el("pre", { id: "test-result" });
+  const explain = (c, m, p) => api("GET", "sidecars/" + encodeURIComponent(pick.value) + "/explain?caller=" +
+    encodeURIComponent(c) + "&method=" + encodeURIComponent(m) + "&path=" + encodeURIComponent(p));
+  const one = el("button", { type: "button", id: "test-explain", onclick: async () => {
+    try {
+      const r = await explain(caller.value.trim(), method.value.trim(), path.value.trim());
+      result.textContent = r.verdict + " (" + r.status + ", " + r.layer + ", " + r.reason + ")\n\n" + r.text;
+    } catch (e) { result.textContent = e.message; }
+  } }, "Explain");
+  main.append(el("p", {}, "Sidecar ", pick), el("p", {}, caller, method, path, one), result);
+  const matrix = el("textarea", { id: "test-matrix", rows: "8", cols: "100", spellcheck: "false",
+    placeholder: "one per line: caller method path expected-status, e.g. spiffe://td/a GET /budget/read 200" });
+  const rows = el("tbody", {});
+  const run = el("button", { type: "button", id: "test-run", onclick: async () => {
+    rows.replaceChildren();
+    for (const line of matrix.value.split("\n").map((l) => l.trim()).filter((l) => l)) {
+      const [c, m, p, expected] = line.split(/\s+/);
+      let got = "", detail = "";
+      try { const r = await explain(c, m, p); got = String(r.status); detail = r.layer + " " + r.reason; }
+      catch (e) { got = "error"; detail = e.message; }
+      const ok = got === expected;
+      rows.append(el("tr", { class: ok ? "decision-allow" : "decision-deny" }, el("td", {}, c), el("td", {}, m + " " + p),
+        el("td", {}, expected), el("td", {}, got), el("td", {}, detail), el("td", {}, ok ? "pass" : "FAIL")));
+    }
+  } }, "Run the matrix");
+  main.append(el("h2", {}, "Matrix"), matrix, el("p", {}, run),
+    el("table", { id: "test-table" }, el("thead", {}, el("tr", {}, ...["caller", "request", "expected", "got", "why", ""].map((h) => el("th", {}, h)))), rows));
+}
+
 async function main() {
   const page = document.body.dataset.page;
   for (const a of document.querySelectorAll("[data-nav]")) if (a.dataset.nav === page) a.classList.add("current");
@@ -313,7 +352,7 @@ async function main() {
     try { await api("POST", "logout"); } catch (_) { /* signed out anyway */ }
     window.location.href = "/login";
   });
-  const pages = { overview, network, policy, risk, audit };
+  const pages = { overview, network, policy, risk, audit, tests };
   const main = document.getElementById("main");
   try { await (pages[page] || overview)(main); } catch (e) { showError(e.message); }
 }
