@@ -326,6 +326,21 @@ async fn a_risk_push_reaches_every_sidecar() {
         (Some(200), Some(200)),
         "{results}"
     );
+    // Tags go to every sidecar the same way.
+    let tags = alice
+        .send(
+            "PUT",
+            &format!("http://{addr}/api/agent-tags"),
+            &[("x-csrf-token", &csrf)],
+            Some(json!({"spiffe_id": REPORT, "tag": "finance"})),
+        )
+        .await;
+    let tagged = tags.json()["results"].clone();
+    assert_eq!(
+        (tagged["backend-a"]["status"].as_u64(), tagged["backend-b"]["status"].as_u64()),
+        (Some(200), Some(200)),
+        "{tagged}"
+    );
     for app in [&a, &b] {
         let pushed = app
             .audit
@@ -420,5 +435,26 @@ async fn the_merged_audit_stream_resumes_after_a_reconnect() {
         resumed.iter().filter(|(_, e, _)| e == "audit").filter_map(|(_, _, d)| d["path"].as_str()).collect();
     assert!(paths.contains(&"/missed-1") && paths.contains(&"/missed-2"), "{paths:?}");
     assert!(resumed.iter().all(|(id, _, _)| *id > last_id), "only what came after");
+    console.running.shutdown().await;
+}
+
+/// A session ends at `session_ttl`: then pages go to the sign-in again and the API says 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_goes_back_to_the_sign_in() {
+    let mesh = Mesh::start().await;
+    let a = sidecar(&mesh, "backend-a").await;
+    let console = console(&mesh, &[("backend-a", &a)], "session_ttl: 1s\n").await;
+    let addr = console.running.addr;
+    let mut alice = Browser::default();
+    alice.sign_in(addr, "alice").await;
+    let url = format!("http://{addr}/overview");
+    let expired = || async {
+        let mut alice = Browser { cookies: alice.cookies.clone() };
+        let page = alice.get(&url).await;
+        (page.status == 302 && page.location() == "/login").then_some(())
+    };
+    eventually(Duration::from_secs(20), "the session expired", expired).await;
+    let mut again = Browser { cookies: alice.cookies.clone() };
+    assert_eq!(again.get(&format!("http://{addr}/api/me")).await.status, 401);
     console.running.shutdown().await;
 }

@@ -81,7 +81,10 @@ async function overview(main) {
       const fleet = await api("GET", "fleet");
       const rows = fleet.sidecars.map((s) => {
         const h = s.health || {};
-        const jwks = h.jwks && typeof h.jwks === "object" ? (h.jwks.last_refresh || h.jwks.status || "") : (h.jwks || "");
+        const jwks = h.jwks && typeof h.jwks === "object" ? (h.jwks.last_error ? "error: " + h.jwks.last_error : (h.jwks.last_refresh || "")) : "";
+        const fact = (f) => !f ? "" : f.source !== "graph" ? f.source :
+          (f.last_error ? "graph error" : "graph, " + (f.age_seconds == null ? "not yet" : f.age_seconds + " s ago"));
+        const graph = "risk: " + fact(h.risk) + "; tags: " + fact(h.tags);
         return el("tr", { "data-sidecar": s.name },
           el("td", {}, s.name),
           el("td", { class: "state-" + s.state }, s.state),
@@ -90,9 +93,10 @@ async function overview(main) {
           el("td", {}, h.policy_version || ""),
           el("td", {}, h.enforcement_mode || ""),
           el("td", {}, String(jwks)),
+          el("td", {}, graph),
           el("td", {}, s.latency_ms + " ms"));
       });
-      body.replaceChildren(table(["sidecar", "state", "reason", "SVID left", "policy", "mode", "JWKS", "latency"], rows));
+      body.replaceChildren(table(["sidecar", "state", "reason", "SVID left", "policy", "mode", "JWKS", "risk / tags", "latency"], rows));
       showError("");
     } catch (e) { showError(e.message); }
   }
@@ -247,6 +251,17 @@ async function risk(main) {
       } catch (e) { showError(e.message); }
     } }, "Push risk");
     main.append(el("p", {}, id, level, push));
+    const tagId = el("input", { type: "text", size: "60", id: "tag-id", placeholder: "spiffe://trust-domain/agent" });
+    const tag = el("input", { type: "text", size: "20", id: "tag-value", placeholder: "tag (empty: clear)" });
+    const pushTag = el("button", { type: "button", id: "tag-push", onclick: async () => {
+      const body = { spiffe_id: tagId.value.trim(), tag: tag.value.trim() === "" ? null : tag.value.trim() };
+      try {
+        const answer = await api("PUT", "agent-tags", body);
+        result.replaceChildren(table(["sidecar", "status"], Object.entries(answer.results).map(([name, r]) =>
+          el("tr", {}, el("td", {}, name), el("td", {}, String(r.status) + (r.error ? " " + r.error : ""))))));
+      } catch (e) { showError(e.message); }
+    } }, "Push tag");
+    main.append(el("p", {}, tagId, tag, pushTag));
   }
   main.append(result);
 }
