@@ -26,6 +26,7 @@ use crate::dataplane::body::{self, Body};
 use crate::dataplane::server::{self, Listener, Slot};
 
 mod auth;
+pub mod explain;
 pub mod reload;
 pub mod restore;
 mod routes;

@@ -9,8 +9,8 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::{Context, query_param};
+use crate::admin::explain::{Parts, Question, Verdict, explain_with};
 use crate::admin::{Reject, json_response};
-use crate::cmd::explain::{Parts, Question, Verdict, explain_with};
 use crate::dataplane::body::Body;
 
 pub(super) async fn explain(ctx: &Context, req: &Request<Incoming>) -> Result<Response<Body>, Reject> {
