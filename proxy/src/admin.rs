@@ -46,6 +46,8 @@ pub struct Mgmt {
     /// `mgmt.tls.roles` and `mgmt.tls.consoles`.
     svid_roles: Vec<(certs::IdPattern, Role)>,
     consoles: Vec<certs::IdPattern>,
+    /// `mgmt.tls.loopback_plain`.
+    plain_too: bool,
     ctx: Context,
 }
 
@@ -108,7 +110,7 @@ impl Mgmt {
         };
         let auth = auth::Auth::new(ctx.reloader.keys.clone(), ctx.metrics.clone());
         let (svid_roles, consoles) = (section.tls_roles.clone(), section.tls_consoles.clone());
-        Ok(Arc::new(Self { auth, tls, svid_roles, consoles, ctx }))
+        Ok(Arc::new(Self { auth, tls, svid_roles, consoles, plain_too: section.loopback_plain, ctx }))
     }
 
     /// Serves `listener` until `shutdown`, then drains for at most `drain`.
@@ -116,7 +118,13 @@ impl Mgmt {
         server::accept_loop(listener, shutdown, drain, move |tcp, remote, slot, shutdown| {
             let this = self.clone();
             async move {
-                match this.tls.clone() {
+                // `loopback_plain`: a TLS client starts with a handshake record (0x16); anything else is plain HTTP.
+                let plain = this.plain_too && {
+                    let mut first = [0u8; 1];
+                    let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
+                    !matches!(peeked, Ok(Ok(1)) if first[0] == 0x16)
+                };
+                match this.tls.clone().filter(|_| !plain) {
                     None => this.serve_connection(tcp, remote, None, slot, shutdown).await,
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {

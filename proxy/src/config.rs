@@ -133,6 +133,9 @@ pub struct MgmtSection {
     /// by `X-A2A-Actor` (recorded as the audit event's `actor`) with
     /// `X-A2A-Actor-Role` (the lower of it and the caller's own role applies).
     pub tls_consoles: Vec<certs::IdPattern>,
+    /// `mgmt.tls.loopback_plain`: on a loopback address, a client that does
+    /// not start TLS is served plain HTTP (a key required, as without `tls`).
+    pub loopback_plain: bool,
 }
 
 /// The audit trail's sinks.
@@ -606,6 +609,13 @@ impl Ctx<'_> {
         let pattern = |field: String, p: &str| {
             p.parse::<certs::IdPattern>().map_err(|e| self.invalid(&field, format!("`{p}`: {e}")))
         };
+        let loopback_plain = raw.tls.as_ref().and_then(|t| t.loopback_plain).unwrap_or(false);
+        if loopback_plain && !listen.ip().is_loopback() {
+            return Err(self.invalid(
+                "mgmt.tls.loopback_plain",
+                format!("`{listen}` is not loopback: off loopback the admin listener is mTLS only"),
+            ));
+        }
         let (tls_callers, tls_roles, tls_consoles) = match raw.tls {
             None => (None, Vec::new(), Vec::new()),
             Some(tls) if tls.allowed_callers.is_empty() => {
@@ -679,7 +689,15 @@ impl Ctx<'_> {
         let state_file = raw
             .state_file
             .ok_or_else(|| self.invalid("mgmt.state_file", "required: admin changes must survive restarts"))?;
-        Ok(MgmtSection { listen, keys, state_file: self.resolve(state_file), tls_callers, tls_roles, tls_consoles })
+        Ok(MgmtSection {
+            listen,
+            keys,
+            state_file: self.resolve(state_file),
+            tls_callers,
+            tls_roles,
+            tls_consoles,
+            loopback_plain,
+        })
     }
 
     fn on_unavailable(&self, field: &str, value: Option<&str>) -> Result<OnUnavailable, Error> {

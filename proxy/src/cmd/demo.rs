@@ -39,6 +39,8 @@ const AUDIENCE: &str = "api://budget-backend";
 const POLICY: &str = include_str!("../../../examples/reference-policy/spiffe-rbac-policy.yaml");
 /// Short enough that SVIDs rotate (at half-life) while the demo runs.
 const SVID_TTL: Duration = Duration::from_secs(4);
+/// The operator console's SPIFFE ID (`--keep-running` starts one).
+const CONSOLE: &str = "spiffe://aim.microsoft.com/ops/console";
 
 /// A calling agent: its SPIFFE ID, and its Entra agent identity if it has one.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +124,8 @@ pub struct Stack {
     _app: tokio::task::JoinHandle<()>,
     _idp_task: tokio::task::JoinHandle<()>,
     pub idp: Arc<DevIdp>,
+    /// The home trust domain's dev CA (the console's SVID comes from it).
+    home: Arc<DevCa>,
     pub backend: App,
     policy_file: PathBuf,
     pub callers: Vec<(Caller, App)>,
@@ -177,7 +181,18 @@ impl Stack {
             std::fs::write(&path, caller_yaml(dir.path(), caller, inbound, &idp.authority()))?;
             callers.push((caller, start_sidecar(Config::load_with_env(&path, &MapEnv::default())?).await?));
         }
-        Ok(Self { dir, _agents: agents, _app: app, _idp_task: idp_task, idp, backend, policy_file, callers, admin_key })
+        Ok(Self {
+            dir,
+            _agents: agents,
+            _app: app,
+            _idp_task: idp_task,
+            idp,
+            home,
+            backend,
+            policy_file,
+            callers,
+            admin_key,
+        })
     }
 
     /// The backend sidecar's configuration, as it loaded it.
@@ -246,9 +261,40 @@ pub fn run(keep_running: bool, env_file: Option<PathBuf>) -> anyhow::Result<bool
     })
 }
 
+/// The operator console in front of the backend's `/mgmt`, signing in at the dev IdP.
+async fn start_console(stack: &Stack) -> anyhow::Result<(crate::console::Running, WorkloadApiServer)> {
+    let socket = stack.dir().join("console.sock");
+    let config =
+        WorkloadApiServerConfig { ca: stack.home.clone(), id: CONSOLE.parse()?, ttl: SVID_TTL, federated: vec![] };
+    let agent = WorkloadApiServer::start(&socket, config).await?;
+    let yaml = format!(
+        "# The operator console: the dev IdP's users alice (admin) and bob (viewer).
+listen: '127.0.0.1:0'
+identity: {{socket: 'unix://{socket}'}}
+oidc: {{issuer: '{idp}/{TENANT}/v2.0', client_id: a2a-console, admin: [Console.Admin], viewer: [Console.Viewer]}}
+fleet: {{poll_interval: 2s}}
+sidecars:
+  - {{name: budget-backend, mgmt: 'https://{mgmt}', spiffe_id: '{BACKEND}'}}
+",
+        socket = socket.display(),
+        idp = stack.idp.authority(),
+        mgmt = stack.mgmt()?,
+    );
+    let path = stack.dir().join("console.yaml");
+    std::fs::write(&path, yaml)?;
+    let mut console = crate::console::start(crate::config::ConsoleConfig::load(&path)?).await?;
+    tokio::time::timeout(Duration::from_secs(20), console.identity.wait_ready())
+        .await
+        .context("the console got no SVID within 20 s")?
+        .context("the console's SVID source ended")?;
+    Ok((console, agent))
+}
+
 /// Prints how to reach the running stack, then waits for Ctrl-C or SIGTERM.
 async fn keep_up(stack: &Stack, env_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let env = stack.environment()?;
+    let (console, _console_agent) = start_console(stack).await?;
+    let mut env = stack.environment()?;
+    env.push(("A2A_CONSOLE".to_owned(), console.addr.to_string()));
     let exports: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
     let path = env_file.unwrap_or_else(|| stack.dir().join("demo.env"));
     println!(
@@ -263,10 +309,13 @@ async fn keep_up(stack: &Stack, env_file: Option<PathBuf>) -> anyhow::Result<()>
            -d '{{\"spiffe_id\":\"{report}\",\"risk_level\":\"high\"}}'\n\
          curl -sN -H \"X-Spiffe-Admin-Key: $A2A_ADMIN_KEY\" http://$A2A_MGMT/mgmt/audit/stream   # live decisions\n\
          curl -s http://$A2A_BACKEND_TELEMETRY/metrics\n\
-         More in docs/demo.md.",
+         \n\
+         The operator console: http://{console} (sign in at the dev IdP as alice, an admin, or bob, a viewer).\n\
+         More in docs/demo.md and docs/console.md.",
         dir = stack.dir().display(),
         env_path = path.display(),
         report = REPORT.id,
+        console = console.addr,
     );
     // Written after the instructions are printed, whole and then renamed: a
     // script polling for the file never sees half of it, nor misses the text.
@@ -339,6 +388,8 @@ mgmt:
   listen: '127.0.0.1:0'
   state_file: state.json
   keys: [{{name: demo-operator, role: admin, sha256: '{key_hash}'}}]
+  # The operator console comes in over mTLS with its SVID; curl with the key, plain, on loopback.
+  tls: {{allowed_callers: ['{CONSOLE}'], roles: {{'{CONSOLE}': admin}}, consoles: ['{CONSOLE}'], loopback_plain: true}}
 ",
         dir = dir.display(),
         allowed = allowed.join(", "),

@@ -56,6 +56,8 @@ pub struct RawMgmtTls {
     /// Callers (patterns) that act for a signed-in person (the console).
     #[serde(default)]
     pub consoles: Vec<String>,
+    /// On a loopback address: plain HTTP (with a key) is served too.
+    pub loopback_plain: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

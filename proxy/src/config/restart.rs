@@ -204,10 +204,11 @@ fn audit_fields(c: &mut Changes, old: &AuditSection, new: &AuditSection) {
 }
 
 fn mgmt_fields(c: &mut Changes, old: &MgmtSection, new: &MgmtSection) {
-    let MgmtSection { listen, keys: _, state_file, tls_callers, tls_roles, tls_consoles } = old; // keys are hot
+    let MgmtSection { listen, keys: _, state_file, tls_callers, tls_roles, tls_consoles, loopback_plain } = old; // keys are hot
     c.check("mgmt.listen", listen, &new.listen);
     c.check("mgmt.state_file", state_file, &new.state_file);
     c.check("mgmt.tls.allowed_callers", tls_callers, &new.tls_callers);
     c.check("mgmt.tls.roles", tls_roles, &new.tls_roles);
     c.check("mgmt.tls.consoles", tls_consoles, &new.tls_consoles);
+    c.check("mgmt.tls.loopback_plain", loopback_plain, &new.loopback_plain);
 }

@@ -85,6 +85,18 @@ fn errors_name_the_file_and_field() {
             "`mgmt.tls.allowed_callers[1]`",
         ),
         (
+            "identity: {socket: unix:///x}\nmgmt: {listen: '0.0.0.0:9443', tls: {allowed_callers: ['spiffe://td/c'], loopback_plain: true}}",
+            "`mgmt.tls.loopback_plain`: `0.0.0.0:9443` is not loopback",
+        ),
+        (
+            "identity: {socket: unix:///x}\nmgmt: {listen: '0.0.0.0:9443', tls: {allowed_callers: ['spiffe://td/c'], roles: {'spiffe://td/c': root}}}",
+            "`mgmt.tls.roles.spiffe://td/c`: `root` is not one of admin, viewer",
+        ),
+        (
+            "identity: {socket: unix:///x}\nmgmt: {listen: '0.0.0.0:9443', tls: {allowed_callers: ['spiffe://td/c'], consoles: ['nope']}}",
+            "`mgmt.tls.consoles[0]`",
+        ),
+        (
             "identity: {socket: unix:///x}\noutbound: {routes: [{name: a, upstream: 'http://b:1', server_id: 'spiffe://td/b'}]}",
             "`outbound.routes[0].upstream`",
         ),
@@ -233,4 +245,37 @@ fn the_reference_deployments_environment_fills_jwt_and_entra() {
     assert!(missing.contains("`jwt.tenant_id`") && missing.contains("AZURE_TENANT_ID"), "{missing}");
     let missing = parse("jwt: {tenant_id: t}", &socket_only).unwrap_err().to_string();
     assert!(missing.contains("`jwt.audiences`") && missing.contains("ENTRA_OAUTH2_AUDIENCE"), "{missing}");
+}
+
+#[test]
+fn a_console_config_names_the_field_it_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let oidc = "oidc: {issuer: 'https://idp.example/t/v2.0', client_id: c, admin: [A]}";
+    for (yaml, want) in [
+        ("listen: nowhere".to_owned(), "`listen`"),
+        ("sidecars: []".to_owned(), "`oidc`: required"),
+        ("oidc: {issuer: 'http://idp.example', client_id: c, admin: [A]}".to_owned(), "`oidc.issuer`"),
+        ("oidc: {issuer: 'https://idp.example', admin: [A]}".to_owned(), "`oidc.client_id`"),
+        ("oidc: {issuer: 'https://idp.example', client_id: c}".to_owned(), "`oidc.admin`"),
+        (format!("{oidc}\nurl: 'http://console.example'"), "`url`"),
+        (format!("{oidc}\nfleet: {{concurrency: 0}}"), "`fleet.concurrency`"),
+        (format!("{oidc}\nfleet: {{timeout: soon}}"), "`fleet.timeout`"),
+        (
+            format!("{oidc}\nsidecars: [{{name: a, mgmt: 'http://10.0.0.1:9443', spiffe_id: 'spiffe://td/a'}}]"),
+            "`sidecars[0].mgmt`",
+        ),
+        (format!("{oidc}\nsidecars: [{{name: a, mgmt: 'https://h:1'}}]"), "`sidecars[0].spiffe_id`"),
+        (
+            format!(
+                "{oidc}\nsidecars: [{{name: a, mgmt: 'https://h:1', spiffe_id: 'spiffe://td/a'}}, {{name: a, mgmt: 'https://h:2', spiffe_id: 'spiffe://td/b'}}]"
+            ),
+            "`sidecars[1].name`: `a` is listed twice",
+        ),
+        (format!("{oidc}\nsurprise: 1"), "unknown field `surprise`"),
+    ] {
+        let path = dir.path().join("console.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let error = crate::config::ConsoleConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains(want), "{yaml}\n=> {error}");
+    }
 }

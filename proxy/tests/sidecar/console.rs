@@ -18,8 +18,13 @@ pub const CONSOLE_ID: &str = "spiffe://aim.microsoft.com/ops/console";
 
 /// A sidecar whose `/mgmt` is mTLS on loopback, giving the console's SVID the admin role.
 pub async fn sidecar(mesh: &Mesh, name: &str) -> proxy::app::App {
+    sidecar_with(mesh, name, "").await
+}
+
+/// As [`sidecar`], with `extra` (`\n    field: value` lines) in `mgmt.tls`.
+async fn sidecar_with(mesh: &Mesh, name: &str, extra: &str) -> proxy::app::App {
     let tls = format!(
-        "  tls:\n    allowed_callers: ['{CONSOLE_ID}']\n    roles: {{'{CONSOLE_ID}': admin}}\n    consoles: ['{CONSOLE_ID}']"
+        "  tls:\n    allowed_callers: ['{CONSOLE_ID}']\n    roles: {{'{CONSOLE_ID}': admin}}\n    consoles: ['{CONSOLE_ID}']{extra}"
     );
     let yaml = std::fs::read_to_string(&mesh.backend_config).unwrap().replace(
         "mgmt:\n  listen: '127.0.0.1:0'\n  state_file: state.json",
@@ -174,11 +179,31 @@ impl Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_signs_in_sees_the_fleet_and_changes_an_allow_list() {
     let mesh = Mesh::start().await;
-    let a = sidecar(&mesh, "backend-a").await;
+    let a = sidecar_with(&mesh, "backend-a", "\n    loopback_plain: true").await;
     let b = sidecar(&mesh, "backend-b").await;
     let console = console(&mesh, &[("backend-a", &a), ("backend-b", &b)], "").await;
     let addr = console.running.addr;
     let mut browser = Browser::default();
+
+    // `loopback_plain`: curl with the key still works on a's loopback; b's listener is mTLS only.
+    let plain = |app: &proxy::app::App| {
+        let mgmt = app.mgmt_addr.unwrap();
+        async move {
+            let get = async move {
+                let tcp = tokio::net::TcpStream::connect(mgmt).await.ok()?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.ok()?;
+                tokio::spawn(conn);
+                let request = hyper::Request::get("/mgmt/mtls-policy")
+                    .header("host", "mgmt")
+                    .header("x-spiffe-admin-key", super::mesh::ADMIN_KEY);
+                let response = sender.send_request(request.body(Full::new(bytes::Bytes::new())).unwrap()).await.ok()?;
+                Some(response.status().as_u16())
+            };
+            tokio::time::timeout(Duration::from_secs(10), get).await.ok().flatten()
+        }
+    };
+    assert_eq!(plain(&a).await, Some(200));
+    assert_eq!(plain(&b).await, None, "without loopback_plain the listener is mTLS only");
 
     // No session: pages go to the sign-in, the API says 401, and the connection is not kept.
     let page = browser.get(&format!("http://{addr}/overview")).await;

@@ -116,6 +116,8 @@ fn documented_curl_examples_work_against_the_demo() {
     for line in exported.lines().filter(|l| l.contains("A2A_ADMIN_KEY") || l.contains("A2A_MGMT")) {
         assert!(printed.contains(line), "not printed: {line}");
     }
+    let console = exported.lines().find_map(|l| l.strip_prefix("export A2A_CONSOLE=")).expect("the console's address");
+    assert!(printed.contains(&format!("The operator console: http://{console}")), "{printed}");
     for command in ["/mgmt/health", "/mgmt/agent-risk", "/mgmt/audit/stream", "/metrics", "$A2A_REPORT/budget/read"] {
         assert!(printed.lines().any(|l| l.starts_with("curl ") && l.contains(command)), "no curl for {command}");
     }
