@@ -255,6 +255,11 @@ impl Mgmt {
     }
 }
 
+/// `GET /mgmt/explain`'s budget: 5 a second across callers, bursts of 20.
+pub fn explain_budget() -> crate::dataplane::server::TokenBucket {
+    crate::dataplane::server::TokenBucket::new(5.0, 20.0)
+}
+
 /// A person's name as a console sends it (UTF-8, at most 128 characters,
 /// no control, format or separator characters: bidi overrides, zero-width
 /// characters and line separators could make an audit line read as another

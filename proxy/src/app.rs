@@ -362,6 +362,7 @@ impl Running {
             started: std::time::Instant::now(),
             shutdown: self.shutdown.subscribe(),
             terminating: self.terminating.clone(),
+            explain_budget: Arc::new(admin::explain_budget()),
         };
         let serve = Mgmt::new(section, ctx)?.serve(listener, self.shutdown.subscribe(), self.drain);
         self.servers.push(tokio::spawn(serve));

@@ -53,6 +53,8 @@ pub struct Context {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Set at SIGTERM (`runtime.shutdown_delay`): unhealthy from then on.
     pub terminating: Arc<std::sync::atomic::AtomicBool>,
+    /// `GET /mgmt/explain` calls allowed (Layer 4 may ask Graph).
+    pub explain_budget: Arc<crate::dataplane::server::TokenBucket>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! `GET /mgmt/audit/stream`: server-sent events, `id:` = the event's `seq`.
-//! `Last-Event-ID` replays what the ring still holds; a subscriber that falls
+//! `Last-Event-ID` replays what the ring still holds (all of it when the id
+//! is beyond this run's last `seq`: the reader saw an earlier run); a subscriber that falls
 //! behind gets `event: dropped` with the count; comments keep idle proxies
 //! from closing the stream. A subscriber that takes nothing for
 //! [`STALL_LIMIT`] is told (a last `dropped` event with `"disconnected":
@@ -38,6 +39,9 @@ pub fn stream(ctx: &Context, req: &Request<Incoming>, connection: CancellationTo
         req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     // Subscribe before reading the ring, so nothing falls between the two.
     let live = ctx.audit.subscribe();
+    // An id beyond ours was given by an earlier run of this sidecar (`seq`
+    // starts again at every start): everything we hold is new to that reader.
+    let last = last.map(|seq| if seq > ctx.audit.last_seq() { 0 } else { seq });
     let replay = last.map(|seq| ctx.audit.since(seq)).unwrap_or_default();
     let (frames, rx) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let (last_word, last_word_rx) = oneshot::channel::<Bytes>();

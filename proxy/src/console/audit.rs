@@ -18,10 +18,18 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::fleet::Fleet;
+use super::session::Session;
 use crate::dataplane::body::Body;
 
 /// Events the console keeps for browsers that reconnect.
-const RING: usize = 2000;
+const RING: usize = 1000;
+/// A sidecar's event larger than this is not kept (an audit event is a few
+/// KiB; its longest field, a path, is bounded by the request head limit).
+const MAX_EVENT: usize = 40 * 1024;
+/// A sidecar's stream that sends nothing for this long (its heartbeat is every 15 s) is reopened.
+const SILENCE: Duration = Duration::from_secs(45);
+/// Audit streams one session may hold open.
+pub const STREAMS_PER_SESSION: usize = 4;
 /// Events a browser may fall behind by before it is told it lost some.
 const LAG: usize = 1024;
 /// A browser that takes nothing for this long is let go.
@@ -79,34 +87,50 @@ impl Merged {
         // From the start of the sidecar's ring: the console shows recent history at once.
         let mut last: Option<u64> = Some(0);
         let mut backoff = Duration::from_secs(1);
+        // Only changes are recorded: a flapping or down sidecar does not fill the ring.
+        let mut state = String::new();
+        let mut note = |this: &Self, new: String, error: Option<String>| {
+            if new != state {
+                this.push("sidecar", &name, json!({"state": new, "error": error}));
+                state = new;
+            }
+        };
         loop {
             match fleet.stream(index, "/mgmt/audit/stream", last).await {
                 Ok(mut body) => {
-                    self.push("sidecar", &name, json!({"state": "following"}));
-                    backoff = Duration::from_secs(1);
-                    let mut buffer = String::new();
-                    while let Some(Ok(frame)) = body.frame().await {
+                    note(&self, "following".into(), None);
+                    let mut buffer: Vec<u8> = Vec::new();
+                    loop {
+                        let frame = match tokio::time::timeout(SILENCE, body.frame()).await {
+                            Ok(Some(Ok(frame))) => frame,
+                            Ok(_) => break,
+                            Err(_) => break, // half-open: nothing, not even a heartbeat
+                        };
                         let Ok(data) = frame.into_data() else { continue };
-                        buffer.push_str(&String::from_utf8_lossy(&data));
-                        while let Some(end) = buffer.find("\n\n") {
-                            let block: String = buffer.drain(..end + 2).collect();
-                            self.take(&name, &block, &mut last);
+                        buffer.extend_from_slice(&data);
+                        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                            let block: Vec<u8> = buffer.drain(..end + 2).collect();
+                            if self.take(&name, &String::from_utf8_lossy(&block), &mut last) {
+                                backoff = Duration::from_secs(1); // it works: a later break retries soon
+                            }
                         }
-                        if buffer.len() > 1024 * 1024 {
-                            break; // not an event stream
+                        if buffer.len() > MAX_EVENT {
+                            // One event this large is not an audit event: skip to the next one.
+                            self.push("dropped", &name, json!({"dropped": 1, "too_large": true}));
+                            buffer.clear();
                         }
                     }
-                    self.push("sidecar", &name, json!({"state": "stream ended"}));
+                    note(&self, "stream ended".into(), None);
                 }
-                Err(e) => self.push("sidecar", &name, json!({"state": "unreachable", "error": e.to_string()})),
+                Err(e) => note(&self, "unreachable".into(), Some(e.to_string())),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 
-    /// One SSE block from a sidecar.
-    fn take(&self, sidecar: &str, block: &str, last: &mut Option<u64>) {
+    /// One SSE block from a sidecar; true for an audit event.
+    fn take(&self, sidecar: &str, block: &str, last: &mut Option<u64>) -> bool {
         let (mut id, mut event, mut data) = (None, "message", String::new());
         for line in block.lines() {
             if let Some(v) = line.strip_prefix("id: ") {
@@ -123,21 +147,32 @@ impl Merged {
                 data.push_str(v);
             }
         }
-        let Ok(value) = serde_json::from_str::<Value>(&data) else { return };
+        let Ok(value) = serde_json::from_str::<Value>(&data) else { return false };
         match event {
             "audit" => {
                 if id.is_some() {
                     *last = id;
                 }
                 self.push("audit", sidecar, value);
+                true
             }
-            "dropped" => self.push("dropped", sidecar, value),
-            _ => {}
+            "dropped" => {
+                self.push("dropped", sidecar, value);
+                false
+            }
+            _ => false,
         }
     }
 
-    /// A browser's stream: what the ring holds after `last_id`, then live.
-    pub fn subscribe(&self, last_id: Option<u64>) -> Body {
+    /// A browser's stream for `session`: what the ring holds after
+    /// `last_id`, then live, until the session ends (sign-out or expiry);
+    /// `None` when the session has [`STREAMS_PER_SESSION`] open.
+    pub fn subscribe(&self, last_id: Option<u64>, session: Arc<Session>) -> Option<Body> {
+        let open = session.streams.fetch_add(1, Ordering::SeqCst);
+        if open >= STREAMS_PER_SESSION {
+            session.streams.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
         let (frames, rx) = mpsc::channel::<Bytes>(64);
         let (replay, mut live) = {
             let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
@@ -148,37 +183,57 @@ impl Merged {
             (replay, self.live.subscribe())
         };
         tokio::spawn(async move {
-            let send = |text: String| {
-                let frames = frames.clone();
-                async move { tokio::time::timeout(STALL, frames.send(Bytes::from(text))).await.is_ok_and(|r| r.is_ok()) }
-            };
-            for item in replay {
-                if !send(sse(&item)).await {
-                    return;
-                }
-            }
-            let mut heartbeat = tokio::time::interval(HEARTBEAT);
-            heartbeat.tick().await;
-            loop {
-                let text = tokio::select! {
-                    next = live.recv() => match next {
-                        Ok(item) => sse(&item),
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            format!("event: dropped\ndata: {}\n\n", json!({"sidecar": null, "dropped": n}))
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    _ = heartbeat.tick() => ": heartbeat\n\n".to_owned(),
-                };
-                if !send(text).await {
-                    return;
-                }
-            }
+            serve(frames, replay, &mut live, &session).await;
+            session.streams.fetch_sub(1, Ordering::SeqCst);
         });
         let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |bytes| {
             Ok::<_, crate::dataplane::body::BoxError>(Frame::data(bytes))
         });
-        StreamBody::new(stream).boxed()
+        Some(StreamBody::new(stream).boxed())
+    }
+}
+
+/// Sends `replay`, then live items and heartbeats, while the browser reads
+/// and its session lasts.
+async fn serve(
+    frames: mpsc::Sender<Bytes>,
+    replay: Vec<Arc<Item>>,
+    live: &mut broadcast::Receiver<Arc<Item>>,
+    session: &Session,
+) {
+    let send = |text: String| {
+        let frames = frames.clone();
+        async move { tokio::time::timeout(STALL, frames.send(Bytes::from(text))).await.is_ok_and(|r| r.is_ok()) }
+    };
+    for item in replay {
+        if !send(sse(&item)).await {
+            return;
+        }
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    loop {
+        // Interest first, then the check: a sign-out in between still wakes this.
+        let signed_out = session.signed_out.notified();
+        if !session.live() {
+            return;
+        }
+        let text = tokio::select! {
+            () = signed_out => return,
+            () = frames.closed() => return,
+            () = tokio::time::sleep_until(session.expires.into()) => return,
+            next = live.recv() => match next {
+                Ok(item) => sse(&item),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    format!("event: dropped\ndata: {}\n\n", json!({"sidecar": null, "dropped": n}))
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = heartbeat.tick() => ": heartbeat\n\n".to_owned(),
+        };
+        if !send(text).await {
+            return;
+        }
     }
 }
 

@@ -28,6 +28,19 @@ pub struct Session {
     pub person: Person,
     pub csrf: String,
     pub expires: Instant,
+    /// Set at sign-out: an audit stream opened with this session ends.
+    pub ended: std::sync::atomic::AtomicBool,
+    /// Audit streams open with this session.
+    pub streams: std::sync::atomic::AtomicUsize,
+    /// Wakes the session's audit streams at sign-out.
+    pub signed_out: tokio::sync::Notify,
+}
+
+impl Session {
+    /// Still signed in: not signed out and not expired.
+    pub fn live(&self) -> bool {
+        !self.ended.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < self.expires
+    }
 }
 
 pub struct Sessions {
@@ -53,19 +66,30 @@ impl Sessions {
     /// The session the request's cookie names, if it is still valid.
     pub fn current(&self, headers: &HeaderMap) -> Option<Arc<Session>> {
         let id = cookie(headers, SESSION_COOKIE)?;
-        self.sessions.get(&id).filter(|s| s.expires > Instant::now())
+        self.sessions.get(&id).filter(|s| s.live())
     }
 
     /// A new session for `person`; returns its ID (the cookie's value).
     pub fn create(&self, person: Person) -> String {
         let id = random_token();
-        let session = Session { person, csrf: random_token(), expires: Instant::now() + self.ttl };
+        let session = Session {
+            person,
+            csrf: random_token(),
+            expires: Instant::now() + self.ttl,
+            ended: Default::default(),
+            streams: Default::default(),
+            signed_out: tokio::sync::Notify::new(),
+        };
         self.sessions.insert(id.clone(), Arc::new(session));
         id
     }
 
     pub fn end(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers, SESSION_COOKIE) {
+            if let Some(session) = self.sessions.get(&id) {
+                session.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                session.signed_out.notify_waiters();
+            }
             self.sessions.invalidate(&id);
         }
     }

@@ -138,7 +138,7 @@ impl Console {
         }
     }
 
-    async fn api(&self, req: Request<Incoming>, session: &Session, path: &[&str]) -> Response<Body> {
+    async fn api(&self, req: Request<Incoming>, session: &Arc<Session>, path: &[&str]) -> Response<Body> {
         let method = req.method().clone();
         if method != Method::GET {
             if !session::csrf_matches(session, req.headers().get("x-csrf-token")) {
@@ -167,7 +167,14 @@ impl Console {
             (&Method::GET, ["audit", "stream"]) => {
                 let last =
                     req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-                let mut response = Response::new(self.audit.subscribe(last));
+                let Some(body) = self.audit.subscribe(last, session.clone()) else {
+                    return json_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_streams",
+                        "this session has 4 audit streams open",
+                    );
+                };
+                let mut response = Response::new(body);
                 response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 response
             }

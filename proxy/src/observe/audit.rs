@@ -262,6 +262,11 @@ impl AuditHub {
             .collect()
     }
 
+    /// The `seq` of the last event recorded (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
     /// Events after `seq` still in the ring (for `Last-Event-ID`), oldest first.
     pub fn since(&self, seq: u64) -> Vec<Arc<Event>> {
         let ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);

@@ -460,6 +460,41 @@ async fn the_merged_audit_stream_resumes_after_a_reconnect() {
         resumed.iter().filter(|(_, e, _)| e == "audit").filter_map(|(_, _, d)| d["path"].as_str()).collect();
     assert!(paths.contains(&"/missed-1") && paths.contains(&"/missed-2"), "{paths:?}");
     assert!(resumed.iter().all(|(id, _, _)| *id > last_id), "only what came after");
+
+    // A stream lasts as long as its session: sign-out ends it; a session holds at most 4.
+    let open = |alice: &Browser| {
+        let cookie: Vec<String> = alice.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            let request = hyper::Request::get("/api/audit/stream")
+                .header("host", addr.to_string())
+                .header("cookie", cookie.join("; "));
+            sender.send_request(request.body(Full::new(bytes::Bytes::new())).unwrap()).await.unwrap()
+        }
+    };
+    // A session of its own (the streams above count for theirs until the console notices they are gone).
+    let mut alice = Browser::default();
+    alice.sign_in(addr, "alice").await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let response = open(&alice).await;
+        assert_eq!(response.status(), 200);
+        streams.push(response.into_body());
+    }
+    assert_eq!(open(&alice).await.status(), 429, "a fifth stream for one session");
+    let csrf = alice.get(&format!("http://{addr}/api/me")).await.json()["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(
+        alice.send("POST", &format!("http://{addr}/api/logout"), &[("x-csrf-token", &csrf)], None).await.status,
+        200
+    );
+    for mut body in streams {
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), async { while let Some(Ok(_)) = body.frame().await {} })
+                .await;
+        assert!(ended.is_ok(), "the stream ended with the session");
+    }
     console.running.shutdown().await;
 }
 

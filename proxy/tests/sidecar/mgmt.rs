@@ -792,5 +792,31 @@ async fn explain_answers_from_the_live_state() {
     assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_query")));
     let (status, _) = explain("not-an-id", "/x").await;
     assert_eq!(status, 400);
+    let (status, answer) = explain(REPORT, "/budget/read%3Fa=1").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_query")),
+        "a query in the path is not what the data plane sees"
+    );
+    // A viewer in a loop is held to the budget (Layer 4 may ask Graph for each).
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(explain(REPORT, "/budget/read").await.0);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
     assert!(mesh.app.seen().is_empty(), "nothing reached the app");
+}
+
+/// A reader that saw an earlier run of the sidecar (`seq` starts again at
+/// every start) resumes with an id beyond this run's: it gets this run's
+/// ring, not silence until the new run catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_stream_resumed_from_an_earlier_run_gets_this_runs_events() {
+    let mesh = Mesh::start().await;
+    for path in ["/r1", "/r2", "/r3"] {
+        assert_eq!(http(mesh.report.outbound_addr.unwrap(), "GET", "budget-backend", path, &[]).await.status, 200);
+    }
+    let mut body = stream(mesh.backend.mgmt_addr.unwrap(), Some(1_000_000)).await;
+    let events = read_events(&mut body, 3).await;
+    assert!(events.len() >= 3 && events.iter().all(|(_, e)| e == "audit"), "{events:?}");
 }

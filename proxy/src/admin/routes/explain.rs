@@ -2,7 +2,9 @@
 //! deny that request, judged by this running sidecar's own allow-list,
 //! policy and Layer 4 facts with the same code as `a2a-sidecar explain` and
 //! the data plane (no token: a rule that requires one says `jwt_missing`).
-//! Nothing is changed and nothing is sent to the app.
+//! Nothing is changed and nothing is sent to the app; Layer 4 may look the
+//! caller up in Graph as the data plane would, so explanations are limited
+//! to 5 a second (burst 20) across callers (429 with `Retry-After`).
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -24,6 +26,20 @@ pub(super) async fn explain(ctx: &Context, req: &Request<Incoming>) -> Result<Re
         })
     };
     let (caller, method, path) = (param("caller")?, param("method")?, param("path")?);
+    // An origin-form path, as the data plane sees one after hyper: no query, no fragment, visible ASCII.
+    if !path.starts_with('/') || path.bytes().any(|b| !b.is_ascii_graphic() || b == b'?' || b == b'#') {
+        return Err(Reject::with(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "`path`: an origin-form path without a query",
+        ));
+    }
+    // Layer 4 may ask Graph for the caller: a viewer in a loop must not become Graph's load.
+    if !ctx.explain_budget.take() {
+        let mut reject = Reject::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests");
+        reject.retry_after = Some(1);
+        return Err(reject);
+    }
     let Some(policy) = &ctx.policy else {
         return Err(Reject::new(StatusCode::NOT_FOUND, "no_policy"));
     };

@@ -283,7 +283,7 @@ function follow(onEvent, onNotice) {
 function flowRow(e) {
   const who = e.caller_policy || e.caller_spiffe_id || e.actor || "";
   return el("tr", { class: "decision-" + e.decision },
-    el("td", {}, (e.timestamp || "").replace("T", " ").replace("Z", "")),
+    el("td", {}, String(e.timestamp || "").replace("T", " ").replace("Z", "")),
     el("td", {}, who), el("td", {}, "\u2192"), el("td", {}, e.sidecar),
     el("td", {}, (e.method || "") + " " + (e.path || "")),
     el("td", { class: "decision-" + e.decision }, e.decision), el("td", {}, e.layer), el("td", {}, e.reason));
