@@ -10,7 +10,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use super::console::{console, sidecar};
+use super::console::{console, report_to, sidecar};
 use super::mesh::{MENUS, Mesh, REPORT};
 use super::support::{eventually, http};
 
@@ -183,13 +183,7 @@ async fn an_admin_works_the_console_in_a_browser() {
     client.goto(&format!("http://{addr}/overview")).await.unwrap();
     client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#flow")).await.unwrap();
     // A caller sidecar for budget-report in front of the fronted budget-backend.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let yaml = super::mesh::caller_yaml(
-        &mesh.dir.path().join("report.sock"),
-        a.inbound_addr.unwrap(),
-        closed.local_addr().unwrap().port(),
-    );
-    let report = mesh.start_sidecar("report-to-a", &yaml).await;
+    let (report, _closed) = report_to(&mesh, &a).await;
     let reply = http(report.outbound_addr.unwrap(), "GET", "budget-backend", "/after-risk", &[]).await;
     assert_eq!(reply.status, 403, "the pushed risk denies the next request");
     until_text(&client, "#flow", "/after-risk").await;

@@ -35,6 +35,15 @@ async fn sidecar_with(mesh: &Mesh, name: &str, extra: &str) -> proxy::app::App {
     app
 }
 
+/// budget-report's caller sidecar routing to `target` (and the port its
+/// `down` route names, held closed while it lives).
+pub async fn report_to(mesh: &Mesh, target: &proxy::app::App) -> (proxy::app::App, tokio::net::TcpListener) {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = mesh.dir.path().join("report.sock");
+    let yaml = super::mesh::caller_yaml(&socket, target.inbound_addr.unwrap(), closed.local_addr().unwrap().port());
+    (mesh.start_sidecar("report-to-target", &yaml).await, closed)
+}
+
 pub struct Console {
     pub running: proxy::console::Running,
     _agent: WorkloadApiServer,
@@ -76,6 +85,14 @@ fleet: {{concurrency: 4, timeout: 2s, poll_interval: 60s}}
     let mut running = proxy::console::start(proxy::config::ConsoleConfig::load(&path).unwrap()).await.unwrap();
     running.identity.wait_ready().await.unwrap();
     Console { running, _agent: agent }
+}
+
+/// A mesh whose sidecar `backend-a` a console fronts (`extra` added to the console's config).
+async fn fronting_one(extra: &str) -> (Mesh, proxy::app::App, Console) {
+    let mesh = Mesh::start().await;
+    let a = sidecar(&mesh, "backend-a").await;
+    let console = console(&mesh, &[("backend-a", &a)], extra).await;
+    (mesh, a, console)
 }
 
 /// A browser, by hand: its cookies for the console, and what it got.
@@ -275,9 +292,7 @@ async fn an_admin_signs_in_sees_the_fleet_and_changes_an_allow_list() {
 /// A callback that this browser did not start is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_reads_but_every_write_is_refused() {
-    let mesh = Mesh::start().await;
-    let a = sidecar(&mesh, "backend-a").await;
-    let console = console(&mesh, &[("backend-a", &a)], "").await;
+    let (_mesh, a, console) = fronting_one("").await;
     let addr = console.running.addr;
     let mut bob = Browser::default();
     let csrf = bob.sign_in(addr, "bob").await;
@@ -383,19 +398,11 @@ async fn a_risk_push_reaches_every_sidecar() {
 /// `Last-Event-ID` gets what it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_merged_audit_stream_resumes_after_a_reconnect() {
-    let mesh = Mesh::start().await;
-    let a = sidecar(&mesh, "backend-a").await;
-    let console = console(&mesh, &[("backend-a", &a)], "").await;
+    let (mesh, a, console) = fronting_one("").await;
     let addr = console.running.addr;
     let mut alice = Browser::default();
     alice.sign_in(addr, "alice").await;
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let yaml = super::mesh::caller_yaml(
-        &mesh.dir.path().join("report.sock"),
-        a.inbound_addr.unwrap(),
-        closed.local_addr().unwrap().port(),
-    );
-    let report = mesh.start_sidecar("report-to-a", &yaml).await;
+    let (report, _closed) = report_to(&mesh, &a).await;
 
     // Reads SSE events (id, event, data) from the console's stream until `until` shows up.
     async fn read_until(
@@ -501,9 +508,7 @@ async fn the_merged_audit_stream_resumes_after_a_reconnect() {
 /// A session ends at `session_ttl`: then pages go to the sign-in again and the API says 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_goes_back_to_the_sign_in() {
-    let mesh = Mesh::start().await;
-    let a = sidecar(&mesh, "backend-a").await;
-    let console = console(&mesh, &[("backend-a", &a)], "session_ttl: 1s\n").await;
+    let (_mesh, _a, console) = fronting_one("session_ttl: 1s\n").await;
     let addr = console.running.addr;
     let mut alice = Browser::default();
     alice.sign_in(addr, "alice").await;
