@@ -822,6 +822,12 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// `localhost` or a loopback address (IPv6 in brackets or not).
+pub fn loopback_host(host: &str) -> bool {
+    let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+    host == "localhost" || ip.is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Identity endpoints are `https://`; plain `http://` only on loopback
 /// (tests, the demo).
 pub fn identity_endpoint(url: &str) -> Result<(), String> {
@@ -830,8 +836,7 @@ pub fn identity_endpoint(url: &str) -> Result<(), String> {
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {
-            let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
-            if host == "localhost" || ip.is_ok_and(|ip| ip.is_loopback()) {
+            if loopback_host(host) {
                 Ok(())
             } else {
                 Err(format!("`{url}` must be https:// (plain http:// is accepted on loopback only)"))

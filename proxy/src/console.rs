@@ -28,6 +28,18 @@ mod web;
 
 pub use fleet::Status;
 
+/// 32 random bytes, base64url: session IDs, CSRF tokens, PKCE verifiers,
+/// nonces, states (and the dev IdP's authorization codes).
+pub fn random_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    // Without randomness nothing here is safe: the process refuses to go on.
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        std::process::abort();
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// Connections the console's listener holds at once.
 const MAX_CONNECTIONS: usize = 256;
 

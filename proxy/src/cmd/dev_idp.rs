@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::dataplane::body::Body;
+use crate::facts::http::form_decode;
 use serde_json::{Value, json};
 
 pub mod signin;
@@ -404,12 +405,7 @@ impl DevIdp {
             let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
             let body =
                 http_body_util::BodyExt::collect(req.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
-            let scope = String::from_utf8_lossy(&body)
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| *k == "scope")
-                .map(|(_, v)| decode(v))
-                .unwrap_or_default();
+            let scope = form_decode(&String::from_utf8_lossy(&body)).remove("scope").unwrap_or_default();
             self.wait_unless_held(&scope).await;
             return self.token_endpoint(&tenant, &body).await;
         }
@@ -495,11 +491,7 @@ impl DevIdp {
     /// Client credentials with a federated assertion: the assertion must be
     /// an RS256 JWT from a trusted key for `api://AzureADTokenExchange`.
     async fn token_endpoint(&self, tenant: &str, body: &[u8]) -> Response<Body> {
-        let form: std::collections::HashMap<String, String> = String::from_utf8_lossy(body)
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (decode(k), decode(v)))
-            .collect();
+        let form = form_decode(&String::from_utf8_lossy(body));
         let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
         let error = |code: &str| json_response(StatusCode::BAD_REQUEST, &json!({ "error": code }));
         if field("grant_type") == "authorization_code" {
@@ -718,10 +710,6 @@ impl DevIdp {
     fn graph_audience(&self) -> String {
         self.authority()
     }
-}
-
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
+use super::random_token;
 use crate::config::{OidcSettings, Role};
 use crate::facts::http::HttpClient;
 use crate::facts::jwks::{Jwks, JwksSettings};
@@ -97,7 +98,7 @@ impl Oidc {
         let pending = Pending { verifier: random_token(), nonce: random_token() };
         let challenge = URL_SAFE_NO_PAD
             .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pending.verifier.as_bytes()).as_ref());
-        let query = [
+        let query = crate::facts::http::form_encode(&[
             ("response_type", "code"),
             ("client_id", self.settings.client_id.as_str()),
             ("redirect_uri", self.redirect_uri.as_str()),
@@ -106,11 +107,7 @@ impl Oidc {
             ("nonce", pending.nonce.as_str()),
             ("code_challenge", challenge.as_str()),
             ("code_challenge_method", "S256"),
-        ]
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
+        ]);
         let separator = if endpoints.authorization.contains('?') { '&' } else { '?' };
         Ok((format!("{}{separator}{query}", endpoints.authorization), pending))
     }
@@ -183,18 +180,4 @@ impl Oidc {
         };
         Ok(Person { name, role })
     }
-}
-
-/// 32 random bytes, base64url: session IDs, CSRF tokens, PKCE verifiers, nonces, states.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    // Without randomness nothing here is safe: the process refuses to go on.
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        std::process::abort();
-    }
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -14,7 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper::HeaderMap;
 use hyper::header::COOKIE;
 
-use super::oidc::{Pending, Person, random_token};
+use super::oidc::{Pending, Person};
+use super::random_token;
 
 pub const SESSION_COOKIE: &str = "__Host-a2a_console";
 pub const LOGIN_COOKIE: &str = "__Host-a2a_console_login";
@@ -96,7 +97,7 @@ impl Sessions {
 
     /// The login cookie's value for a sign-in under `state`.
     pub fn seal_login(&self, state: &str, pending: &Pending) -> String {
-        let deadline = unix_now() + LOGIN_TTL.as_secs();
+        let deadline = policy::jwt::unix_now() + LOGIN_TTL.as_secs();
         let payload = format!("{state}.{}.{}.{deadline}", pending.verifier, pending.nonce);
         let tag = aws_lc_rs::hmac::sign(&self.seal, payload.as_bytes());
         format!("{payload}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
@@ -112,13 +113,9 @@ impl Sessions {
         let mut parts = payload.split('.');
         let (sealed_state, verifier, nonce, deadline) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let same = aws_lc_rs::constant_time::verify_slices_are_equal(sealed_state.as_bytes(), state.as_bytes()).is_ok();
-        let fresh = deadline.parse::<u64>().is_ok_and(|d| unix_now() <= d);
+        let fresh = deadline.parse::<u64>().is_ok_and(|d| policy::jwt::unix_now() <= d);
         (same && fresh).then(|| Pending { verifier: verifier.to_owned(), nonce: nonce.to_owned() })
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A cookie's value from the request's `Cookie` headers.

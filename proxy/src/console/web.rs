@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::Console;
 use super::fleet::{Answer, FleetError};
-use super::oidc::random_token;
+use super::random_token;
 use super::session::{self, LOGIN_COOKIE, LOGIN_TTL, SESSION_COOKIE, Session};
 use crate::admin::json_response;
 use crate::config::Role;
@@ -104,7 +104,7 @@ impl Console {
     }
 
     async fn callback(&self, req: &Request<Incoming>) -> Response<Body> {
-        let query: std::collections::HashMap<String, String> = form(req.uri().query().unwrap_or_default());
+        let query = crate::facts::http::form_decode(req.uri().query().unwrap_or_default());
         let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
             return text(StatusCode::BAD_REQUEST, "the sign-in did not complete (no code)");
         };
@@ -251,11 +251,6 @@ async fn read_body(req: Request<Incoming>) -> Option<Bytes> {
 
 fn too_large() -> Response<Body> {
     json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the body is over 300 KiB")
-}
-
-fn form(text: &str) -> std::collections::HashMap<String, String> {
-    let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-    text.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
 }
 
 fn set_cookie(response: &mut Response<Body>, cookie: &str) {

@@ -33,6 +33,25 @@ pub enum FetchError {
     TooLarge,
 }
 
+/// What a form value keeps as is: RFC 3986's unreserved characters.
+const FORM: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// `k=v&k=v`, each percent-encoded: an `application/x-www-form-urlencoded`
+/// body or a query string.
+pub fn form_encode(fields: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, FORM), utf8_percent_encode(v, FORM)))
+        .collect();
+    pairs.join("&")
+}
+
+/// A form body or query string read back (`+` is a space; a repeated name: the last wins).
+pub fn form_decode(text: &str) -> std::collections::HashMap<String, String> {
+    let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+    text.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     client: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,
@@ -105,13 +124,7 @@ impl HttpClient {
 
     /// POSTs a form (`application/x-www-form-urlencoded`), e.g. a token request.
     pub async fn post_form(&self, url: &str, fields: &[(&str, &str)]) -> Result<Bytes, FetchError> {
-        let body: Vec<String> = fields
-            .iter()
-            .map(|(k, v)| {
-                format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC))
-            })
-            .collect();
-        let form = Bytes::from(body.join("&"));
+        let form = Bytes::from(form_encode(fields));
         self.send(url, hyper::Method::POST, None, Some(("application/x-www-form-urlencoded", form))).await
     }
 
@@ -207,6 +220,18 @@ impl tower_service::Service<hyper::Uri> for ProxyConnector {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn form_fields_survive_the_round_trip_and_odd_input_is_read_not_refused() {
+        let fields = [("code_challenge", "a-b.c_d~e"), ("state", "x y&z=1+%2F/é")];
+        let text = super::form_encode(&fields);
+        assert!(text.starts_with("code_challenge=a-b.c_d~e&state="), "{text}");
+        let back = super::form_decode(&text);
+        assert_eq!((back["code_challenge"].as_str(), back["state"].as_str()), ("a-b.c_d~e", "x y&z=1+%2F/é"));
+        // Malformed escapes, a name without `=`, a repeated name (the last wins), `+` as a space.
+        let odd = super::form_decode("a=%zz%&b&a=2&c=1+1");
+        assert_eq!((odd["a"].as_str(), odd.get("b"), odd["c"].as_str()), ("2", None, "1 1"));
+    }
+
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
 

@@ -19,6 +19,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 
+use crate::facts::http::{form_decode, form_encode};
+
 /// A dev user of the console.
 #[derive(Debug)]
 pub struct DevUser {
@@ -76,7 +78,7 @@ pub enum Authorize {
 impl Codes {
     /// The authorize endpoint for `query` (raw, percent-encoded).
     pub fn authorize(&self, tenant: &str, query: &str) -> Authorize {
-        let params: HashMap<String, String> = form(query);
+        let params = form_decode(query);
         let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let (Some(client_id), Some(redirect_uri), Some(state), Some(challenge)) =
             (get("client_id"), get("redirect_uri"), get("state"), get("code_challenge"))
@@ -113,7 +115,7 @@ impl Codes {
         let Some(user) = DEV_USERS.iter().find(|u| u.login == login) else {
             return Authorize::Refused("login_hint names no dev user (alice, bob)");
         };
-        let code = random_token();
+        let code = crate::console::random_token();
         let grant = Grant {
             tenant: tenant.to_owned(),
             client_id: client_id.to_owned(),
@@ -130,7 +132,7 @@ impl Codes {
         }
         codes.insert(code.clone(), grant);
         let separator = if redirect_uri.contains('?') { '&' } else { '?' };
-        Authorize::Redirect(format!("{redirect_uri}{separator}code={code}&state={}", encode(state)))
+        Authorize::Redirect(format!("{redirect_uri}{separator}{}", form_encode(&[("code", &code), ("state", state)])))
     }
 
     /// `grant_type=authorization_code`: the ID token's claims (without
@@ -164,24 +166,7 @@ impl Codes {
 /// Whether `url` is http(s) on a loopback host.
 fn loopback_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<hyper::Uri>() else { return false };
-    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    matches!(uri.scheme_str(), Some("http" | "https")) && loopback
-}
-
-/// 32 random bytes, base64url.
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn form(text: &str) -> HashMap<String, String> {
-    text.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (super::decode(k), super::decode(v))).collect()
-}
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some_and(crate::config::loopback_host)
 }
 
 fn html_escape(text: &str) -> String {

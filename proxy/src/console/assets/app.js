@@ -242,25 +242,21 @@ async function risk(main) {
   } else {
     const id = el("input", { type: "text", size: "60", id: "risk-id", placeholder: "spiffe://trust-domain/agent" });
     const level = el("select", { id: "risk-level" }, ...["low", "medium", "high", "clear"].map((l) => el("option", { value: l }, l)));
-    const push = el("button", { type: "button", id: "risk-push", onclick: async () => {
-      const body = { spiffe_id: id.value.trim(), risk_level: level.value === "clear" ? null : level.value };
+    // A push goes to every sidecar; each answers for itself.
+    const pushToAll = async (route, body) => {
       try {
-        const answer = await api("PUT", "agent-risk", body);
+        const answer = await api("PUT", route, body);
         result.replaceChildren(table(["sidecar", "status"], Object.entries(answer.results).map(([name, r]) =>
           el("tr", {}, el("td", {}, name), el("td", {}, String(r.status) + (r.error ? " " + r.error : ""))))));
       } catch (e) { showError(e.message); }
-    } }, "Push risk");
+    };
+    const push = el("button", { type: "button", id: "risk-push", onclick: () => pushToAll("agent-risk",
+      { spiffe_id: id.value.trim(), risk_level: level.value === "clear" ? null : level.value }) }, "Push risk");
     main.append(el("p", {}, id, level, push));
     const tagId = el("input", { type: "text", size: "60", id: "tag-id", placeholder: "spiffe://trust-domain/agent" });
     const tag = el("input", { type: "text", size: "20", id: "tag-value", placeholder: "tag (empty: clear)" });
-    const pushTag = el("button", { type: "button", id: "tag-push", onclick: async () => {
-      const body = { spiffe_id: tagId.value.trim(), tag: tag.value.trim() === "" ? null : tag.value.trim() };
-      try {
-        const answer = await api("PUT", "agent-tags", body);
-        result.replaceChildren(table(["sidecar", "status"], Object.entries(answer.results).map(([name, r]) =>
-          el("tr", {}, el("td", {}, name), el("td", {}, String(r.status) + (r.error ? " " + r.error : ""))))));
-      } catch (e) { showError(e.message); }
-    } }, "Push tag");
+    const pushTag = el("button", { type: "button", id: "tag-push", onclick: () => pushToAll("agent-tags",
+      { spiffe_id: tagId.value.trim(), tag: tag.value.trim() === "" ? null : tag.value.trim() }) }, "Push tag");
     main.append(el("p", {}, tagId, tag, pushTag));
   }
   main.append(result);
