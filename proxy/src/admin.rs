@@ -211,9 +211,7 @@ impl Mgmt {
         let response = routes::dispatch(&self.ctx, route, req, caller.clone(), connection).await;
         (caller, response)
     }
-}
 
-impl Mgmt {
     /// Who is calling: the key presented, or without one, an SVID with a
     /// role (`mgmt.tls.roles`); and when that caller is a configured console
     /// naming a person (`X-A2A-Actor`), that person, with the lower of the
@@ -241,11 +239,8 @@ impl Mgmt {
             return Ok(caller);
         };
         let person = actor_name(actor).ok_or_else(|| bad("X-A2A-Actor: 1 to 128 printable characters"))?;
-        let role = match headers.get(X_A2A_ACTOR_ROLE).map(HeaderValue::as_bytes) {
-            Some(b"admin") => Role::Admin,
-            Some(b"viewer") => Role::Viewer,
-            _ => return Err(bad("X-A2A-Actor-Role: admin or viewer, with X-A2A-Actor")),
-        };
+        let role = headers.get(X_A2A_ACTOR_ROLE).and_then(|v| v.to_str().ok()).and_then(Role::parse);
+        let role = role.ok_or_else(|| bad("X-A2A-Actor-Role: admin or viewer, with X-A2A-Actor"))?;
         Ok(Caller { name: format!("{person} (via {console})"), role: caller.role.min(role) })
     }
 

@@ -103,6 +103,24 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// `admin` or `viewer`: the word in configs, in `X-A2A-Actor-Role` and on the console.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "admin" => Some(Self::Admin),
+            "viewer" => Some(Self::Viewer),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+        }
+    }
+}
+
 /// An admin key, kept as its SHA-256 only. `Debug` prints the name and role.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminKey {
@@ -628,11 +646,8 @@ impl Ctx<'_> {
                 let mut roles = Vec::new();
                 for (p, role) in &tls.roles {
                     let field = format!("mgmt.tls.roles.{p}");
-                    let role = match role.as_str() {
-                        "admin" => Role::Admin,
-                        "viewer" => Role::Viewer,
-                        other => return Err(self.invalid(&field, format!("`{other}` is not one of admin, viewer"))),
-                    };
+                    let role = Role::parse(role)
+                        .ok_or_else(|| self.invalid(&field, format!("`{role}` is not one of admin, viewer")))?;
                     roles.push((pattern(field, p)?, role));
                 }
                 let consoles = (tls.consoles.iter().enumerate())
@@ -655,11 +670,8 @@ impl Ctx<'_> {
         let mut keys = Vec::new();
         for (i, key) in raw.keys.into_iter().enumerate() {
             let field = |f: &str| format!("mgmt.keys[{i}].{f}");
-            let role = match key.role.as_str() {
-                "admin" => Role::Admin,
-                "viewer" => Role::Viewer,
-                other => return Err(self.invalid(&field("role"), format!("`{other}` is not one of admin, viewer"))),
-            };
+            let role = Role::parse(&key.role)
+                .ok_or_else(|| self.invalid(&field("role"), format!("`{}` is not one of admin, viewer", key.role)))?;
             let sha256 = match (key.sha256, key.env) {
                 (Some(hex), None) => {
                     parse_sha256(&hex).ok_or_else(|| self.invalid(&field("sha256"), "must be 64 hex digits"))?

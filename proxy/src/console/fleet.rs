@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::oidc::Person;
-use crate::config::{FleetSettings, Role, SidecarEntry};
+use crate::config::{FleetSettings, SidecarEntry};
 
 /// Largest `/mgmt` answer read (a policy is at most 256 KiB).
 const MAX_ANSWER: usize = 1024 * 1024;
@@ -246,10 +246,7 @@ impl Fleet {
             request = request.header(header, value);
         }
         if let Some(person) = person {
-            let role = match person.role {
-                Role::Admin => "admin",
-                Role::Viewer => "viewer",
-            };
+            let role = person.role.as_str();
             request = request.header("x-a2a-actor", person.name.as_str()).header("x-a2a-actor-role", role);
         }
         let request = request.body(Full::new(body)).map_err(|e| transport(e.to_string()))?;

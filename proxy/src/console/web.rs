@@ -37,8 +37,10 @@ const PAGES: [&str; 6] = ["overview", "network", "policy", "risk", "audit", "tes
 
 impl Console {
     pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, _remote: SocketAddr) -> Response<Body> {
-        let signed_in = self.sessions.current(req.headers()).is_some();
-        let mut response = self.route(req).await;
+        // Looked up once: the route judges with it, and the connection is kept only with one.
+        let session = self.sessions.current(req.headers());
+        let signed_in = session.is_some();
+        let mut response = self.route(req, session).await;
         let headers = response.headers_mut();
         if !signed_in {
             // Only a signed-in browser keeps its connection: nobody can hold every slot anonymously.
@@ -56,7 +58,7 @@ impl Console {
         response
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn route(&self, req: Request<Incoming>, session: Option<Arc<Session>>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method(), segments.as_slice()) {
@@ -67,14 +69,14 @@ impl Console {
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
             (&Method::GET, [page]) => {
                 let page = if page.is_empty() { "overview" } else { page };
-                match (PAGES.contains(&page), self.sessions.current(req.headers())) {
+                match (PAGES.contains(&page), session) {
                     (false, _) => text(StatusCode::NOT_FOUND, "not found"),
                     (true, None) => redirect("/login"),
                     (true, Some(_)) => html(&SHELL.replace("{{page}}", page)),
                 }
             }
             (_, ["api", rest @ ..]) => {
-                let Some(session) = self.sessions.current(req.headers()) else {
+                let Some(session) = session else {
                     return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "sign in first");
                 };
                 self.api(req, &session, rest).await
@@ -160,8 +162,8 @@ impl Console {
         let person = &session.person;
         match (&method, path) {
             (&Method::GET, ["me"]) => {
-                let role = if person.role == Role::Admin { "admin" } else { "viewer" };
-                json_response(StatusCode::OK, &json!({"name": person.name, "role": role, "csrf": session.csrf}))
+                let answer = json!({"name": person.name, "role": person.role.as_str(), "csrf": session.csrf});
+                json_response(StatusCode::OK, &answer)
             }
             (&Method::GET, ["fleet"]) => json_response(StatusCode::OK, &json!({"sidecars": *self.fleet.snapshot()})),
             (&Method::GET, ["audit", "stream"]) => {
