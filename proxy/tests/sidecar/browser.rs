@@ -310,6 +310,9 @@ policies:
     client.execute("document.getElementById('policy-text').value = 'version: 1\\npolicies: [{name: x, rules: [{path: relative, action: allow}]}]'; document.getElementById('policy-text').dispatchEvent(new Event('input'));", vec![]).await.unwrap();
     client.find(Locator::Css("#policy-check")).await.unwrap().click().await.unwrap();
     until_text(&client, "#policy-outcome", "not valid, nothing was sent").await;
+    // The sidecar's own words: which field of which rule, and why.
+    let problems = client.find(Locator::Css("#policy-outcome")).await.unwrap().text().await.unwrap();
+    assert!(problems.contains("relative"), "the problem names the bad path: {problems}");
     assert!(client.find(Locator::Css("#policy-save")).await.unwrap().attr("disabled").await.unwrap().is_some());
     let generation = |a: &proxy::app::App| a.policy.as_ref().unwrap().current().generation;
     let before = generation(&a);

@@ -50,6 +50,11 @@ pub struct Console {
 }
 
 pub async fn console(mesh: &Mesh, sidecars: &[(&str, &proxy::app::App)], extra: &str) -> Console {
+    console_with_admins(mesh, sidecars, extra, "Console.Admin").await
+}
+
+/// As [`console`], with `admins` as the claim value of admins (viewers: `Console.Viewer`).
+async fn console_with_admins(mesh: &Mesh, sidecars: &[(&str, &proxy::app::App)], extra: &str, admins: &str) -> Console {
     let socket = mesh.dir.path().join("console.sock");
     let config = WorkloadApiServerConfig {
         ca: mesh.ca.clone(),
@@ -70,7 +75,7 @@ identity: {{socket: 'unix://{}'}}
 oidc:
   issuer: '{}/{TENANT}/v2.0'
   client_id: console-client
-  admin: [Console.Admin]
+  admin: [{admins}]
   viewer: [Console.Viewer]
 fleet: {{concurrency: 4, timeout: 2s, poll_interval: 60s}}
 {extra}sidecars:
@@ -521,5 +526,25 @@ async fn an_expired_session_goes_back_to_the_sign_in() {
     eventually(Duration::from_secs(20), "the session expired", expired).await;
     let mut again = Browser { cookies: alice.cookies.clone() };
     assert_eq!(again.get(&format!("http://{addr}/api/me")).await.status, 401);
+    console.running.shutdown().await;
+}
+
+/// Someone whose ID token carries no configured console role is refused at
+/// the sign-in: no session, no cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_without_a_console_role_is_refused_at_the_sign_in() {
+    let mesh = Mesh::start().await;
+    let a = sidecar(&mesh, "backend-a").await;
+    // alice's app role is Console.Admin; this console's admins have another.
+    let console = console_with_admins(&mesh, &[("backend-a", &a)], "", "Console.Owner").await;
+    let addr = console.running.addr;
+    let mut alice = Browser::default();
+    let start = alice.get(&format!("http://{addr}/login")).await;
+    let at_idp = alice.get(&format!("{}&login_hint=alice", start.location())).await;
+    let back = alice.get(&at_idp.location()).await;
+    assert_eq!(back.status, 403, "{}", back.body);
+    assert!(back.body.contains("no console role"), "{}", back.body);
+    assert!(!alice.cookies.contains_key("__Host-a2a_console"));
+    assert_eq!(alice.get(&format!("http://{addr}/api/me")).await.status, 401);
     console.running.shutdown().await;
 }

@@ -172,3 +172,60 @@ fn loopback_url(url: &str) -> bool {
 fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The code of one authorize call for `alice`, with the challenge of `verifier`.
+    fn code(codes: &Codes, verifier: &str) -> String {
+        let challenge =
+            URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref());
+        let query = form_encode(&[
+            ("response_type", "code"),
+            ("client_id", "console"),
+            ("redirect_uri", "http://127.0.0.1:1/callback"),
+            ("state", "s"),
+            ("nonce", "n"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("login_hint", "alice"),
+        ]);
+        let Authorize::Redirect(location) = codes.authorize("t", &query) else { panic!("no redirect") };
+        form_decode(location.split_once('?').unwrap().1).remove("code").unwrap()
+    }
+
+    fn exchange(codes: &Codes, code: &str, verifier: &str, redirect: &str) -> Result<serde_json::Value, &'static str> {
+        let form = form_decode(&form_encode(&[
+            ("code", code),
+            ("client_id", "console"),
+            ("redirect_uri", redirect),
+            ("code_verifier", verifier),
+        ]));
+        codes.exchange("t", &form)
+    }
+
+    #[test]
+    fn a_code_is_good_once_for_its_verifier_and_redirect() {
+        let codes = Codes::default();
+        let redirect = "http://127.0.0.1:1/callback";
+        let good = code(&codes, "the-verifier");
+        assert_eq!(exchange(&codes, &good, "another-verifier", redirect).unwrap_err(), "invalid_grant");
+        // A failed exchange spends the code too.
+        assert_eq!(exchange(&codes, &good, "the-verifier", redirect).unwrap_err(), "invalid_grant");
+        let good = code(&codes, "the-verifier");
+        assert_eq!(
+            exchange(&codes, &good, "the-verifier", "http://127.0.0.1:2/callback").unwrap_err(),
+            "invalid_grant"
+        );
+        let good = code(&codes, "the-verifier");
+        let claims = exchange(&codes, &good, "the-verifier", redirect).unwrap();
+        assert_eq!((claims["nonce"].as_str(), claims.get("tid")), (Some("n"), None), "no tid: never an access token");
+        assert_eq!(exchange(&codes, &good, "the-verifier", redirect).unwrap_err(), "invalid_grant", "once");
+        // Without S256, or to a non-loopback redirect: no code at all.
+        let plain = "response_type=code&client_id=c&redirect_uri=http://127.0.0.1:1/&state=s&code_challenge=x&code_challenge_method=plain&login_hint=alice";
+        assert!(matches!(codes.authorize("t", plain), Authorize::Refused(_)));
+        let away = plain.replace("127.0.0.1:1", "evil.example").replace("=plain", "=S256");
+        assert!(matches!(codes.authorize("t", &away), Authorize::Refused(_)));
+    }
+}
