@@ -138,6 +138,7 @@ impl Stack {
             roles: vec!["Budget.Read".into()],
             ttl: Duration::from_secs(3600),
             v1: false,
+            cnf_x5t: None,
         })?;
         let peer = |name: &str, started: anyhow::Result<Sidecar>| {
             started.map_err(|e| eprintln!("skipping {name}: {e:#}")).ok()

@@ -3,12 +3,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use policy::jwt::{JwtConfig, KeySet, kid_of, verify};
+use policy::jwt::{ALGORITHMS, IssuerConfig, KeySet, issuer_of, kid_of, verify};
 
 fuzz_target!(|input: (&str, &[u8])| {
     let (token, jwks) = input;
     let _ = kid_of(token);
-    let config = JwtConfig::new("https://login.example", "tenant", vec!["api://a".into()], 60);
+    let _ = issuer_of(token);
+    let mut config = IssuerConfig::entra("https://login.example", "tenant", vec!["api://a".into()], 60);
+    config.algorithms = ALGORITHMS.to_vec();
+    config.roles_claim = "realm_access.roles".into();
     let empty = KeySet::default();
     assert!(!matches!(verify(token, &empty, &config, 1_800_000_000), Ok(Some(_))));
     if let Ok(keys) = KeySet::from_jwks(jwks) {

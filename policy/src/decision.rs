@@ -55,6 +55,8 @@ pub enum Reason {
     JwtWrongAudience,
     JwtWrongIssuer,
     JwtCallerMismatch,
+    /// RFC 8705: the token is not bound to the certificate of this connection.
+    JwtNotBound,
     InsufficientRoles,
     JwksUnavailable,
     // risk (layer 4a)
@@ -152,6 +154,7 @@ impl Reason {
             Self::JwtWrongAudience => "jwt_wrong_audience",
             Self::JwtWrongIssuer => "jwt_wrong_issuer",
             Self::JwtCallerMismatch => "jwt_caller_mismatch",
+            Self::JwtNotBound => "jwt_not_bound",
             Self::InsufficientRoles => "insufficient_roles",
             Self::JwksUnavailable => "jwks_unavailable",
             Self::AgentDisabled => "agent_disabled",
@@ -189,6 +192,7 @@ impl Reason {
             | Self::JwtWrongAudience
             | Self::JwtWrongIssuer
             | Self::JwtCallerMismatch
+            | Self::JwtNotBound
             | Self::InsufficientRoles
             | Self::JwksUnavailable => Layer::Oauth,
             Self::AgentDisabled | Self::HighRiskAgentBlocked | Self::RiskUnavailable => Layer::Risk,

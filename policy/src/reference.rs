@@ -3,7 +3,8 @@
 //! validated into a [`PolicyDoc`] whose every value is checked.
 //!
 //! Enrichment (entry `name` upper-cased, each non-alphanumeric as `_`):
-//! `ENTRA_ID_<NAME>` sets `entra_agent_id` (all entries), `SPIFFE_PREFIX_<NAME>`
+//! `ENTRA_ID_<NAME>` sets `entra_agent_id` and `AGENT_ID_<NAME>` sets
+//! `agent_id` (all entries), `SPIFFE_PREFIX_<NAME>`
 //! sets a domestic entry's `spiffe_id_prefix` (as the reference did), and
 //! `SPIFFE_ID_<NAME>` sets an exact `spiffe_id` (domestic or federated; an
 //! addition, since the reference had no way to fill federated placeholders).
@@ -103,6 +104,9 @@ pub struct Rule {
     pub require_jwt: bool,
     pub required_roles: Vec<String>,
     pub required_tags: BTreeMap<String, String>,
+    /// RFC 8705: the token must be bound to the caller's certificate;
+    /// `None` leaves it to the sidecar's `jwt.require_bound_tokens`.
+    pub require_bound_token: Option<bool>,
 }
 
 /// One caller policy (domestic or federated).
@@ -117,6 +121,8 @@ pub struct Entry {
     pub entra_agent_id: Option<Arc<str>>,
     /// Its client ID (`azp` / `appid`), when known.
     pub entra_app_id: Option<String>,
+    /// Its ID in any issuer's agent-id claim (`azp`, `client_id`, ...).
+    pub agent_id: Option<Arc<str>>,
     pub description: String,
     pub ca: Ca,
     pub rules: Vec<Rule>,
@@ -204,6 +210,9 @@ pub fn enrich(raw: &mut RawPolicy, env: &dyn Fn(&str) -> Option<String>) {
         }
         if let Some(v) = get("ENTRA_ID_", &entry.name) {
             entry.entra_agent_id = v;
+        }
+        if let Some(v) = get("AGENT_ID_", &entry.name) {
+            entry.agent_id = v;
         }
         if let Some(v) = get("SPIFFE_ID_", &entry.name) {
             entry.spiffe_id = v;

@@ -47,11 +47,15 @@ fn bench(c: &mut Criterion) {
         .with("SPIFFE_ID_GITHUB_BUDGET_READER", "spiffe://aim.microsoft.com/gh")
         .with("ENTRA_ID_GITHUB_BUDGET_READER", OID);
     let jwt = JwtSection {
-        tenant_id: TENANT.into(),
-        audiences: vec!["api://budget-backend".into()],
-        authority: "https://login.microsoftonline.com".into(),
+        entra: Some(proxy::config::EntraIssuer {
+            tenant_id: TENANT.into(),
+            audiences: vec!["api://budget-backend".into()],
+            authority: "https://login.microsoftonline.com".into(),
+        }),
+        issuers: vec![],
         leeway: Duration::from_secs(60),
         allow_unbound_tokens: false,
+        require_bound_tokens: false,
         refresh: Duration::from_secs(3600),
         refetch_interval: Duration::from_secs(300),
     };
@@ -64,14 +68,15 @@ fn bench(c: &mut Criterion) {
     let _guard = runtime.enter();
     let metrics = Arc::new(Metrics::new().unwrap());
     let settings = JwksSettings {
-        discovery_url: "https://unused.invalid/".into(),
+        name: Arc::from("entra"),
+        at: proxy::facts::jwks::KeysAt::Jwks("https://unused.invalid/".into()),
         refresh: jwt.refresh,
         refetch_interval: jwt.refetch_interval,
     };
     let jwks = Jwks::new(settings, HttpClient::new().unwrap(), metrics.clone());
     let key = JwtKey::generate().unwrap();
     jwks.set_keys(KeySet::from_jwks(serde_json::json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap());
-    let oauth = Oauth::new(&jwt, jwks);
+    let oauth = Oauth::new(&jwt, vec![jwks]);
     let config =
         proxy::config::Config::parse(std::path::Path::new("bench.yaml"), "identity: {socket: unix:///x}", &env)
             .unwrap();
@@ -94,7 +99,7 @@ fn bench(c: &mut Criterion) {
     let mut run = || {
         assert!(allowlist.allows(&caller) && SystemTime::now() < not_after);
         let path = CanonicalPath::parse("/budget/read", PathOptions::default()).unwrap();
-        let facts = RequestFacts { caller: &caller, method: "GET", path: &path, headers: &headers };
+        let facts = RequestFacts { caller: &caller, method: "GET", path: &path, headers: &headers, leaf_sha256: Some("") };
         // Warm caches: nothing awaits, so the future completes on first poll.
         let mut trace = pipeline::Trace::default();
         let result =
@@ -106,7 +111,7 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("RS256 verification alone (a token cache miss)", |b| {
         let keys = KeySet::from_jwks(serde_json::json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes()).unwrap();
-        let config = oauth.config().clone();
+        let config = oauth.issuers().first().unwrap().config.clone();
         b.iter(|| policy::jwt::verify(&token, &keys, &config, now).unwrap().unwrap())
     });
 }

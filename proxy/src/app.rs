@@ -26,7 +26,7 @@ use crate::dataplane::server::{self, Listener};
 use crate::facts::entra_token::EntraTokens;
 use crate::facts::graph::Graph;
 use crate::facts::http::HttpClient;
-use crate::facts::jwks::{Jwks, JwksSettings};
+use crate::facts::jwks::Jwks;
 use crate::layers::allowlist::AllowList;
 use crate::layers::governance::{Governor, GraphFacts};
 use crate::layers::oauth::Oauth;
@@ -246,14 +246,13 @@ impl Running {
         let governor = Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), graph, self.changes.clone()));
         let oauth = Arc::new(arc_swap::ArcSwapOption::<Oauth>::empty());
         if let Some(jwt) = &config.jwt {
-            let settings = JwksSettings {
-                discovery_url: format!("{}/{}/v2.0/.well-known/openid-configuration", jwt.authority, jwt.tenant_id),
-                refresh: jwt.refresh,
-                refetch_interval: jwt.refetch_interval,
-            };
-            let jwks = Jwks::new(settings, http, self.metrics.clone());
-            self.followers.push(tokio::spawn(jwks.clone().refresh_forever()));
-            oauth.store(Some(Arc::new(Oauth::new(jwt, jwks))));
+            let mut providers = Vec::new();
+            for settings in crate::layers::oauth::key_sources(jwt) {
+                let jwks = Jwks::new(settings, http.clone(), self.metrics.clone());
+                self.followers.push(tokio::spawn(jwks.clone().refresh_forever()));
+                providers.push(jwks);
+            }
+            oauth.store(Some(Arc::new(Oauth::new(jwt, providers))));
         }
         let policy = match &config.policy {
             Some(cfg) => {

@@ -132,6 +132,10 @@ pub struct TokenArgs {
     /// A v1 token (`sts.windows.net` issuer, `appid`).
     #[arg(long)]
     pub v1: bool,
+    /// RFC 8705: bind the token to this certificate (PEM, the first one is
+    /// used: an `svid.pem`), as `cnf.x5t#S256`.
+    #[arg(long)]
+    pub bind_cert: Option<PathBuf>,
 }
 
 #[cfg(feature = "dev")]

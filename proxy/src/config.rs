@@ -231,19 +231,65 @@ pub struct TagsSection {
     pub on_unavailable: OnUnavailable,
 }
 
-/// Entra access-token validation (Layer 3).
+/// Access-token validation (Layer 3): the Entra issuer and any others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtSection {
-    pub tenant_id: String,
-    pub audiences: Vec<String>,
-    /// No trailing slash; `https://`, or `http://` on loopback.
-    pub authority: String,
+    /// `None` when only `issuers` are configured.
+    pub entra: Option<EntraIssuer>,
+    pub issuers: Vec<IssuerSection>,
     pub leeway: Duration,
     pub allow_unbound_tokens: bool,
+    /// RFC 8705 for every rule that requires a token and does not say otherwise.
+    pub require_bound_tokens: bool,
     /// Background JWKS refresh.
     pub refresh: Duration,
     /// At most one JWKS fetch per this interval for unknown `kid`s.
     pub refetch_interval: Duration,
+}
+
+/// Entra: `jwt.tenant_id`, `jwt.audiences`, `jwt.authority`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraIssuer {
+    pub tenant_id: String,
+    pub audiences: Vec<String>,
+    /// No trailing slash; `https://`, or `http://` on loopback.
+    pub authority: String,
+}
+
+/// `jwt.issuers[]`: any OpenID Connect issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerSection {
+    pub name: String,
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// An explicit JWKS URL; `None`: OpenID discovery at
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub jwks_uri: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub agent_claims: Vec<String>,
+    pub roles_claim: String,
+}
+
+impl JwtSection {
+    /// Every issuer's rules, the Entra one first.
+    pub fn issuer_configs(&self) -> Vec<policy::jwt::IssuerConfig> {
+        let leeway = self.leeway.as_secs();
+        let entra = self.entra.iter().map(|e| {
+            policy::jwt::IssuerConfig::entra(&e.authority, &e.tenant_id, e.audiences.clone(), leeway)
+        });
+        let others = self.issuers.iter().map(|i| policy::jwt::IssuerConfig {
+            name: std::sync::Arc::from(i.name.as_str()),
+            kind: policy::jwt::IssuerKind::Oidc,
+            iss: vec![i.issuer.clone()],
+            audiences: i.audiences.clone(),
+            algorithms: i.algorithms.clone(),
+            agent_claims: i.agent_claims.clone(),
+            roles_claim: i.roles_claim.clone(),
+            leeway_secs: leeway,
+        });
+        entra.chain(others).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -519,15 +565,61 @@ impl Ctx<'_> {
     }
 
     fn jwt(&self, raw: raw::RawJwt) -> Result<JwtSection, Error> {
-        let tenant_id = raw
-            .tenant_id
+        // Entra is configured by `tenant_id` in the file, or (the reference's
+        // deployments) by the environment when no other issuer is.
+        let entra = if raw.tenant_id.is_some() || raw.issuers.is_empty() {
+            Some(self.entra_issuer(raw.tenant_id, raw.audiences, raw.authority)?)
+        } else {
+            for (field, set) in [("jwt.audiences", raw.audiences.is_some()), ("jwt.authority", raw.authority.is_some())] {
+                if set {
+                    return Err(self.invalid(field, "is for the Entra issuer: set `jwt.tenant_id` too"));
+                }
+            }
+            None
+        };
+        let mut issuers: Vec<IssuerSection> = Vec::new();
+        for (i, raw) in raw.issuers.into_iter().enumerate() {
+            let issuer = self.issuer(i, raw)?;
+            let taken = entra.as_ref().map(|e| policy::jwt::IssuerConfig::entra(&e.authority, &e.tenant_id, vec![], 0));
+            let clash = issuers.iter().any(|o| o.issuer == issuer.issuer)
+                || taken.is_some_and(|e| e.iss.contains(&issuer.issuer));
+            if clash {
+                return Err(self.invalid(&format!("jwt.issuers[{i}].issuer"), "is configured twice"));
+            }
+            if issuers.iter().any(|o| o.name == issuer.name) || (entra.is_some() && issuer.name == "entra") {
+                return Err(self.invalid(&format!("jwt.issuers[{i}].name"), format!("`{}` is taken", issuer.name)));
+            }
+            issuers.push(issuer);
+        }
+        Ok(JwtSection {
+            entra,
+            issuers,
+            leeway: self.duration("jwt.leeway", raw.leeway.as_deref(), Duration::from_secs(60))?,
+            allow_unbound_tokens: raw.allow_unbound_tokens.unwrap_or(false),
+            require_bound_tokens: raw.require_bound_tokens.unwrap_or(false),
+            refresh: self.duration("jwt.refresh", raw.refresh.as_deref(), Duration::from_secs(3600))?,
+            refetch_interval: self.duration(
+                "jwt.refetch_interval",
+                raw.refetch_interval.as_deref(),
+                Duration::from_secs(300),
+            )?,
+        })
+    }
+
+    fn entra_issuer(
+        &self,
+        tenant_id: Option<String>,
+        audiences: Option<Vec<String>>,
+        authority: Option<String>,
+    ) -> Result<EntraIssuer, Error> {
+        let tenant_id = tenant_id
             .filter(|t| !t.is_empty())
             .or_else(|| self.env.get("AZURE_TENANT_ID"))
-            .ok_or_else(|| self.invalid("jwt.tenant_id", "required (or set AZURE_TENANT_ID)"))?;
+            .ok_or_else(|| self.invalid("jwt.tenant_id", "required (or set AZURE_TENANT_ID, or configure `jwt.issuers`)"))?;
         if !tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')) {
             return Err(self.invalid("jwt.tenant_id", format!("`{tenant_id}` is not a tenant ID")));
         }
-        let audiences = match raw.audiences {
+        let audiences = match audiences {
             Some(list) => list,
             None => self
                 .env
@@ -541,20 +633,71 @@ impl Ctx<'_> {
                 "at least one non-empty audience is required (or set ENTRA_OAUTH2_AUDIENCE)",
             ));
         }
-        let authority = raw.authority.unwrap_or_else(|| "https://login.microsoftonline.com".into());
+        let authority = authority.unwrap_or_else(|| "https://login.microsoftonline.com".into());
         identity_endpoint(&authority).map_err(|why| self.invalid("jwt.authority", why))?;
-        Ok(JwtSection {
-            tenant_id,
+        Ok(EntraIssuer { tenant_id, audiences, authority: authority.trim_end_matches('/').to_owned() })
+    }
+
+    /// `jwt.issuers[i]`.
+    fn issuer(&self, i: usize, raw: raw::RawIssuer) -> Result<IssuerSection, Error> {
+        let field = |f: &str| format!("jwt.issuers[{i}].{f}");
+        let issuer = raw.issuer.filter(|s| !s.is_empty()).ok_or_else(|| self.invalid(&field("issuer"), "required"))?;
+        identity_endpoint(&issuer).map_err(|why| self.invalid(&field("issuer"), why))?;
+        if let Some(uri) = &raw.jwks_uri {
+            identity_endpoint(uri).map_err(|why| self.invalid(&field("jwks_uri"), why))?;
+        }
+        let audiences = raw.audiences.unwrap_or_default();
+        if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+            return Err(self.invalid(&field("audiences"), "at least one non-empty audience is required"));
+        }
+        let algorithms = match raw.algorithms {
+            None => vec![jsonwebtoken::Algorithm::RS256],
+            Some(names) if names.is_empty() => {
+                return Err(self.invalid(&field("algorithms"), "at least one algorithm is required"));
+            }
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    name.parse()
+                        .ok()
+                        .filter(|alg| policy::jwt::ALGORITHMS.contains(alg))
+                        .ok_or_else(|| {
+                            self.invalid(
+                                &field("algorithms"),
+                                format!("`{name}` is not one of RS256, PS256, ES256, EdDSA (never `none` or HMAC)"),
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let claim = |f: &str, value: Option<String>| -> Result<Option<String>, Error> {
+            match value {
+                Some(path) if path.is_empty() || path.split('.').any(str::is_empty) => {
+                    Err(self.invalid(&field(f), format!("`{path}` is not a claim name or dotted path")))
+                }
+                other => Ok(other),
+            }
+        };
+        let agent_claims = match claim("agent_claim", raw.agent_claim)? {
+            Some(path) => vec![path],
+            None => vec!["azp".into(), "client_id".into()],
+        };
+        let roles_claim = claim("roles_claim", raw.roles_claim)?.unwrap_or_else(|| "roles".into());
+        let name = match raw.name {
+            Some(name) if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) => {
+                return Err(self.invalid(&field("name"), "must be 1 to 64 printable characters"));
+            }
+            Some(name) => name,
+            None => issuer.clone(),
+        };
+        Ok(IssuerSection {
+            name,
+            issuer,
+            jwks_uri: raw.jwks_uri,
             audiences,
-            authority: authority.trim_end_matches('/').to_owned(),
-            leeway: self.duration("jwt.leeway", raw.leeway.as_deref(), Duration::from_secs(60))?,
-            allow_unbound_tokens: raw.allow_unbound_tokens.unwrap_or(false),
-            refresh: self.duration("jwt.refresh", raw.refresh.as_deref(), Duration::from_secs(3600))?,
-            refetch_interval: self.duration(
-                "jwt.refetch_interval",
-                raw.refetch_interval.as_deref(),
-                Duration::from_secs(300),
-            )?,
+            algorithms,
+            agent_claims,
+            roles_claim,
         })
     }
 
@@ -891,7 +1034,11 @@ impl Config {
                 })).collect::<Vec<_>>(),
             })),
             "policy": self.policy.as_ref().map(|p| json!({"file": p.file, "cedar": p.cedar, "mode": format!("{:?}", p.mode)})),
-            "jwt": self.jwt.as_ref().map(|j| json!({"tenant_id": j.tenant_id, "audiences": j.audiences, "authority": j.authority})),
+            "jwt": self.jwt.as_ref().map(|j| json!({
+                "entra": j.entra.as_ref().map(|e| json!({"tenant_id": e.tenant_id, "audiences": e.audiences, "authority": e.authority})),
+                "issuers": j.issuers.iter().map(|i| json!({"name": i.name, "issuer": i.issuer, "audiences": i.audiences})).collect::<Vec<_>>(),
+                "require_bound_tokens": j.require_bound_tokens,
+            })),
             "entra": self.entra.as_ref().map(|e| json!({"client_id": e.client_id, "graph_endpoint": e.graph_endpoint})),
             "risk": {"source": format!("{:?}", self.risk.source), "on_unavailable": format!("{:?}", self.risk.on_unavailable)},
             "tags": {"source": format!("{:?}", self.tags.source), "on_unavailable": format!("{:?}", self.tags.on_unavailable)},

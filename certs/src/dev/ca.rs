@@ -36,22 +36,42 @@ pub struct DevCa {
 pub struct JwtKey {
     pem: String,
     kid: String,
+    alg: Algorithm,
 }
 
 impl JwtKey {
-    /// A fresh RSA 2048 key.
+    /// A fresh RSA 2048 key for RS256.
     pub fn generate() -> Result<Self, DevError> {
-        Self::from_pem(KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?.serialize_pem())
+        Self::generate_for(Algorithm::RS256)
     }
 
+    /// A fresh key for `alg`: RSA 2048 (RS256, PS256), P-256 (ES256) or Ed25519 (EdDSA).
+    pub fn generate_for(alg: Algorithm) -> Result<Self, DevError> {
+        let kind = match alg {
+            Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Algorithm::EdDSA => &rcgen::PKCS_ED25519,
+            _ => &rcgen::PKCS_RSA_SHA256,
+        };
+        Self::from_pem_for(KeyPair::generate_for(kind)?.serialize_pem(), alg)
+    }
+
+    /// An RSA key in PEM, for RS256.
     pub fn from_pem(pem: String) -> Result<Self, DevError> {
-        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes())?;
-        let kid = Jwk::from_encoding_key(&encoding, Algorithm::RS256)?.thumbprint(ThumbprintHash::SHA256)?;
-        Ok(Self { pem, kid })
+        Self::from_pem_for(pem, Algorithm::RS256)
+    }
+
+    fn from_pem_for(pem: String, alg: Algorithm) -> Result<Self, DevError> {
+        let encoding = encoding_key(&pem, alg)?;
+        let kid = Jwk::from_encoding_key(&encoding, alg)?.thumbprint(ThumbprintHash::SHA256)?;
+        Ok(Self { pem, kid, alg })
     }
 
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    pub fn alg(&self) -> Algorithm {
+        self.alg
     }
 
     /// The private key in PEM, for writing to a dev directory. Never log it.
@@ -61,15 +81,15 @@ impl JwtKey {
 
     /// The public key as a JWK with `kid`, `alg` and `use: sig`.
     pub fn jwk(&self) -> Result<Jwk, DevError> {
-        let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_rsa_pem(self.pem.as_bytes())?, Algorithm::RS256)?;
+        let mut jwk = Jwk::from_encoding_key(&encoding_key(&self.pem, self.alg)?, self.alg)?;
         jwk.common.key_id = Some(self.kid.clone());
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
         Ok(jwk)
     }
 
-    /// Signs `claims` with an RS256 header naming this key.
+    /// Signs `claims` with a header naming this key and its algorithm.
     pub fn sign(&self, claims: &serde_json::Value) -> Result<String, DevError> {
-        let mut header = Header::new(Algorithm::RS256);
+        let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
         self.sign_with_header(&header, claims)
@@ -77,13 +97,21 @@ impl JwtKey {
 
     /// Signs with a caller-made header (tests craft hostile headers with it).
     pub fn sign_with_header(&self, header: &Header, claims: &serde_json::Value) -> Result<String, DevError> {
-        Ok(jsonwebtoken::encode(header, claims, &EncodingKey::from_rsa_pem(self.pem.as_bytes())?)?)
+        Ok(jsonwebtoken::encode(header, claims, &encoding_key(&self.pem, self.alg)?)?)
     }
 
     /// The public key in PEM (SubjectPublicKeyInfo).
     pub fn public_pem(&self) -> Result<String, DevError> {
         Ok(KeyPair::from_pem(&self.pem)?.public_key_pem())
     }
+}
+
+fn encoding_key(pem: &str, alg: Algorithm) -> Result<EncodingKey, DevError> {
+    Ok(match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes())?,
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes())?,
+        _ => EncodingKey::from_rsa_pem(pem.as_bytes())?,
+    })
 }
 
 /// What to put in a leaf: tests use it to make deliberately bad SVIDs.

@@ -42,6 +42,9 @@ pub struct RawEntry {
     pub entra_agent_id: String,
     #[serde(default)]
     pub entra_app_id: String,
+    /// The calling agent's ID in any issuer's tokens (its agent-id claim).
+    #[serde(default)]
+    pub agent_id: String,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
@@ -84,4 +87,7 @@ pub struct RawRule {
     pub required_roles: Vec<String>,
     #[serde(default)]
     pub required_tags: BTreeMap<String, String>,
+    /// RFC 8705; unset: `jwt.require_bound_tokens`.
+    #[serde(default)]
+    pub require_bound_token: Option<bool>,
 }

@@ -144,6 +144,18 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
         None => Some(e.entra_agent_id).filter(|v| !v.is_empty()).map(Arc::from),
     };
     let entra_app_id = Some(e.entra_app_id).filter(|v| !v.is_empty());
+    let agent_id = match placeholder(&e.agent_id) {
+        Some(ph) => {
+            p.add(label, "agent_id", format!("holds the placeholder `{ph}`: set AGENT_ID_{env}"));
+            None
+        }
+        // Compared with a token claim and shown in audit events.
+        None if e.agent_id.len() > 256 || e.agent_id.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+            p.add(label, "agent_id", "must be at most 256 characters, without spaces or control characters");
+            None
+        }
+        None => Some(e.agent_id).filter(|v| !v.is_empty()).map(Arc::from),
+    };
     let disabled = match e.ca.agent_state.as_deref() {
         None | Some("" | "enabled") => false,
         Some("disabled") => true,
@@ -170,6 +182,7 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
         trust_domain: trust_domain?,
         entra_agent_id,
         entra_app_id,
+        agent_id,
         description: e.description,
         ca,
         rules,
@@ -251,6 +264,9 @@ fn rule(p: &mut Problems, label: &str, j: usize, r: &RawRule) -> Option<Rule> {
     if r.required_roles.iter().any(String::is_empty) {
         p.add(label, &field("required_roles"), "roles must not be empty");
     }
+    if r.require_bound_token == Some(true) && !r.require_jwt {
+        p.add(label, &field("require_bound_token"), "binds a token: it needs `require_jwt: true`");
+    }
     if r.required_tags.keys().any(String::is_empty) {
         p.add(label, &field("required_tags"), "tag names must not be empty");
     }
@@ -264,6 +280,7 @@ fn rule(p: &mut Problems, label: &str, j: usize, r: &RawRule) -> Option<Rule> {
         require_jwt: r.require_jwt,
         required_roles: r.required_roles.clone(),
         required_tags: r.required_tags.clone(),
+        require_bound_token: r.require_bound_token,
     })
 }
 

@@ -159,7 +159,7 @@ impl Reloader {
             _ => None,
         };
         let oauth = match (&config.jwt, self.oauth.load_full()) {
-            (Some(jwt), Some(current)) => Some(Oauth::new(jwt, current.jwks().clone())),
+            (Some(jwt), Some(current)) => Some(current.reconfigured(jwt)),
             _ => None,
         };
 

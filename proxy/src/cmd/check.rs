@@ -40,13 +40,34 @@ pub fn summarize(config: &Config) -> Result<String, String> {
     if let Some(jwt) = &config.jwt {
         let _ = writeln!(
             out,
-            "jwt: tenant {} at {}, audiences [{}], leeway {:?}{}",
-            jwt.tenant_id,
-            jwt.authority,
-            jwt.audiences.join(", "),
+            "jwt: {} issuer(s), leeway {:?}{}{}",
+            jwt.entra.iter().count() + jwt.issuers.len(),
             jwt.leeway,
-            if jwt.allow_unbound_tokens { ", unbound tokens allowed" } else { "" }
+            if jwt.allow_unbound_tokens { ", unbound tokens allowed" } else { "" },
+            if jwt.require_bound_tokens { ", certificate-bound tokens required" } else { "" }
         );
+        if let Some(entra) = &jwt.entra {
+            let _ = writeln!(
+                out,
+                "  entra: tenant {} at {}, audiences [{}]",
+                entra.tenant_id,
+                entra.authority,
+                entra.audiences.join(", ")
+            );
+        }
+        for issuer in &jwt.issuers {
+            let algorithms: Vec<String> = issuer.algorithms.iter().map(|a| format!("{a:?}")).collect();
+            let _ = writeln!(
+                out,
+                "  {}: {} ({}), audiences [{}], agent claim {}, roles from {}",
+                issuer.name,
+                issuer.issuer,
+                algorithms.join(", "),
+                issuer.audiences.join(", "),
+                issuer.agent_claims.join(" then "),
+                issuer.roles_claim
+            );
+        }
     }
     if let Some(inbound) = &config.inbound {
         let _ = writeln!(

@@ -34,6 +34,7 @@ use crate::dataplane::body::Body;
 use crate::facts::http::form_decode;
 use serde_json::{Value, json};
 
+pub mod issuer;
 pub mod signin;
 
 const KEY_FILE: &str = "idp_key.pem";
@@ -51,6 +52,8 @@ pub struct TokenSpec {
     pub roles: Vec<String>,
     pub ttl: Duration,
     pub v1: bool,
+    /// RFC 8705: binds the token to the certificate with this `x5t#S256`.
+    pub cnf_x5t: Option<String>,
 }
 
 /// How the Graph emulator behaves.
@@ -203,7 +206,11 @@ impl DevIdp {
     /// front of a trust domain whose JWT keys rotate.
     pub fn trust_assertion_issuer(&self, issuer: &str) -> Result<(), String> {
         let settings = crate::facts::jwks::JwksSettings {
-            discovery_url: format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')),
+            name: Arc::from(issuer),
+            at: crate::facts::jwks::KeysAt::Discovery {
+                url: format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')),
+                issuer: None,
+            },
             refresh: Duration::from_secs(300),
             refetch_interval: Duration::from_secs(1),
         };
@@ -347,6 +354,9 @@ impl DevIdp {
             "roles": spec.roles,
         });
         if let Some(map) = claims.as_object_mut() {
+            if let Some(x5t) = &spec.cnf_x5t {
+                map.insert("cnf".into(), json!({ "x5t#S256": x5t }));
+            }
             if spec.v1 {
                 map.insert("iss".into(), json!(format!("https://sts.windows.net/{}/", spec.tenant)));
                 map.insert("appid".into(), json!(spec.client_id));
@@ -521,6 +531,7 @@ impl DevIdp {
             roles: app.roles,
             ttl: Duration::from_secs(3600),
             v1: false,
+            cnf_x5t: None,
         };
         match self.token(&spec) {
             Ok(token) => json_response(

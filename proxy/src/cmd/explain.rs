@@ -58,7 +58,14 @@ impl Offline {
             None => None,
         };
         let oauth = match (&config.jwt, question.token) {
-            (Some(jwt), _) => Some(Oauth::new(jwt, Jwks::offline(keys, metrics))),
+            // Offline, the given keys stand in for every issuer's (the token's `iss` still picks the issuer).
+            (Some(jwt), _) => {
+                let providers = crate::layers::oauth::key_sources(jwt)
+                    .iter()
+                    .map(|_| Jwks::offline(keys.clone(), metrics.clone()))
+                    .collect();
+                Some(Oauth::new(jwt, providers))
+            }
             (None, Some(_)) => return Err("--token needs a `jwt` section in the config".into()),
             (None, None) => None,
         };

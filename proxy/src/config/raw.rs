@@ -118,8 +118,24 @@ pub struct RawJwt {
     pub authority: Option<String>,
     pub leeway: Option<String>,
     pub allow_unbound_tokens: Option<bool>,
+    pub require_bound_tokens: Option<bool>,
     pub refresh: Option<String>,
     pub refetch_interval: Option<String>,
+    #[serde(default)]
+    pub issuers: Vec<RawIssuer>,
+}
+
+/// `jwt.issuers[]`: an OpenID Connect issuer other than Entra.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Option<Vec<String>>,
+    pub agent_claim: Option<String>,
+    pub roles_claim: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,7 +13,8 @@ use super::{
 /// What a reload applies at once (everything else needs a restart):
 /// `inbound.allowed_callers`; all of `policy` (file, cedar, mode,
 /// case_insensitive_paths); `jwt.audiences`, `jwt.leeway`,
-/// `jwt.allow_unbound_tokens`; `risk.blocked_levels`, `risk.on_unavailable`,
+/// `jwt.allow_unbound_tokens`, `jwt.require_bound_tokens`, and each
+/// `jwt.issuers[]` entry's name, audiences, algorithms and claims; `risk.blocked_levels`, `risk.on_unavailable`,
 /// `tags.on_unavailable`; `mgmt.keys`.
 pub const HOT_FIELDS: &[&str] = &[
     "inbound.allowed_callers",
@@ -24,6 +25,12 @@ pub const HOT_FIELDS: &[&str] = &[
     "jwt.audiences",
     "jwt.leeway",
     "jwt.allow_unbound_tokens",
+    "jwt.require_bound_tokens",
+    "jwt.issuers[].name",
+    "jwt.issuers[].audiences",
+    "jwt.issuers[].algorithms",
+    "jwt.issuers[].agent_claim",
+    "jwt.issuers[].roles_claim",
     "risk.blocked_levels",
     "risk.on_unavailable",
     "tags.on_unavailable",
@@ -154,17 +161,24 @@ fn policy_fields(_: &mut Changes, old: &PolicyConfig, _: &PolicyConfig) {
 
 fn jwt_fields(c: &mut Changes, old: &JwtSection, new: &JwtSection) {
     let JwtSection {
-        tenant_id,
-        audiences: _, // hot
-        authority,
+        entra,
+        issuers,
         leeway: _,               // hot
         allow_unbound_tokens: _, // hot
+        require_bound_tokens: _, // hot
         refresh,
         refetch_interval,
     } = old;
-    // These choose and pace the signing-key provider, which runs from the start.
-    c.check("jwt.tenant_id", tenant_id, &new.tenant_id);
-    c.check("jwt.authority", authority, &new.authority);
+    // These choose and pace the signing-key providers, which run from the
+    // start; an issuer's audiences, algorithms and claims are hot.
+    let tenant = |e: &Option<super::EntraIssuer>| e.as_ref().map(|e| e.tenant_id.clone());
+    let authority = |e: &Option<super::EntraIssuer>| e.as_ref().map(|e| e.authority.clone());
+    c.check("jwt.tenant_id", &tenant(entra), &tenant(&new.entra));
+    c.check("jwt.authority", &authority(entra), &authority(&new.entra));
+    let keys = |list: &[super::IssuerSection]| -> Vec<(String, Option<String>)> {
+        list.iter().map(|i| (i.issuer.clone(), i.jwks_uri.clone())).collect()
+    };
+    c.check("jwt.issuers", &keys(issuers), &keys(&new.issuers));
     c.check("jwt.refresh", refresh, &new.refresh);
     c.check("jwt.refetch_interval", refetch_interval, &new.refetch_interval);
 }

@@ -226,10 +226,11 @@ fn the_reference_deployments_environment_fills_jwt_and_entra() {
         .with("AZURE_FEDERATED_TOKEN_FILE", "/var/run/secrets/azure/tokens/azure-identity-token");
     let config = parse("jwt: {}\nentra: {}", &env).unwrap();
     let jwt = config.jwt.unwrap();
-    assert_eq!(jwt.tenant_id, "11111111-2222-3333-4444-555555555555");
-    assert_eq!(jwt.audiences, ["api://budget-backend", "99999999-0000-0000-0000-000000000001"]);
+    let entra_jwt = jwt.entra.clone().unwrap();
+    assert_eq!(entra_jwt.tenant_id, "11111111-2222-3333-4444-555555555555");
+    assert_eq!(entra_jwt.audiences, ["api://budget-backend", "99999999-0000-0000-0000-000000000001"]);
     let entra = config.entra.unwrap();
-    assert_eq!((entra.client_id.as_str(), entra.tenant_id.as_str()), ("budget-backend-client", jwt.tenant_id.as_str()));
+    assert_eq!((entra.client_id.as_str(), entra.tenant_id.as_str()), ("budget-backend-client", entra_jwt.tenant_id.as_str()));
     assert_eq!(
         entra.assertion,
         AssertionSource::File(PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token"))
@@ -237,7 +238,8 @@ fn the_reference_deployments_environment_fills_jwt_and_entra() {
 
     // The file wins over the environment.
     let config = parse("jwt: {tenant_id: from-file, audiences: [a]}\nentra: {client_id: c}", &env).unwrap();
-    assert_eq!((config.jwt.unwrap().tenant_id.as_str(), config.entra.unwrap().client_id.as_str()), ("from-file", "c"));
+    let tenant = config.jwt.unwrap().entra.unwrap().tenant_id;
+    assert_eq!((tenant.as_str(), config.entra.unwrap().client_id.as_str()), ("from-file", "c"));
 
     // Neither: the error names the field and the variable.
     let socket_only = MapEnv::default().with("SPIFFE_ENDPOINT_SOCKET", "unix:///x.sock");

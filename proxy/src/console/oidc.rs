@@ -62,7 +62,11 @@ impl Oidc {
     pub fn new(settings: OidcSettings, redirect_uri: String, http: HttpClient, metrics: Arc<Metrics>) -> Self {
         let jwks = Jwks::new(
             JwksSettings {
-                discovery_url: format!("{}/.well-known/openid-configuration", settings.issuer),
+                name: Arc::from("console"),
+                at: crate::facts::jwks::KeysAt::Discovery {
+                    url: format!("{}/.well-known/openid-configuration", settings.issuer),
+                    issuer: None,
+                },
                 refresh: std::time::Duration::from_secs(3600),
                 refetch_interval: std::time::Duration::from_secs(60),
             },

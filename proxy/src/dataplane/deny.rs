@@ -36,7 +36,8 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         | Reason::JwtExpired
         | Reason::JwtNotYetValid
         | Reason::JwtWrongAudience
-        | Reason::JwtWrongIssuer => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        | Reason::JwtWrongIssuer
+        | Reason::JwtNotBound => (StatusCode::UNAUTHORIZED, "unauthorized"),
         Reason::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
         Reason::UpstreamUnavailable
         | Reason::UpstreamIdentityMismatch

@@ -36,7 +36,7 @@ use crate::dataplane::server::{self, ConnectionEnds};
 use crate::dataplane::upstream::{AppClient, TunnelEnds};
 use crate::layers::allowlist::AllowList;
 use crate::layers::governance::Governor;
-use crate::layers::oauth::Oauth;
+use crate::layers::oauth::{self, Oauth};
 use crate::layers::pipeline::{self, RequestFacts};
 use crate::layers::rbac::PolicyStore;
 use crate::observe::audit::{AuditHub, Direction, Event};
@@ -102,6 +102,8 @@ struct Conn {
     /// `peer.id` for audit events, formatted once per connection.
     caller: Arc<str>,
     activity: Arc<Activity>,
+    /// RFC 8705 `x5t#S256` of the caller's leaf, computed once per connection.
+    leaf_sha256: Box<str>,
     /// The identity headers every forwarded request gets, built once per connection.
     forwarded: [(header::HeaderName, Option<HeaderValue>); 3],
 }
@@ -212,7 +214,7 @@ impl Inbound {
         log: &RequestLog,
     ) -> Sent {
         let upgrade = forward::capture_upgrade(&mut request, self.config.upgrades.websocket);
-        let leeway = self.layers.oauth.load().as_ref().map(|o| Duration::from_secs(o.config().leeway_secs));
+        let leeway = self.layers.oauth.load().as_ref().map(|o| o.leeway());
         let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp, leeway.unwrap_or_default());
         let lasting =
             |body: &Incoming| !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > SHORT_BODY);
@@ -282,7 +284,13 @@ impl Inbound {
         let loaded = policy.current();
         let oauth = oauth.load_full();
         let facts =
-            RequestFacts { caller: &conn.peer.id, method: request.method().as_str(), path, headers: request.headers() };
+            RequestFacts {
+                caller: &conn.peer.id,
+                method: request.method().as_str(),
+                path,
+                headers: request.headers(),
+                leaf_sha256: Some(&conn.leaf_sha256),
+            };
         let result =
             pipeline::evaluate(&loaded, oauth.as_deref(), governor, facts, Some(&self.metrics), &mut log.trace).await;
         match result {
@@ -407,7 +415,8 @@ impl server::Serve for Inbound {
             (X_SPIFFE_TRUST_DOMAIN, value(peer.id.trust_domain_name())),
             (X_FORWARDED_FOR, value(&remote.ip().to_string())),
         ];
-        let conn = Arc::new(Conn { peer, registered, caller, activity: Activity::new(), forwarded });
+        let leaf_sha256 = registered.chain.first().map(|leaf| oauth::thumbprint_s256(leaf)).unwrap_or_default().into();
+        let conn = Arc::new(Conn { peer, registered, caller, activity: Activity::new(), leaf_sha256, forwarded });
 
         let builder = server::builder(&limits);
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };

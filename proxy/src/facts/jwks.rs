@@ -1,4 +1,5 @@
-//! The tenant's signing keys: OIDC discovery, then the JWKS; fetched at
+//! One issuer's signing keys: OIDC discovery (or a configured `jwks_uri`),
+//! then the JWKS; fetched at
 //! start (retrying until it works), refreshed in the background, and
 //! refetched when a token names an unknown `kid` (at most once per
 //! `refetch_interval`, concurrent misses sharing one fetch). A failed fetch
@@ -23,6 +24,8 @@ pub enum JwksError {
     NoJwksUri,
     #[error("discovery document's `jwks_uri`: {0}")]
     InsecureJwksUri(String),
+    #[error("discovery document names another issuer")]
+    WrongIssuer,
     #[error("jwks: {0}")]
     Keys(FetchError),
     #[error("jwks: {0}")]
@@ -31,11 +34,23 @@ pub enum JwksError {
     Offline,
 }
 
+/// Where the keys are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysAt {
+    /// An OpenID discovery document (`{authority}/{tenant}/v2.0/...` for
+    /// Entra) whose `jwks_uri` names them; with `issuer`, the document's
+    /// `issuer` must be it (OpenID Connect Discovery 4.3).
+    Discovery { url: String, issuer: Option<String> },
+    /// A configured `jwks_uri`.
+    Jwks(String),
+}
+
 /// Where the keys come from and how often.
 #[derive(Debug, Clone)]
 pub struct JwksSettings {
-    /// `{authority}/{tenant}/v2.0/.well-known/openid-configuration`
-    pub discovery_url: String,
+    /// The issuer's name, for the logs.
+    pub name: Arc<str>,
+    pub at: KeysAt,
     pub refresh: Duration,
     pub refetch_interval: Duration,
 }
@@ -74,7 +89,7 @@ impl Jwks {
     /// token naming another `kid` is invalid.
     pub fn offline(keys: Option<KeySet>, metrics: Arc<Metrics>) -> Arc<Self> {
         let settings =
-            JwksSettings { discovery_url: String::new(), refresh: Duration::MAX, refetch_interval: Duration::MAX };
+            JwksSettings { name: Arc::from("offline"), at: KeysAt::Jwks(String::new()), refresh: Duration::MAX, refetch_interval: Duration::MAX };
         Arc::new(Self {
             settings,
             client: None,
@@ -105,13 +120,13 @@ impl Jwks {
         let result = self.fetch_keys().await;
         match &result {
             Ok(keys) => {
-                tracing::info!(keys = keys.len(), "jwks refreshed");
+                tracing::info!(issuer = %self.settings.name, keys = keys.len(), "jwks refreshed");
                 self.keys.store(Some(Arc::new(keys.clone())));
                 self.status.store(Arc::new(JwksStatus { last_refresh: Some(SystemTime::now()), last_error: None }));
                 self.metrics.jwks_refresh("ok");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "jwks fetch failed; keeping the last good keys");
+                tracing::warn!(issuer = %self.settings.name, error = %e, "jwks fetch failed; keeping the last good keys");
                 let last_refresh = self.status.load().last_refresh;
                 self.status.store(Arc::new(JwksStatus { last_refresh, last_error: Some(e.to_string()) }));
                 self.metrics.jwks_refresh("error");
@@ -122,13 +137,23 @@ impl Jwks {
 
     async fn fetch_keys(&self) -> Result<KeySet, JwksError> {
         let client = self.client.as_ref().ok_or(JwksError::Offline)?;
-        let discovery = client.get(&self.settings.discovery_url).await.map_err(JwksError::Discovery)?;
-        let doc: serde_json::Value = serde_json::from_slice(&discovery).map_err(|e| JwksError::Parse(e.to_string()))?;
-        let jwks_uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or(JwksError::NoJwksUri)?;
-        // The discovery document names where the keys are: the same rule as
-        // for the configured endpoints (https, plain http on loopback only).
-        crate::config::identity_endpoint(jwks_uri).map_err(JwksError::InsecureJwksUri)?;
-        let jwks = client.get(jwks_uri).await.map_err(JwksError::Keys)?;
+        let jwks_uri = match &self.settings.at {
+            KeysAt::Jwks(uri) => uri.clone(),
+            KeysAt::Discovery { url, issuer } => {
+                let discovery = client.get(url).await.map_err(JwksError::Discovery)?;
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&discovery).map_err(|e| JwksError::Parse(e.to_string()))?;
+                if issuer.as_ref().is_some_and(|want| doc.get("issuer").and_then(|v| v.as_str()) != Some(want)) {
+                    return Err(JwksError::WrongIssuer);
+                }
+                let jwks_uri = doc.get("jwks_uri").and_then(|v| v.as_str()).ok_or(JwksError::NoJwksUri)?;
+                // The discovery document names where the keys are: the same rule as
+                // for the configured endpoints (https, plain http on loopback only).
+                crate::config::identity_endpoint(jwks_uri).map_err(JwksError::InsecureJwksUri)?;
+                jwks_uri.to_owned()
+            }
+        };
+        let jwks = client.get(&jwks_uri).await.map_err(JwksError::Keys)?;
         KeySet::from_jwks(&jwks).map_err(JwksError::Parse)
     }
 
@@ -176,7 +201,11 @@ mod tests {
     ) -> (Arc<crate::cmd::dev_idp::DevIdp>, Arc<Jwks>, tokio::task::JoinHandle<()>) {
         let (idp, _, task) = crate::cmd::dev_idp::start(&dir.join("idp")).await.unwrap();
         let settings = JwksSettings {
-            discovery_url: format!("{}/t/v2.0/.well-known/openid-configuration", idp.authority()),
+            name: Arc::from("entra"),
+            at: KeysAt::Discovery {
+                url: format!("{}/t/v2.0/.well-known/openid-configuration", idp.authority()),
+                issuer: None,
+            },
             refresh: Duration::from_secs(3600),
             refetch_interval: Duration::from_secs(300),
         };

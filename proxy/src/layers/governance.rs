@@ -239,6 +239,7 @@ mod tests {
             trust_domain: "a.example".parse().unwrap(),
             entra_agent_id: Some("00000000-0000-4000-8000-0000000000a1".into()),
             entra_app_id: None,
+            agent_id: None,
             description: String::new(),
             ca,
             rules: Vec::new(),
@@ -343,8 +344,12 @@ mod tests {
             require_jwt: true,
             required_roles: Vec::new(),
             required_tags: BTreeMap::from([("dept".into(), "finance".into()), ("tier".into(), "gold".into())]),
+            require_bound_token: None,
         };
         let claims = |pairs: &[(&str, &str)]| Claims {
+            issuer: Arc::from("entra"),
+            entra: true,
+            cnf: Default::default(),
             kid: "k".into(),
             exp: 0,
             oid: None,

@@ -1,10 +1,12 @@
-//! Layer 3 in the sidecar: the token from `Authorization: Bearer`, verified
-//! against the tenant's keys, with a cache of verified tokens so a warm
-//! request does not repeat the RSA verification.
+//! Layer 3 in the sidecar: the token from `Authorization: Bearer`, routed
+//! by its `iss` to one configured issuer and verified against that
+//! issuer's keys only, with a cache of verified tokens so a warm request
+//! does not repeat the signature verification.
 //!
 //! A cached token is only reused while the key that signed it is still in
-//! the JWKS and it has not expired; a new `jwt` configuration builds a new
-//! validator (and cache), so changed audiences or issuers apply at once.
+//! its issuer's JWKS and it has not expired; a new `jwt` configuration
+//! builds a new validator (and cache), so changed audiences, algorithms or
+//! claims apply at once.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -13,11 +15,11 @@ use std::time::Duration;
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
 use policy::Reason;
-use policy::jwt::{self, Claims, JwtConfig, JwtError};
+use policy::jwt::{self, Claims, IssuerConfig, JwtError};
 use policy::reference::{Entry, Rule};
 
 use crate::config::JwtSection;
-use crate::facts::jwks::Jwks;
+use crate::facts::jwks::{Jwks, JwksSettings, KeysAt};
 
 const CACHE_CAPACITY: u64 = 16_384;
 /// Upper bound on how long a verified token is remembered (it is also
@@ -25,15 +27,24 @@ const CACHE_CAPACITY: u64 = 16_384;
 const CACHE_TTL: Duration = Duration::from_secs(600);
 
 pub struct Oauth {
-    config: JwtConfig,
+    issuers: Vec<Issuer>,
     allow_unbound: bool,
-    jwks: Arc<Jwks>,
+    require_bound: bool,
+    leeway: Duration,
     cache: moka::sync::Cache<u64, Arc<Verified>>,
+}
+
+/// One trusted issuer: its rules and its keys.
+pub struct Issuer {
+    pub config: IssuerConfig,
+    pub jwks: Arc<Jwks>,
 }
 
 struct Verified {
     token: Box<str>,
     claims: Arc<Claims>,
+    /// Index into `issuers`.
+    issuer: usize,
 }
 
 /// The token's place in the request, for the rule and the audit event.
@@ -44,33 +55,79 @@ pub enum Outcome {
     Valid(Arc<Claims>),
 }
 
+/// Where each issuer's keys are, in the order of [`JwtSection::issuer_configs`].
+pub fn key_sources(section: &JwtSection) -> Vec<JwksSettings> {
+    let entra = section.entra.iter().map(|e| JwksSettings {
+        name: Arc::from("entra"),
+        at: KeysAt::Discovery {
+            url: format!("{}/{}/v2.0/.well-known/openid-configuration", e.authority, e.tenant_id),
+            issuer: None,
+        },
+        refresh: section.refresh,
+        refetch_interval: section.refetch_interval,
+    });
+    let others = section.issuers.iter().map(|i| JwksSettings {
+        name: Arc::from(i.name.as_str()),
+        at: match &i.jwks_uri {
+            Some(uri) => KeysAt::Jwks(uri.clone()),
+            None => KeysAt::Discovery {
+                url: format!("{}/.well-known/openid-configuration", i.issuer.trim_end_matches('/')),
+                issuer: Some(i.issuer.clone()),
+            },
+        },
+        refresh: section.refresh,
+        refetch_interval: section.refetch_interval,
+    });
+    entra.chain(others).collect()
+}
+
 impl Oauth {
-    pub fn new(section: &JwtSection, jwks: Arc<Jwks>) -> Self {
-        let config =
-            JwtConfig::new(&section.authority, &section.tenant_id, section.audiences.clone(), section.leeway.as_secs());
+    /// `jwks`: one key provider per issuer, in the order of [`key_sources`].
+    pub fn new(section: &JwtSection, jwks: Vec<Arc<Jwks>>) -> Self {
+        let issuers = section.issuer_configs().into_iter().zip(jwks).map(|(config, jwks)| Issuer { config, jwks }).collect();
         let cache = moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build();
-        Self { config, allow_unbound: section.allow_unbound_tokens, jwks, cache }
+        Self {
+            issuers,
+            allow_unbound: section.allow_unbound_tokens,
+            require_bound: section.require_bound_tokens,
+            leeway: section.leeway,
+            cache,
+        }
     }
 
-    pub fn config(&self) -> &JwtConfig {
-        &self.config
+    /// The same issuers and keys under a reloaded `section` (which names the
+    /// same issuers and key locations: anything else needs a restart).
+    pub fn reconfigured(&self, section: &JwtSection) -> Self {
+        Self::new(section, self.issuers.iter().map(|i| i.jwks.clone()).collect())
     }
 
-    pub fn jwks(&self) -> &Arc<Jwks> {
-        &self.jwks
+    pub fn issuers(&self) -> &[Issuer] {
+        &self.issuers
     }
 
-    /// Layer 3 for a request whose matched `rule` (of `entry`) may require a token.
-    pub async fn check(&self, headers: &HeaderMap, entry: &Entry, rule: &Rule) -> Result<Outcome, JwtError> {
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
+    /// Layer 3 for a request whose matched `rule` (of `entry`) may require a
+    /// token; `leaf_sha256` is the caller's certificate (RFC 8705 `x5t#S256`).
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        entry: &Entry,
+        rule: &Rule,
+        leaf_sha256: Option<&str>,
+    ) -> Result<Outcome, JwtError> {
         if !rule.require_jwt {
             return Ok(Outcome::NotRequired);
         }
         let token = bearer(headers)?;
         let claims = self.verify(token).await?;
-        let bound = jwt::bound_to(&claims, entry.entra_agent_id.as_deref(), entry.entra_app_id.as_deref());
+        let bound = jwt::bound_to(&claims, entry);
         if bound == Some(false) || (bound.is_none() && !self.allow_unbound) {
             return Err(JwtError { reason: Reason::JwtCallerMismatch, detail: "token is not the caller's" });
         }
+        jwt::check_cert_binding(&claims, leaf_sha256, rule.require_bound_token.unwrap_or(self.require_bound))?;
         if !jwt::has_roles(&claims, &rule.required_roles) {
             return Err(JwtError { reason: Reason::InsufficientRoles, detail: "a required role is missing" });
         }
@@ -83,31 +140,44 @@ impl Oauth {
         let mut hasher = DefaultHasher::new();
         token.hash(&mut hasher);
         let key = hasher.finish();
-        let keys = self
-            .jwks
-            .keys()
-            .ok_or(JwtError { reason: Reason::JwksUnavailable, detail: "signing keys never loaded" })?;
         if let Some(hit) = self.cache.get(&key).filter(|hit| *hit.token == *token) {
-            let usable =
-                keys.contains(&hit.claims.kid) && hit.claims.exp.saturating_add(self.config.leeway_secs) >= now;
+            let keys = self.issuers.get(hit.issuer).and_then(|i| i.jwks.keys());
+            let usable = keys.is_some_and(|keys| keys.contains(&hit.claims.kid))
+                && hit.claims.exp.saturating_add(self.leeway.as_secs()) >= now;
             if usable {
                 return Ok(hit.claims.clone());
             }
             self.cache.invalidate(&key);
         }
-        let claims = match jwt::verify(token, &keys, &self.config, now)? {
+        // Only the keys of the issuer the token names may verify it.
+        let iss = jwt::issuer_of(token)?;
+        let Some((index, issuer)) = self.issuers.iter().enumerate().find(|(_, i)| i.config.iss.contains(&iss)) else {
+            return Err(JwtError { reason: Reason::JwtWrongIssuer, detail: "issuer is not configured" });
+        };
+        let keys = issuer
+            .jwks
+            .keys()
+            .ok_or(JwtError { reason: Reason::JwksUnavailable, detail: "signing keys never loaded" })?;
+        let claims = match jwt::verify(token, &keys, &issuer.config, now)? {
             Some(claims) => claims,
             None => {
-                let kid = jwt::kid_of(token)?;
-                let keys = self.jwks.refetch_for(&kid).await.unwrap_or(keys);
-                jwt::verify(token, &keys, &self.config, now)?
+                let (_, kid) = jwt::header_of(token, &issuer.config)?;
+                let keys = issuer.jwks.refetch_for(&kid).await.unwrap_or(keys);
+                jwt::verify(token, &keys, &issuer.config, now)?
                     .ok_or(JwtError { reason: Reason::JwtInvalid, detail: "unknown kid" })?
             }
         };
         let claims = Arc::new(claims);
-        self.cache.insert(key, Arc::new(Verified { token: token.into(), claims: claims.clone() }));
+        self.cache.insert(key, Arc::new(Verified { token: token.into(), claims: claims.clone(), issuer: index }));
         Ok(claims)
     }
+}
+
+/// RFC 8705 `x5t#S256` of a certificate: the base64url (no padding) SHA-256 of its DER.
+pub fn thumbprint_s256(der: &[u8]) -> String {
+    use base64::Engine;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
 
 /// The bearer token: exactly one `Authorization: Bearer <token>` header.
@@ -140,12 +210,14 @@ pub fn check_policy(doc: &policy::PolicyDoc, jwt: Option<&JwtSection>) -> Result
                 entry.name
             ));
         };
-        if entry.entra_agent_id.is_none() && entry.entra_app_id.is_none() && !jwt.allow_unbound_tokens {
+        let named = entry.agent_id.is_some() || entry.entra_agent_id.is_some() || entry.entra_app_id.is_some();
+        if !named && !jwt.allow_unbound_tokens {
             return Err(format!(
-                "entry `{}` rules[{index}] has `require_jwt` but the entry has neither `entra_agent_id` nor `entra_app_id` \
-                 to bind the token to the caller (set ENTRA_ID_{}, or `jwt.allow_unbound_tokens: true`)",
+                "entry `{}` rules[{index}] has `require_jwt` but the entry has no `agent_id`, `entra_agent_id` or \
+                 `entra_app_id` to bind the token to the caller (set AGENT_ID_{name} or ENTRA_ID_{name}, or \
+                 `jwt.allow_unbound_tokens: true`)",
                 entry.name,
-                policy::reference::env_name(&entry.name)
+                name = policy::reference::env_name(&entry.name)
             ));
         }
     }

@@ -46,6 +46,9 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     pub path: &'a CanonicalPath,
     pub headers: &'a HeaderMap,
+    /// The caller's certificate as RFC 8705 `x5t#S256` (base64url SHA-256 of
+    /// its DER); `None` only without a connection (`explain`).
+    pub leaf_sha256: Option<&'a str>,
 }
 
 /// What `policy.mode` makes of a deny: `Err` (refused) in enforce mode;
@@ -96,7 +99,7 @@ pub async fn evaluate(
     let rule = verdict.rule.and_then(|r| entry.rules.get(r));
     let outcome = match (rule, oauth) {
         (None, _) => Ok(Outcome::NotRequired),
-        (Some(rule), Some(oauth)) => oauth.check(request.headers, entry, rule).await,
+        (Some(rule), Some(oauth)) => oauth.check(request.headers, entry, rule, request.leaf_sha256).await,
         (Some(rule), None) if rule.require_jwt => {
             Err(policy::jwt::JwtError { reason: Reason::JwksUnavailable, detail: "no jwt configuration" })
         }
@@ -174,7 +177,7 @@ policies:
             let key = JwtKey::generate().unwrap();
             let keys = KeySet::from_jwks(serde_json::json!({"keys": [key.jwk().unwrap()]}).to_string().as_bytes());
             let jwks = Jwks::offline(Some(keys.unwrap()), std::sync::Arc::new(Metrics::new().unwrap()));
-            let oauth = Oauth::new(config.jwt.as_ref().unwrap(), jwks);
+            let oauth = Oauth::new(config.jwt.as_ref().unwrap(), vec![jwks]);
             let governor = Governor::new(config.risk, config.tags, None, Default::default());
             let caller = "spiffe://a.example/reader".parse().unwrap();
             Self { loaded: Loaded::new(engine, PolicyMode::Enforce, 1), oauth, governor, key, caller }
@@ -196,7 +199,7 @@ policies:
                 headers.insert(hyper::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
             }
             let path = CanonicalPath::parse(path, PathOptions::default()).unwrap();
-            let facts = RequestFacts { caller: &self.caller, method, path: &path, headers: &headers };
+            let facts = RequestFacts { caller: &self.caller, method, path: &path, headers: &headers, leaf_sha256: None };
             let mut trace = Trace::default();
             let judged = evaluate(&self.loaded, Some(&self.oauth), &self.governor, facts, None, &mut trace);
             // Nothing here waits on the network: the future is ready at once.

@@ -331,7 +331,7 @@ fn check_reports_the_samples_deployment_gaps_then_passes_with_them_filled() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("neither `entra_agent_id` nor `entra_app_id`")
+        text(&out.stderr).contains("no `agent_id`, `entra_agent_id` or `entra_app_id`")
             && text(&out.stderr).contains("ENTRA_ID_BUDGET_REPORT")
     );
 }

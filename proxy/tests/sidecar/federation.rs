@@ -165,6 +165,7 @@ impl GraphRig {
                 roles: vec!["Budget.Read".into()],
                 ttl: Duration::from_secs(600),
                 v1: false,
+                cnf_x5t: None,
             })
             .unwrap();
         Self { mesh, backend, token }

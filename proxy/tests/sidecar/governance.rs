@@ -33,6 +33,7 @@ fn token(mesh: &Mesh, extra_roles: &[&str]) -> String {
         roles,
         ttl: Duration::from_secs(600),
         v1: false,
+        cnf_x5t: None,
     };
     mesh.idp.token(&spec).unwrap()
 }
@@ -101,6 +102,7 @@ policies:
         roles: vec![],
         ttl: Duration::from_secs(600),
         v1: false,
+        cnf_x5t: None,
     });
     claims.as_object_mut().unwrap().insert("repo".into(), "budget-tools".into());
     let tagged = mesh.idp.current_key().unwrap().sign(&claims).unwrap();

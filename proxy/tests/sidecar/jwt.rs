@@ -22,6 +22,7 @@ fn spec(oid: &str, roles: &[&str]) -> TokenSpec {
         roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         ttl: Duration::from_secs(600),
         v1: false,
+        cnf_x5t: None,
     }
 }
 

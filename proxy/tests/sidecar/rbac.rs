@@ -112,6 +112,7 @@ async fn shadow_mode_forwards_layer_3_and_4_denials_but_not_a_refused_handshake(
             roles: vec!["Budget.Read".into()],
             ttl: Duration::from_secs(600),
             v1: false,
+            cnf_x5t: None,
         })
         .unwrap();
     let high = format!(r#"{{"spiffe_id": "{REPORT}", "risk_level": "high"}}"#);

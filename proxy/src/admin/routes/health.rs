@@ -47,9 +47,12 @@ pub(super) fn health(ctx: &Context) -> Response<Body> {
             "svid_ttl_seconds": ttl,
             "risk_enforcement_control_supported": true,
             "entra_risk_enforcement_supported": governance.risk.source == FactSource::Graph,
+            // Over every issuer: the stalest refresh and the first error.
             "jwks": ctx.oauth.load_full().map(|o| {
-                let s = o.jwks().status();
-                json!({"last_refresh": s.last_refresh.map(rfc3339), "last_error": s.last_error})
+                let statuses: Vec<_> = o.issuers().iter().map(|i| i.jwks.status()).collect();
+                let stalest = statuses.iter().map(|s| s.last_refresh).min().flatten();
+                let error = statuses.iter().find_map(|s| s.last_error.clone());
+                json!({"last_refresh": stalest.map(rfc3339), "last_error": error})
             }),
             "risk": freshness(governance.risk.source, "mgmt", graph.as_ref().map(|(risk, _)| risk)),
             "tags": freshness(governance.tags.source, "policy", graph.as_ref().map(|(_, tags)| tags)),

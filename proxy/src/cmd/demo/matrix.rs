@@ -258,6 +258,7 @@ impl Stack {
             roles: caller.roles.iter().map(|r| (*r).to_owned()).collect(),
             ttl: Duration::from_secs(600),
             v1: false,
+            cnf_x5t: None,
         })?;
         Ok(Some(token))
     }

@@ -144,11 +144,13 @@ impl Inbound {
         }
         let loaded = self.layers.policy.current();
         let oauth = self.layers.oauth.load_full();
+        let leaf_sha256 = open.peer.chain.first().map(|leaf| crate::layers::oauth::thumbprint_s256(leaf));
         let facts = RequestFacts {
             caller: &open.peer.id,
             method: request.method.as_str(),
             path: &request.path,
             headers: &headers,
+            leaf_sha256: Some(leaf_sha256.as_deref().unwrap_or_default()),
         };
         let mut trace = pipeline::Trace::default();
         let verdict =
