@@ -23,6 +23,7 @@ mod sidecar {
     pub mod governance;
     pub mod handshakes;
     pub mod hostile;
+    pub mod issuers;
     pub mod jwt;
     pub mod layout;
     pub mod mesh;

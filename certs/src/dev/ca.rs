@@ -61,8 +61,7 @@ impl JwtKey {
     }
 
     fn from_pem_for(pem: String, alg: Algorithm) -> Result<Self, DevError> {
-        let encoding = encoding_key(&pem, alg)?;
-        let kid = Jwk::from_encoding_key(&encoding, alg)?.thumbprint(ThumbprintHash::SHA256)?;
+        let kid = public_jwk(&pem, alg)?.thumbprint(ThumbprintHash::SHA256)?;
         Ok(Self { pem, kid, alg })
     }
 
@@ -81,7 +80,7 @@ impl JwtKey {
 
     /// The public key as a JWK with `kid`, `alg` and `use: sig`.
     pub fn jwk(&self) -> Result<Jwk, DevError> {
-        let mut jwk = Jwk::from_encoding_key(&encoding_key(&self.pem, self.alg)?, self.alg)?;
+        let mut jwk = public_jwk(&self.pem, self.alg)?;
         jwk.common.key_id = Some(self.kid.clone());
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
         Ok(jwk)
@@ -104,6 +103,19 @@ impl JwtKey {
     pub fn public_pem(&self) -> Result<String, DevError> {
         Ok(KeyPair::from_pem(&self.pem)?.public_key_pem())
     }
+}
+
+/// The public JWK (with `alg`) of a private key in PEM. Ed25519's is built
+/// from the raw public key: jsonwebtoken only reads PKCS#8 v1 for it.
+fn public_jwk(pem: &str, alg: Algorithm) -> Result<Jwk, DevError> {
+    if alg != Algorithm::EdDSA {
+        return Ok(Jwk::from_encoding_key(&encoding_key(pem, alg)?, alg)?);
+    }
+    use base64::Engine;
+    let raw = KeyPair::from_pem(pem)?.public_key_raw().to_vec();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA"});
+    serde_json::from_value(jwk).map_err(|e| DevError::Serve(format!("Ed25519 JWK: {e}")))
 }
 
 fn encoding_key(pem: &str, alg: Algorithm) -> Result<EncodingKey, DevError> {
