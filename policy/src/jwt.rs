@@ -363,9 +363,12 @@ pub fn bound_to(claims: &Claims, entry: &Entry) -> Option<bool> {
     let same = |a: &str, b: &str| if claims.entra { a.eq_ignore_ascii_case(b) } else { a == b };
     let by_agent_id = entry.agent_id.as_deref().is_some_and(|id| agent.is_some_and(|a| same(a, id)));
     let by_oid = claims.entra
-        && entry.entra_agent_id.as_deref().is_some_and(|id| claims.oid.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(id)));
-    let by_app_id =
-        claims.entra && entry.entra_app_id.as_deref().is_some_and(|id| agent.is_some_and(|a| a.eq_ignore_ascii_case(id)));
+        && entry
+            .entra_agent_id
+            .as_deref()
+            .is_some_and(|id| claims.oid.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(id)));
+    let by_app_id = claims.entra
+        && entry.entra_app_id.as_deref().is_some_and(|id| agent.is_some_and(|a| a.eq_ignore_ascii_case(id)));
     Some(by_agent_id || by_oid || by_app_id)
 }
 

@@ -99,7 +99,8 @@ fn bench(c: &mut Criterion) {
     let mut run = || {
         assert!(allowlist.allows(&caller) && SystemTime::now() < not_after);
         let path = CanonicalPath::parse("/budget/read", PathOptions::default()).unwrap();
-        let facts = RequestFacts { caller: &caller, method: "GET", path: &path, headers: &headers, leaf_sha256: Some("") };
+        let facts =
+            RequestFacts { caller: &caller, method: "GET", path: &path, headers: &headers, leaf_sha256: Some("") };
         // Warm caches: nothing awaits, so the future completes on first poll.
         let mut trace = pipeline::Trace::default();
         let result =

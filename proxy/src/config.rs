@@ -275,9 +275,10 @@ impl JwtSection {
     /// Every issuer's rules, the Entra one first.
     pub fn issuer_configs(&self) -> Vec<policy::jwt::IssuerConfig> {
         let leeway = self.leeway.as_secs();
-        let entra = self.entra.iter().map(|e| {
-            policy::jwt::IssuerConfig::entra(&e.authority, &e.tenant_id, e.audiences.clone(), leeway)
-        });
+        let entra = self
+            .entra
+            .iter()
+            .map(|e| policy::jwt::IssuerConfig::entra(&e.authority, &e.tenant_id, e.audiences.clone(), leeway));
         let others = self.issuers.iter().map(|i| policy::jwt::IssuerConfig {
             name: std::sync::Arc::from(i.name.as_str()),
             kind: policy::jwt::IssuerKind::Oidc,
@@ -570,7 +571,8 @@ impl Ctx<'_> {
         let entra = if raw.tenant_id.is_some() || raw.issuers.is_empty() {
             Some(self.entra_issuer(raw.tenant_id, raw.audiences, raw.authority)?)
         } else {
-            for (field, set) in [("jwt.audiences", raw.audiences.is_some()), ("jwt.authority", raw.authority.is_some())] {
+            for (field, set) in [("jwt.audiences", raw.audiences.is_some()), ("jwt.authority", raw.authority.is_some())]
+            {
                 if set {
                     return Err(self.invalid(field, "is for the Entra issuer: set `jwt.tenant_id` too"));
                 }
@@ -612,10 +614,10 @@ impl Ctx<'_> {
         audiences: Option<Vec<String>>,
         authority: Option<String>,
     ) -> Result<EntraIssuer, Error> {
-        let tenant_id = tenant_id
-            .filter(|t| !t.is_empty())
-            .or_else(|| self.env.get("AZURE_TENANT_ID"))
-            .ok_or_else(|| self.invalid("jwt.tenant_id", "required (or set AZURE_TENANT_ID, or configure `jwt.issuers`)"))?;
+        let tenant_id =
+            tenant_id.filter(|t| !t.is_empty()).or_else(|| self.env.get("AZURE_TENANT_ID")).ok_or_else(|| {
+                self.invalid("jwt.tenant_id", "required (or set AZURE_TENANT_ID, or configure `jwt.issuers`)")
+            })?;
         if !tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')) {
             return Err(self.invalid("jwt.tenant_id", format!("`{tenant_id}` is not a tenant ID")));
         }
@@ -658,15 +660,12 @@ impl Ctx<'_> {
             Some(names) => names
                 .iter()
                 .map(|name| {
-                    name.parse()
-                        .ok()
-                        .filter(|alg| policy::jwt::ALGORITHMS.contains(alg))
-                        .ok_or_else(|| {
-                            self.invalid(
-                                &field("algorithms"),
-                                format!("`{name}` is not one of RS256, PS256, ES256, EdDSA (never `none` or HMAC)"),
-                            )
-                        })
+                    name.parse().ok().filter(|alg| policy::jwt::ALGORITHMS.contains(alg)).ok_or_else(|| {
+                        self.invalid(
+                            &field("algorithms"),
+                            format!("`{name}` is not one of RS256, PS256, ES256, EdDSA (never `none` or HMAC)"),
+                        )
+                    })
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -690,15 +689,7 @@ impl Ctx<'_> {
             Some(name) => name,
             None => issuer.clone(),
         };
-        Ok(IssuerSection {
-            name,
-            issuer,
-            jwks_uri: raw.jwks_uri,
-            audiences,
-            algorithms,
-            agent_claims,
-            roles_claim,
-        })
+        Ok(IssuerSection { name, issuer, jwks_uri: raw.jwks_uri, audiences, algorithms, agent_claims, roles_claim })
     }
 
     fn entra(

@@ -199,3 +199,36 @@ fn selectors_use_the_segment_boundary() {
     assert!(!RulePath::Exact("/budget/read".into()).matches("/budget/readx"));
     assert!(!RulePath::Exact("/budget/read".into()).matches("/budget/read/x"));
 }
+
+#[test]
+fn agent_id_and_bound_tokens_are_checked() {
+    let doc = |rest: &str| {
+        PolicyDoc::from_yaml(
+            &format!(
+                "version: '1'\ntrust_domain: td.example\ndefault_action: deny\npolicies:\n  - {{name: a, spiffe_id: 'spiffe://td.example/a', {rest}}}"
+            ),
+            &|_| None,
+        )
+    };
+    let ok = doc("agent_id: budget-report, rules: [{path: /p, methods: [GET], action: allow, require_jwt: true, require_bound_token: true}]").unwrap();
+    let entry = ok.entries.first().unwrap();
+    assert_eq!(entry.agent_id.as_deref(), Some("budget-report"));
+    assert_eq!(entry.rules.first().unwrap().require_bound_token, Some(true));
+    let from_env = PolicyDoc::from_yaml(
+        "version: '1'\ntrust_domain: td.example\ndefault_action: deny\npolicies:\n  - {name: my-agent, spiffe_id: 'spiffe://td.example/a', rules: []}",
+        &|name| (name == "AGENT_ID_MY_AGENT").then(|| "from-env".to_owned()),
+    )
+    .unwrap();
+    assert_eq!(from_env.entries.first().unwrap().agent_id.as_deref(), Some("from-env"));
+    for (rest, want) in [
+        ("agent_id: 'two words', rules: []", "`agent_id`: must be at most 256 characters"),
+        ("agent_id: '<report-agent>', rules: []", "`agent_id`: holds the placeholder `<report-agent>`: set AGENT_ID_A"),
+        (
+            "rules: [{path: /p, methods: [GET], action: allow, require_bound_token: true}]",
+            "`rules[0].require_bound_token`: binds a token: it needs `require_jwt: true`",
+        ),
+    ] {
+        let error = doc(rest).unwrap_err().to_string();
+        assert!(error.contains(want), "{rest}\n=> {error}");
+    }
+}

@@ -107,7 +107,8 @@ pub async fn explain_with(sidecar: Parts<'_>, question: &Question<'_>) -> Result
         headers.insert(AUTHORIZATION, value);
     }
     let loaded = sidecar.policy.current();
-    let facts = RequestFacts { caller: &caller, method: method.as_str(), path: &path, headers: &headers, leaf_sha256: None };
+    let facts =
+        RequestFacts { caller: &caller, method: method.as_str(), path: &path, headers: &headers, leaf_sha256: None };
     let mut trace = Trace::default();
     let result = pipeline::evaluate(&loaded, sidecar.oauth, sidecar.governor, facts, None, &mut trace).await;
     let denied = result.err().map(|denial| denial.reason);

@@ -230,7 +230,10 @@ fn the_reference_deployments_environment_fills_jwt_and_entra() {
     assert_eq!(entra_jwt.tenant_id, "11111111-2222-3333-4444-555555555555");
     assert_eq!(entra_jwt.audiences, ["api://budget-backend", "99999999-0000-0000-0000-000000000001"]);
     let entra = config.entra.unwrap();
-    assert_eq!((entra.client_id.as_str(), entra.tenant_id.as_str()), ("budget-backend-client", entra_jwt.tenant_id.as_str()));
+    assert_eq!(
+        (entra.client_id.as_str(), entra.tenant_id.as_str()),
+        ("budget-backend-client", entra_jwt.tenant_id.as_str())
+    );
     assert_eq!(
         entra.assertion,
         AssertionSource::File(PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token"))
@@ -278,6 +281,70 @@ fn a_console_config_names_the_field_it_refuses() {
         let path = dir.path().join("console.yaml");
         std::fs::write(&path, &yaml).unwrap();
         let error = crate::config::ConsoleConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains(want), "{yaml}\n=> {error}");
+    }
+}
+
+#[test]
+fn issuers_beyond_entra_with_their_defaults_and_the_fields_they_refuse() {
+    let env = MapEnv::default();
+    let yaml = "identity: {socket: unix:///x}
+jwt:
+  require_bound_tokens: true
+  issuers:
+    - {issuer: 'https://kc.example/realms/agents', audiences: [api], algorithms: [ES256, PS256], roles_claim: realm_access.roles}
+    - {name: auth0, issuer: 'https://tenant.auth0.example/', jwks_uri: 'https://tenant.auth0.example/.well-known/jwks.json', audiences: [b], agent_claim: 'https://a2a.example/agent_id', roles_claim: permissions}";
+    let jwt = parse(yaml, &env).unwrap().jwt.unwrap();
+    assert!(jwt.entra.is_none(), "no tenant_id and other issuers: no Entra issuer");
+    assert!(jwt.require_bound_tokens);
+    let [kc, a0] = jwt.issuers.as_slice() else { panic!("two issuers") };
+    assert_eq!(kc.name, "https://kc.example/realms/agents", "the issuer names itself by default");
+    assert_eq!(kc.algorithms, [jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::PS256]);
+    assert_eq!(
+        (kc.agent_claims.as_slice(), kc.roles_claim.as_str()),
+        (&["azp".into(), "client_id".into()][..], "realm_access.roles")
+    );
+    assert_eq!(kc.jwks_uri, None);
+    assert_eq!(a0.algorithms, [jsonwebtoken::Algorithm::RS256], "RS256 by default");
+    assert_eq!(a0.agent_claims, ["https://a2a.example/agent_id"]);
+    let sources = crate::layers::oauth::key_sources(&jwt);
+    let ats: Vec<_> = sources.iter().map(|s| s.at.clone()).collect();
+    assert_eq!(
+        ats,
+        [
+            crate::facts::jwks::KeysAt::Discovery {
+                url: "https://kc.example/realms/agents/.well-known/openid-configuration".into(),
+                issuer: Some("https://kc.example/realms/agents".into()),
+            },
+            crate::facts::jwks::KeysAt::Jwks("https://tenant.auth0.example/.well-known/jwks.json".into()),
+        ]
+    );
+
+    let with = |issuer: &str| format!("identity: {{socket: unix:///x}}\njwt:\n  issuers:\n    - {issuer}");
+    let ok = "issuer: 'https://i.example', audiences: [a]";
+    for (yaml, want) in [
+        (with("{audiences: [a]}"), "`jwt.issuers[0].issuer`: required"),
+        (with("{issuer: 'http://i.example', audiences: [a]}"), "`jwt.issuers[0].issuer`"),
+        (with("{issuer: 'https://i.example'}"), "`jwt.issuers[0].audiences`"),
+        (with(&format!("{{{ok}, algorithms: [none]}}")), "`jwt.issuers[0].algorithms`: `none` is not one of"),
+        (with(&format!("{{{ok}, algorithms: [HS256]}}")), "never `none` or HMAC"),
+        (with(&format!("{{{ok}, algorithms: []}}")), "`jwt.issuers[0].algorithms`: at least one"),
+        (with(&format!("{{{ok}, jwks_uri: 'http://keys.example/jwks'}}")), "`jwt.issuers[0].jwks_uri`"),
+        (with(&format!("{{{ok}, roles_claim: 'realm_access..roles'}}")), "`jwt.issuers[0].roles_claim`"),
+        (with(&format!("{{{ok}, agent_claim: ''}}")), "`jwt.issuers[0].agent_claim`"),
+        (with(&format!("{{{ok}, colour: blue}}")), "unknown field `colour`"),
+        (format!("{}\n    - {{{ok}}}", with(&format!("{{{ok}}}"))), "`jwt.issuers[1].issuer`: is configured twice"),
+        (
+            format!("{}\n    - {{name: x, issuer: 'https://j.example', audiences: [a]}}", with(&format!("{{name: x, {ok}}}"))),
+            "`jwt.issuers[1].name`: `x` is taken",
+        ),
+        (format!("{}\n  audiences: [a]", with(&format!("{{{ok}}}"))), "`jwt.audiences`: is for the Entra issuer"),
+        (
+            "identity: {socket: unix:///x}\njwt:\n  tenant_id: t\n  audiences: [a]\n  issuers: [{issuer: 'https://sts.windows.net/t/', audiences: [a]}]".into(),
+            "`jwt.issuers[0].issuer`: is configured twice",
+        ),
+    ] {
+        let error = parse(&yaml, &env).unwrap_err().to_string();
         assert!(error.contains(want), "{yaml}\n=> {error}");
     }
 }

@@ -283,14 +283,13 @@ impl Inbound {
         let Layers { policy, oauth, governor, .. } = &self.layers;
         let loaded = policy.current();
         let oauth = oauth.load_full();
-        let facts =
-            RequestFacts {
-                caller: &conn.peer.id,
-                method: request.method().as_str(),
-                path,
-                headers: request.headers(),
-                leaf_sha256: Some(&conn.leaf_sha256),
-            };
+        let facts = RequestFacts {
+            caller: &conn.peer.id,
+            method: request.method().as_str(),
+            path,
+            headers: request.headers(),
+            leaf_sha256: Some(&conn.leaf_sha256),
+        };
         let result =
             pipeline::evaluate(&loaded, oauth.as_deref(), governor, facts, Some(&self.metrics), &mut log.trace).await;
         match result {

@@ -88,8 +88,12 @@ impl Jwks {
     /// Keys that are never fetched (`explain` reads them from a file): a
     /// token naming another `kid` is invalid.
     pub fn offline(keys: Option<KeySet>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let settings =
-            JwksSettings { name: Arc::from("offline"), at: KeysAt::Jwks(String::new()), refresh: Duration::MAX, refetch_interval: Duration::MAX };
+        let settings = JwksSettings {
+            name: Arc::from("offline"),
+            at: KeysAt::Jwks(String::new()),
+            refresh: Duration::MAX,
+            refetch_interval: Duration::MAX,
+        };
         Arc::new(Self {
             settings,
             client: None,

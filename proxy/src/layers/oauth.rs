@@ -84,7 +84,8 @@ pub fn key_sources(section: &JwtSection) -> Vec<JwksSettings> {
 impl Oauth {
     /// `jwks`: one key provider per issuer, in the order of [`key_sources`].
     pub fn new(section: &JwtSection, jwks: Vec<Arc<Jwks>>) -> Self {
-        let issuers = section.issuer_configs().into_iter().zip(jwks).map(|(config, jwks)| Issuer { config, jwks }).collect();
+        let issuers =
+            section.issuer_configs().into_iter().zip(jwks).map(|(config, jwks)| Issuer { config, jwks }).collect();
         let cache = moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build();
         Self {
             issuers,
@@ -247,5 +248,77 @@ mod tests {
         assert_eq!(reason(&["Bearer"]), Err(Reason::JwtInvalid));
         assert_eq!(reason(&["Bearer "]), Err(Reason::JwtInvalid));
         assert_eq!(reason(&["Bearerabc"]), Err(Reason::JwtInvalid));
+    }
+
+    /// A JWKS with every kind of key: only RSA, P-256 and Ed25519 signing
+    /// keys with a `kid` are kept, and each verifies only its own algorithm.
+    #[cfg(feature = "dev")]
+    #[test]
+    fn a_jwks_with_mixed_key_types_keeps_only_signing_keys_it_can_use() {
+        use certs::dev::JwtKey;
+        use jsonwebtoken::Algorithm;
+        use policy::jwt::{IssuerConfig, KeySet};
+        use serde_json::json;
+
+        let rsa = JwtKey::generate_for(Algorithm::RS256).unwrap();
+        let ec = JwtKey::generate_for(Algorithm::ES256).unwrap();
+        let ed = JwtKey::generate_for(Algorithm::EdDSA).unwrap();
+        let jwk = |k: &JwtKey| serde_json::to_value(k.jwk().unwrap()).unwrap();
+        let mut no_kid = jwk(&rsa);
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let mut encryption = jwk(&rsa);
+        encryption["kid"] = json!("enc");
+        encryption["use"] = json!("enc");
+        let mut oaep = jwk(&rsa);
+        oaep["kid"] = json!("oaep");
+        oaep["alg"] = json!("RSA-OAEP");
+        let p384 = json!({"kty": "EC", "crv": "P-384", "kid": "p384", "x": "AAAA", "y": "AAAA"});
+        let oct = json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"});
+        let set = json!({"keys": [jwk(&rsa), jwk(&ec), jwk(&ed), no_kid, encryption, oaep, p384, oct]});
+        let keys = KeySet::from_jwks(set.to_string().as_bytes()).unwrap();
+        let mut kids: Vec<&str> = keys.kids().collect();
+        kids.sort_unstable();
+        let mut want = vec![rsa.kid(), ec.kid(), ed.kid()];
+        want.sort_unstable();
+        assert_eq!(kids, want);
+
+        let mut config = IssuerConfig::entra("https://login.example", "t", vec!["a".into()], 60);
+        config.kind = policy::jwt::IssuerKind::Oidc;
+        config.iss = vec!["https://i.example".into()];
+        config.algorithms = policy::jwt::ALGORITHMS.to_vec();
+        let now = jwt::unix_now();
+        let claims = json!({"iss": "https://i.example", "aud": "a", "exp": now + 60});
+        for key in [&rsa, &ec, &ed] {
+            let token = key.sign(&claims).unwrap();
+            assert!(jwt::verify(&token, &keys, &config, now).unwrap().is_some(), "{:?}", key.alg());
+        }
+        // A header naming one key with another key's algorithm.
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some(ec.kid().to_owned());
+        let crossed = rsa.sign_with_header(&header, &claims).unwrap();
+        assert_eq!(jwt::verify(&crossed, &keys, &config, now).unwrap_err().detail, "algorithm does not match the key");
+        // PS256 with an RSA key whose JWK says RS256.
+        let mut header = jsonwebtoken::Header::new(Algorithm::PS256);
+        header.kid = Some(rsa.kid().to_owned());
+        let pss = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_pem(rsa.pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(jwt::verify(&pss, &keys, &config, now).unwrap_err().detail, "algorithm does not match the key");
+        // An HMAC token naming the RSA key (its public key as the secret: the classic confusion).
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(rsa.kid().to_owned());
+        let hmac = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(rsa.public_pem().unwrap().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            jwt::verify(&hmac, &keys, &config, now).unwrap_err().detail,
+            "algorithm not allowed for this issuer"
+        );
     }
 }

@@ -199,7 +199,8 @@ policies:
                 headers.insert(hyper::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
             }
             let path = CanonicalPath::parse(path, PathOptions::default()).unwrap();
-            let facts = RequestFacts { caller: &self.caller, method, path: &path, headers: &headers, leaf_sha256: None };
+            let facts =
+                RequestFacts { caller: &self.caller, method, path: &path, headers: &headers, leaf_sha256: None };
             let mut trace = Trace::default();
             let judged = evaluate(&self.loaded, Some(&self.oauth), &self.governor, facts, None, &mut trace);
             // Nothing here waits on the network: the future is ready at once.

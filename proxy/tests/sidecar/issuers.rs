@@ -78,7 +78,8 @@ impl Stand {
             a0 = auth0.issuer(),
             a0_jwks = auth0.jwks_uri(),
         );
-        let yaml = mesh.sidecar_yaml("issuers", mesh.app.addr).replace(&super::mesh::jwt_yaml(&mesh.idp.authority()), &jwt);
+        let yaml =
+            mesh.sidecar_yaml("issuers", mesh.app.addr).replace(&super::mesh::jwt_yaml(&mesh.idp.authority()), &jwt);
         assert!(yaml.contains("issuers:"), "{yaml}");
         let sidecar = mesh.start_sidecar("issuers", &yaml).await;
         Self { mesh, sidecar, keycloak, auth0, _tasks: vec![kc_task, a0_task] }
@@ -205,7 +206,14 @@ async fn tokens_of_three_issuers_each_verified_by_their_own_keys_and_claim_shape
 
     // /mgmt/oauth-status lists every issuer with its keys.
     let mgmt = stand.sidecar.mgmt_addr.unwrap();
-    let status = super::support::http(mgmt, "GET", "x", "/mgmt/oauth-status", &[("x-spiffe-admin-key", super::mesh::VIEWER_KEY)]).await;
+    let status = super::support::http(
+        mgmt,
+        "GET",
+        "x",
+        "/mgmt/oauth-status",
+        &[("x-spiffe-admin-key", super::mesh::VIEWER_KEY)],
+    )
+    .await;
     let names: Vec<String> =
         status.json()["issuers"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_owned()).collect();
     assert_eq!(names, ["entra", "keycloak", "auth0"], "{}", status.body);
@@ -237,7 +245,12 @@ async fn a_certificate_bound_token_only_works_on_a_connection_with_that_certific
     let stolen = stand.keycloak.token(&spec(KC_AUDIENCE, "budget-report", read, Some(&elsewhere))).unwrap();
     assert_eq!(outcome(&stand.get(&report, "/read", &stolen).await), (401, "jwt_not_bound".into()));
     let mut claims = stand.keycloak.claims(&spec(KC_AUDIENCE, "budget-report", read, None));
-    for cnf in [json!("x5t"), json!({"x5t#S256": 7}), json!({"x5t#S256": "short"}), json!({"x5t#S256": format!("{thumbprint}=")})] {
+    for cnf in [
+        json!("x5t"),
+        json!({"x5t#S256": 7}),
+        json!({"x5t#S256": "short"}),
+        json!({"x5t#S256": format!("{thumbprint}=")}),
+    ] {
         claims["cnf"] = cnf.clone();
         let got = outcome(&stand.get(&report, "/read", &forged(&stand.keycloak, &claims)).await);
         assert_eq!(got, (401, "jwt_not_bound".into()), "malformed cnf {cnf}");

@@ -163,7 +163,10 @@ impl DevIssuer {
 }
 
 /// Starts an issuer of `shape` signing with `alg` on 127.0.0.1:0.
-pub async fn start(shape: Shape, alg: Algorithm) -> anyhow::Result<(Arc<DevIssuer>, SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn start(
+    shape: Shape,
+    alg: Algorithm,
+) -> anyhow::Result<(Arc<DevIssuer>, SocketAddr, tokio::task::JoinHandle<()>)> {
     use crate::dataplane::server::{Listener, serve_http1};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
