@@ -165,7 +165,10 @@ fn layer_lines(
         Some(reason) => format!("{reason}: {}", trace.jwt.error.as_deref().unwrap_or("refused")),
         None if trace.jwt.valid => {
             let azp = trace.jwt.azp.as_deref().unwrap_or("?");
-            format!("valid token (azp {azp}, roles {:?})", trace.jwt.roles)
+            let issuer = trace.jwt.issuer.as_deref().unwrap_or("?");
+            // No connection here: a certificate binding is not compared.
+            let bound = if trace.jwt.bound { ", bound to a certificate (not compared by explain)" } else { "" };
+            format!("valid token (issuer {issuer}, agent {azp}, roles {:?}{bound})", trace.jwt.roles)
         }
         None => "no JWT required by the matched rule".to_owned(),
     };

@@ -110,6 +110,8 @@ pub async fn evaluate(
             trace.jwt.valid = true;
             trace.token_exp = Some(claims.exp);
             trace.jwt.azp = claims.client_id.clone();
+            trace.jwt.issuer = Some(claims.issuer.clone());
+            trace.jwt.bound = matches!(claims.cnf, policy::jwt::CertBinding::X5tS256(_));
             trace.jwt.roles = claims.roles.clone();
             Some(claims)
         }

@@ -29,8 +29,13 @@ pub use subscribers::{Next, STALL_LIMIT, Subscription};
 pub struct JwtAudit {
     pub present: bool,
     pub valid: bool,
+    /// The configured name of the issuer that signed it (`entra`, ...).
+    pub issuer: Option<Arc<str>>,
+    /// The agent claim (`azp`/`appid` for Entra, the issuer's `agent_claim`).
     pub azp: Option<Arc<str>>,
     pub roles: Arc<[String]>,
+    /// RFC 8705: bound to (and presented with) the caller's certificate.
+    pub bound: bool,
     pub error: Option<String>,
 }
 
