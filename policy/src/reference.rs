@@ -103,6 +103,8 @@ pub struct Rule {
     pub require_jwt: bool,
     pub required_roles: Vec<String>,
     pub required_tags: BTreeMap<String, String>,
+    /// `ask_pdp: true`: with `authzen.pdp.rules: marked`, the external PDP is asked.
+    pub ask_pdp: bool,
 }
 
 /// One caller policy (domestic or federated).

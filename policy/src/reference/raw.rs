@@ -84,4 +84,7 @@ pub struct RawRule {
     pub required_roles: Vec<String>,
     #[serde(default)]
     pub required_tags: BTreeMap<String, String>,
+    /// With `authzen.pdp.rules: marked`, only these rules ask the external PDP.
+    #[serde(default)]
+    pub ask_pdp: bool,
 }

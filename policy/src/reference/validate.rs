@@ -264,6 +264,7 @@ fn rule(p: &mut Problems, label: &str, j: usize, r: &RawRule) -> Option<Rule> {
         require_jwt: r.require_jwt,
         required_roles: r.required_roles.clone(),
         required_tags: r.required_tags.clone(),
+        ask_pdp: r.ask_pdp,
     })
 }
 

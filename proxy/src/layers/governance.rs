@@ -343,6 +343,7 @@ mod tests {
             require_jwt: true,
             required_roles: Vec::new(),
             required_tags: BTreeMap::from([("dept".into(), "finance".into()), ("tier".into(), "gold".into())]),
+            ask_pdp: false,
         };
         let claims = |pairs: &[(&str, &str)]| Claims {
             kid: "k".into(),

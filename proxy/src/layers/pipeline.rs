@@ -1,5 +1,6 @@
 //! Layers 2 to 4 for one request, on one snapshot of the policy: RBAC, the
-//! token the matched rule requires, then risk and tags. Layer 1 (the
+//! token the matched rule requires, then risk and tags; then, when they
+//! allow, the external AuthZEN PDP (`authzen.pdp`). Layer 1 (the
 //! allow-list and the caller's certificate) has already run at the
 //! handshake and per request.
 
@@ -12,6 +13,7 @@ use policy::{CanonicalPath, Reason};
 use crate::config::PolicyMode;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::{Oauth, Outcome};
+use crate::layers::pdp::{Pdp, PdpAudit, Question};
 use crate::layers::rbac::Loaded;
 use crate::observe::metrics::Metrics;
 
@@ -30,6 +32,8 @@ pub struct Trace {
     /// When the token that allowed the request expires (unix seconds): a
     /// stream it opened ends then.
     pub token_exp: Option<u64>,
+    /// The external PDP's part, when it was asked.
+    pub pdp: Option<PdpAudit>,
 }
 
 /// The first layer that denied, and the policies that decided.
@@ -46,6 +50,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     pub path: &'a CanonicalPath,
     pub headers: &'a HeaderMap,
+    /// Our request id, sent to the external PDP (`X-Request-ID`).
+    pub request_id: Option<&'a str>,
 }
 
 /// What `policy.mode` makes of a deny: `Err` (refused) in enforce mode;
@@ -58,13 +64,16 @@ pub fn apply_mode(mode: PolicyMode, denial: Reason) -> Result<Reason, Reason> {
     }
 }
 
-/// Layer 2, Layer 3, then Layers 4a and 4b; the first deny wins. `oauth`
-/// is `None` without a `jwt` section (a policy that needs tokens is refused
-/// at load time then; this fails closed anyway).
+/// Layer 2, Layer 3, then Layers 4a and 4b, then the external PDP (`pdp`,
+/// when configured and the matched rule is one it applies to); the first
+/// deny wins. `oauth` is `None` without a `jwt` section (a policy that
+/// needs tokens is refused at load time then; this fails closed anyway).
+#[allow(clippy::too_many_arguments)]
 pub async fn evaluate(
     loaded: &Loaded,
     oauth: Option<&Oauth>,
     governor: &Governor,
+    pdp: Option<&Pdp>,
     request: RequestFacts<'_>,
     metrics: Option<&Metrics>,
     trace: &mut Trace,
@@ -119,7 +128,21 @@ pub async fn evaluate(
     let found = governor.check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref()).await;
     trace.risk_level = found.risk_level;
     trace.caller_tag = found.caller_tag;
-    found.verdict.map_err(|reason| deny(reason, trace))
+    found.verdict.map_err(|reason| deny(reason, trace))?;
+    let Some(pdp) = pdp.filter(|p| p.applies(rule)) else { return Ok(()) };
+    let claims = claims.as_deref().map(|c| (c.client_id.as_deref(), &*c.roles));
+    let question = Question {
+        caller: request.caller,
+        agent_id: entry.entra_agent_id.as_deref(),
+        method: request.method,
+        path: request.path.as_str(),
+        claims,
+        request_id: request.request_id,
+    };
+    let mut audit = PdpAudit::default();
+    let decided = pdp.decide(question, &mut audit).await;
+    trace.pdp = Some(audit);
+    decided.map_err(|reason| deny(reason, trace))
 }
 
 #[cfg(test)]
@@ -196,9 +219,9 @@ policies:
                 headers.insert(hyper::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
             }
             let path = CanonicalPath::parse(path, PathOptions::default()).unwrap();
-            let facts = RequestFacts { caller: &self.caller, method, path: &path, headers: &headers };
+            let facts = RequestFacts { caller: &self.caller, method, path: &path, headers: &headers, request_id: None };
             let mut trace = Trace::default();
-            let judged = evaluate(&self.loaded, Some(&self.oauth), &self.governor, facts, None, &mut trace);
+            let judged = evaluate(&self.loaded, Some(&self.oauth), &self.governor, None, facts, None, &mut trace);
             // Nothing here waits on the network: the future is ready at once.
             let result = judged.now_or_never().expect("no remote call");
             (result.err().map(|d| d.reason), trace)

@@ -149,10 +149,12 @@ impl Inbound {
             method: request.method.as_str(),
             path: &request.path,
             headers: &headers,
+            request_id: Some(&request.request_id),
         };
         let mut trace = pipeline::Trace::default();
+        // The external PDP was asked when the stream opened; re-checks judge Layers 2-4 only.
         let verdict =
-            pipeline::evaluate(&loaded, oauth.as_deref(), &self.layers.governor, facts, None, &mut trace).await;
+            pipeline::evaluate(&loaded, oauth.as_deref(), &self.layers.governor, None, facts, None, &mut trace).await;
         match (verdict, loaded.mode) {
             (Ok(()), _) => Ok(()),
             (Err(denial), PolicyMode::Shadow) => {
