@@ -225,7 +225,20 @@ impl Mgmt {
             response.headers_mut().insert(header::ALLOW, route.allow());
             return response;
         }
-        match self.authenticate(req.headers(), remote, peer.as_deref(), false) {
+        // AuthZEN clients send credentials as `Authorization: Bearer`: the same keys.
+        let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let bearer = bearer.and_then(|key| HeaderValue::from_bytes(key).ok());
+        let headers = match bearer.filter(|_| !req.headers().contains_key("x-spiffe-admin-key")) {
+            Some(key) => {
+                let mut headers = req.headers().clone();
+                headers.insert("x-spiffe-admin-key", key);
+                std::borrow::Cow::Owned(headers)
+            }
+            None => std::borrow::Cow::Borrowed(req.headers()),
+        };
+        let authenticated = self.authenticate(&headers, remote, peer.as_deref(), false);
+        drop(headers);
+        match authenticated {
             Ok(_) => pdp.handle(route, req).await,
             Err(reject) => {
                 let mut response = reject.into_response();
