@@ -275,7 +275,9 @@ impl Running {
             && cfg.rules == crate::config::PdpRules::Marked
             && !store.current().engine.doc().entries.iter().any(|e| e.rules.iter().any(|r| r.ask_pdp))
         {
-            tracing::warn!("authzen.pdp.rules is `marked` but no policy rule has `ask_pdp: true`: the PDP is never asked");
+            tracing::warn!(
+                "authzen.pdp.rules is `marked` but no policy rule has `ask_pdp: true`: the PDP is never asked"
+            );
         }
         Ok(Decisions { allowlist, policy, oauth, governor, tokens, pdp })
     }

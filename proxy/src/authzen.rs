@@ -101,7 +101,8 @@ impl Outcome {
     /// `{"decision", "context": {"layer", "reason", "policy_ids"}}`.
     pub fn to_json(&self) -> Value {
         let layer = if self.decision { Layer::None } else { self.reason.layer() };
-        let mut context = json!({"layer": layer.as_str(), "reason": self.reason.as_str(), "policy_ids": &*self.policy_ids});
+        let mut context =
+            json!({"layer": layer.as_str(), "reason": self.reason.as_str(), "policy_ids": &*self.policy_ids});
         if let (Some(shadow), Some(fields)) = (self.shadow, context.as_object_mut()) {
             fields.insert("shadow_deny".into(), json!(shadow.as_str()));
         }
@@ -164,7 +165,8 @@ impl Service {
         let batch = model::batch(body)?;
         let Some(queries) = batch.queries else {
             // No `evaluations`: the spec's single evaluation, in the single evaluation's shape.
-            let query = batch.single.ok_or_else(|| BadRequest { field: "subject".into(), message: "required".into() })?;
+            let query =
+                batch.single.ok_or_else(|| BadRequest { field: "subject".into(), message: "required".into() })?;
             return Ok(self.decide(&query).await.to_json());
         };
         let mut answers = Vec::with_capacity(queries.len());
@@ -202,17 +204,25 @@ impl Service {
         let loaded = self.policy.current();
         let oauth = self.oauth.load_full();
         let headers = HeaderMap::new();
-        let facts =
-            RequestFacts { caller: &query.caller, method: query.method.as_str(), path: &path, headers: &headers, request_id: None };
+        let facts = RequestFacts {
+            caller: &query.caller,
+            method: query.method.as_str(),
+            path: &path,
+            headers: &headers,
+            request_id: None,
+        };
         let mut trace = Trace::default();
         // The external PDP (`authzen.pdp`) is not asked: this answers for the policy the sidecar holds.
         let result = pipeline::evaluate(&loaded, oauth.as_deref(), &self.governor, None, facts, None, &mut trace).await;
         match result {
             Ok(()) => Outcome { decision: true, reason: Reason::Allowed, policy_ids: trace.policy_ids, shadow: None },
             Err(denial) => match pipeline::apply_mode(loaded.mode, denial.reason) {
-                Ok(shadow) if loaded.mode == PolicyMode::Shadow => {
-                    Outcome { decision: true, reason: Reason::Allowed, policy_ids: denial.policy_ids, shadow: Some(shadow) }
-                }
+                Ok(shadow) if loaded.mode == PolicyMode::Shadow => Outcome {
+                    decision: true,
+                    reason: Reason::Allowed,
+                    policy_ids: denial.policy_ids,
+                    shadow: Some(shadow),
+                },
                 Ok(reason) | Err(reason) => {
                     Outcome { decision: false, reason, policy_ids: denial.policy_ids, shadow: None }
                 }

@@ -119,7 +119,8 @@ pub async fn explain_with(sidecar: Parts<'_>, question: &Question<'_>) -> Result
         headers.insert(AUTHORIZATION, value);
     }
     let loaded = sidecar.policy.current();
-    let facts = RequestFacts { caller: &caller, method: method.as_str(), path: &path, headers: &headers, request_id: None };
+    let facts =
+        RequestFacts { caller: &caller, method: method.as_str(), path: &path, headers: &headers, request_id: None };
     let mut trace = Trace::default();
     let live = match sidecar.pdp {
         PdpPart::Live(pdp) => Some(pdp),

@@ -19,7 +19,12 @@ fn a_single_evaluation_reads_subject_action_resource() {
     assert_eq!(query.caller.as_str(), "spiffe://a.example/c");
     assert_eq!((query.method.as_str(), query.path.as_str()), ("GET", "/budget/read"), "the query is not judged");
     // `resource.type` may be left out; `context` too.
-    assert!(model::single(br#"{"subject": {"id": "spiffe://a.example/c"}, "action": {"name": "POST"}, "resource": {"id": "/"}}"#).is_ok());
+    assert!(
+        model::single(
+            br#"{"subject": {"id": "spiffe://a.example/c"}, "action": {"name": "POST"}, "resource": {"id": "/"}}"#
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -35,7 +40,10 @@ fn each_refusal_names_its_field() {
         (ok(good.0, good.1, r#"{"type": "document", "id": "/p"}"#), "resource.type"),
         (ok(good.0, good.1, r#"{"type": "http_path"}"#), "resource.id"),
         (format!(r#"{{"subject": {}, "action": {}}}"#, good.0, good.1), "resource"),
-        (format!(r#"{{"subject": {}, "action": {}, "resource": {}, "context": 3}}"#, good.0, good.1, good.2), "context"),
+        (
+            format!(r#"{{"subject": {}, "action": {}, "resource": {}, "context": 3}}"#, good.0, good.1, good.2),
+            "context",
+        ),
         ("[1, 2]".to_owned(), ""),
         ("{not json".to_owned(), ""),
     ];
@@ -59,8 +67,7 @@ const BATCH: &str = r#"{
 fn a_batchs_items_override_the_top_level_defaults_in_order() {
     let batch = model::batch(BATCH.as_bytes()).unwrap();
     let queries = batch.queries.unwrap();
-    let seen: Vec<_> =
-        queries.iter().map(|q| (q.caller.as_str(), q.method.as_str(), q.path.as_str())).collect();
+    let seen: Vec<_> = queries.iter().map(|q| (q.caller.as_str(), q.method.as_str(), q.path.as_str())).collect();
     assert_eq!(
         seen,
         [
@@ -71,7 +78,9 @@ fn a_batchs_items_override_the_top_level_defaults_in_order() {
     );
     assert_eq!(batch.semantic, Semantic::ExecuteAll);
     // Without `evaluations`: the single evaluation.
-    let single = model::batch(br#"{"subject": {"id": "spiffe://a.example/c"}, "action": {"name": "GET"}, "resource": {"id": "/"}}"#);
+    let single = model::batch(
+        br#"{"subject": {"id": "spiffe://a.example/c"}, "action": {"name": "GET"}, "resource": {"id": "/"}}"#,
+    );
     assert!(single.unwrap().single.is_some());
     // An item missing what the defaults do not give either names the item's field... or the default's.
     let bad = r#"{"action": {"name": "GET"}, "resource": {"id": "/"}, "evaluations": [{"subject": {"id": "spiffe://a.example/c"}}, {}]}"#;
@@ -85,7 +94,11 @@ fn a_batchs_items_override_the_top_level_defaults_in_order() {
 #[test]
 fn each_semantic_stops_where_the_spec_says() {
     let parse = |s: &str| {
-        let body = BATCH.replacen("\"evaluations\"", &format!("\"options\": {{\"evaluations_semantic\": \"{s}\"}}, \"evaluations\""), 1);
+        let body = BATCH.replacen(
+            "\"evaluations\"",
+            &format!("\"options\": {{\"evaluations_semantic\": \"{s}\"}}, \"evaluations\""),
+            1,
+        );
         model::batch(body.as_bytes()).unwrap().semantic
     };
     assert_eq!(parse("execute_all"), Semantic::ExecuteAll);

@@ -78,7 +78,9 @@ impl Ctx<'_> {
                     ));
                 };
                 if !has_policy {
-                    return Err(self.invalid("authzen.listen", "needs the `policy` section: it answers from the policy"));
+                    return Err(
+                        self.invalid("authzen.listen", "needs the `policy` section: it answers from the policy")
+                    );
                 }
                 if !addr.ip().is_loopback() && mgmt.tls_callers.is_none() {
                     return Err(self.invalid(

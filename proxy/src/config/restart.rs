@@ -6,8 +6,8 @@
 //! added later does not compile here until someone decides which kind it is.
 
 use super::{
-    AuthzenSection, AuditSection, Config, EntraSection, HttpLimits, InboundConfig, JwtSection, LimitsConfig, MgmtSection,
-    OutboundConfig, PolicyConfig, RiskSection, RuntimeConfig, TagsSection, TelemetryConfig,
+    AuditSection, AuthzenSection, Config, EntraSection, HttpLimits, InboundConfig, JwtSection, LimitsConfig,
+    MgmtSection, OutboundConfig, PolicyConfig, RiskSection, RuntimeConfig, TagsSection, TelemetryConfig,
 };
 
 /// What a reload applies at once (everything else needs a restart):

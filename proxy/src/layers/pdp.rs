@@ -323,10 +323,7 @@ pub fn classify(status: u16, body: &[u8]) -> Result<Answer, Failure> {
     }
     let value: Value = serde_json::from_slice(body).map_err(|_| Failure::BadAnswer)?;
     let decision = value.get("decision").and_then(Value::as_bool).ok_or(Failure::BadAnswer)?;
-    let context = value
-        .get("context")
-        .filter(|c| c.is_object())
-        .filter(|c| c.to_string().len() <= MAX_AUDIT_CONTEXT)
-        .cloned();
+    let context =
+        value.get("context").filter(|c| c.is_object()).filter(|c| c.to_string().len() <= MAX_AUDIT_CONTEXT).cloned();
     Ok(Answer { decision, context })
 }

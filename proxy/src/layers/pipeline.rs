@@ -68,7 +68,6 @@ pub fn apply_mode(mode: PolicyMode, denial: Reason) -> Result<Reason, Reason> {
 /// when configured and the matched rule is one it applies to); the first
 /// deny wins. `oauth` is `None` without a `jwt` section (a policy that
 /// needs tokens is refused at load time then; this fails closed anyway).
-#[allow(clippy::too_many_arguments)]
 pub async fn evaluate(
     loaded: &Loaded,
     oauth: Option<&Oauth>,

@@ -181,10 +181,11 @@ async fn the_pdp_is_asked_after_layers_2_to_4_and_its_answer_decides() {
 /// Sidecar B: the reference policy, every test caller allowed but the
 /// intruder, and the PDP listener.
 async fn pdp_sidecar(mesh: &Mesh, env: &MapEnv) -> App {
-    let yaml = backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT, MENUS, APPROVAL, ADMIN_PLANE])
-        .replace("state_file: state.json", "state_file: b-state.json")
-        + &jwt_yaml(&mesh.idp.authority())
-        + "authzen: {listen: '127.0.0.1:0'}\n";
+    let yaml =
+        backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT, MENUS, APPROVAL, ADMIN_PLANE])
+            .replace("state_file: state.json", "state_file: b-state.json")
+            + &jwt_yaml(&mesh.idp.authority())
+            + "authzen: {listen: '127.0.0.1:0'}\n";
     start(mesh, "pdp-b", &yaml, env).await
 }
 
@@ -211,31 +212,37 @@ async fn the_pdp_answers_what_the_data_plane_does_and_serves_another_sidecars_pe
     // `context.claims`) are left to Layer 3's AuthZEN support: here they
     // agree on `jwt_required`, which is what the data plane says without one.
     let rows = [
-        (REPORT, "GET", "/budget/read"),    // jwt_required (JWT row)
-        (REPORT, "POST", "/budget/submit"), // rule_denied
-        (REPORT, "GET", "/budget/submit"),  // no_matching_rule
-        (MENUS, "GET", "/budget/read"),     // rule_denied (deny-all entry)
-        (APPROVAL, "POST", "/budget/submit"), // jwt_required (JWT row)
-        (ADMIN_PLANE, "GET", "/mgmt/health"), // allowed
-        (ADMIN_PLANE, "DELETE", "/mgmt/health"), // no_matching_rule
+        (REPORT, "GET", "/budget/read"),                  // jwt_required (JWT row)
+        (REPORT, "POST", "/budget/submit"),               // rule_denied
+        (REPORT, "GET", "/budget/submit"),                // no_matching_rule
+        (MENUS, "GET", "/budget/read"),                   // rule_denied (deny-all entry)
+        (APPROVAL, "POST", "/budget/submit"),             // jwt_required (JWT row)
+        (ADMIN_PLANE, "GET", "/mgmt/health"),             // allowed
+        (ADMIN_PLANE, "DELETE", "/mgmt/health"),          // no_matching_rule
         (ADMIN_PLANE, "GET", "/mgmt/%2e%2e/budget/read"), // the canonical path decides
-        (INTRUDER, "GET", "/budget/read"),  // not_allowed (Layer 1)
+        (INTRUDER, "GET", "/budget/read"),                // not_allowed (Layer 1)
     ];
     let inbound_addr = b.inbound_addr.unwrap();
     for (caller, method, path) in rows {
-        let (status, headers, answer) = ask(listen, "/access/v1/evaluation", Some(VIEWER_KEY), &evaluation(caller, method, path)).await;
+        let (status, headers, answer) =
+            ask(listen, "/access/v1/evaluation", Some(VIEWER_KEY), &evaluation(caller, method, path)).await;
         assert_eq!(status, 200, "{answer}");
         assert!(headers.contains_key("x-request-id"));
         let reason = answer["context"]["reason"].as_str().unwrap().to_owned();
         match inbound(&mesh, inbound_addr, caller, method, path).await {
-            None => assert_eq!((answer["decision"].clone(), reason.as_str()), (json!(false), "not_allowed"), "{caller}"),
+            None => {
+                assert_eq!((answer["decision"].clone(), reason.as_str()), (json!(false), "not_allowed"), "{caller}")
+            }
             Some(reply) if reply.status == 200 => {
                 assert_eq!(answer["decision"], json!(true), "{caller} {method} {path}: {answer}");
             }
             Some(reply) => {
                 let (layer, denied) = reply.denied();
                 assert_eq!(answer["decision"], json!(false), "{caller} {method} {path}: {answer}");
-                assert_eq!((answer["context"]["layer"].as_str().unwrap(), reason.as_str()), (layer.as_str(), denied.as_str()));
+                assert_eq!(
+                    (answer["context"]["layer"].as_str().unwrap(), reason.as_str()),
+                    (layer.as_str(), denied.as_str())
+                );
             }
         }
     }
@@ -291,7 +298,8 @@ async fn hostile_requests_to_the_pdp_are_refused_and_name_their_field() {
     let (status, _, answer) = ask(listen, "/access/v1/evaluation", Some(VIEWER_KEY), &bad).await;
     assert_eq!((status, answer["field"].as_str()), (400, Some("subject.id")));
     let (status, _, _) =
-        call(listen, "POST", "/access/v1/evaluation", Some(VIEWER_KEY), Some(&good), &[("content-type", "text/plain")]).await;
+        call(listen, "POST", "/access/v1/evaluation", Some(VIEWER_KEY), Some(&good), &[("content-type", "text/plain")])
+            .await;
     assert_eq!(status, 415);
 
     let item = "{}";
@@ -317,7 +325,8 @@ async fn hostile_requests_to_the_pdp_are_refused_and_name_their_field() {
     )
     .await;
     assert_eq!(headers.get("x-request-id").map(|v| v.to_str().unwrap()), Some("pep-42"));
-    let (status, _, meta) = call(listen, "GET", "/.well-known/authzen-configuration", Some(VIEWER_KEY), None, &[]).await;
+    let (status, _, meta) =
+        call(listen, "GET", "/.well-known/authzen-configuration", Some(VIEWER_KEY), None, &[]).await;
     assert_eq!(status, 200);
     assert_eq!(meta["access_evaluation_endpoint"], json!(format!("http://{listen}/access/v1/evaluation")));
     assert_eq!(meta["access_evaluations_endpoint"], json!(format!("http://{listen}/access/v1/evaluations")));

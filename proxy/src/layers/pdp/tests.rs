@@ -13,7 +13,7 @@ fn only_a_2xx_json_object_with_a_boolean_decision_is_an_answer() {
     let allow = classify(200, br#"{"decision": true}"#).unwrap();
     assert_eq!((allow.decision, allow.context), (true, None));
     let deny = classify(200, br#"{"decision": false, "context": {"reason_admin": {"en": "no"}}}"#).unwrap();
-    assert_eq!(deny.decision, false);
+    assert!(!deny.decision);
     assert_eq!(deny.context, Some(json!({"reason_admin": {"en": "no"}})));
     let cases: [(u16, &[u8], Failure); 9] = [
         (200, br#"{"decision": "true"}"#, Failure::BadAnswer),
@@ -111,7 +111,9 @@ async fn serve(fake: Arc<Fake>) -> String {
                     let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
                     let length = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
                         .and_then(|v| v.parse::<usize>().ok())
                         .unwrap_or(0);
                     if body.len() >= length {
@@ -185,7 +187,10 @@ async fn failures_are_unavailable_and_a_deny_is_a_deny() {
         (Fake::new(200, r#"{}"#), Err(Reason::PdpUnavailable)),
         (Fake::new(500, r#"{"decision": true}"#), Err(Reason::PdpUnavailable)),
         (Fake::new(200, "not json"), Err(Reason::PdpUnavailable)),
-        (Fake::new(200, &format!(r#"{{"decision": true, "p": "{}"}}"#, "x".repeat(70_000))), Err(Reason::PdpUnavailable)),
+        (
+            Fake::new(200, &format!(r#"{{"decision": true, "p": "{}"}}"#, "x".repeat(70_000))),
+            Err(Reason::PdpUnavailable),
+        ),
         (Fake::new(200, r#"{"decision": true}"#), Ok(())),
     ];
     for (fake, expected) in cases {
