@@ -23,6 +23,8 @@ pub enum Layer {
     Upstream,
     /// The sidecar's own identity.
     Identity,
+    /// An external AuthZEN PDP, asked after Layers 2-4 allow.
+    Pdp,
 }
 
 /// Why. Each belongs to one layer (see [`Reason::layer`]).
@@ -67,6 +69,9 @@ pub enum Reason {
     AgentTagMismatch,
     MissingRequiredTag,
     TagsUnavailable,
+    // pdp (external AuthZEN decision point)
+    PdpDenied,
+    PdpUnavailable,
     // route
     NoRoute,
     // upstream
@@ -127,6 +132,7 @@ impl Layer {
             Self::Route => "route",
             Self::Upstream => "upstream",
             Self::Identity => "identity",
+            Self::Pdp => "pdp",
         }
     }
 }
@@ -163,6 +169,8 @@ impl Reason {
             Self::AgentTagMismatch => "agent_tag_mismatch",
             Self::MissingRequiredTag => "missing_required_tag",
             Self::TagsUnavailable => "tags_unavailable",
+            Self::PdpDenied => "pdp_denied",
+            Self::PdpUnavailable => "pdp_unavailable",
             Self::NoRoute => "no_route",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamIdentityMismatch => "upstream_identity_mismatch",
@@ -197,6 +205,7 @@ impl Reason {
             | Self::JwksUnavailable => Layer::Oauth,
             Self::AgentDisabled | Self::HighRiskAgentBlocked | Self::RiskUnavailable => Layer::Risk,
             Self::AgentTagMismatch | Self::MissingRequiredTag | Self::TagsUnavailable => Layer::Tags,
+            Self::PdpDenied | Self::PdpUnavailable => Layer::Pdp,
             Self::NoRoute => Layer::Route,
             Self::UpstreamUnavailable
             | Self::UpstreamIdentityMismatch

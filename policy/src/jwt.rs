@@ -349,6 +349,48 @@ pub fn verify(token: &str, keys: &KeySet, config: &IssuerConfig, now: u64) -> Re
     }))
 }
 
+/// The claims a policy decision point needs, in a form that does not
+/// depend on the issuer (AuthZEN `context.claims`): `iss`, `azp` (the agent
+/// claim), `oid`, `roles`, `cnf.x5t#S256` when bound, and the string claims
+/// named in `extra` (a rule's `required_tags`). Never the token.
+pub fn normalized<'a>(claims: &Claims, extra: impl Iterator<Item = &'a str>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in std::iter::once("iss").chain(extra) {
+        if let Some(value) = claims.strings.get(name) {
+            out.insert(name.to_owned(), Value::String(value.clone()));
+        }
+    }
+    if let Some(azp) = &claims.client_id {
+        out.insert("azp".into(), Value::String(azp.to_string()));
+    }
+    if let Some(oid) = claims.oid.as_ref().filter(|_| claims.entra) {
+        out.insert("oid".into(), Value::String(oid.clone()));
+    }
+    out.insert("roles".into(), claims.roles.iter().cloned().map(Value::String).collect());
+    if let CertBinding::X5tS256(x5t) = &claims.cnf {
+        out.insert("cnf".into(), serde_json::json!({ "x5t#S256": x5t }));
+    }
+    out
+}
+
+/// Claims a policy enforcement point already validated, in the form of
+/// [`normalized`] (`iss` picked `config`): no signature, time or audience
+/// to check. `roles` must be an array of strings.
+pub fn asserted(claims: &Map<String, Value>, config: &IssuerConfig) -> Result<Claims, JwtError> {
+    let string = |name: &str| claims.get(name).and_then(Value::as_str);
+    Ok(Claims {
+        issuer: config.name.clone(),
+        entra: matches!(config.kind, IssuerKind::Entra { .. }),
+        kid: String::new(),
+        exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(u64::MAX),
+        oid: string("oid").map(str::to_owned),
+        client_id: string("azp").map(Arc::from),
+        roles: roles_at(claims, "roles")?,
+        strings: claims.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect(),
+        cnf: cert_binding(claims),
+    })
+}
+
 /// Whether the token belongs to the caller's policy `entry`. Any token: its
 /// agent claim is the entry's `agent_id` (exactly; for Entra GUIDs in any
 /// case). Entra tokens also: `oid` is the entry's `entra_agent_id`, or

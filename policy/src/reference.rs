@@ -107,6 +107,8 @@ pub struct Rule {
     /// RFC 8705: the token must be bound to the caller's certificate;
     /// `None` leaves it to the sidecar's `jwt.require_bound_tokens`.
     pub require_bound_token: Option<bool>,
+    /// `ask_pdp: true`: with `authzen.pdp.rules: marked`, the external PDP is asked.
+    pub ask_pdp: bool,
 }
 
 /// One caller policy (domestic or federated).

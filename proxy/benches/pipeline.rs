@@ -99,12 +99,19 @@ fn bench(c: &mut Criterion) {
     let mut run = || {
         assert!(allowlist.allows(&caller) && SystemTime::now() < not_after);
         let path = CanonicalPath::parse("/budget/read", PathOptions::default()).unwrap();
-        let facts =
-            RequestFacts { caller: &caller, method: "GET", path: &path, headers: &headers, leaf_sha256: Some("") };
+        let facts = RequestFacts {
+            caller: &caller,
+            method: "GET",
+            path: &path,
+            headers: &headers,
+            leaf_sha256: Some(""),
+            asserted: None,
+            request_id: None,
+        };
         // Warm caches: nothing awaits, so the future completes on first poll.
         let mut trace = pipeline::Trace::default();
-        let result =
-            pipeline::evaluate(&loaded, Some(&oauth), &governor, facts, Some(&metrics), &mut trace).now_or_never();
+        let result = pipeline::evaluate(&loaded, Some(&oauth), &governor, None, facts, Some(&metrics), &mut trace)
+            .now_or_never();
         assert_eq!(result, Some(Ok(())));
     };
     run(); // warms the decision and token caches (one RSA verification)

@@ -115,8 +115,32 @@ impl Mgmt {
 
     /// Serves `listener` until `shutdown`, then drains for at most `drain`.
     pub async fn serve(self: Arc<Self>, listener: Listener, shutdown: watch::Receiver<bool>, drain: Duration) {
+        self.serve_as(listener, shutdown, drain, None).await;
+    }
+
+    /// The AuthZEN PDP (`authzen.listen`), protected like `/mgmt`: the same
+    /// transport (mTLS with `mgmt.tls.allowed_callers` when set), the same
+    /// keys and failure throttling; any role may ask.
+    pub async fn serve_authzen(
+        self: Arc<Self>,
+        listener: Listener,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+        pdp: Arc<crate::authzen::Service>,
+    ) {
+        self.serve_as(listener, shutdown, drain, Some(pdp)).await;
+    }
+
+    async fn serve_as(
+        self: Arc<Self>,
+        listener: Listener,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+        pdp: Option<Arc<crate::authzen::Service>>,
+    ) {
         server::accept_loop(listener, shutdown, drain, move |tcp, remote, slot, shutdown| {
             let this = self.clone();
+            let pdp = pdp.clone();
             async move {
                 // `loopback_plain`: a TLS client starts with a handshake record (0x16); anything else is plain HTTP.
                 let plain = this.plain_too && {
@@ -125,13 +149,13 @@ impl Mgmt {
                     !matches!(peeked, Ok(Ok(1)) if first[0] == 0x16)
                 };
                 match this.tls.clone().filter(|_| !plain) {
-                    None => this.serve_connection(tcp, remote, None, slot, shutdown).await,
+                    None => this.serve_connection(tcp, remote, None, slot, shutdown, pdp).await,
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             // The verifier accepted a parsable SVID leaf that the allow-list matches.
                             let leaf = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
                             let peer = leaf.and_then(|der| certs::x509::parse_leaf(der).ok()).map(|l| Arc::new(l.id));
-                            this.serve_connection(tls, remote, peer, slot, shutdown).await
+                            this.serve_connection(tls, remote, peer, slot, shutdown, pdp).await
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "mgmt: TLS handshake refused"),
                         Err(_) => tracing::debug!(%remote, "mgmt: TLS handshake timed out"),
@@ -149,13 +173,22 @@ impl Mgmt {
         peer: Option<Arc<certs::SpiffeId>>,
         slot: Slot,
         shutdown: watch::Receiver<bool>,
+        pdp: Option<Arc<crate::authzen::Service>>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Cancelled to close the connection from a handler (a stalled audit stream).
         let cut = CancellationToken::new();
         let handler_cut = cut.clone();
-        let handle = move |req| self.clone().handle(req, remote, peer.clone(), handler_cut.clone());
+        let handle = move |req| {
+            let (this, peer, cut, pdp) = (self.clone(), peer.clone(), handler_cut.clone(), pdp.clone());
+            async move {
+                match pdp {
+                    Some(pdp) => this.handle_authzen(req, remote, peer, &pdp).await,
+                    None => this.handle(req, remote, peer, cut).await,
+                }
+            }
+        };
         server::http1_connection(io, slot, crate::config::LOCAL_LIMITS, shutdown, Some(cut), handle).await;
     }
 
@@ -173,6 +206,47 @@ impl Mgmt {
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
+    }
+
+    /// An AuthZEN request: 404 / 405 first (as `/mgmt`), then a key or an
+    /// SVID with a role (any role), then the PDP.
+    async fn handle_authzen(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        peer: Option<Arc<certs::SpiffeId>>,
+        pdp: &crate::authzen::Service,
+    ) -> Response<Body> {
+        let Some(route) = crate::authzen::Route::find(req.uri().path()) else {
+            return error(StatusCode::NOT_FOUND, "not_found");
+        };
+        if req.method() != route.method() {
+            let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+            response.headers_mut().insert(header::ALLOW, route.allow());
+            return response;
+        }
+        // AuthZEN clients send credentials as `Authorization: Bearer`: the same keys.
+        let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let bearer = bearer.and_then(|key| HeaderValue::from_bytes(key).ok());
+        let headers = match bearer.filter(|_| !req.headers().contains_key("x-spiffe-admin-key")) {
+            Some(key) => {
+                let mut headers = req.headers().clone();
+                headers.insert("x-spiffe-admin-key", key);
+                std::borrow::Cow::Owned(headers)
+            }
+            None => std::borrow::Cow::Borrowed(req.headers()),
+        };
+        let authenticated = self.authenticate(&headers, remote, peer.as_deref(), false);
+        drop(headers);
+        match authenticated {
+            Ok(_) => pdp.handle(route, req).await,
+            Err(reject) => {
+                let mut response = reject.into_response();
+                // As for /mgmt: a connection that has not shown a key is not kept.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+        }
     }
 
     /// The response, and who asked for it (if they showed a valid key or SVID).

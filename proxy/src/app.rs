@@ -30,6 +30,7 @@ use crate::facts::jwks::Jwks;
 use crate::layers::allowlist::AllowList;
 use crate::layers::governance::{Governor, GraphFacts};
 use crate::layers::oauth::Oauth;
+use crate::layers::pdp::PdpSlot;
 use crate::layers::rbac::{self, PolicyStore};
 use crate::observe::audit::AuditHub;
 use crate::observe::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct App {
     pub inbound_addr: Option<SocketAddr>,
     pub outbound_addr: Option<SocketAddr>,
     pub mgmt_addr: Option<SocketAddr>,
+    /// The AuthZEN PDP listener (`authzen.listen`).
+    pub authzen_addr: Option<SocketAddr>,
     pub identity: IdentityWatch,
     pub metrics: Arc<Metrics>,
     pub allowlist: Arc<AllowList>,
@@ -96,13 +99,14 @@ impl App {
         let (inbound_addr, inbound) = run.inbound(&config, &decisions).await?;
         run.policy_loaded.store(true, std::sync::atomic::Ordering::Release);
         let outbound_addr = run.outbound(&config, decisions.tokens.clone()).await?;
-        let mgmt_addr = run.mgmt(&config, &decisions, state, &reloader).await?;
+        let (mgmt_addr, authzen_addr) = run.mgmt(&config, &decisions, state, &reloader).await?;
         let show = |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(
             telemetry = %telemetry_addr,
             inbound = %show(inbound_addr),
             outbound = %show(outbound_addr),
             mgmt = %show(mgmt_addr),
+            authzen = %show(authzen_addr),
             config = %config.summary(),
             "a2a-sidecar started"
         );
@@ -113,6 +117,7 @@ impl App {
             inbound_addr,
             outbound_addr,
             mgmt_addr,
+            authzen_addr,
             reloader,
             identity,
             metrics,
@@ -184,6 +189,8 @@ struct Decisions {
     governor: Arc<Governor>,
     /// The sidecar's own Entra tokens (outbound routes, Graph).
     tokens: Option<Arc<EntraTokens>>,
+    /// The external AuthZEN PDP (`authzen.pdp`).
+    pdp: PdpSlot,
 }
 
 impl Running {
@@ -262,7 +269,16 @@ impl Running {
             }
             None => None,
         };
-        Ok(Decisions { allowlist, policy, oauth, governor, tokens })
+        let pdp = PdpSlot::new(config.authzen.pdp.as_ref(), self.identity.clone(), self.metrics.clone())?;
+        if let (Some(cfg), Some(store)) = (&config.authzen.pdp, &policy)
+            && cfg.rules == crate::config::PdpRules::Marked
+            && !store.current().engine.doc().entries.iter().any(|e| e.rules.iter().any(|r| r.ask_pdp))
+        {
+            tracing::warn!(
+                "authzen.pdp.rules is `marked` but no policy rule has `ask_pdp: true`: the PDP is never asked"
+            );
+        }
+        Ok(Decisions { allowlist, policy, oauth, governor, tokens, pdp })
     }
 
     /// Every change goes through the reloader (SIGHUP, `/mgmt`, the policy
@@ -280,6 +296,7 @@ impl Running {
             policy: decisions.policy.clone(),
             oauth: decisions.oauth.clone(),
             governor: decisions.governor.clone(),
+            pdp: Some(decisions.pdp.clone()),
             keys,
             state: state.clone(),
             changes: self.changes.clone(),
@@ -309,6 +326,7 @@ impl Running {
             policy: decisions.policy.clone().context("`policy` is required with `inbound`")?,
             oauth: decisions.oauth.clone(),
             governor: decisions.governor.clone(),
+            pdp: decisions.pdp.current.clone(),
             audit: self.audit.clone(),
         };
         let (identity, allowlist) = (self.identity.clone(), decisions.allowlist.clone());
@@ -337,15 +355,15 @@ impl Running {
         Ok(Some(addr))
     }
 
-    /// The admin API.
+    /// The admin API, and the AuthZEN PDP listener it protects.
     async fn mgmt(
         &mut self,
         config: &Config,
         decisions: &Decisions,
         state: Option<Arc<StateFile>>,
         reloader: &Arc<Reloader>,
-    ) -> anyhow::Result<Option<SocketAddr>> {
-        let (Some(section), Some(state)) = (&config.mgmt, state) else { return Ok(None) };
+    ) -> anyhow::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+        let (Some(section), Some(state)) = (&config.mgmt, state) else { return Ok((None, None)) };
         let listener = self.bind("mgmt.listen", section.listen, LOCAL_MAX_CONNECTIONS, "mgmt").await?;
         let addr = listener.local_addr()?;
         let ctx = admin::Context {
@@ -353,6 +371,7 @@ impl Running {
             governor: decisions.governor.clone(),
             policy: decisions.policy.clone(),
             oauth: decisions.oauth.clone(),
+            pdp: decisions.pdp.current.clone(),
             audit: self.audit.clone(),
             identity: self.identity.clone(),
             metrics: self.metrics.clone(),
@@ -363,7 +382,36 @@ impl Running {
             terminating: self.terminating.clone(),
             explain_budget: Arc::new(admin::explain_budget()),
         };
-        let serve = Mgmt::new(section, ctx)?.serve(listener, self.shutdown.subscribe(), self.drain);
+        let mgmt = Mgmt::new(section, ctx)?;
+        let authzen = self.authzen(config, decisions, &mgmt).await?;
+        let serve = mgmt.serve(listener, self.shutdown.subscribe(), self.drain);
+        self.servers.push(tokio::spawn(serve));
+        Ok((Some(addr), authzen))
+    }
+
+    /// `authzen.listen`: the AuthZEN PDP, answering from the live policy.
+    async fn authzen(
+        &mut self,
+        config: &Config,
+        decisions: &Decisions,
+        mgmt: &Arc<Mgmt>,
+    ) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(listen) = config.authzen.listen else { return Ok(None) };
+        let policy = decisions.policy.clone().context("`authzen.listen` needs the `policy` section")?;
+        let listener = self.bind("authzen.listen", listen, LOCAL_MAX_CONNECTIONS, "authzen").await?;
+        let addr = listener.local_addr()?;
+        let tls = config.mgmt.as_ref().is_some_and(|m| m.tls_callers.is_some());
+        let service = Arc::new(crate::authzen::Service {
+            allowlist: decisions.allowlist.clone(),
+            policy,
+            oauth: decisions.oauth.clone(),
+            governor: decisions.governor.clone(),
+            options: config.inbound.as_ref().map(|i| i.path_options).unwrap_or_default(),
+            metrics: self.metrics.clone(),
+            ids: crate::dataplane::request_id::RequestIds::new(),
+            base_url: format!("{}://{addr}", if tls { "https" } else { "http" }),
+        });
+        let serve = mgmt.clone().serve_authzen(listener, self.shutdown.subscribe(), self.drain, service);
         self.servers.push(tokio::spawn(serve));
         Ok(Some(addr))
     }

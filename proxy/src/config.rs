@@ -12,6 +12,7 @@ use std::time::Duration;
 use certs::source::FilesConfig;
 use certs::{SpiffeId, TrustDomain};
 
+mod authzen;
 mod console;
 mod env;
 mod inbound;
@@ -19,6 +20,7 @@ pub mod raw;
 mod restart;
 mod units;
 
+pub use authzen::{AuthzenSection, BearerKey, PdpConfig, PdpRules};
 pub use console::{ConsoleConfig, FleetSettings, OidcSettings, SidecarEntry};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use inbound::{HttpLimits, InboundConfig, OutboundConfig, RouteConfig, Upgrades};
@@ -74,6 +76,8 @@ pub struct Config {
     /// The admin API; absent = none.
     pub mgmt: Option<MgmtSection>,
     pub limits: LimitsConfig,
+    /// AuthZEN: an external PDP asked after Layers 2-4, and/or the PDP listener.
+    pub authzen: AuthzenSection,
     /// The environment the config was read with; policy enrichment uses it on every reload.
     pub env: std::sync::Arc<dyn Env>,
 }
@@ -416,6 +420,8 @@ impl Config {
                 ));
             }
         }
+        let mgmt = raw.mgmt.take().map(|m| ctx.mgmt(m)).transpose()?;
+        let authzen = ctx.authzen(raw.authzen.take(), mgmt.as_ref(), raw.policy.is_some())?;
         Ok(Self {
             path: path.into(),
             identity: ctx.identity(raw.identity)?,
@@ -437,7 +443,8 @@ impl Config {
                 file: raw.audit.file.map(|f| ctx.resolve(f)),
                 stdout: raw.audit.stdout.unwrap_or(false),
             },
-            mgmt: raw.mgmt.map(|m| ctx.mgmt(m)).transpose()?,
+            authzen,
+            mgmt,
             limits: LimitsConfig {
                 max_connections: match raw.limits.max_connections {
                     Some(0) => return Err(ctx.invalid("limits.max_connections", "must be at least 1")),
@@ -1041,6 +1048,18 @@ impl Config {
             })),
             "audit": {"ring": self.audit.ring, "file": self.audit.file, "stdout": self.audit.stdout},
             "telemetry": {"listen": self.telemetry.listen.to_string(), "otlp_endpoint": self.telemetry.otlp_endpoint},
+            "authzen": {
+                "listen": self.authzen.listen.map(|a| a.to_string()),
+                "pdp": self.authzen.pdp.as_ref().map(|p| json!({
+                    "url": p.url,
+                    "timeout_ms": p.timeout.as_millis() as u64,
+                    "cache_ttl_s": p.cache_ttl.as_secs(),
+                    "fail_open": p.fail_open,
+                    "rules": format!("{:?}", p.rules),
+                    "server_id": p.server_id.as_ref().map(ToString::to_string),
+                    "key_env": p.bearer.as_ref().map(|b| b.env.clone()),
+                })),
+            },
         })
     }
 }

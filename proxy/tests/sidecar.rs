@@ -12,6 +12,7 @@
 
 mod sidecar {
     pub mod app;
+    pub mod authzen;
     pub mod browser;
     pub mod cli;
     pub mod compat;

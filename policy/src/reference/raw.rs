@@ -90,4 +90,7 @@ pub struct RawRule {
     /// RFC 8705; unset: `jwt.require_bound_tokens`.
     #[serde(default)]
     pub require_bound_token: Option<bool>,
+    /// With `authzen.pdp.rules: marked`, only these rules ask the external PDP.
+    #[serde(default)]
+    pub ask_pdp: bool,
 }

@@ -281,6 +281,7 @@ fn rule(p: &mut Problems, label: &str, j: usize, r: &RawRule) -> Option<Rule> {
         required_roles: r.required_roles.clone(),
         required_tags: r.required_tags.clone(),
         require_bound_token: r.require_bound_token,
+        ask_pdp: r.ask_pdp,
     })
 }
 

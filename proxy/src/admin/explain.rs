@@ -15,6 +15,7 @@ use crate::dataplane::inbound::request_target;
 use crate::layers::allowlist::AllowList;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::Oauth;
+use crate::layers::pdp::Pdp;
 use crate::layers::pipeline::{self, RequestFacts, Trace};
 use crate::layers::rbac::{self, PolicyStore};
 
@@ -66,6 +67,17 @@ pub struct Parts<'a> {
     /// `inbound.allowed_callers` as configured (to say whether the allow-list came from /mgmt).
     pub configured: &'a [certs::IdPattern],
     pub options: policy::PathOptions,
+    pub pdp: PdpPart<'a>,
+}
+
+/// The external AuthZEN PDP, as far as `explain` can use it.
+#[derive(Clone, Copy)]
+pub enum PdpPart<'a> {
+    NotConfigured,
+    /// Configured, but `a2a-sidecar explain` has no network: not asked.
+    Offline,
+    /// A running sidecar's: asked (or its cache) like the data plane does.
+    Live(&'a Pdp),
 }
 
 /// Runs `question` through the same code as the data plane: Layer 1's
@@ -107,12 +119,26 @@ pub async fn explain_with(sidecar: Parts<'_>, question: &Question<'_>) -> Result
         headers.insert(AUTHORIZATION, value);
     }
     let loaded = sidecar.policy.current();
-    let facts =
-        RequestFacts { caller: &caller, method: method.as_str(), path: &path, headers: &headers, leaf_sha256: None };
+    let facts = RequestFacts {
+        caller: &caller,
+        method: method.as_str(),
+        path: &path,
+        headers: &headers,
+        leaf_sha256: None,
+        asserted: None,
+        request_id: None,
+    };
     let mut trace = Trace::default();
-    let result = pipeline::evaluate(&loaded, sidecar.oauth, sidecar.governor, facts, None, &mut trace).await;
+    let live = match sidecar.pdp {
+        PdpPart::Live(pdp) => Some(pdp),
+        PdpPart::NotConfigured | PdpPart::Offline => None,
+    };
+    let result = pipeline::evaluate(&loaded, sidecar.oauth, sidecar.governor, live, facts, None, &mut trace).await;
     let denied = result.err().map(|denial| denial.reason);
     layer_lines(&mut out, &loaded, &caller, &method, &path, &trace, denied);
+    if denied.is_none_or(|reason| reason.layer() == Layer::Pdp) {
+        pdp_line(&mut out, sidecar.pdp, trace.pdp.as_ref());
+    }
     let verdict = match denied.map(|reason| pipeline::apply_mode(loaded.mode, reason)) {
         None => Verdict::Forwarded,
         Some(Ok(reason)) => {
@@ -183,6 +209,30 @@ fn layer_lines(
     }
     let tag = trace.caller_tag.as_deref().map_or_else(|| "not looked up or unknown".to_owned(), |t| format!("`{t}`"));
     out.line("tags", Some(verdict(Layer::Tags)), &format!("{} (caller tag {tag})", reason(Layer::Tags)));
+}
+
+/// After Layers 2-4 allowed: what the external PDP said, if it was asked.
+fn pdp_line(out: &mut Text, part: PdpPart<'_>, asked: Option<&crate::layers::pdp::PdpAudit>) {
+    match (part, asked) {
+        (PdpPart::NotConfigured, _) => {}
+        (PdpPart::Offline, _) => out.line("pdp", None, "not asked (offline: `explain` makes no network calls)"),
+        (PdpPart::Live(_), None) => out.line("pdp", None, "not asked (`rules: marked` and the rule has no ask_pdp)"),
+        (PdpPart::Live(pdp), Some(audit)) => {
+            let cached = if audit.cached { ", cached" } else { "" };
+            match (audit.decision, audit.error) {
+                (Some(decision), _) => {
+                    let reason = if decision { Reason::Allowed } else { Reason::PdpDenied };
+                    out.line("pdp", Some(decision), &format!("{reason} (decision {decision}{cached})"));
+                }
+                (None, error) => {
+                    let error = error.unwrap_or("no answer");
+                    let open = pdp.config().fail_open;
+                    let what = if open { "allowed: fail_open" } else { "pdp_unavailable" };
+                    out.line("pdp", Some(open), &format!("{what} (no usable answer: {error})"));
+                }
+            }
+        }
+    }
 }
 
 /// The printed lines: `<layer> <allow|DENY> <detail>`.

@@ -20,6 +20,7 @@ use crate::config::{AdminKey, Config, Env};
 use crate::layers::allowlist::AllowList;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::Oauth;
+use crate::layers::pdp::PdpSlot;
 use crate::layers::rbac::{self, Origin, PolicyStore};
 
 /// Why a reload changed nothing.
@@ -57,6 +58,8 @@ pub struct Reloader {
     /// Layer 3; replaced when a reload changes the `jwt` section.
     pub oauth: Arc<ArcSwapOption<Oauth>>,
     pub governor: Arc<Governor>,
+    /// The external AuthZEN PDP; rebuilt when `authzen.pdp` changes.
+    pub pdp: Option<PdpSlot>,
     /// The admin keys (`mgmt.keys`).
     pub keys: Arc<ArcSwap<Vec<AdminKey>>>,
     pub state: Option<Arc<StateFile>>,
@@ -73,6 +76,7 @@ pub struct Handles {
     pub policy: Option<Arc<PolicyStore>>,
     pub oauth: Arc<ArcSwapOption<Oauth>>,
     pub governor: Arc<Governor>,
+    pub pdp: Option<PdpSlot>,
     pub keys: Arc<ArcSwap<Vec<AdminKey>>>,
     pub state: Option<Arc<StateFile>>,
     /// Signalled after a reload: open streams are judged again.
@@ -84,7 +88,7 @@ pub struct Handles {
 impl Reloader {
     /// `config` is what is running now.
     pub fn new(config: &Config, handles: Handles) -> Self {
-        let Handles { allowlist, policy, oauth, governor, keys, state, changes, metrics } = handles;
+        let Handles { allowlist, policy, oauth, governor, pdp, keys, state, changes, metrics } = handles;
         let config_seen = std::sync::Mutex::new(config_fingerprint(&config.path));
         Self {
             config_path: config.path.clone(),
@@ -95,6 +99,7 @@ impl Reloader {
             policy,
             oauth,
             governor,
+            pdp,
             keys,
             state,
             changes,
@@ -162,6 +167,14 @@ impl Reloader {
             (Some(jwt), Some(current)) => Some(current.reconfigured(jwt)),
             _ => None,
         };
+        // A changed `authzen.pdp`: a new client with an empty cache (no allow outlives it).
+        let pdp = match &self.pdp {
+            Some(slot) if self.applied().authzen.pdp != config.authzen.pdp => {
+                let built = slot.build(config.authzen.pdp.as_ref());
+                Some(built.map_err(|e| ReloadError::Invalid(format!("`authzen.pdp`: {e}")))?)
+            }
+            _ => None,
+        };
 
         // Persist: the file is now the most recent change.
         if let Some(state) = &self.state {
@@ -184,6 +197,10 @@ impl Reloader {
             self.oauth.store(Some(Arc::new(oauth)));
         }
         self.governor.configure(config.risk.clone(), config.tags.clone());
+        if let (Some(slot), Some(pdp)) = (&self.pdp, pdp) {
+            tracing::info!(pdp = pdp.as_ref().map(|p| p.config().url.as_str()), "authzen.pdp replaced");
+            slot.current.store(pdp);
+        }
         if let Some(mgmt) = &config.mgmt {
             self.keys.store(Arc::new(mgmt.keys.clone()));
         }

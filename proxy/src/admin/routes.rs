@@ -42,6 +42,8 @@ pub struct Context {
     pub governor: Arc<Governor>,
     pub policy: Option<Arc<PolicyStore>>,
     pub oauth: Arc<ArcSwapOption<Oauth>>,
+    /// The external AuthZEN PDP (`authzen.pdp`).
+    pub pdp: Arc<ArcSwapOption<crate::layers::pdp::Pdp>>,
     pub audit: Arc<AuditHub>,
     pub identity: IdentityWatch,
     pub metrics: Arc<Metrics>,

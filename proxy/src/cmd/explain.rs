@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::admin::explain::PdpPart;
 use crate::admin::restore;
 use crate::admin::state::StateFile;
 use crate::changes::Changes;
@@ -90,6 +91,10 @@ async fn explain_async(config: &Config, question: &Question<'_>) -> Result<Expla
         oauth: sidecar.oauth.as_ref(),
         configured: config.inbound.as_ref().map_or(&[][..], |i| &i.allowed_callers[..]),
         options: config.inbound.as_ref().map(|i| i.path_options).unwrap_or_default(),
+        pdp: match config.authzen.pdp {
+            Some(_) => PdpPart::Offline,
+            None => PdpPart::NotConfigured,
+        },
     };
     explain_with(parts, question).await
 }

@@ -27,6 +27,27 @@ pub struct RawConfig {
     pub mgmt: Option<RawMgmt>,
     #[serde(default)]
     pub limits: RawLimits,
+    pub authzen: Option<RawAuthzen>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthzen {
+    pub pdp: Option<RawPdp>,
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPdp {
+    pub url: Option<String>,
+    pub timeout: Option<String>,
+    pub cache_ttl: Option<String>,
+    pub cache_size: Option<u64>,
+    pub fail_open: Option<bool>,
+    pub rules: Option<String>,
+    pub server_id: Option<String>,
+    pub key_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

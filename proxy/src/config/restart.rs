@@ -6,16 +6,18 @@
 //! added later does not compile here until someone decides which kind it is.
 
 use super::{
-    AuditSection, Config, EntraSection, HttpLimits, InboundConfig, JwtSection, LimitsConfig, MgmtSection,
-    OutboundConfig, PolicyConfig, RiskSection, RuntimeConfig, TagsSection, TelemetryConfig,
+    AuditSection, AuthzenSection, Config, EntraSection, HttpLimits, InboundConfig, JwtSection, LimitsConfig,
+    MgmtSection, OutboundConfig, PolicyConfig, RiskSection, RuntimeConfig, TagsSection, TelemetryConfig,
 };
 
 /// What a reload applies at once (everything else needs a restart):
 /// `inbound.allowed_callers`; all of `policy` (file, cedar, mode,
 /// case_insensitive_paths); `jwt.audiences`, `jwt.leeway`,
 /// `jwt.allow_unbound_tokens`, `jwt.require_bound_tokens`, and each
-/// `jwt.issuers[]` entry's name, audiences, algorithms and claims; `risk.blocked_levels`, `risk.on_unavailable`,
-/// `tags.on_unavailable`; `mgmt.keys`.
+/// `jwt.issuers[]` entry's name, audiences, algorithms and claims;
+/// `risk.blocked_levels`, `risk.on_unavailable`, `tags.on_unavailable`;
+/// `mgmt.keys`; all of `authzen.pdp` (the PDP client and its cache are
+/// rebuilt when it changes).
 pub const HOT_FIELDS: &[&str] = &[
     "inbound.allowed_callers",
     "policy.file",
@@ -35,6 +37,7 @@ pub const HOT_FIELDS: &[&str] = &[
     "risk.on_unavailable",
     "tags.on_unavailable",
     "mgmt.keys",
+    "authzen.pdp",
 ];
 
 /// Collects the names of changed restart-only fields.
@@ -78,6 +81,7 @@ impl Config {
             audit,
             mgmt,
             limits,
+            authzen,
         } = self;
         let mut c = Changes(Vec::new());
         c.check("identity", identity, &new.identity);
@@ -94,6 +98,7 @@ impl Config {
         c.section("mgmt", mgmt.as_ref(), new.mgmt.as_ref(), mgmt_fields);
         let LimitsConfig { max_connections } = limits;
         c.check("limits.max_connections", max_connections, &new.limits.max_connections);
+        authzen_fields(&mut c, authzen, &new.authzen);
         c.0
     }
 }
@@ -225,4 +230,9 @@ fn mgmt_fields(c: &mut Changes, old: &MgmtSection, new: &MgmtSection) {
     c.check("mgmt.tls.roles", tls_roles, &new.tls_roles);
     c.check("mgmt.tls.consoles", tls_consoles, &new.tls_consoles);
     c.check("mgmt.tls.loopback_plain", loopback_plain, &new.loopback_plain);
+}
+
+fn authzen_fields(c: &mut Changes, old: &AuthzenSection, new: &AuthzenSection) {
+    let AuthzenSection { pdp: _, listen } = old; // pdp is hot
+    c.check("authzen.listen", listen, &new.listen);
 }

@@ -348,3 +348,47 @@ jwt:
         assert!(error.contains(want), "{yaml}\n=> {error}");
     }
 }
+
+#[test]
+fn authzen_fields_are_checked_and_named() {
+    let base = "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\n";
+    let mgmt = "mgmt: {state_file: s.json, keys: [{name: ops, role: viewer, sha256: '0000000000000000000000000000000000000000000000000000000000000000'}]}\n";
+    let env = MapEnv::default().with("PDP_KEY", "k1");
+    let config = parse(
+        &format!("{base}{mgmt}authzen: {{listen: 127.0.0.1:9444, pdp: {{url: 'https://pdp.example/access/v1/evaluation', key_env: PDP_KEY, rules: marked}}}}"),
+        &env,
+    )
+    .unwrap();
+    let pdp = config.authzen.pdp.as_ref().unwrap();
+    assert_eq!(
+        (pdp.timeout, pdp.cache_ttl, pdp.cache_size),
+        (Duration::from_millis(250), Duration::from_secs(30), 10_000)
+    );
+    assert_eq!((pdp.fail_open, pdp.rules), (false, PdpRules::Marked));
+    assert!(!format!("{:?}", pdp.bearer).contains("k1"), "the key never reaches Debug");
+    let cases = [
+        (format!("{base}authzen: {{listen: 127.0.0.1:9444}}"), "`authzen.listen`: needs the `mgmt` section"),
+        (format!("{base}{mgmt}authzen: {{listen: 0.0.0.0:9444}}"), "`authzen.listen`: `0.0.0.0:9444` is not loopback"),
+        (format!("{base}authzen: {{pdp: {{url: 'http://pdp.example/e'}}}}"), "`authzen.pdp.url`"),
+        (format!("{base}authzen: {{pdp: {{url: 'https://u:p@pdp.example/e'}}}}"), "`authzen.pdp.url`: no user info"),
+        (format!("{base}authzen: {{pdp: {{url: 'https://pdp.example/e?k=1'}}}}"), "`authzen.pdp.url`: no user info"),
+        (
+            format!("{base}authzen: {{pdp: {{url: 'https://pdp.example/e', key_env: NOPE}}}}"),
+            "`authzen.pdp.key_env`: `NOPE` is not set",
+        ),
+        (format!("{base}authzen: {{pdp: {{url: 'https://pdp.example/e', rules: some}}}}"), "`authzen.pdp.rules`"),
+        (
+            format!("{base}authzen: {{pdp: {{url: 'http://127.0.0.1:1/e', server_id: 'spiffe://td/pdp'}}}}"),
+            "`authzen.pdp.server_id`",
+        ),
+        (
+            format!("{base}authzen: {{pdp: {{url: 'https://pdp.example/e', cache_size: 0}}}}"),
+            "`authzen.pdp.cache_size`",
+        ),
+        (format!("{base}authzen: {{pdp: {{url: 'https://pdp.example/e', colour: 1}}}}"), "unknown field `colour`"),
+    ];
+    for (yaml, expected) in cases {
+        let error = err(&yaml);
+        assert!(error.contains(expected), "{yaml}\n{error}");
+    }
+}

@@ -30,7 +30,8 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         | Reason::RiskUnavailable
         | Reason::AgentTagMismatch
         | Reason::MissingRequiredTag
-        | Reason::TagsUnavailable => (StatusCode::FORBIDDEN, "forbidden"),
+        | Reason::TagsUnavailable
+        | Reason::PdpDenied => (StatusCode::FORBIDDEN, "forbidden"),
         Reason::JwtRequired
         | Reason::JwtInvalid
         | Reason::JwtExpired
@@ -44,7 +45,7 @@ pub fn status_of(reason: Reason) -> (StatusCode, &'static str) {
         | Reason::UpstreamRejectedIdentity
         | Reason::UpstreamError => (StatusCode::BAD_GATEWAY, "bad_gateway"),
         Reason::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
-        Reason::NotReady | Reason::JwksUnavailable | Reason::TokenUnavailable => {
+        Reason::NotReady | Reason::JwksUnavailable | Reason::TokenUnavailable | Reason::PdpUnavailable => {
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         }
     }

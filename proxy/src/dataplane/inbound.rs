@@ -80,6 +80,8 @@ pub struct Layers {
     /// Layer 3; replaced when a reload changes the `jwt` section.
     pub oauth: Arc<arc_swap::ArcSwapOption<Oauth>>,
     pub governor: Arc<Governor>,
+    /// The external AuthZEN PDP (`authzen.pdp`); replaced when a reload changes it.
+    pub pdp: Arc<arc_swap::ArcSwapOption<crate::layers::pdp::Pdp>>,
     pub audit: Arc<AuditHub>,
 }
 
@@ -168,6 +170,7 @@ impl Inbound {
             caller_tag: trace.caller_tag,
             policy_version: trace.policy_version,
             caller_policy: trace.entry,
+            pdp: trace.pdp,
             peer_request_id,
             ..Event::default()
         };
@@ -280,18 +283,22 @@ impl Inbound {
         hop: &Hop,
         log: &mut RequestLog,
     ) -> Result<(), Reason> {
-        let Layers { policy, oauth, governor, .. } = &self.layers;
+        let Layers { policy, oauth, governor, pdp, .. } = &self.layers;
         let loaded = policy.current();
-        let oauth = oauth.load_full();
+        let (oauth, pdp) = (oauth.load_full(), pdp.load_full());
         let facts = RequestFacts {
             caller: &conn.peer.id,
             method: request.method().as_str(),
             path,
             headers: request.headers(),
             leaf_sha256: Some(&conn.leaf_sha256),
+            asserted: None,
+            request_id: Some(&hop.id),
         };
+        let metrics = Some(&*self.metrics);
         let result =
-            pipeline::evaluate(&loaded, oauth.as_deref(), governor, facts, Some(&self.metrics), &mut log.trace).await;
+            pipeline::evaluate(&loaded, oauth.as_deref(), governor, pdp.as_deref(), facts, metrics, &mut log.trace)
+                .await;
         match result {
             Ok(()) => Ok(()),
             Err(denial) => {

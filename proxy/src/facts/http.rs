@@ -133,6 +133,15 @@ impl HttpClient {
         self.send(url, hyper::Method::POST, None, Some(("application/json", body))).await
     }
 
+    /// Sends `request` as is: no redirect followed, no timeout or size
+    /// limit of its own (the caller bounds both), any status returned.
+    pub async fn raw(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(request).await
+    }
+
     async fn send(
         &self,
         url: &str,

@@ -345,6 +345,7 @@ mod tests {
             required_roles: Vec::new(),
             required_tags: BTreeMap::from([("dept".into(), "finance".into()), ("tier".into(), "gold".into())]),
             require_bound_token: None,
+            ask_pdp: false,
         };
         let claims = |pairs: &[(&str, &str)]| Claims {
             issuer: Arc::from("entra"),

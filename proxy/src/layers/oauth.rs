@@ -124,6 +124,39 @@ impl Oauth {
         }
         let token = bearer(headers)?;
         let claims = self.verify(token).await?;
+        self.judge(claims, entry, rule, leaf_sha256)
+    }
+
+    /// Layer 3 with claims a policy enforcement point already validated
+    /// (the AuthZEN PDP's `context.claims`, see [`jwt::normalized`]): routed
+    /// by `iss` to a configured issuer, then judged as a token's would be.
+    /// There is no connection: a certificate binding is not compared.
+    pub fn check_asserted(
+        &self,
+        asserted: &serde_json::Map<String, serde_json::Value>,
+        entry: &Entry,
+        rule: &Rule,
+    ) -> Result<Outcome, JwtError> {
+        if !rule.require_jwt {
+            return Ok(Outcome::NotRequired);
+        }
+        let iss = asserted.get("iss").and_then(serde_json::Value::as_str);
+        let issuer = self.issuers.iter().find(|i| iss.is_some_and(|iss| i.config.iss.iter().any(|want| want == iss)));
+        let Some(issuer) = issuer else {
+            return Err(JwtError { reason: Reason::JwtWrongIssuer, detail: "issuer is not configured" });
+        };
+        let claims = Arc::new(jwt::asserted(asserted, &issuer.config)?);
+        self.judge(claims, entry, rule, None)
+    }
+
+    /// The per-request checks of a verified token: whose it is, its certificate binding, its roles.
+    fn judge(
+        &self,
+        claims: Arc<Claims>,
+        entry: &Entry,
+        rule: &Rule,
+        leaf_sha256: Option<&str>,
+    ) -> Result<Outcome, JwtError> {
         let bound = jwt::bound_to(&claims, entry);
         if bound == Some(false) || (bound.is_none() && !self.allow_unbound) {
             return Err(JwtError { reason: Reason::JwtCallerMismatch, detail: "token is not the caller's" });

@@ -1,5 +1,6 @@
 //! Layers 2 to 4 for one request, on one snapshot of the policy: RBAC, the
-//! token the matched rule requires, then risk and tags. Layer 1 (the
+//! token the matched rule requires, then risk and tags; then, when they
+//! allow, the external AuthZEN PDP (`authzen.pdp`). Layer 1 (the
 //! allow-list and the caller's certificate) has already run at the
 //! handshake and per request.
 
@@ -12,6 +13,7 @@ use policy::{CanonicalPath, Reason};
 use crate::config::PolicyMode;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::{Oauth, Outcome};
+use crate::layers::pdp::{Pdp, PdpAudit, Question};
 use crate::layers::rbac::Loaded;
 use crate::observe::metrics::Metrics;
 
@@ -30,6 +32,8 @@ pub struct Trace {
     /// When the token that allowed the request expires (unix seconds): a
     /// stream it opened ends then.
     pub token_exp: Option<u64>,
+    /// The external PDP's part, when it was asked.
+    pub pdp: Option<PdpAudit>,
 }
 
 /// The first layer that denied, and the policies that decided.
@@ -49,6 +53,11 @@ pub struct RequestFacts<'a> {
     /// The caller's certificate as RFC 8705 `x5t#S256` (base64url SHA-256 of
     /// its DER); `None` only without a connection (`explain`).
     pub leaf_sha256: Option<&'a str>,
+    /// Claims a PEP validated (the AuthZEN PDP's `context.claims`), judged
+    /// in place of a bearer token.
+    pub asserted: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// Our request id, sent to the external PDP (`X-Request-ID`).
+    pub request_id: Option<&'a str>,
 }
 
 /// What `policy.mode` makes of a deny: `Err` (refused) in enforce mode;
@@ -61,13 +70,15 @@ pub fn apply_mode(mode: PolicyMode, denial: Reason) -> Result<Reason, Reason> {
     }
 }
 
-/// Layer 2, Layer 3, then Layers 4a and 4b; the first deny wins. `oauth`
-/// is `None` without a `jwt` section (a policy that needs tokens is refused
-/// at load time then; this fails closed anyway).
+/// Layer 2, Layer 3, then Layers 4a and 4b, then the external PDP (`pdp`,
+/// when configured and the matched rule is one it applies to); the first
+/// deny wins. `oauth` is `None` without a `jwt` section (a policy that
+/// needs tokens is refused at load time then; this fails closed anyway).
 pub async fn evaluate(
     loaded: &Loaded,
     oauth: Option<&Oauth>,
     governor: &Governor,
+    pdp: Option<&Pdp>,
     request: RequestFacts<'_>,
     metrics: Option<&Metrics>,
     trace: &mut Trace,
@@ -99,7 +110,10 @@ pub async fn evaluate(
     let rule = verdict.rule.and_then(|r| entry.rules.get(r));
     let outcome = match (rule, oauth) {
         (None, _) => Ok(Outcome::NotRequired),
-        (Some(rule), Some(oauth)) => oauth.check(request.headers, entry, rule, request.leaf_sha256).await,
+        (Some(rule), Some(oauth)) => match request.asserted {
+            Some(asserted) => oauth.check_asserted(asserted, entry, rule),
+            None => oauth.check(request.headers, entry, rule, request.leaf_sha256).await,
+        },
         (Some(rule), None) if rule.require_jwt => {
             Err(policy::jwt::JwtError { reason: Reason::JwksUnavailable, detail: "no jwt configuration" })
         }
@@ -124,7 +138,22 @@ pub async fn evaluate(
     let found = governor.check(&loaded.engine.doc().governance, request.caller, entry, rule, claims.as_deref()).await;
     trace.risk_level = found.risk_level;
     trace.caller_tag = found.caller_tag;
-    found.verdict.map_err(|reason| deny(reason, trace))
+    found.verdict.map_err(|reason| deny(reason, trace))?;
+    let Some(pdp) = pdp.filter(|p| p.applies(rule)) else { return Ok(()) };
+    let tags = rule.iter().flat_map(|r| r.required_tags.keys().map(String::as_str));
+    let claims = claims.as_deref().map(|c| policy::jwt::normalized(c, tags));
+    let question = Question {
+        caller: request.caller,
+        agent_id: entry.agent_id.as_deref().or(entry.entra_agent_id.as_deref()),
+        method: request.method,
+        path: request.path.as_str(),
+        claims,
+        request_id: request.request_id,
+    };
+    let mut audit = PdpAudit::default();
+    let decided = pdp.decide(question, &mut audit).await;
+    trace.pdp = Some(audit);
+    decided.map_err(|reason| deny(reason, trace))
 }
 
 #[cfg(test)]
@@ -201,10 +230,17 @@ policies:
                 headers.insert(hyper::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
             }
             let path = CanonicalPath::parse(path, PathOptions::default()).unwrap();
-            let facts =
-                RequestFacts { caller: &self.caller, method, path: &path, headers: &headers, leaf_sha256: None };
+            let facts = RequestFacts {
+                caller: &self.caller,
+                method,
+                path: &path,
+                headers: &headers,
+                leaf_sha256: None,
+                asserted: None,
+                request_id: None,
+            };
             let mut trace = Trace::default();
-            let judged = evaluate(&self.loaded, Some(&self.oauth), &self.governor, facts, None, &mut trace);
+            let judged = evaluate(&self.loaded, Some(&self.oauth), &self.governor, None, facts, None, &mut trace);
             // Nothing here waits on the network: the future is ready at once.
             let result = judged.now_or_never().expect("no remote call");
             (result.err().map(|d| d.reason), trace)

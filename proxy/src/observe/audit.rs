@@ -107,6 +107,10 @@ pub struct Event {
     /// sidecar's own id for the call), so both sides' events of one call join.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_request_id: Option<String>,
+    /// Inbound: the external AuthZEN PDP's part when it was asked
+    /// (`decision`, `cached`, and `error` / `context` when there are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdp: Option<crate::layers::pdp::PdpAudit>,
     /// Data plane: this hop's W3C trace context (`trace_id`, `span_id`,
     /// `parent_span_id` when the client's trace was continued).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]

@@ -32,8 +32,58 @@ pub struct Metrics {
     request_duration_seconds: prometheus::HistogramVec,
     open_connections: prometheus::IntGaugeVec,
     policy_mode: prometheus::IntGaugeVec,
+    /// `a2a_pdp_*` (the PEP) and `a2a_authzen_*` (the PDP listener).
+    pub authzen: AuthzenMetrics,
     /// `[inbound, outbound]`.
     hot: [HotSeries; 2],
+}
+
+/// AuthZEN: the external PDP's answers and the evaluations this sidecar answers.
+#[derive(Debug, Clone)]
+pub struct AuthzenMetrics {
+    /// `a2a_pdp_requests_total{result}`: allow, deny, error, cached.
+    pdp_requests_total: IntCounterVec,
+    /// `a2a_pdp_request_duration_seconds`: calls to the PDP (not cache hits).
+    pub pdp_request_duration_seconds: prometheus::Histogram,
+    /// `a2a_authzen_evaluations_total{decision}`: true, false.
+    evaluations_total: IntCounterVec,
+}
+
+impl AuthzenMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let pdp_requests_total = IntCounterVec::new(
+            Opts::new("pdp_requests_total", "Decisions asked of authzen.pdp by result: allow, deny, error, cached"),
+            &["result"],
+        )?;
+        registry.register(Box::new(pdp_requests_total.clone()))?;
+        for result in ["allow", "deny", "error", "cached"] {
+            pdp_requests_total.with_label_values(&[result]);
+        }
+        let pdp_request_duration_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("pdp_request_duration_seconds", "Time of calls to authzen.pdp")
+                .buckets(vec![0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        )?;
+        registry.register(Box::new(pdp_request_duration_seconds.clone()))?;
+        let evaluations_total = IntCounterVec::new(
+            Opts::new("authzen_evaluations_total", "AuthZEN evaluations answered on authzen.listen by decision"),
+            &["decision"],
+        )?;
+        registry.register(Box::new(evaluations_total.clone()))?;
+        for decision in ["true", "false"] {
+            evaluations_total.with_label_values(&[decision]);
+        }
+        Ok(Self { pdp_requests_total, pdp_request_duration_seconds, evaluations_total })
+    }
+
+    /// One answer of the external PDP (or the cache): `allow`, `deny`, `error`, `cached`.
+    pub fn pdp_request(&self, result: &'static str) {
+        self.pdp_requests_total.with_label_values(&[result]).inc();
+    }
+
+    /// One evaluation answered on `authzen.listen`.
+    pub fn evaluation(&self, decision: bool) {
+        self.evaluations_total.with_label_values(&[if decision { "true" } else { "false" }]).inc();
+    }
 }
 
 /// The series every allowed request touches, resolved once: a label look-up
@@ -136,7 +186,7 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(open_connections.clone()))?;
-        for listener in ["inbound", "outbound", "mgmt", "telemetry"] {
+        for listener in ["inbound", "outbound", "mgmt", "authzen", "telemetry"] {
             open_connections.with_label_values(&[listener]);
         }
         let policy_mode = prometheus::IntGaugeVec::new(
@@ -201,7 +251,9 @@ impl Metrics {
             HotSeries::new(&requests_total, &request_duration_seconds, &in_flight_requests, "inbound"),
             HotSeries::new(&requests_total, &request_duration_seconds, &in_flight_requests, "outbound"),
         ];
+        let authzen = AuthzenMetrics::new(&registry)?;
         Ok(Self {
+            authzen,
             hot,
             registry,
             svid_expiry_timestamp_seconds,

@@ -36,6 +36,7 @@ mgmt: {state_file: state.json, keys: [{name: ops, role: admin, sha256: '00000000
         policy: Some(store),
         oauth: Arc::new(ArcSwapOption::empty()),
         governor: Arc::new(Governor::new(config.risk.clone(), config.tags.clone(), None, changes.clone())),
+        pdp: None,
         keys: Arc::new(ArcSwap::from_pointee(vec![])),
         state: Some(Arc::new(StateFile::open(&dir.join("state.json")).unwrap())),
         changes,

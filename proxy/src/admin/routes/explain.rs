@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::{Context, query_param};
-use crate::admin::explain::{Parts, Question, Verdict, explain_with};
+use crate::admin::explain::{Parts, PdpPart, Question, Verdict, explain_with};
 use crate::admin::{Reject, json_response};
 use crate::dataplane::body::Body;
 
@@ -45,7 +45,7 @@ pub(super) async fn explain(ctx: &Context, req: &Request<Incoming>) -> Result<Re
     };
     let applied = ctx.reloader.applied();
     let inbound = applied.inbound.as_ref();
-    let oauth = ctx.oauth.load_full();
+    let (oauth, pdp) = (ctx.oauth.load_full(), ctx.pdp.load_full());
     let parts = Parts {
         allowlist: &ctx.allowlist,
         policy,
@@ -53,6 +53,10 @@ pub(super) async fn explain(ctx: &Context, req: &Request<Incoming>) -> Result<Re
         oauth: oauth.as_deref(),
         configured: inbound.map_or(&[][..], |i| &i.allowed_callers[..]),
         options: inbound.map(|i| i.path_options).unwrap_or_default(),
+        pdp: match pdp.as_deref() {
+            Some(pdp) => PdpPart::Live(pdp),
+            None => PdpPart::NotConfigured,
+        },
     };
     let question = Question { caller: &caller, method: &method, path: &path, ..Question::default() };
     let explanation = explain_with(parts, &question)

@@ -79,7 +79,7 @@ fn entry_json(e: &policy::reference::Entry) -> Value {
         .rules
         .iter()
         .map(|r| {
-            json!({
+            let mut rule = json!({
                 "path": match &r.path {
                     RulePath::Any => "/*".to_owned(),
                     RulePath::Exact(path) => path.clone(),
@@ -93,7 +93,12 @@ fn entry_json(e: &policy::reference::Entry) -> Value {
                 "require_jwt": r.require_jwt,
                 "required_roles": r.required_roles,
                 "required_tags": r.required_tags,
-            })
+            });
+            // Only when set, so policies without AuthZEN read back as before.
+            if let (true, Some(fields)) = (r.ask_pdp, rule.as_object_mut()) {
+                fields.insert("ask_pdp".into(), json!(true));
+            }
+            rule
         })
         .collect();
     entry.insert("rules".into(), json!(rules));

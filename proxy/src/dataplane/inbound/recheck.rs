@@ -151,10 +151,13 @@ impl Inbound {
             path: &request.path,
             headers: &headers,
             leaf_sha256: Some(leaf_sha256.as_deref().unwrap_or_default()),
+            asserted: None,
+            request_id: Some(&request.request_id),
         };
         let mut trace = pipeline::Trace::default();
+        // The external PDP was asked when the stream opened; re-checks judge Layers 2-4 only.
         let verdict =
-            pipeline::evaluate(&loaded, oauth.as_deref(), &self.layers.governor, facts, None, &mut trace).await;
+            pipeline::evaluate(&loaded, oauth.as_deref(), &self.layers.governor, None, facts, None, &mut trace).await;
         match (verdict, loaded.mode) {
             (Ok(()), _) => Ok(()),
             (Err(denial), PolicyMode::Shadow) => {
