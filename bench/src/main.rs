@@ -287,7 +287,8 @@ fn main() -> anyhow::Result<()> {
     }
     let client = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // The token-checking targets must refuse a request without one, or the comparison is void.
-    for name in names.iter().copied().filter(|n| matches!(*n, "inbound-all" | "chain" | "envoy-authz")) {
+    for name in names.iter().copied().filter(|n| matches!(*n, "inbound-all" | "inbound-pdp" | "chain" | "envoy-authz"))
+    {
         if let Some((target, _, _)) = stack.scenario(name) {
             let anonymous = load::RequestSpec { bearer: "".into(), ..stack.request.clone() };
             match client.block_on(load::probe(&target, &anonymous)) {

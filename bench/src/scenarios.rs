@@ -45,10 +45,11 @@ policies:
       - {path: /budget/submit, methods: [POST], action: deny}
 ";
 
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "direct",
     "inbound-l1",
     "inbound-all",
+    "inbound-pdp",
     "chain",
     "handshake",
     "rotation",
@@ -76,6 +77,9 @@ pub struct Stack {
     pub app: SocketAddr,
     pub l1: Sidecar,
     pub all: Sidecar,
+    /// `all` plus an external AuthZEN PDP (`authzen.pdp`) that allows: the
+    /// cost of a cached PDP decision.
+    pub pdp: Sidecar,
     pub caller: Sidecar,
     pub rotating: Sidecar,
     pub rotating_policy: std::path::PathBuf,
@@ -102,10 +106,11 @@ impl Stack {
             });
         }
         let runtime = builder.build()?;
-        let (app, idp) = runtime.block_on(async {
+        let (app, idp, pdp_addr) = runtime.block_on(async {
             let (app, _) = proxy::cmd::demo::sample_app::start().await?;
             let (idp, _, _) = proxy::cmd::dev_idp::start(&dir.path().join("idp")).await?;
-            anyhow::Ok((app, idp))
+            let pdp = allowing_pdp().await?;
+            anyhow::Ok((app, idp, pdp))
         })?;
         let ca_dir = dir.path().join("ca");
         let ca = DevCa::init(&ca_dir, &TrustDomain::new(TRUST_DOMAIN)?)?;
@@ -124,6 +129,10 @@ impl Stack {
             format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
         let all = backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt), "1h");
         let all = Sidecar::spawn(&write("all.yaml", &all)?, cpu)?;
+        let authzen =
+            format!("{jwt}authzen: {{pdp: {{url: 'http://{pdp_addr}/access/v1/evaluation', cache_ttl: 1h}}}}\n");
+        let pdp = backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&authzen), "1h");
+        let pdp = Sidecar::spawn(&write("pdp.yaml", &pdp)?, cpu)?;
         let rotation_ttl = format!("{}ms", rotation_ttl.as_millis());
         let rotating = backend_yaml(&ca_dir, app, "policy-rotating.yaml", Some(&jwt), &rotation_ttl);
         let rotating = Sidecar::spawn(&write("rotating.yaml", &rotating)?, cpu)?;
@@ -161,6 +170,7 @@ impl Stack {
             app,
             l1,
             all,
+            pdp,
             caller,
             rotating,
             rotating_policy,
@@ -176,7 +186,7 @@ impl Stack {
 
     /// Every process the harness started (for telling its CPU from others').
     pub fn processes(&self) -> Vec<&Sidecar> {
-        let mut all = vec![&self.l1, &self.all, &self.caller, &self.rotating];
+        let mut all = vec![&self.l1, &self.all, &self.pdp, &self.caller, &self.rotating];
         all.extend(self.nginx.as_ref());
         all.extend(self.haproxy.as_ref());
         all.extend(self.envoy.as_ref());
@@ -192,6 +202,7 @@ impl Stack {
             "direct" => (Target::Plain(self.app), false, vec![]),
             "inbound-l1" => (mtls(&self.l1)?, false, vec![&self.l1]),
             "inbound-all" => (mtls(&self.all)?, false, vec![&self.all]),
+            "inbound-pdp" => (mtls(&self.pdp)?, false, vec![&self.pdp]),
             "chain" => (Target::Plain(self.caller.outbound?), false, vec![&self.caller, &self.all]),
             "handshake" => (mtls(&self.l1)?, true, vec![&self.l1]),
             "rotation" => (mtls(&self.rotating)?, false, vec![&self.rotating]),
@@ -207,6 +218,30 @@ impl Stack {
             _ => return None,
         })
     }
+}
+
+/// An AuthZEN PDP on 127.0.0.1:0 that allows every evaluation (its
+/// answers are cached by the sidecar, so it is asked about once).
+async fn allowing_pdp() -> anyhow::Result<SocketAddr> {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = service_fn(|_request: hyper::Request<hyper::body::Incoming>| async {
+                let body = http_body_util::Full::new(bytes::Bytes::from_static(br#"{"decision": true}"#));
+                let mut response = hyper::Response::new(body);
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    Ok(addr)
 }
 
 /// Envoy's `jwt_authn` gets the IdP's current JWKS inline and the token's issuer.

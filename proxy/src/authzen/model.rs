@@ -165,6 +165,8 @@ fn query(top: &Map<String, Value>, item: Option<&Map<String, Value>>, prefix: &s
         None => None,
         Some((Value::Object(context), field)) => match context.get("claims") {
             None => None,
+            // `{}`: no token, as without `claims`.
+            Some(Value::Object(claims)) if claims.is_empty() => None,
             Some(Value::Object(claims)) => Some(asserted_claims(claims, &format!("{field}.claims"))?),
             Some(_) => return Err(BadRequest::new(format!("{field}.claims"), "must be an object")),
         },

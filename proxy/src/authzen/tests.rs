@@ -38,6 +38,34 @@ fn each_refusal_names_its_field() {
         (ok(good.0, r#"{"name": "G E T"}"#, good.2), "action.name"),
         (ok(good.0, r#"{"name": 5}"#, good.2), "action.name"),
         (ok(good.0, good.1, r#"{"type": "document", "id": "/p"}"#), "resource.type"),
+        (
+            format!(
+                r#"{{"subject": {}, "action": {}, "resource": {}, "context": {{"claims": {{"azp": "a"}}}}}}"#,
+                good.0, good.1, good.2
+            ),
+            "context.claims.iss",
+        ),
+        (
+            format!(
+                r#"{{"subject": {}, "action": {}, "resource": {}, "context": {{"claims": {{"iss": "i", "roles": "Admin"}}}}}}"#,
+                good.0, good.1, good.2
+            ),
+            "context.claims.roles",
+        ),
+        (
+            format!(
+                r#"{{"subject": {}, "action": {}, "resource": {}, "context": {{"claims": {{"iss": "i", "azp": 7}}}}}}"#,
+                good.0, good.1, good.2
+            ),
+            "context.claims.azp",
+        ),
+        (
+            format!(
+                r#"{{"subject": {}, "action": {}, "resource": {}, "context": {{"claims": "x"}}}}"#,
+                good.0, good.1, good.2
+            ),
+            "context.claims",
+        ),
         (ok(good.0, good.1, r#"{"type": "http_path"}"#), "resource.id"),
         (format!(r#"{{"subject": {}, "action": {}}}"#, good.0, good.1), "resource"),
         (
