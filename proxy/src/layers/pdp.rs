@@ -3,8 +3,10 @@
 //! allows, `false` denies (`pdp_denied`); anything else (a timeout, a
 //! connect error, a non-2xx status, a redirect, a body that is not a JSON
 //! object with a boolean `decision`, one over 64 KiB) is `pdp_unavailable`,
-//! unless `fail_open`. Allows are cached for `cache_ttl`, keyed by the whole
-//! request sent (claims included); concurrent misses for one key share one call.
+//! unless `fail_open`. Allows are cached for `cache_ttl`, keyed by a SHA-256
+//! of every field of the request sent (claims included), computed without
+//! building it: the body is only built on a miss. Concurrent misses for one
+//! key share one call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,9 +78,11 @@ pub struct Question<'a> {
     pub method: &'a str,
     /// The canonical path.
     pub path: &'a str,
-    /// The validated token's claims in the issuer-independent form of
-    /// [`policy::jwt::normalized`], when one was.
-    pub claims: Option<serde_json::Map<String, Value>>,
+    /// The validated token's claims, when one was: sent in the
+    /// issuer-independent form of [`policy::jwt::normalized`]...
+    pub claims: Option<&'a policy::jwt::Claims>,
+    /// ...with the string claims the matched rule's `required_tags` name.
+    pub tag_claims: Option<&'a std::collections::BTreeMap<String, String>>,
     pub request_id: Option<&'a str>,
 }
 
@@ -196,19 +200,26 @@ impl Pdp {
 
     /// The answer, from the cache, a call in flight for the same request, or a call of our own.
     async fn ask(&self, question: Question<'_>, audit: &mut PdpAudit) -> Result<Arc<Answer>, Failure> {
-        let target = self.identity.current().map(|i| i.svid().id().to_string()).ok_or(Failure::NoIdentity)?;
-        let body = Bytes::from(request_body(&question, &target).to_string());
-        let Some(cache) = &self.cache else {
+        let identity = self.identity.current().ok_or(Failure::NoIdentity)?;
+        let target = identity.svid().id().as_str();
+        let Some((cache, key)) = self.cache.as_ref().zip(cache_key(&question, target)) else {
+            let body = Bytes::from(request_body(&question, target).to_string());
             let answer = self.call(body, question.request_id).await;
             self.count(answer.as_ref().map(|a| a.decision));
             return answer.map(Arc::new);
         };
-        let key = crate::config::sha256(&body);
+        // The warm path: no request built, no call.
+        if let Some(answer) = cache.get(&key).await {
+            audit.cached = true;
+            self.metrics.authzen.pdp_request("cached");
+            return Ok(answer);
+        }
         let called = AtomicBool::new(false);
         let request_id = question.request_id;
         let found = cache
             .try_get_with(key, async {
                 called.store(true, Ordering::Relaxed);
+                let body = Bytes::from(request_body(&question, target).to_string());
                 let answer = self.call(body, request_id).await;
                 self.count(answer.as_ref().map(|a| a.decision));
                 match answer {
@@ -301,8 +312,11 @@ pub fn request_body(question: &Question<'_>, target: &str) -> Value {
     if let (Some(agent), Some(fields)) = (question.agent_id, subject.as_object_mut()) {
         fields.insert("properties".into(), json!({"agent_id": agent}));
     }
-    let context = match &question.claims {
-        Some(claims) => json!({ "claims": claims }),
+    let context = match question.claims {
+        Some(claims) => {
+            let tags = question.tag_claims.into_iter().flat_map(|t| t.keys().map(String::as_str));
+            json!({ "claims": policy::jwt::normalized(claims, tags) })
+        }
         None => json!({}),
     };
     json!({
@@ -311,6 +325,58 @@ pub fn request_body(question: &Question<'_>, target: &str) -> Value {
         "resource": {"type": "http_path", "id": question.path, "properties": {"target": target}},
         "context": context,
     })
+}
+
+/// The cache key of the request [`request_body`] builds: a SHA-256 over
+/// every field it depends on, each length-prefixed (optional ones and lists
+/// marked), so that no two different requests share a key, whatever the
+/// caller puts in its claims. `None` (never in practice): do not cache.
+pub fn cache_key(question: &Question<'_>, target: &str) -> Option<[u8; 32]> {
+    struct Key(aws_lc_rs::digest::Context);
+    impl Key {
+        fn count(&mut self, n: usize) {
+            self.0.update(&(n as u64).to_be_bytes());
+        }
+        fn field(&mut self, value: Option<&str>) {
+            match value {
+                None => self.0.update(&[0]),
+                Some(value) => {
+                    self.0.update(&[1]);
+                    self.count(value.len());
+                    self.0.update(value.as_bytes());
+                }
+            }
+        }
+    }
+    let mut key = Key(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256));
+    key.field(Some(question.caller.as_str()));
+    key.field(question.agent_id);
+    key.field(Some(question.method));
+    key.field(Some(question.path));
+    key.field(Some(target));
+    match question.claims {
+        None => key.field(None),
+        Some(claims) => {
+            key.field(Some("claims"));
+            key.field(claims.strings.get("iss").map(String::as_str));
+            key.field(claims.client_id.as_deref());
+            key.field(claims.oid.as_deref().filter(|_| claims.entra));
+            key.count(claims.roles.len());
+            for role in claims.roles.iter() {
+                key.field(Some(role));
+            }
+            key.field(match &claims.cnf {
+                policy::jwt::CertBinding::X5tS256(x5t) => Some(x5t),
+                _ => None,
+            });
+            key.count(question.tag_claims.map_or(0, std::collections::BTreeMap::len));
+            for name in question.tag_claims.into_iter().flat_map(|t| t.keys()) {
+                key.field(Some(name));
+                key.field(claims.strings.get(name).map(String::as_str));
+            }
+        }
+    }
+    <[u8; 32]>::try_from(key.0.finish().as_ref()).ok()
 }
 
 /// What an answer means: a 2xx JSON object whose `decision` is a boolean.

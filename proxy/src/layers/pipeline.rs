@@ -140,14 +140,13 @@ pub async fn evaluate(
     trace.caller_tag = found.caller_tag;
     found.verdict.map_err(|reason| deny(reason, trace))?;
     let Some(pdp) = pdp.filter(|p| p.applies(rule)) else { return Ok(()) };
-    let tags = rule.iter().flat_map(|r| r.required_tags.keys().map(String::as_str));
-    let claims = claims.as_deref().map(|c| policy::jwt::normalized(c, tags));
     let question = Question {
         caller: request.caller,
         agent_id: entry.agent_id.as_deref().or(entry.entra_agent_id.as_deref()),
         method: request.method,
         path: request.path.as_str(),
-        claims,
+        claims: claims.as_deref(),
+        tag_claims: rule.map(|r| &r.required_tags),
         request_id: request.request_id,
     };
     let mut audit = PdpAudit::default();

@@ -38,11 +38,15 @@ pub struct Metrics {
     hot: [HotSeries; 2],
 }
 
+/// `a2a_pdp_requests_total`'s `result` values.
+const PDP_RESULTS: [&str; 4] = ["allow", "deny", "error", "cached"];
+
 /// AuthZEN: the external PDP's answers and the evaluations this sidecar answers.
 #[derive(Debug, Clone)]
 pub struct AuthzenMetrics {
-    /// `a2a_pdp_requests_total{result}`: allow, deny, error, cached.
-    pdp_requests_total: IntCounterVec,
+    /// `a2a_pdp_requests_total{result}`: allow, deny, error, cached
+    /// (resolved once: the cached one is counted on the hot path).
+    pdp_requests: [prometheus::IntCounter; 4],
     /// `a2a_pdp_request_duration_seconds`: calls to the PDP (not cache hits).
     pub pdp_request_duration_seconds: prometheus::Histogram,
     /// `a2a_authzen_evaluations_total{decision}`: true, false.
@@ -56,9 +60,7 @@ impl AuthzenMetrics {
             &["result"],
         )?;
         registry.register(Box::new(pdp_requests_total.clone()))?;
-        for result in ["allow", "deny", "error", "cached"] {
-            pdp_requests_total.with_label_values(&[result]);
-        }
+        let pdp_requests = PDP_RESULTS.map(|result| pdp_requests_total.with_label_values(&[result]));
         let pdp_request_duration_seconds = prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new("pdp_request_duration_seconds", "Time of calls to authzen.pdp")
                 .buckets(vec![0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
@@ -72,12 +74,15 @@ impl AuthzenMetrics {
         for decision in ["true", "false"] {
             evaluations_total.with_label_values(&[decision]);
         }
-        Ok(Self { pdp_requests_total, pdp_request_duration_seconds, evaluations_total })
+        Ok(Self { pdp_requests, pdp_request_duration_seconds, evaluations_total })
     }
 
     /// One answer of the external PDP (or the cache): `allow`, `deny`, `error`, `cached`.
     pub fn pdp_request(&self, result: &'static str) {
-        self.pdp_requests_total.with_label_values(&[result]).inc();
+        let index = PDP_RESULTS.iter().position(|r| *r == result);
+        if let Some(counter) = index.and_then(|i| self.pdp_requests.get(i)) {
+            counter.inc();
+        }
     }
 
     /// One evaluation answered on `authzen.listen`.

@@ -40,12 +40,14 @@ fn only_a_2xx_json_object_with_a_boolean_decision_is_an_answer() {
 fn the_request_is_authzen_shaped_and_carries_claims_but_never_a_token() {
     let caller: SpiffeId = "spiffe://a.example/caller".parse().unwrap();
     let roles = vec!["Read".to_owned()];
+    let token = claims(Some("client-1"), &roles);
     let question = Question {
         caller: &caller,
         agent_id: Some("agent-1"),
         method: "GET",
         path: "/budget/read",
-        claims: json!({"azp": "client-1", "roles": roles}).as_object().cloned(),
+        claims: Some(&token),
+        tag_claims: None,
         request_id: Some("r1"),
     };
     let body = request_body(&question, "spiffe://a.example/me");
@@ -167,8 +169,25 @@ fn question<'a>(caller: &'a SpiffeId, roles: &'a [String]) -> Question<'a> {
         agent_id: None,
         method: "GET",
         path: "/p",
-        claims: json!({"roles": roles}).as_object().cloned(),
+        // Leaked: a test's claims live as long as the test.
+        claims: Some(Box::leak(Box::new(claims(None, roles)))),
+        tag_claims: None,
         request_id: Some("req-1"),
+    }
+}
+
+/// A validated token's claims with this agent and these roles.
+fn claims(azp: Option<&str>, roles: &[String]) -> policy::jwt::Claims {
+    policy::jwt::Claims {
+        issuer: std::sync::Arc::from("entra"),
+        entra: true,
+        kid: "k".into(),
+        exp: u64::MAX,
+        oid: None,
+        client_id: azp.map(std::sync::Arc::from),
+        roles: roles.iter().cloned().collect(),
+        strings: Default::default(),
+        cnf: Default::default(),
     }
 }
 
@@ -278,4 +297,50 @@ async fn a_deny_is_never_cached() {
         assert_eq!(pdp.decide(question(&caller, &[]), &mut PdpAudit::default()).await, Err(Reason::PdpDenied));
     }
     assert_eq!(fake.calls(), 3);
+}
+
+/// The key covers every field the request carries, unambiguously: roles
+/// split differently, a role moved into the agent claim, another tag value
+/// or another caller are other requests.
+#[test]
+fn the_cache_key_tells_apart_every_request_it_stands_for() {
+    let caller = caller();
+    let other: SpiffeId = "spiffe://a.example/caller2".parse().unwrap();
+    let key = |question: &Question<'_>| cache_key(question, "spiffe://a.example/me").unwrap();
+    let roles = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (ab_c, a_bc, none) = (roles(&["ab", "c"]), roles(&["a", "bc"]), roles(&[]));
+    let with = |azp: Option<&str>, r: &[String]| claims(azp, r);
+    let (t1, t2, t3, t4) = (with(None, &ab_c), with(None, &a_bc), with(Some("ab"), &none), with(None, &none));
+    let base = Question {
+        caller: &caller,
+        agent_id: None,
+        method: "GET",
+        path: "/p",
+        claims: Some(&t1),
+        tag_claims: None,
+        request_id: Some("r"),
+    };
+    let same = Question { request_id: Some("another id"), ..base.clone() };
+    assert_eq!(key(&base), key(&same), "the request id is not part of the decision");
+    let mut tagged = with(None, &ab_c);
+    tagged.strings.insert("dept".into(), "finance".into());
+    let mut retagged = tagged.clone();
+    retagged.strings.insert("dept".into(), "marketing".into());
+    let tags = std::collections::BTreeMap::from([("dept".to_owned(), "finance".to_owned())]);
+    let variants = [
+        Question { claims: Some(&t2), ..base.clone() },
+        Question { claims: Some(&t3), ..base.clone() },
+        Question { claims: Some(&t4), ..base.clone() },
+        Question { claims: None, ..base.clone() },
+        Question { caller: &other, ..base.clone() },
+        Question { agent_id: Some("x"), ..base.clone() },
+        Question { method: "POST", ..base.clone() },
+        Question { path: "/q", ..base.clone() },
+        Question { claims: Some(&tagged), tag_claims: Some(&tags), ..base.clone() },
+        Question { claims: Some(&retagged), tag_claims: Some(&tags), ..base.clone() },
+    ];
+    let mut keys = vec![key(&base)];
+    keys.extend(variants.iter().map(key));
+    let distinct: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "every variant has its own key");
 }
