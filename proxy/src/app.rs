@@ -269,7 +269,8 @@ impl Running {
             }
             None => None,
         };
-        let pdp = PdpSlot::new(config.authzen.pdp.as_ref(), self.identity.clone(), self.metrics.clone())?;
+        let pdp =
+            PdpSlot::new(config.authzen.pdp.as_ref(), self.identity.clone(), self.metrics.clone(), tokens.clone())?;
         if let (Some(cfg), Some(store)) = (&config.authzen.pdp, &policy)
             && cfg.rules == crate::config::PdpRules::Marked
             && !store.current().engine.doc().entries.iter().any(|e| e.rules.iter().any(|r| r.ask_pdp))

@@ -407,6 +407,12 @@ impl Config {
                     "needs the `entra` section (the sidecar's own federated identity)",
                 ));
             }
+            if raw.authzen.as_ref().and_then(|a| a.pdp.as_ref()).is_some_and(|p| p.entra_token.is_some()) {
+                return Err(ctx.invalid(
+                    "authzen.pdp.entra_token",
+                    "needs the `entra` section (the sidecar's own federated identity)",
+                ));
+            }
             if raw.risk.as_ref().is_some_and(|r| uses_graph(&r.source)) {
                 return Err(ctx.invalid(
                     "risk.source",

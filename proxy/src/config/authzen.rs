@@ -41,6 +41,8 @@ pub struct PdpConfig {
     pub server_id: Option<certs::IdPattern>,
     /// The bearer token (`key_env`'s value).
     pub bearer: Option<BearerKey>,
+    /// `entra_token.scope`: a bearer token the sidecar obtains by federation.
+    pub entra_scope: Option<String>,
 }
 
 /// A bearer token read from the environment: `Debug` never shows it.
@@ -133,6 +135,13 @@ impl Ctx<'_> {
             }
             None => None,
         };
+        let entra_scope = raw.entra_token.map(|t| t.scope);
+        if entra_scope.as_ref().is_some_and(|s| s.is_empty() || s.chars().any(char::is_whitespace)) {
+            return Err(self.invalid("authzen.pdp.entra_token.scope", "one scope such as `api://pdp/.default`"));
+        }
+        if entra_scope.is_some() && bearer.is_some() {
+            return Err(self.invalid("authzen.pdp.entra_token", "one credential: `key_env` or `entra_token`, not both"));
+        }
         if server_id.is_some() && uri.scheme_str() != Some("https") {
             return Err(self.invalid("authzen.pdp.server_id", "needs an https:// `url` (mTLS with our SVID)"));
         }
@@ -145,6 +154,7 @@ impl Ctx<'_> {
             rules,
             server_id,
             bearer,
+            entra_scope,
         })
     }
 }

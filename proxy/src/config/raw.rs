@@ -48,6 +48,7 @@ pub struct RawPdp {
     pub rules: Option<String>,
     pub server_id: Option<String>,
     pub key_env: Option<String>,
+    pub entra_token: Option<RawEntraToken>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::{PdpConfig, PdpRules};
+use crate::facts::entra_token::EntraTokens;
 use crate::facts::http::HttpClient;
 use crate::observe::metrics::Metrics;
 
@@ -45,6 +46,8 @@ pub enum Failure {
     BadAnswer,
     /// We have no SVID yet: the resource's `target` is unknown.
     NoIdentity,
+    /// `entra_token`: the sidecar could not obtain its token for the PDP.
+    Token,
 }
 
 /// A usable answer.
@@ -92,18 +95,26 @@ pub struct PdpSlot {
     pub current: Arc<arc_swap::ArcSwapOption<Pdp>>,
     identity: IdentityWatch,
     metrics: Arc<Metrics>,
+    /// The sidecar's Entra tokens, for `entra_token`.
+    tokens: Option<Arc<EntraTokens>>,
 }
 
 impl PdpSlot {
-    pub fn new(config: Option<&PdpConfig>, identity: IdentityWatch, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let slot = Self { current: Arc::default(), identity, metrics };
+    pub fn new(
+        config: Option<&PdpConfig>,
+        identity: IdentityWatch,
+        metrics: Arc<Metrics>,
+        tokens: Option<Arc<EntraTokens>>,
+    ) -> anyhow::Result<Self> {
+        let slot = Self { current: Arc::default(), identity, metrics, tokens };
         slot.current.store(slot.build(config)?);
         Ok(slot)
     }
 
     /// A new client with an empty cache for `config` (a reload validates with this, then stores it).
     pub fn build(&self, config: Option<&PdpConfig>) -> anyhow::Result<Option<Arc<Pdp>>> {
-        config.map(|c| Pdp::new(c, self.identity.clone(), self.metrics.clone()).map(Arc::new)).transpose()
+        let new = |c| Pdp::new(c, self.identity.clone(), self.metrics.clone(), self.tokens.clone());
+        config.map(|c| new(c).map(Arc::new)).transpose()
     }
 }
 
@@ -120,6 +131,8 @@ pub struct Pdp {
     uri: hyper::Uri,
     transport: Transport,
     bearer: Option<HeaderValue>,
+    /// With `entra_token`: where the bearer token comes from.
+    tokens: Option<Arc<EntraTokens>>,
     /// Allow answers only; `None` with `cache_ttl: 0s`.
     cache: Option<moka::future::Cache<[u8; 32], Arc<Answer>>>,
     identity: IdentityWatch,
@@ -127,8 +140,18 @@ pub struct Pdp {
 }
 
 impl Pdp {
-    pub fn new(config: &PdpConfig, identity: IdentityWatch, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &PdpConfig,
+        identity: IdentityWatch,
+        metrics: Arc<Metrics>,
+        tokens: Option<Arc<EntraTokens>>,
+    ) -> anyhow::Result<Self> {
         let uri: hyper::Uri = config.url.parse()?;
+        let tokens = match (&config.entra_scope, tokens) {
+            (None, _) => None,
+            (Some(_), Some(tokens)) => Some(tokens),
+            (Some(_), None) => anyhow::bail!("authzen.pdp.entra_token needs the `entra` section"),
+        };
         let transport = match &config.server_id {
             Some(expected) => {
                 let tls = certs::tls::client_config(identity.clone(), expected.clone())?;
@@ -161,7 +184,7 @@ impl Pdp {
         if let Some(value) = bearer.as_mut() {
             value.set_sensitive(true);
         }
-        Ok(Self { config: config.clone(), uri, transport, bearer, cache, identity, metrics })
+        Ok(Self { config: config.clone(), uri, transport, bearer, tokens, cache, identity, metrics })
     }
 
     pub fn config(&self) -> &PdpConfig {
@@ -272,8 +295,18 @@ impl Pdp {
         if let Some(bearer) = &self.bearer {
             request = request.header(header::AUTHORIZATION, bearer.clone());
         }
-        let request = request.body(Full::new(body)).map_err(|_| Failure::Connect)?;
         let exchange = async {
+            // The federated token is part of the call: it too is bounded by `timeout`.
+            if let (Some(tokens), Some(scope)) = (&self.tokens, &self.config.entra_scope) {
+                let token = tokens.token(scope).await.map_err(|e| {
+                    tracing::warn!(error = %e, "authzen.pdp: no Entra token for the PDP");
+                    Failure::Token
+                })?;
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Failure::Token)?;
+                value.set_sensitive(true);
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            let request = request.body(Full::new(body)).map_err(|_| Failure::Connect)?;
             let response = match &self.transport {
                 Transport::Web(client) => client.raw(request).await,
                 Transport::Spiffe(client) => client.request(request).await,
@@ -302,6 +335,7 @@ impl Failure {
             Self::TooLarge => "too_large",
             Self::BadAnswer => "bad_answer",
             Self::NoIdentity => "no_identity",
+            Self::Token => "token",
         }
     }
 }

@@ -31,6 +31,8 @@ struct Pdp {
     answer: Mutex<(u16, String)>,
     delay: Mutex<Duration>,
     calls: AtomicUsize,
+    /// The last request's `Authorization` header.
+    authorization: Mutex<Option<String>>,
 }
 
 impl Pdp {
@@ -69,6 +71,14 @@ impl Pdp {
                             break;
                         }
                     }
+                    let text = String::from_utf8_lossy(&data).into_owned();
+                    let authorization = text.split("\r\n\r\n").next().and_then(|head| {
+                        head.lines().find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("authorization").then(|| value.trim().to_owned())
+                        })
+                    });
+                    *this.authorization.lock().unwrap() = authorization;
                     this.calls.fetch_add(1, Ordering::SeqCst);
                     let delay = *this.delay.lock().unwrap();
                     tokio::time::sleep(delay).await;
@@ -122,6 +132,12 @@ async fn start(mesh: &Mesh, name: &str, yaml: &str, env: &MapEnv) -> App {
 /// A sidecar with the backend's SVID whose own policy allows everyone, asking
 /// the PDP at `url` after its layers, with `pdp_extra` in `authzen.pdp`.
 async fn pep(mesh: &Mesh, name: &str, url: &str, pdp_extra: &str, env: &MapEnv) -> App {
+    pep_with(mesh, name, url, pdp_extra, "", env).await
+}
+
+/// As [`pep`], with `top_extra` (whole sections) added.
+async fn pep_with(mesh: &Mesh, name: &str, url: &str, pdp_extra: &str, top_extra: &str, env: &MapEnv) -> App {
+    let timeout = if pdp_extra.contains("timeout:") { "" } else { ", timeout: 300ms" };
     let open = "version: '1'\ntrust_domain: aim.microsoft.com\ndefault_action: deny\npolicies:\n  \
                 - {name: anyone, spiffe_id: 'spiffe://aim.microsoft.com/ests/bp/b1/aid/budget-report', \
                 rules: [{path: '/*', methods: ['*'], action: allow}]}\n";
@@ -129,7 +145,8 @@ async fn pep(mesh: &Mesh, name: &str, url: &str, pdp_extra: &str, env: &MapEnv) 
     let yaml = backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT, APPROVAL])
         .replace("policy: {file: policy.yaml}", "policy: {file: open.yaml}")
         .replace("state_file: state.json", &format!("state_file: {name}-state.json"))
-        + &format!("authzen:\n  pdp: {{url: '{url}', timeout: 300ms{pdp_extra}}}\n");
+        + &format!("authzen:\n  pdp: {{url: '{url}'{timeout}{pdp_extra}}}\n")
+        + top_extra;
     start(mesh, name, &yaml, env).await
 }
 
@@ -406,4 +423,40 @@ async fn hostile_requests_to_the_pdp_are_refused_and_name_their_field() {
     assert_eq!(meta["access_evaluation_endpoint"], json!(format!("http://{listen}/access/v1/evaluation")));
     assert_eq!(meta["access_evaluations_endpoint"], json!(format!("http://{listen}/access/v1/evaluations")));
     assert_eq!(meta["policy_decision_point"], json!(format!("http://{listen}")));
+}
+
+/// `authzen.pdp.entra_token`: the PEP presents a token it obtained by
+/// federation (a JWT-SVID as the client assertion), never one of the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pep_presents_its_own_federated_entra_token_to_the_pdp() {
+    let mesh = Mesh::start().await;
+    mesh.idp.trust_assertion_keys(serde_json::to_string(&mesh.ca.jwt_bundle().unwrap()).unwrap().as_bytes()).unwrap();
+    let registration = proxy::cmd::dev_idp::AppRegistration { oid: "pep-oid".into(), roles: vec![] };
+    mesh.idp.register_app("pep-client", registration);
+    let pdp = Arc::new(Pdp::default());
+    pdp.set(200, r#"{"decision": true}"#);
+    let url = format!("http://{}/access/v1/evaluation", pdp.start().await);
+    let entra = format!(
+        "entra: {{client_id: pep-client, tenant_id: '{TENANT}', authority: '{}', use_jwt_svid: true}}\n",
+        mesh.idp.authority()
+    );
+    let scope = ", timeout: 2s, entra_token: {scope: 'api://pdp/.default'}";
+    let a = pep_with(&mesh, "pep-entra", &url, scope, &entra, &MapEnv::default()).await;
+    let reply = inbound(&mesh, a.inbound_addr.unwrap(), REPORT, "GET", "/x").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let authorization = pdp.authorization.lock().unwrap().clone().expect("a bearer token");
+    let token = authorization.strip_prefix("Bearer ").unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!((claims["aud"].as_str(), claims["azp"].as_str()), (Some("api://pdp"), Some("pep-client")), "{claims}");
+
+    // One credential per PDP: a key and a federated token together are refused.
+    let config = "entra_token: {scope: 'api://pdp/.default'}, key_env: K";
+    let yaml = format!("identity: {{socket: unix:///x}}\n{entra}authzen: {{pdp: {{url: '{url}', {config}}}}}\n");
+    let path = mesh.dir.path().join("both.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let error = Config::load_with_env(&path, &MapEnv::default().with("K", "v")).unwrap_err().to_string();
+    assert!(error.contains("`authzen.pdp.entra_token`: one credential"), "{error}");
 }

@@ -149,6 +149,7 @@ fn config(url: &str, cache_ttl: Duration) -> PdpConfig {
         rules: PdpRules::All,
         server_id: None,
         bearer: Some(crate::config::BearerKey { env: "K".into(), value: "secret-key".into() }),
+        entra_scope: None,
     }
 }
 
@@ -156,7 +157,7 @@ fn client(config: &PdpConfig) -> (Pdp, Arc<Metrics>) {
     let ca = DevCa::generate(&TrustDomain::new("a.example").unwrap()).unwrap();
     let me = ca.identity(&"spiffe://a.example/me".parse().unwrap(), Duration::from_secs(600), &[]).unwrap();
     let metrics = Arc::new(Metrics::new().unwrap());
-    (Pdp::new(config, IdentityWatch::fixed(Arc::new(me)), metrics.clone()).unwrap(), metrics)
+    (Pdp::new(config, IdentityWatch::fixed(Arc::new(me)), metrics.clone(), None).unwrap(), metrics)
 }
 
 fn caller() -> SpiffeId {
