@@ -50,6 +50,10 @@ pub enum Command {
         /// The tenant's JWKS document (no network is used).
         #[arg(long, requires = "token")]
         jwks: Option<PathBuf>,
+        /// The caller's certificate (PEM, e.g. its svid.pem): a certificate-bound
+        /// token (RFC 8705) is compared with it.
+        #[arg(long, requires = "token")]
+        cert: Option<PathBuf>,
         /// The caller's risk level as Graph reports it (with `risk.source: graph`);
         /// without it the risk is unknown and `risk.on_unavailable` decides.
         #[arg(long)]
@@ -219,7 +223,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Explain { caller, method, path, token, jwks, risk, tag } => {
+        Command::Explain { caller, method, path, token, jwks, cert, risk, tag } => {
             let Some(config) = load(cli.config.as_deref()) else { return ExitCode::from(BAD_CONFIG) };
             let question = explain::Question {
                 caller: &caller,
@@ -227,6 +231,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 path: &path,
                 token: token.as_deref(),
                 jwks: jwks.as_deref(),
+                cert: cert.as_deref(),
                 graph_risk: risk,
                 graph_tag: tag,
             };

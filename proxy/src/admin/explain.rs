@@ -29,10 +29,26 @@ pub struct Question<'a> {
     pub token: Option<&'a str>,
     /// The tenant's signing keys (a JWKS document).
     pub jwks: Option<&'a Path>,
+    /// The caller's certificate (PEM, the first one): an RFC 8705 token's
+    /// `cnf.x5t#S256` is compared with it; without it, it is not compared.
+    pub cert: Option<&'a Path>,
     /// What Graph reports for the caller (with `risk.source: graph`); `None`: unknown.
     pub graph_risk: Option<RiskLevel>,
     /// The caller's tag in Graph (with `tags.source: graph`); `None`: unknown.
     pub graph_tag: Option<String>,
+}
+
+/// RFC 8705 `x5t#S256` of the first certificate in a PEM file.
+pub fn cert_thumbprint(path: &Path) -> Result<String, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let named = |e: &dyn std::fmt::Display| format!("--cert `{}`: {e}", path.display());
+    let cert = CertificateDer::pem_file_iter(path)
+        .map_err(|e| named(&e))?
+        .next()
+        .ok_or_else(|| named(&"no certificate"))?
+        .map_err(|e| named(&e))?;
+    Ok(crate::layers::oauth::thumbprint_s256(&cert))
 }
 
 /// What became of the request.
@@ -118,13 +134,17 @@ pub async fn explain_with(sidecar: Parts<'_>, question: &Question<'_>) -> Result
         let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "--token is not a header value")?;
         headers.insert(AUTHORIZATION, value);
     }
+    let leaf_sha256 = match question.cert {
+        Some(path) => Some(cert_thumbprint(path)?),
+        None => None,
+    };
     let loaded = sidecar.policy.current();
     let facts = RequestFacts {
         caller: &caller,
         method: method.as_str(),
         path: &path,
         headers: &headers,
-        leaf_sha256: None,
+        leaf_sha256: leaf_sha256.as_deref(),
         asserted: None,
         request_id: None,
     };
@@ -135,7 +155,8 @@ pub async fn explain_with(sidecar: Parts<'_>, question: &Question<'_>) -> Result
     };
     let result = pipeline::evaluate(&loaded, sidecar.oauth, sidecar.governor, live, facts, None, &mut trace).await;
     let denied = result.err().map(|denial| denial.reason);
-    layer_lines(&mut out, &loaded, &caller, &method, &path, &trace, denied);
+    let request = (&caller, &method, &path, question.cert.is_some());
+    layer_lines(&mut out, &loaded, request, &trace, denied);
     if denied.is_none_or(|reason| reason.layer() == Layer::Pdp) {
         pdp_line(&mut out, sidecar.pdp, trace.pdp.as_ref());
     }
@@ -151,15 +172,15 @@ pub async fn explain_with(sidecar: Parts<'_>, question: &Question<'_>) -> Result
 }
 
 /// Layers 2 to 4: each that ran, up to the one that denied.
+/// `request`: the caller, method, canonical path, and whether a certificate was given.
 fn layer_lines(
     out: &mut Text,
     loaded: &rbac::Loaded,
-    caller: &SpiffeId,
-    method: &Method,
-    path: &policy::CanonicalPath,
+    request: (&SpiffeId, &Method, &policy::CanonicalPath, bool),
     trace: &Trace,
     denied: Option<Reason>,
 ) {
+    let (caller, method, path, cert_given) = request;
     let denied_at = denied.map(Reason::layer);
     let ran = |layer: Layer| {
         let order = [Layer::Rbac, Layer::Oauth, Layer::Risk, Layer::Tags];
@@ -192,8 +213,12 @@ fn layer_lines(
         None if trace.jwt.valid => {
             let azp = trace.jwt.azp.as_deref().unwrap_or("?");
             let issuer = trace.jwt.issuer.as_deref().unwrap_or("?");
-            // No connection here: a certificate binding is not compared.
-            let bound = if trace.jwt.bound { ", bound to a certificate (not compared by explain)" } else { "" };
+            let bound = match (trace.jwt.bound, cert_given) {
+                (false, _) => "",
+                (true, true) => ", bound to the given certificate",
+                // No connection here: a certificate binding is compared only with --cert.
+                (true, false) => ", bound to a certificate (not compared without --cert)",
+            };
             format!("valid token (issuer {issuer}, agent {azp}, roles {:?}{bound})", trace.jwt.roles)
         }
         None => "no JWT required by the matched rule".to_owned(),

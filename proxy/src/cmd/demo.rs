@@ -25,6 +25,7 @@ use crate::cmd::dev_idp::{AppRegistration, DevIdp};
 use crate::config::{Config, MapEnv};
 
 pub mod matrix;
+pub mod pdp;
 pub mod sample_app;
 
 pub use matrix::{Event, Outcome, Table, run_matrix};
@@ -39,6 +40,10 @@ const AUDIENCE: &str = "api://budget-backend";
 const POLICY: &str = include_str!("../../../examples/reference-policy/spiffe-rbac-policy.yaml");
 /// Short enough that SVIDs rotate (at half-life) while the demo runs.
 const SVID_TTL: Duration = Duration::from_secs(4);
+/// budget-report's client at the Keycloak-shaped issuer (`azp`), and that
+/// issuer's audience for budget-backend.
+const KEYCLOAK_AGENT: &str = "budget-report";
+const KEYCLOAK_AUDIENCE: &str = "budget-backend";
 /// The operator console's SPIFFE ID (`--keep-running` starts one).
 const CONSOLE: &str = "spiffe://aim.microsoft.com/ops/console";
 
@@ -113,6 +118,8 @@ fn policy_env() -> MapEnv {
             env = env.with(&format!("ENTRA_ID_{key}"), oid);
         }
     }
+    // budget-report is also a client of the Keycloak-shaped issuer, under this agent ID.
+    env = env.with("AGENT_ID_BUDGET_REPORT", KEYCLOAK_AGENT);
     // The GitHub runner's policy entry names an agent identity the runner never obtained a token for.
     env.with("ENTRA_ID_GITHUB_BUDGET_READER", "00000000-0000-4000-8000-0000000000c1")
 }
@@ -124,6 +131,15 @@ pub struct Stack {
     _app: tokio::task::JoinHandle<()>,
     _idp_task: tokio::task::JoinHandle<()>,
     pub idp: Arc<DevIdp>,
+    /// A second token issuer, Keycloak-shaped (`jwt.issuers[]`).
+    pub keycloak: Arc<crate::cmd::dev_idp::issuer::DevIssuer>,
+    _keycloak_task: tokio::task::JoinHandle<()>,
+    /// The external AuthZEN PDP budget-backend asks (`authzen.pdp`).
+    pub pdp: Arc<pdp::DemoPdp>,
+    _pdp_task: tokio::task::JoinHandle<()>,
+    /// What the app sent in rows where it presented its own token, and the
+    /// certificate its sidecar presented then (for `explain`).
+    app_tokens: std::sync::Mutex<Vec<(&'static str, String, Option<Vec<u8>>)>>,
     /// The home trust domain's dev CA (the console's SVID comes from it).
     home: Arc<DevCa>,
     pub backend: App,
@@ -137,6 +153,10 @@ impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("a2a-demo").tempdir()?;
         let (idp, _, idp_task) = crate::cmd::dev_idp::start(&dir.path().join("idp")).await?;
+        let shape = crate::cmd::dev_idp::issuer::Shape::Keycloak;
+        let (keycloak, _, keycloak_task) =
+            crate::cmd::dev_idp::issuer::start(shape, jsonwebtoken::Algorithm::ES256).await?;
+        let (pdp, pdp_addr, pdp_task) = pdp::start().await?;
         let home = Arc::new(DevCa::generate(&TrustDomain::new(TRUST_DOMAIN)?)?);
         let federated = Arc::new(DevCa::generate(&TrustDomain::new(FEDERATED_DOMAIN)?)?);
         // Federated credentials: the IdP accepts JWT-SVIDs from both trust domains as client assertions.
@@ -172,7 +192,8 @@ impl Stack {
         let policy_file = dir.path().join("spiffe-rbac-policy.yaml");
         std::fs::write(&policy_file, POLICY)?;
         let backend_config = dir.path().join("budget-backend.yaml");
-        std::fs::write(&backend_config, backend_yaml(dir.path(), app_addr, &idp.authority(), &admin_key))?;
+        let peers = Peers { idp: &idp.authority(), keycloak: &keycloak.issuer(), pdp: pdp_addr };
+        std::fs::write(&backend_config, backend_yaml(dir.path(), app_addr, &peers, &admin_key))?;
         let backend = start_sidecar(Config::load_with_env(&backend_config, &policy_env())?).await?;
         let inbound = backend.inbound_addr.context("backend has no inbound listener")?;
         let mut callers = Vec::new();
@@ -187,6 +208,11 @@ impl Stack {
             _app: app,
             _idp_task: idp_task,
             idp,
+            keycloak,
+            _keycloak_task: keycloak_task,
+            pdp,
+            _pdp_task: pdp_task,
+            app_tokens: std::sync::Mutex::default(),
             home,
             backend,
             policy_file,
@@ -234,6 +260,7 @@ impl Stack {
             ("A2A_BACKEND".to_owned(), self.backend.inbound_addr.context("no inbound")?.to_string()),
             ("A2A_BACKEND_TELEMETRY".to_owned(), self.backend.telemetry_addr.to_string()),
             ("A2A_IDP".to_owned(), self.idp.authority()),
+            ("A2A_AUTHZEN".to_owned(), self.backend.authzen_addr.context("no authzen listener")?.to_string()),
         ];
         for (caller, app) in &self.callers {
             env.push((format!("A2A_{}", caller.short), app.outbound_addr.context("no outbound")?.to_string()));
@@ -368,7 +395,14 @@ fn random_key() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn backend_yaml(dir: &Path, app: SocketAddr, idp: &str, admin_key: &str) -> String {
+/// Where budget-backend's sidecar finds the services it depends on.
+struct Peers<'a> {
+    idp: &'a str,
+    keycloak: &'a str,
+    pdp: SocketAddr,
+}
+
+fn backend_yaml(dir: &Path, app: SocketAddr, peers: &Peers<'_>, admin_key: &str) -> String {
     let allowed: Vec<String> = ALLOWED.iter().map(|c| format!("'{}'", c.id)).collect();
     let key_hash: String = crate::config::sha256(admin_key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
     format!(
@@ -380,7 +414,17 @@ inbound:
   upstream: 'http://{app}'
   allowed_callers: [{allowed}]
 policy: {{file: spiffe-rbac-policy.yaml}}
-jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{idp}'}}
+jwt:
+  tenant_id: '{TENANT}'
+  audiences: ['{AUDIENCE}']
+  authority: '{idp}'
+  # A second issuer: tokens are routed to it by their `iss` (docs/issuers.md).
+  issuers:
+    - {{name: keycloak, issuer: '{keycloak}', audiences: ['{KEYCLOAK_AUDIENCE}'], algorithms: [ES256], roles_claim: realm_access.roles}}
+# After Layers 1-4, an external AuthZEN PDP decides too; the sidecar also answers as one (docs/authzen.md).
+authzen:
+  pdp: {{url: 'http://{pdp}/access/v1/evaluation', cache_ttl: 1s}}
+  listen: '127.0.0.1:0'
 entra: {{client_id: budget-backend-client, tenant_id: '{TENANT}', authority: '{idp}', graph_endpoint: '{idp}', use_jwt_svid: true}}
 risk: {{source: graph, refresh: 1s}}
 tags: {{source: graph, ttl: 1s}}
@@ -393,6 +437,9 @@ mgmt:
 ",
         dir = dir.display(),
         allowed = allowed.join(", "),
+        idp = peers.idp,
+        keycloak = peers.keycloak,
+        pdp = peers.pdp,
     )
 }
 

@@ -78,22 +78,16 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         roles: args.roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
         ttl: duration("--ttl", &args.ttl)?,
         v1: args.v1,
-        cnf_x5t: args.bind_cert.as_deref().map(cert_thumbprint).transpose()?,
+        cnf_x5t: args
+            .bind_cert
+            .as_deref()
+            .map(|path| {
+                crate::admin::explain::cert_thumbprint(path).map_err(|e| bad(e.replace("--cert", "--bind-cert")))
+            })
+            .transpose()?,
     };
     println!("{}", idp.token(&spec)?);
     Ok(())
-}
-
-/// `x5t#S256` of the first certificate in a PEM file.
-fn cert_thumbprint(path: &Path) -> anyhow::Result<String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let cert = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(format!("--bind-cert `{}`: {e}", path.display())))?
-        .next()
-        .ok_or_else(|| bad(format!("--bind-cert `{}`: no certificate", path.display())))?
-        .map_err(|e| bad(format!("--bind-cert `{}`: {e}", path.display())))?;
-    Ok(crate::layers::oauth::thumbprint_s256(&cert))
 }
 
 fn issue(dir: &Path, id: &str, out: &Path, ttl: &str) -> anyhow::Result<()> {

@@ -390,12 +390,7 @@ impl DevIdp {
 
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
-        use crate::dataplane::server::{Listener, serve_http1};
-        let (_never, shutdown) = tokio::sync::watch::channel(false);
-        let handler = move |req, _| self.clone().handle(req);
-        let listener = Listener::new(listener, "dev idp", crate::config::LOCAL_MAX_CONNECTIONS, None);
-        let limits = crate::config::HttpLimits { idle_timeout: Duration::from_secs(60), ..crate::config::LOCAL_LIMITS };
-        serve_http1(listener, limits, shutdown, Duration::from_secs(1), handler).await;
+        serve_dev(listener, "dev idp", move |req| self.clone().handle(req)).await;
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -739,6 +734,20 @@ fn write_secret(path: &Path, contents: &str) -> Result<(), DevError> {
     let mut file =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
     file.write_all(contents.as_bytes()).map_err(io)
+}
+
+/// Serves a dev emulator's `handle` on `listener` (HTTP/1.1, the local
+/// listeners' limits) until the task is dropped.
+pub async fn serve_dev<H, F>(listener: tokio::net::TcpListener, name: &'static str, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    use crate::dataplane::server::{Listener, serve_http1};
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
+    let listener = Listener::new(listener, name, crate::config::LOCAL_MAX_CONNECTIONS, None);
+    let limits = crate::config::HttpLimits { idle_timeout: Duration::from_secs(60), ..crate::config::LOCAL_LIMITS };
+    serve_http1(listener, limits, shutdown, Duration::from_secs(1), move |req, _| handle(req)).await;
 }
 
 /// Starts a dev IdP on 127.0.0.1:0 (tests, the demo).

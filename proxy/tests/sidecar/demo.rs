@@ -37,6 +37,9 @@ async fn every_demo_case_matches_and_explain_agrees() {
         ("oauth", "insufficient_roles"),
         ("risk", "high_risk_agent_blocked"),
         ("tags", "agent_tag_mismatch"),
+        ("oauth", "jwt_not_bound"),
+        ("pdp", "pdp_denied"),
+        ("pdp", "pdp_unavailable"),
     ] {
         assert!(outcomes.iter().any(|o| o.layer == layer && o.reason == reason), "no {layer}/{reason}");
     }
@@ -48,8 +51,22 @@ async fn every_demo_case_matches_and_explain_agrees() {
 /// tenant's keys, and what Graph says of the caller.
 fn explain_row(stack: &Stack, outcome: &Outcome, scratch: &std::path::Path) -> Vec<(&'static str, Verdict)> {
     let config = stack.backend_config().unwrap();
+    // Offline, the keys stand in for every issuer's: both issuers' keys.
     let jwks = scratch.join("jwks.json");
-    std::fs::write(&jwks, stack.idp.jwks().to_string()).unwrap();
+    let mut keys = stack.idp.jwks()["keys"].as_array().unwrap().clone();
+    keys.extend(stack.keycloak.jwks()["keys"].as_array().unwrap().iter().cloned());
+    std::fs::write(&jwks, serde_json::json!({ "keys": keys }).to_string()).unwrap();
+    let app_token = stack.app_token(outcome.case);
+    let cert = app_token.as_ref().and_then(|(_, cert)| cert.as_ref()).map(|der| {
+        use base64::Engine as _;
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        );
+        let path = scratch.join("caller.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
+    });
     // "<method> <path>", or "<n> x <method> <path>" for the rotation run (two callers).
     let request: Vec<&str> = outcome.request.split(' ').collect();
     let ([.., method, path], callers) = (request.as_slice(), caller_names(outcome.caller)) else {
@@ -58,9 +75,10 @@ fn explain_row(stack: &Stack, outcome: &Outcome, scratch: &std::path::Path) -> V
     callers
         .into_iter()
         .map(|caller| {
-            let token = match outcome.case {
+            let token = match (outcome.case, &app_token) {
                 // The app sent its own token; the caller's sidecar passed it on.
-                "L3: app's own token invalid" => Some("not-a-jwt".to_owned()),
+                ("L3: app's own token invalid", _) => Some("not-a-jwt".to_owned()),
+                (_, Some((token, _))) => Some(token.clone()),
                 _ => stack.token_for(caller).unwrap(),
             };
             let oid = caller.oid.unwrap_or_default();
@@ -70,6 +88,7 @@ fn explain_row(stack: &Stack, outcome: &Outcome, scratch: &std::path::Path) -> V
                 path,
                 token: token.as_deref(),
                 jwks: token.as_ref().map(|_| jwks.as_path()),
+                cert: cert.as_deref(),
                 graph_risk: Some(
                     stack.idp.graph_risk(oid).map_or(policy::RiskLevel::None, |(l, _)| l.parse().unwrap()),
                 ),
@@ -87,6 +106,14 @@ fn caller_names(names: &str) -> Vec<Caller> {
 
 /// The live answer as the caller's app saw it, and the verdict `explain` gave.
 fn agrees(verdict: Verdict, live: &str) -> bool {
+    // An AuthZEN evaluation's row: the decision and its reason.
+    if let Some(reason) = live.strip_prefix("false ") {
+        return matches!(verdict, Verdict::Denied(r) if r.as_str() == reason);
+    }
+    // Offline, `explain` does not ask the external PDP: Layers 1-4 allowed.
+    if live == "403 pdp_denied" || live == "503 pdp_unavailable" || live == "true allowed" {
+        return verdict == Verdict::Forwarded;
+    }
     match verdict {
         Verdict::Forwarded | Verdict::ShadowForwarded(_) => live == "200 allowed" || live == "all 200, rotated",
         // Refused at the handshake (the caller's sidecar reports it), or on

@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::{APPROVAL, AUDIENCE, Caller, GITHUB, GOOGLE, MENUS, REPORT, SVID_TTL, Stack, TENANT, send};
+use super::{
+    APPROVAL, AUDIENCE, Caller, GITHUB, GOOGLE, KEYCLOAK_AGENT, KEYCLOAK_AUDIENCE, MENUS, REPORT, SVID_TTL, Stack,
+    TENANT, send,
+};
 use crate::app::App;
 use crate::cmd::dev_idp::TokenSpec;
+use crate::cmd::dev_idp::issuer::IssuerToken;
 
 /// How long a live change (policy file, Graph tag) may take to show.
 const PROPAGATION: Duration = Duration::from_secs(10);
@@ -190,6 +194,21 @@ pub async fn run_matrix(stack: &Stack, mut progress: impl FnMut(Event<'_>)) -> a
     let c = case("L3: JWKS key rotated", REPORT, read, allowed);
     step!(c.name, stack.new_signing_key(&c).await?);
 
+    // Layer 3 beyond Entra: a second issuer, routed by `iss`; and tokens
+    // bound to the caller's certificate (RFC 8705).
+    let c = case("L3 any IdP: Keycloak token", REPORT, read, allowed);
+    step!(c.name, {
+        let roles = REPORT.roles;
+        let spec =
+            IssuerToken { audience: KEYCLOAK_AUDIENCE, agent: KEYCLOAK_AGENT, roles, ttl: TOKEN_TTL, cnf_x5t: None };
+        let token = stack.keycloak.token(&spec)?;
+        stack.with_app_token(&c, token, None).await?
+    });
+    let c = case("L3 RFC 8705: bound to its SVID", REPORT, read, allowed);
+    step!(c.name, stack.bound_token(&c, REPORT).await?);
+    let c = case("L3 RFC 8705: another's SVID", REPORT, read, (401, "jwt_not_bound"));
+    step!(c.name, stack.bound_token(&c, APPROVAL).await?);
+
     // A policy hot reload: budget-report's submit rule now needs a role it lacks.
     let c = case("policy reload: needs a role", REPORT, submit, (403, "insufficient_roles"));
     step!(c.name, {
@@ -229,6 +248,25 @@ pub async fn run_matrix(stack: &Stack, mut progress: impl FnMut(Event<'_>)) -> a
         stack.check_until(&c).await?
     });
 
+    // After Layers 1-4 allowed: the external AuthZEN PDP (layer `pdp`).
+    let c = case("pdp: the external PDP denies", REPORT, read, (403, "pdp_denied"));
+    step!(c.name, {
+        stack.pdp.deny(REPORT.id);
+        stack.check_until(&c).await?
+    });
+    let c = case("pdp: PDP down, fails closed", REPORT, read, (503, "pdp_unavailable"));
+    step!(c.name, {
+        stack.pdp.break_down();
+        stack.check_until(&c).await?
+    });
+    let c = case("pdp: the PDP allows again", REPORT, read, allowed);
+    step!(c.name, {
+        stack.pdp.allow();
+        stack.check_until(&c).await?
+    });
+    // The sidecar as a PDP: its policy, asked over AuthZEN (`authzen.listen`).
+    step!("AuthZEN: backend as the PDP", stack.evaluate("AuthZEN: backend as the PDP", REPORT, submit, false).await?);
+
     step!("SVID rotation under traffic", stack.traffic_across_rotation().await?);
     Ok(outcomes)
 }
@@ -245,22 +283,110 @@ const REPORT_SUBMIT_WITH_ROLE: &str = "      - path: \"/budget/submit\"
         required_roles: [\"Budget.Submit\"]
 ";
 
+/// Tokens the demo's app mints itself live this long.
+const TOKEN_TTL: Duration = Duration::from_secs(600);
+
 impl Stack {
+    /// The token the app sent in row `case` (where it sent its own), and the
+    /// certificate (DER) its sidecar presented then, if that mattered.
+    pub fn app_token(&self, case: &str) -> Option<(String, Option<Vec<u8>>)> {
+        let tokens = self.app_tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokens.iter().rev().find(|(c, _, _)| *c == case).map(|(_, token, cert)| (token.clone(), cert.clone()))
+    }
+
+    /// The app sends `token` itself (its sidecar passes it on); recorded for `explain`.
+    async fn with_app_token(&self, case: &Case, token: String, cert: Option<Vec<u8>>) -> anyhow::Result<Outcome> {
+        let bearer = format!("Bearer {token}");
+        let outcome = self.check(case, &[("authorization", &bearer)]).await?;
+        self.app_tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((case.name, token, cert));
+        Ok(outcome)
+    }
+
+    /// The leaf certificate (DER) `caller`'s sidecar presents now.
+    fn presented(&self, caller: Caller) -> anyhow::Result<Vec<u8>> {
+        let app =
+            self.callers.iter().find(|(c, _)| c.name == caller.name).map(|(_, app)| app).context("no such caller")?;
+        let identity = app.identity.current().context("the caller has no SVID")?;
+        Ok(identity.svid().chain().first().context("an SVID without a certificate")?.to_vec())
+    }
+
+    /// The case's caller presents a token bound (RFC 8705) to the SVID
+    /// `bound_to`'s sidecar presents now. SVIDs rotate every few seconds
+    /// here: a rotation between minting and the call is retried.
+    async fn bound_token(&self, case: &Case, bound_to: Caller) -> anyhow::Result<Outcome> {
+        let started = Instant::now();
+        loop {
+            let bound = self.presented(bound_to)?;
+            let own = if bound_to.name == case.caller.name { bound.clone() } else { self.presented(case.caller)? };
+            let x5t = crate::layers::oauth::thumbprint_s256(&bound);
+            let token = self.token_bound_to(case.caller, x5t)?;
+            let outcome = self.with_app_token(case, token, Some(own)).await?;
+            if outcome.matched() || started.elapsed() > PROPAGATION {
+                return Ok(outcome);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asks budget-backend's own AuthZEN PDP about `caller` doing `request`;
+    /// the row shows the decision and its reason.
+    async fn evaluate(
+        &self,
+        name: &'static str,
+        caller: Caller,
+        request: (&'static str, &'static str),
+        decision: bool,
+    ) -> anyhow::Result<Outcome> {
+        let want_reason = if decision { "allowed" } else { "rule_denied" };
+        let addr = self.backend.authzen_addr.context("budget-backend has no authzen listener")?;
+        let body = serde_json::json!({
+            "subject": {"type": "spiffe_id", "id": caller.id},
+            "action": {"name": request.0},
+            "resource": {"type": "http_path", "id": request.1},
+        });
+        let headers = [("x-spiffe-admin-key", self.admin_key.as_str()), ("content-type", "application/json")];
+        let started = Instant::now();
+        let path = "/access/v1/evaluation";
+        let (status, answer) = send(addr, "POST", "localhost", path, &headers, body.to_string()).await?;
+        anyhow::ensure!(status == 200, "POST {path}: {status} {answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer)?;
+        let field = |k: &str| answer.pointer(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
+        let got = answer.get("decision").and_then(serde_json::Value::as_bool);
+        Ok(Outcome {
+            case: name,
+            caller: caller.name,
+            request: format!("AuthZEN {} {}", request.0, request.1),
+            expected: format!("{decision} {want_reason}"),
+            got: format!("{} {}", got.map_or("?".to_owned(), |d| d.to_string()), field("/context/reason")),
+            layer: field("/context/layer"),
+            reason: field("/context/reason"),
+            latency: started.elapsed(),
+        })
+    }
+
     /// A token like the one the caller's sidecar obtains by federation
     /// (`None` for a caller without an Entra identity).
     pub fn token_for(&self, caller: Caller) -> anyhow::Result<Option<String>> {
-        let Some(oid) = caller.oid else { return Ok(None) };
-        let token = self.idp.token(&TokenSpec {
+        caller.oid.map(|_| self.token_bound(caller, None)).transpose()
+    }
+
+    /// As [`Self::token_for`], bound to the certificate with this `x5t#S256`.
+    fn token_bound_to(&self, caller: Caller, x5t: String) -> anyhow::Result<String> {
+        self.token_bound(caller, Some(x5t))
+    }
+
+    fn token_bound(&self, caller: Caller, cnf_x5t: Option<String>) -> anyhow::Result<String> {
+        let oid = caller.oid.context("the caller has no Entra identity")?;
+        Ok(self.idp.token(&TokenSpec {
             tenant: TENANT.into(),
             audiences: vec![AUDIENCE.into()],
             client_id: super::client_id(caller),
             oid: oid.into(),
             roles: caller.roles.iter().map(|r| (*r).to_owned()).collect(),
-            ttl: Duration::from_secs(600),
+            ttl: TOKEN_TTL,
             v1: false,
-            cnf_x5t: None,
-        })?;
-        Ok(Some(token))
+            cnf_x5t,
+        })?)
     }
 
     async fn set_allowed(&self, callers: &[Caller]) -> anyhow::Result<()> {

@@ -132,7 +132,8 @@ impl DevIssuer {
         self.key().ok_or_else(|| DevError::Serve("no signing key".into()))?.sign(&self.claims(token))
     }
 
-    fn jwks(&self) -> Value {
+    /// The JWKS it publishes.
+    pub fn jwks(&self) -> Value {
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
         json!({"keys": keys.iter().filter_map(|k| serde_json::to_value(k.jwk().ok()?).ok()).collect::<Vec<_>>()})
     }
@@ -167,7 +168,6 @@ pub async fn start(
     shape: Shape,
     alg: Algorithm,
 ) -> anyhow::Result<(Arc<DevIssuer>, SocketAddr, tokio::task::JoinHandle<()>)> {
-    use crate::dataplane::server::{Listener, serve_http1};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let issuer = Arc::new(DevIssuer {
@@ -179,12 +179,7 @@ pub async fn start(
         fetches: AtomicU64::new(0),
     });
     let served = issuer.clone();
-    let task = tokio::spawn(async move {
-        let (_never, shutdown) = tokio::sync::watch::channel(false);
-        let handler = move |req, _| served.clone().handle(req);
-        let listener = Listener::new(listener, "dev issuer", crate::config::LOCAL_MAX_CONNECTIONS, None);
-        let limits = crate::config::HttpLimits { idle_timeout: Duration::from_secs(60), ..crate::config::LOCAL_LIMITS };
-        serve_http1(listener, limits, shutdown, Duration::from_secs(1), handler).await;
-    });
+    let task =
+        tokio::spawn(crate::cmd::dev_idp::serve_dev(listener, "dev issuer", move |req| served.clone().handle(req)));
     Ok((issuer, addr, task))
 }
