@@ -31,6 +31,24 @@ struct Key {
     alg: Option<Algorithm>,
 }
 
+/// The key a token was verified with: equal only to itself (the same key
+/// in the same key set), so a `kid` that names new key material is a
+/// different key.
+#[derive(Clone)]
+pub struct KeyHandle(Arc<Key>);
+
+impl PartialEq for KeyHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHandle")
+    }
+}
+
 /// One issuer's verification keys in force, by `kid`: RSA, EC P-256 and
 /// Ed25519 signing keys; symmetric keys and other curves are skipped.
 #[derive(Clone, Default)]
@@ -78,6 +96,10 @@ pub enum CertBinding {
     /// `cnf` or `cnf.x5t#S256` is there but is not an object / a base64url
     /// SHA-256: a binding that cannot be checked is refused.
     Malformed,
+    /// `cnf` names another confirmation method (DPoP's `jkt`, `jwk`, `jku`,
+    /// `kid`, ...), alone or next to `x5t#S256`: the sidecar cannot check
+    /// it, so the token is refused rather than used as a plain bearer.
+    OtherMethod,
     /// The base64url (no padding) SHA-256 of the certificate's DER.
     X5tS256(String),
 }
@@ -151,6 +173,11 @@ impl KeySet {
             }
         }
         Ok(Self { keys })
+    }
+
+    /// The key named `kid`, to tell later whether it is still the same one.
+    pub fn handle(&self, kid: &str) -> Option<KeyHandle> {
+        self.keys.get(kid).cloned().map(KeyHandle)
     }
 
     /// The verification key for `kid`.
@@ -273,6 +300,9 @@ fn roles_at(claims: &Map<String, Value>, path: &str) -> Result<Arc<[String]>, Jw
 fn cert_binding(claims: &Map<String, Value>) -> CertBinding {
     let Some(cnf) = claims.get("cnf") else { return CertBinding::Unbound };
     let Some(cnf) = cnf.as_object() else { return CertBinding::Malformed };
+    if cnf.keys().any(|method| method != "x5t#S256") {
+        return CertBinding::OtherMethod;
+    }
     match cnf.get("x5t#S256") {
         None => CertBinding::Unbound,
         Some(Value::String(t))
@@ -425,6 +455,7 @@ pub fn check_cert_binding(claims: &Claims, leaf_sha256: Option<&str>, required: 
         CertBinding::Unbound if required => not_bound("token is not bound to a certificate"),
         CertBinding::Unbound => Ok(()),
         CertBinding::Malformed => not_bound("cnf is malformed"),
+        CertBinding::OtherMethod => not_bound("cnf names a confirmation method the sidecar cannot check"),
         CertBinding::X5tS256(want) => match leaf_sha256 {
             Some(have) if have != want => not_bound("token is bound to another certificate"),
             _ => Ok(()),

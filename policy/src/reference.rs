@@ -125,6 +125,8 @@ pub struct Entry {
     pub entra_app_id: Option<String>,
     /// Its ID in any issuer's agent-id claim (`azp`, `client_id`, ...).
     pub agent_id: Option<Arc<str>>,
+    /// The configured token issuers (by name) its tokens may come from; empty: any.
+    pub issuers: Vec<Arc<str>>,
     pub description: String,
     pub ca: Ca,
     pub rules: Vec<Rule>,

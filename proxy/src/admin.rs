@@ -228,7 +228,11 @@ impl Mgmt {
         // AuthZEN clients send credentials as `Authorization: Bearer`: the same keys.
         let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         let bearer = bearer.and_then(|key| HeaderValue::from_bytes(key).ok());
-        let headers = match bearer.filter(|_| !req.headers().contains_key("x-spiffe-admin-key")) {
+        // A bearer is a key only where one is needed: an SVID with a role
+        // (`mgmt.tls.roles`) stands on its own, whatever token it also sends
+        // (a PEP's IdP token is not a wrong key).
+        let svid_role = peer.as_deref().and_then(|p| self.svid_role(p)).is_some();
+        let headers = match bearer.filter(|_| !svid_role && !req.headers().contains_key("x-spiffe-admin-key")) {
             Some(key) => {
                 let mut headers = req.headers().clone();
                 headers.insert("x-spiffe-admin-key", key);

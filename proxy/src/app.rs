@@ -279,6 +279,13 @@ impl Running {
                 "authzen.pdp.rules is `marked` but no policy rule has `ask_pdp: true`: the PDP is never asked"
             );
         }
+        let authzen = config.authzen.pdp.is_some() || config.authzen.listen.is_some();
+        if authzen && config.policy.as_ref().is_some_and(|p| p.mode == crate::config::PolicyMode::Shadow) {
+            tracing::warn!(
+                "policy.mode is shadow: the external PDP's denies are forwarded too, and the PDP listener \
+                 answers `decision: true` (with context.shadow_deny) to what the policy would deny"
+            );
+        }
         Ok(Decisions { allowlist, policy, oauth, governor, tokens, pdp })
     }
 

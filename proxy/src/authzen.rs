@@ -212,7 +212,7 @@ impl Service {
             headers: &headers,
             // No connection: a certificate binding in the claims is not compared.
             leaf_sha256: None,
-            asserted: query.claims.as_ref(),
+            asserted: query.claims.as_deref(),
             request_id: None,
         };
         let mut trace = Trace::default();

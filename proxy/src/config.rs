@@ -601,7 +601,8 @@ impl Ctx<'_> {
             if clash {
                 return Err(self.invalid(&format!("jwt.issuers[{i}].issuer"), "is configured twice"));
             }
-            if issuers.iter().any(|o| o.name == issuer.name) || (entra.is_some() && issuer.name == "entra") {
+            // `entra` names the Entra issuer, configured or not.
+            if issuers.iter().any(|o| o.name == issuer.name) || issuer.name == "entra" {
                 return Err(self.invalid(&format!("jwt.issuers[{i}].name"), format!("`{}` is taken", issuer.name)));
             }
             issuers.push(issuer);

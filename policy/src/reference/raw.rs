@@ -45,6 +45,9 @@ pub struct RawEntry {
     /// The calling agent's ID in any issuer's tokens (its agent-id claim).
     #[serde(default)]
     pub agent_id: String,
+    /// The token issuers (configured names) this caller's tokens may come from; empty: any.
+    #[serde(default)]
+    pub issuers: Vec<String>,
     #[serde(default)]
     pub description: String,
     #[serde(default)]

@@ -156,6 +156,10 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
         }
         None => Some(e.agent_id).filter(|v| !v.is_empty()).map(Arc::from),
     };
+    if e.issuers.iter().any(String::is_empty) {
+        p.add(label, "issuers", "issuer names must not be empty");
+    }
+    let issuers = e.issuers.iter().map(|name| Arc::from(name.as_str())).collect();
     let disabled = match e.ca.agent_state.as_deref() {
         None | Some("" | "enabled") => false,
         Some("disabled") => true,
@@ -183,6 +187,7 @@ fn entry(p: &mut Problems, label: &str, e: RawEntry, federated: bool, doc_td: Op
         entra_agent_id,
         entra_app_id,
         agent_id,
+        issuers,
         description: e.description,
         ca,
         rules,

@@ -3,11 +3,20 @@
 //! are the defaults each item of `evaluations` overrides, and
 //! `options.evaluations_semantic`. Every refusal names the field.
 
+use std::sync::Arc;
+
 use certs::SpiffeId;
 use serde_json::{Map, Value};
 
 /// A batch holds at most this many evaluations.
 pub const MAX_EVALUATIONS: usize = 1000;
+/// `resource.id`: longer paths are refused (the data plane's request line
+/// is bounded the same way).
+pub const MAX_RESOURCE_ID: usize = 8 * 1024;
+/// `context.claims`: members, `roles` entries, and the length of each string.
+pub const MAX_CLAIMS: usize = 64;
+pub const MAX_ROLES: usize = 256;
+pub const MAX_CLAIM_BYTES: usize = 1024;
 
 /// A malformed request: 400 with `{"error": "invalid_request", "field", "message"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +39,9 @@ pub struct Query {
     /// `resource.id` as sent, without a query (the data plane judges the path only).
     pub path: String,
     /// `context.claims`: a validated token's claims, issuer-independent
-    /// (`iss`, `azp`, `oid`, `roles`, `cnf`, tag claims), for Layer 3.
-    pub claims: Option<Map<String, Value>>,
+    /// (`iss`, `azp`, `oid`, `roles`, `cnf`, tag claims), for Layer 3;
+    /// shared by the items of a batch that inherit them.
+    pub claims: Option<Arc<Map<String, Value>>>,
 }
 
 /// `options.evaluations_semantic`.
@@ -67,7 +77,8 @@ pub struct Batch {
 /// `POST /access/v1/evaluation`.
 pub fn single(body: &[u8]) -> Result<Query, BadRequest> {
     let top = object(body)?;
-    query(&top, None, "")
+    let claims = context_claims(top.get("context"), "context")?;
+    query(&top, claims.as_ref(), None, "")
 }
 
 /// `POST /access/v1/evaluations`.
@@ -85,8 +96,11 @@ pub fn batch(body: &[u8]) -> Result<Batch, BadRequest> {
             format!("{} items: at most {MAX_EVALUATIONS} per request", items.len()),
         ));
     }
+    // The defaults' claims are read once and shared: 1,000 items inheriting
+    // them must not make 1,000 copies.
+    let claims = context_claims(top.get("context"), "context")?;
     if items.is_empty() {
-        return Ok(Batch { queries: None, single: Some(query(&top, None, "")?), semantic });
+        return Ok(Batch { queries: None, single: Some(query(&top, claims.as_ref(), None, "")?), semantic });
     }
     let queries = items
         .iter()
@@ -94,7 +108,7 @@ pub fn batch(body: &[u8]) -> Result<Batch, BadRequest> {
         .map(|(i, item)| {
             let prefix = format!("evaluations[{i}].");
             let item = item.as_object().ok_or_else(|| BadRequest::new(format!("evaluations[{i}]"), "not an object"))?;
-            query(&top, Some(item), &prefix)
+            query(&top, claims.as_ref(), Some(item), &prefix)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Batch { queries: Some(queries), single: None, semantic })
@@ -123,8 +137,14 @@ fn semantic(top: &Map<String, Value>) -> Result<Semantic, BadRequest> {
     }
 }
 
-/// One evaluation: `item`'s values where it has them, else the top level's.
-fn query(top: &Map<String, Value>, item: Option<&Map<String, Value>>, prefix: &str) -> Result<Query, BadRequest> {
+/// One evaluation: `item`'s values where it has them, else the top level's
+/// (`top_claims`: the top level's `context.claims`, already read).
+fn query(
+    top: &Map<String, Value>,
+    top_claims: Option<&Arc<Map<String, Value>>>,
+    item: Option<&Map<String, Value>>,
+    prefix: &str,
+) -> Result<Query, BadRequest> {
     let part = |name: &str| -> Result<(&Map<String, Value>, String), BadRequest> {
         let (value, field) = match item.and_then(|i| i.get(name)) {
             Some(value) => (Some(value), format!("{prefix}{name}")),
@@ -156,29 +176,57 @@ fn query(top: &Map<String, Value>, item: Option<&Map<String, Value>>, prefix: &s
         Some(Value::String(t)) if t == "http_path" => {}
         Some(_) => return Err(BadRequest::new(format!("{field}.type"), "must be `http_path`")),
     }
-    let id = text(resource, field, "id")?;
+    let id = text(resource, field.clone(), "id")?;
+    if id.len() > MAX_RESOURCE_ID {
+        return Err(BadRequest::new(format!("{field}.id"), format!("longer than {MAX_RESOURCE_ID} bytes")));
+    }
     let path = id.split_once('?').map_or(id.as_str(), |(path, _)| path).to_owned();
     // `context` is optional; when given it must be an object, its `claims` too.
-    let context = item.and_then(|i| i.get("context")).map(|c| (c, format!("{prefix}context")));
-    let context = context.or_else(|| top.get("context").map(|c| (c, "context".to_owned())));
-    let claims = match context {
-        None => None,
-        Some((Value::Object(context), field)) => match context.get("claims") {
-            None => None,
-            // `{}`: no token, as without `claims`.
-            Some(Value::Object(claims)) if claims.is_empty() => None,
-            Some(Value::Object(claims)) => Some(asserted_claims(claims, &format!("{field}.claims"))?),
-            Some(_) => return Err(BadRequest::new(format!("{field}.claims"), "must be an object")),
-        },
-        Some((_, field)) => return Err(BadRequest::new(field, "must be an object")),
+    let claims = match item.and_then(|i| i.get("context")) {
+        Some(context) => context_claims(Some(context), &format!("{prefix}context"))?,
+        None => top_claims.cloned(),
     };
     Ok(Query { caller, method, path, claims })
 }
 
+/// The `claims` of a `context` (named `field`), checked.
+fn context_claims(context: Option<&Value>, field: &str) -> Result<Option<Arc<Map<String, Value>>>, BadRequest> {
+    match context {
+        None => Ok(None),
+        Some(Value::Object(context)) => match context.get("claims") {
+            None => Ok(None),
+            // `{}`: no token, as without `claims`.
+            Some(Value::Object(claims)) if claims.is_empty() => Ok(None),
+            Some(Value::Object(claims)) => Ok(Some(Arc::new(asserted_claims(claims, &format!("{field}.claims"))?))),
+            Some(_) => Err(BadRequest::new(format!("{field}.claims"), "must be an object")),
+        },
+        Some(_) => Err(BadRequest::new(field, "must be an object")),
+    }
+}
+
 /// `context.claims`: `iss` a string (it picks the issuer), `azp` and `oid`
-/// strings, `roles` an array of strings, `cnf` an object, when present.
+/// strings, `roles` an array of strings, `cnf` an object, when present; at
+/// most [`MAX_CLAIMS`] claims, [`MAX_ROLES`] roles, strings of at most
+/// [`MAX_CLAIM_BYTES`] (a token's claims are far smaller).
 fn asserted_claims(claims: &Map<String, Value>, field: &str) -> Result<Map<String, Value>, BadRequest> {
     let named = |name: &str| format!("{field}.{name}");
+    if claims.len() > MAX_CLAIMS {
+        return Err(BadRequest::new(field, format!("{} claims: at most {MAX_CLAIMS}", claims.len())));
+    }
+    let too_long = |v: &Value| v.as_str().is_some_and(|s| s.len() > MAX_CLAIM_BYTES);
+    for (name, value) in claims {
+        let long = match value {
+            Value::Array(items) => items.iter().any(too_long),
+            Value::Object(fields) => fields.values().any(too_long),
+            other => too_long(other),
+        };
+        if long || name.len() > MAX_CLAIM_BYTES {
+            return Err(BadRequest::new(named(name), format!("strings of at most {MAX_CLAIM_BYTES} bytes")));
+        }
+    }
+    if claims.get("roles").and_then(Value::as_array).is_some_and(|r| r.len() > MAX_ROLES) {
+        return Err(BadRequest::new(named("roles"), format!("at most {MAX_ROLES} roles")));
+    }
     if !claims.get("iss").is_some_and(Value::is_string) {
         return Err(BadRequest::new(named("iss"), "a string is required (it picks the issuer)"));
     }

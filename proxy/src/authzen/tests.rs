@@ -179,3 +179,42 @@ fn an_outcome_answers_in_the_documented_shape() {
     let denied = Outcome { decision: false, reason: Reason::JwtRequired, policy_ids: ids, shadow: None };
     assert_eq!(denied.to_json()["context"]["layer"], "oauth");
 }
+
+/// A batch's shared claims are read once: 1,000 items inheriting them are
+/// cheap; claims past the caps, and long paths, are refused by field.
+#[test]
+fn claims_and_paths_are_bounded_and_a_batch_shares_its_defaults() {
+    let roles: Vec<String> = (0..200).map(|i| format!("role-{i}")).collect();
+    let items = vec![serde_json::json!({}); MAX_EVALUATIONS];
+    let body = serde_json::json!({
+        "subject": {"id": "spiffe://a.example/c"}, "action": {"name": "GET"}, "resource": {"id": "/p"},
+        "context": {"claims": {"iss": "https://i.example", "roles": roles}},
+        "evaluations": items,
+    });
+    let batch = model::batch(body.to_string().as_bytes()).unwrap();
+    let queries = batch.queries.unwrap();
+    let first = queries.first().unwrap().claims.clone().unwrap();
+    assert!(queries.iter().all(|q| q.claims.as_ref().is_some_and(|c| std::sync::Arc::ptr_eq(c, &first))), "one copy");
+
+    let with = |claims: serde_json::Value, path: &str| {
+        let body = serde_json::json!({
+            "subject": {"id": "spiffe://a.example/c"}, "action": {"name": "GET"}, "resource": {"id": path},
+            "context": {"claims": claims},
+        });
+        model::single(body.to_string().as_bytes()).map(|_| ()).map_err(|e| e.field)
+    };
+    let many_roles: Vec<String> = (0..=model::MAX_ROLES).map(|i| i.to_string()).collect();
+    assert_eq!(with(serde_json::json!({"iss": "i", "roles": many_roles}), "/p"), Err("context.claims.roles".into()));
+    let long = "x".repeat(model::MAX_CLAIM_BYTES + 1);
+    assert_eq!(with(serde_json::json!({"iss": "i", "azp": long}), "/p"), Err("context.claims.azp".into()));
+    assert_eq!(with(serde_json::json!({"iss": "i", "roles": [long]}), "/p"), Err("context.claims.roles".into()));
+    let mut wide = serde_json::Map::new();
+    for i in 0..=model::MAX_CLAIMS {
+        wide.insert(format!("c{i}"), serde_json::json!("v"));
+    }
+    wide.insert("iss".into(), serde_json::json!("i"));
+    assert_eq!(with(serde_json::Value::Object(wide), "/p"), Err("context.claims".into()));
+    let path = format!("/{}", "p".repeat(model::MAX_RESOURCE_ID));
+    assert_eq!(with(serde_json::json!({"iss": "i"}), &path), Err("resource.id".into()));
+    assert_eq!(with(serde_json::json!({"iss": "i", "roles": ["a"]}), "/p"), Ok(()));
+}

@@ -339,6 +339,7 @@ jwt:
             "`jwt.issuers[1].name`: `x` is taken",
         ),
         (format!("{}\n  audiences: [a]", with(&format!("{{{ok}}}"))), "`jwt.audiences`: is for the Entra issuer"),
+        (with(&format!("{{name: entra, {ok}}}")), "`jwt.issuers[0].name`: `entra` is taken"),
         (
             "identity: {socket: unix:///x}\njwt:\n  tenant_id: t\n  audiences: [a]\n  issuers: [{issuer: 'https://sts.windows.net/t/', audiences: [a]}]".into(),
             "`jwt.issuers[0].issuer`: is configured twice",

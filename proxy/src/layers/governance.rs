@@ -240,6 +240,7 @@ mod tests {
             entra_agent_id: Some("00000000-0000-4000-8000-0000000000a1".into()),
             entra_app_id: None,
             agent_id: None,
+            issuers: Vec::new(),
             description: String::new(),
             ca,
             rules: Vec::new(),

@@ -45,6 +45,9 @@ struct Verified {
     claims: Arc<Claims>,
     /// Index into `issuers`.
     issuer: usize,
+    /// The key that verified it: the token is reused only while its
+    /// issuer's key set still holds this very key (not merely its `kid`).
+    key: Option<policy::jwt::KeyHandle>,
 }
 
 /// The token's place in the request, for the rule and the audit event.
@@ -157,6 +160,12 @@ impl Oauth {
         rule: &Rule,
         leaf_sha256: Option<&str>,
     ) -> Result<Outcome, JwtError> {
+        if !entry.issuers.is_empty() && !entry.issuers.iter().any(|name| name.as_ref() == claims.issuer.as_ref()) {
+            return Err(JwtError {
+                reason: Reason::JwtWrongIssuer,
+                detail: "not an issuer this caller's tokens may come from",
+            });
+        }
         let bound = jwt::bound_to(&claims, entry);
         if bound == Some(false) || (bound.is_none() && !self.allow_unbound) {
             return Err(JwtError { reason: Reason::JwtCallerMismatch, detail: "token is not the caller's" });
@@ -176,7 +185,8 @@ impl Oauth {
         let key = hasher.finish();
         if let Some(hit) = self.cache.get(&key).filter(|hit| *hit.token == *token) {
             let keys = self.issuers.get(hit.issuer).and_then(|i| i.jwks.keys());
-            let usable = keys.is_some_and(|keys| keys.contains(&hit.claims.kid))
+            let same_key = keys.and_then(|keys| keys.handle(&hit.claims.kid));
+            let usable = same_key.is_some_and(|key| hit.key.as_ref() == Some(&key))
                 && hit.claims.exp.saturating_add(self.leeway.as_secs()) >= now;
             if usable {
                 return Ok(hit.claims.clone());
@@ -192,17 +202,20 @@ impl Oauth {
             .jwks
             .keys()
             .ok_or(JwtError { reason: Reason::JwksUnavailable, detail: "signing keys never loaded" })?;
-        let claims = match jwt::verify(token, &keys, &issuer.config, now)? {
-            Some(claims) => claims,
+        let (claims, keys) = match jwt::verify(token, &keys, &issuer.config, now)? {
+            Some(claims) => (claims, keys),
             None => {
                 let (_, kid) = jwt::header_of(token, &issuer.config)?;
                 let keys = issuer.jwks.refetch_for(&kid).await.unwrap_or(keys);
-                jwt::verify(token, &keys, &issuer.config, now)?
-                    .ok_or(JwtError { reason: Reason::JwtInvalid, detail: "unknown kid" })?
+                let claims = jwt::verify(token, &keys, &issuer.config, now)?
+                    .ok_or(JwtError { reason: Reason::JwtInvalid, detail: "unknown kid" })?;
+                (claims, keys)
             }
         };
+        let verified_with = keys.handle(&claims.kid);
         let claims = Arc::new(claims);
-        self.cache.insert(key, Arc::new(Verified { token: token.into(), claims: claims.clone(), issuer: index }));
+        let verified = Verified { token: token.into(), claims: claims.clone(), issuer: index, key: verified_with };
+        self.cache.insert(key, Arc::new(verified));
         Ok(claims)
     }
 }
@@ -237,6 +250,16 @@ fn bearer(headers: &HeaderMap) -> Result<&str, JwtError> {
 /// are explicitly allowed).
 pub fn check_policy(doc: &policy::PolicyDoc, jwt: Option<&JwtSection>) -> Result<(), String> {
     for entry in &doc.entries {
+        let configured = |name: &str| {
+            let entra = name == "entra" && jwt.is_some_and(|j| j.entra.is_some());
+            entra || jwt.is_some_and(|j| j.issuers.iter().any(|i| i.name == name))
+        };
+        if let Some(unknown) = entry.issuers.iter().find(|name| !configured(name)) {
+            return Err(format!(
+                "entry `{}` `issuers`: `{unknown}` is not a configured issuer (`entra`, or a `jwt.issuers[].name`)",
+                entry.name
+            ));
+        }
         let Some(index) = entry.rules.iter().position(|r| r.require_jwt) else { continue };
         let Some(jwt) = jwt else {
             return Err(format!(
@@ -353,5 +376,62 @@ mod tests {
             jwt::verify(&hmac, &keys, &config, now).unwrap_err().detail,
             "algorithm not allowed for this issuer"
         );
+    }
+
+    /// A `kid` that comes to name other key material (a key replaced under
+    /// the same name) does not keep tokens verified with the old one.
+    #[cfg(feature = "dev")]
+    #[tokio::test]
+    async fn a_cached_token_is_reused_only_with_the_very_key_that_verified_it() {
+        use certs::dev::JwtKey;
+        use serde_json::json;
+
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.yaml"),
+            "identity: {socket: unix:///x}\njwt: {issuers: [{name: i, issuer: 'https://i.example', audiences: [a]}]}",
+            &crate::config::MapEnv::default(),
+        )
+        .unwrap();
+        let section = config.jwt.unwrap();
+        let metrics = Arc::new(crate::observe::metrics::Metrics::new().unwrap());
+        let jwks = Jwks::offline(None, metrics);
+        let oauth = Oauth::new(&section, vec![jwks.clone()]);
+        let set = |key: &JwtKey| {
+            let mut jwk = serde_json::to_value(key.jwk().unwrap()).unwrap();
+            jwk["kid"] = json!("same");
+            policy::jwt::KeySet::from_jwks(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap()
+        };
+        let (old, new) = (JwtKey::generate().unwrap(), JwtKey::generate().unwrap());
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("same".into());
+        let claims = json!({"iss": "https://i.example", "aud": "a", "exp": jwt::unix_now() + 600});
+        let token = old.sign_with_header(&header, &claims).unwrap();
+        jwks.set_keys(set(&old));
+        assert!(oauth.verify(&token).await.is_ok());
+        assert!(oauth.verify(&token).await.is_ok(), "cached");
+        jwks.set_keys(set(&new));
+        assert_eq!(oauth.verify(&token).await.unwrap_err().reason, Reason::JwtInvalid, "another key named `same`");
+    }
+
+    /// An entry may only name issuers that are configured.
+    #[test]
+    fn an_entry_pinned_to_an_unknown_issuer_is_refused_at_load() {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.yaml"),
+            "identity: {socket: unix:///x}\njwt: {issuers: [{name: keycloak, issuer: 'https://kc.example', audiences: [a]}]}",
+            &crate::config::MapEnv::default(),
+        )
+        .unwrap();
+        let doc = |issuers: &str| {
+            let yaml = format!(
+                "version: '1'\ntrust_domain: td.example\ndefault_action: deny\npolicies:\n  - {{name: a, spiffe_id: 'spiffe://td.example/a', agent_id: a, issuers: {issuers}, rules: []}}"
+            );
+            policy::PolicyDoc::from_yaml(&yaml, &|_| None).unwrap()
+        };
+        assert_eq!(check_policy(&doc("[keycloak]"), config.jwt.as_ref()), Ok(()));
+        let error = check_policy(&doc("[entra]"), config.jwt.as_ref()).unwrap_err();
+        assert!(error.contains("`issuers`: `entra` is not a configured issuer"), "{error}");
+        let error = check_policy(&doc("[okta]"), config.jwt.as_ref()).unwrap_err();
+        assert!(error.contains("`okta`"), "{error}");
     }
 }

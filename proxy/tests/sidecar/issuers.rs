@@ -38,6 +38,7 @@ policies:
   - name: budget-approval
     spiffe_id: '{APPROVAL}'
     agent_id: budget-approval
+    issuers: [keycloak]
     rules:
       - {{path: /read, methods: [GET], action: allow, require_jwt: true}}
 "
@@ -54,7 +55,10 @@ struct Stand {
 
 impl Stand {
     async fn start() -> Self {
-        let mesh = Mesh::start_with_policy(&policy(), proxy::config::MapEnv::default()).await;
+        // The mesh's own backend knows only Entra: this policy (which pins an
+        // entry to `keycloak`) is for the sidecar under test alone.
+        let mesh = Mesh::start().await;
+        std::fs::write(mesh.dir.path().join("issuers-policy.yaml"), policy()).unwrap();
         let (keycloak, _, kc_task) = issuer::start(Shape::Keycloak, Algorithm::ES256).await.unwrap();
         let (auth0, _, a0_task) = issuer::start(Shape::Auth0, Algorithm::EdDSA).await.unwrap();
         let jwt = format!(
@@ -78,9 +82,11 @@ impl Stand {
             a0 = auth0.issuer(),
             a0_jwks = auth0.jwks_uri(),
         );
-        let yaml =
-            mesh.sidecar_yaml("issuers", mesh.app.addr).replace(&super::mesh::jwt_yaml(&mesh.idp.authority()), &jwt);
-        assert!(yaml.contains("issuers:"), "{yaml}");
+        let yaml = mesh
+            .sidecar_yaml("issuers", mesh.app.addr)
+            .replace(&super::mesh::jwt_yaml(&mesh.idp.authority()), &jwt)
+            .replace("policy: {file: policy.yaml}", "policy: {file: issuers-policy.yaml}");
+        assert!(yaml.contains("issuers:") && yaml.contains("issuers-policy.yaml"), "{yaml}");
         let sidecar = mesh.start_sidecar("issuers", &yaml).await;
         Self { mesh, sidecar, keycloak, auth0, _tasks: vec![kc_task, a0_task] }
     }
@@ -199,6 +205,14 @@ async fn tokens_of_three_issuers_each_verified_by_their_own_keys_and_claim_shape
     }
     assert!(stand.auth0.jwks_fetches() > auth0_fetches, "an unknown kid makes only the named issuer refetch");
 
+    // budget-approval's entry takes tokens from Keycloak only: the same agent
+    // ID in an Auth0 token is refused.
+    let (approval, _) = stand.identity(APPROVAL);
+    let got = outcome(&stand.get(&approval, "/read", &kc("budget-approval", &[])).await);
+    assert_eq!(got, (200, "allowed".into()), "keycloak, a pinned issuer");
+    let got = outcome(&stand.get(&approval, "/read", &a0("budget-approval", &[])).await);
+    assert_eq!(got, (401, "jwt_wrong_issuer".into()), "auth0, not a pinned issuer");
+
     // The Keycloak-shaped issuer rotates: the new key is fetched on first sight.
     stand.keycloak.rotate().unwrap();
     let got = outcome(&stand.get(&report, "/read", &kc("budget-report", read)).await);
@@ -255,9 +269,14 @@ async fn a_certificate_bound_token_only_works_on_a_connection_with_that_certific
         let got = outcome(&stand.get(&report, "/read", &forged(&stand.keycloak, &claims)).await);
         assert_eq!(got, (401, "jwt_not_bound".into()), "malformed cnf {cnf}");
     }
-    // Another confirmation method (DPoP's `jkt`) is not a certificate binding.
-    claims["cnf"] = json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"});
-    assert_eq!(outcome(&stand.get(&report, "/read", &forged(&stand.keycloak, &claims)).await), (200, "allowed".into()));
+    // Another confirmation method (DPoP's `jkt`) cannot be checked here: the
+    // token is refused, not used as a plain bearer token (alone or next to x5t#S256).
+    let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+    for cnf in [json!({"jkt": jkt}), json!({"jkt": jkt, "x5t#S256": thumbprint})] {
+        claims["cnf"] = cnf.clone();
+        let got = outcome(&stand.get(&report, "/read", &forged(&stand.keycloak, &claims)).await);
+        assert_eq!(got, (401, "jwt_not_bound".into()), "{cnf}");
+    }
 
     // A new SVID (a rotation): the token bound to the old one no longer
     // works, one bound to the new one does.

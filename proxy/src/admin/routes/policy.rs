@@ -66,6 +66,13 @@ fn entry_json(e: &policy::reference::Entry) -> Value {
     if let Some(id) = &e.entra_app_id {
         entry.insert("entra_app_id".into(), json!(id));
     }
+    // Only when set, so policies without them read back as before.
+    if let Some(id) = &e.agent_id {
+        entry.insert("agent_id".into(), json!(id));
+    }
+    if !e.issuers.is_empty() {
+        entry.insert("issuers".into(), json!(e.issuers));
+    }
     entry.insert("description".into(), json!(e.description));
     entry.insert(
         "ca".into(),
@@ -95,8 +102,13 @@ fn entry_json(e: &policy::reference::Entry) -> Value {
                 "required_tags": r.required_tags,
             });
             // Only when set, so policies without AuthZEN read back as before.
-            if let (true, Some(fields)) = (r.ask_pdp, rule.as_object_mut()) {
-                fields.insert("ask_pdp".into(), json!(true));
+            if let Some(fields) = rule.as_object_mut() {
+                if r.ask_pdp {
+                    fields.insert("ask_pdp".into(), json!(true));
+                }
+                if let Some(bound) = r.require_bound_token {
+                    fields.insert("require_bound_token".into(), json!(bound));
+                }
             }
             rule
         })
