@@ -124,6 +124,14 @@ fn policy_env() -> MapEnv {
     env.with("ENTRA_ID_GITHUB_BUDGET_READER", "00000000-0000-4000-8000-0000000000c1")
 }
 
+/// A token the app presented itself in a row, and the certificate (DER) its
+/// sidecar presented then, where that mattered.
+struct AppToken {
+    case: &'static str,
+    token: String,
+    cert: Option<Vec<u8>>,
+}
+
 /// The running demo mesh.
 pub struct Stack {
     dir: tempfile::TempDir,
@@ -137,9 +145,8 @@ pub struct Stack {
     /// The external AuthZEN PDP budget-backend asks (`authzen.pdp`).
     pub pdp: Arc<pdp::DemoPdp>,
     _pdp_task: tokio::task::JoinHandle<()>,
-    /// What the app sent in rows where it presented its own token, and the
-    /// certificate its sidecar presented then (for `explain`).
-    app_tokens: std::sync::Mutex<Vec<(&'static str, String, Option<Vec<u8>>)>>,
+    /// What the app sent in rows where it presented its own token (for `explain`).
+    app_tokens: std::sync::Mutex<Vec<AppToken>>,
     /// The home trust domain's dev CA (the console's SVID comes from it).
     home: Arc<DevCa>,
     pub backend: App,

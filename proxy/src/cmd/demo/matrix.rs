@@ -291,14 +291,15 @@ impl Stack {
     /// certificate (DER) its sidecar presented then, if that mattered.
     pub fn app_token(&self, case: &str) -> Option<(String, Option<Vec<u8>>)> {
         let tokens = self.app_tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tokens.iter().rev().find(|(c, _, _)| *c == case).map(|(_, token, cert)| (token.clone(), cert.clone()))
+        tokens.iter().rev().find(|t| t.case == case).map(|t| (t.token.clone(), t.cert.clone()))
     }
 
     /// The app sends `token` itself (its sidecar passes it on); recorded for `explain`.
     async fn with_app_token(&self, case: &Case, token: String, cert: Option<Vec<u8>>) -> anyhow::Result<Outcome> {
         let bearer = format!("Bearer {token}");
         let outcome = self.check(case, &[("authorization", &bearer)]).await?;
-        self.app_tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((case.name, token, cert));
+        let recorded = super::AppToken { case: case.name, token, cert };
+        self.app_tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(recorded);
         Ok(outcome)
     }
 
