@@ -26,6 +26,7 @@ use crate::dataplane::body::{self, Body};
 use crate::dataplane::server::{self, Listener, Slot};
 
 mod auth;
+pub mod authzen;
 pub mod explain;
 pub mod reload;
 pub mod restore;
@@ -126,7 +127,7 @@ impl Mgmt {
         listener: Listener,
         shutdown: watch::Receiver<bool>,
         drain: Duration,
-        pdp: Arc<crate::authzen::Service>,
+        pdp: Arc<authzen::Service>,
     ) {
         self.serve_as(listener, shutdown, drain, Some(pdp)).await;
     }
@@ -136,7 +137,7 @@ impl Mgmt {
         listener: Listener,
         shutdown: watch::Receiver<bool>,
         drain: Duration,
-        pdp: Option<Arc<crate::authzen::Service>>,
+        pdp: Option<Arc<authzen::Service>>,
     ) {
         server::accept_loop(listener, shutdown, drain, move |tcp, remote, slot, shutdown| {
             let this = self.clone();
@@ -173,7 +174,7 @@ impl Mgmt {
         peer: Option<Arc<certs::SpiffeId>>,
         slot: Slot,
         shutdown: watch::Receiver<bool>,
-        pdp: Option<Arc<crate::authzen::Service>>,
+        pdp: Option<Arc<authzen::Service>>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -215,9 +216,9 @@ impl Mgmt {
         req: Request<Incoming>,
         remote: SocketAddr,
         peer: Option<Arc<certs::SpiffeId>>,
-        pdp: &crate::authzen::Service,
+        pdp: &authzen::Service,
     ) -> Response<Body> {
-        let Some(route) = crate::authzen::Route::find(req.uri().path()) else {
+        let Some(route) = authzen::Route::find(req.uri().path()) else {
             return error(StatusCode::NOT_FOUND, "not_found");
         };
         if req.method() != route.method() {

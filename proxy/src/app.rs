@@ -409,7 +409,7 @@ impl Running {
         let listener = self.bind("authzen.listen", listen, LOCAL_MAX_CONNECTIONS, "authzen").await?;
         let addr = listener.local_addr()?;
         let tls = config.mgmt.as_ref().is_some_and(|m| m.tls_callers.is_some());
-        let service = Arc::new(crate::authzen::Service {
+        let service = Arc::new(crate::admin::authzen::Service {
             allowlist: decisions.allowlist.clone(),
             policy,
             oauth: decisions.oauth.clone(),

@@ -9,7 +9,7 @@
 //! - [`facts`]: what the layers need from outside (JWKS, Graph, Entra
 //!   tokens), fetched in the background;
 //! - [`admin`]: `/mgmt`, its state file and reloads;
-//! - [`authzen`]: the AuthZEN PDP listener (the PEP side is `layers::pdp`);
+//! - `admin::authzen`: the AuthZEN PDP listener, served like `/mgmt` (the PEP side is `layers::pdp`);
 //! - [`observe`]: audit, metrics, the telemetry listener, logging;
 //! - [`cmd`]: the command line and the offline tools (check, explain,
 //!   probe, dev, demo, the dev IdP);
@@ -23,7 +23,6 @@ pub const COMMIT: &str = env!("A2A_GIT_COMMIT");
 
 pub(crate) mod admin;
 pub mod app;
-pub mod authzen;
 pub(crate) mod changes;
 pub mod cmd;
 pub mod config;
