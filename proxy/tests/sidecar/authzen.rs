@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::mesh::{
-    APPROVAL, APPROVAL_OID, AUDIENCE, MENUS, Mesh, REPORT, REPORT_OID, TENANT, VIEWER_KEY, backend_yaml, jwt_yaml,
+    APPROVAL, APPROVAL_OID, MENUS, Mesh, REPORT, REPORT_OID, TENANT, VIEWER_KEY, backend_yaml, jwt_yaml,
     reference_policy,
 };
 use super::mgmt::call;
@@ -254,16 +254,7 @@ async fn the_pdp_answers_what_the_data_plane_does_and_serves_another_sidecars_pe
     // The demo matrix's rows: the data plane gets the token, the PDP the
     // claims a PEP that validated it passes in `context.claims`.
     let token = |oid: &str, roles: &[&str]| {
-        let spec = proxy::cmd::dev_idp::TokenSpec {
-            tenant: TENANT.into(),
-            audiences: vec![AUDIENCE.into()],
-            client_id: format!("client-{oid}"),
-            oid: oid.into(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            ttl: Duration::from_secs(600),
-            v1: false,
-            cnf_x5t: None,
-        };
+        let spec = super::jwt::spec(oid, roles);
         let claims = mesh.idp.claims(&spec);
         let asserted =
             json!({"iss": claims["iss"], "azp": claims["azp"], "oid": claims["oid"], "roles": claims["roles"]});

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use super::mesh::{APPROVAL_OID, AUDIENCE, Mesh, REPORT_OID, TENANT, reference_policy};
 use super::support::{Reply, eventually, http};
 
-fn spec(oid: &str, roles: &[&str]) -> TokenSpec {
+/// A token for the mesh's backend, for the agent `oid` with `roles`.
+pub fn spec(oid: &str, roles: &[&str]) -> TokenSpec {
     TokenSpec {
         tenant: TENANT.into(),
         audiences: vec![AUDIENCE.into()],
