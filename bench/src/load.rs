@@ -262,6 +262,27 @@ pub async fn probe(target: &Target, spec: &RequestSpec) -> Option<hyper::StatusC
     connect(&target, false, &mut protocols).await.ok()?.status(spec).await.map(|(status, _)| status)
 }
 
+/// `n` connections to `target`, each with one request answered (so each is
+/// an established keep-alive HTTP/1.1 connection), held open until dropped:
+/// the idle connections of `--idle`. `Err` if any fails.
+pub async fn open_idle(target: &Target, spec: &RequestSpec, n: usize) -> anyhow::Result<Vec<Idle>> {
+    let target = alpn(target, false);
+    let mut protocols = Protocols::default();
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut sender = connect(&target, false, &mut protocols).await?;
+        let status = sender.status(spec).await.map(|(status, _)| status);
+        anyhow::ensure!(status.is_some_and(|s| s.is_success()), "an idle connection's request got {status:?}");
+        idle.push(Idle { _sender: sender });
+    }
+    Ok(idle)
+}
+
+/// An open connection nobody sends on (dropping it closes it).
+pub struct Idle {
+    _sender: Sender,
+}
+
 /// The target with the ALPN protocol of the run (`h2` or `http/1.1`).
 fn alpn(target: &Target, h2: bool) -> Target {
     match target {

@@ -35,9 +35,25 @@ struct Cli {
     /// (`--seconds` still caps it; without it, an hour).
     #[arg(long)]
     requests: Option<u64>,
-    /// App and sidecars on CPU 0, the load generator on CPU 1.
+    /// App and sidecars on CPU 0 (the first N with `--workers N`), the load
+    /// generator on the CPUs left (sharing them when none is left).
     #[arg(long)]
     pin: bool,
+    /// Runtime workers of every sidecar and the app, and the same for the
+    /// peers (nginx `worker_processes`, HAProxy `nbthread`, Envoy
+    /// `--concurrency`); several (`1,2`) run the whole set once each and add
+    /// a scaling table.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    workers: Vec<usize>,
+    /// The CPUs of the app, sidecars and peers (comma-separated; implies
+    /// pinning); the load generator gets the others.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// This many idle keep-alive connections (one request each, then silent)
+    /// held open to each mTLS target while it is measured; the report gives
+    /// the resident memory they cost.
+    #[arg(long)]
+    idle: Option<usize>,
     /// Open loop at this many requests/s in total, latency measured from
     /// the intended send times (default: closed loop, max throughput).
     #[arg(long)]
@@ -62,8 +78,8 @@ enum Command {
     #[command(hide = true)]
     Sidecar {
         config: PathBuf,
-        #[arg(long)]
-        cpu: Option<usize>,
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
     },
 }
 
@@ -76,6 +92,51 @@ struct Plan {
     tiny: bool,
     h2_streams: Option<usize>,
     rate: Option<f64>,
+    idle: Option<usize>,
+}
+
+/// Where the servers (app, sidecars, peers) and the load generator run.
+struct Layout {
+    workers: usize,
+    /// Empty: unpinned.
+    server: Vec<usize>,
+    /// Empty: unpinned, or sharing the servers' CPUs.
+    load: Vec<usize>,
+}
+
+impl Layout {
+    /// `--cpus` as given, else with `--pin` the first `workers` CPUs (all of
+    /// them if there are fewer); the load generator gets the rest, and
+    /// shares the servers' CPUs when none is left.
+    fn new(workers: usize, pin: bool, cpus: &[usize]) -> Self {
+        let all: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+        let server: Vec<usize> = match (cpus.is_empty(), pin) {
+            (false, _) => cpus.to_vec(),
+            (true, true) => all.iter().copied().take(workers.max(1)).collect(),
+            (true, false) => Vec::new(),
+        };
+        let load =
+            if server.is_empty() { Vec::new() } else { all.into_iter().filter(|c| !server.contains(c)).collect() };
+        Self { workers, server, load }
+    }
+
+    fn describe(&self) -> String {
+        let list = |cpus: &[usize]| sidecar::cpu_list(cpus);
+        match (self.server.is_empty(), self.load.is_empty()) {
+            (true, _) => format!("{} worker(s), unpinned", self.workers),
+            (false, false) => format!(
+                "{} worker(s); app, sidecars and peers on CPU {}, load on CPU {}",
+                self.workers,
+                list(&self.server),
+                list(&self.load)
+            ),
+            (false, true) => format!(
+                "{} worker(s); app, sidecars and peers on CPU {}, the load generator shares them (no CPU left)",
+                self.workers,
+                list(&self.server)
+            ),
+        }
+    }
 }
 
 /// Another process using more than this share of a CPU during a run marks it disturbed.
@@ -156,6 +217,19 @@ fn measure(
     if !plan.warmup.is_zero() {
         client.block_on(load::run(&target, &stack.request, shape))?;
     }
+    // `--idle N`: connections that stay open and silent through the run;
+    // what they cost in resident memory, from the target's processes.
+    let idle_rss_before: f64 = sidecars.iter().map(|s| s.rss_now_mib()).sum();
+    let idle = match (plan.idle, &target) {
+        (Some(n), load::Target::Mtls(..)) if n > 0 && !new_connection_per_request => {
+            Some(client.block_on(load::open_idle(&target, &stack.request, n))?)
+        }
+        _ => None,
+    };
+    let idle_rss = idle.as_ref().map(|held| {
+        let after: f64 = sidecars.iter().map(|s| s.rss_now_mib()).sum();
+        (held.len(), after - idle_rss_before)
+    });
     let rotation = name == "rotation";
     // Long enough for SVID rotations and a policy reload, unless --tiny.
     let seconds = if rotation && !plan.tiny { plan.seconds.max(6) } else { plan.seconds };
@@ -195,6 +269,8 @@ fn measure(
     result.disturbed = disturbed;
     // `None` (null in the JSON) for other scenarios, or when the sidecar's /metrics could not be read.
     result.rotations = before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1));
+    result.idle = idle_rss;
+    drop(idle);
     Ok(Some(result))
 }
 
@@ -256,8 +332,8 @@ async fn rewrite_policy(path: PathBuf) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Sidecar { config, cpu }) = &cli.command {
-        return sidecar::serve(config, *cpu);
+    if let Some(Command::Sidecar { config, cpus }) = &cli.command {
+        return sidecar::serve(config, cpus);
     }
     certs::crypto::install_default_provider();
     let pin = cli.pin && core_affinity::get_core_ids().is_some_and(|c| c.len() >= 2);
@@ -281,11 +357,83 @@ fn main() -> anyhow::Result<()> {
 
     let with_peers = cli.only.is_empty() || cli.only.iter().any(|o| scenarios::PEERS.contains(&o.as_str()));
     let rotation_ttl = if cli.tiny { scenarios::TINY_ROTATION_SVID_TTL } else { scenarios::ROTATION_SVID_TTL };
-    let stack = scenarios::Stack::start(pin.then_some(0), with_peers, rotation_ttl)?;
-    if pin {
-        core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
+    let plan = Plan {
+        connections,
+        seconds,
+        warmup,
+        max_requests,
+        tiny: cli.tiny,
+        h2_streams: cli.h2_streams,
+        rate: cli.rate,
+        idle: cli.idle,
+    };
+    let repeat = cli.repeat.unwrap_or(if cli.quick || cli.tiny { 1 } else { 3 }).max(1);
+    let mut reports = Vec::new();
+    for workers in cli.workers.iter().copied().map(|w| w.max(1)) {
+        let layout = Layout::new(workers, pin || !cli.cpus.is_empty(), &cli.cpus);
+        eprintln!("{}", layout.describe());
+        let results = run_set(&layout, &names, (with_peers, rotation_ttl), &plan, repeat)?;
+        reports.push((layout, results));
     }
-    let client = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mode = match (cli.rate, cli.h2_streams) {
+        (Some(rate), _) => format!("open loop at {rate} req/s"),
+        (None, Some(streams)) => format!("closed loop, HTTP/2 x {streams} streams per connection"),
+        (None, None) => "closed loop, HTTP/1.1 keep-alive".to_owned(),
+    };
+    let mode = match max_requests {
+        Some(n) => format!("{mode}, {n} requests per run"),
+        None => mode,
+    };
+    let mode = if repeat > 1 { format!("{mode}, median of {repeat} shuffled repetitions") } else { mode };
+    let reports: Vec<report::Report> = reports
+        .into_iter()
+        .map(|(layout, (results, token_bytes))| {
+            let placement = report::Placement {
+                description: layout.describe(),
+                workers: layout.workers,
+                server_cpus: layout.server,
+                load_cpus: layout.load,
+            };
+            report::Report::new(results, (connections, mode.clone()), placement, token_bytes)
+        })
+        .collect();
+    for report in &reports {
+        println!("{}", report.markdown());
+    }
+    if reports.len() > 1 {
+        println!("{}", report::scaling_markdown(&reports));
+    }
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report::json(&reports))?)?;
+    }
+    Ok(())
+}
+
+/// Starts the stack for `layout`, checks the token-checking targets refuse
+/// a request without one, and measures every scenario of `names` `repeat`
+/// times in shuffled order: the medians, and the token's size.
+fn run_set(
+    layout: &Layout,
+    names: &[&'static str],
+    (with_peers, rotation_ttl): (bool, Duration),
+    plan: &Plan,
+    repeat: u32,
+) -> anyhow::Result<(Vec<report::Result>, usize)> {
+    let on = scenarios::Placement { cpus: &layout.server, workers: layout.workers };
+    let stack = scenarios::Stack::start(on, with_peers, rotation_ttl)?;
+    if let Some(first) = layout.load.first().copied() {
+        core_affinity::set_for_current(core_affinity::CoreId { id: first });
+    }
+    // One load thread per load CPU (one when unpinned or sharing).
+    let client = match layout.load.len() {
+        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n).enable_all();
+            sidecar::pin_threads(&mut builder, &layout.load);
+            builder.build()?
+        }
+    };
     // The token-checking targets must refuse a request without one, or the comparison is void.
     for name in names.iter().copied().filter(|n| matches!(*n, "inbound-all" | "inbound-pdp" | "chain" | "envoy-authz"))
     {
@@ -299,11 +447,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let plan =
-        Plan { connections, seconds, warmup, max_requests, tiny: cli.tiny, h2_streams: cli.h2_streams, rate: cli.rate };
-    let repeat = cli.repeat.unwrap_or(if cli.quick || cli.tiny { 1 } else { 3 }).max(1);
     let mut runs: Vec<(&str, Vec<report::Result>)> = names.iter().map(|n| (*n, Vec::new())).collect();
-    let mut order = names.clone();
+    let mut order = names.to_vec();
     let mut seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
     for round in 0..repeat {
@@ -311,28 +456,13 @@ fn main() -> anyhow::Result<()> {
             shuffle(&mut order, &mut seed);
         }
         for name in &order {
-            if let Some(result) = measure_quietly(&stack, &client, name, &plan)?
+            if let Some(result) = measure_quietly(&stack, &client, name, plan)?
                 && let Some((_, results)) = runs.iter_mut().find(|(n, _)| n == name)
             {
                 results.push(result);
             }
         }
     }
-    let results: Vec<report::Result> = runs.into_iter().filter_map(|(_, rs)| report::Result::median(rs)).collect();
-    let mode = match (cli.rate, cli.h2_streams) {
-        (Some(rate), _) => format!("open loop at {rate} req/s"),
-        (None, Some(streams)) => format!("closed loop, HTTP/2 x {streams} streams per connection"),
-        (None, None) => "closed loop, HTTP/1.1 keep-alive".to_owned(),
-    };
-    let mode = match max_requests {
-        Some(n) => format!("{mode}, {n} requests per run"),
-        None => mode,
-    };
-    let mode = if repeat > 1 { format!("{mode}, median of {repeat} shuffled repetitions") } else { mode };
-    let report = report::Report::new(results, (connections, mode), pin, stack.request.bearer.len());
-    println!("{}", report.markdown());
-    if let Some(path) = &cli.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)?;
-    }
-    Ok(())
+    let results = runs.into_iter().filter_map(|(_, rs)| report::Result::median(rs)).collect();
+    Ok((results, stack.request.bearer.len()))
 }

@@ -17,6 +17,15 @@ const ENVOY_AUTHZ_FILTERS: &str = include_str!("../peers/envoy-authz-filters.yam
 
 /// What `envoy-authz` checks besides mTLS: the token (issuer, audience,
 /// signature against a local JWKS) and RBAC on the caller, method, path and role.
+/// Where a peer runs: its CPUs (empty: anywhere) and how many workers
+/// (nginx `worker_processes`, HAProxy `nbthread`, Envoy `--concurrency`),
+/// as the sidecars get `runtime.worker_threads`.
+#[derive(Clone, Copy)]
+pub struct Placement<'a> {
+    pub cpus: &'a [usize],
+    pub workers: usize,
+}
+
 pub struct EnvoyAuthz {
     pub issuer: String,
     pub audience: String,
@@ -26,12 +35,15 @@ pub struct EnvoyAuthz {
 
 /// nginx terminating mTLS (`ssl_verify_client on`, the dev CA's bundle) in
 /// front of the app, one worker, pinned like the sidecars.
-pub fn nginx(dir: &Path, ca: &DevCa, server_id: &str, app: SocketAddr, cpu: Option<usize>) -> anyhow::Result<Sidecar> {
+pub fn nginx(dir: &Path, ca: &DevCa, server_id: &str, app: SocketAddr, on: Placement<'_>) -> anyhow::Result<Sidecar> {
     let binary = find(&["/usr/sbin/nginx", "/usr/bin/nginx"], "nginx")?;
     let run = dir.join("nginx-run");
     std::fs::create_dir_all(&run)?;
     let (certs, port) = prepare(dir, "nginx", ca, server_id)?;
     let conf = NGINX_CONF
+        .replace("{workers}", &on.workers.to_string())
+        // One process with one worker (as before); a master and its workers for more.
+        .replace("{master}", if on.workers > 1 { "on" } else { "off" })
         .replace("{run}", &run.display().to_string())
         .replace("{certs}", &certs.display().to_string())
         .replace("{port}", &port.to_string())
@@ -40,29 +52,24 @@ pub fn nginx(dir: &Path, ca: &DevCa, server_id: &str, app: SocketAddr, cpu: Opti
     std::fs::write(&conf_path, conf)?;
     let args =
         ["-c".into(), conf_path.into_os_string(), "-p".into(), run.into_os_string(), "-e".into(), "stderr".into()];
-    start("nginx", binary, &args, port, cpu)
+    start("nginx", binary, &args, port, on.cpus)
 }
 
 /// HAProxy terminating mTLS (`verify required`) in front of the app, one thread.
-pub fn haproxy(
-    dir: &Path,
-    ca: &DevCa,
-    server_id: &str,
-    app: SocketAddr,
-    cpu: Option<usize>,
-) -> anyhow::Result<Sidecar> {
+pub fn haproxy(dir: &Path, ca: &DevCa, server_id: &str, app: SocketAddr, on: Placement<'_>) -> anyhow::Result<Sidecar> {
     let binary = find(&["/usr/sbin/haproxy", "/usr/bin/haproxy"], "haproxy")?;
     let (certs, port) = prepare(dir, "haproxy", ca, server_id)?;
     // HAProxy wants the certificate and its key in one file.
     let combined = [std::fs::read(certs.join("svid.pem"))?, std::fs::read(certs.join("svid_key.pem"))?].concat();
     std::fs::write(certs.join("svid_combined.pem"), combined)?;
     let conf = HAPROXY_CONF
+        .replace("{workers}", &on.workers.to_string())
         .replace("{certs}", &certs.display().to_string())
         .replace("{port}", &port.to_string())
         .replace("{app}", &app.to_string());
     let conf_path = dir.join("haproxy.cfg");
     std::fs::write(&conf_path, conf)?;
-    start("haproxy", binary, &["-f".into(), conf_path.into_os_string(), "-db".into()], port, cpu)
+    start("haproxy", binary, &["-f".into(), conf_path.into_os_string(), "-db".into()], port, on.cpus)
 }
 
 /// Envoy terminating mTLS (`require_client_certificate`), and with `authz`
@@ -72,7 +79,7 @@ pub fn envoy(
     ca: &DevCa,
     server_id: &str,
     app: SocketAddr,
-    cpu: Option<usize>,
+    on: Placement<'_>,
     authz: Option<&EnvoyAuthz>,
 ) -> anyhow::Result<Sidecar> {
     let name = if authz.is_some() { "envoy-authz" } else { "envoy" };
@@ -96,12 +103,12 @@ pub fn envoy(
         "-c".into(),
         conf_path.into_os_string(),
         "--concurrency".into(),
-        "1".into(),
+        on.workers.to_string().into(),
         "--disable-hot-restart".into(),
         "--log-level".into(),
         "error".into(),
     ];
-    start(name, &binary, &args, port, cpu)
+    start(name, &binary, &args, port, on.cpus)
 }
 
 /// `$A2A_BENCH_ENVOY`, `envoy` on the `PATH`, or pip's `~/.local/bin/envoy`
@@ -137,20 +144,13 @@ fn prepare(dir: &Path, name: &str, ca: &DevCa, server_id: &str) -> anyhow::Resul
 
 /// Starts `binary` (pinned with taskset, which execs it: the child's pid is
 /// the peer's) and waits until it listens on `port`.
-fn start(
-    name: &str,
-    binary: &str,
-    args: &[std::ffi::OsString],
-    port: u16,
-    cpu: Option<usize>,
-) -> anyhow::Result<Sidecar> {
-    let mut command = match cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string(), binary]);
-            c
-        }
-        None => Command::new(binary),
+fn start(name: &str, binary: &str, args: &[std::ffi::OsString], port: u16, cpus: &[usize]) -> anyhow::Result<Sidecar> {
+    let mut command = if cpus.is_empty() {
+        Command::new(binary)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &crate::sidecar::cpu_list(cpus), binary]);
+        c
     };
     let child = command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

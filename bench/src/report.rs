@@ -25,6 +25,9 @@ pub struct Result {
     pub http_versions: Vec<String>,
     /// [`Self::median`]: each repetition's own numbers, in the order they ran.
     pub repetitions: Vec<Repetition>,
+    /// `--idle N`: N idle connections and the resident memory (MiB) the
+    /// target's processes grew by when they were opened.
+    pub idle: Option<(usize, f64)>,
 }
 
 /// One repetition's numbers, reported beside the medians.
@@ -55,6 +58,7 @@ impl Result {
             alpn: run.protocols.alpn.iter().cloned().collect(),
             http_versions: run.protocols.http.iter().map(|v| format!("{v:?}")).collect(),
             repetitions: Vec::new(),
+            idle: None,
         }
     }
 
@@ -93,6 +97,7 @@ impl Result {
                     errors: r.errors,
                 })
                 .collect(),
+            idle: runs.iter().filter_map(|r| r.idle).reduce(|a, b| if b.1 > a.1 { b } else { a }),
         })
     }
 }
@@ -103,17 +108,32 @@ fn union<'a>(lists: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
     all.into_iter().cloned().collect()
 }
 
+/// Where one set ran (`--workers`, `--pin`, `--cpus`).
+pub struct Placement {
+    pub workers: usize,
+    /// The app's, sidecars' and peers' CPUs (empty: unpinned).
+    pub server_cpus: Vec<usize>,
+    /// The load generator's (empty: unpinned or sharing the servers').
+    pub load_cpus: Vec<usize>,
+    pub description: String,
+}
+
 pub struct Report {
     results: Vec<Result>,
     connections: usize,
     mode: String,
-    pinned: bool,
+    placement: Placement,
     token_bytes: usize,
 }
 
 impl Report {
-    pub fn new(results: Vec<Result>, (connections, mode): (usize, String), pinned: bool, token_bytes: usize) -> Self {
-        Self { results, connections, mode, pinned, token_bytes }
+    pub fn new(
+        results: Vec<Result>,
+        (connections, mode): (usize, String),
+        placement: Placement,
+        token_bytes: usize,
+    ) -> Self {
+        Self { results, connections, mode, placement, token_bytes }
     }
 
     fn direct(&self) -> Option<&Result> {
@@ -121,7 +141,7 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
-        let topology = if self.pinned { "app + sidecars on CPU 0, load on CPU 1" } else { "unpinned" };
+        let topology = &self.placement.description;
         let mut out = format!(
             "\n{}, {} connections, {}-byte Bearer JWT on every request, {topology}\n\n",
             self.mode, self.connections, self.token_bytes
@@ -162,6 +182,13 @@ impl Report {
             out.push('\n');
         }
         for r in &self.results {
+            if let Some((n, mib)) = r.idle {
+                out.push_str(&format!(
+                    "\n`{}`: {n} idle keep-alive connections held open during the run: +{mib:.1} MiB resident, {:.1} KiB per idle connection\n",
+                    r.name,
+                    mib * 1024.0 / (n.max(1) as f64)
+                ));
+            }
             if let Some((rotations, reloads)) = r.rotations {
                 out.push_str(&format!(
                     "\n`{}`: {rotations} SVID rotations and {reloads} policy reloads during the run, {} errors\n",
@@ -182,7 +209,10 @@ impl Report {
                 "os": std::env::consts::OS,
                 "arch": std::env::consts::ARCH,
                 "kernel": kernel.trim(),
-                "pinned": self.pinned,
+                "pinned": !self.placement.server_cpus.is_empty(),
+                "workers": self.placement.workers,
+                "server_cpus": self.placement.server_cpus,
+                "load_cpus": self.placement.load_cpus,
                 "mode": self.mode,
                 "connections": self.connections,
                 "token_bytes": self.token_bytes,
@@ -202,6 +232,8 @@ impl Report {
                 "disturbed": r.disturbed,
                 "svid_rotations": r.rotations.map(|(n, _)| n),
                 "policy_reloads": r.rotations.map(|(_, n)| n),
+                "idle_connections": r.idle.map(|(n, _)| n),
+                "idle_rss_mib": r.idle.map(|(_, mib)| mib),
                 "alpn": r.alpn,
                 "http_versions": r.http_versions,
                 "repetitions": r.repetitions.iter().map(|p| json!({
@@ -215,4 +247,54 @@ impl Report {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// Each scenario's throughput and CPU per request at each worker count, and
+/// the throughput against the first (one worker).
+pub fn scaling_markdown(reports: &[Report]) -> String {
+    let Some(first) = reports.first() else { return String::new() };
+    let mut out = String::from("\nScaling (same harness, one set per worker count):\n\n| scenario |");
+    for r in reports {
+        out.push_str(&format!(" {}w req/s | {}w CPU s/10k |", r.placement.workers, r.placement.workers));
+    }
+    out.push_str(" speed-up |\n|---|");
+    out.push_str(&"---:|---:|".repeat(reports.len()));
+    out.push_str("---:|\n");
+    for base in &first.results {
+        fn at<'r>(r: &'r Report, name: &str) -> Option<&'r Result> {
+            r.results.iter().find(|x| x.name == name)
+        }
+        out.push_str(&format!("| {} |", base.name));
+        for r in reports {
+            let found = at(r, base.name);
+            let cpu = found.and_then(|x| x.cpu_s_per_10k).map_or_else(|| "-".to_owned(), |c| format!("{c:.3}"));
+            out.push_str(&format!(" {} | {cpu} |", found.map_or_else(|| "-".to_owned(), |x| format!("{:.0}", x.rps))));
+        }
+        let last = reports.last().and_then(|r| at(r, base.name));
+        let speedup = last.map(|l| l.rps / base.rps.max(f64::EPSILON));
+        out.push_str(&format!(" {} |\n", speedup.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}x"))));
+    }
+    out
+}
+
+/// The `--json` document: the first set's report, and with several worker
+/// counts each set's scenarios under `by_workers`.
+pub fn json(reports: &[Report]) -> Value {
+    let mut out = reports.first().map(Report::json).unwrap_or_default();
+    if reports.len() > 1
+        && let Some(fields) = out.as_object_mut()
+    {
+        let sets: Vec<Value> = reports
+            .iter()
+            .map(|r| {
+                let mut set = r.json();
+                if let Some(fields) = set.as_object_mut() {
+                    fields.insert("workers".into(), json!(r.placement.workers));
+                }
+                set
+            })
+            .collect();
+        fields.insert("by_workers".into(), json!(sets));
+    }
+    out
 }

@@ -12,6 +12,7 @@ use certs::{IdentityWatch, TrustDomain};
 use proxy::cmd::dev_idp::{DevIdp, TokenSpec};
 
 use crate::load::{RequestSpec, Target};
+pub use crate::peers::Placement;
 use crate::sidecar::Sidecar;
 
 const TRUST_DOMAIN: &str = "bench.example";
@@ -94,17 +95,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// `cpu`: where the app and the sidecars run (the load goes elsewhere);
-    /// `rotation_ttl`: the lifetime of the `rotation` sidecar's SVIDs.
-    pub fn start(cpu: Option<usize>, with_peers: bool, rotation_ttl: Duration) -> anyhow::Result<Self> {
+    /// `on`: where the app, the sidecars and the peers run (the load goes
+    /// elsewhere) and with how many workers each; `rotation_ttl`: the
+    /// lifetime of the `rotation` sidecar's SVIDs.
+    pub fn start(on: Placement<'_>, with_peers: bool, rotation_ttl: Duration) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("a2a-bench").tempdir()?;
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(1).thread_name("bench-app").enable_all();
-        if let Some(cpu) = cpu {
-            builder.on_thread_start(move || {
-                core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-            });
-        }
+        builder.worker_threads(on.workers).thread_name("bench-app").enable_all();
+        // Not the current thread (the harness's): only the app's workers.
+        crate::sidecar::pin_threads(&mut builder, on.cpus);
         let runtime = builder.build()?;
         let (app, idp, pdp_addr) = runtime.block_on(async {
             let (app, _) = proxy::cmd::demo::sample_app::start().await?;
@@ -123,21 +122,24 @@ impl Stack {
         write("policy-l1.yaml", POLICY_L1)?;
         write("policy-all.yaml", POLICY_ALL)?;
         let rotating_policy = write("policy-rotating.yaml", POLICY_ALL)?;
-        let l1 = backend_yaml(&ca_dir, app, "policy-l1.yaml", None, "1h");
+        let backend_yaml =
+            |policy: &str, jwt: Option<&str>, ttl: &str| backend_yaml(&ca_dir, app, policy, jwt, ttl, on.workers);
+        let cpu = on.cpus;
+        let l1 = backend_yaml("policy-l1.yaml", None, "1h");
         let l1 = Sidecar::spawn(&write("l1.yaml", &l1)?, cpu)?;
         let jwt =
             format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
-        let all = backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&jwt), "1h");
+        let all = backend_yaml("policy-all.yaml", Some(&jwt), "1h");
         let all = Sidecar::spawn(&write("all.yaml", &all)?, cpu)?;
         let authzen =
             format!("{jwt}authzen: {{pdp: {{url: 'http://{pdp_addr}/access/v1/evaluation', cache_ttl: 1h}}}}\n");
-        let pdp = backend_yaml(&ca_dir, app, "policy-all.yaml", Some(&authzen), "1h");
+        let pdp = backend_yaml("policy-all.yaml", Some(&authzen), "1h");
         let pdp = Sidecar::spawn(&write("pdp.yaml", &pdp)?, cpu)?;
         let rotation_ttl = format!("{}ms", rotation_ttl.as_millis());
-        let rotating = backend_yaml(&ca_dir, app, "policy-rotating.yaml", Some(&jwt), &rotation_ttl);
+        let rotating = backend_yaml("policy-rotating.yaml", Some(&jwt), &rotation_ttl);
         let rotating = Sidecar::spawn(&write("rotating.yaml", &rotating)?, cpu)?;
         let target = all.inbound.ok_or_else(|| anyhow::anyhow!("the backend sidecar has no inbound address"))?;
-        let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&ca_dir, target))?, cpu)?;
+        let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&ca_dir, target, on.workers))?, cpu)?;
 
         let token = idp.token(&TokenSpec {
             tenant: TENANT.into(),
@@ -154,11 +156,11 @@ impl Stack {
         };
         let (mut nginx, mut haproxy, mut envoy, mut envoy_authz) = (None, None, None, None);
         if with_peers {
-            nginx = peer("nginx", crate::peers::nginx(dir.path(), &ca, BACKEND, app, cpu));
-            haproxy = peer("haproxy", crate::peers::haproxy(dir.path(), &ca, BACKEND, app, cpu));
-            envoy = peer("envoy", crate::peers::envoy(dir.path(), &ca, BACKEND, app, cpu, None));
+            nginx = peer("nginx", crate::peers::nginx(dir.path(), &ca, BACKEND, app, on));
+            haproxy = peer("haproxy", crate::peers::haproxy(dir.path(), &ca, BACKEND, app, on));
+            envoy = peer("envoy", crate::peers::envoy(dir.path(), &ca, BACKEND, app, on, None));
             let authz = envoy_authz_spec(&runtime, &idp, &token)?;
-            envoy_authz = peer("envoy-authz", crate::peers::envoy(dir.path(), &ca, BACKEND, app, cpu, Some(&authz)));
+            envoy_authz = peer("envoy-authz", crate::peers::envoy(dir.path(), &ca, BACKEND, app, on, Some(&authz)));
         }
         let identity = IdentityWatch::fixed(Arc::new(ca.identity(&CALLER.parse()?, Duration::from_secs(3600), &[])?));
         let mut tls = certs::tls::client_config(identity, BACKEND.parse()?)?;
@@ -271,10 +273,10 @@ pub fn rotating_policy(n: u32) -> String {
     POLICY_ALL.replacen("version: '5.0'", &format!("version: '5.{n}'"), 1)
 }
 
-fn backend_yaml(ca_dir: &Path, app: SocketAddr, policy: &str, jwt: Option<&str>, ttl: &str) -> String {
+fn backend_yaml(ca_dir: &Path, app: SocketAddr, policy: &str, jwt: Option<&str>, ttl: &str, workers: usize) -> String {
     format!(
         "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{BACKEND}', ttl: {ttl}}}}}
-runtime: {{worker_threads: 1}}
+runtime: {{worker_threads: {workers}}}
 telemetry: {{listen: '127.0.0.1:0', log_format: text}}
 inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{CALLER}']}}
 policy: {{file: {policy}}}
@@ -284,10 +286,10 @@ policy: {{file: {policy}}}
     )
 }
 
-fn caller_yaml(ca_dir: &Path, target: SocketAddr) -> String {
+fn caller_yaml(ca_dir: &Path, target: SocketAddr, workers: usize) -> String {
     format!(
         "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{CALLER}', ttl: 1h}}}}
-runtime: {{worker_threads: 1}}
+runtime: {{worker_threads: {workers}}}
 telemetry: {{listen: '127.0.0.1:0', log_format: text}}
 outbound:
   listen: '127.0.0.1:0'

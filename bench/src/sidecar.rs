@@ -10,6 +10,32 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+/// `0,1` for `--cpus` and `taskset -c`.
+pub fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Pins every thread the runtime starts to the next of `cpus`, round robin
+/// (empty: no pinning): with N workers on N CPUs, one worker per CPU.
+pub fn pin_threads(builder: &mut tokio::runtime::Builder, cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    let cpus = cpus.to_vec();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    builder.on_thread_start(move || {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(id) = cpus.get(i % cpus.len()).copied() {
+            core_affinity::set_for_current(core_affinity::CoreId { id });
+        }
+    });
+}
+
+/// Resident memory now (`VmRSS`) in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
 /// Kernel clock ticks per second for `/proc/<pid>/stat` times: `USER_HZ`,
 /// which is 100 on every Linux ABI.
 const USER_HZ: f64 = 100.0;
@@ -23,12 +49,13 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts the sidecar for `config`; returns once it serves (its SVID loaded).
-    pub fn spawn(config: &Path, cpu: Option<usize>) -> anyhow::Result<Self> {
+    /// `cpus`: the CPUs its threads run on (empty: anywhere).
+    pub fn spawn(config: &Path, cpus: &[usize]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating a2a-bench")?;
         let mut command = Command::new(exe);
         command.arg("sidecar").arg(config);
-        if let Some(cpu) = cpu {
-            command.arg("--cpu").arg(cpu.to_string());
+        if !cpus.is_empty() {
+            command.arg("--cpus").arg(cpu_list(cpus));
         }
         let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         let stdout = child.stdout.take().context("sidecar stdout")?;
@@ -49,9 +76,25 @@ impl Sidecar {
         Self { child, inbound: Some(listen), outbound: None, telemetry: None }
     }
 
-    /// User + system CPU seconds used so far.
+    /// The process and its descendants (nginx's workers under its master).
+    fn tree(&self) -> Vec<u32> {
+        let mut pids = vec![self.child.id()];
+        let mut i = 0;
+        while let Some(pid) = pids.get(i).copied() {
+            pids.extend(children(pid));
+            i += 1;
+        }
+        pids
+    }
+
+    /// Resident memory now, in MiB (the process tree's).
+    pub fn rss_now_mib(&self) -> f64 {
+        self.tree().into_iter().map(rss_mib).sum()
+    }
+
+    /// User + system CPU seconds used so far (the process tree's).
     pub fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+        self.tree().into_iter().map(|pid| process_cpu_seconds(&format!("/proc/{pid}/stat"))).sum()
     }
 
     /// A counter from the sidecar's Prometheus `/metrics`, summed over the
@@ -71,17 +114,32 @@ impl Sidecar {
         Some(values.sum())
     }
 
-    /// Peak resident set size (`VmHWM`) in MiB.
+    /// Peak resident set size (`VmHWM`) in MiB (summed over the process tree).
     pub fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        kib / 1024.0
+        self.tree().into_iter().map(|pid| status_mib(pid, "VmHWM:")).sum()
     }
+}
+
+/// The children of `pid` (of every one of its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+/// A `/proc/<pid>/status` memory field (`VmRSS:`, `VmHWM:`) in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 /// A plain HTTP/1.1 GET on loopback; the body when the answer is 200.
@@ -138,7 +196,7 @@ impl Drop for Sidecar {
 
 /// The `sidecar` mode: one runtime worker (the config's `runtime.worker_threads`,
 /// default 1), optionally pinned; prints `ready <inbound> <outbound>`.
-pub fn serve(config: &Path, cpu: Option<usize>) -> anyhow::Result<()> {
+pub fn serve(config: &Path, cpus: &[usize]) -> anyhow::Result<()> {
     certs::crypto::install_default_provider();
     let config = proxy::config::Config::load(config)?;
     let runtime = proxy::config::RuntimeConfig {
@@ -146,13 +204,11 @@ pub fn serve(config: &Path, cpu: Option<usize>) -> anyhow::Result<()> {
         ..config.runtime.clone()
     };
     let mut builder = proxy::app::runtime_builder(&runtime);
-    if let Some(cpu) = cpu {
-        // Every thread of the process: the one driving the runtime and any it starts.
-        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-        builder.on_thread_start(move || {
-            core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-        });
+    // The thread driving the runtime (all of it with one worker), and the rest.
+    if let Some(first) = cpus.first().copied() {
+        core_affinity::set_for_current(core_affinity::CoreId { id: first });
     }
+    pin_threads(&mut builder, cpus);
     builder.build()?.block_on(async {
         let mut app = proxy::app::App::start(config).await?;
         tokio::time::timeout(Duration::from_secs(30), app.identity.wait_ready()).await?.context("no SVID")?;
