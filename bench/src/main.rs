@@ -108,8 +108,8 @@ impl Layout {
     /// `--cpus` as given, else with `--pin` the first `workers` CPUs (all of
     /// them if there are fewer); the load generator gets the rest, and
     /// shares the servers' CPUs when none is left.
-    fn new(workers: usize, pin: bool, cpus: &[usize]) -> Self {
-        let all: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    fn new(workers: usize, pin: bool, cpus: &[usize], all: &[usize]) -> Self {
+        let all = all.to_vec();
         let server: Vec<usize> = match (cpus.is_empty(), pin) {
             (false, _) => cpus.to_vec(),
             (true, true) => all.iter().copied().take(workers.max(1)).collect(),
@@ -368,11 +368,16 @@ fn main() -> anyhow::Result<()> {
         idle: cli.idle,
     };
     let repeat = cli.repeat.unwrap_or(if cli.quick || cli.tiny { 1 } else { 3 }).max(1);
+    // Read before anything is pinned: a pinned thread sees only its own CPU.
+    let all: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let mut reports = Vec::new();
     for workers in cli.workers.iter().copied().map(|w| w.max(1)) {
-        let layout = Layout::new(workers, pin || !cli.cpus.is_empty(), &cli.cpus);
+        let layout = Layout::new(workers, pin || !cli.cpus.is_empty(), &cli.cpus, &all);
         eprintln!("{}", layout.describe());
-        let results = run_set(&layout, &names, (with_peers, rotation_ttl), &plan, repeat)?;
+        // Each set on a thread of its own, pinned as its layout says: the
+        // main thread stays unpinned for the next set.
+        let set = || run_set(&layout, &names, (with_peers, rotation_ttl), &plan, repeat);
+        let results = std::thread::scope(|s| s.spawn(set).join()).map_err(|_| anyhow::anyhow!("a set panicked"))??;
         reports.push((layout, results));
     }
     let mode = match (cli.rate, cli.h2_streams) {
