@@ -142,3 +142,28 @@ fn run_and_check(args: &[&str], requests: u64) -> serde_json::Value {
     }
     results
 }
+
+/// `--workers 1,2`: the set runs once per worker count (sidecars with that
+/// many runtime workers) and the JSON keeps each; `--idle N` holds N idle
+/// connections open to each mTLS target and reports what they cost.
+#[test]
+fn worker_counts_and_idle_connections() {
+    let results = run_and_check(&["--workers", "1,2", "--idle", "20", "--only", "direct,inbound-all"], 300);
+    let sets = results["by_workers"].as_array().unwrap();
+    let workers: Vec<u64> = sets.iter().map(|s| s["workers"].as_u64().unwrap()).collect();
+    assert_eq!(workers, [1, 2]);
+    for set in sets {
+        assert_eq!(set["machine"]["workers"], set["workers"], "{set}");
+        for s in set["scenarios"].as_array().unwrap() {
+            assert_eq!((s["requests"].as_u64(), s["errors"].as_u64()), (Some(300), Some(0)), "{s}");
+            match s["name"].as_str().unwrap() {
+                // Plain text to the app: no sidecar to hold idle connections.
+                "direct" => assert!(s["idle_connections"].is_null(), "{s}"),
+                _ => {
+                    assert_eq!(s["idle_connections"].as_u64(), Some(20), "{s}");
+                    assert!(s["idle_rss_mib"].is_number(), "{s}");
+                }
+            }
+        }
+    }
+}
