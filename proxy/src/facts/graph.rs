@@ -87,7 +87,8 @@ impl Graph {
     /// The risk of the service principal `oid` (`None` level when not at risk).
     pub async fn risk(&self, oid: &str) -> Result<RiskLevel, Arc<GraphError>> {
         let url = self.url("identityProtection/riskyServicePrincipals", oid, "")?;
-        self.risk.try_get_with(oid.to_owned(), async { self.lookup("risk", &url, parse_risk).await }).await
+        // The look-up is boxed: a cold path, kept out of every request's future.
+        self.risk.try_get_with(oid.to_owned(), async { Box::pin(self.lookup("risk", &url, parse_risk)).await }).await
     }
 
     /// `{endpoint}/v1.0/{collection}/{oid}{query}`. The policy validates
@@ -153,7 +154,8 @@ impl Graph {
         let (set, attribute) = (self.attribute_set.as_str(), self.attribute.as_str());
         self.tags
             .try_get_with(oid.to_owned(), async {
-                let tag = self.lookup("tags", &url, |body| parse_tag(body, set, attribute)).await?;
+                // Boxed: a cold path, kept out of every request's future.
+                let tag = Box::pin(self.lookup("tags", &url, |body| parse_tag(body, set, attribute))).await?;
                 if self.last_tags.get(oid).is_some_and(|last| last != tag) {
                     self.changes.bump();
                 }

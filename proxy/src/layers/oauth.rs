@@ -206,7 +206,8 @@ impl Oauth {
             Some(claims) => (claims, keys),
             None => {
                 let (_, kid) = jwt::header_of(token, &issuer.config)?;
-                let keys = issuer.jwks.refetch_for(&kid).await.unwrap_or(keys);
+                // Boxed: a cold path (a fetch), kept out of every request's future.
+                let keys = Box::pin(issuer.jwks.refetch_for(&kid)).await.unwrap_or(keys);
                 let claims = jwt::verify(token, &keys, &issuer.config, now)?
                     .ok_or(JwtError { reason: Reason::JwtInvalid, detail: "unknown kid" })?;
                 (claims, keys)

@@ -227,7 +227,7 @@ impl Pdp {
         let target = identity.svid().id().as_str();
         let Some((cache, key)) = self.cache.as_ref().zip(cache_key(&question, target)) else {
             let body = Bytes::from(request_body(&question, target).to_string());
-            let answer = self.call(body, question.request_id).await;
+            let answer = Box::pin(self.call(body, question.request_id)).await;
             self.count(answer.as_ref().map(|a| a.decision));
             return answer.map(Arc::new);
         };
@@ -243,7 +243,8 @@ impl Pdp {
             .try_get_with(key, async {
                 called.store(true, Ordering::Relaxed);
                 let body = Bytes::from(request_body(&question, target).to_string());
-                let answer = self.call(body, request_id).await;
+                // Boxed: the call is the cold path, kept out of every request's future.
+                let answer = Box::pin(self.call(body, request_id)).await;
                 self.count(answer.as_ref().map(|a| a.decision));
                 match answer {
                     // Only an allow is kept; a deny reaches the waiters as an "error".
