@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::mesh::{
-    APPROVAL, APPROVAL_OID, MENUS, Mesh, REPORT, REPORT_OID, TENANT, VIEWER_KEY, backend_yaml, jwt_yaml,
+    APPROVAL, APPROVAL_OID, BACKEND, MENUS, Mesh, REPORT, REPORT_OID, TENANT, VIEWER_KEY, backend_yaml, jwt_yaml,
     reference_policy,
 };
 use super::mgmt::call;
@@ -450,4 +450,34 @@ async fn the_pep_presents_its_own_federated_entra_token_to_the_pdp() {
     std::fs::write(&path, yaml).unwrap();
     let error = Config::load_with_env(&path, &MapEnv::default().with("K", "v")).unwrap_err().to_string();
     assert!(error.contains("`authzen.pdp.entra_token`: one credential"), "{error}");
+}
+
+/// `authzen.pdp.server_id`: the PEP reaches a sidecar PDP over mTLS with its
+/// SVID, which `mgmt.tls.roles` makes a viewer there: no key at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pep_asks_a_sidecar_pdp_over_mtls_with_its_svid() {
+    let (policy, env) = reference_policy();
+    let mesh = Mesh::start_with_policy(&policy, env.clone()).await;
+    let tls = format!("  tls: {{allowed_callers: ['{BACKEND}'], roles: {{'{BACKEND}': viewer}}}}\n");
+    let yaml = backend_yaml(&mesh.dir.path().join("backend.sock"), mesh.app.addr, &[REPORT, APPROVAL])
+        .replace("state_file: state.json\n", &format!("state_file: tls-state.json\n{tls}"))
+        + &jwt_yaml(&mesh.idp.authority())
+        + "authzen: {listen: '127.0.0.1:0'}\n";
+    assert!(yaml.contains("roles:"), "{yaml}");
+    let b = start(&mesh, "pdp-tls", &yaml, &env).await;
+    let listen = b.authzen_addr.unwrap();
+
+    // Plain HTTP to an mTLS listener gets nowhere.
+    let plain = format!("http://{listen}/access/v1/evaluation");
+    let a = pep(&mesh, "pep-plain", &plain, "", &MapEnv::default()).await;
+    let reply = inbound(&mesh, a.inbound_addr.unwrap(), REPORT, "GET", "/budget/read").await.unwrap();
+    assert_eq!((reply.status, reply.denied()), (503, ("pdp".into(), "pdp_unavailable".into())));
+
+    // mTLS with A's SVID: B's policy answers (budget-report may not submit).
+    let url = format!("https://{listen}/access/v1/evaluation");
+    let a = pep(&mesh, "pep-mtls", &url, &format!(", server_id: '{BACKEND}'"), &MapEnv::default()).await;
+    let reply = inbound(&mesh, a.inbound_addr.unwrap(), REPORT, "POST", "/budget/submit").await.unwrap();
+    assert_eq!((reply.status, reply.denied()), (403, ("pdp".into(), "pdp_denied".into())), "{}", reply.body);
+    let metrics = get(b.telemetry_addr, "/metrics").await.1;
+    assert_eq!(metric(&metrics, "a2a_authzen_evaluations_total{decision=\"false\"} "), 1, "{metrics}");
 }
