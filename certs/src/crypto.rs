@@ -22,6 +22,12 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// Installs [`provider`] as the process default, for crates that ask for it.
+/// Safe to call more than once.
+pub fn install_default_provider() {
+    let _already_installed = provider().as_ref().clone().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     /// AES-128-GCM-SHA256 first, every default suite still there.
@@ -36,10 +42,4 @@ mod tests {
         sorted.sort_by_key(|s| u16::from(*s));
         assert_eq!(sorted, defaults);
     }
-}
-
-/// Installs [`provider`] as the process default, for crates that ask for it.
-/// Safe to call more than once.
-pub fn install_default_provider() {
-    let _already_installed = provider().as_ref().clone().install_default();
 }
