@@ -27,6 +27,9 @@ use crate::dataplane::server::{self, Listener, Slot};
 
 mod auth;
 pub mod authzen;
+
+/// The header that carries an admin key.
+const ADMIN_KEY: &str = "x-spiffe-admin-key";
 pub mod explain;
 pub mod reload;
 pub mod restore;
@@ -226,24 +229,15 @@ impl Mgmt {
             response.headers_mut().insert(header::ALLOW, route.allow());
             return response;
         }
-        // AuthZEN clients send credentials as `Authorization: Bearer`: the same keys.
-        let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        let bearer = bearer.and_then(|key| HeaderValue::from_bytes(key).ok());
-        // A bearer is a key only where one is needed: an SVID with a role
-        // (`mgmt.tls.roles`) stands on its own, whatever token it also sends
-        // (a PEP's IdP token is not a wrong key).
+        // AuthZEN clients send credentials as `Authorization: Bearer`: the
+        // same keys. A bearer is a key only where one is needed: an SVID with
+        // a role (`mgmt.tls.roles`) stands on its own, whatever token it also
+        // sends (a PEP's IdP token is not a wrong key).
         let svid_role = peer.as_deref().and_then(|p| self.svid_role(p)).is_some();
-        let headers = match bearer.filter(|_| !svid_role && !req.headers().contains_key("x-spiffe-admin-key")) {
-            Some(key) => {
-                let mut headers = req.headers().clone();
-                headers.insert("x-spiffe-admin-key", key);
-                std::borrow::Cow::Owned(headers)
-            }
-            None => std::borrow::Cow::Borrowed(req.headers()),
-        };
-        let authenticated = self.authenticate(&headers, remote, peer.as_deref(), false);
-        drop(headers);
-        match authenticated {
+        let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let bearer = bearer.filter(|_| !svid_role).and_then(|key| HeaderValue::from_bytes(key).ok());
+        let key = req.headers().get(ADMIN_KEY).or(bearer.as_ref());
+        match self.authenticate(key, req.headers(), remote, peer.as_deref(), false) {
             Ok(_) => pdp.handle(route, req).await,
             Err(reject) => {
                 let mut response = reject.into_response();
@@ -278,7 +272,7 @@ impl Mgmt {
         let caller = if route.open() {
             None
         } else {
-            match self.authenticate(req.headers(), remote, peer, method != Method::GET) {
+            match self.authenticate(req.headers().get(ADMIN_KEY), req.headers(), remote, peer, method != Method::GET) {
                 Ok(caller) => Some(caller),
                 Err(reject) => return (None, reject.into_response()),
             }
@@ -295,14 +289,16 @@ impl Mgmt {
     /// role (`mgmt.tls.roles`); and when that caller is a configured console
     /// naming a person (`X-A2A-Actor`), that person, with the lower of the
     /// console's role and the one it says the person has (`X-A2A-Actor-Role`).
+    /// `key`: the admin key presented (`X-Spiffe-Admin-Key`, or on the PDP
+    /// listener a bearer).
     fn authenticate(
         &self,
+        key: Option<&HeaderValue>,
         headers: &hyper::HeaderMap,
         remote: SocketAddr,
         peer: Option<&certs::SpiffeId>,
         write: bool,
     ) -> Result<Caller, Reject> {
-        let key = headers.get("x-spiffe-admin-key");
         let caller = match (key, peer.and_then(|p| self.svid_role(p).map(|role| (p, role)))) {
             (None, Some((peer, role))) => Caller { name: peer.to_string(), role },
             _ => self.auth.check(key, remote.ip())?,

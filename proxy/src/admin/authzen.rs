@@ -14,7 +14,6 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use policy::{Layer, PathOptions, Reason};
 use serde_json::{Value, json};
 
-use crate::config::PolicyMode;
 use crate::dataplane::body::Body;
 use crate::dataplane::headers::X_REQUEST_ID;
 use crate::dataplane::inbound::request_target;
@@ -221,15 +220,14 @@ impl Service {
         match result {
             Ok(()) => Outcome { decision: true, reason: Reason::Allowed, policy_ids: trace.policy_ids, shadow: None },
             Err(denial) => match pipeline::apply_mode(loaded.mode, denial.reason) {
-                Ok(shadow) if loaded.mode == PolicyMode::Shadow => Outcome {
+                // Shadow mode: the data plane forwards it, saying what it would have denied.
+                Ok(shadow) => Outcome {
                     decision: true,
                     reason: Reason::Allowed,
                     policy_ids: denial.policy_ids,
                     shadow: Some(shadow),
                 },
-                Ok(reason) | Err(reason) => {
-                    Outcome { decision: false, reason, policy_ids: denial.policy_ids, shadow: None }
-                }
+                Err(reason) => Outcome { decision: false, reason, policy_ids: denial.policy_ids, shadow: None },
             },
         }
     }

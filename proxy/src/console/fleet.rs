@@ -13,9 +13,6 @@ use certs::IdentityWatch;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -25,11 +22,9 @@ use crate::config::{FleetSettings, SidecarEntry};
 /// Largest `/mgmt` answer read (a policy is at most 256 KiB).
 const MAX_ANSWER: usize = 1024 * 1024;
 
-type MtlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 struct Member {
     entry: SidecarEntry,
-    client: MtlsClient,
+    client: crate::facts::http::SpiffeClient,
 }
 
 /// A sidecar as the last poll saw it.
@@ -81,12 +76,7 @@ impl Fleet {
         let mut members = Vec::new();
         for entry in entries {
             let expected: certs::IdPattern = entry.spiffe_id.to_string().parse()?;
-            // HTTP/1.1 only (hyper-rustls sets the ALPN from what is enabled).
-            let tls = certs::tls::client_config(identity.clone(), expected)?;
-            let connector =
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
-            let client =
-                Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+            let client = crate::facts::http::spiffe_client(identity.clone(), expected)?;
             members.push(Arc::new(Member { entry: entry.clone(), client }));
         }
         let snapshot = members

@@ -52,6 +52,18 @@ pub fn form_decode(text: &str) -> std::collections::HashMap<String, String> {
     text.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (decode(k), decode(v))).collect()
 }
 
+/// What [`spiffe_client`] makes.
+pub type SpiffeClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An HTTP/1.1-over-mTLS client that presents our SVID and accepts only a
+/// server whose SPIFFE ID matches `expected` (another sidecar's `/mgmt`, a
+/// PDP): hyper-rustls sets the ALPN from what is enabled.
+pub fn spiffe_client(identity: certs::IdentityWatch, expected: certs::IdPattern) -> anyhow::Result<SpiffeClient> {
+    let tls = certs::tls::client_config(identity, expected)?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector))
+}
+
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     client: Client<HttpsConnector<ProxyConnector>, Full<Bytes>>,

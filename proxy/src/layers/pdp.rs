@@ -16,9 +16,6 @@ use bytes::Bytes;
 use certs::{IdentityWatch, SpiffeId};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{self, HeaderValue};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use policy::Reason;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -122,7 +119,7 @@ enum Transport {
     /// WebPKI roots (and `SSL_CERT_FILE`), `HTTPS_PROXY`: like the identity endpoints.
     Web(HttpClient),
     /// mTLS with our SVID; the PDP's SPIFFE ID must match `server_id`.
-    Spiffe(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Spiffe(crate::facts::http::SpiffeClient),
 }
 
 /// The PEP's client for `authzen.pdp`.
@@ -153,21 +150,15 @@ impl Pdp {
             (Some(_), None) => anyhow::bail!("authzen.pdp.entra_token needs the `entra` section"),
         };
         let transport = match &config.server_id {
-            Some(expected) => {
-                let tls = certs::tls::client_config(identity.clone(), expected.clone())?;
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(http);
-                Transport::Spiffe(Client::builder(TokioExecutor::new()).build(connector))
-            }
+            Some(expected) => Transport::Spiffe(crate::facts::http::spiffe_client(identity.clone(), expected.clone())?),
             None => Transport::Web(HttpClient::new()?),
         };
         let bearer = match &config.bearer {
-            Some(key) => Some(HeaderValue::from_str(&format!("Bearer {}", key.value))?),
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.value))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
             None => None,
         };
         let cache = (!config.cache_ttl.is_zero()).then(|| {
@@ -179,10 +170,6 @@ impl Pdp {
                 "authzen.pdp.fail_open is true: when the PDP cannot answer, requests are ALLOWED \
                  (counted as a2a_pdp_requests_total{{result=\"error\"}})"
             );
-        }
-        let mut bearer = bearer;
-        if let Some(value) = bearer.as_mut() {
-            value.set_sensitive(true);
         }
         Ok(Self { config: config.clone(), uri, transport, bearer, tokens, cache, identity, metrics })
     }
