@@ -180,6 +180,12 @@ impl KeySet {
         self.keys.get(kid).cloned().map(KeyHandle)
     }
 
+    /// Whether `kid` still names the very key `handle` stands for (no copy:
+    /// asked on every request that reuses a verified token).
+    pub fn still_holds(&self, kid: &str, handle: &KeyHandle) -> bool {
+        self.keys.get(kid).is_some_and(|key| Arc::ptr_eq(key, &handle.0))
+    }
+
     /// The verification key for `kid`.
     pub fn get(&self, kid: &str) -> Option<&DecodingKey> {
         self.keys.get(kid).map(|k| &k.decoding)

@@ -592,12 +592,14 @@ impl Ctx<'_> {
             }
             None
         };
+        // Entra's own `iss` values (v2 and v1) are taken too.
+        let entra_iss =
+            entra.as_ref().map(|e| policy::jwt::IssuerConfig::entra(&e.authority, &e.tenant_id, vec![], 0).iss);
         let mut issuers: Vec<IssuerSection> = Vec::new();
         for (i, raw) in raw.issuers.into_iter().enumerate() {
             let issuer = self.issuer(i, raw)?;
-            let taken = entra.as_ref().map(|e| policy::jwt::IssuerConfig::entra(&e.authority, &e.tenant_id, vec![], 0));
             let clash = issuers.iter().any(|o| o.issuer == issuer.issuer)
-                || taken.is_some_and(|e| e.iss.contains(&issuer.issuer));
+                || entra_iss.as_ref().is_some_and(|iss| iss.contains(&issuer.issuer));
             if clash {
                 return Err(self.invalid(&format!("jwt.issuers[{i}].issuer"), "is configured twice"));
             }

@@ -185,9 +185,8 @@ impl Oauth {
         let key = hasher.finish();
         if let Some(hit) = self.cache.get(&key).filter(|hit| *hit.token == *token) {
             let keys = self.issuers.get(hit.issuer).and_then(|i| i.jwks.keys());
-            let same_key = keys.and_then(|keys| keys.handle(&hit.claims.kid));
-            let usable = same_key.is_some_and(|key| hit.key.as_ref() == Some(&key))
-                && hit.claims.exp.saturating_add(self.leeway.as_secs()) >= now;
+            let same_key = keys.zip(hit.key.as_ref()).is_some_and(|(keys, key)| keys.still_holds(&hit.claims.kid, key));
+            let usable = same_key && hit.claims.exp.saturating_add(self.leeway.as_secs()) >= now;
             if usable {
                 return Ok(hit.claims.clone());
             }
