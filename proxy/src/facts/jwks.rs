@@ -265,4 +265,35 @@ mod tests {
         }
         assert_eq!(idp.jwks_fetches(), before + 1);
     }
+
+    /// Any OIDC issuer: its discovery document must name it as `issuer`
+    /// (else nothing is trusted from it), and an outage keeps the last good keys.
+    #[tokio::test]
+    async fn discovery_must_name_the_issuer_and_an_outage_keeps_the_keys() {
+        use crate::cmd::dev_idp::issuer::{self, Shape};
+        let (kc, _, _task) = issuer::start(Shape::Keycloak, jsonwebtoken::Algorithm::ES256).await.unwrap();
+        let provider = |expected: String| {
+            let discovery = format!("{}/.well-known/openid-configuration", kc.issuer());
+            let settings = JwksSettings {
+                name: Arc::from("keycloak"),
+                at: KeysAt::Discovery { url: discovery, issuer: Some(expected) },
+                refresh: Duration::from_secs(3600),
+                refetch_interval: Duration::from_secs(300),
+            };
+            Jwks::new(settings, HttpClient::new().unwrap(), Arc::new(Metrics::new().unwrap()))
+        };
+        // A document that names another issuer (a hijacked or mistyped URL).
+        let impostor = provider("https://sso.example/realms/agents".into());
+        assert!(matches!(impostor.fetch().await, Err(JwksError::WrongIssuer)));
+        assert!(impostor.keys().is_none(), "no key from a document that names another issuer");
+
+        let jwks = provider(kc.issuer());
+        jwks.fetch().await.unwrap();
+        let kid = kc.key().unwrap().kid().to_owned();
+        assert!(jwks.keys().is_some_and(|k| k.contains(&kid)));
+        kc.set_down(true);
+        assert!(jwks.fetch().await.is_err());
+        assert!(jwks.keys().is_some_and(|k| k.contains(&kid)), "the last good keys stay");
+        assert!(jwks.status().last_error.is_some());
+    }
 }

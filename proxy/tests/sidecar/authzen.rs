@@ -478,6 +478,13 @@ async fn a_pep_asks_a_sidecar_pdp_over_mtls_with_its_svid() {
     let a = pep(&mesh, "pep-mtls", &url, &format!(", server_id: '{BACKEND}'"), &MapEnv::default()).await;
     let reply = inbound(&mesh, a.inbound_addr.unwrap(), REPORT, "POST", "/budget/submit").await.unwrap();
     assert_eq!((reply.status, reply.denied()), (403, ("pdp".into(), "pdp_denied".into())), "{}", reply.body);
+    // A PEP that also sends a bearer (here a static one that is no key of
+    // B's) is still let in by its SVID's role: the bearer is not read as a key.
+    let env = MapEnv::default().with("PDP_TOKEN", "an-idp-token-not-a-key");
+    let extra = format!(", server_id: '{BACKEND}', key_env: PDP_TOKEN");
+    let with_bearer = pep(&mesh, "pep-mtls-bearer", &url, &extra, &env).await;
+    let reply = inbound(&mesh, with_bearer.inbound_addr.unwrap(), REPORT, "POST", "/budget/submit").await.unwrap();
+    assert_eq!((reply.status, reply.denied()), (403, ("pdp".into(), "pdp_denied".into())), "{}", reply.body);
     let metrics = get(b.telemetry_addr, "/metrics").await.1;
-    assert_eq!(metric(&metrics, "a2a_authzen_evaluations_total{decision=\"false\"} "), 1, "{metrics}");
+    assert_eq!(metric(&metrics, "a2a_authzen_evaluations_total{decision=\"false\"} "), 2, "{metrics}");
 }
