@@ -123,7 +123,7 @@ impl Inbound {
         let resumption = if config.tls_resumption { Resumption::On { sessions: 1024 } } else { Resumption::Off };
         let mut tls = certs::tls::server_config(identity.clone(), allowlist.clone(), resumption)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let app = AppClient::new(config.upstream_connect_timeout, config.upstream_response_timeout);
+        let app = AppClient::new(&config.upstream, config.upstream_connect_timeout, config.upstream_response_timeout);
         let audit = layers.audit.clone();
         Ok(Arc::new(Self {
             target: Arc::from(config.upstream.as_str()),
@@ -338,7 +338,7 @@ impl Inbound {
         let hygiene =
             headers::Hygiene { keep_upgrade: upgrade, allow_underscores: self.config.allow_underscore_headers };
         headers::sanitize_request(h, hygiene);
-        // The client sets Host from the upstream URI: a caller's Host never leaks a destination.
+        // The app's Host is set where the request is sent: a caller's Host never leaks a destination.
         h.remove(header::HOST);
         for (name, value) in &conn.forwarded {
             if let Some(value) = value {
