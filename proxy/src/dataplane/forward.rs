@@ -166,10 +166,7 @@ pub fn capture_upgrade(request: &mut Request<Incoming>, allowed: bool) -> Option
 /// `101` must switch to the WebSocket the client asked for (anything else
 /// would be a raw tunnel nobody asked for: refused). Returns the switch to
 /// tunnel, if there is one.
-pub fn accept_switch(
-    response: &mut Response<Incoming>,
-    requested: Option<OnUpgrade>,
-) -> Result<Option<Switch>, Reason> {
+pub fn accept_switch<B>(response: &mut Response<B>, requested: Option<OnUpgrade>) -> Result<Option<Switch>, Reason> {
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let switch = if upgraded {
         let Some(downstream) = requested.filter(|_| headers::switches_to_websocket(response.headers())) else {

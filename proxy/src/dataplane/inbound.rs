@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use certs::IdentityWatch;
 use certs::tls::Resumption;
 use certs::x509::LeafInfo;
-use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::Scheme;
@@ -33,7 +32,7 @@ use crate::dataplane::headers::{
 use crate::dataplane::refusals::{Refusal, Refusals};
 use crate::dataplane::request_id::{Hop, RequestIds};
 use crate::dataplane::server::{self, ConnectionEnds};
-use crate::dataplane::upstream::{AppClient, TunnelEnds};
+use crate::dataplane::upstream::{AppBody, AppClient, TunnelEnds};
 use crate::layers::allowlist::AllowList;
 use crate::layers::governance::Governor;
 use crate::layers::oauth::{self, Oauth};
@@ -52,6 +51,12 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 /// A response body of known length up to this size finishes without being
 /// registered for re-checks; every other body is (see [`Inbound::send`]).
 const SHORT_BODY: u64 = 1 << 20;
+
+/// A body that may last: not already ended, and not known to be at most
+/// [`SHORT_BODY`] bytes.
+fn lasting(body: &impl http_body::Body) -> bool {
+    !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > SHORT_BODY)
+}
 
 /// Everything the inbound side shares across connections.
 pub struct Inbound {
@@ -180,7 +185,7 @@ impl Inbound {
 
     /// The per-request pipeline: Layer 1 again, then framing and path checks,
     /// then the app. Each phase maps its failure to a [`Reason`].
-    async fn forward(&self, request: Request<Incoming>, conn: &Conn, hop: &Hop, log: &mut RequestLog) -> Sent {
+    async fn forward(&self, request: Request<Incoming>, conn: &Conn, hop: &Hop, log: &mut RequestLog) -> Sent<AppBody> {
         if !self.allowlist.allows(&conn.peer.id) {
             return Err(Reason::NotAllowed);
         }
@@ -215,12 +220,10 @@ impl Inbound {
         path: &CanonicalPath,
         hop: &Hop,
         log: &RequestLog,
-    ) -> Sent {
+    ) -> Sent<AppBody> {
         let upgrade = forward::capture_upgrade(&mut request, self.config.upgrades.websocket);
         let leeway = self.layers.oauth.load().as_ref().map(|o| o.leeway());
         let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp, leeway.unwrap_or_default());
-        let lasting =
-            |body: &Incoming| !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > SHORT_BODY);
         let registration = |request: &Request<Incoming>| {
             let authorization = request.headers().get(header::AUTHORIZATION).cloned();
             let method = request.method().clone();

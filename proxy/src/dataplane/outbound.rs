@@ -210,7 +210,7 @@ impl Route {
                 .map(|connector| connector.with_refusals(refusals.clone()))
                 .map(|connector| {
                     Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(std::time::Duration::from_secs(60))
+                        .pool_idle_timeout(crate::dataplane::upstream::POOL_IDLE)
                         .pool_timer(TokioTimer::new())
                         .timer(TokioTimer::new())
                         .build(connector)

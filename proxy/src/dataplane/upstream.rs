@@ -1,70 +1,24 @@
-//! Upstream clients: pooled plain HTTP to the local app (inbound) and pooled
-//! mTLS to peer sidecars (outbound), plus what both share: error
+//! Upstream clients: pooled plain HTTP to the local app (inbound, `app`) and
+//! pooled mTLS to peer sidecars (outbound, `sidecar`), plus error
 //! classification, response-head timeouts and upgrade tunnels.
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use hyper::Response;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::http::uri::Authority;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use policy::Reason;
 use tokio_util::sync::CancellationToken;
 
-use crate::dataplane::body::Body;
-
+pub mod app;
 pub mod sidecar;
 
+pub use app::{AppBody, AppClient};
+
 /// Idle pooled connections are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-
-/// The local app behind the inbound listener.
-#[derive(Debug, Clone)]
-pub struct AppClient {
-    client: Client<HttpConnector, Body>,
-    response_timeout: Duration,
-    /// The app's `Host`, built once (the client would format it per request).
-    host: Option<HeaderValue>,
-}
-
-impl AppClient {
-    pub fn new(upstream: &Authority, connect_timeout: Duration, response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Self { client, response_timeout, host: host_header(upstream) }
-    }
-
-    /// Sends `request` (its URI the app's) with the app's `Host`: a
-    /// caller's `Host` never reaches the app.
-    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, Reason> {
-        match &self.host {
-            Some(host) => request.headers_mut().insert(header::HOST, host.clone()),
-            None => request.headers_mut().remove(header::HOST),
-        };
-        with_timeout(self.response_timeout, self.client.request(request), None).await
-    }
-}
-
-/// `Host` for an `http` authority, as hyper-util's client writes it from
-/// the URI: the host, and the port unless it is 80.
-fn host_header(authority: &Authority) -> Option<HeaderValue> {
-    let host = match authority.port_u16() {
-        Some(port) if port != 80 => format!("{}:{port}", authority.host()),
-        _ => authority.host().to_owned(),
-    };
-    HeaderValue::from_str(&host).ok()
-}
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// Waits for a response head at most `timeout`. `refusals` explains opaque
 /// failures on a route whose peer recently refused our certificate.
@@ -231,19 +185,5 @@ impl std::fmt::Display for DisplayChain<'_> {
             source = e.source();
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_apps_host_is_what_the_client_would_write() {
-        let host = |a: &str| host_header(&a.parse().unwrap()).map(|h| h.to_str().unwrap().to_owned());
-        assert_eq!(host("127.0.0.1:8080").as_deref(), Some("127.0.0.1:8080"));
-        assert_eq!(host("app:80").as_deref(), Some("app"), "the default port is left out");
-        assert_eq!(host("app").as_deref(), Some("app"));
-        assert_eq!(host("[::1]:9000").as_deref(), Some("[::1]:9000"));
     }
 }

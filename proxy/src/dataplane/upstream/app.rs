@@ -1,0 +1,289 @@
+//! The local app behind the inbound listener: HTTP/1.1 over plain TCP, one
+//! destination, connections kept in a LIFO pool.
+//!
+//! hyper-util's general client cost ~4% of a sidecar's CPU per request
+//! here (bench/README.md): a task spawned per response to wait until the
+//! connection is ready again, a pool keyed and hashed by destination, an
+//! extension map per response. With one destination none of that is
+//! needed: a connection goes back to the pool when its response body has
+//! been read to the end (never earlier, so a long stream never holds up
+//! another request), and a request a reused connection never sent (the app
+//! closed it meanwhile) is sent again on another.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::Authority;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use policy::Reason;
+use tokio::net::TcpStream;
+
+use crate::dataplane::body::Body;
+
+/// The local app's client. Cheap to clone (one shared pool).
+#[derive(Debug, Clone)]
+pub struct AppClient {
+    pool: Arc<Pool>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    /// `host:port` to connect to.
+    addr: String,
+    /// The app's `Host`, built once.
+    host: Option<HeaderValue>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    /// Idle connections are closed after this long.
+    idle_timeout: Duration,
+    /// Most recently returned last.
+    idle: Mutex<Vec<Idle>>,
+    /// Whether the task that closes expired idle connections runs.
+    reaping: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl AppClient {
+    pub fn new(upstream: &Authority, connect_timeout: Duration, response_timeout: Duration) -> Self {
+        Self::with_idle_timeout(upstream, connect_timeout, response_timeout, super::POOL_IDLE)
+    }
+
+    fn with_idle_timeout(
+        upstream: &Authority,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        let addr = format!("{}:{}", upstream.host(), upstream.port_u16().unwrap_or(80));
+        let pool = Pool {
+            addr,
+            host: host_header(upstream),
+            connect_timeout,
+            response_timeout,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+            reaping: std::sync::atomic::AtomicBool::new(false),
+        };
+        Self { pool: Arc::new(pool) }
+    }
+
+    /// Sends `request` to the app (its URI's path and query; the app's
+    /// `Host`: a caller's never reaches the app) and waits for the response
+    /// head at most `response_timeout`, connecting included.
+    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<AppBody>, Reason> {
+        let pool = &self.pool;
+        match &pool.host {
+            Some(host) => request.headers_mut().insert(header::HOST, host.clone()),
+            None => request.headers_mut().remove(header::HOST),
+        };
+        let origin = request.uri().path_and_query().filter(|p| p.as_str() != "/").cloned();
+        *request.uri_mut() = origin.map_or_else(Uri::default, Uri::from);
+        match tokio::time::timeout(pool.response_timeout, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(Reason::UpstreamTimeout),
+        }
+    }
+
+    async fn exchange(&self, mut request: Request<Body>) -> Result<Response<AppBody>, Reason> {
+        // Idle connections first; each is tried once. A request one of them
+        // never sent comes back and goes on the next (or a new one).
+        while let Some(mut sender) = self.ready_idle() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.returned(sender, response)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(failed(&e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(self.returned(sender, response)),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, Reason> {
+        let pool = &self.pool;
+        let tcp = match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(pool.addr.as_str())).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, addr = pool.addr, "app connect failed");
+                return Err(Reason::UpstreamUnavailable);
+            }
+            Err(_) => {
+                tracing::debug!(addr = pool.addr, "app connect timed out");
+                return Err(Reason::UpstreamUnavailable);
+            }
+        };
+        // Best effort: a socket without it only answers later.
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(tcp)).await.map_err(|e| {
+            tracing::debug!(error = %e, "app connection failed");
+            Reason::UpstreamUnavailable
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "app connection ended");
+            }
+        });
+        self.reap_idle();
+        Ok(sender)
+    }
+
+    /// An idle connection ready for a request now. One still busy (its
+    /// response was read, the request's body is still being sent) is left
+    /// in the pool: nothing ever waits for another request's upload.
+    fn ready_idle(&self) -> Option<SendRequest<Body>> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut busy = Vec::new();
+        let found = loop {
+            let Some(mut idle) = self.pool.checkout() else { break None };
+            match idle.sender.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => break Some(idle.sender),
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => busy.push(idle),
+            }
+        };
+        if !busy.is_empty() {
+            self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner).extend(busy.into_iter().rev());
+        }
+        found
+    }
+
+    /// The response with its connection: back to the pool now if the body
+    /// is already complete, else when it has been read to the end. A
+    /// switched connection (`101`) is the tunnel's, never the pool's.
+    fn returned(&self, sender: SendRequest<Body>, response: Response<Incoming>) -> Response<AppBody> {
+        let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        response.map(|body| {
+            let mut body = AppBody { body, back: keep.then(|| (sender, Arc::downgrade(&self.pool))) };
+            if body.body.is_end_stream() {
+                body.finished();
+            }
+            body
+        })
+    }
+
+    /// Starts, once, the task that closes connections idle longer than
+    /// the idle timeout; it ends with the client.
+    fn reap_idle(&self) {
+        if self.pool.reaping.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(&self.pool);
+        let every = self.pool.idle_timeout / 2;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.expire();
+            }
+        });
+    }
+}
+
+impl Pool {
+    /// The most recently returned idle connection that is still open and
+    /// not expired (the others met on the way are dropped, so closed).
+    fn checkout(&self) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let idle = Idle { sender, since: Instant::now() };
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(idle);
+    }
+
+    /// Drops (so closes) the connections idle longer than the idle timeout.
+    fn expire(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed());
+    }
+}
+
+/// A failed exchange on a connection: the app went away or answered
+/// something that is no HTTP/1.1 response.
+fn failed(e: &hyper::Error) -> Reason {
+    tracing::debug!(error = %super::DisplayChain(e), "app request failed");
+    Reason::UpstreamError
+}
+
+/// `Host` for an `http` authority, as hyper-util's client writes it from
+/// the URI: the host, and the port unless it is 80.
+fn host_header(authority: &Authority) -> Option<HeaderValue> {
+    let host = match authority.port_u16() {
+        Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).ok()
+}
+
+/// The app's response body. Read to its end, it puts its connection back
+/// in the pool; dropped before that, the connection is closed with it.
+#[derive(Debug)]
+pub struct AppBody {
+    body: Incoming,
+    back: Option<(SendRequest<Body>, Weak<Pool>)>,
+}
+
+impl AppBody {
+    fn finished(&mut self) {
+        if let Some((sender, pool)) = self.back.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            pool.put(sender);
+        }
+    }
+}
+
+impl HttpBody for AppBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.finished(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.finished(),
+            // An error: the connection is not reused.
+            Some(Err(_)) => self.back = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests;

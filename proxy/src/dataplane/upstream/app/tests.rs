@@ -1,0 +1,218 @@
+//! The app client against a real HTTP/1.1 server on loopback that counts
+//! the connections it accepts and sees closed.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::service::service_fn;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+use super::*;
+
+#[derive(Default)]
+struct Seen {
+    accepted: AtomicUsize,
+    closed: AtomicUsize,
+    /// Request target and `Host` of the last request.
+    last: Mutex<(String, String)>,
+    /// `/stream` ends its body when notified.
+    release: Notify,
+}
+
+/// An HTTP/1.1 app: `/stream` answers a chunked body that ends when
+/// released; `/close` answers, then closes the connection without saying
+/// so; anything else answers `ok`.
+async fn app() -> (Authority, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let seen = Arc::new(Seen::default());
+    let state = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            state.accepted.fetch_add(1, Ordering::SeqCst);
+            let seen = state.clone();
+            let counted = state.clone();
+            tokio::spawn(async move {
+                let (close_tx, mut close_rx) = mpsc::channel::<()>(1);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    let close_tx = close_tx.clone();
+                    async move {
+                        let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap().to_owned());
+                        *seen.last.lock().unwrap() = (req.uri().to_string(), host.unwrap_or_default());
+                        let body = match req.uri().path() {
+                            "/stream" => {
+                                let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                                tokio::spawn(async move {
+                                    tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+                                    seen.release.notified().await;
+                                    let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"last")))).await;
+                                });
+                                StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+                            }
+                            "/close" => {
+                                let _ = close_tx.try_send(());
+                                http_body_util::Full::new(Bytes::from_static(b"bye")).map_err(|e| match e {}).boxed()
+                            }
+                            _ => http_body_util::Full::new(Bytes::from_static(b"ok")).map_err(|e| match e {}).boxed(),
+                        };
+                        Ok::<_, Infallible>(Response::new(body))
+                    }
+                });
+                let connection =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+                tokio::select! {
+                    _ = connection => {}
+                    // `/close` was answered: a moment for the response to leave, then the socket goes.
+                    _ = async {
+                        close_rx.recv().await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    } => {}
+                }
+                counted.closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (authority, seen)
+}
+
+fn client(authority: &Authority) -> AppClient {
+    AppClient::new(authority, Duration::from_secs(5), Duration::from_secs(5))
+}
+
+fn get(path: &str) -> Request<Body> {
+    request(hyper::Method::GET, path)
+}
+
+fn request(method: hyper::Method, path: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://caller.example{path}"))
+        .header(header::HOST, "caller.example")
+        .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
+        .unwrap()
+}
+
+async fn read(response: Response<AppBody>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Polls `check` until it holds, for at most 10 s.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_in_turn_share_one_connection_in_origin_form_with_the_apps_host() {
+    let (authority, seen) = app().await;
+    let client = client(&authority);
+    for i in 0..5 {
+        let response = client.send(get(&format!("/x/{i}?q=1"))).await.unwrap();
+        assert_eq!(read(response).await, "ok");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1, "one connection, kept");
+    let (target, host) = seen.last.lock().unwrap().clone();
+    assert_eq!(target, "/x/4?q=1", "origin-form: the caller's authority never reaches the app");
+    assert_eq!(host, authority.as_str(), "the app's Host, not the caller's");
+}
+
+#[tokio::test]
+async fn a_long_response_never_holds_up_another_request() {
+    let (authority, seen) = app().await;
+    let client = client(&authority);
+    let mut stream = client.send(get("/stream")).await.unwrap().into_body();
+    let first = stream.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first");
+    // The stream's connection is busy: another request gets one of its own, at once.
+    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    seen.release.notify_one();
+    while let Some(frame) = stream.frame().await {
+        frame.unwrap();
+    }
+    // Both are idle now: the next two requests in turn reuse them.
+    for _ in 0..2 {
+        assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_dropped_halfway_is_never_reused() {
+    let (authority, seen) = app().await;
+    let client = client(&authority);
+    let mut stream = client.send(get("/stream")).await.unwrap().into_body();
+    stream.frame().await.unwrap().unwrap();
+    drop(stream);
+    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2, "the half-read connection was not taken again");
+    eventually("the half-read connection is closed", || seen.closed.load(Ordering::SeqCst) >= 1).await;
+}
+
+#[tokio::test]
+async fn a_connection_the_app_closed_while_idle_is_not_a_failure() {
+    let (authority, seen) = app().await;
+    let client = client(&authority);
+    for round in 1..=3 {
+        // The app closes the connection after answering, without a `Connection: close`.
+        assert_eq!(read(client.send(get("/close")).await.unwrap()).await, "bye");
+        eventually("the app closed it", || seen.closed.load(Ordering::SeqCst) >= round).await;
+    }
+    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (authority, seen) = app().await;
+    let client = AppClient::with_idle_timeout(
+        &authority,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+    );
+    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    eventually("the idle connection is closed", || seen.closed.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn no_app_and_a_silent_app_are_told_apart() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    drop(listener);
+    assert_eq!(client(&gone).send(get("/x")).await.unwrap_err(), Reason::UpstreamUnavailable);
+
+    // Accepts, never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = silent.local_addr().unwrap().to_string().parse().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let client = AppClient::new(&authority, Duration::from_secs(5), Duration::from_millis(200));
+    assert_eq!(client.send(get("/x")).await.unwrap_err(), Reason::UpstreamTimeout);
+}
+
+#[tokio::test]
+async fn an_empty_body_returns_its_connection_at_once() {
+    let (authority, seen) = app().await;
+    let client = client(&authority);
+    for _ in 0..3 {
+        // A HEAD answer has no body to read: the connection is free at the head.
+        let response = client.send(request(hyper::Method::HEAD, "/x")).await.unwrap();
+        assert!(response.body().is_end_stream());
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+}
