@@ -119,6 +119,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// and client-address overrides, and (unless allowed) every name with `_`.
 pub fn sanitize_request(headers: &mut HeaderMap, hygiene: Hygiene) {
     strip_hop_by_hop(headers, hygiene.keep_upgrade);
+    // `100-continue` is answered to the caller by our own server; the app
+    // gets the body without being asked (Envoy drops `Expect` the same way),
+    // so an app never reads a body it was told it could refuse as a request.
+    headers.remove(header::EXPECT);
     remove_where(headers, |name| caller_must_not_send(name, hygiene.allow_underscores));
 }
 

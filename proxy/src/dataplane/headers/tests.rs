@@ -48,6 +48,7 @@ fn spoofable_hop_by_hop_and_override_headers_are_removed() {
         ("ssl-client-cert", "MII..."),
         ("remote-user", "admin"),
         ("authorization", "Bearer t"),
+        ("Expect", "100-continue"),
         ("x-app", "kept"),
     ]);
     sanitize_request(&mut h, STRICT);

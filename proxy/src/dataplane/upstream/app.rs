@@ -11,12 +11,14 @@
 //! closed it meanwhile) is sent again on another.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderValue};
@@ -47,7 +49,7 @@ struct Pool {
     /// Most recently returned last.
     idle: Mutex<Vec<Idle>>,
     /// Whether the task that closes expired idle connections runs.
-    reaping: std::sync::atomic::AtomicBool,
+    reaping: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -75,7 +77,7 @@ impl AppClient {
             response_timeout,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
-            reaping: std::sync::atomic::AtomicBool::new(false),
+            reaping: AtomicBool::new(false),
         };
         Self { pool: Arc::new(pool) }
     }
@@ -91,18 +93,32 @@ impl AppClient {
         };
         let origin = request.uri().path_and_query().filter(|p| p.as_str() != "/").cloned();
         *request.uri_mut() = origin.map_or_else(Uri::default, Uri::from);
-        match tokio::time::timeout(pool.response_timeout, self.exchange(request)).await {
+        // A connection is reused only once its request body has been sent
+        // too: an app that answers early (before reading an upload) gets a
+        // connection of its own for the next request, never one whose rest
+        // of the upload it might read as a request.
+        let upload = (!request.body().is_end_stream()).then(|| {
+            let sent = Arc::new(AtomicBool::new(false));
+            let body =
+                std::mem::replace(request.body_mut(), http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+            *request.body_mut() = Upload { body, sent: sent.clone() }.boxed();
+            sent
+        });
+        let exchange = self.exchange(request, Finish { upload, connect: false });
+        match tokio::time::timeout(pool.response_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Reason::UpstreamTimeout),
         }
     }
 
-    async fn exchange(&self, mut request: Request<Body>) -> Result<Response<AppBody>, Reason> {
+    async fn exchange(&self, mut request: Request<Body>, mut finish: Finish) -> Result<Response<AppBody>, Reason> {
+        // CONNECT is refused before this; were it not, its tunnel is never the pool's.
+        finish.connect = request.method() == hyper::Method::CONNECT;
         // Idle connections first; each is tried once. A request one of them
         // never sent comes back and goes on the next (or a new one).
         while let Some(mut sender) = self.ready_idle() {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.returned(sender, response)),
+                Ok(response) => return Ok(self.returned(sender, response, finish)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(failed(&e.into_error())),
@@ -111,7 +127,7 @@ impl AppClient {
         }
         let mut sender = self.connect().await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok(self.returned(sender, response)),
+            Ok(response) => Ok(self.returned(sender, response, finish)),
             Err(e) => Err(failed(&e)),
         }
     }
@@ -152,6 +168,11 @@ impl AppClient {
         let mut cx = Context::from_waker(waker);
         let mut busy = Vec::new();
         let found = loop {
+            // A connection returned a moment before its task noticed: rare,
+            // and a few of them are all worth looking past.
+            if busy.len() == MAX_BUSY_SKIPPED {
+                break None;
+            }
             let Some(mut idle) = self.pool.checkout() else { break None };
             match idle.sender.poll_ready(&mut cx) {
                 Poll::Ready(Ok(())) => break Some(idle.sender),
@@ -167,11 +188,13 @@ impl AppClient {
 
     /// The response with its connection: back to the pool now if the body
     /// is already complete, else when it has been read to the end. A
-    /// switched connection (`101`) is the tunnel's, never the pool's.
-    fn returned(&self, sender: SendRequest<Body>, response: Response<Incoming>) -> Response<AppBody> {
-        let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+    /// switched connection (`101`, a CONNECT tunnel) is the tunnel's, never
+    /// the pool's.
+    fn returned(&self, sender: SendRequest<Body>, response: Response<Incoming>, finish: Finish) -> Response<AppBody> {
+        let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS && !finish.connect;
+        let pool = Arc::downgrade(&self.pool);
         response.map(|body| {
-            let mut body = AppBody { body, back: keep.then(|| (sender, Arc::downgrade(&self.pool))) };
+            let mut body = AppBody { body, back: keep.then_some(Back { sender, pool, upload: finish.upload }) };
             if body.body.is_end_stream() {
                 body.finished();
             }
@@ -182,7 +205,7 @@ impl AppClient {
     /// Starts, once, the task that closes connections idle longer than
     /// the idle timeout; it ends with the client.
     fn reap_idle(&self) {
-        if self.pool.reaping.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if self.pool.reaping.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool = Arc::downgrade(&self.pool);
@@ -242,21 +265,71 @@ fn host_header(authority: &Authority) -> Option<HeaderValue> {
     HeaderValue::from_str(&host).ok()
 }
 
-/// The app's response body. Read to its end, it puts its connection back
-/// in the pool; dropped before that, the connection is closed with it.
+/// Idle connections found busy that one request looks past before it
+/// opens a connection of its own.
+const MAX_BUSY_SKIPPED: usize = 4;
+
+/// What decides, at the response's end, whether its connection is reused.
+#[derive(Debug)]
+struct Finish {
+    /// Set once the request's body has been sent (none: it had none).
+    upload: Option<Arc<AtomicBool>>,
+    connect: bool,
+}
+
+#[derive(Debug)]
+struct Back {
+    sender: SendRequest<Body>,
+    pool: Weak<Pool>,
+    upload: Option<Arc<AtomicBool>>,
+}
+
+/// The app's response body. Read to its end (its request's body sent
+/// too), it puts its connection back in the pool; dropped before that,
+/// the connection is closed with it.
 #[derive(Debug)]
 pub struct AppBody {
     body: Incoming,
-    back: Option<(SendRequest<Body>, Weak<Pool>)>,
+    back: Option<Back>,
 }
 
 impl AppBody {
     fn finished(&mut self) {
-        if let Some((sender, pool)) = self.back.take()
-            && let Some(pool) = pool.upgrade()
-        {
+        let Some(Back { sender, pool, upload }) = self.back.take() else { return };
+        if upload.is_some_and(|sent| !sent.load(Ordering::Acquire)) {
+            // The app answered before the upload ended: the connection closes after it.
+            return;
+        }
+        if let Some(pool) = pool.upgrade() {
             pool.put(sender);
         }
+    }
+}
+
+/// A request body that says when it has been sent to its end.
+struct Upload {
+    body: Body,
+    sent: Arc<AtomicBool>,
+}
+
+impl HttpBody for Upload {
+    type Data = Bytes;
+    type Error = crate::dataplane::body::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none() || self.body.is_end_stream() {
+            self.sent.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -268,7 +341,8 @@ impl HttpBody for AppBody {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
         match &frame {
             None => self.finished(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.finished(),
+            // Trailers are the last frame: a server writing them polls no further.
+            Some(Ok(f)) if f.is_trailers() || self.body.is_end_stream() => self.finished(),
             // An error: the connection is not reused.
             Some(Err(_)) => self.back = None,
             Some(Ok(_)) => {}

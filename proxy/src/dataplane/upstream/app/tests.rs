@@ -216,3 +216,93 @@ async fn an_empty_body_returns_its_connection_at_once() {
     }
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
 }
+
+/// An app that answers each connection's first request head at once
+/// (never reading a body) and then reads everything else on it as raw bytes:
+/// what it got after its answer is what it would take for the next request.
+async fn early_app() -> (Authority, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let after: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let seen = after.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                let index = {
+                    let mut all = seen.lock().unwrap();
+                    all.push(buf[head_end..].to_vec());
+                    all.len() - 1
+                };
+                while let Ok(n) = tcp.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.lock().unwrap()[index].extend_from_slice(&chunk[..n]);
+                }
+            });
+        }
+    });
+    (authority, after)
+}
+
+#[tokio::test]
+async fn a_connection_whose_upload_outlived_its_answer_is_never_reused() {
+    let (authority, after) = early_app().await;
+    let client = AppClient::new(&authority, Duration::from_secs(5), Duration::from_secs(2));
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::dataplane::body::BoxError>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"part")))).await.unwrap();
+    let mut early = request(hyper::Method::POST, "/upload");
+    *early.body_mut() = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    assert_eq!(read(client.send(early).await.unwrap()).await, "ok");
+    // The upload goes on after the answer, then ends.
+    tx.send(Ok(Frame::data(Bytes::from_static(b"GET /smuggled HTTP/1.1\r\n\r\n")))).await.unwrap();
+    drop(tx);
+    eventually("the rest of the upload reached the app", || {
+        after.lock().unwrap().first().is_some_and(|b| b.ends_with(b"0\r\n\r\n"))
+    })
+    .await;
+    // The next request must go on a connection of its own, not after that upload.
+    assert_eq!(read(client.send(get("/next")).await.unwrap()).await, "ok");
+    let after = after.lock().unwrap();
+    assert_eq!(after.len(), 2, "a second connection");
+    assert!(!String::from_utf8_lossy(&after[0]).contains("/next"), "reused: {after:?}");
+}
+
+#[tokio::test]
+async fn an_app_that_answers_before_the_upload_ends_never_gets_that_connection_again() {
+    let (authority, seen) = app().await;
+    let client = client(&authority);
+    // The app answers `/x` without reading the body, which is still coming.
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::dataplane::body::BoxError>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"part")))).await.unwrap();
+    let upload = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    let mut early = get("/x");
+    *early.method_mut() = hyper::Method::POST;
+    *early.body_mut() = upload;
+    assert_eq!(read(client.send(early).await.unwrap()).await, "ok");
+    // The rest of the upload would be read by that app as the next request: never reused.
+    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    // Once the upload ends, that connection closes (it waited outside the pool).
+    drop(tx);
+    eventually("the early-answered connection is closed", || seen.closed.load(Ordering::SeqCst) == 1).await;
+    // A request whose body was sent in full does give its connection back.
+    let mut whole = get("/x");
+    *whole.method_mut() = hyper::Method::POST;
+    *whole.body_mut() = http_body_util::Full::new(Bytes::from_static(b"all")).map_err(|e| match e {}).boxed();
+    assert_eq!(read(client.send(whole).await.unwrap()).await, "ok");
+    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
