@@ -44,8 +44,10 @@ struct Pool {
     host: Option<HeaderValue>,
     connect_timeout: Duration,
     response_timeout: Duration,
-    /// Idle connections are closed after this long.
+    /// Idle connections are closed after this long...
     idle_timeout: Duration,
+    /// ...and beyond this many (a burst's connections do not all stay open).
+    max_idle: usize,
     /// Most recently returned last.
     idle: Mutex<Vec<Idle>>,
     /// Whether the task that closes expired idle connections runs.
@@ -60,14 +62,15 @@ struct Idle {
 
 impl AppClient {
     pub fn new(upstream: &Authority, connect_timeout: Duration, response_timeout: Duration) -> Self {
-        Self::with_idle_timeout(upstream, connect_timeout, response_timeout, super::POOL_IDLE)
+        Self::with_idle_limits(upstream, connect_timeout, response_timeout, super::POOL_IDLE, MAX_IDLE)
     }
 
-    fn with_idle_timeout(
+    fn with_idle_limits(
         upstream: &Authority,
         connect_timeout: Duration,
         response_timeout: Duration,
         idle_timeout: Duration,
+        max_idle: usize,
     ) -> Self {
         let addr = format!("{}:{}", upstream.host(), upstream.port_u16().unwrap_or(80));
         let pool = Pool {
@@ -76,6 +79,7 @@ impl AppClient {
             connect_timeout,
             response_timeout,
             idle_timeout,
+            max_idle,
             idle: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
         };
@@ -237,8 +241,11 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let idle = Idle { sender, since: Instant::now() };
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(idle);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(Idle { sender, since: Instant::now() });
+        }
+        // Else dropped here, which closes it.
     }
 
     /// Drops (so closes) the connections idle longer than the idle timeout.
@@ -264,6 +271,10 @@ fn host_header(authority: &Authority) -> Option<HeaderValue> {
     };
     HeaderValue::from_str(&host).ok()
 }
+
+/// Idle connections kept at most (nginx's `keepalive` for an upstream;
+/// hyper-util's client kept any number).
+const MAX_IDLE: usize = 1024;
 
 /// Idle connections found busy that one request looks past before it
 /// opens a connection of its own.

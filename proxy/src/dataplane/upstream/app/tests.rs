@@ -173,11 +173,12 @@ async fn a_connection_the_app_closed_while_idle_is_not_a_failure() {
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let (authority, seen) = app().await;
-    let client = AppClient::with_idle_timeout(
+    let client = AppClient::with_idle_limits(
         &authority,
         Duration::from_secs(5),
         Duration::from_secs(5),
         Duration::from_millis(200),
+        MAX_IDLE,
     );
     assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
     eventually("the idle connection is closed", || seen.closed.load(Ordering::SeqCst) == 1).await;
@@ -305,4 +306,37 @@ async fn an_app_that_answers_before_the_upload_ends_never_gets_that_connection_a
     assert_eq!(read(client.send(whole).await.unwrap()).await, "ok");
     assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_connections_beyond_the_cap_are_closed() {
+    let (authority, seen) = app().await;
+    let client = AppClient::with_idle_limits(
+        &authority,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        super::super::POOL_IDLE,
+        1,
+    );
+    // Two streams at once: two connections.
+    let mut a = client.send(get("/stream")).await.unwrap().into_body();
+    let mut b = client.send(get("/stream")).await.unwrap().into_body();
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    for body in [&mut a, &mut b] {
+        loop {
+            // Released again until it ends: a stream not yet waiting misses one release.
+            seen.release.notify_waiters();
+            match tokio::time::timeout(Duration::from_millis(20), body.frame()).await {
+                Ok(Some(frame)) => drop(frame.unwrap()),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+    }
+    // One is kept, the other closed.
+    eventually("the connection over the cap is closed", || seen.closed.load(Ordering::SeqCst) == 1).await;
+    for _ in 0..3 {
+        assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2, "the kept one serves the next requests");
 }
