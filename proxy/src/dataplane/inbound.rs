@@ -341,8 +341,7 @@ impl Inbound {
         let hygiene =
             headers::Hygiene { keep_upgrade: upgrade, allow_underscores: self.config.allow_underscore_headers };
         headers::sanitize_request(h, hygiene);
-        // The app's Host is set where the request is sent: a caller's Host never leaks a destination.
-        h.remove(header::HOST);
+        // `Host` is replaced by the app's where the request is sent (`AppClient::send`).
         for (name, value) in &conn.forwarded {
             if let Some(value) = value {
                 h.insert(name, value.clone());

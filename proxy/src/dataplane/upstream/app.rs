@@ -11,14 +11,14 @@
 //! closed it meanwhile) is sent again on another.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderValue};
@@ -44,7 +44,7 @@ struct Pool {
     host: Option<HeaderValue>,
     connect_timeout: Duration,
     response_timeout: Duration,
-    /// Idle connections are closed after this long...
+    /// Idle connections are closed after this long (to half as long again)...
     idle_timeout: Duration,
     /// ...and beyond this many (a burst's connections do not all stay open).
     max_idle: usize,
@@ -52,12 +52,16 @@ struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Whether the task that closes expired idle connections runs.
     reaping: AtomicBool,
+    /// Advanced by that task every half idle timeout: an idle connection's
+    /// age in ticks, with no clock read per request.
+    tick: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Idle {
     sender: SendRequest<Body>,
-    since: Instant,
+    /// [`Pool::tick`] when it was returned.
+    since: u64,
 }
 
 impl AppClient {
@@ -82,6 +86,7 @@ impl AppClient {
             max_idle,
             idle: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
+            tick: AtomicU64::new(0),
         };
         Self { pool: Arc::new(pool) }
     }
@@ -101,23 +106,20 @@ impl AppClient {
         // too: an app that answers early (before reading an upload) gets a
         // connection of its own for the next request, never one whose rest
         // of the upload it might read as a request.
-        let upload = (!request.body().is_end_stream()).then(|| {
-            let sent = Arc::new(AtomicBool::new(false));
-            let body =
-                std::mem::replace(request.body_mut(), http_body_util::Empty::new().map_err(|e| match e {}).boxed());
-            *request.body_mut() = Upload { body, sent: sent.clone() }.boxed();
-            sent
-        });
-        let exchange = self.exchange(request, Finish { upload, connect: false });
+        let upload = (!request.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        if let Some(sent) = &upload {
+            request = request.map(|body| Upload { body, sent: sent.clone() }.boxed());
+        }
+        // CONNECT is refused before this; were it not, its tunnel is never the pool's.
+        let connect = request.method() == hyper::Method::CONNECT;
+        let exchange = self.exchange(request, Finish { upload, connect });
         match tokio::time::timeout(pool.response_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Reason::UpstreamTimeout),
         }
     }
 
-    async fn exchange(&self, mut request: Request<Body>, mut finish: Finish) -> Result<Response<AppBody>, Reason> {
-        // CONNECT is refused before this; were it not, its tunnel is never the pool's.
-        finish.connect = request.method() == hyper::Method::CONNECT;
+    async fn exchange(&self, mut request: Request<Body>, finish: Finish) -> Result<Response<AppBody>, Reason> {
         // Idle connections first; each is tried once. A request one of them
         // never sent comes back and goes on the next (or a new one).
         while let Some(mut sender) = self.ready_idle() {
@@ -207,7 +209,7 @@ impl AppClient {
     }
 
     /// Starts, once, the task that closes connections idle longer than
-    /// the idle timeout; it ends with the client.
+    /// the idle timeout (checked every half of it); it ends with the client.
     fn reap_idle(&self) {
         if self.pool.reaping.swap(true, Ordering::Relaxed) {
             return;
@@ -218,19 +220,19 @@ impl AppClient {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
-                pool.expire();
+                pool.expire(pool.tick.fetch_add(1, Ordering::Relaxed) + 1);
             }
         });
     }
 }
 
 impl Pool {
-    /// The most recently returned idle connection that is still open and
-    /// not expired (the others met on the way are dropped, so closed).
+    /// The most recently returned idle connection that is still open (the
+    /// closed ones met on the way are dropped).
     fn checkout(&self) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout {
+            if !i.sender.is_closed() {
                 return Some(i);
             }
         }
@@ -243,15 +245,16 @@ impl Pool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: Instant::now() });
+            idle.push(Idle { sender, since: self.tick.load(Ordering::Relaxed) });
         }
         // Else dropped here, which closes it.
     }
 
-    /// Drops (so closes) the connections idle longer than the idle timeout.
-    fn expire(&self) {
+    /// At tick `now`, drops (so closes) the connections returned three
+    /// ticks ago or more: idle for one to one and a half idle timeouts.
+    fn expire(&self, now: u64) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|i| i.since.elapsed() < self.idle_timeout && !i.sender.is_closed());
+        idle.retain(|i| now.saturating_sub(i.since) < 3 && !i.sender.is_closed());
     }
 }
 
