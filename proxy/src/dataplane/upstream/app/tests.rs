@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::service::service_fn;
@@ -281,8 +282,13 @@ async fn a_connection_whose_upload_outlived_its_answer_is_never_reused() {
     assert!(!String::from_utf8_lossy(&after[0]).contains("/next"), "reused: {after:?}");
 }
 
+/// The upload flag is set when a body has been sent in full: such a
+/// connection is reused. (hyper's server closes a connection whose request
+/// body it answered without reading, so the early answer here only shows
+/// that nothing fails; the raw app above shows such a connection is never
+/// taken again.)
 #[tokio::test]
-async fn an_app_that_answers_before_the_upload_ends_never_gets_that_connection_again() {
+async fn an_upload_sent_in_full_gives_its_connection_back() {
     let (authority, seen) = app().await;
     let client = client(&authority);
     // The app answers `/x` without reading the body, which is still coming.
@@ -293,10 +299,10 @@ async fn an_app_that_answers_before_the_upload_ends_never_gets_that_connection_a
     *early.method_mut() = hyper::Method::POST;
     *early.body_mut() = upload;
     assert_eq!(read(client.send(early).await.unwrap()).await, "ok");
-    // The rest of the upload would be read by that app as the next request: never reused.
+    // A second connection for the next request.
     assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
-    // Once the upload ends, that connection closes (it waited outside the pool).
+    // Once the upload ends, that connection is gone.
     drop(tx);
     eventually("the early-answered connection is closed", || seen.closed.load(Ordering::SeqCst) == 1).await;
     // A request whose body was sent in full does give its connection back.
