@@ -95,50 +95,6 @@ struct Plan {
     idle: Option<usize>,
 }
 
-/// Where the servers (app, sidecars, peers) and the load generator run.
-struct Layout {
-    workers: usize,
-    /// Empty: unpinned.
-    server: Vec<usize>,
-    /// Empty: unpinned, or sharing the servers' CPUs.
-    load: Vec<usize>,
-}
-
-impl Layout {
-    /// `--cpus` as given, else with `--pin` the first `workers` CPUs (all of
-    /// them if there are fewer); the load generator gets the rest, and
-    /// shares the servers' CPUs when none is left.
-    fn new(workers: usize, pin: bool, cpus: &[usize], all: &[usize]) -> Self {
-        let all = all.to_vec();
-        let server: Vec<usize> = match (cpus.is_empty(), pin) {
-            (false, _) => cpus.to_vec(),
-            (true, true) => all.iter().copied().take(workers.max(1)).collect(),
-            (true, false) => Vec::new(),
-        };
-        let load =
-            if server.is_empty() { Vec::new() } else { all.into_iter().filter(|c| !server.contains(c)).collect() };
-        Self { workers, server, load }
-    }
-
-    fn describe(&self) -> String {
-        let list = |cpus: &[usize]| sidecar::cpu_list(cpus);
-        match (self.server.is_empty(), self.load.is_empty()) {
-            (true, _) => format!("{} worker(s), unpinned", self.workers),
-            (false, false) => format!(
-                "{} worker(s); app, sidecars and peers on CPU {}, load on CPU {}",
-                self.workers,
-                list(&self.server),
-                list(&self.load)
-            ),
-            (false, true) => format!(
-                "{} worker(s); app, sidecars and peers on CPU {}, the load generator shares them (no CPU left)",
-                self.workers,
-                list(&self.server)
-            ),
-        }
-    }
-}
-
 /// Another process using more than this share of a CPU during a run marks it disturbed.
 const DISTURBED_CPU_SHARE: f64 = 0.15;
 
@@ -372,7 +328,7 @@ fn main() -> anyhow::Result<()> {
     let all: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let mut reports = Vec::new();
     for workers in cli.workers.iter().copied().map(|w| w.max(1)) {
-        let layout = Layout::new(workers, pin || !cli.cpus.is_empty(), &cli.cpus, &all);
+        let layout = report::Placement::new(workers, pin || !cli.cpus.is_empty(), &cli.cpus, &all);
         eprintln!("{}", layout.describe());
         // Each set on a thread of its own, pinned as its layout says: the
         // main thread stays unpinned for the next set.
@@ -393,13 +349,7 @@ fn main() -> anyhow::Result<()> {
     let reports: Vec<report::Report> = reports
         .into_iter()
         .map(|(layout, (results, token_bytes))| {
-            let placement = report::Placement {
-                description: layout.describe(),
-                workers: layout.workers,
-                server_cpus: layout.server,
-                load_cpus: layout.load,
-            };
-            report::Report::new(results, (connections, mode.clone()), placement, token_bytes)
+            report::Report::new(results, (connections, mode.clone()), layout, token_bytes)
         })
         .collect();
     for report in &reports {
@@ -418,24 +368,24 @@ fn main() -> anyhow::Result<()> {
 /// a request without one, and measures every scenario of `names` `repeat`
 /// times in shuffled order: the medians, and the token's size.
 fn run_set(
-    layout: &Layout,
+    layout: &report::Placement,
     names: &[&'static str],
     (with_peers, rotation_ttl): (bool, Duration),
     plan: &Plan,
     repeat: u32,
 ) -> anyhow::Result<(Vec<report::Result>, usize)> {
-    let on = scenarios::Placement { cpus: &layout.server, workers: layout.workers };
+    let on = scenarios::Placement { cpus: &layout.server_cpus, workers: layout.workers };
     let stack = scenarios::Stack::start(on, with_peers, rotation_ttl)?;
-    if let Some(first) = layout.load.first().copied() {
+    if let Some(first) = layout.load_cpus.first().copied() {
         core_affinity::set_for_current(core_affinity::CoreId { id: first });
     }
     // One load thread per load CPU (one when unpinned or sharing).
-    let client = match layout.load.len() {
+    let client = match layout.load_cpus.len() {
         0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         n => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(n).enable_all();
-            sidecar::pin_threads(&mut builder, &layout.load);
+            sidecar::pin_threads(&mut builder, &layout.load_cpus);
             builder.build()?
         }
     };

@@ -15,8 +15,6 @@ const HAPROXY_CONF: &str = include_str!("../peers/haproxy.cfg.template");
 const ENVOY_CONF: &str = include_str!("../peers/envoy.yaml.template");
 const ENVOY_AUTHZ_FILTERS: &str = include_str!("../peers/envoy-authz-filters.yaml.template");
 
-/// What `envoy-authz` checks besides mTLS: the token (issuer, audience,
-/// signature against a local JWKS) and RBAC on the caller, method, path and role.
 /// Where a peer runs: its CPUs (empty: anywhere) and how many workers
 /// (nginx `worker_processes`, HAProxy `nbthread`, Envoy `--concurrency`),
 /// as the sidecars get `runtime.worker_threads`.
@@ -26,6 +24,8 @@ pub struct Placement<'a> {
     pub workers: usize,
 }
 
+/// What `envoy-authz` checks besides mTLS: the token (issuer, audience,
+/// signature against a local JWKS) and RBAC on the caller, method, path and role.
 pub struct EnvoyAuthz {
     pub issuer: String,
     pub audience: String,

@@ -108,14 +108,51 @@ fn union<'a>(lists: impl Iterator<Item = &'a Vec<String>>) -> Vec<String> {
     all.into_iter().cloned().collect()
 }
 
-/// Where one set ran (`--workers`, `--pin`, `--cpus`).
+/// Where one set runs (`--workers`, `--pin`, `--cpus`): the servers (app,
+/// sidecars, peers) and the load generator.
 pub struct Placement {
     pub workers: usize,
     /// The app's, sidecars' and peers' CPUs (empty: unpinned).
     pub server_cpus: Vec<usize>,
     /// The load generator's (empty: unpinned or sharing the servers').
     pub load_cpus: Vec<usize>,
-    pub description: String,
+}
+
+impl Placement {
+    /// `--cpus` as given, else with `--pin` the first `workers` CPUs (all of
+    /// them if there are fewer); the load generator gets the rest, and
+    /// shares the servers' CPUs when none is left.
+    pub fn new(workers: usize, pin: bool, cpus: &[usize], all: &[usize]) -> Self {
+        let server_cpus: Vec<usize> = match (cpus.is_empty(), pin) {
+            (false, _) => cpus.to_vec(),
+            (true, true) => all.iter().copied().take(workers.max(1)).collect(),
+            (true, false) => Vec::new(),
+        };
+        let load_cpus = if server_cpus.is_empty() {
+            Vec::new()
+        } else {
+            all.iter().copied().filter(|c| !server_cpus.contains(c)).collect()
+        };
+        Self { workers, server_cpus, load_cpus }
+    }
+
+    pub fn describe(&self) -> String {
+        let list = crate::sidecar::cpu_list;
+        match (self.server_cpus.is_empty(), self.load_cpus.is_empty()) {
+            (true, _) => format!("{} worker(s), unpinned", self.workers),
+            (false, false) => format!(
+                "{} worker(s); app, sidecars and peers on CPU {}, load on CPU {}",
+                self.workers,
+                list(&self.server_cpus),
+                list(&self.load_cpus)
+            ),
+            (false, true) => format!(
+                "{} worker(s); app, sidecars and peers on CPU {}, the load generator shares them (no CPU left)",
+                self.workers,
+                list(&self.server_cpus)
+            ),
+        }
+    }
 }
 
 pub struct Report {
@@ -141,7 +178,7 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
-        let topology = &self.placement.description;
+        let topology = self.placement.describe();
         let mut out = format!(
             "\n{}, {} connections, {}-byte Bearer JWT on every request, {topology}\n\n",
             self.mode, self.connections, self.token_bytes

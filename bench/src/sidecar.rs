@@ -31,11 +31,6 @@ pub fn pin_threads(builder: &mut tokio::runtime::Builder, cpus: &[usize]) {
     });
 }
 
-/// Resident memory now (`VmRSS`) in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    status_mib(pid, "VmRSS:")
-}
-
 /// Kernel clock ticks per second for `/proc/<pid>/stat` times: `USER_HZ`,
 /// which is 100 on every Linux ABI.
 const USER_HZ: f64 = 100.0;
@@ -89,7 +84,7 @@ impl Sidecar {
 
     /// Resident memory now, in MiB (the process tree's).
     pub fn rss_now_mib(&self) -> f64 {
-        self.tree().into_iter().map(rss_mib).sum()
+        self.tree().into_iter().map(|pid| status_mib(pid, "VmRSS:")).sum()
     }
 
     /// User + system CPU seconds used so far (the process tree's).

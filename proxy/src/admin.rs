@@ -27,9 +27,6 @@ use crate::dataplane::server::{self, Listener, Slot};
 
 mod auth;
 pub mod authzen;
-
-/// The header that carries an admin key.
-const ADMIN_KEY: &str = "x-spiffe-admin-key";
 pub mod explain;
 pub mod reload;
 pub mod restore;
@@ -43,6 +40,8 @@ pub use routes::Context;
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
 /// The TLS handshake (mTLS off loopback) must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The header that carries an admin key.
+const ADMIN_KEY: &str = "x-spiffe-admin-key";
 
 pub struct Mgmt {
     auth: auth::Auth,
