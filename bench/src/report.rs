@@ -335,3 +335,24 @@ pub fn json(reports: &[Report]) -> Value {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    /// `--pin` takes the first N CPUs for the servers and leaves the rest to
+    /// the load; `--cpus` chooses them; with no CPU left the load shares.
+    #[test]
+    fn placements() {
+        let on = |workers, pin, cpus: &[usize], all: &[usize]| {
+            let p = Placement::new(workers, pin, cpus, all);
+            (p.server_cpus, p.load_cpus)
+        };
+        assert_eq!(on(2, true, &[], &[0, 1, 2, 3]), (vec![0, 1], vec![2, 3]));
+        assert_eq!(on(1, true, &[], &[0, 1]), (vec![0], vec![1]));
+        assert_eq!(on(2, true, &[], &[0, 1]), (vec![0, 1], vec![]), "none left: the load shares");
+        assert_eq!(on(2, false, &[2, 3], &[0, 1, 2, 3]), (vec![2, 3], vec![0, 1]), "--cpus implies pinning");
+        assert_eq!(on(4, false, &[], &[0, 1]), (vec![], vec![]), "unpinned");
+        assert!(Placement::new(2, true, &[], &[0, 1]).describe().contains("shares them"));
+    }
+}
