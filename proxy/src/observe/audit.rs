@@ -248,7 +248,10 @@ impl AuditHub {
             ring.push_back(event.clone());
         }
         self.live.send(&event, &self.metrics);
-        if let Some((spans, span)) = self.spans.as_ref().zip(span_of(&event)) {
+        // The span is built only when there is an exporter to take it.
+        if let Some(spans) = &self.spans
+            && let Some(span) = span_of(&event)
+        {
             spans.offer(span);
         }
         for sink in &self.sinks {
