@@ -8,7 +8,7 @@
 //! builds a new validator (and cache), so changed audiences, algorithms or
 //! claims apply at once.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ pub struct Oauth {
     require_bound: bool,
     leeway: Duration,
     cache: moka::sync::Cache<u64, Arc<Verified>>,
+    /// The cache's key of a token: seeded per process (a hit is still
+    /// compared token to token, so a collision is only a miss).
+    token_key: foldhash::quality::RandomState,
 }
 
 /// One trusted issuer: its rules and its keys.
@@ -96,6 +99,7 @@ impl Oauth {
             require_bound: section.require_bound_tokens,
             leeway: section.leeway,
             cache,
+            token_key: foldhash::quality::RandomState::default(),
         }
     }
 
@@ -180,9 +184,7 @@ impl Oauth {
     /// Signature and caller-independent claims, from the cache when warm.
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, JwtError> {
         let now = jwt::unix_now();
-        let mut hasher = DefaultHasher::new();
-        token.hash(&mut hasher);
-        let key = hasher.finish();
+        let key = self.token_key.hash_one(token);
         if let Some(hit) = self.cache.get(&key).filter(|hit| *hit.token == *token) {
             let keys = self.issuers.get(hit.issuer).and_then(|i| i.jwks.keys());
             let same_key = keys.zip(hit.key.as_ref()).is_some_and(|(keys, key)| keys.still_holds(&hit.claims.kid, key));
