@@ -97,7 +97,8 @@ impl Exchange {
         if decision != Decision::ShadowDeny {
             sink.metrics.request(direction, reason);
         }
-        sink.metrics.request_duration(direction, started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        sink.metrics.request_duration(direction, elapsed.as_secs_f64());
         let keep = response_id == ResponseId::PeerFirst && response.headers().contains_key(X_REQUEST_ID);
         if !keep {
             stamp_request_id(response.headers_mut(), &id);
@@ -110,7 +111,7 @@ impl Exchange {
             layer: reason.layer(),
             reason: reason.into(),
             status: response.status().as_u16(),
-            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             ..event
         });
         response
@@ -152,6 +153,17 @@ pub fn upstream_uri(scheme: Scheme, authority: &Authority, path: &str, query: Op
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| Reason::BadPath)
+}
+
+/// The origin-form target (`path?query`) for the app, built in one
+/// allocation: `path` (already in the form to send) with the query appended.
+pub fn origin_form(mut path: String, query: Option<&str>) -> Result<Uri, Reason> {
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        path.reserve(query.len() + 1);
+        path.push('?');
+        path.push_str(query);
+    }
+    Uri::try_from(path).map_err(|_| Reason::BadPath)
 }
 
 /// The client's side of an upgrade, when `allowed` and the request is a
@@ -304,5 +316,16 @@ mod tests {
         assert_eq!(uri("/a b", None), Err(Reason::BadPath), "never a URI hyper would refuse to send");
         let https = upstream_uri(Scheme::HTTPS, &authority, "/", None).unwrap();
         assert_eq!(https.scheme(), Some(&Scheme::HTTPS));
+    }
+
+    #[test]
+    fn origin_forms() {
+        let uri = |path: &str, query| origin_form(path.to_owned(), query).map(|u| u.to_string());
+        assert_eq!(uri("/a/b", None), Ok("/a/b".into()));
+        assert_eq!(uri("/a", Some("x=1&y=2")), Ok("/a?x=1&y=2".into()));
+        assert_eq!(uri("/a", Some("")), Ok("/a".into()), "an empty query is dropped");
+        assert_eq!(uri("/a b", None), Err(Reason::BadPath), "never a URI hyper would refuse to send");
+        let origin = origin_form("/p".to_owned(), Some("q")).unwrap();
+        assert_eq!((origin.scheme(), origin.authority(), origin.path(), origin.query()), (None, None, "/p", Some("q")));
     }
 }

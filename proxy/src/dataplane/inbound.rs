@@ -12,7 +12,6 @@ use certs::tls::Resumption;
 use certs::x509::LeafInfo;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::http::uri::Scheme;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -158,8 +157,6 @@ impl Inbound {
         let exchange =
             Exchange::begin(Direction::Inbound, &self.ids, request.headers(), &conn.activity).counted(&self.metrics);
         let method = request.method().clone();
-        // The audit event carries the canonical path; the raw one only if it never got that far.
-        let raw_path = request.uri().path().to_owned();
         let peer_request_id = forward::peer_request_id(request.headers());
         let mut log = RequestLog::default();
         let sent = self.forward(request, &conn, exchange.hop(), &mut log).await;
@@ -168,7 +165,7 @@ impl Inbound {
             caller_spiffe_id: Some(conn.caller.clone()),
             target: Some(self.target.clone()),
             method: Some(method),
-            path: Some(log.path.unwrap_or(raw_path)),
+            path: log.path,
             policy_ids: trace.policy_ids,
             jwt: trace.jwt,
             risk_level: trace.risk_level,
@@ -186,19 +183,19 @@ impl Inbound {
     /// The per-request pipeline: Layer 1 again, then framing and path checks,
     /// then the app. Each phase maps its failure to a [`Reason`].
     async fn forward(&self, request: Request<Incoming>, conn: &Conn, hop: &Hop, log: &mut RequestLog) -> Sent<AppBody> {
-        if !self.allowlist.allows(&conn.peer.id) {
-            return Err(Reason::NotAllowed);
-        }
-        if conn.peer.is_expired_at(SystemTime::now()) {
-            return Err(Reason::CertExpired);
-        }
-        let path = request_target(request.method(), request.uri().path(), self.config.path_options)?;
+        let path = match self.admit(&request, conn) {
+            Ok(path) => path,
+            Err(reason) => {
+                // Never got as far as a canonical path: the audit event carries the raw one.
+                log.path = Some(request.uri().path().to_owned());
+                return Err(reason);
+            }
+        };
         log.judged_at = self.generations();
         let judged = self.layers(conn, &request, &path, hop, log).await;
         let query = request.uri().query().map(headers::without_method_override);
-        let uri = judged.and_then(|()| {
-            forward::upstream_uri(Scheme::HTTP, &self.config.upstream, &path.encoded(), query.as_deref())
-        });
+        // Origin-form: the app client sends it as is, with the app's `Host`.
+        let uri = judged.and_then(|()| forward::origin_form(path.encoded(), query.as_deref()));
         let sent = match uri {
             Ok(uri) => self.send(request, uri, conn, &path, hop, log).await,
             Err(reason) => Err(reason),
@@ -206,6 +203,18 @@ impl Inbound {
         // The audit event carries the canonical path, allowed or not.
         log.path = Some(path.into_string());
         sent
+    }
+
+    /// Layer 1 again (the caller still allowed, its certificate unexpired),
+    /// then the request target: its canonical path.
+    fn admit(&self, request: &Request<Incoming>, conn: &Conn) -> Result<CanonicalPath, Reason> {
+        if !self.allowlist.allows(&conn.peer.id) {
+            return Err(Reason::NotAllowed);
+        }
+        if conn.peer.is_expired_at(SystemTime::now()) {
+            return Err(Reason::CertExpired);
+        }
+        request_target(request.method(), request.uri().path(), self.config.path_options)
     }
 
     /// Sends a judged request to the app. A request or response that may
@@ -222,8 +231,11 @@ impl Inbound {
         log: &RequestLog,
     ) -> Sent<AppBody> {
         let upgrade = forward::capture_upgrade(&mut request, self.config.upgrades.websocket);
-        let leeway = self.layers.oauth.load().as_ref().map(|o| o.leeway());
-        let deadline = stream_deadline(conn.peer.not_after, log.trace.token_exp, leeway.unwrap_or_default());
+        // Read only for a request or response that may last (two clock reads).
+        let deadline = || {
+            let leeway = self.layers.oauth.load().as_ref().map(|o| o.leeway());
+            stream_deadline(conn.peer.not_after, log.trace.token_exp, leeway.unwrap_or_default())
+        };
         let registration = |request: &Request<Incoming>| {
             let authorization = request.headers().get(header::AUTHORIZATION).cloned();
             let method = request.method().clone();
@@ -243,7 +255,7 @@ impl Inbound {
         self.set_headers(&mut parts.headers, conn, hop, agent_id, upgrade.is_some());
         let body = body::without_spoofable_trailers(incoming, self.config.allow_underscore_headers);
         let body = match &stream {
-            Some(s) => Tracked::cut(body, Cut::new(s.closed.clone(), deadline, s.clone())),
+            Some(s) => Tracked::cut(body, Cut::new(s.closed.clone(), deadline(), s.clone())),
             None => body,
         };
         let outgoing = Request::from_parts(parts, body);
@@ -259,14 +271,14 @@ impl Inbound {
             }
         }
         let Some(switch) = switch else {
-            return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), deadline, s))));
+            return Ok((response, stream.map(|s| Cut::new(s.closed.clone(), deadline(), s))));
         };
         // Registered above: an upgraded response always lasts.
         let stream = stream.ok_or(Reason::UpstreamError)?;
         // The HTTP connection ends once it is upgraded: the tunnel holds its
         // own registration (and, inside the upgraded socket, the connection's slot).
         let idle_timeout = self.config.limits.idle_timeout;
-        switch.tunnel(TunnelEnds { closed: stream.closed.clone(), deadline: Some(deadline), idle_timeout }, stream);
+        switch.tunnel(TunnelEnds { closed: stream.closed.clone(), deadline: Some(deadline()), idle_timeout }, stream);
         Ok((response, None))
     }
 
