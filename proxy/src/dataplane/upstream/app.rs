@@ -100,10 +100,13 @@ impl AppClient {
             Some(host) => request.headers_mut().insert(header::HOST, host.clone()),
             None => request.headers_mut().remove(header::HOST),
         };
-        // Origin-form on the wire (an origin-form URI is sent as it is).
+        // Origin-form on the wire (an origin-form URI is sent as it is;
+        // never `*` or anything else not starting with `/`).
         if request.uri().scheme().is_some() || request.uri().authority().is_some() {
             let origin = request.uri().path_and_query().filter(|p| p.as_str() != "/").cloned();
             *request.uri_mut() = origin.map_or_else(Uri::default, Uri::from);
+        } else if !request.uri().path().starts_with('/') {
+            return Err(Reason::BadPath);
         }
         // A connection is reused only once its request body has been sent
         // too: an app that answers early (before reading an upload) gets a

@@ -126,6 +126,22 @@ async fn requests_in_turn_share_one_connection_in_origin_form_with_the_apps_host
 }
 
 #[tokio::test]
+async fn an_origin_form_target_goes_as_it_is_and_nothing_but_a_path_goes_at_all() {
+    let (authority, seen) = app().await;
+    let client = client(&authority);
+    let with_uri = |uri: &str| {
+        let mut request = get("/");
+        *request.uri_mut() = uri.parse().unwrap();
+        request
+    };
+    let response = client.send(with_uri("/a/b?c=d")).await.unwrap();
+    assert_eq!(read(response).await, "ok");
+    assert_eq!(seen.last.lock().unwrap().0, "/a/b?c=d");
+    assert_eq!(client.send(with_uri("*")).await.err(), Some(Reason::BadPath), "never an asterisk-form");
+    assert_eq!(seen.last.lock().unwrap().0, "/a/b?c=d", "the refused one never reached the app");
+}
+
+#[tokio::test]
 async fn a_long_response_never_holds_up_another_request() {
     let (authority, seen) = app().await;
     let client = client(&authority);
