@@ -2,7 +2,7 @@
 //! rules plus native policies), and say which policy decided and why.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -84,7 +84,11 @@ pub struct PolicyEngine {
     caller_type: EntityTypeName,
     action: EntityUid,
     resource: EntityUid,
-    cache: moka::sync::Cache<u64, Arc<Cached>>,
+    /// Decisions by a hash of their inputs (see [`Cached`]); the key is
+    /// foldhash seeded per process, and moka's own table hashes it with
+    /// foldhash too (two SipHash passes per request before).
+    cache: moka::sync::Cache<u64, Arc<Cached>, foldhash::fast::RandomState>,
+    key: foldhash::quality::RandomState,
 }
 
 /// A remembered decision with the exact inputs it was made for: the key is
@@ -156,7 +160,11 @@ impl PolicyEngine {
             caller_type: EntityTypeName::from_str("Caller").map_err(|e| PolicyError::Schema(e.to_string()))?,
             action: fixed(r#"Action::"request""#)?,
             resource: fixed(r#"Service::"app""#)?,
-            cache: moka::sync::Cache::builder().max_capacity(CACHE_BYTES).weigher(Cached::weight).build(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_BYTES)
+                .weigher(Cached::weight)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+            key: foldhash::quality::RandomState::default(),
         })
     }
 
@@ -190,9 +198,7 @@ impl PolicyEngine {
     /// Layer 2 for one request. Decisions depend only on the caller, the
     /// method and the canonical path, so a warm request skips Cedar.
     pub fn decide(&self, request: Request<'_>) -> Verdict {
-        let mut hasher = DefaultHasher::new();
-        (request.caller.as_str(), request.method, request.path).hash(&mut hasher);
-        let key = hasher.finish();
+        let key = self.key.hash_one((request.caller.as_str(), request.method, request.path));
         if let Some(hit) = self.cache.get(&key)
             && hit.caller == request.caller.as_str()
             && hit.method == request.method

@@ -31,7 +31,7 @@ pub struct Oauth {
     allow_unbound: bool,
     require_bound: bool,
     leeway: Duration,
-    cache: moka::sync::Cache<u64, Arc<Verified>>,
+    cache: moka::sync::Cache<u64, Arc<Verified>, foldhash::fast::RandomState>,
     /// The cache's key of a token: seeded per process (a hit is still
     /// compared token to token, so a collision is only a miss).
     token_key: foldhash::quality::RandomState,
@@ -92,7 +92,11 @@ impl Oauth {
     pub fn new(section: &JwtSection, jwks: Vec<Arc<Jwks>>) -> Self {
         let issuers =
             section.issuer_configs().into_iter().zip(jwks).map(|(config, jwks)| Issuer { config, jwks }).collect();
-        let cache = moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build();
+        // The key is already a seeded hash: moka's table hashes it with foldhash, not SipHash.
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(CACHE_CAPACITY)
+            .time_to_live(CACHE_TTL)
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             issuers,
             allow_unbound: section.allow_unbound_tokens,
