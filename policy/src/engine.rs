@@ -86,7 +86,10 @@ pub struct PolicyEngine {
     resource: EntityUid,
     /// Decisions by a hash of their inputs (see [`Cached`]); the key is
     /// foldhash seeded per process, and moka's own table hashes it with
-    /// foldhash too (two SipHash passes per request before).
+    /// foldhash too (two SipHash passes per request before). foldhash's seed
+    /// comes from ASLR addresses and the time, not the OS's randomness, and
+    /// it resists no attacker who sees its outputs: correctness never rests
+    /// on it, only on the hit being checked against its inputs (`decide`).
     cache: moka::sync::Cache<u64, Arc<Cached>, foldhash::fast::RandomState>,
     key: foldhash::quality::RandomState,
 }
@@ -199,6 +202,7 @@ impl PolicyEngine {
     /// method and the canonical path, so a warm request skips Cedar.
     pub fn decide(&self, request: Request<'_>) -> Verdict {
         let key = self.key.hash_one((request.caller.as_str(), request.method, request.path));
+        // Load-bearing: a key collision must be a miss, never another request's verdict.
         if let Some(hit) = self.cache.get(&key)
             && hit.caller == request.caller.as_str()
             && hit.method == request.method

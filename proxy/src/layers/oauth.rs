@@ -189,6 +189,7 @@ impl Oauth {
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, JwtError> {
         let now = jwt::unix_now();
         let key = self.token_key.hash_one(token);
+        // Load-bearing: a key collision must be a miss, never another token's claims.
         if let Some(hit) = self.cache.get(&key).filter(|hit| *hit.token == *token) {
             let keys = self.issuers.get(hit.issuer).and_then(|i| i.jwks.keys());
             let same_key = keys.zip(hit.key.as_ref()).is_some_and(|(keys, key)| keys.still_holds(&hit.claims.kid, key));
