@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::Authority;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use policy::Reason;
 use tokio::net::TcpStream;
@@ -91,21 +91,20 @@ impl AppClient {
         Self { pool: Arc::new(pool) }
     }
 
-    /// Sends `request` to the app (its URI's path and query; the app's
-    /// `Host`: a caller's never reaches the app) and waits for the response
-    /// head at most `response_timeout`, connecting included.
+    /// Sends `request` to the app (its URI in origin-form, `/path?query`, as
+    /// `forward::origin_form` builds it; the app's `Host`: a caller's never
+    /// reaches the app) and waits for the response head at most
+    /// `response_timeout`, connecting included.
     pub async fn send(&self, mut request: Request<Body>) -> Result<Response<AppBody>, Reason> {
         let pool = &self.pool;
         match &pool.host {
             Some(host) => request.headers_mut().insert(header::HOST, host.clone()),
             None => request.headers_mut().remove(header::HOST),
         };
-        // Origin-form on the wire (an origin-form URI is sent as it is;
-        // never `*` or anything else not starting with `/`).
-        if request.uri().scheme().is_some() || request.uri().authority().is_some() {
-            let origin = request.uri().path_and_query().filter(|p| p.as_str() != "/").cloned();
-            *request.uri_mut() = origin.map_or_else(Uri::default, Uri::from);
-        } else if !request.uri().path().starts_with('/') {
+        // Only origin-form goes on the wire: never an absolute URI (a
+        // caller's authority), `*`, or anything else not starting with `/`.
+        let uri = request.uri();
+        if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
             return Err(Reason::BadPath);
         }
         // A connection is reused only once its request body has been sent

@@ -84,6 +84,11 @@ fn client(authority: &Authority) -> AppClient {
     AppClient::new(authority, Duration::from_secs(5), Duration::from_secs(5))
 }
 
+/// A client with its own idle timeout and idle cap.
+fn client_with_idle(authority: &Authority, idle_timeout: Duration, max_idle: usize) -> AppClient {
+    AppClient::with_idle_limits(authority, Duration::from_secs(5), Duration::from_secs(5), idle_timeout, max_idle)
+}
+
 fn get(path: &str) -> Request<Body> {
     request(hyper::Method::GET, path)
 }
@@ -91,7 +96,7 @@ fn get(path: &str) -> Request<Body> {
 fn request(method: hyper::Method, path: &str) -> Request<Body> {
     Request::builder()
         .method(method)
-        .uri(format!("http://caller.example{path}"))
+        .uri(path)
         .header(header::HOST, "caller.example")
         .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed())
         .unwrap()
@@ -138,6 +143,8 @@ async fn an_origin_form_target_goes_as_it_is_and_nothing_but_a_path_goes_at_all(
     assert_eq!(read(response).await, "ok");
     assert_eq!(seen.last.lock().unwrap().0, "/a/b?c=d");
     assert_eq!(client.send(with_uri("*")).await.err(), Some(Reason::BadPath), "never an asterisk-form");
+    let absolute = with_uri("http://caller.example/a");
+    assert_eq!(client.send(absolute).await.err(), Some(Reason::BadPath), "never a caller's authority");
     assert_eq!(seen.last.lock().unwrap().0, "/a/b?c=d", "the refused one never reached the app");
 }
 
@@ -190,13 +197,7 @@ async fn a_connection_the_app_closed_while_idle_is_not_a_failure() {
 #[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let (authority, seen) = app().await;
-    let client = AppClient::with_idle_limits(
-        &authority,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        Duration::from_millis(200),
-        MAX_IDLE,
-    );
+    let client = client_with_idle(&authority, Duration::from_millis(200), MAX_IDLE);
     assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
     eventually("the idle connection is closed", || seen.closed.load(Ordering::SeqCst) == 1).await;
     assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
@@ -333,13 +334,7 @@ async fn an_upload_sent_in_full_gives_its_connection_back() {
 #[tokio::test]
 async fn idle_connections_beyond_the_cap_are_closed() {
     let (authority, seen) = app().await;
-    let client = AppClient::with_idle_limits(
-        &authority,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        super::super::POOL_IDLE,
-        1,
-    );
+    let client = client_with_idle(&authority, super::super::POOL_IDLE, 1);
     // Two streams at once: two connections.
     let mut a = client.send(get("/stream")).await.unwrap().into_body();
     let mut b = client.send(get("/stream")).await.unwrap().into_body();
