@@ -84,14 +84,51 @@ pub struct PolicyEngine {
     caller_type: EntityTypeName,
     action: EntityUid,
     resource: EntityUid,
-    /// Decisions by a hash of their inputs (see [`Cached`]); the key is
-    /// foldhash seeded per process, and moka's own table hashes it with
-    /// foldhash too (two SipHash passes per request before). foldhash's seed
-    /// comes from ASLR addresses and the time, not the OS's randomness, and
-    /// it resists no attacker who sees its outputs: correctness never rests
-    /// on it, only on the hit being checked against its inputs (`decide`).
-    cache: moka::sync::Cache<u64, Arc<Cached>, foldhash::fast::RandomState>,
-    key: foldhash::quality::RandomState,
+    cache: DecisionCache,
+}
+
+/// Decisions by a hash of their inputs. The key is foldhash seeded per
+/// process, and moka's own table hashes it with foldhash too (two SipHash
+/// passes per request before). foldhash's seed comes from ASLR addresses and
+/// the time, not the OS's randomness, and it resists no attacker who sees its
+/// outputs: correctness never rests on it, only on a hit being checked
+/// against its inputs ([`DecisionCache::get`]). `S`, the key's hasher, is a
+/// parameter so a test can make every key collide.
+struct DecisionCache<S = foldhash::quality::RandomState> {
+    entries: moka::sync::Cache<u64, Arc<Cached>, foldhash::fast::RandomState>,
+    key: S,
+}
+
+impl<S: BuildHasher> DecisionCache<S> {
+    fn with_key(key: S) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(CACHE_BYTES)
+            .weigher(Cached::weight)
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        Self { entries, key }
+    }
+
+    fn key_of(&self, request: &Request<'_>) -> u64 {
+        self.key.hash_one((request.caller.as_str(), request.method, request.path))
+    }
+
+    /// The verdict remembered for exactly this caller, method and path.
+    fn get(&self, request: &Request<'_>) -> Option<Verdict> {
+        let hit = self.entries.get(&self.key_of(request))?;
+        // Load-bearing: a key collision must be a miss, never another request's verdict.
+        let same = hit.caller == request.caller.as_str() && hit.method == request.method && hit.path == request.path;
+        same.then(|| hit.verdict.clone())
+    }
+
+    fn insert(&self, request: &Request<'_>, verdict: Verdict) {
+        let cached = Cached {
+            caller: request.caller.as_str().to_owned(),
+            method: request.method.to_owned(),
+            path: request.path.to_owned(),
+            verdict,
+        };
+        self.entries.insert(self.key_of(request), Arc::new(cached));
+    }
 }
 
 /// A remembered decision with the exact inputs it was made for: the key is
@@ -163,11 +200,7 @@ impl PolicyEngine {
             caller_type: EntityTypeName::from_str("Caller").map_err(|e| PolicyError::Schema(e.to_string()))?,
             action: fixed(r#"Action::"request""#)?,
             resource: fixed(r#"Service::"app""#)?,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(CACHE_BYTES)
-                .weigher(Cached::weight)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
-            key: foldhash::quality::RandomState::default(),
+            cache: DecisionCache::with_key(foldhash::quality::RandomState::default()),
         })
     }
 
@@ -201,33 +234,21 @@ impl PolicyEngine {
     /// Layer 2 for one request. Decisions depend only on the caller, the
     /// method and the canonical path, so a warm request skips Cedar.
     pub fn decide(&self, request: Request<'_>) -> Verdict {
-        let key = self.key.hash_one((request.caller.as_str(), request.method, request.path));
-        // Load-bearing: a key collision must be a miss, never another request's verdict.
-        if let Some(hit) = self.cache.get(&key)
-            && hit.caller == request.caller.as_str()
-            && hit.method == request.method
-            && hit.path == request.path
-        {
-            return hit.verdict.clone();
-        }
-        let verdict = self.decide_uncached(request);
-        if request.path.len() > MAX_CACHED_PATH {
+        if let Some(verdict) = self.cache.get(&request) {
             return verdict;
         }
-        let cached = Cached {
-            caller: request.caller.as_str().to_owned(),
-            method: request.method.to_owned(),
-            path: request.path.to_owned(),
-            verdict: verdict.clone(),
-        };
-        self.cache.insert(key, Arc::new(cached));
+        let verdict = self.decide_uncached(request);
+        if request.path.len() <= MAX_CACHED_PATH {
+            self.cache.insert(&request, verdict.clone());
+        }
         verdict
     }
 
     /// Entries and approximate bytes in the decision cache (after pending evictions).
     pub fn cache_usage(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.cache.weighted_size())
+        let entries = &self.cache.entries;
+        entries.run_pending_tasks();
+        (entries.entry_count(), entries.weighted_size())
     }
 
     /// Layer 2 evaluated by Cedar, bypassing the decision cache.
@@ -377,4 +398,50 @@ fn validate(validator: &Validator, set: &PolicySet, file: &str) -> Result<(), Po
     }
     let message = result.validation_errors().map(ToString::to_string).collect::<Vec<_>>().join("; ");
     Err(PolicyError::Cedar { file: file.to_owned(), message })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasherDefault, Hasher};
+
+    use super::*;
+
+    /// Every key the same: each look-up finds whatever was stored last.
+    #[derive(Default)]
+    struct Collide;
+
+    impl Hasher for Collide {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    fn verdict(allow: bool) -> Verdict {
+        let decision = if allow { Decision::allow() } else { Decision::deny(Reason::NoMatchingRule) };
+        Verdict { decision, entry: Some(0), rule: None }
+    }
+
+    #[test]
+    fn a_key_collision_is_a_miss_never_another_requests_verdict() {
+        let cache = DecisionCache::with_key(BuildHasherDefault::<Collide>::default());
+        let (a, b): (SpiffeId, SpiffeId) =
+            ("spiffe://td.example/a".parse().unwrap(), "spiffe://td.example/b".parse().unwrap());
+        let allowed = Request { caller: &a, method: "GET", path: "/x" };
+        cache.insert(&allowed, verdict(true));
+        assert_eq!(cache.get(&allowed), Some(verdict(true)));
+        // The same key, another caller, method or path: each a miss.
+        for other in [
+            Request { caller: &b, ..allowed },
+            Request { method: "POST", ..allowed },
+            Request { path: "/y", ..allowed },
+        ] {
+            assert_eq!(cache.get(&other), None, "{other:?}");
+        }
+        // A denial stored under the same key replaces the allow; it answers only for its own request.
+        let denied = Request { caller: &b, ..allowed };
+        cache.insert(&denied, verdict(false));
+        assert_eq!(cache.get(&denied), Some(verdict(false)));
+        assert_eq!(cache.get(&allowed), None);
+    }
 }

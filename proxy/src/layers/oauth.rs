@@ -31,10 +31,40 @@ pub struct Oauth {
     allow_unbound: bool,
     require_bound: bool,
     leeway: Duration,
-    cache: moka::sync::Cache<u64, Arc<Verified>, foldhash::fast::RandomState>,
-    /// The cache's key of a token: seeded per process (a hit is still
-    /// compared token to token, so a collision is only a miss).
-    token_key: foldhash::quality::RandomState,
+    cache: TokenCache,
+}
+
+/// Verified tokens by a hash of the token, seeded per process; moka's table
+/// hashes that key with foldhash too. A hit is compared token to token
+/// ([`TokenCache::get`]), so a collision is only a miss. `S`, the key's
+/// hasher, is a parameter so a test can make every key collide.
+struct TokenCache<S = foldhash::quality::RandomState> {
+    entries: moka::sync::Cache<u64, Arc<Verified>, foldhash::fast::RandomState>,
+    key: S,
+}
+
+impl<S: BuildHasher> TokenCache<S> {
+    fn with_key(key: S) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(CACHE_CAPACITY)
+            .time_to_live(CACHE_TTL)
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        Self { entries, key }
+    }
+
+    /// What was verified for exactly this token.
+    fn get(&self, token: &str) -> Option<Arc<Verified>> {
+        // Load-bearing: a key collision must be a miss, never another token's claims.
+        self.entries.get(&self.key.hash_one(token)).filter(|hit| *hit.token == *token)
+    }
+
+    fn insert(&self, verified: Verified) {
+        self.entries.insert(self.key.hash_one(&*verified.token), Arc::new(verified));
+    }
+
+    fn invalidate(&self, token: &str) {
+        self.entries.invalidate(&self.key.hash_one(token));
+    }
 }
 
 /// One trusted issuer: its rules and its keys.
@@ -92,18 +122,12 @@ impl Oauth {
     pub fn new(section: &JwtSection, jwks: Vec<Arc<Jwks>>) -> Self {
         let issuers =
             section.issuer_configs().into_iter().zip(jwks).map(|(config, jwks)| Issuer { config, jwks }).collect();
-        // The key is already a seeded hash: moka's table hashes it with foldhash, not SipHash.
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(CACHE_CAPACITY)
-            .time_to_live(CACHE_TTL)
-            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             issuers,
             allow_unbound: section.allow_unbound_tokens,
             require_bound: section.require_bound_tokens,
             leeway: section.leeway,
-            cache,
-            token_key: foldhash::quality::RandomState::default(),
+            cache: TokenCache::with_key(foldhash::quality::RandomState::default()),
         }
     }
 
@@ -188,16 +212,14 @@ impl Oauth {
     /// Signature and caller-independent claims, from the cache when warm.
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, JwtError> {
         let now = jwt::unix_now();
-        let key = self.token_key.hash_one(token);
-        // Load-bearing: a key collision must be a miss, never another token's claims.
-        if let Some(hit) = self.cache.get(&key).filter(|hit| *hit.token == *token) {
+        if let Some(hit) = self.cache.get(token) {
             let keys = self.issuers.get(hit.issuer).and_then(|i| i.jwks.keys());
             let same_key = keys.zip(hit.key.as_ref()).is_some_and(|(keys, key)| keys.still_holds(&hit.claims.kid, key));
             let usable = same_key && hit.claims.exp.saturating_add(self.leeway.as_secs()) >= now;
             if usable {
                 return Ok(hit.claims.clone());
             }
-            self.cache.invalidate(&key);
+            self.cache.invalidate(token);
         }
         // Only the keys of the issuer the token names may verify it.
         let iss = jwt::issuer_of(token)?;
@@ -222,7 +244,7 @@ impl Oauth {
         let verified_with = keys.handle(&claims.kid);
         let claims = Arc::new(claims);
         let verified = Verified { token: token.into(), claims: claims.clone(), issuer: index, key: verified_with };
-        self.cache.insert(key, Arc::new(verified));
+        self.cache.insert(verified);
         Ok(claims)
     }
 }
@@ -311,6 +333,45 @@ mod tests {
         assert_eq!(reason(&["Bearer"]), Err(Reason::JwtInvalid));
         assert_eq!(reason(&["Bearer "]), Err(Reason::JwtInvalid));
         assert_eq!(reason(&["Bearerabc"]), Err(Reason::JwtInvalid));
+    }
+
+    /// Every key the same: each look-up finds whatever was stored last.
+    #[derive(Default)]
+    struct Collide;
+
+    impl std::hash::Hasher for Collide {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    #[test]
+    fn a_key_collision_is_a_miss_never_another_tokens_claims() {
+        let cache = TokenCache::with_key(std::hash::BuildHasherDefault::<Collide>::default());
+        let verified = |token: &str, oid: &str| Verified {
+            token: token.into(),
+            claims: Arc::new(Claims {
+                issuer: "entra".into(),
+                entra: true,
+                kid: "k1".into(),
+                exp: u64::MAX,
+                oid: Some(oid.into()),
+                client_id: None,
+                roles: Arc::new([]),
+                strings: std::collections::HashMap::new(),
+                cnf: policy::jwt::CertBinding::Unbound,
+            }),
+            issuer: 0,
+            key: None,
+        };
+        let oid = |hit: Option<Arc<Verified>>| hit.and_then(|v| v.claims.oid.clone());
+        cache.insert(verified("token-a", "alice"));
+        assert_eq!(oid(cache.get("token-a")), Some("alice".into()));
+        assert_eq!(oid(cache.get("token-b")), None, "same key, another token: a miss");
+        cache.insert(verified("token-b", "bob"));
+        assert_eq!(oid(cache.get("token-b")), Some("bob".into()));
+        assert_eq!(oid(cache.get("token-a")), None, "replaced under the shared key: a miss, never bob's claims");
     }
 
     /// A JWKS with every kind of key: only RSA, P-256 and Ed25519 signing
