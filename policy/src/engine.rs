@@ -2,7 +2,6 @@
 //! rules plus native policies), and say which policy decided and why.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use certs::SpiffeId;
 
 use crate::compile::{self, CompileOptions, SCHEMA};
 use crate::decision::{Decision, Reason};
+use crate::hashed::{Answers, HashedCache};
 use crate::reference::{Action, Entry, PolicyDoc, ReferenceError};
 
 /// Why a policy set cannot be built. The old policy stays in force.
@@ -84,51 +84,9 @@ pub struct PolicyEngine {
     caller_type: EntityTypeName,
     action: EntityUid,
     resource: EntityUid,
-    cache: DecisionCache,
-}
-
-/// Decisions by a hash of their inputs. The key is foldhash seeded per
-/// process, and moka's own table hashes it with foldhash too (two SipHash
-/// passes per request before). foldhash's seed comes from ASLR addresses and
-/// the time, not the OS's randomness, and it resists no attacker who sees its
-/// outputs: correctness never rests on it, only on a hit being checked
-/// against its inputs ([`DecisionCache::get`]). `S`, the key's hasher, is a
-/// parameter so a test can make every key collide.
-struct DecisionCache<S = foldhash::quality::RandomState> {
-    entries: moka::sync::Cache<u64, Arc<Cached>, foldhash::fast::RandomState>,
-    key: S,
-}
-
-impl<S: BuildHasher> DecisionCache<S> {
-    fn with_key(key: S) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(CACHE_BYTES)
-            .weigher(Cached::weight)
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        Self { entries, key }
-    }
-
-    fn key_of(&self, request: &Request<'_>) -> u64 {
-        self.key.hash_one((request.caller.as_str(), request.method, request.path))
-    }
-
-    /// The verdict remembered for exactly this caller, method and path.
-    fn get(&self, request: &Request<'_>) -> Option<Verdict> {
-        let hit = self.entries.get(&self.key_of(request))?;
-        // Load-bearing: a key collision must be a miss, never another request's verdict.
-        let same = hit.caller == request.caller.as_str() && hit.method == request.method && hit.path == request.path;
-        same.then(|| hit.verdict.clone())
-    }
-
-    fn insert(&self, request: &Request<'_>, verdict: Verdict) {
-        let cached = Cached {
-            caller: request.caller.as_str().to_owned(),
-            method: request.method.to_owned(),
-            path: request.path.to_owned(),
-            verdict,
-        };
-        self.entries.insert(self.key_of(request), Arc::new(cached));
-    }
+    /// Decisions by a hash of their caller, method and path (a hit is
+    /// checked against them: see [`HashedCache`]).
+    cache: HashedCache<Cached>,
 }
 
 /// A remembered decision with the exact inputs it was made for: the key is
@@ -138,6 +96,15 @@ struct Cached {
     method: String,
     path: String,
     verdict: Verdict,
+}
+
+/// A decision's inputs: the caller, the method and the canonical path.
+type Inputs<'a> = (&'a str, &'a str, &'a str);
+
+impl Answers<Inputs<'_>> for Cached {
+    fn answers(&self, &(caller, method, path): &Inputs<'_>) -> bool {
+        self.caller == caller && self.method == method && self.path == path
+    }
 }
 
 impl Cached {
@@ -200,7 +167,7 @@ impl PolicyEngine {
             caller_type: EntityTypeName::from_str("Caller").map_err(|e| PolicyError::Schema(e.to_string()))?,
             action: fixed(r#"Action::"request""#)?,
             resource: fixed(r#"Service::"app""#)?,
-            cache: DecisionCache::with_key(foldhash::quality::RandomState::default()),
+            cache: HashedCache::new(moka::sync::Cache::builder().max_capacity(CACHE_BYTES).weigher(Cached::weight)),
         })
     }
 
@@ -234,21 +201,26 @@ impl PolicyEngine {
     /// Layer 2 for one request. Decisions depend only on the caller, the
     /// method and the canonical path, so a warm request skips Cedar.
     pub fn decide(&self, request: Request<'_>) -> Verdict {
-        if let Some(verdict) = self.cache.get(&request) {
-            return verdict;
+        let inputs = (request.caller.as_str(), request.method, request.path);
+        if let Some(hit) = self.cache.get(&inputs) {
+            return hit.verdict.clone();
         }
         let verdict = self.decide_uncached(request);
         if request.path.len() <= MAX_CACHED_PATH {
-            self.cache.insert(&request, verdict.clone());
+            let cached = Cached {
+                caller: inputs.0.to_owned(),
+                method: inputs.1.to_owned(),
+                path: inputs.2.to_owned(),
+                verdict: verdict.clone(),
+            };
+            self.cache.insert(&inputs, cached);
         }
         verdict
     }
 
     /// Entries and approximate bytes in the decision cache (after pending evictions).
     pub fn cache_usage(&self) -> (u64, u64) {
-        let entries = &self.cache.entries;
-        entries.run_pending_tasks();
-        (entries.entry_count(), entries.weighted_size())
+        self.cache.usage()
     }
 
     /// Layer 2 evaluated by Cedar, bypassing the decision cache.
@@ -402,46 +374,33 @@ fn validate(validator: &Validator, set: &PolicySet, file: &str) -> Result<(), Po
 
 #[cfg(test)]
 mod tests {
-    use std::hash::{BuildHasherDefault, Hasher};
+    use std::hash::BuildHasherDefault;
 
     use super::*;
+    use crate::hashed::Collide;
 
-    /// Every key the same: each look-up finds whatever was stored last.
-    #[derive(Default)]
-    struct Collide;
-
-    impl Hasher for Collide {
-        fn finish(&self) -> u64 {
-            0
-        }
-        fn write(&mut self, _: &[u8]) {}
-    }
-
-    fn verdict(allow: bool) -> Verdict {
+    fn cached(caller: &str, allow: bool) -> Cached {
         let decision = if allow { Decision::allow() } else { Decision::deny(Reason::NoMatchingRule) };
-        Verdict { decision, entry: Some(0), rule: None }
+        let verdict = Verdict { decision, entry: Some(0), rule: None };
+        Cached { caller: caller.into(), method: "GET".into(), path: "/x".into(), verdict }
     }
 
     #[test]
     fn a_key_collision_is_a_miss_never_another_requests_verdict() {
-        let cache = DecisionCache::with_key(BuildHasherDefault::<Collide>::default());
-        let (a, b): (SpiffeId, SpiffeId) =
-            ("spiffe://td.example/a".parse().unwrap(), "spiffe://td.example/b".parse().unwrap());
-        let allowed = Request { caller: &a, method: "GET", path: "/x" };
-        cache.insert(&allowed, verdict(true));
-        assert_eq!(cache.get(&allowed), Some(verdict(true)));
+        let builder = moka::sync::Cache::builder().max_capacity(CACHE_BYTES).weigher(Cached::weight);
+        let cache = HashedCache::with_key(builder, BuildHasherDefault::<Collide>::default());
+        let allow = |hit: Option<Arc<Cached>>| hit.map(|c| c.verdict.decision.allow);
+        let a = ("spiffe://td.example/a", "GET", "/x");
+        cache.insert(&a, cached(a.0, true));
+        assert_eq!(allow(cache.get(&a)), Some(true));
         // The same key, another caller, method or path: each a miss.
-        for other in [
-            Request { caller: &b, ..allowed },
-            Request { method: "POST", ..allowed },
-            Request { path: "/y", ..allowed },
-        ] {
-            assert_eq!(cache.get(&other), None, "{other:?}");
+        for other in [("spiffe://td.example/b", "GET", "/x"), (a.0, "POST", "/x"), (a.0, "GET", "/y")] {
+            assert_eq!(allow(cache.get(&other)), None, "{other:?}");
         }
-        // A denial stored under the same key replaces the allow; it answers only for its own request.
-        let denied = Request { caller: &b, ..allowed };
-        cache.insert(&denied, verdict(false));
-        assert_eq!(cache.get(&denied), Some(verdict(false)));
-        assert_eq!(cache.get(&allowed), None);
+        // A denial stored under the same key answers only for its own request.
+        let b = ("spiffe://td.example/b", "GET", "/x");
+        cache.insert(&b, cached(b.0, false));
+        assert_eq!(allow(cache.get(&b)), Some(false));
+        assert_eq!(allow(cache.get(&a)), None);
     }
 }

@@ -6,10 +6,12 @@
 //! - [`risk`]: a caller's risk level (Layer 4a).
 //! - [`compile`] + [`engine`]: that YAML compiled to Cedar, plus native Cedar
 //!   policies, evaluated per caller (Layer 2).
+//! - [`hashed`]: the hot caches' table, keyed by a hash whose hits are checked.
 
 pub mod compile;
 pub mod decision;
 pub mod engine;
+pub mod hashed;
 pub mod jwt;
 pub mod path;
 pub mod reference;

@@ -8,13 +8,13 @@
 //! builds a new validator (and cache), so changed audiences, algorithms or
 //! claims apply at once.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
 use policy::Reason;
+use policy::hashed::{Answers, HashedCache};
 use policy::jwt::{self, Claims, IssuerConfig, JwtError};
 use policy::reference::{Entry, Rule};
 
@@ -31,40 +31,9 @@ pub struct Oauth {
     allow_unbound: bool,
     require_bound: bool,
     leeway: Duration,
-    cache: TokenCache,
-}
-
-/// Verified tokens by a hash of the token, seeded per process; moka's table
-/// hashes that key with foldhash too. A hit is compared token to token
-/// ([`TokenCache::get`]), so a collision is only a miss. `S`, the key's
-/// hasher, is a parameter so a test can make every key collide.
-struct TokenCache<S = foldhash::quality::RandomState> {
-    entries: moka::sync::Cache<u64, Arc<Verified>, foldhash::fast::RandomState>,
-    key: S,
-}
-
-impl<S: BuildHasher> TokenCache<S> {
-    fn with_key(key: S) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(CACHE_CAPACITY)
-            .time_to_live(CACHE_TTL)
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        Self { entries, key }
-    }
-
-    /// What was verified for exactly this token.
-    fn get(&self, token: &str) -> Option<Arc<Verified>> {
-        // Load-bearing: a key collision must be a miss, never another token's claims.
-        self.entries.get(&self.key.hash_one(token)).filter(|hit| *hit.token == *token)
-    }
-
-    fn insert(&self, verified: Verified) {
-        self.entries.insert(self.key.hash_one(&*verified.token), Arc::new(verified));
-    }
-
-    fn invalidate(&self, token: &str) {
-        self.entries.invalidate(&self.key.hash_one(token));
-    }
+    /// Verified tokens by a hash of the token (a hit is compared token to
+    /// token: see [`HashedCache`]).
+    cache: HashedCache<Verified>,
 }
 
 /// One trusted issuer: its rules and its keys.
@@ -81,6 +50,12 @@ struct Verified {
     /// The key that verified it: the token is reused only while its
     /// issuer's key set still holds this very key (not merely its `kid`).
     key: Option<policy::jwt::KeyHandle>,
+}
+
+impl Answers<str> for Verified {
+    fn answers(&self, token: &str) -> bool {
+        *self.token == *token
+    }
 }
 
 /// The token's place in the request, for the rule and the audit event.
@@ -127,7 +102,7 @@ impl Oauth {
             allow_unbound: section.allow_unbound_tokens,
             require_bound: section.require_bound_tokens,
             leeway: section.leeway,
-            cache: TokenCache::with_key(foldhash::quality::RandomState::default()),
+            cache: HashedCache::new(moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL)),
         }
     }
 
@@ -244,7 +219,7 @@ impl Oauth {
         let verified_with = keys.handle(&claims.kid);
         let claims = Arc::new(claims);
         let verified = Verified { token: token.into(), claims: claims.clone(), issuer: index, key: verified_with };
-        self.cache.insert(verified);
+        self.cache.insert(token, verified);
         Ok(claims)
     }
 }
@@ -335,20 +310,10 @@ mod tests {
         assert_eq!(reason(&["Bearerabc"]), Err(Reason::JwtInvalid));
     }
 
-    /// Every key the same: each look-up finds whatever was stored last.
-    #[derive(Default)]
-    struct Collide;
-
-    impl std::hash::Hasher for Collide {
-        fn finish(&self) -> u64 {
-            0
-        }
-        fn write(&mut self, _: &[u8]) {}
-    }
-
     #[test]
     fn a_key_collision_is_a_miss_never_another_tokens_claims() {
-        let cache = TokenCache::with_key(std::hash::BuildHasherDefault::<Collide>::default());
+        let builder = moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL);
+        let cache = HashedCache::with_key(builder, std::hash::BuildHasherDefault::<policy::hashed::Collide>::default());
         let verified = |token: &str, oid: &str| Verified {
             token: token.into(),
             claims: Arc::new(Claims {
@@ -366,10 +331,10 @@ mod tests {
             key: None,
         };
         let oid = |hit: Option<Arc<Verified>>| hit.and_then(|v| v.claims.oid.clone());
-        cache.insert(verified("token-a", "alice"));
+        cache.insert("token-a", verified("token-a", "alice"));
         assert_eq!(oid(cache.get("token-a")), Some("alice".into()));
         assert_eq!(oid(cache.get("token-b")), None, "same key, another token: a miss");
-        cache.insert(verified("token-b", "bob"));
+        cache.insert("token-b", verified("token-b", "bob"));
         assert_eq!(oid(cache.get("token-b")), Some("bob".into()));
         assert_eq!(oid(cache.get("token-a")), None, "replaced under the shared key: a miss, never bob's claims");
     }
