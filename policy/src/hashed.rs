@@ -20,7 +20,11 @@ pub trait Answers<I: ?Sized> {
     fn answers(&self, input: &I) -> bool;
 }
 
-/// `S`, the key's hasher, is a parameter so a test can make every key collide.
+/// moka's builder for a table of `V`s: the caller sets the bounds.
+pub type Builder<V> = moka::sync::CacheBuilder<u64, Arc<V>, moka::sync::Cache<u64, Arc<V>>>;
+
+/// `S`, the key's hasher, is a parameter so a test can make every key collide
+/// (`with_key` and [`Collide`]: tests and the `test-util` feature only).
 pub struct HashedCache<V, S = foldhash::quality::RandomState> {
     entries: moka::sync::Cache<u64, Arc<V>, foldhash::fast::RandomState>,
     key: S,
@@ -28,14 +32,19 @@ pub struct HashedCache<V, S = foldhash::quality::RandomState> {
 
 impl<V: Send + Sync + 'static> HashedCache<V> {
     /// `builder` sets the bounds (capacity, weigher, time to live).
-    pub fn new(builder: moka::sync::CacheBuilder<u64, Arc<V>, moka::sync::Cache<u64, Arc<V>>>) -> Self {
-        Self::with_key(builder, foldhash::quality::RandomState::default())
+    pub fn new(builder: Builder<V>) -> Self {
+        Self::build(builder, foldhash::quality::RandomState::default())
     }
 }
 
 impl<V: Send + Sync + 'static, S: BuildHasher> HashedCache<V, S> {
-    pub fn with_key(builder: moka::sync::CacheBuilder<u64, Arc<V>, moka::sync::Cache<u64, Arc<V>>>, key: S) -> Self {
+    fn build(builder: Builder<V>, key: S) -> Self {
         Self { entries: builder.build_with_hasher(foldhash::fast::RandomState::default()), key }
+    }
+
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn with_key(builder: Builder<V>, key: S) -> Self {
+        Self::build(builder, key)
     }
 
     /// The entry made for exactly `input`.
@@ -46,13 +55,24 @@ impl<V: Send + Sync + 'static, S: BuildHasher> HashedCache<V, S> {
         self.entries.get(&self.key.hash_one(input)).filter(|hit| hit.answers(input))
     }
 
-    pub fn insert<I: Hash + ?Sized>(&self, input: &I, value: V) {
+    /// Stores `value` for `input` (it replaces whatever held the same key).
+    pub fn insert<I: Hash + ?Sized>(&self, input: &I, value: V)
+    where
+        V: Answers<I>,
+    {
         self.entries.insert(self.key.hash_one(input), Arc::new(value));
     }
 
-    /// Drops what is stored under `input`'s key.
-    pub fn invalidate<I: Hash + ?Sized>(&self, input: &I) {
-        self.entries.invalidate(&self.key.hash_one(input));
+    /// Drops `stale` (a hit for `input` that is no longer usable), and only
+    /// it: an entry stored under the same key since then stays.
+    pub fn remove<I: Hash + ?Sized>(&self, input: &I, stale: &Arc<V>)
+    where
+        V: Answers<I>,
+    {
+        let _ = self.entries.entry(self.key.hash_one(input)).and_compute_with(|held| match held {
+            Some(entry) if Arc::ptr_eq(entry.value(), stale) => moka::ops::compute::Op::Remove,
+            _ => moka::ops::compute::Op::Nop,
+        });
     }
 
     /// Entries and their weighed size (after pending evictions).
@@ -64,10 +84,11 @@ impl<V: Send + Sync + 'static, S: BuildHasher> HashedCache<V, S> {
 
 /// A hasher under which every key is the same (tests: each look-up finds
 /// whatever was stored last).
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Collide;
 
+#[cfg(any(test, feature = "test-util"))]
 impl std::hash::Hasher for Collide {
     fn finish(&self) -> u64 {
         0
@@ -102,7 +123,13 @@ mod tests {
         cache.insert("b", Named { name: "b", value: 2 });
         assert_eq!(value(cache.get("b")), Some(2));
         assert_eq!(value(cache.get("a")), None, "replaced under the shared key");
-        cache.invalidate("a");
-        assert_eq!(value(cache.get("b")), None, "invalidating drops the key, whoever holds it");
+        // Removing a stale hit for "b" removes it, and only it.
+        let stale = cache.get("b").unwrap();
+        cache.insert("b", Named { name: "b", value: 3 });
+        cache.remove("b", &stale);
+        assert_eq!(value(cache.get("b")), Some(3), "a newer entry under the key stays");
+        let fresh = cache.get("b").unwrap();
+        cache.remove("b", &fresh);
+        assert_eq!(value(cache.get("b")), None);
     }
 }

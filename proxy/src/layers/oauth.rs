@@ -21,7 +21,13 @@ use policy::reference::{Entry, Rule};
 use crate::config::JwtSection;
 use crate::facts::jwks::{Jwks, JwksSettings, KeysAt};
 
-const CACHE_CAPACITY: u64 = 16_384;
+/// Bytes of verified tokens remembered (weighed like the decision cache:
+/// a token may be up to `limits.max_header_bytes`, and its claims too, so a
+/// count alone would not bound the memory).
+const CACHE_BYTES: u64 = 16 << 20;
+/// What an entry costs besides its token and claims (moka's node, the
+/// `Arc`s, the map's buckets).
+const ENTRY_OVERHEAD: usize = 256;
 /// Upper bound on how long a verified token is remembered (it is also
 /// dropped at its `exp`).
 const CACHE_TTL: Duration = Duration::from_secs(600);
@@ -50,6 +56,18 @@ struct Verified {
     /// The key that verified it: the token is reused only while its
     /// issuer's key set still holds this very key (not merely its `kid`).
     key: Option<policy::jwt::KeyHandle>,
+}
+
+impl Verified {
+    /// Approximate bytes held by one entry.
+    fn weight(_key: &u64, entry: &Arc<Self>) -> u32 {
+        let claims = &entry.claims;
+        let strings: usize = claims.strings.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+        let roles: usize = claims.roles.iter().map(String::len).sum();
+        let ids = claims.kid.len() + claims.oid.as_ref().map_or(0, String::len);
+        let bytes = ENTRY_OVERHEAD + entry.token.len() + strings + roles + ids;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
 }
 
 impl Answers<str> for Verified {
@@ -102,7 +120,12 @@ impl Oauth {
             allow_unbound: section.allow_unbound_tokens,
             require_bound: section.require_bound_tokens,
             leeway: section.leeway,
-            cache: HashedCache::new(moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL)),
+            cache: HashedCache::new(
+                moka::sync::Cache::builder()
+                    .max_capacity(CACHE_BYTES)
+                    .weigher(Verified::weight)
+                    .time_to_live(CACHE_TTL),
+            ),
         }
     }
 
@@ -194,7 +217,7 @@ impl Oauth {
             if usable {
                 return Ok(hit.claims.clone());
             }
-            self.cache.invalidate(token);
+            self.cache.remove(token, &hit);
         }
         // Only the keys of the issuer the token names may verify it.
         let iss = jwt::issuer_of(token)?;
@@ -287,6 +310,8 @@ pub fn check_policy(doc: &policy::PolicyDoc, jwt: Option<&JwtSection>) -> Result
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn headers(values: &[&str]) -> HeaderMap {
@@ -310,23 +335,27 @@ mod tests {
         assert_eq!(reason(&["Bearerabc"]), Err(Reason::JwtInvalid));
     }
 
+    fn claims_of(oid: &str) -> Claims {
+        Claims {
+            issuer: "entra".into(),
+            entra: true,
+            kid: "k1".into(),
+            exp: u64::MAX,
+            oid: Some(oid.into()),
+            client_id: None,
+            roles: Arc::new([]),
+            strings: HashMap::new(),
+            cnf: policy::jwt::CertBinding::Unbound,
+        }
+    }
+
     #[test]
     fn a_key_collision_is_a_miss_never_another_tokens_claims() {
-        let builder = moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL);
+        let builder = moka::sync::Cache::builder().max_capacity(CACHE_BYTES).weigher(Verified::weight);
         let cache = HashedCache::with_key(builder, std::hash::BuildHasherDefault::<policy::hashed::Collide>::default());
         let verified = |token: &str, oid: &str| Verified {
             token: token.into(),
-            claims: Arc::new(Claims {
-                issuer: "entra".into(),
-                entra: true,
-                kid: "k1".into(),
-                exp: u64::MAX,
-                oid: Some(oid.into()),
-                client_id: None,
-                roles: Arc::new([]),
-                strings: std::collections::HashMap::new(),
-                cnf: policy::jwt::CertBinding::Unbound,
-            }),
+            claims: Arc::new(claims_of(oid)),
             issuer: 0,
             key: None,
         };
@@ -337,6 +366,20 @@ mod tests {
         cache.insert("token-b", verified("token-b", "bob"));
         assert_eq!(oid(cache.get("token-b")), Some("bob".into()));
         assert_eq!(oid(cache.get("token-a")), None, "replaced under the shared key: a miss, never bob's claims");
+    }
+
+    #[test]
+    fn an_entry_weighs_its_token_and_claims_so_the_cache_is_bounded_in_bytes() {
+        let entry = |token: String, strings: HashMap<String, String>| {
+            let claims = Claims { strings, ..claims_of("alice") };
+            Arc::new(Verified { token: token.into(), claims: Arc::new(claims), issuer: 0, key: None })
+        };
+        let small = Verified::weight(&0, &entry("t".repeat(1_000), HashMap::new()));
+        let big_token = Verified::weight(&0, &entry("t".repeat(32 << 10), HashMap::new()));
+        let big_claims =
+            Verified::weight(&0, &entry("t".repeat(1_000), HashMap::from([("x".repeat(8), "y".repeat(16 << 10))])));
+        assert!(big_token as usize >= 32 << 10, "{big_token}");
+        assert!(big_claims as usize >= small as usize + (16 << 10), "{big_claims} against {small}");
     }
 
     /// A JWKS with every kind of key: only RSA, P-256 and Ed25519 signing
