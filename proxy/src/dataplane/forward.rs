@@ -143,27 +143,28 @@ pub fn refuse_connect(method: &Method) -> Result<(), Reason> {
 
 /// `scheme://authority` + `path` (already in the form to send) + `query`.
 pub fn upstream_uri(scheme: Scheme, authority: &Authority, path: &str, query: Option<&str>) -> Result<Uri, Reason> {
-    let path_and_query = match query.filter(|q| !q.is_empty()) {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
     Uri::builder()
         .scheme(scheme)
         .authority(authority.clone())
-        .path_and_query(path_and_query)
+        .path_and_query(with_query(path.to_owned(), query))
         .build()
         .map_err(|_| Reason::BadPath)
 }
 
 /// The origin-form target (`path?query`) for the app, built in one
 /// allocation: `path` (already in the form to send) with the query appended.
-pub fn origin_form(mut path: String, query: Option<&str>) -> Result<Uri, Reason> {
+pub fn origin_form(path: String, query: Option<&str>) -> Result<Uri, Reason> {
+    Uri::try_from(with_query(path, query)).map_err(|_| Reason::BadPath)
+}
+
+/// `path?query`; an empty query is dropped.
+fn with_query(mut path: String, query: Option<&str>) -> String {
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         path.reserve(query.len() + 1);
         path.push('?');
         path.push_str(query);
     }
-    Uri::try_from(path).map_err(|_| Reason::BadPath)
+    path
 }
 
 /// The client's side of an upgrade, when `allowed` and the request is a

@@ -62,6 +62,7 @@ impl Verified {
     /// Approximate bytes held by one entry.
     fn weight(_key: &u64, entry: &Arc<Self>) -> u32 {
         let claims = &entry.claims;
+        // Each claim: its name and value, plus the map entry's two `String` headers.
         let strings: usize = claims.strings.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
         let roles: usize = claims.roles.iter().map(String::len).sum();
         let ids = claims.kid.len() + claims.oid.as_ref().map_or(0, String::len);
