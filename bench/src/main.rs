@@ -197,17 +197,20 @@ fn measure(
     let before = if rotation { client.block_on(rotation_counters(stack)) } else { None };
     let cpu_before: f64 = sidecars.iter().map(|s| s.cpu_seconds()).sum();
     let others_before = sidecar::cpu_outside(&stack.processes());
-    let run = client.block_on(async {
-        let reloads = rotation.then(|| tokio::spawn(rewrite_policy(stack.rotating_policy.clone())));
-        let run = match before {
-            Some((rotations, _)) if plan.tiny => across_a_rotation(stack, &target, shape, rotations).await,
-            _ => load::run(&target, &stack.request, shape).await,
-        };
-        if let Some(task) = reloads {
-            task.abort();
-        }
-        run
-    })?;
+    let (run, private) = sidecar::peak_private_while(&sidecars, || {
+        client.block_on(async {
+            let reloads = rotation.then(|| tokio::spawn(rewrite_policy(stack.rotating_policy.clone())));
+            let run = match before {
+                Some((rotations, _)) if plan.tiny => across_a_rotation(stack, &target, shape, rotations).await,
+                _ => load::run(&target, &stack.request, shape).await,
+            };
+            if let Some(task) = reloads {
+                task.abort();
+            }
+            run
+        })
+    });
+    let run = run?;
     let others = sidecar::cpu_outside(&stack.processes()) - others_before;
     let cpu = sidecars.iter().map(|s| s.cpu_seconds()).sum::<f64>() - cpu_before;
     let rss = sidecars.iter().map(|s| s.peak_rss_mib()).sum::<f64>();
@@ -226,6 +229,7 @@ fn measure(
     // `None` (null in the JSON) for other scenarios, or when the sidecar's /metrics could not be read.
     result.rotations = before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1));
     result.idle = idle_rss;
+    result.private_mib = (!sidecars.is_empty()).then_some(private);
     drop(idle);
     Ok(Some(result))
 }

@@ -15,6 +15,9 @@ pub struct Result {
     /// Sidecar CPU seconds per 10k requests and peak RSS; `None` for `direct`.
     pub cpu_s_per_10k: Option<f64>,
     pub rss_mib: Option<f64>,
+    /// The sidecars' largest private resident memory (`RssAnon`) sampled
+    /// during the run; `None` for `direct`.
+    pub private_mib: Option<f64>,
     /// `rotation` only: SVID rotations and policy reloads during the run.
     pub rotations: Option<(f64, f64)>,
     /// Other processes used a noticeable share of a CPU during the run.
@@ -53,6 +56,7 @@ impl Result {
             errors: run.errors,
             cpu_s_per_10k: sidecar.map(|(cpu, _)| per_10k(cpu)),
             rss_mib: sidecar.map(|(_, rss)| rss),
+            private_mib: None,
             rotations: None,
             disturbed: false,
             alpn: run.protocols.alpn.iter().cloned().collect(),
@@ -63,7 +67,7 @@ impl Result {
     }
 
     /// The median of repetitions (request and error counts, rotations
-    /// summed; RSS the largest; disturbed if any was; protocols all seen),
+    /// summed; RSS and private memory the largest; disturbed if any was; protocols all seen),
     /// keeping each repetition's numbers.
     pub fn median(runs: Vec<Self>) -> Option<Self> {
         fn median_of(runs: &[Result], f: impl Fn(&Result) -> f64) -> f64 {
@@ -82,6 +86,7 @@ impl Result {
             errors: runs.iter().map(|r| r.errors).sum(),
             cpu_s_per_10k: first.cpu_s_per_10k.map(|_| median_of(&runs, |r| r.cpu_s_per_10k.unwrap_or_default())),
             rss_mib: runs.iter().filter_map(|r| r.rss_mib).reduce(f64::max),
+            private_mib: runs.iter().filter_map(|r| r.private_mib).reduce(f64::max),
             rotations: runs.iter().filter_map(|r| r.rotations).reduce(|a, b| (a.0 + b.0, a.1 + b.1)),
             disturbed: runs.iter().any(|r| r.disturbed),
             alpn: union(runs.iter().map(|r| &r.alpn)),
@@ -183,13 +188,13 @@ impl Report {
             "\n{}, {} connections, {}-byte Bearer JWT on every request, {topology}\n\n",
             self.mode, self.connections, self.token_bytes
         );
-        out.push_str("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | vs direct | CPU s/10k | RSS MiB | errors |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | vs direct | CPU s/10k | RSS MiB | private MiB | errors |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let dash = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
         for r in &self.results {
             let direct = self.direct();
             out.push_str(&format!(
-                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} |\n",
                 if r.disturbed { format!("{} (disturbed)", r.name) } else { r.name.to_owned() },
                 r.rps,
                 r.p50_ms,
@@ -200,6 +205,7 @@ impl Report {
                 dash(direct.map(|d| r.rps / d.rps.max(f64::EPSILON)), 2),
                 dash(r.cpu_s_per_10k, 3),
                 dash(r.rss_mib, 1),
+                dash(r.private_mib, 1),
                 r.errors,
             ));
         }
@@ -266,6 +272,7 @@ impl Report {
                 "errors": r.errors,
                 "cpu_s_per_10k": r.cpu_s_per_10k,
                 "rss_mib": r.rss_mib,
+                "private_mib": r.private_mib,
                 "disturbed": r.disturbed,
                 "svid_rotations": r.rotations.map(|(n, _)| n),
                 "policy_reloads": r.rotations.map(|(_, n)| n),

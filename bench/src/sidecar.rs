@@ -113,7 +113,44 @@ impl Sidecar {
     pub fn peak_rss_mib(&self) -> f64 {
         self.tree().into_iter().map(|pid| status_mib(pid, "VmHWM:")).sum()
     }
+
+    /// Private resident memory now (`RssAnon`: heap, stacks; not the code
+    /// pages, which every process of the same binary shares), in MiB.
+    pub fn private_now_mib(&self) -> f64 {
+        self.tree().into_iter().map(|pid| status_mib(pid, "RssAnon:")).sum()
+    }
 }
+
+/// Runs `f` while a thread samples the private memory of `sidecars` (summed)
+/// every [`PRIVATE_SAMPLE_EVERY`]; returns `f`'s result and the largest
+/// sample (the kernel keeps no peak of it, as it does `VmHWM` for RSS).
+pub fn peak_private_while<T>(sidecars: &[&Sidecar], f: impl FnOnce() -> T) -> (T, f64) {
+    let sample = || sidecars.iter().map(|s| s.private_now_mib()).sum::<f64>();
+    let (stop, wake) = (std::sync::Mutex::new(false), std::sync::Condvar::new());
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = sample();
+            let mut stopped = stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while !*stopped {
+                stopped = match wake.wait_timeout(stopped, PRIVATE_SAMPLE_EVERY) {
+                    Ok((guard, _)) => guard,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
+                peak = peak.max(sample());
+            }
+            peak
+        });
+        let result = f();
+        *stop.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        wake.notify_one();
+        let peak = sampler.join().unwrap_or_default().max(sample());
+        (result, peak)
+    })
+}
+
+/// How often [`peak_private_while`] reads `/proc`: a few reads per second
+/// of a few processes, next to nothing beside the load.
+const PRIVATE_SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 /// The children of `pid` (of every one of its threads).
 fn children(pid: u32) -> Vec<u32> {
@@ -125,7 +162,7 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// A `/proc/<pid>/status` memory field (`VmRSS:`, `VmHWM:`) in MiB.
+/// A `/proc/<pid>/status` memory field (`VmRSS:`, `VmHWM:`, `RssAnon:`) in MiB.
 fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib: f64 = status
