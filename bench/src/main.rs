@@ -35,6 +35,11 @@ struct Cli {
     /// (`--seconds` still caps it; without it, an hour).
     #[arg(long)]
     requests: Option<u64>,
+    /// The warm-up before each measured run, in milliseconds (default 2000,
+    /// 500 with `--quick`; 0: none, so two runs of N and M requests differ
+    /// by exactly M - N requests, as an instruction count per request needs).
+    #[arg(long, value_name = "MS")]
+    warmup_ms: Option<u64>,
     /// App and sidecars on CPU 0 (the first N with `--workers N`), the load
     /// generator on the CPUs left (sharing them when none is left).
     #[arg(long)]
@@ -308,7 +313,7 @@ fn main() -> anyhow::Result<()> {
                 (None, true) => 2,
                 (None, false) => 10,
             };
-            let warmup = if quick { Duration::from_millis(500) } else { Duration::from_secs(2) };
+            let warmup = Duration::from_millis(cli.warmup_ms.unwrap_or(if quick { 500 } else { 2000 }));
             (cli.connections, cli.seconds.unwrap_or(default_seconds), warmup, cli.requests)
         }
     };

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,12 +31,26 @@ pub fn pin_threads(builder: &mut tokio::runtime::Builder, cpus: &[usize]) {
     });
 }
 
+/// `A2A_BENCH_SIDECAR_WRAPPER`: a command (words split on spaces, no
+/// quoting) each sidecar process runs under, such as `valgrind
+/// --tool=callgrind`, for a repeatable instruction count per request where
+/// CPU time is too noisy to show a small change. Its CPU and memory figures
+/// are then the wrapper's.
+fn wrapper() -> Option<(String, Vec<String>)> {
+    let line = std::env::var("A2A_BENCH_SIDECAR_WRAPPER").ok()?;
+    let mut words = line.split_whitespace().map(str::to_owned);
+    Some((words.next()?, words.collect()))
+}
+
 /// Kernel clock ticks per second for `/proc/<pid>/stat` times: `USER_HZ`,
 /// which is 100 on every Linux ABI.
 const USER_HZ: f64 = 100.0;
 
 pub struct Sidecar {
     child: Child,
+    /// Closed when the harness is done with it (or goes away): the sidecar
+    /// then exits by itself.
+    stdin: Option<ChildStdin>,
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
     pub telemetry: Option<SocketAddr>,
@@ -47,12 +61,20 @@ impl Sidecar {
     /// `cpus`: the CPUs its threads run on (empty: anywhere).
     pub fn spawn(config: &Path, cpus: &[usize]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating a2a-bench")?;
-        let mut command = Command::new(exe);
+        let mut command = match wrapper() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
         command.arg("sidecar").arg(config);
         if !cpus.is_empty() {
             command.arg("--cpus").arg(cpu_list(cpus));
         }
-        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("sidecar stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -63,12 +85,12 @@ impl Sidecar {
         }
         let addr = |w: Option<&str>| w.and_then(|w| w.parse().ok());
         let (inbound, outbound, telemetry) = (addr(words.next()), addr(words.next()), addr(words.next()));
-        Ok(Self { child, inbound, outbound, telemetry })
+        Ok(Self { child, stdin, inbound, outbound, telemetry })
     }
 
     /// A peer proxy's process (nginx, ...), measured the same way.
     pub fn peer(child: Child, listen: SocketAddr) -> Self {
-        Self { child, inbound: Some(listen), outbound: None, telemetry: None }
+        Self { child, stdin: None, inbound: Some(listen), outbound: None, telemetry: None }
     }
 
     /// The process and its descendants (nginx's workers under its master).
@@ -221,10 +243,21 @@ pub fn cpu_outside(ours: &[&Sidecar]) -> f64 {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
+        // Under a wrapper, the sidecar ends by itself, so the wrapper can
+        // write its results (callgrind dumps its counts at exit).
+        if self.stdin.take().is_some() && wrapper().is_some() {
+            let deadline = std::time::Instant::now() + WRAPPED_EXIT_WAIT;
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
+
+/// How long a wrapped sidecar may take to exit (and its wrapper to write).
+const WRAPPED_EXIT_WAIT: Duration = Duration::from_secs(60);
 
 /// The `sidecar` mode: one runtime worker (the config's `runtime.worker_threads`,
 /// default 1), optionally pinned; prints `ready <inbound> <outbound>`.
@@ -246,8 +279,14 @@ pub fn serve(config: &Path, cpus: &[usize]) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(30), app.identity.wait_ready()).await?.context("no SVID")?;
         let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
         println!("ready {} {} {}", show(app.inbound_addr), show(app.outbound_addr), app.telemetry_addr);
-        // Until the harness kills it.
-        std::future::pending::<()>().await;
+        // Until the harness closes our stdin (or goes away); then a clean
+        // exit, which a wrapper such as callgrind needs to write its results.
+        let (closed, stdin_closed) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = closed.send(());
+        });
+        let _ = stdin_closed.await;
         Ok(())
     })
 }

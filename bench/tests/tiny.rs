@@ -88,6 +88,28 @@ fn a_fixed_request_count_per_run() {
     assert_eq!((direct["requests"].as_u64(), direct["errors"].as_u64()), (Some(500), Some(0)), "{direct}");
 }
 
+/// `A2A_BENCH_SIDECAR_WRAPPER` (how callgrind is put under a sidecar): every
+/// sidecar runs under it, and exits by itself, cleanly, once the harness is
+/// done with it (callgrind writes its counts only then).
+#[test]
+fn sidecars_run_under_a_wrapper_and_exit_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let exits = dir.path().join("exits");
+    let wrapper = dir.path().join("wrapper");
+    std::fs::write(&wrapper, format!("#!/bin/sh\n\"$@\"\necho \"exit $?\" >> '{}'\n", exits.display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_a2a-bench"))
+        .args(["--tiny", "--only", "inbound-all"])
+        .env("A2A_BENCH_SIDECAR_WRAPPER", &wrapper)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let exits = std::fs::read_to_string(&exits).unwrap();
+    let lines: Vec<&str> = exits.lines().collect();
+    assert!(!lines.is_empty() && lines.iter().all(|l| *l == "exit 0"), "{exits:?}");
+}
+
 /// Every reported number of scenario `s` is consistent: p50 <= p99 <= p99.9
 /// (each repetition's and the medians), `repetitions` runs whose counts sum
 /// to the reported ones, and each median is the middle repetition's value.
