@@ -54,6 +54,16 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'
 impl CanonicalPath {
     /// Canonicalises the path part of a request target (no query).
     pub fn parse(raw: &str, options: PathOptions) -> Result<Self, PathError> {
+        // Most paths are canonical as they come (the full walk below costs
+        // ~4% of a proxied request's instructions): the same result, sooner.
+        if is_plain_canonical(raw) {
+            return Ok(Self { text: raw.to_owned() });
+        }
+        Self::parse_in_full(raw, options)
+    }
+
+    /// [`Self::parse`] without the shortcut: every path can be judged this way.
+    fn parse_in_full(raw: &str, options: PathOptions) -> Result<Self, PathError> {
         if !raw.starts_with('/') {
             return Err(PathError::NotAbsolute);
         }
@@ -99,6 +109,10 @@ impl CanonicalPath {
 
     /// The canonical form re-encoded for the upstream request.
     pub fn encoded(&self) -> String {
+        if self.text.bytes().all(is_plain) {
+            // Nothing to encode (what the segment encoding below would give).
+            return self.text.clone();
+        }
         let mut out = String::with_capacity(self.text.len() + 8);
         for (i, segment) in self.text.split('/').enumerate() {
             if i > 0 {
@@ -108,6 +122,31 @@ impl CanonicalPath {
         }
         out
     }
+}
+
+/// `/` or an unreserved character (RFC 3986 2.3): what [`SEGMENT`] leaves as it is.
+fn is_plain(b: u8) -> bool {
+    b == b'/' || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// `raw` is already its own canonical form: `/`, then segments of plain
+/// characters (nothing to decode or refuse), none empty (no `//` to merge),
+/// none `.` or `..` (nothing to resolve); one trailing `/` kept.
+fn is_plain_canonical(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else { return false };
+    if !rest.bytes().all(is_plain) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        match segment {
+            // Empty last: the trailing `/` (or the root itself).
+            "" if segments.peek().is_none() => {}
+            "" | "." | ".." => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Every `%` starts a two-hex-digit escape, and none encodes `/` or `\`.

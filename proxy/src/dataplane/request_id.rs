@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hyper::header::HeaderValue;
 
 use crate::dataplane::headers::X_REQUEST_ID;
-use crate::observe::trace::{TraceIds, Tracer};
+use crate::observe::trace::{TraceIds, Tracer, hex_into};
 
 #[derive(Debug)]
 pub struct RequestIds {
@@ -47,7 +47,13 @@ impl RequestIds {
 
     pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{n:016x}", self.prefix)
+        // `format!("{:016x}{n:016x}")` without the formatting machinery,
+        // which cost ~3% of a proxied request's instructions.
+        let mut id = [0u8; 32];
+        let (prefix, count) = id.split_at_mut(16);
+        hex_into(prefix, &self.prefix.to_be_bytes());
+        hex_into(count, &n.to_be_bytes());
+        String::from_utf8_lossy(&id).into_owned()
     }
 }
 
@@ -61,5 +67,22 @@ impl Default for RequestIds {
 pub fn stamp_request_id(headers: &mut hyper::HeaderMap, id: &str) {
     if let Ok(value) = HeaderValue::from_str(id) {
         headers.insert(X_REQUEST_ID, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_the_prefix_and_the_counter_in_32_lowercase_hex_digits() {
+        for (prefix, n) in [(0, 0), (0x0123_4567_89ab_cdef, 1), (u64::MAX, 0xabc), (0x8000_0000_0000_0001, u64::MAX)] {
+            let ids = RequestIds { prefix, counter: AtomicU64::new(n), tracer: Tracer::new() };
+            assert_eq!(ids.next(), format!("{prefix:016x}{n:016x}"));
+        }
+        let ids = RequestIds::new();
+        let (first, second) = (ids.next(), ids.next());
+        assert_ne!(first, second);
+        assert_eq!(first[..16], second[..16], "one prefix per process");
     }
 }

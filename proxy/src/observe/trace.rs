@@ -47,14 +47,12 @@ impl TraceIds {
     /// The `traceparent` this hop sends upstream: the same trace, our span as the parent.
     pub fn traceparent(&self) -> HeaderValue {
         // Every request sends one: written in place, without the formatting machinery.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        let digits = self.trace_id.0.iter().chain(&self.span_id.0).flat_map(|b| [b >> 4, b & 0xf]);
-        let slots = (3..35).chain(36..52);
-        for (slot, digit) in slots.zip(digits) {
-            if let (Some(out), Some(hex)) = (text.get_mut(slot), HEX.get(usize::from(digit))) {
-                *out = *hex;
-            }
+        if let Some(trace_id) = text.get_mut(3..35) {
+            hex_into(trace_id, &self.trace_id.0);
+        }
+        if let Some(span_id) = text.get_mut(36..52) {
+            hex_into(span_id, &self.span_id.0);
         }
         if self.sampled
             && let Some(flag) = text.last_mut()
@@ -72,6 +70,21 @@ impl TraceIds {
             headers.remove(&TRACESTATE);
         }
         headers.insert(TRACEPARENT.clone(), self.traceparent());
+    }
+}
+
+/// Writes `bytes` into `out` as lowercase hex, two digits per byte (as far
+/// as `out` reaches): for the IDs every request carries, a plain loop
+/// instead of the formatting machinery.
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    fn digit(n: u8) -> u8 {
+        if n < 10 { b'0' + n } else { b'a' - 10 + n }
+    }
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        if let [high, low] = pair {
+            *high = digit(byte >> 4);
+            *low = digit(byte & 0xf);
+        }
     }
 }
 
