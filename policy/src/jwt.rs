@@ -53,9 +53,9 @@ impl fmt::Debug for KeyHandle {
 /// Ed25519 signing keys; symmetric keys and other curves are skipped.
 ///
 /// Looked up on every request that reuses a verified token, with foldhash
-/// (SipHash cost ~0.5% of a proxied request's instructions): its keys come
-/// from trusted issuers' JWKS, never from a peer, so there is no flood to
-/// resist.
+/// (SipHash cost ~0.5% of a proxied request's instructions): a peer's `kid`
+/// is only ever looked up, the keys stored come from trusted issuers' JWKS,
+/// so there are no chosen collisions to store and no flood to resist.
 #[derive(Clone, Default)]
 pub struct KeySet {
     keys: HashMap<String, Arc<Key>, foldhash::fast::RandomState>,

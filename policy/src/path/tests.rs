@@ -116,6 +116,16 @@ fn the_plain_path_shortcut_agrees_with_the_full_walk() {
     assert!(is_plain_canonical("/budget/read") && is_plain_canonical("/") && is_plain_canonical("/a/"));
 }
 
+/// What the shortcut calls plain is exactly what the segment encoding
+/// leaves as it is (and `/`), for every byte.
+#[test]
+fn plain_bytes_are_exactly_those_the_encoding_keeps() {
+    for b in 0..=u8::MAX {
+        let kept = percent_encoding::percent_encode(&[b], SEGMENT).to_string() == char::from(b).to_string();
+        assert_eq!(is_plain(b), kept || b == b'/', "byte {b:#x}");
+    }
+}
+
 /// [`CanonicalPath::encoded`] without its shortcut.
 fn encoded_in_full(p: &CanonicalPath) -> String {
     p.as_str().split('/').map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
