@@ -260,7 +260,9 @@ impl Drop for Sidecar {
 const WRAPPED_EXIT_WAIT: Duration = Duration::from_secs(60);
 
 /// The `sidecar` mode: one runtime worker (the config's `runtime.worker_threads`,
-/// default 1), optionally pinned; prints `ready <inbound> <outbound>`.
+/// default 1), optionally pinned; prints `ready <inbound> <outbound>` and
+/// serves until its stdin closes (the harness's end, or its death: no
+/// sidecar outlives a killed harness).
 pub fn serve(config: &Path, cpus: &[usize]) -> anyhow::Result<()> {
     certs::crypto::install_default_provider();
     let config = proxy::config::Config::load(config)?;
