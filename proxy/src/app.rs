@@ -338,9 +338,7 @@ impl Running {
             audit: self.audit.clone(),
         };
         let (identity, allowlist) = (self.identity.clone(), decisions.allowlist.clone());
-        let max_app = config.limits.max_connections;
-        let inbound =
-            Inbound::new(cfg, max_app, identity, allowlist, self.metrics.clone(), layers, self.changes.clone())?;
+        let inbound = Inbound::new(cfg, identity, allowlist, self.metrics.clone(), layers, self.changes.clone())?;
         self.followers.push(tokio::spawn(inbound.clone().enforce()));
         self.servers.push(tokio::spawn(server::serve(
             inbound.clone(),

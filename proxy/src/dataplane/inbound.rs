@@ -115,11 +115,8 @@ struct Conn {
 }
 
 impl Inbound {
-    /// `max_app_connections`: connections open to the app at most (the
-    /// listener's `limits.max_connections`).
     pub fn new(
         config: InboundConfig,
-        max_app_connections: usize,
         identity: IdentityWatch,
         allowlist: Arc<AllowList>,
         metrics: Arc<Metrics>,
@@ -130,12 +127,7 @@ impl Inbound {
         let resumption = if config.tls_resumption { Resumption::On { sessions: 1024 } } else { Resumption::Off };
         let mut tls = certs::tls::server_config(identity.clone(), allowlist.clone(), resumption)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let app = AppClient::new(
-            &config.upstream,
-            config.upstream_connect_timeout,
-            config.upstream_response_timeout,
-            max_app_connections,
-        );
+        let app = AppClient::new(&config.upstream, config.upstream_connect_timeout, config.upstream_response_timeout);
         let audit = layers.audit.clone();
         Ok(Arc::new(Self {
             target: Arc::from(config.upstream.as_str()),

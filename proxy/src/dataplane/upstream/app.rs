@@ -8,13 +8,10 @@
 //! needed: a connection goes back to the pool when its response body has
 //! been read to the end (never earlier, so a long stream never holds up
 //! another request), and a request a reused connection never sent (the app
-//! closed it meanwhile) is sent again on another. At most `max_open`
-//! connections are open at once (the listener's `limits.max_connections`):
-//! a request that finds none idle and none to open waits until one goes
-//! back to the pool or closes, within its response timeout.
+//! closed it meanwhile) is sent again on another.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -30,7 +27,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use policy::Reason;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use crate::dataplane::body::Body;
 
@@ -59,14 +55,6 @@ struct Pool {
     /// Advanced by that task every half idle timeout: an idle connection's
     /// age in ticks, with no clock read per request.
     tick: AtomicU64,
-    /// Connections open (idle, busy, or being opened)...
-    open: AtomicUsize,
-    /// ...at most this many.
-    max_open: usize,
-    /// Requests waiting for a connection, woken by [`Self::freed`] when
-    /// one goes back to the pool or closes.
-    waiting: AtomicUsize,
-    freed: Notify,
 }
 
 #[derive(Debug)]
@@ -77,18 +65,16 @@ struct Idle {
 }
 
 impl AppClient {
-    /// A client that keeps at most `max_open` connections to `upstream` open.
-    pub fn new(upstream: &Authority, connect_timeout: Duration, response_timeout: Duration, max_open: usize) -> Self {
-        let idle = IdleLimits { timeout: super::POOL_IDLE, max: MAX_IDLE };
-        Self::with_limits(upstream, connect_timeout, response_timeout, idle, max_open)
+    pub fn new(upstream: &Authority, connect_timeout: Duration, response_timeout: Duration) -> Self {
+        Self::with_idle_limits(upstream, connect_timeout, response_timeout, super::POOL_IDLE, MAX_IDLE)
     }
 
-    fn with_limits(
+    fn with_idle_limits(
         upstream: &Authority,
         connect_timeout: Duration,
         response_timeout: Duration,
-        idle: IdleLimits,
-        max_open: usize,
+        idle_timeout: Duration,
+        max_idle: usize,
     ) -> Self {
         let addr = format!("{}:{}", upstream.host(), upstream.port_u16().unwrap_or(80));
         let pool = Pool {
@@ -96,16 +82,11 @@ impl AppClient {
             host: host_header(upstream),
             connect_timeout,
             response_timeout,
-            idle_timeout: idle.timeout,
-            max_idle: idle.max,
+            idle_timeout,
+            max_idle,
             idle: Mutex::new(Vec::new()),
             reaping: AtomicBool::new(false),
             tick: AtomicU64::new(0),
-            open: AtomicUsize::new(0),
-            // Zero would leave every request waiting: one connection at least.
-            max_open: max_open.max(1),
-            waiting: AtomicUsize::new(0),
-            freed: Notify::new(),
         };
         Self { pool: Arc::new(pool) }
     }
@@ -143,65 +124,26 @@ impl AppClient {
         }
     }
 
-    async fn exchange(&self, request: Request<Body>, finish: Finish) -> Result<Response<AppBody>, Reason> {
-        let mut busy = false;
-        let (mut request, mut finish) = match self.try_send(request, finish, &mut busy).await? {
-            Ok(response) => return Ok(response),
-            Err(unsent) => unsent,
-        };
-        // At the cap: wait until a connection goes back to the pool or
-        // closes. Registered before looking again, so one freed in between
-        // is never missed.
-        loop {
-            let freed = self.pool.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let _waiting = Waiting::new(&self.pool.waiting);
-            busy = false;
-            (request, finish) = match self.try_send(request, finish, &mut busy).await? {
-                Ok(response) => return Ok(response),
-                Err(unsent) => unsent,
-            };
-            if busy {
-                // An idle connection not yet ready (its task has not run since
-                // its response ended): it will be once this task yields.
-                tokio::task::yield_now().await;
-            } else {
-                freed.await;
-            }
-        }
-    }
-
-    /// Sends `request` on an idle connection, else on a new one; gives it
-    /// back when every idle one is busy or closed and the cap is reached.
-    /// `busy`: set when an idle connection was looked past, not yet ready.
-    async fn try_send(
-        &self,
-        mut request: Request<Body>,
-        finish: Finish,
-        busy: &mut bool,
-    ) -> Result<Result<Response<AppBody>, (Request<Body>, Finish)>, Reason> {
+    async fn exchange(&self, mut request: Request<Body>, finish: Finish) -> Result<Response<AppBody>, Reason> {
         // Idle connections first; each is tried once. A request one of them
         // never sent comes back and goes on the next (or a new one).
-        while let Some(mut sender) = self.ready_idle(busy) {
+        while let Some(mut sender) = self.ready_idle() {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(Ok(self.returned(sender, response, finish))),
+                Ok(response) => return Ok(self.returned(sender, response, finish)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(failed(&e.into_error())),
                 },
             }
         }
-        let Some(slot) = self.pool.open_slot() else { return Ok(Err((request, finish))) };
-        let mut sender = self.connect(slot).await?;
+        let mut sender = self.connect().await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok(Ok(self.returned(sender, response, finish))),
+            Ok(response) => Ok(self.returned(sender, response, finish)),
             Err(e) => Err(failed(&e)),
         }
     }
 
-    /// Opens a connection in `slot`, which its task holds until it ends.
-    async fn connect(&self, slot: Slot) -> Result<SendRequest<Body>, Reason> {
+    async fn connect(&self) -> Result<SendRequest<Body>, Reason> {
         let pool = &self.pool;
         let tcp = match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(pool.addr.as_str())).await {
             Ok(Ok(tcp)) => tcp,
@@ -224,7 +166,6 @@ impl AppClient {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(error = %e, "app connection ended");
             }
-            drop(slot);
         });
         self.reap_idle();
         Ok(sender)
@@ -232,9 +173,8 @@ impl AppClient {
 
     /// An idle connection ready for a request now. One still busy (its
     /// response was read, the request's body is still being sent) is left
-    /// in the pool, and `busy` set: nothing ever waits for another
-    /// request's upload.
-    fn ready_idle(&self, busy_seen: &mut bool) -> Option<SendRequest<Body>> {
+    /// in the pool: nothing ever waits for another request's upload.
+    fn ready_idle(&self) -> Option<SendRequest<Body>> {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut busy = Vec::new();
@@ -252,7 +192,6 @@ impl AppClient {
             }
         };
         if !busy.is_empty() {
-            *busy_seen = true;
             self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner).extend(busy.into_iter().rev());
         }
         found
@@ -293,20 +232,6 @@ impl AppClient {
 }
 
 impl Pool {
-    /// A place for one more open connection, if the cap leaves one.
-    fn open_slot(self: &Arc<Self>) -> Option<Slot> {
-        let taken =
-            self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max_open).then_some(n + 1));
-        taken.is_ok().then(|| Slot(Arc::downgrade(self)))
-    }
-
-    /// Wakes a waiting request, if there is one (no cost per request otherwise).
-    fn wake_one(&self) {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.freed.notify_one();
-        }
-    }
-
     /// The most recently returned idle connection that is still open (the
     /// closed ones met on the way are dropped).
     fn checkout(&self) -> Option<Idle> {
@@ -323,15 +248,11 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() >= self.max_idle {
-                // Dropped, which closes it (its slot is freed when its task ends).
-                return;
-            }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
             idle.push(Idle { sender, since: self.tick.load(Ordering::Relaxed) });
         }
-        self.wake_one();
+        // Else dropped here, which closes it.
     }
 
     /// At tick `now`, drops (so closes) the connections returned three
@@ -362,43 +283,6 @@ fn host_header(authority: &Authority) -> Option<HeaderValue> {
 /// Idle connections kept at most (nginx's `keepalive` for an upstream;
 /// hyper-util's client kept any number).
 const MAX_IDLE: usize = 1024;
-
-/// How long idle connections are kept, and how many.
-#[derive(Debug, Clone, Copy)]
-struct IdleLimits {
-    timeout: Duration,
-    max: usize,
-}
-
-/// One of the pool's `max_open` places, held by a connection's task (or by
-/// a connect under way) and given back when it ends.
-#[derive(Debug)]
-struct Slot(Weak<Pool>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(pool) = self.0.upgrade() {
-            pool.open.fetch_sub(1, Ordering::SeqCst);
-            pool.wake_one();
-        }
-    }
-}
-
-/// Counts a request as waiting while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(waiting: &'a AtomicUsize) -> Self {
-        waiting.fetch_add(1, Ordering::SeqCst);
-        Self(waiting)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Idle connections found busy that one request looks past before it
 /// opens a connection of its own.

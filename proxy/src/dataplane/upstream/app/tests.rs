@@ -81,16 +81,12 @@ async fn app() -> (Authority, Arc<Seen>) {
 }
 
 fn client(authority: &Authority) -> AppClient {
-    AppClient::new(authority, Duration::from_secs(5), Duration::from_secs(5), MAX_OPEN)
+    AppClient::new(authority, Duration::from_secs(5), Duration::from_secs(5))
 }
-
-/// Connections open at most, for the tests that do not test it.
-const MAX_OPEN: usize = 64;
 
 /// A client with its own idle timeout and idle cap.
 fn client_with_idle(authority: &Authority, idle_timeout: Duration, max_idle: usize) -> AppClient {
-    let idle = IdleLimits { timeout: idle_timeout, max: max_idle };
-    AppClient::with_limits(authority, Duration::from_secs(5), Duration::from_secs(5), idle, MAX_OPEN)
+    AppClient::with_idle_limits(authority, Duration::from_secs(5), Duration::from_secs(5), idle_timeout, max_idle)
 }
 
 fn get(path: &str) -> Request<Body> {
@@ -224,7 +220,7 @@ async fn no_app_and_a_silent_app_are_told_apart() {
             held.push(tcp);
         }
     });
-    let client = AppClient::new(&authority, Duration::from_secs(5), Duration::from_millis(200), MAX_OPEN);
+    let client = AppClient::new(&authority, Duration::from_secs(5), Duration::from_millis(200));
     assert_eq!(client.send(get("/x")).await.unwrap_err(), Reason::UpstreamTimeout);
 }
 
@@ -283,7 +279,7 @@ async fn early_app() -> (Authority, Arc<Mutex<Vec<Vec<u8>>>>) {
 #[tokio::test]
 async fn a_connection_whose_upload_outlived_its_answer_is_never_reused() {
     let (authority, after) = early_app().await;
-    let client = AppClient::new(&authority, Duration::from_secs(5), Duration::from_secs(2), MAX_OPEN);
+    let client = AppClient::new(&authority, Duration::from_secs(5), Duration::from_secs(2));
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::dataplane::body::BoxError>>(1);
     tx.send(Ok(Frame::data(Bytes::from_static(b"part")))).await.unwrap();
     let mut early = request(hyper::Method::POST, "/upload");
@@ -360,71 +356,4 @@ async fn idle_connections_beyond_the_cap_are_closed() {
         assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
     }
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2, "the kept one serves the next requests");
-}
-
-/// A client that keeps at most `max_open` connections open, with a short
-/// response timeout.
-fn client_with_cap(authority: &Authority, max_open: usize, response_timeout: Duration) -> AppClient {
-    let idle = IdleLimits { timeout: super::super::POOL_IDLE, max: MAX_IDLE };
-    AppClient::with_limits(authority, Duration::from_secs(5), response_timeout, idle, max_open)
-}
-
-#[tokio::test]
-async fn at_the_cap_a_request_waits_for_a_connection_and_never_opens_one_more() {
-    let (authority, seen) = app().await;
-    let client = client_with_cap(&authority, 2, Duration::from_secs(10));
-    // Two long responses hold both connections.
-    let mut streams = Vec::new();
-    for _ in 0..2 {
-        let mut stream = client.send(get("/stream")).await.unwrap().into_body();
-        stream.frame().await.unwrap().unwrap();
-        streams.push(stream);
-    }
-    // Three more requests wait (none may open a third connection)...
-    let waiting: Vec<_> = (0..3)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { read(client.send(get("/x")).await.unwrap()).await })
-        })
-        .collect();
-    eventually("all three wait", || client.pool.waiting.load(Ordering::SeqCst) == 3).await;
-    assert!(waiting.iter().all(|w| !w.is_finished()));
-    // ...until the streams end and give their connections back.
-    for mut stream in streams {
-        seen.release.notify_one();
-        while let Some(frame) = stream.frame().await {
-            frame.unwrap();
-        }
-    }
-    for w in waiting {
-        assert_eq!(w.await.unwrap(), "ok");
-    }
-    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2, "never more than the cap");
-    assert_eq!(client.pool.waiting.load(Ordering::SeqCst), 0);
-}
-
-#[tokio::test]
-async fn a_connection_that_closes_frees_its_place_at_the_cap() {
-    let (authority, seen) = app().await;
-    let client = client_with_cap(&authority, 1, Duration::from_secs(10));
-    // The app closes each connection after answering: its place is freed
-    // when its task ends, and the next request opens a new one.
-    for round in 1..=3 {
-        assert_eq!(read(client.send(get("/close")).await.unwrap()).await, "bye");
-        eventually("the app closed it", || seen.closed.load(Ordering::SeqCst) >= round).await;
-    }
-    assert_eq!(read(client.send(get("/x")).await.unwrap()).await, "ok");
-    assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
-    eventually("one connection open", || client.pool.open.load(Ordering::SeqCst) == 1).await;
-}
-
-#[tokio::test]
-async fn a_request_waits_at_the_cap_no_longer_than_its_response_timeout() {
-    let (authority, seen) = app().await;
-    let client = client_with_cap(&authority, 1, Duration::from_millis(300));
-    let mut stream = client.send(get("/stream")).await.unwrap().into_body();
-    stream.frame().await.unwrap().unwrap();
-    assert_eq!(client.send(get("/x")).await.unwrap_err(), Reason::UpstreamTimeout);
-    assert_eq!(client.pool.waiting.load(Ordering::SeqCst), 0, "the timed-out request no longer waits");
-    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
 }
