@@ -106,7 +106,7 @@ impl Sidecar {
 
     /// Resident memory now, in MiB (the process tree's).
     pub fn rss_now_mib(&self) -> f64 {
-        self.tree().into_iter().map(|pid| status_mib(pid, "VmRSS:")).sum()
+        self.tree_mib("VmRSS:")
     }
 
     /// User + system CPU seconds used so far (the process tree's).
@@ -133,13 +133,18 @@ impl Sidecar {
 
     /// Peak resident set size (`VmHWM`) in MiB (summed over the process tree).
     pub fn peak_rss_mib(&self) -> f64 {
-        self.tree().into_iter().map(|pid| status_mib(pid, "VmHWM:")).sum()
+        self.tree_mib("VmHWM:")
     }
 
     /// Private resident memory now (`RssAnon`: heap, stacks; not the code
     /// pages, which every process of the same binary shares), in MiB.
     pub fn private_now_mib(&self) -> f64 {
-        self.tree().into_iter().map(|pid| status_mib(pid, "RssAnon:")).sum()
+        self.tree_mib("RssAnon:")
+    }
+
+    /// A `/proc/<pid>/status` memory field in MiB, summed over the process tree.
+    fn tree_mib(&self, field: &str) -> f64 {
+        self.tree().into_iter().map(|pid| status_mib(pid, field)).sum()
     }
 }
 

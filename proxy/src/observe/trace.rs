@@ -76,7 +76,7 @@ impl TraceIds {
 /// Writes `bytes` into `out` as lowercase hex, two digits per byte (as far
 /// as `out` reaches): for the IDs every request carries, a plain loop
 /// instead of the formatting machinery.
-pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
+pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
     fn digit(n: u8) -> u8 {
         if n < 10 { b'0' + n } else { b'a' - 10 + n }
     }
