@@ -32,7 +32,7 @@ use crate::dataplane::refusals::{Refusal, Refusals};
 use crate::dataplane::request_id::{Hop, RequestIds};
 use crate::dataplane::server::{self, ConnectionEnds};
 use crate::dataplane::upstream::{AppBody, AppClient, TunnelEnds};
-use crate::layers::allowlist::AllowList;
+use crate::layers::allowlist::{self, AllowList};
 use crate::layers::governance::Governor;
 use crate::layers::oauth::{self, Oauth};
 use crate::layers::pipeline::{self, RequestFacts};
@@ -108,6 +108,8 @@ struct Conn {
     /// `peer.id` for audit events, formatted once per connection.
     caller: Arc<str>,
     activity: Arc<Activity>,
+    /// The allow-list that last let this caller in (Layer 1 on each request).
+    allowed: allowlist::Memo,
     /// RFC 8705 `x5t#S256` of the caller's leaf, computed once per connection.
     leaf_sha256: Box<str>,
     /// The identity headers every forwarded request gets, built once per connection.
@@ -208,7 +210,7 @@ impl Inbound {
     /// Layer 1 again (the caller still allowed, its certificate unexpired),
     /// then the request target: its canonical path.
     fn admit(&self, request: &Request<Incoming>, conn: &Conn) -> Result<CanonicalPath, Reason> {
-        if !self.allowlist.allows(&conn.peer.id) {
+        if !self.allowlist.still_allows(&conn.peer.id, &conn.allowed) {
             return Err(Reason::NotAllowed);
         }
         if conn.peer.is_expired_at(SystemTime::now()) {
@@ -436,7 +438,15 @@ impl server::Serve for Inbound {
             (X_FORWARDED_FOR, value(&remote.ip().to_string())),
         ];
         let leaf_sha256 = registered.chain.first().map(|leaf| oauth::thumbprint_s256(leaf)).unwrap_or_default().into();
-        let conn = Arc::new(Conn { peer, registered, caller, activity: Activity::new(), leaf_sha256, forwarded });
+        let conn = Arc::new(Conn {
+            peer,
+            registered,
+            caller,
+            activity: Activity::new(),
+            allowed: allowlist::Memo::default(),
+            leaf_sha256,
+            forwarded,
+        });
 
         let builder = server::builder(&limits);
         let builder = if h2 { builder.http2_only() } else { builder.http1_only() };

@@ -53,7 +53,8 @@ impl RequestIds {
         let (prefix, count) = id.split_at_mut(16);
         hex_into(prefix, &self.prefix.to_be_bytes());
         hex_into(count, &n.to_be_bytes());
-        String::from_utf8_lossy(&id).into_owned()
+        // Hex digits: always text (and read as such without `from_utf8_lossy`'s chunking).
+        std::str::from_utf8(&id).map(str::to_owned).unwrap_or_default()
     }
 }
 

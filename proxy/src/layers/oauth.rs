@@ -71,9 +71,9 @@ impl Verified {
     }
 }
 
-impl Answers<str> for Verified {
-    fn answers(&self, token: &str) -> bool {
-        *self.token == *token
+impl Answers<[u8]> for Verified {
+    fn answers(&self, token: &[u8]) -> bool {
+        self.token.as_bytes() == token
     }
 }
 
@@ -209,7 +209,9 @@ impl Oauth {
     }
 
     /// Signature and caller-independent claims, from the cache when warm.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, JwtError> {
+    /// `token`: the header's bytes, read as text only on a miss (a hit is,
+    /// byte for byte, a token that was read and verified).
+    pub async fn verify(&self, token: &[u8]) -> Result<Arc<Claims>, JwtError> {
         let now = jwt::unix_now();
         if let Some(hit) = self.cache.get(token) {
             let keys = self.issuers.get(hit.issuer).and_then(|i| i.jwks.keys());
@@ -220,6 +222,7 @@ impl Oauth {
             }
             self.cache.remove(token, &hit);
         }
+        let token = token_text(token)?;
         // Only the keys of the issuer the token names may verify it.
         let iss = jwt::issuer_of(token)?;
         let Some((index, issuer)) = self.issuers.iter().enumerate().find(|(_, i)| i.config.iss.contains(&iss)) else {
@@ -243,7 +246,7 @@ impl Oauth {
         let verified_with = keys.handle(&claims.kid);
         let claims = Arc::new(claims);
         let verified = Verified { token: token.into(), claims: claims.clone(), issuer: index, key: verified_with };
-        self.cache.insert(token, verified);
+        self.cache.insert(token.as_bytes(), verified);
         Ok(claims)
     }
 }
@@ -256,21 +259,32 @@ pub fn thumbprint_s256(der: &[u8]) -> String {
 }
 
 /// The bearer token: exactly one `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Result<&str, JwtError> {
+/// The token's bytes: [`Oauth::verify`] reads them as text ([`token_text`])
+/// only when its cache does not hold them.
+fn bearer(headers: &HeaderMap) -> Result<&[u8], JwtError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(JwtError { reason: Reason::JwtRequired, detail: "no bearer token" });
     };
-    let bad = JwtError { reason: Reason::JwtInvalid, detail: "malformed Authorization header" };
     if values.next().is_some() {
-        return Err(bad);
+        return Err(MALFORMED);
     }
-    let value = value.to_str().map_err(|_| bad.clone())?;
-    let (scheme, token) = value.split_once(' ').ok_or(bad.clone())?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(bad);
+    let value = value.as_bytes();
+    let (scheme, token) = value.split_at(value.iter().position(|&b| b == b' ').ok_or(MALFORMED)?);
+    let token = token.trim_ascii();
+    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
+        return Err(MALFORMED);
     }
-    Ok(token.trim())
+    Ok(token)
+}
+
+const MALFORMED: JwtError = JwtError { reason: Reason::JwtInvalid, detail: "malformed Authorization header" };
+
+/// A token as text: visible ASCII, spaces and tabs only (what
+/// `HeaderValue::to_str` accepts), else it is malformed.
+fn token_text(token: &[u8]) -> Result<&str, JwtError> {
+    let visible = token.iter().all(|&b| (b' '..=b'~').contains(&b) || b == b'\t');
+    visible.then(|| std::str::from_utf8(token).ok()).flatten().ok_or(MALFORMED)
 }
 
 /// Policy rules that need a token must be checkable: a `jwt` section exists
@@ -325,7 +339,7 @@ mod tests {
 
     #[test]
     fn exactly_one_bearer_token() {
-        let reason = |values: &[&str]| bearer(&headers(values)).map(str::to_owned).map_err(|e| e.reason);
+        let reason = |values: &[&str]| bearer(&headers(values)).map(<[u8]>::to_vec).map_err(|e| e.reason);
         assert_eq!(reason(&["Bearer abc"]), Ok("abc".into()));
         assert_eq!(reason(&["bearer  abc "]), Ok("abc".into()), "scheme in any case, spaces trimmed");
         assert_eq!(reason(&[]), Err(Reason::JwtRequired));
@@ -334,6 +348,17 @@ mod tests {
         assert_eq!(reason(&["Bearer"]), Err(Reason::JwtInvalid));
         assert_eq!(reason(&["Bearer "]), Err(Reason::JwtInvalid));
         assert_eq!(reason(&["Bearerabc"]), Err(Reason::JwtInvalid));
+    }
+
+    #[test]
+    fn a_token_is_text_as_a_header_value_is() {
+        assert_eq!(token_text(b"eyJ.e30.sig-_"), Ok("eyJ.e30.sig-_"));
+        assert_eq!(token_text(b"a b\tc~!"), Ok("a b\tc~!"), "what HeaderValue::to_str accepts");
+        for bad in [&b"caf\xc3\xa9"[..], b"\xff", b"a\x7fb", b"a\x01b"] {
+            assert_eq!(token_text(bad).map_err(|e| e.detail), Err(MALFORMED.detail), "{bad:?}");
+            let value = hyper::header::HeaderValue::from_bytes(bad);
+            assert!(value.is_err() || value.unwrap().to_str().is_err(), "{bad:?}");
+        }
     }
 
     fn claims_of(oid: &str) -> Claims {
@@ -361,12 +386,16 @@ mod tests {
             key: None,
         };
         let oid = |hit: Option<Arc<Verified>>| hit.and_then(|v| v.claims.oid.clone());
-        cache.insert("token-a", verified("token-a", "alice"));
-        assert_eq!(oid(cache.get("token-a")), Some("alice".into()));
-        assert_eq!(oid(cache.get("token-b")), None, "same key, another token: a miss");
-        cache.insert("token-b", verified("token-b", "bob"));
-        assert_eq!(oid(cache.get("token-b")), Some("bob".into()));
-        assert_eq!(oid(cache.get("token-a")), None, "replaced under the shared key: a miss, never bob's claims");
+        cache.insert("token-a".as_bytes(), verified("token-a", "alice"));
+        assert_eq!(oid(cache.get("token-a".as_bytes())), Some("alice".into()));
+        assert_eq!(oid(cache.get("token-b".as_bytes())), None, "same key, another token: a miss");
+        cache.insert("token-b".as_bytes(), verified("token-b", "bob"));
+        assert_eq!(oid(cache.get("token-b".as_bytes())), Some("bob".into()));
+        assert_eq!(
+            oid(cache.get("token-a".as_bytes())),
+            None,
+            "replaced under the shared key: a miss, never bob's claims"
+        );
     }
 
     #[test]
@@ -484,10 +513,16 @@ mod tests {
         let claims = json!({"iss": "https://i.example", "aud": "a", "exp": jwt::unix_now() + 600});
         let token = old.sign_with_header(&header, &claims).unwrap();
         jwks.set_keys(set(&old));
-        assert!(oauth.verify(&token).await.is_ok());
-        assert!(oauth.verify(&token).await.is_ok(), "cached");
+        assert!(oauth.verify(token.as_bytes()).await.is_ok());
+        assert!(oauth.verify(token.as_bytes()).await.is_ok(), "cached");
+        let tampered = [token.as_bytes(), b"\xff"].concat();
+        assert_eq!(oauth.verify(&tampered).await.unwrap_err().detail, MALFORMED.detail, "not text: never a hit");
         jwks.set_keys(set(&new));
-        assert_eq!(oauth.verify(&token).await.unwrap_err().reason, Reason::JwtInvalid, "another key named `same`");
+        assert_eq!(
+            oauth.verify(token.as_bytes()).await.unwrap_err().reason,
+            Reason::JwtInvalid,
+            "another key named `same`"
+        );
     }
 
     /// An entry may only name issuers that are configured.

@@ -230,13 +230,11 @@ impl AuditHub {
                 c.denied += 1
             }
             let caller = event.caller_policy.as_deref().unwrap_or("unknown");
-            // Look up before inserting: the name is only copied the first time.
-            if !c.per_caller.contains_key(caller) {
-                c.per_caller.insert(caller.to_owned(), [0; 3]);
-            }
-            if let Some([total, allowed_count, denied_count]) = c.per_caller.get_mut(caller) {
-                *total += 1;
-                if allowed { *allowed_count += 1 } else { *denied_count += 1 }
+            let counts = [1, u64::from(allowed), u64::from(!allowed)];
+            // One look-up for a known caller; the name is only copied the first time.
+            match c.per_caller.get_mut(caller) {
+                Some(known) => known.iter_mut().zip(counts).for_each(|(n, add)| *n += add),
+                None => _ = c.per_caller.insert(caller.to_owned(), counts),
             }
         }
         let event = Arc::new(event);
@@ -418,6 +416,37 @@ mod tests {
         certs::dev::eventually(std::time::Duration::from_secs(10), "three lost events counted", lost).await;
         assert_eq!(metrics.audit_dropped.get(), 3);
         assert_eq!(hub.recent(10, None, None).len(), 3, "the ring still has every event");
+    }
+
+    #[test]
+    fn counters_add_up_per_caller_policy() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let hub = AuditHub::new(10, Vec::new(), None, metrics);
+        let event = |caller: Option<&str>, decision| Event {
+            direction: Direction::Inbound,
+            caller_policy: caller.map(Arc::from),
+            decision,
+            ..Event::default()
+        };
+        for (caller, decision) in [
+            (Some("a"), Decision::Allow),
+            (Some("a"), Decision::Deny),
+            (Some("a"), Decision::ShadowDeny),
+            (Some("b"), Decision::Deny),
+            (None, Decision::Deny),
+        ] {
+            hub.record(event(caller, decision));
+        }
+        hub.record(Event { direction: Direction::Mgmt, ..event(Some("a"), Decision::Deny) });
+        assert_eq!(
+            hub.counters(),
+            serde_json::json!({"total_requests": 5, "total_allowed": 2, "total_denied": 3, "per_caller": {
+                "a": {"total": 3, "allowed": 2, "denied": 1},
+                "b": {"total": 1, "allowed": 0, "denied": 1},
+                "unknown": {"total": 1, "allowed": 0, "denied": 1},
+            }}),
+            "a shadow deny went through: allowed; mgmt events are not requests"
+        );
     }
 
     #[test]
