@@ -183,6 +183,26 @@ pub fn without_method_override(query: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(query.split('&').filter(|pair| !overrides(pair)).collect::<Vec<_>>().join("&"))
 }
 
+/// A header value and the text it was built from, reused while the same
+/// text is asked for (a value that changes rarely, asked for on every request).
+#[derive(Debug, Default)]
+pub struct LastValue(std::sync::Mutex<Option<(std::sync::Arc<str>, HeaderValue)>>);
+
+impl LastValue {
+    /// `text` as a header value (`None` if it cannot be one).
+    pub fn of(&self, text: &std::sync::Arc<str>) -> Option<HeaderValue> {
+        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*last {
+            Some((built_from, value)) if built_from == text => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::from_str(text).ok()?;
+                *last = Some((text.clone(), value.clone()));
+                Some(value)
+            }
+        }
+    }
+}
+
 /// Removes every header whose name `doomed` says, without allocating when
 /// there is none (the common case).
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {

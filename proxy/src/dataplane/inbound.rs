@@ -114,6 +114,9 @@ struct Conn {
     leaf_sha256: Box<str>,
     /// The identity headers every forwarded request gets, built once per connection.
     forwarded: [(header::HeaderName, Option<HeaderValue>); 3],
+    /// `X-Spiffe-Entra-Agent-Id`, built again only when the caller's entry
+    /// names another agent (a policy reload) than on its last request.
+    agent_header: headers::LastValue,
 }
 
 impl Inbound {
@@ -253,7 +256,7 @@ impl Inbound {
         let (mut parts, incoming) = request.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        let agent_id = log.trace.entra_agent_id.as_deref();
+        let agent_id = log.trace.entra_agent_id.as_ref();
         self.set_headers(&mut parts.headers, conn, hop, agent_id, upgrade.is_some());
         let body = body::without_spoofable_trailers(incoming, self.config.allow_underscore_headers);
         let body = match &stream {
@@ -349,7 +352,7 @@ impl Inbound {
         h: &mut hyper::HeaderMap,
         conn: &Conn,
         hop: &Hop,
-        entra_agent_id: Option<&str>,
+        entra_agent_id: Option<&Arc<str>>,
         upgrade: bool,
     ) {
         let hygiene =
@@ -363,7 +366,7 @@ impl Inbound {
         }
         hop.stamp(h);
         // The caller's entry names its Entra agent (the policy's word, never the caller's).
-        if let Some(id) = entra_agent_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        if let Some(id) = entra_agent_id.and_then(|id| conn.agent_header.of(id)) {
             h.insert(X_SPIFFE_ENTRA_AGENT_ID, id);
         }
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
@@ -446,6 +449,7 @@ impl server::Serve for Inbound {
             allowed: allowlist::Memo::default(),
             leaf_sha256,
             forwarded,
+            agent_header: headers::LastValue::default(),
         });
 
         let builder = server::builder(&limits);

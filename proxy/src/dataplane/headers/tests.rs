@@ -157,3 +157,19 @@ fn a_method_override_in_the_query_is_removed() {
         assert_eq!(without_method_override(query), kept, "{query}");
     }
 }
+
+#[test]
+fn a_last_value_follows_the_text_it_is_asked_for() {
+    let last = LastValue::default();
+    let text = |s: &str| std::sync::Arc::<str>::from(s);
+    let of = |t: &str| last.of(&text(t)).map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(of("00000000-0000-4000-8000-0000000000a1").as_deref(), Some("00000000-0000-4000-8000-0000000000a1"));
+    assert_eq!(of("00000000-0000-4000-8000-0000000000a1").as_deref(), Some("00000000-0000-4000-8000-0000000000a1"));
+    assert_eq!(
+        of("00000000-0000-4000-8000-0000000000b2").as_deref(),
+        Some("00000000-0000-4000-8000-0000000000b2"),
+        "changed"
+    );
+    assert_eq!(of("bad\nvalue"), None);
+    assert_eq!(of("00000000-0000-4000-8000-0000000000b2").as_deref(), Some("00000000-0000-4000-8000-0000000000b2"));
+}
