@@ -31,7 +31,9 @@ impl AllowList {
     pub fn still_allows(&self, id: &SpiffeId, memo: &Memo) -> bool {
         // Read before the patterns: a result is remembered for a list at
         // least as new as the generation it is filed under.
-        let generation = self.generation().wrapping_add(1);
+        let Some(generation) = self.generation().checked_add(1) else {
+            return self.allows(id);
+        };
         if memo.0.load(Ordering::Relaxed) == generation {
             return true;
         }
@@ -45,8 +47,12 @@ impl AllowList {
     }
 
     pub fn replace(&self, patterns: Vec<IdPattern>) {
-        self.patterns.store(Arc::new(patterns));
-        self.generation.send_modify(|g| *g += 1);
+        // Under the generation's lock: no reader sees the new list under
+        // the old generation (see `still_allows`), and replacements apply in order.
+        self.generation.send_modify(|g| {
+            self.patterns.store(Arc::new(patterns));
+            *g += 1;
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
