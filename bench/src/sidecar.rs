@@ -70,6 +70,11 @@ impl Sidecar {
             None => Command::new(exe),
         };
         command.arg("sidecar").arg(config);
+        // Its name (the config's file stem: `all` serves `inbound-all`), for
+        // a wrapper's output file (valgrind: `%q{A2A_BENCH_SIDECAR}`).
+        if let Some(name) = config.file_stem() {
+            command.env("A2A_BENCH_SIDECAR", name);
+        }
         if !cpus.is_empty() {
             command.arg("--cpus").arg(cpu_list(cpus));
         }

@@ -97,7 +97,8 @@ fn sidecars_run_under_a_wrapper_and_exit_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let exits = dir.path().join("exits");
     let wrapper = dir.path().join("wrapper");
-    std::fs::write(&wrapper, format!("#!/bin/sh\n\"$@\"\necho \"exit $?\" >> '{}'\n", exits.display())).unwrap();
+    let script = format!("#!/bin/sh\n\"$@\"\necho \"$A2A_BENCH_SIDECAR exit $?\" >> '{}'\n", exits.display());
+    std::fs::write(&wrapper, script).unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_a2a-bench"))
         .args(["--tiny", "--only", "inbound-all"])
@@ -106,8 +107,10 @@ fn sidecars_run_under_a_wrapper_and_exit_cleanly() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let exits = std::fs::read_to_string(&exits).unwrap();
-    let lines: Vec<&str> = exits.lines().collect();
-    assert!(!lines.is_empty() && lines.iter().all(|l| *l == "exit 0"), "{exits:?}");
+    let mut lines: Vec<&str> = exits.lines().collect();
+    lines.sort_unstable();
+    // Each sidecar by its name (what `bench/instructions.sh` picks its count by), each exited cleanly.
+    assert_eq!(lines, ["all exit 0", "caller exit 0", "l1 exit 0", "pdp exit 0", "rotating exit 0"], "{exits:?}");
 }
 
 /// Every reported number of scenario `s` is consistent: p50 <= p99 <= p99.9
