@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::UpgradeableConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpLimits;
@@ -120,14 +121,14 @@ where
 {
     let ConnectionEnds { activity, idle_timeout, mut shutdown, closed, drain_after, close_after } = ends;
     let closed = closed.unwrap_or_default();
-    let after = |after: Option<Duration>| async move {
-        match after {
-            Some(after) => tokio::time::sleep(after).await,
-            None => std::future::pending().await,
-        }
+    let now = Instant::now();
+    let ends = TimedEnds {
+        drain_at: drain_after.and_then(|after| now.checked_add(after)),
+        close_at: close_after.and_then(|after| now.checked_add(after)),
+        idle_timeout,
     };
-    let (expiry, deadline) = (after(drain_after), after(close_after));
-    tokio::pin!(connection, expiry, deadline);
+    let timer = tokio::time::sleep_until(ends.next(&activity, false, now));
+    tokio::pin!(connection, timer);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -138,13 +139,61 @@ where
                 return;
             }
             () = closed.cancelled() => return,
-            () = &mut deadline => return,
-            () = activity.idle_for(idle_timeout), if !draining => {}
-            () = &mut expiry, if !draining => {}
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                match ends.due(&activity, draining, now) {
+                    Due::Close => return,
+                    Due::Drain => {}
+                    Due::Nothing => {
+                        timer.as_mut().reset(ends.next(&activity, draining, now));
+                        continue;
+                    }
+                }
+            }
             _ = shutdown.wait_for(|stop| *stop), if !draining => {}
         }
         connection.as_mut().graceful_shutdown();
         draining = true;
+        timer.as_mut().reset(ends.next(&activity, draining, Instant::now()));
+    }
+}
+
+/// A served connection's timed ends on one timer, which its task polls on
+/// every wake (three timers cost three times that): the close (the caller's
+/// certificate expiry), and until the connection drains, the drain before it
+/// and the idle timeout.
+struct TimedEnds {
+    drain_at: Option<Instant>,
+    close_at: Option<Instant>,
+    idle_timeout: Duration,
+}
+
+/// What [`TimedEnds`] finds due.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Close,
+    Drain,
+    Nothing,
+}
+
+impl TimedEnds {
+    fn due(&self, activity: &Activity, draining: bool, now: Instant) -> Due {
+        if self.close_at.is_some_and(|at| at <= now) {
+            return Due::Close;
+        }
+        let idle =
+            || activity.idle_since().and_then(|since| since.checked_add(self.idle_timeout)).is_some_and(|at| at <= now);
+        if !draining && (self.drain_at.is_some_and(|at| at <= now) || idle()) { Due::Drain } else { Due::Nothing }
+    }
+
+    /// When to look again: the close, and (not draining) the drain and the
+    /// idle deadline (while a request is in flight, a timeout from now).
+    fn next(&self, activity: &Activity, draining: bool, now: Instant) -> Instant {
+        let idle = (!draining).then(|| activity.idle_since().unwrap_or(now).checked_add(self.idle_timeout)).flatten();
+        let drain = self.drain_at.filter(|_| !draining);
+        // Nothing timed: a day from now, then look again.
+        let far = now.checked_add(Duration::from_secs(86_400)).unwrap_or(now);
+        [self.close_at, drain, idle].into_iter().flatten().min().unwrap_or(far)
     }
 }
 
@@ -190,5 +239,44 @@ where
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(connections = tracker.len(), "drain timeout: closing the remaining connections");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_timer_finds_the_next_timed_end_and_what_is_due() {
+        let activity = Activity::new();
+        let start = Instant::now();
+        let idle_since = activity.idle_since().unwrap();
+        let secs = Duration::from_secs;
+        let ends =
+            TimedEnds { drain_at: Some(start + secs(50)), close_at: Some(start + secs(60)), idle_timeout: secs(10) };
+        // Idle from the start: the idle deadline comes first.
+        assert_eq!(ends.next(&activity, false, start), idle_since + secs(10));
+        assert_eq!(ends.due(&activity, false, start), Due::Nothing);
+        assert_eq!(ends.due(&activity, false, idle_since + secs(10)), Due::Drain, "idle");
+        // Draining: only the close is left.
+        assert_eq!(ends.next(&activity, true, start), start + secs(60));
+        assert_eq!(
+            ends.due(&activity, true, idle_since + secs(55)),
+            Due::Nothing,
+            "idle and past the drain, but draining"
+        );
+        assert_eq!(ends.due(&activity, true, start + secs(60)), Due::Close);
+        assert_eq!(ends.due(&activity, false, start + secs(60)), Due::Close);
+        // A request in flight is never idle; the timer looks again a timeout later.
+        let in_flight = activity.begin();
+        let later = start + secs(30);
+        assert_eq!(ends.due(&activity, false, later), Due::Nothing);
+        assert_eq!(ends.next(&activity, false, later), later + secs(10));
+        assert_eq!(ends.due(&activity, false, start + secs(50)), Due::Drain, "the drain comes anyway");
+        drop(in_flight);
+        // Nothing timed at all: look again a day later, and nothing is due.
+        let none = TimedEnds { drain_at: None, close_at: None, idle_timeout: secs(10) };
+        assert_eq!(none.next(&activity, true, start), start + secs(86_400));
+        assert_eq!(none.due(&activity, true, start + secs(86_400)), Due::Nothing);
     }
 }
