@@ -122,11 +122,9 @@ where
     let ConnectionEnds { activity, idle_timeout, mut shutdown, closed, drain_after, close_after } = ends;
     let closed = closed.unwrap_or_default();
     let now = Instant::now();
-    let ends = TimedEnds {
-        drain_at: drain_after.and_then(|after| now.checked_add(after)),
-        close_at: close_after.and_then(|after| now.checked_add(after)),
-        idle_timeout,
-    };
+    // Capped as tokio caps a sleep (30 years); were it to overflow anyway, due now.
+    let at = |after: Duration| now.checked_add(after.min(MAX_WAIT)).unwrap_or(now);
+    let ends = TimedEnds { drain_at: drain_after.map(at), close_at: close_after.map(at), idle_timeout };
     let timer = tokio::time::sleep_until(ends.next(&activity, false, now));
     tokio::pin!(connection, timer);
     let mut draining = false;
@@ -157,6 +155,9 @@ where
         timer.as_mut().reset(ends.next(&activity, draining, Instant::now()));
     }
 }
+
+/// The longest a connection's drain or close is put off (tokio's own cap on a sleep).
+const MAX_WAIT: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// A served connection's timed ends on one timer, which its task polls on
 /// every wake (three timers cost three times that): the close (the caller's
