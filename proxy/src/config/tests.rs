@@ -69,6 +69,14 @@ fn errors_name_the_file_and_field() {
             "`inbound.header_timeout`",
         ),
         (
+            "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'http://a:1', idle_timeout: 0s}",
+            "`inbound.idle_timeout`: must be more than zero",
+        ),
+        (
+            "identity: {socket: unix:///x}\noutbound: {listen: '127.0.0.1:0', header_timeout: 0ms}",
+            "`outbound.header_timeout`: must be more than zero",
+        ),
+        (
             "identity: {socket: unix:///x}\noutbound: {listen: '0.0.0.0:8080'}",
             "`outbound.listen`: `0.0.0.0:8080` is not loopback",
         ),
