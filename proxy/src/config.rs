@@ -482,6 +482,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// [`Self::duration`] for a time that cannot be zero (a timeout, an interval).
+    fn positive_duration(&self, field: &str, value: Option<&str>, default: Duration) -> Result<Duration, Error> {
+        let duration = self.duration(field, value, default)?;
+        if duration.is_zero() {
+            return Err(self.invalid(field, "must be greater than zero"));
+        }
+        Ok(duration)
+    }
+
     /// Relative paths in the file are relative to the file.
     fn resolve(&self, p: PathBuf) -> PathBuf {
         if p.is_absolute() { p } else { self.base.join(p) }
@@ -541,11 +550,11 @@ impl Ctx<'_> {
                 Ok((td, self.resolve(path)))
             })
             .collect::<Result<_, Error>>()?;
-        let poll =
-            self.duration("identity.files.poll_interval", raw.poll_interval.as_deref(), Duration::from_secs(1))?;
-        if poll.is_zero() {
-            return Err(self.invalid("identity.files.poll_interval", "must be greater than zero"));
-        }
+        let poll = self.positive_duration(
+            "identity.files.poll_interval",
+            raw.poll_interval.as_deref(),
+            Duration::from_secs(1),
+        )?;
         Ok(FilesConfig {
             cert: self.resolve(raw.cert),
             key: self.resolve(raw.key),

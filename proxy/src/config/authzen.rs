@@ -104,10 +104,8 @@ impl Ctx<'_> {
         if uri.query().is_some() || uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(self.invalid("authzen.pdp.url", "no user info and no query: use `key_env` for a credential"));
         }
-        let timeout = self.duration("authzen.pdp.timeout", raw.timeout.as_deref(), Duration::from_millis(250))?;
-        if timeout.is_zero() {
-            return Err(self.invalid("authzen.pdp.timeout", "must be greater than zero"));
-        }
+        let timeout =
+            self.positive_duration("authzen.pdp.timeout", raw.timeout.as_deref(), Duration::from_millis(250))?;
         let cache_ttl = self.duration("authzen.pdp.cache_ttl", raw.cache_ttl.as_deref(), Duration::from_secs(30))?;
         let cache_size = raw.cache_size.unwrap_or(10_000);
         if cache_size == 0 || cache_size > MAX_CACHE_SIZE {

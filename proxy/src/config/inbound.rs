@@ -276,16 +276,13 @@ impl Ctx<'_> {
             );
         }
         // Zero would refuse every request head (header) or drain every connection at once (idle).
-        let positive = |name: &str, text: Option<String>, default: Duration| {
-            let value = self.duration(&field(name), text.as_deref(), default)?;
-            match value.is_zero() {
-                true => Err(self.invalid(&field(name), "must be more than zero")),
-                false => Ok(value),
-            }
-        };
         Ok(HttpLimits {
-            header_timeout: positive("header_timeout", header, Duration::from_secs(10))?,
-            idle_timeout: positive("idle_timeout", idle, Duration::from_secs(60))?,
+            header_timeout: self.positive_duration(
+                &field("header_timeout"),
+                header.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            idle_timeout: self.positive_duration(&field("idle_timeout"), idle.as_deref(), Duration::from_secs(60))?,
             max_header_bytes,
         })
     }

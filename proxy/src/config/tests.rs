@@ -70,11 +70,11 @@ fn errors_name_the_file_and_field() {
         ),
         (
             "identity: {socket: unix:///x}\npolicy: {file: p.yaml}\ninbound: {upstream: 'http://a:1', idle_timeout: 0s}",
-            "`inbound.idle_timeout`: must be more than zero",
+            "`inbound.idle_timeout`: must be greater than zero",
         ),
         (
             "identity: {socket: unix:///x}\noutbound: {listen: '127.0.0.1:0', header_timeout: 0ms}",
-            "`outbound.header_timeout`: must be more than zero",
+            "`outbound.header_timeout`: must be greater than zero",
         ),
         (
             "identity: {socket: unix:///x}\noutbound: {listen: '0.0.0.0:8080'}",
