@@ -182,15 +182,20 @@ impl TimedEnds {
         if self.close_at.is_some_and(|at| at <= now) {
             return Due::Close;
         }
-        let idle =
-            || activity.idle_since().and_then(|since| since.checked_add(self.idle_timeout)).is_some_and(|at| at <= now);
+        let idle = || self.idle_at(activity).is_some_and(|at| at <= now);
         if !draining && (self.drain_at.is_some_and(|at| at <= now) || idle()) { Due::Drain } else { Due::Nothing }
+    }
+
+    /// When the connection will have been idle for the timeout; `None` while
+    /// a request is in flight.
+    fn idle_at(&self, activity: &Activity) -> Option<Instant> {
+        activity.idle_since().and_then(|since| since.checked_add(self.idle_timeout))
     }
 
     /// When to look again: the close, and (not draining) the drain and the
     /// idle deadline (while a request is in flight, a timeout from now).
     fn next(&self, activity: &Activity, draining: bool, now: Instant) -> Instant {
-        let idle = (!draining).then(|| activity.idle_since().unwrap_or(now).checked_add(self.idle_timeout)).flatten();
+        let idle = (!draining).then(|| self.idle_at(activity).or_else(|| now.checked_add(self.idle_timeout))).flatten();
         let drain = self.drain_at.filter(|_| !draining);
         // Nothing timed: a day from now, then look again.
         let far = now.checked_add(Duration::from_secs(86_400)).unwrap_or(now);

@@ -283,8 +283,10 @@ const MALFORMED: JwtError = JwtError { reason: Reason::JwtInvalid, detail: "malf
 /// A token as text: visible ASCII, spaces and tabs only (what
 /// `HeaderValue::to_str` accepts), else it is malformed.
 fn token_text(token: &[u8]) -> Result<&str, JwtError> {
-    let visible = token.iter().all(|&b| (b' '..=b'~').contains(&b) || b == b'\t');
-    visible.then(|| std::str::from_utf8(token).ok()).flatten().ok_or(MALFORMED)
+    if !token.iter().all(|&b| (b' '..=b'~').contains(&b) || b == b'\t') {
+        return Err(MALFORMED);
+    }
+    std::str::from_utf8(token).map_err(|_| MALFORMED)
 }
 
 /// Policy rules that need a token must be checkable: a `jwt` section exists
