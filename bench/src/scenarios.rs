@@ -70,6 +70,9 @@ pub const ROTATION_SVID_TTL: Duration = Duration::from_secs(4);
 /// watchdog fires at it, so 2 s would leave no margin before the renewal.
 pub const TINY_ROTATION_SVID_TTL: Duration = Duration::from_secs(3);
 pub const ROTATION_POLICY_EVERY: Duration = Duration::from_secs(5);
+/// The lifetime of the SVIDs written as files (not renewed): longer than
+/// any run (`--requests` runs stop after an hour).
+const SVID_FILES_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything the scenarios run against, started once.
 pub struct Stack {
@@ -122,24 +125,38 @@ impl Stack {
         write("policy-l1.yaml", POLICY_L1)?;
         write("policy-all.yaml", POLICY_ALL)?;
         let rotating_policy = write("policy-rotating.yaml", POLICY_ALL)?;
+        // The SVIDs as files (`identity.files`, as a production build reads
+        // them): any a2a-sidecar binary can serve these configs
+        // (`A2A_BENCH_SIDECAR_BIN`). Only `rotation` needs the dev CA's renewals.
+        let svid_files = |name: &str, id: &str| -> anyhow::Result<String> {
+            let out = dir.path().join(name);
+            certs::dev::write_svid_files(&out, &ca.issue(&id.parse()?, SVID_FILES_TTL)?, ca.bundle_pem())?;
+            Ok(files_identity(&out))
+        };
+        let backend_identity = svid_files("svid-backend", BACKEND)?;
         let backend_yaml =
-            |policy: &str, jwt: Option<&str>, ttl: &str| backend_yaml(&ca_dir, app, policy, jwt, ttl, on.workers);
+            |identity: &str, policy: &str, jwt: Option<&str>| backend_yaml(identity, app, policy, jwt, on.workers);
         let cpu = on.cpus;
-        let l1 = backend_yaml("policy-l1.yaml", None, "1h");
+        let l1 = backend_yaml(&backend_identity, "policy-l1.yaml", None);
         let l1 = Sidecar::spawn(&write("l1.yaml", &l1)?, cpu)?;
         let jwt =
             format!("jwt: {{tenant_id: '{TENANT}', audiences: ['{AUDIENCE}'], authority: '{}'}}\n", idp.authority());
-        let all = backend_yaml("policy-all.yaml", Some(&jwt), "1h");
+        let all = backend_yaml(&backend_identity, "policy-all.yaml", Some(&jwt));
         let all = Sidecar::spawn(&write("all.yaml", &all)?, cpu)?;
         let authzen =
             format!("{jwt}authzen: {{pdp: {{url: 'http://{pdp_addr}/access/v1/evaluation', cache_ttl: 1h}}}}\n");
-        let pdp = backend_yaml("policy-all.yaml", Some(&authzen), "1h");
+        let pdp = backend_yaml(&backend_identity, "policy-all.yaml", Some(&authzen));
         let pdp = Sidecar::spawn(&write("pdp.yaml", &pdp)?, cpu)?;
         let rotation_ttl = format!("{}ms", rotation_ttl.as_millis());
-        let rotating = backend_yaml("policy-rotating.yaml", Some(&jwt), &rotation_ttl);
-        let rotating = Sidecar::spawn(&write("rotating.yaml", &rotating)?, cpu)?;
+        let dev_identity = format!(
+            "{{source: dev, dev: {{ca_dir: '{ca}', id: '{BACKEND}', ttl: {rotation_ttl}}}}}",
+            ca = ca_dir.display()
+        );
+        let rotating = backend_yaml(&dev_identity, "policy-rotating.yaml", Some(&jwt));
+        let rotating = Sidecar::spawn_here(&write("rotating.yaml", &rotating)?, cpu)?;
         let target = all.inbound.ok_or_else(|| anyhow::anyhow!("the backend sidecar has no inbound address"))?;
-        let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&ca_dir, target, on.workers))?, cpu)?;
+        let caller_identity = svid_files("svid-caller", CALLER)?;
+        let caller = Sidecar::spawn(&write("caller.yaml", &caller_yaml(&caller_identity, target, on.workers))?, cpu)?;
 
         let token = idp.token(&TokenSpec {
             tenant: TENANT.into(),
@@ -273,29 +290,38 @@ pub fn rotating_policy(n: u32) -> String {
     POLICY_ALL.replacen("version: '5.0'", &format!("version: '5.{n}'"), 1)
 }
 
-fn backend_yaml(ca_dir: &Path, app: SocketAddr, policy: &str, jwt: Option<&str>, ttl: &str, workers: usize) -> String {
+/// The `identity` of a config whose SVID, key and bundle are PEM files in `dir`.
+fn files_identity(dir: &Path) -> String {
+    let file = |name: &str| dir.join(name).display().to_string();
     format!(
-        "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{BACKEND}', ttl: {ttl}}}}}
+        "{{source: files, files: {{cert: '{}', key: '{}', bundle: '{}'}}}}",
+        file("svid.pem"),
+        file("svid_key.pem"),
+        file("svid_bundle.pem")
+    )
+}
+
+fn backend_yaml(identity: &str, app: SocketAddr, policy: &str, jwt: Option<&str>, workers: usize) -> String {
+    format!(
+        "identity: {identity}
 runtime: {{worker_threads: {workers}}}
 telemetry: {{listen: '127.0.0.1:0', log_format: text}}
 inbound: {{listen: '127.0.0.1:0', upstream: 'http://{app}', allowed_callers: ['{CALLER}']}}
 policy: {{file: {policy}}}
 {jwt}",
-        ca = ca_dir.display(),
         jwt = jwt.unwrap_or_default()
     )
 }
 
-fn caller_yaml(ca_dir: &Path, target: SocketAddr, workers: usize) -> String {
+fn caller_yaml(identity: &str, target: SocketAddr, workers: usize) -> String {
     format!(
-        "identity: {{source: dev, dev: {{ca_dir: '{ca}', id: '{CALLER}', ttl: 1h}}}}
+        "identity: {identity}
 runtime: {{worker_threads: {workers}}}
 telemetry: {{listen: '127.0.0.1:0', log_format: text}}
 outbound:
   listen: '127.0.0.1:0'
   routes:
     - {{name: budget-backend, upstream: 'https://{target}', server_id: '{BACKEND}'}}
-",
-        ca = ca_dir.display()
+"
     )
 }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
@@ -42,6 +42,42 @@ fn wrapper() -> Option<(String, Vec<String>)> {
     Some((words.next()?, words.collect()))
 }
 
+/// `A2A_BENCH_SIDECAR_BIN`: an `a2a-sidecar` binary to serve the sidecars
+/// with (`<bin> run --config <config>`): the build that ships (a production
+/// build without the `dev` feature, or a PGO build: `bench/pgo.sh`) rather
+/// than the copy of the sidecar linked into this harness. `rotation` still
+/// runs here: it needs the dev CA's SVID renewals.
+fn shipped() -> Option<PathBuf> {
+    std::env::var_os("A2A_BENCH_SIDECAR_BIN").filter(|b| !b.is_empty()).map(PathBuf::from)
+}
+
+/// `program` under the wrapper (if any), and under `taskset -c <cpus>`
+/// when `cpus` is not empty; its name (the config's file stem: `all` serves
+/// `inbound-all`) in `A2A_BENCH_SIDECAR` for the wrapper's output file
+/// (valgrind: `%q{A2A_BENCH_SIDECAR}`).
+fn wrapped(program: PathBuf, config: &Path, cpus: &[usize]) -> Command {
+    let mut prefix: Vec<String> = Vec::new();
+    if !cpus.is_empty() {
+        prefix.extend(["taskset".into(), "-c".into(), cpu_list(cpus)]);
+    }
+    if let Some((wrapper, args)) = wrapper() {
+        prefix.push(wrapper);
+        prefix.extend(args);
+    }
+    let mut command = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut command = Command::new(first);
+            command.args(rest).arg(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    if let Some(name) = config.file_stem() {
+        command.env("A2A_BENCH_SIDECAR", name);
+    }
+    command
+}
+
 /// Kernel clock ticks per second for `/proc/<pid>/stat` times: `USER_HZ`,
 /// which is 100 on every Linux ABI.
 const USER_HZ: f64 = 100.0;
@@ -51,6 +87,8 @@ pub struct Sidecar {
     /// Closed when the harness is done with it (or goes away): the sidecar
     /// then exits by itself.
     stdin: Option<ChildStdin>,
+    /// Run from `A2A_BENCH_SIDECAR_BIN`: it ends at SIGTERM, not at stdin's end.
+    shipped: bool,
     pub inbound: Option<SocketAddr>,
     pub outbound: Option<SocketAddr>,
     pub telemetry: Option<SocketAddr>,
@@ -58,23 +96,21 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Starts the sidecar for `config`; returns once it serves (its SVID loaded).
-    /// `cpus`: the CPUs its threads run on (empty: anywhere).
+    /// `cpus`: the CPUs its threads run on (empty: anywhere). With
+    /// `A2A_BENCH_SIDECAR_BIN` set, that binary serves it (see [`shipped`]).
     pub fn spawn(config: &Path, cpus: &[usize]) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating a2a-bench")?;
-        let mut command = match wrapper() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(exe);
-                command
-            }
-            None => Command::new(exe),
-        };
-        command.arg("sidecar").arg(config);
-        // Its name (the config's file stem: `all` serves `inbound-all`), for
-        // a wrapper's output file (valgrind: `%q{A2A_BENCH_SIDECAR}`).
-        if let Some(name) = config.file_stem() {
-            command.env("A2A_BENCH_SIDECAR", name);
+        match shipped() {
+            Some(binary) => Self::spawn_shipped(&binary, config, cpus),
+            None => Self::spawn_here(config, cpus),
         }
+    }
+
+    /// Starts the sidecar for `config` in this binary's `sidecar` mode,
+    /// which also serves the dev identity source (a production build has none).
+    pub fn spawn_here(config: &Path, cpus: &[usize]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating a2a-bench")?;
+        let mut command = wrapped(exe, config, &[]);
+        command.arg("sidecar").arg(config);
         if !cpus.is_empty() {
             command.arg("--cpus").arg(cpu_list(cpus));
         }
@@ -90,12 +126,64 @@ impl Sidecar {
         }
         let addr = |w: Option<&str>| w.and_then(|w| w.parse().ok());
         let (inbound, outbound, telemetry) = (addr(words.next()), addr(words.next()), addr(words.next()));
-        Ok(Self { child, stdin, inbound, outbound, telemetry })
+        Ok(Self { child, stdin, shipped: false, inbound, outbound, telemetry })
+    }
+
+    /// Starts `binary run --config <config>`, pinned with `taskset` to
+    /// `cpus` (its threads share the set, where `sidecar` mode pins one
+    /// thread per CPU): its addresses come from its `a2a-sidecar started` log line
+    /// (text logs on stderr), then it is ready when its `/readyz` answers 200.
+    fn spawn_shipped(binary: &Path, config: &Path, cpus: &[usize]) -> anyhow::Result<Self> {
+        let mut command = wrapped(binary.to_owned(), config, cpus);
+        // `info`: the start line it is found by (whatever `RUST_LOG` the harness has).
+        command.arg("run").arg("--config").arg(config).env("RUST_LOG", "info");
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut stderr = BufReader::new(child.stderr.take().context("sidecar stderr")?);
+        let mut seen = String::new();
+        let started = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line)? == 0 {
+                break None;
+            }
+            if line.contains("a2a-sidecar started") {
+                break Some(line);
+            }
+            seen.push_str(&line);
+        };
+        let Some(started) = started else {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("{} for {} did not start:\n{seen}", binary.display(), config.display());
+        };
+        // The rest of its log goes where ours does (and the pipe never fills).
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
+        let field = |name: &str| -> Option<SocketAddr> {
+            started.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        let mut sidecar = Self {
+            child,
+            stdin: None,
+            shipped: true,
+            inbound: field("inbound"),
+            outbound: field("outbound"),
+            telemetry: field("telemetry"),
+        };
+        let telemetry = sidecar.telemetry.context("no telemetry address in its start line")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let deadline = std::time::Instant::now() + SHIPPED_READY_WAIT;
+        while runtime.block_on(http_get(telemetry, "/readyz")).is_none() {
+            if std::time::Instant::now() > deadline {
+                sidecar.stop();
+                anyhow::bail!("{} for {} not ready in {SHIPPED_READY_WAIT:?}", binary.display(), config.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(sidecar)
     }
 
     /// A peer proxy's process (nginx, ...), measured the same way.
     pub fn peer(child: Child, listen: SocketAddr) -> Self {
-        Self { child, stdin: None, inbound: Some(listen), outbound: None, telemetry: None }
+        Self { child, stdin: None, shipped: false, inbound: Some(listen), outbound: None, telemetry: None }
     }
 
     /// The process and its descendants (nginx's workers under its master).
@@ -251,11 +339,23 @@ pub fn cpu_outside(ours: &[&Sidecar]) -> f64 {
     busy / USER_HZ - own
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        // Under a wrapper, the sidecar ends by itself, so the wrapper can
-        // write its results (callgrind dumps its counts at exit).
-        if self.stdin.take().is_some() && wrapper().is_some() {
+impl Sidecar {
+    /// Ends the process: a clean exit where one is wanted (a wrapper such as
+    /// callgrind, and a PGO-instrumented build, write their results at
+    /// exit), else a kill.
+    fn stop(&mut self) {
+        // Already ended and reaped: its pid may be another process's by now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let clean = if self.shipped {
+            // Its SIGTERM drain (nothing is in flight by now), then its exit.
+            let pid = rustix::process::Pid::from_child(&self.child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).is_ok()
+        } else {
+            self.stdin.take().is_some() && wrapper().is_some()
+        };
+        if clean {
             let deadline = std::time::Instant::now() + WRAPPED_EXIT_WAIT;
             while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -265,6 +365,15 @@ impl Drop for Sidecar {
         let _ = self.child.wait();
     }
 }
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How long a shipped binary may take to answer `/readyz` after its start line.
+const SHIPPED_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a wrapped sidecar may take to exit (and its wrapper to write).
 const WRAPPED_EXIT_WAIT: Duration = Duration::from_secs(60);

@@ -197,3 +197,62 @@ fn worker_counts_and_idle_connections() {
         }
     }
 }
+
+/// `A2A_BENCH_SIDECAR_BIN` (how a shipped build, such as `bench/pgo.sh`'s,
+/// is measured): that binary serves every sidecar but `rotation` (its SVID
+/// renewals need the dev CA, this harness's own mode), every request is
+/// answered, and each sidecar exits cleanly at the harness's SIGTERM (an
+/// instrumented build writes its profile only then).
+#[test]
+fn a_shipped_binary_serves_the_sidecars_and_exits_cleanly() {
+    use std::os::unix::fs::PermissionsExt;
+    // The workspace's own a2a-sidecar, next to this test's directory (built by `cargo test --workspace`).
+    let test = std::env::current_exe().unwrap();
+    let shipped = test.parent().and_then(|deps| deps.parent()).unwrap().join("a2a-sidecar");
+    assert!(shipped.exists(), "{} is missing: cargo build -p proxy (or cargo test --workspace)", shipped.display());
+    let dir = tempfile::tempdir().unwrap();
+    let exits = dir.path().join("exits");
+    let wrapper = dir.path().join("wrapper");
+    // It passes the harness's SIGTERM on (as valgrind and taskset do, being
+    // the sidecar's own process) and keeps its stdin (the harness's own mode ends at its close).
+    let script = format!(
+        "#!/bin/sh
+exec 3<&0
+\"$@\" <&3 &
+child=$!
+trap 'kill -TERM $child' TERM
+while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
+echo \"$A2A_BENCH_SIDECAR $(basename \"$1\") exit $status\" >> '{}'
+",
+        exits.display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let json = dir.path().join("results.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_a2a-bench"))
+        .args(["--tiny", "--only", "inbound-l1,inbound-all,chain,rotation", "--json"])
+        .arg(&json)
+        .env("A2A_BENCH_SIDECAR_BIN", &shipped)
+        .env("A2A_BENCH_SIDECAR_WRAPPER", &wrapper)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for s in results["scenarios"].as_array().unwrap() {
+        assert_eq!((s["requests"].as_u64(), s["errors"].as_u64()), (Some(300), Some(0)), "{s}");
+    }
+    let exits = std::fs::read_to_string(&exits).unwrap();
+    let mut lines: Vec<&str> = exits.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "all a2a-sidecar exit 0",
+            "caller a2a-sidecar exit 0",
+            "l1 a2a-sidecar exit 0",
+            "pdp a2a-sidecar exit 0",
+            "rotating a2a-bench exit 0"
+        ],
+        "{exits:?}"
+    );
+}
