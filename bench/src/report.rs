@@ -184,8 +184,12 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let topology = self.placement.describe();
+        let sidecars = match crate::sidecar::shipped() {
+            Some(binary) => format!("sidecars served by {}", binary.display()),
+            None => "sidecars served by this harness's own build (the image's is PGO: bench/pgo.sh)".to_owned(),
+        };
         let mut out = format!(
-            "\n{}, {} connections, {}-byte Bearer JWT on every request, {topology}\n\n",
+            "\n{}, {} connections, {}-byte Bearer JWT on every request, {topology}; {sidecars}\n\n",
             self.mode, self.connections, self.token_bytes
         );
         out.push_str("| scenario | req/s | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | vs direct | CPU s/10k | RSS MiB | private MiB | errors |\n");
@@ -259,6 +263,8 @@ impl Report {
                 "mode": self.mode,
                 "connections": self.connections,
                 "token_bytes": self.token_bytes,
+                // `A2A_BENCH_SIDECAR_BIN`; null: the harness's own build served them.
+                "sidecar_binary": crate::sidecar::shipped().map(|b| b.display().to_string()),
             },
             "scenarios": self.results.iter().map(|r| json!({
                 "name": r.name,

@@ -47,7 +47,7 @@ fn wrapper() -> Option<(String, Vec<String>)> {
 /// build without the `dev` feature, or a PGO build: `bench/pgo.sh`) rather
 /// than the copy of the sidecar linked into this harness. `rotation` still
 /// runs here: it needs the dev CA's SVID renewals.
-fn shipped() -> Option<PathBuf> {
+pub fn shipped() -> Option<PathBuf> {
     std::env::var_os("A2A_BENCH_SIDECAR_BIN").filter(|b| !b.is_empty()).map(PathBuf::from)
 }
 

@@ -43,6 +43,7 @@ fn every_scenario_runs_without_errors() {
     assert!(rotation["svid_rotations"].as_f64().unwrap() >= 1.0, "no SVID rotation during the run: {rotation}");
     assert!(rotation["policy_reloads"].is_number(), "{rotation}");
     assert_eq!(results["machine"]["token_bytes"].as_u64().map(|b| b > 500), Some(true));
+    assert!(results["machine"]["sidecar_binary"].is_null(), "the harness's own build served them");
 }
 
 /// HTTP/2 streams and the open loop: every request answered, at the asked
@@ -241,6 +242,9 @@ echo \"$A2A_BENCH_SIDECAR $(basename \"$1\") exit $status\" >> '{}'
     for s in results["scenarios"].as_array().unwrap() {
         assert_eq!((s["requests"].as_u64(), s["errors"].as_u64()), (Some(300), Some(0)), "{s}");
     }
+    // The report says which build it measured.
+    assert_eq!(results["machine"]["sidecar_binary"].as_str(), shipped.to_str());
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("sidecars served by {}", shipped.display())));
     let exits = std::fs::read_to_string(&exits).unwrap();
     let mut lines: Vec<&str> = exits.lines().collect();
     lines.sort_unstable();
