@@ -76,8 +76,6 @@ const SVID_FILES_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything the scenarios run against, started once.
 pub struct Stack {
-    _dir: tempfile::TempDir,
-    _runtime: tokio::runtime::Runtime,
     pub app: SocketAddr,
     pub l1: Sidecar,
     pub all: Sidecar,
@@ -95,6 +93,10 @@ pub struct Stack {
     pub tls: Arc<rustls::ClientConfig>,
     pub request: RequestSpec,
     _idp: Arc<DevIdp>,
+    // Last (fields drop in order): the sidecars stop before their files,
+    // the app and the IdP go away.
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
 }
 
 impl Stack {

@@ -138,43 +138,52 @@ impl Sidecar {
         // `info`: the start line it is found by (whatever `RUST_LOG` the harness has).
         command.arg("run").arg("--config").arg(config).env("RUST_LOG", "info");
         let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let mut stderr = BufReader::new(child.stderr.take().context("sidecar stderr")?);
-        let mut seen = String::new();
-        let started = loop {
-            let mut line = String::new();
-            if stderr.read_line(&mut line)? == 0 {
-                break None;
+        let stderr = child.stderr.take();
+        // Owned from here: any early return stops it (SIGTERM, then a kill).
+        let mut sidecar = Self { child, stdin: None, shipped: true, inbound: None, outbound: None, telemetry: None };
+        let stderr = stderr.context("sidecar stderr")?;
+        // Its log, line by line, goes where ours does (and the pipe never
+        // fills); the start line, or all it said before it ended, comes here.
+        let (start_tx, start_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            let mut start_tx = Some(start_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                match &start_tx {
+                    Some(tx) if line.contains("a2a-sidecar started") => {
+                        let _ = tx.send(Ok(line.clone()));
+                        start_tx = None;
+                    }
+                    Some(_) => seen.push_str(&format!("{line}\n")),
+                    None => {}
+                }
+                eprintln!("{line}");
             }
-            if line.contains("a2a-sidecar started") {
-                break Some(line);
+            if let Some(tx) = start_tx {
+                let _ = tx.send(Err(seen));
             }
-            seen.push_str(&line);
+        });
+        let what = || format!("{} for {}", binary.display(), config.display());
+        let started = match start_rx.recv_timeout(SHIPPED_READY_WAIT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(seen)) => anyhow::bail!("{} did not start:\n{seen}", what()),
+            Err(_) => anyhow::bail!("{} did not start in {SHIPPED_READY_WAIT:?}", what()),
         };
-        let Some(started) = started else {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("{} for {} did not start:\n{seen}", binary.display(), config.display());
-        };
-        // The rest of its log goes where ours does (and the pipe never fills).
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
+        // `name=value`, the first of that name only (the line ends with the config's summary).
         let field = |name: &str| -> Option<SocketAddr> {
-            started.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            let value = started.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('='));
+            value?.parse().ok()
         };
-        let mut sidecar = Self {
-            child,
-            stdin: None,
-            shipped: true,
-            inbound: field("inbound"),
-            outbound: field("outbound"),
-            telemetry: field("telemetry"),
-        };
+        (sidecar.inbound, sidecar.outbound, sidecar.telemetry) =
+            (field("inbound"), field("outbound"), field("telemetry"));
         let telemetry = sidecar.telemetry.context("no telemetry address in its start line")?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let deadline = std::time::Instant::now() + SHIPPED_READY_WAIT;
-        while runtime.block_on(http_get(telemetry, "/readyz")).is_none() {
+        let ready =
+            || runtime.block_on(async { tokio::time::timeout(READY_ATTEMPT, http_get(telemetry, "/readyz")).await });
+        while !matches!(ready(), Ok(Some(_))) {
             if std::time::Instant::now() > deadline {
-                sidecar.stop();
-                anyhow::bail!("{} for {} not ready in {SHIPPED_READY_WAIT:?}", binary.display(), config.display());
+                anyhow::bail!("{} not ready in {SHIPPED_READY_WAIT:?}", what());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -372,8 +381,10 @@ impl Drop for Sidecar {
     }
 }
 
-/// How long a shipped binary may take to answer `/readyz` after its start line.
+/// How long a shipped binary may take to log its start, and then to answer `/readyz`.
 const SHIPPED_READY_WAIT: Duration = Duration::from_secs(30);
+/// One `/readyz` attempt (a sidecar that accepts and never answers is not ready).
+const READY_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// How long a wrapped sidecar may take to exit (and its wrapper to write).
 const WRAPPED_EXIT_WAIT: Duration = Duration::from_secs(60);

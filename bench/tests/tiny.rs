@@ -219,10 +219,12 @@ fn a_shipped_binary_serves_the_sidecars_and_exits_cleanly() {
     let script = format!(
         "#!/bin/sh
 exec 3<&0
+trap 'kill -TERM $child 2>/dev/null' TERM
 \"$@\" <&3 &
 child=$!
-trap 'kill -TERM $child' TERM
-while :; do wait $child; status=$?; kill -0 $child 2>/dev/null || break; done
+wait $child; status=$?
+# A trapped SIGTERM interrupts `wait` (status > 128): wait for the sidecar's own exit.
+while [ $status -gt 128 ] && kill -0 $child 2>/dev/null; do wait $child; status=$?; done
 echo \"$A2A_BENCH_SIDECAR $(basename \"$1\") exit $status\" >> '{}'
 ",
         exits.display()
