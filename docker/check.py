@@ -489,9 +489,26 @@ def check_dockerfile():
     ]:
         if needle not in final:
             fail("Dockerfile (last stage)", why)
-    if "--no-default-features" not in text:
-        fail("Dockerfile", "the production binary must be built without the `dev` feature")
-    print("ok   Dockerfile: numeric non-root USER, HEALTHCHECK probe, no dev feature, one target cache per stage, bases by digest")
+    # The production binary: built in the `build` stage, without the `dev`
+    # feature on every path (PGO=1 through bench/pgo.sh's `sidecar`, PGO=0 directly).
+    build = re.search(r"^FROM\s+\S+\s+AS\s+build\n(.*?)(?=^FROM\s)", text, re.M | re.S | re.I)
+    build = build.group(1) if build else ""
+    builds = re.findall(r"cargo build[^\n]*", build)
+    if not builds or any("-p proxy --no-default-features" not in b for b in builds):
+        fail("Dockerfile (build stage)", f"every cargo build of the production binary must be `-p proxy --no-default-features`: {builds}")
+    if "bench/pgo.sh build" in build:
+        pgo = (ROOT / "bench" / "pgo.sh").read_text()
+        pgo_builds = re.findall(r"^\s*cargo build[^\n]*-p proxy[^\n]*", pgo, re.M)
+        if not pgo_builds or any("--no-default-features" not in b for b in pgo_builds):
+            fail("bench/pgo.sh", f"its a2a-sidecar builds must be without the `dev` feature: {pgo_builds}")
+    # Nothing the image build sets may change those flags or features behind the lines above.
+    for name in ("RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "LLVM_PROFILE_FILE", "CARGO_FEATURES"):
+        if re.search(rf"^(ARG|ENV)\s+{name}\b", text, re.M):
+            fail("Dockerfile", f"{name} is set as ARG/ENV: it would change the production build's flags")
+    if "COPY --from=pgo-profile /pgo/ /pgo/" in build and re.search(r"COPY --from=pgo-profile(?! /pgo/ /pgo/)", text):
+        fail("Dockerfile", "only the profile (/pgo/) may leave the pgo-profile stage")
+    print("ok   Dockerfile: numeric non-root USER, HEALTHCHECK probe, every production build without the dev feature"
+          " (bench/pgo.sh's too), only the profile from the PGO stage, one target cache per stage, bases by digest")
     return uid_gid
 
 
