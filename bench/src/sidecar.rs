@@ -348,11 +348,11 @@ pub fn cpu_outside(ours: &[&Sidecar]) -> f64 {
     busy / USER_HZ - own
 }
 
-impl Sidecar {
+impl Drop for Sidecar {
     /// Ends the process: a clean exit where one is wanted (a wrapper such as
     /// callgrind, and a PGO-instrumented build, write their results at
     /// exit), else a kill.
-    fn stop(&mut self) {
+    fn drop(&mut self) {
         // Already ended and reaped: its pid may be another process's by now.
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
@@ -372,12 +372,6 @@ impl Sidecar {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
