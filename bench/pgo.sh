@@ -35,8 +35,10 @@ sidecar() {
 }
 
 profile() {
-  local out=$1 data
+  local out=$1
+  # The raw profiles, removed however the script ends.
   data=$(mktemp -d)
+  trap 'rm -rf "$data"' EXIT
   echo "== 1/3 instrumented a2a-sidecar" >&2
   # The path in the flag stays the same from run to run (a new one would
   # rebuild everything); LLVM_PROFILE_FILE below says where profiles go.
@@ -63,7 +65,6 @@ profile() {
   [ -x "$profdata" ] || rustup component add llvm-tools
   mkdir -p "$(dirname "$out")"
   "$profdata" merge -o "$out" "$data"/*.profraw
-  rm -rf "$data"
 }
 
 build() {
