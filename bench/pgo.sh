@@ -10,10 +10,11 @@
 # profile: 1. an instrumented a2a-sidecar (`-Cprofile-generate`); 2. the
 #   training: a2a-bench (a plain release build) runs its scenarios with every
 #   sidecar but `rotation` served by that binary (A2A_BENCH_SIDECAR_BIN):
-#   inbound with Layer 1 only, with every layer, with a PDP, the outbound
-#   chain, a new connection per request, then the same over HTTP/2 (allowed
-#   requests only: see bench/README.md for what stays cold); 3. the raw
-#   profiles merged with rustc's own llvm-profdata (rustup's llvm-tools).
+#   inbound with Layer 1 only, with every layer, with a PDP, a path scan
+#   refused by Layer 2 (every decision new, every event to an audit sink on
+#   stdout), the outbound chain, a new connection per request, then allowed
+#   requests over HTTP/2 (see bench/README.md for what stays cold); 3. the
+#   raw profiles merged with rustc's own llvm-profdata (rustup's llvm-tools).
 # build: a2a-sidecar built again with `-Cprofile-use`; refused if the result
 #   still carries the profiling runtime.
 #
@@ -49,14 +50,14 @@ profile() {
     A2A_BENCH_SIDECAR_BIN="target/pgo-gen/$host/release/a2a-sidecar" LLVM_PROFILE_FILE="$data/%m-%p.profraw" \
       target/release/a2a-bench --quick --repeat 1 "$@" >&2
   }
-  train --only inbound-l1,inbound-all,inbound-pdp,chain,handshake
+  train --only inbound-l1,inbound-all,inbound-pdp,inbound-deny,chain,handshake
   train --only inbound-all,chain --h2-streams 16
-  # Each run starts the same four served sidecars (l1, all, pdp, caller):
-  # one missing profile is a sidecar that did not exit cleanly.
+  # Each run starts the same five served sidecars (l1, all, pdp, deny,
+  # caller): one missing profile is a sidecar that did not exit cleanly.
   local count
   count=$(find "$data" -name '*.profraw' | wc -l)
-  if [ "$count" -ne 8 ]; then
-    echo "the training wrote $count profiles, not 8 (a sidecar did not exit cleanly?)" >&2
+  if [ "$count" -ne 10 ]; then
+    echo "the training wrote $count profiles, not 10 (a sidecar did not exit cleanly?)" >&2
     exit 1
   fi
   echo "== 3/3 merging $count profiles" >&2

@@ -49,12 +49,37 @@ impl Shape {
     }
 }
 
-/// The request every scenario sends: same path, same Bearer token.
+/// The request a scenario sends: the same Bearer token on every request.
 #[derive(Clone)]
 pub struct RequestSpec {
     pub host: &'static str,
     pub path: &'static str,
     pub bearer: Arc<str>,
+    /// The status a request of this scenario must get to count (not an error).
+    pub expect: hyper::StatusCode,
+    /// `Some`: a path scan, each request's path `path` followed by the next
+    /// number of this counter (shared by the scenario's workers), so no two
+    /// requests ask the same question.
+    pub scan: Option<Arc<AtomicU64>>,
+}
+
+impl RequestSpec {
+    /// The same path on every request, which must get a 200.
+    pub fn allowed(host: &'static str, path: &'static str, bearer: Arc<str>) -> Self {
+        Self { host, path, bearer, expect: hyper::StatusCode::OK, scan: None }
+    }
+
+    /// `path` followed by a new number on every request, which must get `expect`.
+    pub fn scan(&self, path: &'static str, expect: hyper::StatusCode) -> Self {
+        Self { path, expect, scan: Some(Arc::default()), ..self.clone() }
+    }
+
+    fn next_path(&self) -> Cow<'static, str> {
+        match &self.scan {
+            Some(next) => Cow::Owned(format!("{}{}", self.path, next.fetch_add(1, Ordering::Relaxed))),
+            None => Cow::Borrowed(self.path),
+        }
+    }
 }
 
 pub struct Run {
@@ -225,15 +250,15 @@ enum Sender {
 }
 
 impl Sender {
-    /// The response's HTTP version when it was a 200.
+    /// The response's HTTP version when its status was the one expected.
     async fn send(&mut self, spec: &RequestSpec) -> Option<hyper::Version> {
-        self.status(spec).await.filter(|(status, _)| *status == hyper::StatusCode::OK).map(|(_, version)| version)
+        self.status(spec).await.filter(|(status, _)| *status == spec.expect).map(|(_, version)| version)
     }
 
     /// The response status and HTTP version (body read); an empty `bearer`
     /// sends no `Authorization`.
     async fn status(&mut self, spec: &RequestSpec) -> Option<(hyper::StatusCode, hyper::Version)> {
-        let mut request = hyper::Request::get(spec.path).header("host", spec.host);
+        let mut request = hyper::Request::get(spec.next_path().as_ref()).header("host", spec.host);
         if !spec.bearer.is_empty() {
             request = request.header("authorization", format!("Bearer {}", spec.bearer));
         }

@@ -166,7 +166,10 @@ fn measure(
     name: &'static str,
     plan: &Plan,
 ) -> anyhow::Result<Option<report::Result>> {
-    let Some((target, new_connection_per_request, sidecars)) = stack.scenario(name) else { return Ok(None) };
+    let Some(scenarios::Scenario { target, new_connection_per_request, sidecars, request }) = stack.scenario(name)
+    else {
+        return Ok(None);
+    };
     let mut shape = load::Shape {
         connections: plan.connections,
         duration: plan.warmup,
@@ -176,14 +179,14 @@ fn measure(
         rate: plan.rate,
     };
     if !plan.warmup.is_zero() {
-        client.block_on(load::run(&target, &stack.request, shape))?;
+        client.block_on(load::run(&target, request, shape))?;
     }
     // `--idle N`: connections that stay open and silent through the run;
     // what they cost in resident memory, from the target's processes.
     let idle_rss_before: f64 = sidecars.iter().map(|s| s.rss_now_mib()).sum();
     let idle = match (plan.idle, &target) {
         (Some(n), load::Target::Mtls(..)) if n > 0 && !new_connection_per_request => {
-            Some(client.block_on(load::open_idle(&target, &stack.request, n))?)
+            Some(client.block_on(load::open_idle(&target, request, n))?)
         }
         _ => None,
     };
@@ -200,6 +203,8 @@ fn measure(
         None => eprint!("\r{name:<12} c={} {seconds}s ...", plan.connections),
     }
     let before = if rotation { client.block_on(rotation_counters(stack)) } else { None };
+    let scan = name == "inbound-deny";
+    let denials_before = if scan { client.block_on(denial_counters(stack)) } else { None };
     let cpu_before: f64 = sidecars.iter().map(|s| s.cpu_seconds()).sum();
     let others_before = sidecar::cpu_outside(&stack.processes());
     let (run, private) = sidecar::peak_private_while(&sidecars, || {
@@ -207,7 +212,7 @@ fn measure(
             let reloads = rotation.then(|| tokio::spawn(rewrite_policy(stack.rotating_policy.clone())));
             let run = match before {
                 Some((rotations, _)) if plan.tiny => across_a_rotation(stack, &target, shape, rotations).await,
-                _ => load::run(&target, &stack.request, shape).await,
+                _ => load::run(&target, request, shape).await,
             };
             if let Some(task) = reloads {
                 task.abort();
@@ -220,6 +225,7 @@ fn measure(
     let cpu = sidecars.iter().map(|s| s.cpu_seconds()).sum::<f64>() - cpu_before;
     let rss = sidecars.iter().map(|s| s.peak_rss_mib()).sum::<f64>();
     let after = if rotation { client.block_on(rotation_counters(stack)) } else { None };
+    let denials_after = if scan { client.block_on(denial_counters(stack)) } else { None };
     // `/proc` counts in 10 ms ticks: a very short run needs an absolute floor too.
     let disturbed = others >= 0.05 && others / run.elapsed.as_secs_f64().max(f64::EPSILON) > DISTURBED_CPU_SHARE;
     eprintln!(
@@ -233,6 +239,7 @@ fn measure(
     result.disturbed = disturbed;
     // `None` (null in the JSON) for other scenarios, or when the sidecar's /metrics could not be read.
     result.rotations = before.zip(after).map(|(b, a)| (a.0 - b.0, a.1 - b.1));
+    result.denials = denials_before.zip(denials_after).map(|(b, a)| (a.0 - b.0, a.1 - b.1));
     result.idle = idle_rss;
     result.private_mib = (!sidecars.is_empty()).then_some(private);
     drop(idle);
@@ -278,6 +285,15 @@ async fn rotation_counters(stack: &scenarios::Stack) -> Option<(f64, f64)> {
     let rotations = stack.rotating.counter("a2a_svid_rotations_total", &[]).await?;
     let reloads = stack.rotating.counter("a2a_policy_reloads_total", &[("result", "ok")]).await?;
     Some((rotations, reloads))
+}
+
+/// Requests the `inbound-deny` sidecar refused at Layer 2 for want of a
+/// matching rule so far, and the audit events its sink lost.
+async fn denial_counters(stack: &scenarios::Stack) -> Option<(f64, f64)> {
+    let labels = [("direction", "inbound"), ("decision", "deny"), ("layer", "rbac"), ("reason", "no_matching_rule")];
+    let denied = stack.deny.counter("a2a_requests_total", &labels).await?;
+    let dropped = stack.deny.counter("a2a_audit_dropped_total", &[]).await?;
+    Some((denied, dropped))
 }
 
 /// Rewrites the `rotation` sidecar's policy file (same rules, new version)
@@ -401,15 +417,25 @@ fn run_set(
     // The token-checking targets must refuse a request without one, or the comparison is void.
     for name in names.iter().copied().filter(|n| matches!(*n, "inbound-all" | "inbound-pdp" | "chain" | "envoy-authz"))
     {
-        if let Some((target, _, _)) = stack.scenario(name) {
+        if let Some(scenario) = stack.scenario(name) {
             let anonymous = load::RequestSpec { bearer: "".into(), ..stack.request.clone() };
-            match client.block_on(load::probe(&target, &anonymous)) {
+            match client.block_on(load::probe(&scenario.target, &anonymous)) {
                 Some(status) if status.is_client_error() => {
                     eprintln!("{name}: a request without a token gets {status}")
                 }
                 other => anyhow::bail!("{name} does not refuse a request without a token: {other:?}"),
             }
         }
+    }
+    // `inbound-deny`'s requests must be refused for their path alone: the
+    // same sidecar allows the allowed request.
+    if let Some(scenario) = names.contains(&"inbound-deny").then(|| stack.scenario("inbound-deny")).flatten() {
+        let allowed = client.block_on(load::probe(&scenario.target, &stack.request));
+        let scanned = client.block_on(load::probe(&scenario.target, scenario.request));
+        anyhow::ensure!(
+            allowed == Some(hyper::StatusCode::OK) && scanned == Some(scenario.request.expect),
+            "inbound-deny: the allowed request got {allowed:?} and a scanned path {scanned:?}"
+        );
     }
     let mut runs: Vec<(&str, Vec<report::Result>)> = names.iter().map(|n| (*n, Vec::new())).collect();
     let mut order = names.to_vec();

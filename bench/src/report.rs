@@ -20,6 +20,9 @@ pub struct Result {
     pub private_mib: Option<f64>,
     /// `rotation` only: SVID rotations and policy reloads during the run.
     pub rotations: Option<(f64, f64)>,
+    /// `inbound-deny` only: requests the sidecar refused at Layer 2 for want
+    /// of a matching rule during the run, and the audit events its sink lost.
+    pub denials: Option<(f64, f64)>,
     /// Other processes used a noticeable share of a CPU during the run.
     pub disturbed: bool,
     /// The ALPN protocols the servers selected (empty: plain text) and the
@@ -58,6 +61,7 @@ impl Result {
             rss_mib: sidecar.map(|(_, rss)| rss),
             private_mib: None,
             rotations: None,
+            denials: None,
             disturbed: false,
             alpn: run.protocols.alpn.iter().cloned().collect(),
             http_versions: run.protocols.http.iter().map(|v| format!("{v:?}")).collect(),
@@ -66,9 +70,9 @@ impl Result {
         }
     }
 
-    /// The median of repetitions (request and error counts, rotations
-    /// summed; RSS and private memory the largest; disturbed if any was; protocols all seen),
-    /// keeping each repetition's numbers.
+    /// The median of repetitions (request and error counts, rotations and
+    /// denials summed; RSS and private memory the largest; disturbed if any
+    /// was; protocols all seen), keeping each repetition's numbers.
     pub fn median(runs: Vec<Self>) -> Option<Self> {
         fn median_of(runs: &[Result], f: impl Fn(&Result) -> f64) -> f64 {
             let mut values: Vec<f64> = runs.iter().map(f).collect();
@@ -88,6 +92,7 @@ impl Result {
             rss_mib: runs.iter().filter_map(|r| r.rss_mib).reduce(f64::max),
             private_mib: runs.iter().filter_map(|r| r.private_mib).reduce(f64::max),
             rotations: runs.iter().filter_map(|r| r.rotations).reduce(|a, b| (a.0 + b.0, a.1 + b.1)),
+            denials: runs.iter().filter_map(|r| r.denials).reduce(|a, b| (a.0 + b.0, a.1 + b.1)),
             disturbed: runs.iter().any(|r| r.disturbed),
             alpn: union(runs.iter().map(|r| &r.alpn)),
             http_versions: union(runs.iter().map(|r| &r.http_versions)),
@@ -215,7 +220,8 @@ impl Report {
         }
         for peer in self.results.iter().filter(|r| crate::scenarios::PEERS.contains(&r.name)) {
             out.push_str(&format!("\nvs {} (same run):", peer.name));
-            for r in self.results.iter().filter(|r| r.name.starts_with("inbound")) {
+            // Requests a peer would forward too (`inbound-deny`'s are refused).
+            for r in self.results.iter().filter(|r| r.name.starts_with("inbound") && r.name != "inbound-deny") {
                 // (`-` when the run was too short to measure the peer's CPU)
                 let peer_cpu = peer.cpu_s_per_10k.filter(|c| *c > 0.0);
                 let cpu = r.cpu_s_per_10k.zip(peer_cpu).map(|(a, b)| a / b);
@@ -240,6 +246,12 @@ impl Report {
                 out.push_str(&format!(
                     "\n`{}`: {rotations} SVID rotations and {reloads} policy reloads during the run, {} errors\n",
                     r.name, r.errors
+                ));
+            }
+            if let Some((denied, dropped)) = r.denials {
+                out.push_str(&format!(
+                    "\n`{}`: {} requests, each to a new path, {denied} refused by Layer 2 (`no_matching_rule`), {dropped} audit events lost by its stdout sink\n",
+                    r.name, r.requests
                 ));
             }
         }
@@ -282,6 +294,8 @@ impl Report {
                 "disturbed": r.disturbed,
                 "svid_rotations": r.rotations.map(|(n, _)| n),
                 "policy_reloads": r.rotations.map(|(_, n)| n),
+                "layer2_denials": r.denials.map(|(n, _)| n),
+                "audit_dropped": r.denials.map(|(_, n)| n),
                 "idle_connections": r.idle.map(|(n, _)| n),
                 "idle_rss_mib": r.idle.map(|(_, mib)| mib),
                 "alpn": r.alpn,
@@ -351,7 +365,30 @@ pub fn json(reports: &[Report]) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::Placement;
+    use super::{Placement, Report, Result};
+
+    /// The peers are compared with the requests they would forward too:
+    /// `inbound-deny`'s are refused, so it has no ratio.
+    #[test]
+    fn refused_requests_are_not_compared_with_a_peer() {
+        let result = |name, cpu| {
+            let latency = hdrhistogram::Histogram::new(3).unwrap();
+            let run = crate::load::Run {
+                requests: 10_000,
+                errors: 0,
+                elapsed: std::time::Duration::from_secs(1),
+                latency,
+                protocols: Default::default(),
+            };
+            Result::new(name, &run, Some((cpu, 10.0)))
+        };
+        let results = vec![result("inbound-all", 1.0), result("inbound-deny", 0.5), result("nginx", 2.0)];
+        let report = Report::new(results, (32, "closed loop".into()), Placement::new(1, false, &[], &[]), 900);
+        let table = report.markdown();
+        let vs = table.lines().find(|l| l.starts_with("vs nginx")).unwrap();
+        assert_eq!(vs, "vs nginx (same run): `inbound-all` 1.00x req/s, 0.50x CPU per request;");
+        assert!(table.contains("| inbound-deny | 10000 |"), "{table}");
+    }
 
     /// `--pin` takes the first N CPUs for the servers and leaves the rest to
     /// the load; `--cpus` chooses them; with no CPU left the load shares.

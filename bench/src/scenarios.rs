@@ -21,6 +21,8 @@ const CALLER: &str = "spiffe://bench.example/budget-report";
 const CALLER_OID: &str = "00000000-0000-4000-8000-0000000000b1";
 const TENANT: &str = "bbbbbbbb-0000-4000-8000-000000000001";
 const AUDIENCE: &str = "api://budget-backend";
+/// `inbound-deny`'s paths (a number follows): no rule of `POLICY_ALL` matches them.
+const SCAN_PATH: &str = "/budget/scan/";
 
 /// Layer 1 plus the smallest Layer 2 (a policy is required with `inbound`).
 const POLICY_L1: &str = "version: '5.0'
@@ -46,11 +48,12 @@ policies:
       - {path: /budget/submit, methods: [POST], action: deny}
 ";
 
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     "direct",
     "inbound-l1",
     "inbound-all",
     "inbound-pdp",
+    "inbound-deny",
     "chain",
     "handshake",
     "rotation",
@@ -82,6 +85,10 @@ pub struct Stack {
     /// `all` plus an external AuthZEN PDP (`authzen.pdp`) that allows: the
     /// cost of a cached PDP decision.
     pub pdp: Sidecar,
+    /// `all` with an audit sink (`audit.stdout`), for `inbound-deny`'s path
+    /// scan: its own process, so the decisions the scan caches never count
+    /// in `inbound-all`'s memory.
+    pub deny: Sidecar,
     pub caller: Sidecar,
     pub rotating: Sidecar,
     pub rotating_policy: std::path::PathBuf,
@@ -92,6 +99,8 @@ pub struct Stack {
     pub envoy_authz: Option<Sidecar>,
     pub tls: Arc<rustls::ClientConfig>,
     pub request: RequestSpec,
+    /// `inbound-deny`'s: a path no rule allows, a new one on every request.
+    pub scan: RequestSpec,
     _idp: Arc<DevIdp>,
     // Last (fields drop in order): the sidecars stop before their files,
     // the app and the IdP go away.
@@ -149,6 +158,9 @@ impl Stack {
             format!("{jwt}authzen: {{pdp: {{url: 'http://{pdp_addr}/access/v1/evaluation', cache_ttl: 1h}}}}\n");
         let pdp = backend_yaml(&backend_identity, "policy-all.yaml", Some(&authzen));
         let pdp = Sidecar::spawn(&write("pdp.yaml", &pdp)?, cpu)?;
+        // Every decision an event on stdout, as `deploy/k8s` configures it.
+        let deny = backend_yaml(&backend_identity, "policy-all.yaml", Some(&format!("{jwt}audit: {{stdout: true}}\n")));
+        let deny = Sidecar::spawn(&write("deny.yaml", &deny)?, cpu)?;
         let rotation_ttl = format!("{}ms", rotation_ttl.as_millis());
         let dev_identity = format!(
             "{{source: dev, dev: {{ca_dir: '{ca}', id: '{BACKEND}', ttl: {rotation_ttl}}}}}",
@@ -184,7 +196,8 @@ impl Stack {
         let identity = IdentityWatch::fixed(Arc::new(ca.identity(&CALLER.parse()?, Duration::from_secs(3600), &[])?));
         let mut tls = certs::tls::client_config(identity, BACKEND.parse()?)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let request = RequestSpec { host: "budget-backend", path: "/budget/read", bearer: token.into() };
+        let request = RequestSpec::allowed("budget-backend", "/budget/read", token.into());
+        let scan = request.scan(SCAN_PATH, hyper::StatusCode::FORBIDDEN);
         Ok(Self {
             _dir: dir,
             _runtime: runtime,
@@ -192,6 +205,7 @@ impl Stack {
             l1,
             all,
             pdp,
+            deny,
             caller,
             rotating,
             rotating_policy,
@@ -201,13 +215,14 @@ impl Stack {
             envoy_authz,
             tls: Arc::new(tls),
             request,
+            scan,
             _idp: idp,
         })
     }
 
     /// Every process the harness started (for telling its CPU from others').
     pub fn processes(&self) -> Vec<&Sidecar> {
-        let mut all = vec![&self.l1, &self.all, &self.pdp, &self.caller, &self.rotating];
+        let mut all = vec![&self.l1, &self.all, &self.pdp, &self.deny, &self.caller, &self.rotating];
         all.extend(self.nginx.as_ref());
         all.extend(self.haproxy.as_ref());
         all.extend(self.envoy.as_ref());
@@ -215,18 +230,17 @@ impl Stack {
         all
     }
 
-    /// The target of scenario `name`, whether each request opens a connection,
-    /// and the sidecars whose CPU and memory count.
-    pub fn scenario(&self, name: &str) -> Option<(Target, bool, Vec<&Sidecar>)> {
+    /// Scenario `name`: where its requests go, which, and whose CPU and memory count.
+    pub fn scenario(&self, name: &str) -> Option<Scenario<'_>> {
         let mtls = |s: &Sidecar| s.inbound.map(|a| Target::Mtls(a, self.tls.clone()));
-        Some(match name {
-            "direct" => (Target::Plain(self.app), false, vec![]),
-            "inbound-l1" => (mtls(&self.l1)?, false, vec![&self.l1]),
-            "inbound-all" => (mtls(&self.all)?, false, vec![&self.all]),
-            "inbound-pdp" => (mtls(&self.pdp)?, false, vec![&self.pdp]),
-            "chain" => (Target::Plain(self.caller.outbound?), false, vec![&self.caller, &self.all]),
-            "handshake" => (mtls(&self.l1)?, true, vec![&self.l1]),
-            "rotation" => (mtls(&self.rotating)?, false, vec![&self.rotating]),
+        let (target, sidecars) = match name {
+            "direct" => (Target::Plain(self.app), vec![]),
+            "inbound-l1" | "handshake" => (mtls(&self.l1)?, vec![&self.l1]),
+            "inbound-all" => (mtls(&self.all)?, vec![&self.all]),
+            "inbound-pdp" => (mtls(&self.pdp)?, vec![&self.pdp]),
+            "inbound-deny" => (mtls(&self.deny)?, vec![&self.deny]),
+            "chain" => (Target::Plain(self.caller.outbound?), vec![&self.caller, &self.all]),
+            "rotation" => (mtls(&self.rotating)?, vec![&self.rotating]),
             "nginx" | "haproxy" | "envoy" | "envoy-authz" => {
                 let peer = match name {
                     "nginx" => self.nginx.as_ref()?,
@@ -234,11 +248,23 @@ impl Stack {
                     "envoy" => self.envoy.as_ref()?,
                     _ => self.envoy_authz.as_ref()?,
                 };
-                (mtls(peer)?, false, vec![peer])
+                (mtls(peer)?, vec![peer])
             }
             _ => return None,
-        })
+        };
+        let request = if name == "inbound-deny" { &self.scan } else { &self.request };
+        Some(Scenario { target, new_connection_per_request: name == "handshake", sidecars, request })
     }
+}
+
+/// What one scenario measures.
+pub struct Scenario<'a> {
+    pub target: Target,
+    /// `handshake`: a new connection (a full mTLS handshake) for every request.
+    pub new_connection_per_request: bool,
+    /// The processes whose CPU and memory count.
+    pub sidecars: Vec<&'a Sidecar>,
+    pub request: &'a RequestSpec,
 }
 
 /// An AuthZEN PDP on 127.0.0.1:0 that allows every evaluation (its

@@ -118,7 +118,11 @@ impl Sidecar {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("sidecar stdout")?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        let mut stdout = BufReader::new(stdout);
+        stdout.read_line(&mut line)?;
+        // The rest (an `audit.stdout` sink's events) is read and dropped:
+        // the pipe never fills, and its writes never fail.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let mut words = line.split_whitespace();
         if words.next() != Some("ready") {
             let _ = child.kill();

@@ -1,6 +1,7 @@
 //! The harness keeps working: a tiny run of every scenario (a few hundred
-//! requests each) through real sidecar processes, all answered 200, with
-//! consistent numbers and the protocol that was asked for.
+//! requests each) through real sidecar processes, all answered as they must
+//! be (200; `inbound-deny`'s 403), with consistent numbers and the protocol
+//! that was asked for.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, reason = "tests fail loudly")]
 
@@ -9,7 +10,7 @@ fn every_scenario_runs_without_errors() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("results.json");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_a2a-bench"))
-        .args(["--tiny", "--only", "direct,inbound-l1,inbound-all,chain,handshake,rotation", "--json"])
+        .args(["--tiny", "--only", "direct,inbound-l1,inbound-all,inbound-deny,chain,handshake,rotation", "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -18,12 +19,13 @@ fn every_scenario_runs_without_errors() {
     let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let scenarios = results["scenarios"].as_array().unwrap();
     let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["direct", "inbound-l1", "inbound-all", "chain", "handshake", "rotation"]);
+    assert_eq!(names, ["direct", "inbound-l1", "inbound-all", "inbound-deny", "chain", "handshake", "rotation"]);
     for s in scenarios {
         let name = s["name"].as_str().unwrap();
         // (possibly marked "disturbed": the other tests run in parallel)
         assert!(table.contains(&format!("| {name}")), "{table}");
-        // Every request was answered 200: all five layers allowed the valid caller and token.
+        // Every request was answered as it must be: 200 where all five layers
+        // allowed the valid caller and token, 403 for `inbound-deny`'s paths.
         assert_eq!((s["requests"].as_u64(), s["errors"].as_u64()), (Some(300), Some(0)), "{s}");
         check_numbers(s, 1);
         // HTTP/1.1 keep-alive by default, as the servers agreed (ALPN only on the mTLS targets).
@@ -39,9 +41,15 @@ fn every_scenario_runs_without_errors() {
         }
     }
     // The SVID rotated under the run's traffic (the sidecar's own counter), every request still 200.
-    let rotation = &scenarios[5];
+    let rotation = &scenarios[6];
     assert!(rotation["svid_rotations"].as_f64().unwrap() >= 1.0, "no SVID rotation during the run: {rotation}");
     assert!(rotation["policy_reloads"].is_number(), "{rotation}");
+    // Each of `inbound-deny`'s 300 paths was refused by Layer 2, as its
+    // sidecar counted them (not merely answered 403), and its audit sink kept up.
+    let deny = &scenarios[3];
+    assert_eq!((deny["layer2_denials"].as_f64(), deny["audit_dropped"].as_f64()), (Some(300.0), Some(0.0)), "{deny}");
+    assert!(table.contains("300 requests, each to a new path, 300 refused by Layer 2"), "{table}");
+    assert!(scenarios[2]["layer2_denials"].is_null(), "{}", scenarios[2]);
     assert_eq!(results["machine"]["token_bytes"].as_u64().map(|b| b > 500), Some(true));
     assert!(results["machine"]["sidecar_binary"].is_null(), "the harness's own build served them");
 }
@@ -233,7 +241,7 @@ echo \"$A2A_BENCH_SIDECAR $(basename \"$1\") exit $status\" >> '{}'
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let json = dir.path().join("results.json");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_a2a-bench"))
-        .args(["--tiny", "--only", "inbound-l1,inbound-all,chain,rotation", "--json"])
+        .args(["--tiny", "--only", "inbound-l1,inbound-all,inbound-deny,chain,rotation", "--json"])
         .arg(&json)
         .env("A2A_BENCH_SIDECAR_BIN", &shipped)
         .env("A2A_BENCH_SIDECAR_WRAPPER", &wrapper)
@@ -255,6 +263,7 @@ echo \"$A2A_BENCH_SIDECAR $(basename \"$1\") exit $status\" >> '{}'
         [
             "all a2a-sidecar exit 0",
             "caller a2a-sidecar exit 0",
+            "deny a2a-sidecar exit 0",
             "l1 a2a-sidecar exit 0",
             "pdp a2a-sidecar exit 0",
             "rotating a2a-bench exit 0"
