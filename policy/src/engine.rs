@@ -66,7 +66,8 @@ pub struct Verdict {
 /// callers, so the cache is bounded by what its entries weigh, not by their
 /// number: a flood of distinct (long) paths only causes misses.
 pub const CACHE_BYTES: u64 = 8 << 20;
-/// A longer path is decided by Cedar every time, never remembered.
+/// A longer path (or path and method together: both are the caller's
+/// choice) is decided by Cedar every time, never remembered.
 pub const MAX_CACHED_PATH: usize = 1024;
 /// What an entry costs besides its strings (moka's node, its queues and
 /// table, the `Arc`, the allocator's headers), as measured: a scan of short
@@ -114,7 +115,9 @@ impl Answers<Inputs<'_>> for Cached {
 impl Cached {
     /// Approximate bytes held by one entry.
     fn weight(_key: &u64, entry: &Arc<Self>) -> u32 {
-        let ids: usize = entry.verdict.decision.policy_ids.iter().map(String::len).sum();
+        // Each policy ID: its `String` in the slice, and its text with the
+        // allocator's header, which is never under 32 bytes.
+        let ids: usize = entry.verdict.decision.policy_ids.iter().map(|id| 24 + (id.len() + 8).max(32)).sum();
         let bytes = ENTRY_OVERHEAD + entry.caller.len() + entry.method.len() + entry.path.len() + ids;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
@@ -210,7 +213,7 @@ impl PolicyEngine {
             return hit.verdict.clone();
         }
         let verdict = self.decide_uncached(request);
-        if request.path.len() <= MAX_CACHED_PATH {
+        if request.path.len() + request.method.len() <= MAX_CACHED_PATH {
             let cached = Cached {
                 caller: inputs.0.to_owned(),
                 method: inputs.1.to_owned(),

@@ -25,9 +25,12 @@ use crate::facts::jwks::{Jwks, JwksSettings, KeysAt};
 /// a token may be up to `limits.max_header_bytes`, and its claims too, so a
 /// count alone would not bound the memory).
 const CACHE_BYTES: u64 = 16 << 20;
-/// What an entry costs besides its token and claims (moka's node, the
-/// `Arc`s, the map's buckets).
-const ENTRY_OVERHEAD: usize = 256;
+/// What an entry costs besides its token and claims: moka's node, queues
+/// and table (about 340 bytes, as measured for the decision cache's,
+/// `policy/tests/cache_memory.rs`), the `Verified` and `Claims` behind
+/// their `Arc`s (about 280), the allocator's headers. An estimate from the
+/// types' sizes, with a margin; not measured for this cache.
+const ENTRY_OVERHEAD: usize = 1024;
 /// Upper bound on how long a verified token is remembered (it is also
 /// dropped at its `exp`).
 const CACHE_TTL: Duration = Duration::from_secs(600);
@@ -62,11 +65,18 @@ impl Verified {
     /// Approximate bytes held by one entry.
     fn weight(_key: &u64, entry: &Arc<Self>) -> u32 {
         let claims = &entry.claims;
-        // Each claim: its name and value, plus the map entry's two `String` headers.
-        let strings: usize = claims.strings.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
-        let roles: usize = claims.roles.iter().map(String::len).sum();
+        // Each claim: its name and value with their allocator headers; the
+        // map's buckets (two `String`s each, grown by doubling) by capacity.
+        let strings: usize = claims.strings.iter().map(|(k, v)| k.len() + v.len() + 32).sum();
+        let buckets = claims.strings.capacity() * 49;
+        let roles: usize = claims.roles.iter().map(|role| 24 + role.len() + 16).sum();
         let ids = claims.kid.len() + claims.oid.as_ref().map_or(0, String::len);
-        let bytes = ENTRY_OVERHEAD + entry.token.len() + strings + roles + ids;
+        let client_id = claims.client_id.as_ref().map_or(0, |id| id.len() + 32);
+        let cnf = match &claims.cnf {
+            policy::jwt::CertBinding::X5tS256(thumbprint) => thumbprint.len() + 16,
+            _ => 0,
+        };
+        let bytes = ENTRY_OVERHEAD + entry.token.len() + strings + buckets + roles + ids + client_id + cnf;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }
