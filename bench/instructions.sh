@@ -7,8 +7,9 @@
 #   bench/instructions.sh [SCENARIO [SIDECAR]]     default: inbound-all all
 #
 # SIDECAR is the bench's config name for the process to count (`all` serves
-# inbound-all, `l1` inbound-l1 and handshake, `pdp` inbound-pdp, `caller`
-# the outbound half of chain). Needs valgrind and a profiling build:
+# inbound-all, `l1` inbound-l1 and handshake, `pdp` inbound-pdp, `deny`
+# inbound-deny, `caller` the outbound half of chain). Needs valgrind and a
+# profiling build:
 #   cargo build --profile profiling -p bench
 # A2A_BENCH_BIN, LOW and HIGH override the binary and the two request counts.
 set -euo pipefail

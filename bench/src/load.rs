@@ -297,7 +297,7 @@ pub async fn open_idle(target: &Target, spec: &RequestSpec, n: usize) -> anyhow:
     for _ in 0..n {
         let mut sender = connect(&target, false, &mut protocols).await?;
         let status = sender.status(spec).await.map(|(status, _)| status);
-        anyhow::ensure!(status.is_some_and(|s| s.is_success()), "an idle connection's request got {status:?}");
+        anyhow::ensure!(status == Some(spec.expect), "an idle connection's request got {status:?}");
         idle.push(Idle { _sender: sender });
     }
     Ok(idle)

@@ -142,15 +142,18 @@ fn prepare(dir: &Path, name: &str, ca: &DevCa, server_id: &str) -> anyhow::Resul
     Ok((certs, port))
 }
 
-/// Starts `binary` (pinned with taskset, which execs it: the child's pid is
-/// the peer's) and waits until it listens on `port`.
+/// Starts `binary` under the [`crate::sidecar::launcher`] (pinned; each
+/// program execs the next: the child's pid is the peer's) and waits until
+/// it listens on `port`.
 fn start(name: &str, binary: &str, args: &[std::ffi::OsString], port: u16, cpus: &[usize]) -> anyhow::Result<Sidecar> {
-    let mut command = if cpus.is_empty() {
-        Command::new(binary)
-    } else {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &crate::sidecar::cpu_list(cpus), binary]);
-        c
+    let prefix = crate::sidecar::launcher(cpus);
+    let mut command = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(binary);
+            c
+        }
+        None => Command::new(binary),
     };
     let child = command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

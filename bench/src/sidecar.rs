@@ -51,15 +51,40 @@ pub fn shipped() -> Option<PathBuf> {
     std::env::var_os("A2A_BENCH_SIDECAR_BIN").filter(|b| !b.is_empty()).map(PathBuf::from)
 }
 
-/// `program` under the wrapper (if any), and under `taskset -c <cpus>`
-/// when `cpus` is not empty; its name (the config's file stem: `all` serves
-/// `inbound-all`) in `A2A_BENCH_SIDECAR` for the wrapper's output file
-/// (valgrind: `%q{A2A_BENCH_SIDECAR}`).
-fn wrapped(program: PathBuf, config: &Path, cpus: &[usize]) -> Command {
-    let mut prefix: Vec<String> = Vec::new();
+/// What starts a process the harness owns (a sidecar or a peer), each
+/// program exec'ing the next so the process keeps the child's pid:
+/// `setpriv --pdeathsig TERM` (util-linux's, when on `PATH`), so it gets
+/// SIGTERM when the harness thread that started it ends, however that ends
+/// (a SIGKILLed harness included: the processes are started from their
+/// set's thread, which outlives the set's stack); then `taskset -c <cpus>`
+/// when `cpus` is not empty.
+pub fn launcher(cpus: &[usize]) -> Vec<String> {
+    let mut prefix = Vec::new();
+    if ends_with_harness() {
+        prefix.extend(["setpriv", "--pdeathsig", "TERM"].map(String::from));
+    }
     if !cpus.is_empty() {
         prefix.extend(["taskset".into(), "-c".into(), cpu_list(cpus)]);
     }
+    prefix
+}
+
+/// Whether this machine's `setpriv` can set the parent-death signal
+/// (util-linux 2.33 and later; not busybox's): tried once.
+pub fn ends_with_harness() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let mut tried = Command::new("setpriv");
+        tried.args(["--pdeathsig", "TERM", "true"]).stdout(Stdio::null()).stderr(Stdio::null());
+        tried.status().is_ok_and(|s| s.success())
+    })
+}
+
+/// `program` under the [`launcher`] and the wrapper (if any); its name (the
+/// config's file stem: `all` serves `inbound-all`) in `A2A_BENCH_SIDECAR`
+/// for the wrapper's output file (valgrind: `%q{A2A_BENCH_SIDECAR}`).
+fn wrapped(program: PathBuf, config: &Path, cpus: &[usize]) -> Command {
+    let mut prefix = launcher(cpus);
     if let Some((wrapper, args)) = wrapper() {
         prefix.push(wrapper);
         prefix.extend(args);
@@ -118,11 +143,7 @@ impl Sidecar {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("sidecar stdout")?;
         let mut line = String::new();
-        let mut stdout = BufReader::new(stdout);
-        stdout.read_line(&mut line)?;
-        // The rest (an `audit.stdout` sink's events) is read and dropped:
-        // the pipe never fills, and its writes never fail.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        BufReader::new(stdout).read_line(&mut line)?;
         let mut words = line.split_whitespace();
         if words.next() != Some("ready") {
             let _ = child.kill();
@@ -409,6 +430,10 @@ pub fn serve(config: &Path, cpus: &[usize]) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(30), app.identity.wait_ready()).await?.context("no SVID")?;
         let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
         println!("ready {} {} {}", show(app.inbound_addr), show(app.outbound_addr), app.telemetry_addr);
+        // Then stdout is /dev/null, as a shipped sidecar's is (an
+        // `audit.stdout` sink writes there): the same sink for both builds.
+        let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+        rustix::stdio::dup2_stdout(&null)?;
         // Until the harness closes our stdin (or goes away); then a clean
         // exit, which a wrapper such as callgrind needs to write its results.
         let (closed, stdin_closed) = tokio::sync::oneshot::channel();
