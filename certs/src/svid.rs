@@ -10,10 +10,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
 use crate::crypto::provider;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::tls::verified::VerifiedChains;
 use crate::x509::{self, LeafInfo, SvidError};
 
 /// Why SVID or bundle material cannot be used.
@@ -45,12 +46,14 @@ pub struct Svid {
     leaf: LeafInfo,
 }
 
-/// The CA certificates of one trust domain, with a verifier built once.
+/// The CA certificates of one trust domain, with a verifier built once and
+/// the client chains it has accepted (`tls::verified`).
 #[derive(Clone)]
 pub struct Bundle {
     authorities: Vec<CertificateDer<'static>>,
     roots: Arc<RootCertStore>,
     client_verifier: Arc<dyn ClientCertVerifier>,
+    verified: Arc<VerifiedChains>,
 }
 
 /// Bundles by trust domain: the own domain's plus federated ones.
@@ -140,7 +143,7 @@ impl Bundle {
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|_| MaterialError::EmptyBundle(td.clone()))?;
-        Ok(Self { authorities, roots, client_verifier })
+        Ok(Self { authorities, roots, client_verifier, verified: Arc::default() })
     }
 
     /// Builds a bundle from PEM text (`svid_bundle.pem`).
@@ -165,8 +168,20 @@ impl Bundle {
         &self.roots
     }
 
-    pub(crate) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
-        &self.client_verifier
+    /// A client's chain (leaf first) checked against these CAs at `now`,
+    /// remembered once accepted (see `tls::verified`).
+    pub fn verify_client_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        self.verified.verify(self.client_verifier.as_ref(), end_entity, intermediates, now)
+    }
+
+    /// Client chains remembered as accepted.
+    pub fn verified_chains(&self) -> usize {
+        self.verified.len()
     }
 }
 

@@ -20,6 +20,7 @@ use crate::spiffe_id::SpiffeId;
 mod client_verifier;
 mod resolver;
 mod server_verifier;
+pub(crate) mod verified;
 
 pub use client_verifier::SpiffeClientVerifier;
 pub use resolver::SvidResolver;
@@ -138,9 +139,7 @@ pub fn verify_peer_chain(
     let leaf = crate::x509::parse_leaf(leaf_der).map_err(|_| Reason::BadSvid)?;
     let bundle = identity.bundles().get(leaf.id.trust_domain_name()).ok_or(Reason::UntrustedChain)?;
     bundle
-        .client_verifier()
-        .verify_client_cert(leaf_der, intermediates, rustls::pki_types::UnixTime::now())
-        .map(|_| ())
+        .verify_client_chain(leaf_der, intermediates, rustls::pki_types::UnixTime::now())
         .map_err(|e| chain_reason(&e))
 }
 

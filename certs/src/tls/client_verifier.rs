@@ -36,10 +36,7 @@ impl SpiffeClientVerifier {
         // signed by another domain's CA that claims this domain fails here.
         let bundle =
             identity.bundles().get(leaf.id.trust_domain_name()).ok_or_else(|| reject(Reason::UntrustedChain))?;
-        bundle
-            .client_verifier()
-            .verify_client_cert(end_entity, intermediates, now)
-            .map_err(|e| reject(chain_reason(&e)))?;
+        bundle.verify_client_chain(end_entity, intermediates, now).map_err(|e| reject(chain_reason(&e)))?;
         if !self.authorizer.authorize(&leaf.id) {
             return Err(reject(Reason::NotAllowed));
         }
