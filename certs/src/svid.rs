@@ -140,6 +140,9 @@ impl Bundle {
             return Err(MaterialError::EmptyBundle(td.clone()));
         }
         let roots = Arc::new(roots);
+        // No CRLs (`with_crls`): the accepted chains this bundle remembers
+        // (`tls::verified`) assume webpki's answer depends only on the
+        // chain, these CAs and the time; revocation would break that.
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|_| MaterialError::EmptyBundle(td.clone()))?;
@@ -177,11 +180,6 @@ impl Bundle {
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
         self.verified.verify(self.client_verifier.as_ref(), end_entity, intermediates, now)
-    }
-
-    /// Client chains remembered as accepted.
-    pub fn verified_chains(&self) -> usize {
-        self.verified.len()
     }
 }
 

@@ -6,33 +6,45 @@
 //! instructions (bench/README.md).
 //!
 //! The answer is the one webpki would give again: it depends only on the
-//! chain's bytes, the bundle's CAs and the time. So only an acceptance is
-//! remembered; for the exact bytes presented, compared in full (the hash
-//! only finds the slot); in the `Bundle` it was verified against (a new
-//! bundle starts empty); and it holds only while every certificate presented
-//! is within its validity period, checked at each use. What the cache never
-//! skips: the caller's proof that it holds the SVID's key (its
+//! chain's bytes, the bundle's CAs and the time (no CRLs: see
+//! `Bundle::from_der`). So only an acceptance is remembered; by the SHA-256
+//! of the exact chain presented; in the `Bundle` it was verified against (a
+//! new bundle starts empty); and it holds only while every certificate
+//! presented is within its validity period, checked at each use. What the
+//! cache never skips: the caller's proof that it holds the SVID's key (its
 //! CertificateVerify, verified by rustls on every handshake), the SPIFFE
 //! checks on the leaf and the allow-list (`SpiffeClientVerifier`).
+//!
+//! The chain is verified (and remembered) when it arrives, before the
+//! caller has proved it holds the key, so anyone with a valid SVID's
+//! certificate can add entries: each is a digest and two times, the set is
+//! bounded, and moka's admission keeps the chains that keep coming back (a
+//! flood of one-time chains only misses). A hit also answers sooner than a
+//! miss, which tells a prober holding a caller's certificate that the chain
+//! was seen under the current bundle: nothing it could not learn otherwise.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-
+use aws_lc_rs::digest::{SHA256, digest};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-/// Chains remembered per bundle; the set is emptied when full (a caller
-/// cycling through valid SVIDs only causes misses).
-const CAPACITY: usize = 1024;
-/// A longer chain (all its certificates' DER) is verified every time.
+/// Chains remembered per bundle.
+const CAPACITY: u64 = 1024;
+/// A chain of more certificates (the leaf included), or of more bytes, is
+/// verified every time: an SVID's chain is its leaf and a few intermediates.
+const MAX_CERTIFICATES: usize = 4;
 const MAX_CHAIN_BYTES: usize = 16 << 10;
 
-/// Accepted chains by their bytes (length-prefixed DER of the leaf, then of
-/// each intermediate as presented), with when they may be reused.
-#[derive(Default)]
+/// Accepted chains by the SHA-256 of their length-prefixed DER (the leaf,
+/// then each intermediate as presented), with when they may be reused.
 pub(crate) struct VerifiedChains {
-    accepted: Mutex<HashMap<Box<[u8]>, Validity>>,
+    accepted: moka::sync::Cache<[u8; 32], Validity>,
+}
+
+impl Default for VerifiedChains {
+    fn default() -> Self {
+        Self { accepted: moka::sync::Cache::new(CAPACITY) }
+    }
 }
 
 /// Seconds since the epoch: the latest `notBefore` and the earliest
@@ -77,7 +89,7 @@ impl VerifiedChains {
             std::iter::once(end_entity.as_ref()).chain(intermediates.iter().map(AsRef::as_ref)).collect();
         let key = key(&certificates);
         if let Some(key) = &key
-            && self.lock().get(key).is_some_and(|validity| validity.contains(now))
+            && self.accepted.get(key).is_some_and(|validity| validity.contains(now))
         {
             return Ok(());
         }
@@ -85,38 +97,32 @@ impl VerifiedChains {
         if let Some(key) = key
             && let Some(validity) = Validity::of(&certificates)
         {
-            let mut accepted = self.lock();
-            if accepted.len() >= CAPACITY {
-                accepted.clear();
-            }
-            accepted.insert(key, validity);
+            self.accepted.insert(key, validity);
         }
         Ok(())
     }
 
-    /// Chains remembered now.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Validity>> {
-        self.accepted.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Chains remembered now (after pending evictions).
+    #[cfg(test)]
+    fn len(&self) -> u64 {
+        self.accepted.run_pending_tasks();
+        self.accepted.entry_count()
     }
 }
 
-/// Each certificate's length (4 bytes, big-endian) then its DER: no two
-/// different chains share a key. `None` when too long to remember.
-fn key(certificates: &[&[u8]]) -> Option<Box<[u8]>> {
+/// The SHA-256 of each certificate's length (4 bytes, big-endian) then its
+/// DER: no two chains share a key. `None` when too long to remember.
+fn key(certificates: &[&[u8]]) -> Option<[u8; 32]> {
     let total: usize = certificates.iter().map(|c| 4 + c.len()).sum();
-    if total > MAX_CHAIN_BYTES {
+    if certificates.len() > MAX_CERTIFICATES || total > MAX_CHAIN_BYTES {
         return None;
     }
-    let mut key = Vec::with_capacity(total);
+    let mut encoded = Vec::with_capacity(total);
     for der in certificates {
-        key.extend_from_slice(&u32::try_from(der.len()).ok()?.to_be_bytes());
-        key.extend_from_slice(der);
+        encoded.extend_from_slice(&u32::try_from(der.len()).ok()?.to_be_bytes());
+        encoded.extend_from_slice(der);
     }
-    Some(key.into_boxed_slice())
+    digest(&SHA256, &encoded).as_ref().try_into().ok()
 }
 
 #[cfg(all(test, feature = "dev"))]
@@ -145,8 +151,12 @@ mod tests {
 
     impl Counting {
         fn of(ca: &DevCa) -> Self {
+            Self::anchored(ca.bundle_der().clone())
+        }
+
+        fn anchored(root: CertificateDer<'static>) -> Self {
             let mut roots = RootCertStore::empty();
-            roots.add(ca.bundle_der().clone()).unwrap();
+            roots.add(root).unwrap();
             let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::crypto::provider())
                 .build()
                 .unwrap();
@@ -262,11 +272,58 @@ mod tests {
         assert_eq!(verifier.asked(), 5);
     }
 
+    /// A root, an intermediate under it, and an SVID under that: each valid
+    /// from `from`, the intermediate until `intermediate_until`, the others an hour more.
+    fn two_levels(from: u64, intermediate_until: u64) -> [CertificateDer<'static>; 3] {
+        use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+        let time = |secs| (UNIX_EPOCH + Duration::from_secs(secs)).into();
+        let params = |until: u64, ca: bool| {
+            let mut params = rcgen::CertificateParams::default();
+            (params.not_before, params.not_after) = (time(from), time(until));
+            if ca {
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            } else {
+                params.subject_alt_names = vec![SanType::URI("spiffe://a.test/caller".try_into().unwrap())];
+                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            params
+        };
+        let (root_key, int_key, leaf_key) =
+            (KeyPair::generate().unwrap(), KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let root = params(intermediate_until + 3600, true).self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::from_ca_cert_der(root.der(), &root_key).unwrap();
+        let intermediate = params(intermediate_until, true).signed_by(&int_key, &root_issuer).unwrap();
+        let int_issuer = Issuer::from_ca_cert_der(intermediate.der(), &int_key).unwrap();
+        let leaf = params(intermediate_until + 3600, false).signed_by(&leaf_key, &int_issuer).unwrap();
+        [root.der().clone(), intermediate.der().clone(), leaf.der().clone()]
+    }
+
+    /// Reuse ends when the first certificate of the chain expires, here an
+    /// intermediate; both ends of the period are inclusive, as in webpki.
+    #[test]
+    fn an_intermediate_that_expires_first_ends_the_reuse() {
+        let t = now();
+        let [root, intermediate, leaf] = two_levels(t - 60, t + 100);
+        let verifier = Counting::anchored(root);
+        let chains = VerifiedChains::default();
+        let through = std::slice::from_ref(&intermediate);
+        chains.verify(&verifier, &leaf, through, at(t)).unwrap();
+        chains.verify(&verifier, &leaf, through, at(t + 100)).unwrap();
+        chains.verify(&verifier, &leaf, through, at(t - 60)).unwrap();
+        assert_eq!(verifier.asked(), 1, "reused from its first to its last valid second");
+        assert!(chains.verify(&verifier, &leaf, through, at(t + 101)).is_err(), "the intermediate expired");
+        assert_eq!(verifier.asked(), 2);
+    }
+
     #[test]
     fn chains_are_told_apart_by_their_certificates_boundaries() {
         let (a, b) = (&b"\x30\x03abc"[..], &b"\x30\x02de"[..]);
         let joined: Vec<u8> = [a, b].concat();
         assert_ne!(key(&[a, b]), key(&[&joined]));
         assert!(key(&[&vec![0; MAX_CHAIN_BYTES]]).is_none(), "too long to remember");
+        assert!(key(&[a; MAX_CERTIFICATES]).is_some());
+        assert!(key(&[a; MAX_CERTIFICATES + 1]).is_none(), "too many certificates to remember");
     }
 }
