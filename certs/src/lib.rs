@@ -16,6 +16,7 @@ pub mod source;
 pub mod spiffe_id;
 pub mod svid;
 pub mod tls;
+pub(crate) mod verified;
 pub mod x509;
 
 #[cfg(feature = "dev")]

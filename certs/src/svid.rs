@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTi
 
 use crate::crypto::provider;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
-use crate::tls::verified::VerifiedChains;
+use crate::verified::VerifiedChains;
 use crate::x509::{self, LeafInfo, SvidError};
 
 /// Why SVID or bundle material cannot be used.
@@ -47,7 +47,7 @@ pub struct Svid {
 }
 
 /// The CA certificates of one trust domain, with a verifier built once and
-/// the client chains it has accepted (`tls::verified`).
+/// the client chains it has accepted (`crate::verified`).
 #[derive(Clone)]
 pub struct Bundle {
     authorities: Vec<CertificateDer<'static>>,
@@ -141,7 +141,7 @@ impl Bundle {
         }
         let roots = Arc::new(roots);
         // No CRLs (`with_crls`): the accepted chains this bundle remembers
-        // (`tls::verified`) assume webpki's answer depends only on the
+        // (`crate::verified`) assume webpki's answer depends only on the
         // chain, these CAs and the time; revocation would break that.
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
@@ -172,7 +172,7 @@ impl Bundle {
     }
 
     /// A client's chain (leaf first) checked against these CAs at `now`,
-    /// remembered once accepted (see `tls::verified`).
+    /// remembered once accepted (see `crate::verified`).
     pub fn verify_client_chain(
         &self,
         end_entity: &CertificateDer<'_>,

@@ -20,7 +20,6 @@ use crate::spiffe_id::SpiffeId;
 mod client_verifier;
 mod resolver;
 mod server_verifier;
-pub(crate) mod verified;
 
 pub use client_verifier::SpiffeClientVerifier;
 pub use resolver::SvidResolver;

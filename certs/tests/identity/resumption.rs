@@ -17,7 +17,7 @@ async fn every_connection_gets_a_full_handshake_and_is_verified_again() {
     for _ in 0..3 {
         assert_eq!(handshake_kind(client.clone(), server.addr).await, HandshakeKind::Full);
     }
-    // (The CA's signature on the chain is checked once per bundle: `tls::verified`.)
+    // (The CA's signature on the chain is checked once per bundle: `certs/src/verified.rs`.)
     assert_eq!(server.seen.lock().unwrap().len(), 3, "the verifier judged each connection's caller");
 
     // A client that keeps sessions resumes against a listener with resumption

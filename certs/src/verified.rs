@@ -138,9 +138,9 @@ mod tests {
     use rustls::server::danger::ClientCertVerified;
     use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
+    use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
     use super::*;
-    use crate::TrustDomain;
-    use crate::dev::{DevCa, LeafSpec};
 
     /// A CA's webpki client verifier that counts the chains it is asked about.
     #[derive(Debug)]
@@ -150,10 +150,6 @@ mod tests {
     }
 
     impl Counting {
-        fn of(ca: &DevCa) -> Self {
-            Self::anchored(ca.bundle_der().clone())
-        }
-
         fn anchored(root: CertificateDer<'static>) -> Self {
             let mut roots = RootCertStore::empty();
             roots.add(root).unwrap();
@@ -206,20 +202,35 @@ mod tests {
         }
     }
 
-    fn ca(td: &str) -> DevCa {
-        DevCa::generate(&TrustDomain::new(td).unwrap()).unwrap()
+    /// A certificate valid from `from` to `until` (seconds since the epoch): a
+    /// CA, or an SVID for `spiffe://a.test/caller`.
+    fn params(from: u64, until: u64, ca: bool) -> rcgen::CertificateParams {
+        let time = |secs| (UNIX_EPOCH + Duration::from_secs(secs)).into();
+        let mut params = rcgen::CertificateParams::default();
+        (params.not_before, params.not_after) = (time(from), time(until));
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        } else {
+            params.subject_alt_names = vec![SanType::URI("spiffe://a.test/caller".try_into().unwrap())];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        params
     }
 
-    /// A leaf for `spiffe://a.test/caller` valid from `from` to `until` (seconds since the epoch).
-    fn leaf(ca: &DevCa, from: u64, until: u64) -> CertificateDer<'static> {
-        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
-        let spec = LeafSpec {
-            uris: vec!["spiffe://a.test/caller".into()],
-            not_before: at(from),
-            not_after: at(until),
-            is_ca: false,
-        };
-        ca.sign_leaf(&spec).unwrap().0
+    /// A root CA valid for a day around now.
+    fn root() -> (CertificateDer<'static>, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let t = now();
+        let cert = params(t - 86_400, t + 86_400, true).self_signed(&key).unwrap();
+        (cert.der().clone(), key)
+    }
+
+    /// An SVID signed by `ca`, valid from `from` to `until`.
+    fn leaf(ca: &(CertificateDer<'static>, KeyPair), from: u64, until: u64) -> CertificateDer<'static> {
+        let issuer = Issuer::from_ca_cert_der(&ca.0, &ca.1).unwrap();
+        params(from, until, false).signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap().der().clone()
     }
 
     fn at(secs: u64) -> UnixTime {
@@ -232,8 +243,8 @@ mod tests {
 
     #[test]
     fn an_accepted_chain_is_verified_once_and_reused_only_while_valid() {
-        let ca = ca("a.test");
-        let verifier = Counting::of(&ca);
+        let ca = root();
+        let verifier = Counting::anchored(ca.0.clone());
         let chains = VerifiedChains::default();
         let t = now();
         let svid = leaf(&ca, t - 60, t + 3600);
@@ -251,8 +262,8 @@ mod tests {
 
     #[test]
     fn only_the_very_same_accepted_bytes_are_reused() {
-        let (ca, other) = (ca("a.test"), ca("a.test"));
-        let verifier = Counting::of(&ca);
+        let (ca, other) = (root(), root());
+        let verifier = Counting::anchored(ca.0.clone());
         let chains = VerifiedChains::default();
         let t = now();
         // Another CA's SVID for the same ID: refused, never remembered.
@@ -275,28 +286,13 @@ mod tests {
     /// A root, an intermediate under it, and an SVID under that: each valid
     /// from `from`, the intermediate until `intermediate_until`, the others an hour more.
     fn two_levels(from: u64, intermediate_until: u64) -> [CertificateDer<'static>; 3] {
-        use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
-        let time = |secs| (UNIX_EPOCH + Duration::from_secs(secs)).into();
-        let params = |until: u64, ca: bool| {
-            let mut params = rcgen::CertificateParams::default();
-            (params.not_before, params.not_after) = (time(from), time(until));
-            if ca {
-                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-            } else {
-                params.subject_alt_names = vec![SanType::URI("spiffe://a.test/caller".try_into().unwrap())];
-                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            }
-            params
-        };
         let (root_key, int_key, leaf_key) =
             (KeyPair::generate().unwrap(), KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
-        let root = params(intermediate_until + 3600, true).self_signed(&root_key).unwrap();
+        let root = params(from, intermediate_until + 3600, true).self_signed(&root_key).unwrap();
         let root_issuer = Issuer::from_ca_cert_der(root.der(), &root_key).unwrap();
-        let intermediate = params(intermediate_until, true).signed_by(&int_key, &root_issuer).unwrap();
+        let intermediate = params(from, intermediate_until, true).signed_by(&int_key, &root_issuer).unwrap();
         let int_issuer = Issuer::from_ca_cert_der(intermediate.der(), &int_key).unwrap();
-        let leaf = params(intermediate_until + 3600, false).signed_by(&leaf_key, &int_issuer).unwrap();
+        let leaf = params(from, intermediate_until + 3600, false).signed_by(&leaf_key, &int_issuer).unwrap();
         [root.der().clone(), intermediate.der().clone(), leaf.der().clone()]
     }
 
