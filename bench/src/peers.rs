@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use certs::dev::DevCa;
@@ -146,15 +146,7 @@ fn prepare(dir: &Path, name: &str, ca: &DevCa, server_id: &str) -> anyhow::Resul
 /// program execs the next: the child's pid is the peer's) and waits until
 /// it listens on `port`.
 fn start(name: &str, binary: &str, args: &[std::ffi::OsString], port: u16, cpus: &[usize]) -> anyhow::Result<Sidecar> {
-    let prefix = crate::sidecar::launcher(cpus);
-    let mut command = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
+    let mut command = crate::sidecar::under(&crate::sidecar::launcher(cpus), binary);
     let child = command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let peer = Sidecar::peer(child, addr);

@@ -80,6 +80,18 @@ pub fn ends_with_harness() -> bool {
     })
 }
 
+/// `program` run by the commands of `prefix` (each execs the next), if any.
+pub fn under(prefix: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut command = Command::new(first);
+            command.args(rest).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// `program` under the [`launcher`] and the wrapper (if any); its name (the
 /// config's file stem: `all` serves `inbound-all`) in `A2A_BENCH_SIDECAR`
 /// for the wrapper's output file (valgrind: `%q{A2A_BENCH_SIDECAR}`).
@@ -89,14 +101,7 @@ fn wrapped(program: PathBuf, config: &Path, cpus: &[usize]) -> Command {
         prefix.push(wrapper);
         prefix.extend(args);
     }
-    let mut command = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut command = Command::new(first);
-            command.args(rest).arg(program);
-            command
-        }
-        None => Command::new(program),
-    };
+    let mut command = under(&prefix, program);
     if let Some(name) = config.file_stem() {
         command.env("A2A_BENCH_SIDECAR", name);
     }
