@@ -246,14 +246,40 @@ fn measure(
     Ok(Some(result))
 }
 
-/// Fisher-Yates with a xorshift generator: the order only needs to vary.
-fn shuffle(items: &mut [&'static str], seed: &mut u64) {
-    for i in (1..items.len()).rev() {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        items.swap(i, (*seed % (i as u64 + 1)) as usize);
+/// The order of one round: `names` as given in the first, shuffled in
+/// the others, but the scenarios of each [`scenarios::ADJACENT`] group that
+/// are measured always run one after another (in either direction), so
+/// the ratios the targets name compare runs seconds apart.
+fn round_order(names: &[&'static str], round: u32, seed: &mut u64) -> Vec<&'static str> {
+    let mut units: Vec<Vec<&'static str>> = Vec::new();
+    for &name in names {
+        if units.iter().any(|unit| unit.contains(&name)) {
+            continue;
+        }
+        units.push(match scenarios::ADJACENT.iter().find(|group| group.contains(&name)) {
+            Some(group) => group.iter().copied().filter(|n| names.contains(n)).collect(),
+            None => vec![name],
+        });
     }
+    if round > 0 {
+        for i in (1..units.len()).rev() {
+            units.swap(i, (next_random(seed) % (i as u64 + 1)) as usize);
+        }
+        for unit in &mut units {
+            if next_random(seed) % 2 == 1 {
+                unit.reverse();
+            }
+        }
+    }
+    units.concat()
+}
+
+/// A xorshift step: the order only needs to vary.
+fn next_random(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
 }
 
 /// `--tiny`'s `rotation` run, far shorter than the SVID's half-life: the
@@ -438,14 +464,10 @@ fn run_set(
         );
     }
     let mut runs: Vec<(&str, Vec<report::Result>)> = names.iter().map(|n| (*n, Vec::new())).collect();
-    let mut order = names.to_vec();
     let mut seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
     for round in 0..repeat {
-        if round > 0 {
-            shuffle(&mut order, &mut seed);
-        }
-        for name in &order {
+        for name in &round_order(names, round, &mut seed) {
             if let Some(result) = measure_quietly(&stack, &client, name, plan)?
                 && let Some((_, results)) = runs.iter_mut().find(|(n, _)| n == name)
             {
@@ -455,4 +477,40 @@ fn run_set(
     }
     let results = runs.into_iter().filter_map(|(_, rs)| report::Result::median(rs)).collect();
     Ok((results, stack.request.bearer.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compared_scenarios_run_next_to_each_other_in_every_round() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        let adjacent = |order: &[&str], a: &str, b: &str| {
+            let at = |n| order.iter().position(|o| *o == n).unwrap();
+            at(a).abs_diff(at(b)) == 1
+        };
+        let (mut reversed, mut moved) = (false, false);
+        for round in 0..50 {
+            let order = round_order(&scenarios::NAMES, round, &mut seed);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            let mut all = scenarios::NAMES.to_vec();
+            all.sort_unstable();
+            assert_eq!(sorted, all, "round {round}: every scenario once");
+            assert!(adjacent(&order, "inbound-all", "nginx"), "round {round}: {order:?}");
+            assert!(adjacent(&order, "inbound-all", "chain"), "round {round}: {order:?}");
+            assert!(adjacent(&order, "inbound-l1", "haproxy"), "round {round}: {order:?}");
+            if round == 0 {
+                assert_eq!(order.first(), Some(&"direct"), "the first round keeps the given order");
+            }
+            let at = |n| order.iter().position(|o| *o == n);
+            reversed |= at("chain") < at("nginx");
+            moved |= order.first() != Some(&"direct");
+        }
+        assert!(reversed && moved, "later rounds are shuffled");
+        // A group with one member measured is a scenario like any other.
+        let order = round_order(&["direct", "inbound-all", "haproxy"], 0, &mut seed);
+        assert_eq!(order, ["direct", "inbound-all", "haproxy"]);
+    }
 }

@@ -63,6 +63,11 @@ pub const NAMES: [&str; 12] = [
     "envoy-authz",
 ];
 pub const PEERS: [&str; 4] = ["nginx", "haproxy", "envoy", "envoy-authz"];
+/// Scenarios whose ratios are the targets, measured next to each
+/// other in every round (`inbound-all` against nginx and against `chain`,
+/// `inbound-l1` against HAProxy): this machine's speed drifts over tens of
+/// seconds, and adjacent runs share the drift where distant ones do not.
+pub const ADJACENT: [&[&str]; 2] = [&["nginx", "inbound-all", "chain"], &["inbound-l1", "haproxy"]];
 
 /// In `rotation`, the SVID lives 4 s (renewed at half-life: every 2 s) and
 /// the policy file is rewritten every 5 s.
