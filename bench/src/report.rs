@@ -44,6 +44,7 @@ pub struct Repetition {
     pub p999_ms: f64,
     pub requests: u64,
     pub errors: u64,
+    pub cpu_s_per_10k: Option<f64>,
 }
 
 impl Result {
@@ -105,10 +106,31 @@ impl Result {
                     p999_ms: r.p999_ms,
                     requests: r.requests,
                     errors: r.errors,
+                    cpu_s_per_10k: r.cpu_s_per_10k,
                 })
                 .collect(),
             idle: runs.iter().filter_map(|r| r.idle).reduce(|a, b| if b.1 > a.1 { b } else { a }),
         })
+    }
+}
+
+/// `a` against `b`: throughput and CPU per request, each the median of the
+/// ratios of the runs of the same round (every round measures both, and
+/// [`crate::scenarios::ADJACENT`] ones back to back), so the host's drift
+/// between rounds cancels; the ratio of the medians without repetitions.
+/// CPU is `None` where either has none (or too short a run to measure).
+pub fn ratio(a: &Result, b: &Result) -> (f64, Option<f64>) {
+    fn median(mut values: Vec<f64>) -> Option<f64> {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied()
+    }
+    let cpu = |x: Option<f64>, y: Option<f64>| x.zip(y.filter(|c| *c > 0.0)).map(|(x, y)| x / y);
+    let rounds = a.repetitions.iter().zip(&b.repetitions);
+    let rps = median(rounds.clone().map(|(x, y)| x.rps / y.rps.max(f64::EPSILON)).collect());
+    let cpus: Option<Vec<f64>> = rounds.map(|(x, y)| cpu(x.cpu_s_per_10k, y.cpu_s_per_10k)).collect();
+    match rps {
+        Some(rps) => (rps, cpus.and_then(median)),
+        None => (a.rps / b.rps.max(f64::EPSILON), cpu(a.cpu_s_per_10k, b.cpu_s_per_10k)),
     }
 }
 
@@ -218,21 +240,19 @@ impl Report {
                 r.errors,
             ));
         }
-        for peer in self.results.iter().filter(|r| crate::scenarios::PEERS.contains(&r.name)) {
-            out.push_str(&format!("\nvs {} (same run):", peer.name));
-            // Requests a peer would forward too (`inbound-deny`'s are refused).
-            for r in self.results.iter().filter(|r| r.name.starts_with("inbound") && r.name != "inbound-deny") {
-                // (`-` when the run was too short to measure the peer's CPU)
-                let peer_cpu = peer.cpu_s_per_10k.filter(|c| *c > 0.0);
-                let cpu = r.cpu_s_per_10k.zip(peer_cpu).map(|(a, b)| a / b);
-                out.push_str(&format!(
-                    " `{}` {:.2}x req/s, {}x CPU per request;",
-                    r.name,
-                    r.rps / peer.rps.max(f64::EPSILON),
-                    cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"))
-                ));
+        let ratios = self.ratios();
+        let mut versus = "";
+        for (name, other, rps, cpu) in &ratios {
+            if versus != *other {
+                out.push_str(&format!("{}vs {other} (same run):", if versus.is_empty() { "\n" } else { "\n\n" }));
+                versus = other;
             }
-            out.push('\n');
+            // (`-` when the run was too short to measure the peer's CPU)
+            let cpu = cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"));
+            out.push_str(&format!(" `{name}` {rps:.2}x req/s, {cpu}x CPU per request;"));
+        }
+        if !ratios.is_empty() {
+            out.push_str("\n(each ratio the median of the per-round ratios)\n");
         }
         for r in &self.results {
             if let Some((n, mib)) = r.idle {
@@ -254,6 +274,25 @@ impl Report {
                     r.name, r.requests
                 ));
             }
+        }
+        out
+    }
+
+    /// What is compared: every `inbound-*` scenario a peer would forward
+    /// too (`inbound-deny`'s requests are refused) against each peer, and
+    /// `chain` against `inbound-all` (its two sidecars against one): name,
+    /// the other, throughput ratio, CPU per request ratio ([`ratio`]).
+    fn ratios(&self) -> Vec<(&'static str, &'static str, f64, Option<f64>)> {
+        let find = |name: &str| self.results.iter().find(|r| r.name == name);
+        let forwarded = || self.results.iter().filter(|r| r.name.starts_with("inbound") && r.name != "inbound-deny");
+        let peers = self.results.iter().filter(|r| crate::scenarios::PEERS.contains(&r.name));
+        let mut out: Vec<_> = peers
+            .flat_map(|peer| forwarded().map(move |r| (r.name, peer.name, ratio(r, peer))))
+            .map(|(name, other, (rps, cpu))| (name, other, rps, cpu))
+            .collect();
+        if let (Some(chain), Some(all)) = (find("chain"), find("inbound-all")) {
+            let (rps, cpu) = ratio(chain, all);
+            out.push((chain.name, all.name, rps, cpu));
         }
         out
     }
@@ -307,7 +346,15 @@ impl Report {
                     "p999_ms": p.p999_ms,
                     "requests": p.requests,
                     "errors": p.errors,
+                    "cpu_s_per_10k": p.cpu_s_per_10k,
                 })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            // Medians of the per-round ratios (see `ratio`).
+            "ratios": self.ratios().into_iter().map(|(name, other, rps, cpu)| json!({
+                "scenario": name,
+                "versus": other,
+                "rps": rps,
+                "cpu_per_request": cpu,
             })).collect::<Vec<_>>(),
         })
     }
@@ -388,6 +435,47 @@ mod tests {
         let vs = table.lines().find(|l| l.starts_with("vs nginx")).unwrap();
         assert_eq!(vs, "vs nginx (same run): `inbound-all` 1.00x req/s, 0.50x CPU per request;");
         assert!(table.contains("| inbound-deny | 10000 |"), "{table}");
+    }
+
+    fn rounds(name: &'static str, rounds: &[(u64, f64)]) -> Result {
+        let runs = rounds.iter().map(|&(requests, cpu)| {
+            let run = crate::load::Run {
+                requests,
+                errors: 0,
+                elapsed: std::time::Duration::from_secs(1),
+                latency: hdrhistogram::Histogram::new(3).unwrap(),
+                protocols: Default::default(),
+            };
+            Result::new(name, &run, Some((cpu, 10.0)))
+        });
+        Result::median(runs.collect()).unwrap()
+    }
+
+    /// A ratio compares the runs of one round: nginx met a slow moment of
+    /// the host in round 2 and a busy one in round 3, so the medians of the
+    /// two scenarios come from different rounds and would compare 1.25x
+    /// throughput at 1.0x CPU; round by round it is 0.75, 1.67 and 1.56x
+    /// throughput at 0.8, 1.5 and 0.5x CPU.
+    #[test]
+    fn a_ratio_is_the_median_of_the_rounds_ratios() {
+        let ours = rounds("inbound-all", &[(30_000, 0.6), (40_000, 1.2), (50_000, 0.5)]);
+        let nginx = rounds("nginx", &[(40_000, 1.0), (24_000, 0.48), (32_000, 0.64)]);
+        let chain = rounds("chain", &[(15_000, 0.6), (20_000, 1.2), (25_000, 0.5)]);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(ours.rps / nginx.rps, 1.25));
+        assert!(close(ours.cpu_s_per_10k.unwrap() / nginx.cpu_s_per_10k.unwrap(), 1.0));
+        let (rps, cpu) = super::ratio(&ours, &nginx);
+        assert!(close(rps, 1.5625) && close(cpu.unwrap(), 0.8), "{rps} {cpu:?}");
+        let report =
+            Report::new(vec![ours, chain, nginx], (32, "closed loop".into()), Placement::new(1, false, &[], &[]), 900);
+        let table = report.markdown();
+        assert!(table.contains("vs nginx (same run): `inbound-all` 1.56x req/s, 0.80x CPU per request;"), "{table}");
+        assert!(table.contains("vs inbound-all (same run): `chain` 0.50x req/s, 2.00x CPU per request;"), "{table}");
+        let json = report.json();
+        let ratios = json["ratios"].as_array().unwrap();
+        assert_eq!(ratios.len(), 2, "{ratios:?}");
+        assert_eq!(ratios[1]["scenario"], "chain");
+        assert!((ratios[1]["cpu_per_request"].as_f64().unwrap() - 2.0).abs() < 1e-9);
     }
 
     /// `--pin` takes the first N CPUs for the servers and leaves the rest to
