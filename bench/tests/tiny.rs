@@ -54,6 +54,13 @@ fn every_scenario_runs_without_errors() {
     assert!(scenarios[2]["layer2_denials"].is_null(), "{}", scenarios[2]);
     assert_eq!(results["machine"]["token_bytes"].as_u64().map(|b| b > 500), Some(true));
     assert!(results["machine"]["sidecar_binary"].is_null(), "the harness's own build served them");
+    // With no peer in the run, the one ratio is `chain` against `inbound-all`
+    // (its CPU null when a run this short took under one 10 ms tick).
+    let ratios = results["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 1, "{ratios:?}");
+    assert_eq!((ratios[0]["scenario"].as_str(), ratios[0]["versus"].as_str()), (Some("chain"), Some("inbound-all")));
+    assert!(ratios[0]["rps"].as_f64().is_some_and(|r| r > 0.0), "{ratios:?}");
+    assert!(table.contains("vs inbound-all (same run): `chain`"), "{table}");
 }
 
 /// HTTP/2 streams and the open loop: every request answered, at the asked
