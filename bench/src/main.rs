@@ -66,7 +66,8 @@ struct Cli {
     /// HTTP/2 with this many concurrent streams per connection.
     #[arg(long)]
     h2_streams: Option<usize>,
-    /// Repetitions in shuffled order, medians reported (default 3; 1 with --quick).
+    /// Rounds, each measuring every scenario once in shuffled order (the
+    /// targets' pairs back to back), medians reported (default 3; 1 with --quick).
     #[arg(long)]
     repeat: Option<u32>,
     /// Only these scenarios (comma-separated).
@@ -246,11 +247,11 @@ fn measure(
     Ok(Some(result))
 }
 
-/// The order of one round: `names` as given in the first, shuffled in
-/// the others, but the scenarios of each [`scenarios::ADJACENT`] group that
-/// are measured always run one after another (in either direction), so
-/// the ratios the targets name compare runs seconds apart.
-fn round_order(names: &[&'static str], round: u32, seed: &mut u64) -> Vec<&'static str> {
+/// The order of one round: `names` shuffled, but the scenarios of each
+/// [`scenarios::ADJACENT`] group that are measured run one after another,
+/// in either direction at random, so the ratios the targets name compare
+/// runs seconds apart and neither side always goes first.
+fn round_order(names: &[&'static str], seed: &mut u64) -> Vec<&'static str> {
     let mut units: Vec<Vec<&'static str>> = Vec::new();
     for &name in names {
         if units.iter().any(|unit| unit.contains(&name)) {
@@ -261,14 +262,12 @@ fn round_order(names: &[&'static str], round: u32, seed: &mut u64) -> Vec<&'stat
             None => vec![name],
         });
     }
-    if round > 0 {
-        for i in (1..units.len()).rev() {
-            units.swap(i, (next_random(seed) % (i as u64 + 1)) as usize);
-        }
-        for unit in &mut units {
-            if next_random(seed) % 2 == 1 {
-                unit.reverse();
-            }
+    for i in (1..units.len()).rev() {
+        units.swap(i, (next_random(seed) % (i as u64 + 1)) as usize);
+    }
+    for unit in &mut units {
+        if next_random(seed) % 2 == 1 {
+            unit.reverse();
         }
     }
     units.concat()
@@ -396,7 +395,7 @@ fn main() -> anyhow::Result<()> {
         Some(n) => format!("{mode}, {n} requests per run"),
         None => mode,
     };
-    let mode = if repeat > 1 { format!("{mode}, median of {repeat} shuffled repetitions") } else { mode };
+    let mode = if repeat > 1 { format!("{mode}, median of {repeat} rounds in shuffled order") } else { mode };
     let reports: Vec<report::Report> = reports
         .into_iter()
         .map(|(layout, (results, token_bytes))| {
@@ -416,8 +415,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Starts the stack for `layout`, checks the token-checking targets refuse
-/// a request without one, and measures every scenario of `names` `repeat`
-/// times in shuffled order: the medians, and the token's size.
+/// a request without one, and measures every scenario of `names` once in
+/// each of `repeat` rounds ([`round_order`]): the medians, and the token's size.
 fn run_set(
     layout: &report::Placement,
     names: &[&'static str],
@@ -467,11 +466,11 @@ fn run_set(
     let mut seed =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
     for round in 0..repeat {
-        for name in &round_order(names, round, &mut seed) {
+        for (position, name) in round_order(names, &mut seed).into_iter().enumerate() {
             if let Some(result) = measure_quietly(&stack, &client, name, plan)?
-                && let Some((_, results)) = runs.iter_mut().find(|(n, _)| n == name)
+                && let Some((_, results)) = runs.iter_mut().find(|(n, _)| *n == name)
             {
-                results.push(result);
+                results.push(report::Result { round, position, ..result });
             }
         }
     }
@@ -490,9 +489,9 @@ mod tests {
             let at = |n| order.iter().position(|o| *o == n).unwrap();
             at(a).abs_diff(at(b)) == 1
         };
-        let (mut reversed, mut moved) = (false, false);
+        let (mut reversed, mut forward, mut moved) = (false, false, false);
         for round in 0..50 {
-            let order = round_order(&scenarios::NAMES, round, &mut seed);
+            let order = round_order(&scenarios::NAMES, &mut seed);
             let mut sorted = order.clone();
             sorted.sort_unstable();
             let mut all = scenarios::NAMES.to_vec();
@@ -501,16 +500,15 @@ mod tests {
             assert!(adjacent(&order, "inbound-all", "nginx"), "round {round}: {order:?}");
             assert!(adjacent(&order, "inbound-all", "chain"), "round {round}: {order:?}");
             assert!(adjacent(&order, "inbound-l1", "haproxy"), "round {round}: {order:?}");
-            if round == 0 {
-                assert_eq!(order.first(), Some(&"direct"), "the first round keeps the given order");
-            }
             let at = |n| order.iter().position(|o| *o == n);
             reversed |= at("chain") < at("nginx");
+            forward |= at("nginx") < at("chain");
             moved |= order.first() != Some(&"direct");
         }
-        assert!(reversed && moved, "later rounds are shuffled");
+        assert!(reversed && forward && moved, "rounds are shuffled, the pairs in both directions");
         // A group with one member measured is a scenario like any other.
-        let order = round_order(&["direct", "inbound-all", "haproxy"], 0, &mut seed);
-        assert_eq!(order, ["direct", "inbound-all", "haproxy"]);
+        let mut order = round_order(&["direct", "inbound-all", "haproxy"], &mut seed);
+        order.sort_unstable();
+        assert_eq!(order, ["direct", "haproxy", "inbound-all"]);
     }
 }

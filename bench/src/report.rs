@@ -34,6 +34,9 @@ pub struct Result {
     /// `--idle N`: N idle connections and the resident memory (MiB) the
     /// target's processes grew by when they were opened.
     pub idle: Option<(usize, f64)>,
+    /// The round it ran in (from 0) and its place in that round's order.
+    pub round: u32,
+    pub position: usize,
 }
 
 /// One repetition's numbers, reported beside the medians.
@@ -45,6 +48,9 @@ pub struct Repetition {
     pub requests: u64,
     pub errors: u64,
     pub cpu_s_per_10k: Option<f64>,
+    pub disturbed: bool,
+    pub round: u32,
+    pub position: usize,
 }
 
 impl Result {
@@ -68,6 +74,8 @@ impl Result {
             http_versions: run.protocols.http.iter().map(|v| format!("{v:?}")).collect(),
             repetitions: Vec::new(),
             idle: None,
+            round: 0,
+            position: 0,
         }
     }
 
@@ -107,30 +115,66 @@ impl Result {
                     requests: r.requests,
                     errors: r.errors,
                     cpu_s_per_10k: r.cpu_s_per_10k,
+                    disturbed: r.disturbed,
+                    round: r.round,
+                    position: r.position,
                 })
                 .collect(),
             idle: runs.iter().filter_map(|r| r.idle).reduce(|a, b| if b.1 > a.1 { b } else { a }),
+            round: first.round,
+            position: first.position,
         })
     }
 }
 
-/// `a` against `b`: throughput and CPU per request, each the median of the
-/// ratios of the runs of the same round (every round measures both, and
-/// [`crate::scenarios::ADJACENT`] ones back to back), so the host's drift
-/// between rounds cancels; the ratio of the medians without repetitions.
-/// CPU is `None` where either has none (or too short a run to measure).
-pub fn ratio(a: &Result, b: &Result) -> (f64, Option<f64>) {
+/// One scenario against another ([`ratio`]).
+pub struct Ratio {
+    pub rps: f64,
+    /// `None` where no round measured both sides' CPU (a run too short for
+    /// one 10 ms tick, or `direct`, which has no sidecar).
+    pub cpu: Option<f64>,
+    /// Rounds compared (0: the scenarios had no repetitions; the medians were).
+    pub rounds: usize,
+    /// A run of a compared round was marked disturbed.
+    pub disturbed: bool,
+}
+
+/// `a` against `b`, throughput and CPU per request: for each round both ran
+/// in (joined by round, so a missing run can never pair two rounds), the
+/// ratio of the two runs, and the median of those (the two middle ones'
+/// geometric mean for an even count, so `b` against `a` is the inverse).
+/// The host's speed drifts between rounds, and the medians of the two
+/// scenarios could come from different ones; the targets' pairs also run
+/// back to back within a round ([`crate::scenarios::ADJACENT`]). A CPU
+/// ratio uses the rounds where both sides used some. Without repetitions,
+/// the ratio of the two results.
+pub fn ratio(a: &Result, b: &Result) -> Ratio {
     fn median(mut values: Vec<f64>) -> Option<f64> {
         values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied()
+        let n = values.len();
+        let upper = *values.get(n / 2)?;
+        match n % 2 {
+            1 => Some(upper),
+            _ => Some((values.get(n / 2 - 1)? * upper).sqrt()),
+        }
     }
-    let cpu = |x: Option<f64>, y: Option<f64>| x.zip(y.filter(|c| *c > 0.0)).map(|(x, y)| x / y);
-    let rounds = a.repetitions.iter().zip(&b.repetitions);
-    let rps = median(rounds.clone().map(|(x, y)| x.rps / y.rps.max(f64::EPSILON)).collect());
-    let cpus: Option<Vec<f64>> = rounds.map(|(x, y)| cpu(x.cpu_s_per_10k, y.cpu_s_per_10k)).collect();
+    let cpu = |x: Option<f64>, y: Option<f64>| x.filter(|c| *c > 0.0).zip(y.filter(|c| *c > 0.0)).map(|(x, y)| x / y);
+    let rounds: Vec<(&Repetition, &Repetition)> =
+        a.repetitions.iter().filter_map(|x| Some((x, b.repetitions.iter().find(|y| y.round == x.round)?))).collect();
+    let rps = median(rounds.iter().map(|(x, y)| x.rps / y.rps.max(f64::EPSILON)).collect());
     match rps {
-        Some(rps) => (rps, cpus.and_then(median)),
-        None => (a.rps / b.rps.max(f64::EPSILON), cpu(a.cpu_s_per_10k, b.cpu_s_per_10k)),
+        Some(rps) => Ratio {
+            rps,
+            cpu: median(rounds.iter().filter_map(|(x, y)| cpu(x.cpu_s_per_10k, y.cpu_s_per_10k)).collect()),
+            rounds: rounds.len(),
+            disturbed: rounds.iter().any(|(x, y)| x.disturbed || y.disturbed),
+        },
+        None => Ratio {
+            rps: a.rps / b.rps.max(f64::EPSILON),
+            cpu: cpu(a.cpu_s_per_10k, b.cpu_s_per_10k),
+            rounds: 0,
+            disturbed: a.disturbed || b.disturbed,
+        },
     }
 }
 
@@ -242,17 +286,23 @@ impl Report {
         }
         let ratios = self.ratios();
         let mut versus = "";
-        for (name, other, rps, cpu) in &ratios {
+        for (name, other, ratio) in &ratios {
             if versus != *other {
                 out.push_str(&format!("{}vs {other} (same run):", if versus.is_empty() { "\n" } else { "\n\n" }));
                 versus = other;
             }
-            // (`-` when the run was too short to measure the peer's CPU)
-            let cpu = cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"));
-            out.push_str(&format!(" `{name}` {rps:.2}x req/s, {cpu}x CPU per request;"));
+            // (`-`: no CPU to compare, see `Ratio::cpu`)
+            let cpu = ratio.cpu.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"));
+            let disturbed = if ratio.disturbed { " (a run disturbed)" } else { "" };
+            out.push_str(&format!(" `{name}` {:.2}x req/s, {cpu}x CPU per request{disturbed};", ratio.rps));
         }
-        if !ratios.is_empty() {
-            out.push_str("\n(each ratio the median of the per-round ratios)\n");
+        if let Some((_, _, ratio)) = ratios.first().filter(|(_, _, r)| r.rounds > 1) {
+            out.push_str(&format!(
+                "\n\n(each ratio: the median over {} rounds of the two runs' ratio)\n",
+                ratio.rounds
+            ));
+        } else if !ratios.is_empty() {
+            out.push('\n');
         }
         for r in &self.results {
             if let Some((n, mib)) = r.idle {
@@ -282,17 +332,14 @@ impl Report {
     /// too (`inbound-deny`'s requests are refused) against each peer, and
     /// `chain` against `inbound-all` (its two sidecars against one): name,
     /// the other, throughput ratio, CPU per request ratio ([`ratio`]).
-    fn ratios(&self) -> Vec<(&'static str, &'static str, f64, Option<f64>)> {
+    fn ratios(&self) -> Vec<(&'static str, &'static str, Ratio)> {
         let find = |name: &str| self.results.iter().find(|r| r.name == name);
         let forwarded = || self.results.iter().filter(|r| r.name.starts_with("inbound") && r.name != "inbound-deny");
         let peers = self.results.iter().filter(|r| crate::scenarios::PEERS.contains(&r.name));
-        let mut out: Vec<_> = peers
-            .flat_map(|peer| forwarded().map(move |r| (r.name, peer.name, ratio(r, peer))))
-            .map(|(name, other, (rps, cpu))| (name, other, rps, cpu))
-            .collect();
+        let mut out: Vec<_> =
+            peers.flat_map(|peer| forwarded().map(move |r| (r.name, peer.name, ratio(r, peer)))).collect();
         if let (Some(chain), Some(all)) = (find("chain"), find("inbound-all")) {
-            let (rps, cpu) = ratio(chain, all);
-            out.push((chain.name, all.name, rps, cpu));
+            out.push((chain.name, all.name, ratio(chain, all)));
         }
         out
     }
@@ -347,14 +394,19 @@ impl Report {
                     "requests": p.requests,
                     "errors": p.errors,
                     "cpu_s_per_10k": p.cpu_s_per_10k,
+                    "disturbed": p.disturbed,
+                    "round": p.round,
+                    "position": p.position,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             // Medians of the per-round ratios (see `ratio`).
-            "ratios": self.ratios().into_iter().map(|(name, other, rps, cpu)| json!({
+            "ratios": self.ratios().into_iter().map(|(name, other, ratio)| json!({
                 "scenario": name,
                 "versus": other,
-                "rps": rps,
-                "cpu_per_request": cpu,
+                "rps": ratio.rps,
+                "cpu_per_request": ratio.cpu,
+                "rounds": ratio.rounds,
+                "disturbed": ratio.disturbed,
             })).collect::<Vec<_>>(),
         })
     }
@@ -437,8 +489,9 @@ mod tests {
         assert!(table.contains("| inbound-deny | 10000 |"), "{table}");
     }
 
+    /// A scenario's runs: requests in one second and CPU seconds, by round.
     fn rounds(name: &'static str, rounds: &[(u64, f64)]) -> Result {
-        let runs = rounds.iter().map(|&(requests, cpu)| {
+        let runs = rounds.iter().zip(0..).map(|(&(requests, cpu), round)| {
             let run = crate::load::Run {
                 requests,
                 errors: 0,
@@ -446,7 +499,7 @@ mod tests {
                 latency: hdrhistogram::Histogram::new(3).unwrap(),
                 protocols: Default::default(),
             };
-            Result::new(name, &run, Some((cpu, 10.0)))
+            Result { round, ..Result::new(name, &run, Some((cpu, 10.0))) }
         });
         Result::median(runs.collect()).unwrap()
     }
@@ -464,8 +517,9 @@ mod tests {
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
         assert!(close(ours.rps / nginx.rps, 1.25));
         assert!(close(ours.cpu_s_per_10k.unwrap() / nginx.cpu_s_per_10k.unwrap(), 1.0));
-        let (rps, cpu) = super::ratio(&ours, &nginx);
-        assert!(close(rps, 1.5625) && close(cpu.unwrap(), 0.8), "{rps} {cpu:?}");
+        let ratio = super::ratio(&ours, &nginx);
+        assert!(close(ratio.rps, 1.5625) && close(ratio.cpu.unwrap(), 0.8), "{} {:?}", ratio.rps, ratio.cpu);
+        assert_eq!((ratio.rounds, ratio.disturbed), (3, false));
         let report =
             Report::new(vec![ours, chain, nginx], (32, "closed loop".into()), Placement::new(1, false, &[], &[]), 900);
         let table = report.markdown();
@@ -476,6 +530,38 @@ mod tests {
         assert_eq!(ratios.len(), 2, "{ratios:?}");
         assert_eq!(ratios[1]["scenario"], "chain");
         assert!((ratios[1]["cpu_per_request"].as_f64().unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(ratios[1]["rounds"], 3);
+    }
+
+    /// Runs are paired by their round, never by their place in the list;
+    /// an even count takes the two middle ratios' geometric mean, so one
+    /// side against the other is the inverse of the reverse; a round where
+    /// either side used no measurable CPU has no CPU ratio, the others do;
+    /// a disturbed run marks the ratio.
+    #[test]
+    fn rounds_are_paired_by_their_number() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        let ours = rounds("inbound-all", &[(20_000, 0.4), (30_000, 0.0), (40_000, 0.8), (10_000, 0.2)]);
+        let mut nginx = rounds("nginx", &[(10_000, 0.2), (10_000, 0.2), (10_000, 0.2), (10_000, 0.2)]);
+        // nginx's round 1 is missing: its run list is shorter and shifted.
+        nginx.repetitions.remove(1);
+        let ratio = super::ratio(&ours, &nginx);
+        // Rounds 0, 2, 3: 2x, 4x, 1x throughput; CPU 1x in each.
+        assert_eq!(ratio.rounds, 3);
+        assert!(close(ratio.rps, 2.0) && close(ratio.cpu.unwrap(), 1.0), "{} {:?}", ratio.rps, ratio.cpu);
+        let (even_a, even_b) = (
+            rounds("inbound-all", &[(10_000, 0.1), (20_000, 0.2), (40_000, 0.4), (80_000, 0.8)]),
+            rounds("nginx", &[(10_000, 0.1); 4]),
+        );
+        let (there, back) = (super::ratio(&even_a, &even_b), super::ratio(&even_b, &even_a));
+        assert!(close(there.rps, 8f64.sqrt()) && close(there.rps * back.rps, 1.0), "{} {}", there.rps, back.rps);
+        // A round with no CPU on our side is left out of the CPU ratio, not counted as 0x.
+        let idle = rounds("inbound-all", &[(10_000, 0.0), (10_000, 0.3)]);
+        let two = rounds("nginx", &[(10_000, 0.1), (10_000, 0.1)]);
+        assert!(close(super::ratio(&idle, &two).cpu.unwrap(), 3.0));
+        let mut disturbed = rounds("nginx", &[(10_000, 0.1), (10_000, 0.1)]);
+        disturbed.repetitions[1].disturbed = true;
+        assert!(super::ratio(&idle, &disturbed).disturbed);
     }
 
     /// `--pin` takes the first N CPUs for the servers and leaves the rest to
