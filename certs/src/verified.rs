@@ -23,7 +23,7 @@
 //! miss, which tells a prober holding a caller's certificate that the chain
 //! was seen under the current bundle: nothing it could not learn otherwise.
 
-use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::digest::{Context, SHA256};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -117,12 +117,12 @@ fn key(certificates: &[&[u8]]) -> Option<[u8; 32]> {
     if certificates.len() > MAX_CERTIFICATES || total > MAX_CHAIN_BYTES {
         return None;
     }
-    let mut encoded = Vec::with_capacity(total);
+    let mut digest = Context::new(&SHA256);
     for der in certificates {
-        encoded.extend_from_slice(&u32::try_from(der.len()).ok()?.to_be_bytes());
-        encoded.extend_from_slice(der);
+        digest.update(&u32::try_from(der.len()).ok()?.to_be_bytes());
+        digest.update(der);
     }
-    digest(&SHA256, &encoded).as_ref().try_into().ok()
+    digest.finish().as_ref().try_into().ok()
 }
 
 #[cfg(all(test, feature = "dev"))]
