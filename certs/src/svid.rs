@@ -179,7 +179,9 @@ impl Bundle {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
-        self.verified.verify(self.client_verifier.as_ref(), end_entity, intermediates, now)
+        self.verified.verify(end_entity, intermediates, now, || {
+            self.client_verifier.verify_client_cert(end_entity, intermediates, now).map(|_| ())
+        })
     }
 }
 

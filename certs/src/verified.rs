@@ -17,15 +17,17 @@
 //!
 //! The chain is verified (and remembered) when it arrives, before the
 //! caller has proved it holds the key, so anyone with a valid SVID's
-//! certificate can add entries: each is a digest and two times, the set is
-//! bounded, and moka's admission keeps the chains that keep coming back (a
-//! flood of one-time chains only misses). A hit also answers sooner than a
+//! certificate can add entries: each is a digest and two times, and the set
+//! is bounded. A caller that keeps reconnecting through a flood of one-time
+//! chains stays remembered (moka admits a newcomer only in place of an
+//! entry seen less often); one that stays away through more distinct chains
+//! than the cache holds may be pushed out, and is then verified in full
+//! again: a miss, never another answer. A hit also answers sooner than a
 //! miss, which tells a prober holding a caller's certificate that the chain
 //! was seen under the current bundle: nothing it could not learn otherwise.
 
 use aws_lc_rs::digest::{Context, SHA256};
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::ClientCertVerifier;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Chains remembered per bundle.
@@ -75,15 +77,15 @@ impl Validity {
 }
 
 impl VerifiedChains {
-    /// `verifier`'s answer for this chain at `now`, from memory when it
-    /// accepted the very same chain before and every certificate in it is
-    /// still within its validity period.
+    /// The answer of `verify` (the bundle's verifier, judging this very
+    /// chain at `now`), from memory when it accepted the same chain before
+    /// and every certificate in it is still within its validity period.
     pub(crate) fn verify(
         &self,
-        verifier: &dyn ClientCertVerifier,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
+        verify: impl FnOnce() -> Result<(), rustls::Error>,
     ) -> Result<(), rustls::Error> {
         let certificates: Vec<&[u8]> =
             std::iter::once(end_entity.as_ref()).chain(intermediates.iter().map(AsRef::as_ref)).collect();
@@ -93,7 +95,7 @@ impl VerifiedChains {
         {
             return Ok(());
         }
-        verifier.verify_client_cert(end_entity, intermediates, now)?;
+        verify()?;
         if let Some(key) = key
             && let Some(validity) = Validity::of(&certificates)
         {
@@ -133,17 +135,15 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use rustls::client::danger::HandshakeSignatureValid;
+    use rustls::RootCertStore;
     use rustls::server::WebPkiClientVerifier;
-    use rustls::server::danger::ClientCertVerified;
-    use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+    use rustls::server::danger::ClientCertVerifier;
 
     use rcgen::{BasicConstraints, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 
     use super::*;
 
     /// A CA's webpki client verifier that counts the chains it is asked about.
-    #[derive(Debug)]
     struct Counting {
         inner: Arc<dyn ClientCertVerifier>,
         asked: AtomicUsize,
@@ -162,43 +162,20 @@ mod tests {
         fn asked(&self) -> usize {
             self.asked.load(Ordering::SeqCst)
         }
-    }
 
-    impl ClientCertVerifier for Counting {
-        fn root_hint_subjects(&self) -> &[DistinguishedName] {
-            self.inner.root_hint_subjects()
-        }
-
-        fn verify_client_cert(
+        /// `chains`' answer for this chain, asking this verifier on a miss
+        /// (as `Bundle::verify_client_chain` asks the bundle's).
+        fn through(
             &self,
+            chains: &VerifiedChains,
             end_entity: &CertificateDer<'_>,
             intermediates: &[CertificateDer<'_>],
             now: UnixTime,
-        ) -> Result<ClientCertVerified, rustls::Error> {
-            self.asked.fetch_add(1, Ordering::SeqCst);
-            self.inner.verify_client_cert(end_entity, intermediates, now)
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            self.inner.verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.inner.supported_verify_schemes()
+        ) -> Result<(), rustls::Error> {
+            chains.verify(end_entity, intermediates, now, || {
+                self.asked.fetch_add(1, Ordering::SeqCst);
+                self.inner.verify_client_cert(end_entity, intermediates, now).map(|_| ())
+            })
         }
     }
 
@@ -248,15 +225,15 @@ mod tests {
         let chains = VerifiedChains::default();
         let t = now();
         let svid = leaf(&ca, t - 60, t + 3600);
-        chains.verify(&verifier, &svid, &[], at(t)).unwrap();
-        chains.verify(&verifier, &svid, &[], at(t + 10)).unwrap();
+        verifier.through(&chains, &svid, &[], at(t)).unwrap();
+        verifier.through(&chains, &svid, &[], at(t + 10)).unwrap();
         assert_eq!((verifier.asked(), chains.len()), (1, 1), "the second handshake reused the first's answer");
         // Out of its validity period, webpki is asked again and refuses it.
-        assert!(chains.verify(&verifier, &svid, &[], at(t + 3601)).is_err(), "expired");
-        assert!(chains.verify(&verifier, &svid, &[], at(t - 61)).is_err(), "not yet valid");
+        assert!(verifier.through(&chains, &svid, &[], at(t + 3601)).is_err(), "expired");
+        assert!(verifier.through(&chains, &svid, &[], at(t - 61)).is_err(), "not yet valid");
         assert_eq!(verifier.asked(), 3);
         // Its last valid second is still valid, as webpki says.
-        chains.verify(&verifier, &svid, &[], at(t + 3600)).unwrap();
+        verifier.through(&chains, &svid, &[], at(t + 3600)).unwrap();
         assert_eq!(verifier.asked(), 3);
     }
 
@@ -269,17 +246,17 @@ mod tests {
         // Another CA's SVID for the same ID: refused, never remembered.
         let forged = leaf(&other, t - 60, t + 3600);
         for _ in 0..2 {
-            assert!(chains.verify(&verifier, &forged, &[], at(t)).is_err());
+            assert!(verifier.through(&chains, &forged, &[], at(t)).is_err());
         }
         assert_eq!((verifier.asked(), chains.len()), (2, 0));
         // Two SVIDs of the same CA and ID: each verified once.
         let (first, second) = (leaf(&ca, t - 60, t + 3600), leaf(&ca, t - 60, t + 3600));
         for svid in [&first, &second, &first, &second] {
-            chains.verify(&verifier, svid, &[], at(t)).unwrap();
+            verifier.through(&chains, svid, &[], at(t)).unwrap();
         }
         assert_eq!((verifier.asked(), chains.len()), (4, 2));
         // The accepted leaf followed by anything else is another chain.
-        assert!(chains.verify(&verifier, &first, std::slice::from_ref(&forged), at(t)).is_ok());
+        assert!(verifier.through(&chains, &first, std::slice::from_ref(&forged), at(t)).is_ok());
         assert_eq!(verifier.asked(), 5);
     }
 
@@ -305,12 +282,43 @@ mod tests {
         let verifier = Counting::anchored(root);
         let chains = VerifiedChains::default();
         let through = std::slice::from_ref(&intermediate);
-        chains.verify(&verifier, &leaf, through, at(t)).unwrap();
-        chains.verify(&verifier, &leaf, through, at(t + 100)).unwrap();
-        chains.verify(&verifier, &leaf, through, at(t - 60)).unwrap();
+        verifier.through(&chains, &leaf, through, at(t)).unwrap();
+        verifier.through(&chains, &leaf, through, at(t + 100)).unwrap();
+        verifier.through(&chains, &leaf, through, at(t - 60)).unwrap();
         assert_eq!(verifier.asked(), 1, "reused from its first to its last valid second");
-        assert!(chains.verify(&verifier, &leaf, through, at(t + 101)).is_err(), "the intermediate expired");
+        assert!(verifier.through(&chains, &leaf, through, at(t + 101)).is_err(), "the intermediate expired");
         assert_eq!(verifier.asked(), 2);
+    }
+
+    /// Anyone holding valid certificates can offer chains the cache has
+    /// never seen (it remembers a chain before the caller proves its key):
+    /// a flood of one-time chains, twice what it holds, stays bounded, and
+    /// a caller that reconnects during it (every 100 of them) stays
+    /// remembered: once the cache is full, moka admits a newcomer only in
+    /// place of an entry seen less often, and a one-time chain never is.
+    #[test]
+    fn a_flood_of_one_time_chains_does_not_push_out_a_returning_caller() {
+        let ca = root();
+        let verifier = Counting::anchored(ca.0.clone());
+        let chains = VerifiedChains::default();
+        let t = now();
+        let returning = leaf(&ca, t - 60, t + 3600);
+        verifier.through(&chains, &returning, &[], at(t)).unwrap();
+        // One key for the flood's leaves: each differs by its validity.
+        let issuer = Issuer::from_ca_cert_der(&ca.0, &ca.1).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let flood = 2 * CAPACITY;
+        for n in 0..flood {
+            let one_time = params(t - 60 - n, t + 3600, false).signed_by(&key, &issuer).unwrap();
+            verifier.through(&chains, one_time.der(), &[], at(t)).unwrap();
+            if n % 100 == 99 {
+                verifier.through(&chains, &returning, &[], at(t)).unwrap();
+            }
+        }
+        assert!(chains.len() <= CAPACITY, "bounded: {}", chains.len());
+        assert_eq!(verifier.asked(), 1 + flood as usize, "the returning caller's chain was verified once");
+        verifier.through(&chains, &returning, &[], at(t)).unwrap();
+        assert_eq!(verifier.asked(), 1 + flood as usize, "and is still remembered");
     }
 
     #[test]
